@@ -1,0 +1,295 @@
+"""The `fleetcap` command: the daemons, and `az network watcher packet-capture`'s verbs.
+
+Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import grpc
+
+from clients import sdk
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_EXISTS = 0, 1, 2, 3, 4
+EXIT_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: EXIT_EXISTS,
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input, reported with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 as well; keep its usage line
+        self.print_usage(sys.stderr)
+        print(f"fleetcap: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_INVALID)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def _emit(data: Any, output: str, table: list[tuple[str, str]] | None = None) -> None:
+    if output == "json" or table is None:
+        print(json.dumps(data, indent=2))
+        return
+    rows = data if isinstance(data, list) else [data]
+    cols = [(h, [str(_get(r, path)) for r in rows]) for h, path in table]
+    widths = [max([len(h)] + [len(v) for v in vals]) for h, vals in cols]
+    print("  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for i in range(len(rows)):
+        print("  ".join(vals[i].ljust(w) for (_, vals), w in zip(cols, widths)).rstrip())
+
+
+def _get(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        d = d.get(part, "") if isinstance(d, dict) else ""
+    return d
+
+
+CAPTURE_TABLE = [("Name", "name"), ("Target", "properties.target"), ("Type", "properties.targetType"),
+                 ("Created", "createdTime"), ("State", "provisioningState")]
+STATUS_TABLE = [("Instance", "instanceId"), ("Status", "packetCaptureStatus"), ("StopReason", "stopReason"),
+                ("Packets", "packetsCaptured"), ("Bytes", "bytesCaptured"), ("Drops", "kernelDrops")]
+
+
+def _status_out(status, output: str) -> None:
+    d = sdk.to_dict(status)
+    if output == "json":
+        _emit(d, output)
+        return
+    print(f"{d['name']}: {d['packetCaptureStatus']}"
+          + (f" ({d['stopReason']})" if d.get("stopReason") else "")
+          + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else ""))
+    _emit(d.get("instances", []), output, STATUS_TABLE)
+
+
+# -- capture verbs ----------------------------------------------------------------------------
+
+def _load_filters(text: str | None) -> list[dict[str, Any]]:
+    if not text:
+        return []
+    if text.startswith("@"):
+        try:
+            with open(text[1:]) as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"--filters: cannot read {text[1:]}: {e.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--filters: not valid JSON ({e})") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise UsageError("--filters: must be a JSON list of filter objects")
+    return value
+
+
+def _target(args) -> tuple[str, str]:
+    if args.target_type == "AzureVMSS":
+        if not args.target:
+            raise UsageError("--target is required with --target-type AzureVMSS")
+        return args.target, "AzureVMSS"
+    target = args.vm or args.target
+    if not target:
+        raise UsageError("--vm (or --target) is required")
+    return target, args.target_type
+
+
+def cmd_create(client: sdk.Client, args) -> int:
+    target, target_type = _target(args)
+    if args.storage_path and not args.storage_account:
+        raise UsageError("--storage-path needs --storage-account")
+    capture = client.create(
+        name=args.name, target=target, target_type=target_type, resource_group=args.resource_group or "",
+        subscription=args.subscription or "", include=args.include or [], exclude=args.exclude or [],
+        bytes_to_capture_per_packet=args.capture_size, total_bytes_per_session=args.capture_limit,
+        time_limit_in_seconds=args.time_limit, storage_account=args.storage_account or "",
+        storage_path=args.storage_path or "", file_path=args.file_path or "",
+        filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "")
+    _emit(sdk.to_dict(capture), args.output, CAPTURE_TABLE)
+    return EXIT_OK
+
+
+def cmd_show(client: sdk.Client, args) -> int:
+    _emit(sdk.to_dict(client.get(name=args.name)), args.output, CAPTURE_TABLE)
+    return EXIT_OK
+
+
+def cmd_list(client: sdk.Client, args) -> int:
+    _emit([sdk.to_dict(c) for c in client.list()], args.output, CAPTURE_TABLE)
+    return EXIT_OK
+
+
+def cmd_stop(client: sdk.Client, args) -> int:
+    client.stop(name=args.name)
+    return EXIT_OK
+
+
+def cmd_delete(client: sdk.Client, args) -> int:
+    client.delete(name=args.name)
+    return EXIT_OK
+
+
+def cmd_show_status(client: sdk.Client, args) -> int:
+    _status_out(client.get_status(name=args.name), args.output)
+    return EXIT_OK
+
+
+def cmd_wait(client: sdk.Client, args) -> int:
+    if args.progress:
+        for status in client.watch(name=args.name):
+            parts = [f"{i.instance_id}:{i.packet_capture_status}/{i.packets_captured}p/{i.bytes_captured}B"
+                     + (f"/up {i.files[0].uploaded_bytes}B" if i.files and i.files[0].storage_path else "")
+                     for i in status.instances]
+            print(f"[{status.packet_capture_status}] " + "  ".join(parts), file=sys.stderr, flush=True)
+    final = client.wait(name=args.name, timeout_s=args.timeout)
+    _status_out(final, args.output)
+    return EXIT_OK if final.packet_capture_status == "Stopped" else EXIT_ERROR
+
+
+AGENT_TABLE = [("Id", "id"), ("Hostname", "hostname"), ("Interface", "interface"), ("Connected", "connectedTime")]
+
+
+def cmd_agents_list(client: sdk.Client, args) -> int:
+    _emit([sdk.to_dict(a) for a in client.list_agents()], args.output, AGENT_TABLE)
+    return EXIT_OK
+
+
+# -- daemons ----------------------------------------------------------------------------------
+
+def cmd_coordinator(args) -> int:
+    from coordinator import app
+    settings = app.CoordinatorSettings(
+        listen=tuple(args.listen or ["127.0.0.1:7770"]),
+        etcd=tuple(e for e in (args.etcd or "").split(",") if e),
+        store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir or "",
+        agent_ttl_s=args.agent_ttl)
+    asyncio.run(app.serve(settings))
+    return EXIT_OK
+
+
+def cmd_agent(args) -> int:
+    from fleetcap.v1 import fleet_pb2
+    from node_agent import app
+    if bool(args.vm) == bool(args.vmss):
+        raise UsageError("give exactly one of --vm NAME or --vmss NAME --instance-id N")
+    if args.vmss and (args.instance_id is None or not args.instance_id.isdigit()):
+        raise UsageError("--vmss needs --instance-id, a non-negative integer")
+    identity = fleet_pb2.AgentIdentity(subscription=args.subscription or "", resource_group=args.resource_group or "",
+                                       vm_name=args.vm or "", vmss_name=args.vmss or "",
+                                       instance_id=args.instance_id if args.vmss else "")
+    settings = app.AgentSettings(coordinator=args.coordinator or sdk.DEFAULT_COORDINATOR, identity=identity,
+                                 interface=args.interface or "", capture_root=args.capture_root,
+                                 buffer_size=args.buffer_size_mb << 20)
+    asyncio.run(app.serve(settings))
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fleetcap", description="Packet capture across a fleet (Azure Network Watcher style).")
+    p.add_argument("--coordinator", default=os.environ.get("FLEETCAP_COORDINATOR"),
+                   help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
+                        f"default {sdk.DEFAULT_COORDINATOR})")
+    p.add_argument("-o", "--output", choices=["json", "table"], default="json")
+    p.add_argument("--log-level", default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("coordinator", help="run the coordinator")
+    c.add_argument("--listen", action="append", help="address to serve on (repeatable); default 127.0.0.1:7770")
+    c.add_argument("--etcd", help="etcd endpoints host:port[,host:port...]; default: start an embedded etcd")
+    c.add_argument("--store", choices=["etcd", "memory"], default="etcd")
+    c.add_argument("--data-dir", default="/var/lib/fleetcap")
+    c.add_argument("--storage-dir", help="the 'local' storage account; default DATA_DIR/storage")
+    c.add_argument("--agent-ttl", type=int, default=10, help="seconds before a silent agent is declared stopped")
+    c.set_defaults(func=cmd_coordinator, daemon=True)
+
+    a = sub.add_parser("agent", help="run a node agent")
+    a.add_argument("--coordinator", default=argparse.SUPPRESS,
+                   help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR)")
+    a.add_argument("--vm")
+    a.add_argument("--vmss")
+    a.add_argument("--instance-id")
+    a.add_argument("--resource-group", "-g")
+    a.add_argument("--subscription")
+    a.add_argument("--interface", help="capture interface; default the first non-loopback one that is up")
+    a.add_argument("--capture-root", default="/var/captures", help="where the API's /var/captures is")
+    a.add_argument("--buffer-size-mb", type=int, default=32, help="kernel capture ring per capture")
+    a.set_defaults(func=cmd_agent, daemon=True)
+
+    ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
+    ag_verbs = ag.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    ag_verbs.add_parser("list", help="list connected agents").set_defaults(func=cmd_agents_list)
+
+    cap = sub.add_parser("capture", help="manage packet captures (az network watcher packet-capture)")
+    verbs = cap.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    cr = verbs.add_parser("create", help="create and start a packet capture")
+    cr.add_argument("--name", "-n", required=True)
+    cr.add_argument("--resource-group", "-g", help="resource group of the target")
+    cr.add_argument("--subscription")
+    cr.add_argument("--vm", help="target VM name or id (target type AzureVM)")
+    cr.add_argument("--target", help="target VM or scale set, name or id")
+    cr.add_argument("--target-type", choices=["AzureVM", "AzureVMSS"], default="AzureVM")
+    cr.add_argument("--include", nargs="+", help="scale-set instance ids or names to capture")
+    cr.add_argument("--exclude", nargs="+", help="scale-set instance ids or names to leave out")
+    cr.add_argument("--storage-account", help="storage account name ('local' = the coordinator's storage dir)")
+    cr.add_argument("--storage-path", help="container URI in the storage account")
+    cr.add_argument("--file-path", help="file on each instance, /var/captures/....cap")
+    cr.add_argument("--capture-size", type=int, help="bytes per packet; 0 = whole packet (default)")
+    cr.add_argument("--capture-limit", type=int, help="max file bytes per instance; default 1073741824; 0 = none")
+    cr.add_argument("--time-limit", type=int, help="seconds; default 18000; 0 = none")
+    cr.add_argument("--filters", help="JSON list of filters, or @file")
+    cr.add_argument("--bpf-filter", help="libpcap expression AND-ed with --filters (fleetcap extension)")
+    cr.set_defaults(func=cmd_create)
+    for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
+                                 ("delete", cmd_delete, "delete a capture (files are kept)"),
+                                 ("show-status", cmd_show_status, "status, with a per-instance breakdown")]:
+        v = verbs.add_parser(verb, help=helptext)
+        v.add_argument("--name", "-n", required=True)
+        v.set_defaults(func=func)
+    ls = verbs.add_parser("list", help="list captures")
+    ls.set_defaults(func=cmd_list)
+    w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored")
+    w.add_argument("--name", "-n", required=True)
+    w.add_argument("--timeout", type=float, help="seconds")
+    w.add_argument("--progress", action="store_true", help="print live progress to stderr")
+    w.set_defaults(func=cmd_wait)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if getattr(args, "daemon", False):
+            return args.func(args)
+        with sdk.Client(args.coordinator) as client:
+            return args.func(client, args)
+    except UsageError as e:
+        print(f"fleetcap: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except sdk.FleetcapError as e:
+        print(f"fleetcap: {e.code.name}: {e.message}", file=sys.stderr)
+        return EXIT_BY_CODE.get(e.code, EXIT_ERROR)
+    except TimeoutError as e:
+        print(f"fleetcap: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

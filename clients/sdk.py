@@ -1,0 +1,212 @@
+"""The fleetcap Python SDK: the only client code that speaks gRPC. The CLI is built on it.
+
+    from clients.sdk import Client
+    c = Client("127.0.0.1:7770")
+    c.create(name="pc1", target="web", target_type="AzureVMSS", file_path="/var/captures/pc1.cap",
+             storage_account="local", time_limit_in_seconds=60,
+             filters=[{"protocol": "UDP", "localPort": "5001"}])
+    final = c.wait(name="pc1")
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable, Iterator, Mapping
+
+import grpc
+from google.protobuf import descriptor, json_format
+from google.protobuf.message import Message
+
+from clients import grpc_transport
+from fleetcap.v1 import captures_pb2 as pb
+from fleetcap.v1 import captures_pb2_grpc
+from node_agent.capture import reasons
+
+DEFAULT_COORDINATOR = "127.0.0.1:7770"
+
+
+class FleetcapError(Exception):
+    """A failed call. `code` is the gRPC status code, `message` the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class InvalidCapture(FleetcapError):
+    """INVALID_ARGUMENT: the message names the field and the rule."""
+
+
+class CaptureNotFound(FleetcapError):
+    """NOT_FOUND: the capture, or the target, does not exist."""
+
+
+class CaptureAlreadyExists(FleetcapError):
+    """ALREADY_EXISTS: the name is taken; captures cannot be updated."""
+
+
+class QuotaExceeded(FleetcapError):
+    """RESOURCE_EXHAUSTED: too many concurrent captures."""
+
+
+class CoordinatorUnavailable(FleetcapError):
+    """UNAVAILABLE: the coordinator (or its etcd) cannot be reached."""
+
+
+ERROR_BY_CODE: dict[grpc.StatusCode, type[FleetcapError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidCapture,
+    grpc.StatusCode.NOT_FOUND: CaptureNotFound,
+    grpc.StatusCode.ALREADY_EXISTS: CaptureAlreadyExists,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
+    grpc.StatusCode.UNAVAILABLE: CoordinatorUnavailable,
+}
+
+
+def _raise(e: grpc.RpcError) -> None:
+    code = e.code()
+    raise ERROR_BY_CODE.get(code, FleetcapError)(code, e.details() or "") from None
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """JSON-ready dict with Azure's field names; 64-bit integers stay numbers."""
+    d = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    return _ints(message.DESCRIPTOR, d)
+
+
+_INT64 = {descriptor.FieldDescriptor.TYPE_INT64, descriptor.FieldDescriptor.TYPE_UINT64,
+          descriptor.FieldDescriptor.TYPE_SINT64, descriptor.FieldDescriptor.TYPE_FIXED64}
+
+
+def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
+    for f in desc.fields:
+        if f.json_name not in d:
+            continue
+        v = d[f.json_name]
+        if f.type in _INT64:
+            d[f.json_name] = [int(x) for x in v] if isinstance(v, list) else int(v)
+        elif f.message_type is not None:
+            if isinstance(v, list):
+                d[f.json_name] = [_ints(f.message_type, x) for x in v]
+            elif isinstance(v, dict):
+                d[f.json_name] = _ints(f.message_type, v)
+    return d
+
+
+def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFilter:
+    """An az-style filter object ({"protocol": "TCP", "localPort": "80"}) as a message."""
+    if not isinstance(item, Mapping):
+        raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: must be an object")
+    try:
+        return json_format.ParseDict({k: str(v) for k, v in item.items()}, pb.PacketCaptureFilter())
+    except json_format.ParseError as e:
+        raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
+
+
+class Client:
+    """A synchronous client of one coordinator."""
+
+    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
+        """Args:
+            address: host:port or unix:/path; default $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
+            timeout_s: deadline of each unary call.
+        """
+        self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
+        self.timeout_s = timeout_s
+        self._channel = grpc_transport.sync_channel(self.address)
+        self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            _raise(e)
+
+    def create(self, *, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
+               subscription: str = "", include: Iterable[str] = (), exclude: Iterable[str] = (),
+               bytes_to_capture_per_packet: int | None = None, total_bytes_per_session: int | None = None,
+               time_limit_in_seconds: int | None = None, storage_account: str = "", storage_path: str = "",
+               file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
+               bpf_filter: str = "") -> pb.PacketCaptureResult:
+        """Creates and starts a capture.
+
+        Args: as `az network watcher packet-capture create`; unset limits take Azure's
+            defaults (whole packets, 1 GiB, 18000 s).
+        Returns: the capture resource, with defaults filled in and the target as an ARM id.
+        Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists.
+        """
+        params = pb.PacketCaptureParameters(
+            target=target, target_type=target_type,
+            scope=pb.PacketCaptureMachineScope(include=list(include), exclude=list(exclude)),
+            storage_location=pb.PacketCaptureStorageLocation(storage_id=storage_account, storage_path=storage_path,
+                                                             file_path=file_path),
+            filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
+                     for i, f in enumerate(filters)],
+            bpf_filter=bpf_filter)
+        if bytes_to_capture_per_packet is not None:
+            params.bytes_to_capture_per_packet = bytes_to_capture_per_packet
+        if total_bytes_per_session is not None:
+            params.total_bytes_per_session = total_bytes_per_session
+        if time_limit_in_seconds is not None:
+            params.time_limit_in_seconds = time_limit_in_seconds
+        req = pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
+                                            properties=params)
+        return self._call(self._stub.Create, req).capture
+
+    def get(self, *, name: str) -> pb.PacketCaptureResult:
+        """Raises: CaptureNotFound."""
+        return self._call(self._stub.Get, pb.GetPacketCaptureRequest(name=name)).capture
+
+    def list(self) -> list[pb.PacketCaptureResult]:
+        return list(self._call(self._stub.List, pb.ListPacketCapturesRequest()).value)
+
+    def stop(self, *, name: str) -> None:
+        """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
+        self._call(self._stub.Stop, pb.StopPacketCaptureRequest(name=name))
+
+    def delete(self, *, name: str) -> None:
+        """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
+        self._call(self._stub.Delete, pb.DeletePacketCaptureRequest(name=name))
+
+    def list_agents(self) -> list[pb.AgentInfo]:
+        """The agents registered now: the VMs and scale-set instances that can be targeted."""
+        return list(self._call(self._stub.ListAgents, pb.ListAgentsRequest()).agents)
+
+    def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
+        """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
+        return self._call(self._stub.GetStatus, pb.GetPacketCaptureStatusRequest(name=name)).status
+
+    def watch(self, *, name: str) -> Iterator[pb.PacketCaptureQueryStatusResult]:
+        """Yields the status at once and on every change, until every instance has stopped
+        and its upload has settled. Raises: CaptureNotFound."""
+        try:
+            for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name)):
+                yield resp.status
+        except grpc.RpcError as e:
+            _raise(e)
+
+    def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
+        """Blocks until the capture has stopped everywhere and its uploads settled; returns
+        the final status. Raises: TimeoutError, CaptureNotFound."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last = None
+        while True:
+            try:
+                for last in self.watch(name=name):
+                    if deadline and time.monotonic() > deadline:
+                        raise TimeoutError(f"capture '{name}' still {last.packet_capture_status} after {timeout_s}s")
+                if last is not None and last.packet_capture_status in reasons.FINAL_STATUSES:
+                    return self.get_status(name=name)
+            except CoordinatorUnavailable:
+                time.sleep(1)  # the coordinator restarts: follow it again
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")

@@ -1,0 +1,1 @@
+"""gRPC edge of the public API: unpack, call the capture service, map errors."""

@@ -1,0 +1,1 @@
+"""The agents' side: control streams, the agent registry, the data path."""

@@ -1,0 +1,201 @@
+"""The Fleet gRPC service: agents' control streams and their file uploads.
+
+Control: the first message is an AgentHello. The agent is registered under an etcd lease
+that each heartbeat refreshes; the coordinator then sends Start/Stop commands down the same
+stream. Data: one Upload stream per file, on its own channel, written to the sink strictly
+in order and acknowledged only once durable.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import AsyncIterator
+
+import grpc
+
+from coordinator import service as svc
+from coordinator.errors import FleetcapError
+from coordinator.state import keys
+from coordinator.storage.sink import OffsetMismatch, SinkError
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
+
+log = logging.getLogger(__name__)
+
+
+class AgentSession:
+    """The coordinator's end of one agent's control stream."""
+
+    def __init__(self, instance_key: str):
+        self.instance_key = instance_key
+        self.queue: asyncio.Queue[fleet_pb2.CoordinatorMessage | None] = asyncio.Queue()
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class AgentSessions:
+    """Agents connected to this replica; the Dispatcher the capture service sends through."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, AgentSession] = {}
+
+    def attach(self, session: AgentSession) -> None:
+        old = self._by_key.get(session.instance_key)
+        if old is not None:
+            log.warning("agent %s connected again; closing its previous stream", session.instance_key)
+            old.close()
+        self._by_key[session.instance_key] = session
+
+    def detach(self, session: AgentSession) -> None:
+        if self._by_key.get(session.instance_key) is session:
+            del self._by_key[session.instance_key]
+
+    def connected(self, instance_key: str) -> bool:
+        return instance_key in self._by_key
+
+    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
+        session = self._by_key.get(instance_key)
+        if session is None:
+            return False
+        session.queue.put_nowait(message)
+        return True
+
+
+def identity_error(ident: fleet_pb2.AgentIdentity) -> str:
+    if bool(ident.vm_name) == bool(ident.vmss_name):
+        return "identity needs exactly one of vm_name or vmss_name"
+    if ident.vmss_name and not ident.instance_id.isdigit():
+        return f"instance_id '{ident.instance_id}' must be a non-negative integer"
+    for value in (ident.vm_name, ident.vmss_name, ident.resource_group, ident.subscription):
+        if "/" in value:
+            return f"'{value}' must not contain '/'"
+    return ""
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    def __init__(self, service: svc.CaptureService, sessions: AgentSessions, *, agent_ttl_s: int, replica: str):
+        self.service = service
+        self.store = service.store
+        self.sessions = sessions
+        self.agent_ttl_s = agent_ttl_s
+        self.replica = replica
+        # The newest upload stream per stored object; an older one for the same object stops.
+        self._uploads: dict[str, object] = {}
+
+    async def Connect(self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[fleet_pb2.CoordinatorMessage]:
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be an AgentHello")
+        hello = first.hello
+        problem = identity_error(hello.identity)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        key = keys.instance_key(hello.identity)
+        record = state_pb2.AgentRecord(identity=hello.identity, hostname=hello.hostname, interface=hello.interface,
+                                       addresses=hello.addresses, connected_time=svc.rfc3339(svc.dt.datetime.now(svc.dt.timezone.utc)),
+                                       coordinator=self.replica)
+        session = AgentSession(key)
+        try:
+            lease = await self.store.register_agent(key, record, self.agent_ttl_s)
+        except FleetcapError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        self.sessions.attach(session)
+        log.info("agent %s connected (%s, %s)", key, hello.hostname, ", ".join(hello.addresses))
+        reader = asyncio.ensure_future(self._read(request_iterator, session, record, lease))
+        try:
+            yield fleet_pb2.CoordinatorMessage(welcome=fleet_pb2.Welcome(
+                instance_resource_id=keys.resource_id(hello.identity),
+                heartbeat_interval_ms=max(200, self.agent_ttl_s * 1000 // 4)))
+            await self.service.agent_connected(key, hello)
+            while True:
+                message = await session.queue.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            self.sessions.detach(session)
+            log.info("agent %s disconnected", key)
+
+    async def _read(self, requests: AsyncIterator[fleet_pb2.AgentMessage], session: AgentSession,
+                    record: state_pb2.AgentRecord, lease: int) -> None:
+        key = session.instance_key
+        try:
+            async for msg in requests:
+                try:
+                    if msg.HasField("heartbeat"):
+                        if not await self.store.refresh_agent(lease):
+                            log.warning("agent %s: lease expired while connected; registering again", key)
+                            lease = await self.store.register_agent(key, record, self.agent_ttl_s)
+                    elif msg.HasField("progress"):
+                        await self.service.apply_progress(key, msg.progress)
+                except FleetcapError as e:
+                    log.warning("agent %s: could not apply %s: %s", key, msg.WhichOneof("body"), e)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+    # -- data path ---------------------------------------------------------------------------
+
+    async def Upload(self, request_iterator: AsyncIterator[fleet_pb2.UploadRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[fleet_pb2.UploadResponse]:
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("open"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be an UploadOpen")
+        op = first.open
+        problem = identity_error(op.identity)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        record = await self.store.get_capture(op.capture_name)
+        if record is None or op.capture_id != record.resource.id + "@" + record.resource.created_time:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"packet capture '{op.capture_name}' not found")
+        account = record.resource.properties.storage_location.storage_id
+        if not account:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this capture has no storage account")
+        if keys.instance_key(op.identity) not in record.instance_keys:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this capture does not target that instance")
+        sink = self.service.sinks[account]
+        object_name = svc.blob_name(op.identity, svc.parse_rfc3339(record.resource.created_time))
+        writer = sink.open(object_name)
+        token = object()
+        self._uploads[object_name] = token
+        try:
+            done = await asyncio.to_thread(writer.committed)
+            if done:
+                yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
+                                               stored_sha256=done.sha256)
+                return
+            yield fleet_pb2.UploadResponse(acked_offset=await asyncio.to_thread(writer.stored_size),
+                                           storage_path=writer.uri)
+            async for req in request_iterator:
+                if self._uploads.get(object_name) is not token:
+                    await context.abort(grpc.StatusCode.ABORTED, "a newer upload stream took over this file")
+                if req.HasField("chunk"):
+                    c = req.chunk
+                    if zlib.crc32(c.data) != c.crc32:
+                        await context.abort(grpc.StatusCode.DATA_LOSS, f"chunk at offset {c.offset}: CRC-32 mismatch")
+                    acked = await asyncio.to_thread(writer.append, c.offset, c.data)
+                    yield fleet_pb2.UploadResponse(acked_offset=acked, storage_path=writer.uri)
+                elif req.HasField("finish"):
+                    done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
+                    log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
+                    yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
+                                                   stored_sha256=done.sha256)
+                    return
+        except OffsetMismatch as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except SinkError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"storage: {e}")
+        finally:
+            writer.close()
+            if self._uploads.get(object_name) is token:
+                del self._uploads[object_name]

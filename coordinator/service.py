@@ -1,0 +1,327 @@
+"""The capture service: the domain behind the public API and the fleet. No gRPC here.
+
+It validates and creates captures, resolves their targets, dispatches them to agents,
+applies agents' progress to the per-instance records under the state machine, and
+aggregates the status clients see.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from typing import AsyncIterator, Mapping, Protocol
+
+from coordinator import status as st
+from coordinator import targets, validation
+from coordinator.errors import AlreadyExists, FleetcapError, NotFound
+from coordinator.state import keys
+from coordinator.state.store import Store
+from coordinator.storage.sink import Sink
+from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
+from node_agent.capture import reasons as r
+
+log = logging.getLogger(__name__)
+
+LOCAL_ACCOUNT = "local"
+
+
+class Dispatcher(Protocol):
+    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
+        """Queues a message to the agent of that instance; False if it is not connected here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """Identity of this deployment (it plays one regional Network Watcher)."""
+
+    subscription: str = keys.DEFAULT_SUBSCRIPTION
+    watcher_resource_group: str = "NetworkWatcherRG"
+    watcher_name: str = "NetworkWatcher_local"
+
+
+def blob_name(identity: fleet_pb2.AgentIdentity, created: dt.datetime) -> str:
+    """Azure's blob layout for one instance's capture file (reference §4.4)."""
+    sub = (identity.subscription or keys.DEFAULT_SUBSCRIPTION).lower()
+    rg = (identity.resource_group or keys.DEFAULT_RESOURCE_GROUP).lower()
+    if identity.vmss_name:
+        machine = f"virtualmachinescalesets/{identity.vmss_name.lower()}/virtualmachines/{identity.instance_id}"
+    else:
+        machine = f"virtualmachines/{identity.vm_name.lower()}"
+    stamp = created.strftime("%Y/%m/%d/packetcapture_%H_%M_%S_") + f"{created.microsecond // 1000:03d}.cap"
+    return f"subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.compute/{machine}/{stamp}"
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def new_etag() -> str:
+    return f'W/"{uuid.uuid4()}"'
+
+
+class CaptureService:
+    def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
+                 config: ServiceConfig = ServiceConfig()):
+        self.store = store
+        self.sinks = sinks
+        self.dispatcher = dispatcher
+        self.config = config
+        self._last_created = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+    # -- public API ----------------------------------------------------------------------
+
+    def capture_id(self, name: str) -> str:
+        c = self.config
+        return (f"/subscriptions/{c.subscription}/resourceGroups/{c.watcher_resource_group}/providers/"
+                f"Microsoft.Network/networkWatchers/{c.watcher_name}/packetCaptures/{name}")
+
+    def _created_now(self) -> dt.datetime:
+        # Blob names carry the creation time to the millisecond; keep it unique per replica.
+        now = dt.datetime.now(dt.timezone.utc)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        if now <= self._last_created:
+            now = self._last_created + dt.timedelta(milliseconds=1)
+        self._last_created = now
+        return now
+
+    async def create(self, *, name: str, resource_group: str, subscription: str,
+                     params: captures_pb2.PacketCaptureParameters) -> captures_pb2.PacketCaptureResult:
+        validation.validate_name(name)
+        p = validation.validate(params, storage_accounts=self.sinks)
+        if await self.store.get_capture(name) is not None:
+            raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, "
+                                "delete it first")
+        resolved = targets.resolve(p.target, p.target_type, list(p.scope.include), list(p.scope.exclude),
+                                   subscription=subscription, resource_group=resource_group,
+                                   agents=await self.store.list_agents())
+        p.target = resolved.target_id
+        del p.scope.include[:]
+        del p.scope.exclude[:]
+        p.scope.include.extend(resolved.scope_include)
+        p.scope.exclude.extend(resolved.scope_exclude)
+        created = self._created_now()
+        local_path = p.storage_location.file_path or f"/var/captures/fleetcap/{name}-{uuid.uuid4().hex[:8]}.cap"
+        instances = []
+        storage_paths = []
+        for key, agent in resolved.instances.items():
+            ident = agent.identity
+            storage = ""
+            if p.storage_location.storage_id:
+                storage = self.sinks[p.storage_location.storage_id].uri(blob_name(ident, created))
+                storage_paths.append(storage)
+            instances.append(state_pb2.InstanceRecord(
+                instance_key=key, identity=ident,
+                status=captures_pb2.InstanceStatus(
+                    id=keys.resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
+                    packet_capture_status=r.NOT_STARTED,
+                    files=[captures_pb2.CaptureFile(file_path=local_path, storage_path=storage)])))
+        if storage_paths and not p.storage_location.storage_path:
+            # Azure returns the generated location: the blob for one instance, the common
+            # prefix for several.
+            p.storage_location.storage_path = storage_paths[0] if len(storage_paths) == 1 else \
+                storage_paths[0].split("/virtualmachines/")[0] + created.strftime("/%Y/%m/%d/packetcapture_%H_%M_%S_") \
+                + f"{created.microsecond // 1000:03d}"
+        resource = captures_pb2.PacketCaptureResult(
+            name=name, id=self.capture_id(name), etag=new_etag(), provisioning_state="Succeeded",
+            properties=p, created_time=rfc3339(created))
+        record = state_pb2.CaptureRecord(resource=resource, instance_keys=list(resolved.instances))
+        await self.store.create_capture(record, instances)
+        log.info("capture %s created on %d instance(s) of %s", name, len(instances), p.target)
+        for inst in instances:
+            self._start(record, inst)
+        return resource
+
+    async def get(self, name: str) -> captures_pb2.PacketCaptureResult:
+        return (await self._record(name)).resource
+
+    async def list(self) -> list[captures_pb2.PacketCaptureResult]:
+        return [c.resource for c in await self.store.list_captures()]
+
+    async def stop(self, name: str, reason: str = r.STOPPED_BY_USER) -> None:
+        def mark(rec: state_pb2.CaptureRecord) -> bool:
+            if rec.stop_requested:
+                return False
+            rec.stop_requested = reason
+            rec.resource.etag = new_etag()
+            return True
+        record = await self.store.update_capture(name, mark)
+        for inst in await self.store.get_instances(name):
+            if st.is_final(inst.status):
+                continue
+            stop = fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
+                capture_name=name, capture_id=record.resource.id + "@" + record.resource.created_time,
+                reason=record.stop_requested))
+            if not self.dispatcher.send(inst.instance_key, stop) and inst.status.packet_capture_status == r.NOT_STARTED:
+                await self._finish_unstarted(name, inst.instance_key, record.stop_requested)
+
+    async def delete(self, name: str) -> None:
+        record = await self._record(name)
+        if not record.stop_requested:
+            await self.stop(name, r.DELETED)
+        await self.store.delete_capture(name)
+        log.info("capture %s deleted (files are kept)", name)
+
+    async def list_agents(self) -> list[captures_pb2.AgentInfo]:
+        agents = await self.store.list_agents()
+        return [captures_pb2.AgentInfo(id=keys.resource_id(a.identity), hostname=a.hostname, interface=a.interface,
+                                       addresses=a.addresses, connected_time=a.connected_time)
+                for _, a in sorted(agents.items())]
+
+    async def get_status(self, name: str) -> captures_pb2.PacketCaptureQueryStatusResult:
+        record = await self._record(name)
+        return st.aggregate(record, await self.store.get_instances(name))
+
+    async def watch_status(self, name: str) -> AsyncIterator[captures_pb2.PacketCaptureQueryStatusResult]:
+        """Yields the status now and on every change, until every instance has settled."""
+        record = await self._record(name)
+        changed = asyncio.Event()
+
+        async def follow(prefix: str) -> None:
+            async for _ in self.store.watch(prefix):
+                changed.set()
+
+        watchers = [asyncio.ensure_future(follow(keys.capture(name))),
+                    asyncio.ensure_future(follow(keys.instances_of(name)))]
+        try:
+            last = None
+            while True:
+                changed.clear()
+                record = await self.store.get_capture(name)
+                if record is None:
+                    return
+                instances = await self.store.get_instances(name)
+                current = st.aggregate(record, instances)
+                if current != last:
+                    yield current
+                    last = current
+                upload = bool(record.resource.properties.storage_location.storage_id)
+                if instances and all(st.uploads_settled(i.status, upload) for i in instances):
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=5.0)
+                except asyncio.TimeoutError:
+                    pass  # re-read anyway: a watch may have been interrupted
+        finally:
+            for w in watchers:
+                w.cancel()
+
+    async def _record(self, name: str) -> state_pb2.CaptureRecord:
+        record = await self.store.get_capture(name)
+        if record is None:
+            raise NotFound(f"packet capture '{name}' not found")
+        return record
+
+    # -- the fleet side --------------------------------------------------------------------
+
+    def _start_message(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> fleet_pb2.CoordinatorMessage:
+        p = record.resource.properties
+        return fleet_pb2.CoordinatorMessage(start=fleet_pb2.StartCapture(
+            capture_name=record.resource.name,
+            capture_id=record.resource.id + "@" + record.resource.created_time,
+            file_path=inst.status.files[0].file_path,
+            snaplen=p.bytes_to_capture_per_packet,
+            total_bytes=p.total_bytes_per_session,
+            time_limit_s=p.time_limit_in_seconds,
+            filters=p.filters,
+            bpf_filter=p.bpf_filter,
+            upload=bool(p.storage_location.storage_id),
+            keep_local=bool(p.storage_location.file_path)))
+
+    def _start(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
+        return self.dispatcher.send(inst.instance_key, self._start_message(record, inst))
+
+    async def _finish_unstarted(self, name: str, instance_key: str, reason: str) -> None:
+        def finish(rec: state_pb2.InstanceRecord) -> bool:
+            if rec.status.packet_capture_status != r.NOT_STARTED:
+                return False
+            rec.status.packet_capture_status = r.STOPPED
+            rec.status.stop_reason = reason
+            return True
+        await self.store.update_instance(name, instance_key, finish)
+
+    async def apply_progress(self, instance_key: str, progress: fleet_pb2.CaptureProgress) -> None:
+        """Applies an agent's report to its instance record, under the state machine."""
+        name = progress.capture_name
+        record = await self.store.get_capture(name)
+        if record is None or progress.capture_id != record.resource.id + "@" + record.resource.created_time:
+            log.info("progress for unknown or deleted capture %s from %s ignored", name, instance_key)
+            return
+        if instance_key not in record.instance_keys:
+            log.warning("progress for capture %s from %s, which it does not target", name, instance_key)
+            return
+        new = progress.status
+
+        def apply(rec: state_pb2.InstanceRecord) -> bool:
+            old = rec.status
+            try:
+                st.check_transition(old.packet_capture_status, new.packet_capture_status)
+            except st.IllegalTransition as e:
+                log.warning("capture %s on %s: %s; report ignored", name, instance_key, e)
+                return False
+            merged = captures_pb2.InstanceStatus()
+            merged.CopyFrom(new)
+            merged.id, merged.instance_id = old.id, old.instance_id
+            for i, f in enumerate(merged.files):
+                if not f.storage_path and i < len(old.files):
+                    f.storage_path = old.files[i].storage_path
+            if merged == old:
+                return False
+            rec.status.CopyFrom(merged)
+            return True
+
+        await self.store.update_instance(name, instance_key, apply)
+
+    async def agent_connected(self, instance_key: str, hello: fleet_pb2.AgentHello) -> None:
+        """Reconciles an agent that (re)connected: applies what it reports, starts what it
+        should run, stops what should no longer run, and fails what it has lost."""
+        reported = {p.capture_name: p for p in hello.captures}
+        for progress in hello.captures:
+            await self.apply_progress(instance_key, progress)
+        for record in await self.store.list_captures():
+            if instance_key not in record.instance_keys:
+                continue
+            name = record.resource.name
+            inst = next((i for i in await self.store.get_instances(name) if i.instance_key == instance_key), None)
+            if inst is None or st.is_final(inst.status):
+                continue
+            if name in reported:
+                if record.stop_requested:
+                    self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
+                        capture_name=name, capture_id=reported[name].capture_id, reason=record.stop_requested)))
+            elif inst.status.packet_capture_status == r.NOT_STARTED:
+                if record.stop_requested:
+                    await self._finish_unstarted(name, instance_key, record.stop_requested)
+                else:
+                    self._start(record, inst)
+            else:
+                await self.fail_instance(name, instance_key, r.E_AGENT_STOPPED,
+                                         "the agent restarted and has no record of this capture")
+
+    async def agent_lost(self, instance_key: str) -> None:
+        """The agent's lease expired: every capture it had not finished is in error."""
+        for record in await self.store.list_captures():
+            if instance_key in record.instance_keys:
+                await self.fail_instance(record.resource.name, instance_key, r.E_AGENT_STOPPED,
+                                         "the agent stopped sending heartbeats and its lease expired")
+
+    async def fail_instance(self, name: str, instance_key: str, error: str, message: str) -> None:
+        def fail(rec: state_pb2.InstanceRecord) -> bool:
+            s = rec.status
+            if st.is_final(s):
+                return False
+            s.packet_capture_status = r.ERROR
+            s.stop_reason = r.AGENT_STOPPED if error == r.E_AGENT_STOPPED else r.CAPTURE_FAILED
+            s.packet_capture_error[:] = [error]
+            s.error_message = message
+            return True
+        try:
+            await self.store.update_instance(name, instance_key, fail)
+            log.warning("capture %s on %s: %s (%s)", name, instance_key, error, message)
+        except FleetcapError:
+            pass  # the capture was deleted meanwhile

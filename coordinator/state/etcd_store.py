@@ -1,0 +1,116 @@
+"""The etcd KV backend, over aetcd (asyncio; see docs/decisions.md for the choice).
+
+Every call is retried with backoff while etcd is unreachable, up to `retry_s`, so that a
+restarting etcd is an expected pause and not a crash; past that StoreUnavailable is raised.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator, Optional
+
+import aetcd
+import aetcd.exceptions
+
+from coordinator.errors import StoreUnavailable
+from coordinator.state.store import KV, KVBackend, WatchEvent
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
+
+
+def _b(s: str) -> bytes:
+    return s.encode()
+
+
+class EtcdKV(KVBackend):
+    def __init__(self, endpoints: list[str], *, retry_s: float = 30.0, timeout_s: int = 5):
+        """endpoints: "host:port" strings; the first reachable one is used."""
+        self._endpoints = endpoints
+        self._retry_s = retry_s
+        self._timeout_s = timeout_s
+        self._client: aetcd.Client | None = None
+        self._next = 0
+
+    def _connect(self) -> aetcd.Client:
+        if self._client is None:
+            host, _, port = self._endpoints[self._next % len(self._endpoints)].rpartition(":")
+            self._client = aetcd.Client(host=host, port=int(port), timeout=self._timeout_s)
+        return self._client
+
+    async def _call(self, fn):
+        deadline = asyncio.get_running_loop().time() + self._retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await fn(self._connect())
+            except _RETRYABLE as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise StoreUnavailable(f"etcd unreachable at {', '.join(self._endpoints)}: {e}") from None
+                log.warning("etcd call failed (%s); retrying in %.2fs", e, delay)
+                if len(self._endpoints) > 1:  # try the next member
+                    await self._reset()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _reset(self) -> None:
+        client, self._client = self._client, None
+        self._next += 1
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # closing a broken channel may fail; it is gone either way
+                pass
+
+    async def get(self, key: str) -> Optional[KV]:
+        r = await self._call(lambda c: c.get(_b(key)))
+        return KV(key, r.value, r.mod_revision) if r else None
+
+    async def get_prefix(self, prefix: str) -> list[KV]:
+        r = await self._call(lambda c: c.get_prefix(_b(prefix)))
+        return [KV(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.kvs]
+
+    async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
+        async def txn(c: aetcd.Client) -> bool:
+            compare = [c.transactions.mod(_b(k)) == rev for k, rev in expect.items()]
+            success = [c.transactions.put(_b(k), v, lease=lease or None) for k, v in puts]
+            ok, _ = await c.transaction(compare=compare, success=success, failure=[])
+            return ok
+        return await self._call(txn)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await self._call(lambda c: c.delete_prefix(_b(prefix)))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda c: c.delete(_b(key)))
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        lease = await self._call(lambda c: c.lease(ttl_s))
+        return lease.id
+
+    async def refresh_lease(self, lease: int) -> bool:
+        reply = await self._call(lambda c: c.refresh_lease(lease))
+        return reply is not None and reply.TTL > 0
+
+    async def revoke_lease(self, lease: int) -> None:
+        try:
+            await self._call(lambda c: c.revoke_lease(lease))
+        except aetcd.exceptions.ClientError as e:  # already expired: nothing to revoke
+            log.debug("revoke of lease %x: %s", lease, e)
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        watch = await self._call(lambda c: c.watch_prefix(_b(prefix)))
+        try:
+            async for event in watch:
+                yield WatchEvent(str(event.kind), event.kv.key.decode(), event.kv.value)
+        finally:
+            try:
+                await watch.cancel()
+            except Exception:  # the channel may already be gone
+                pass
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,55 @@
+"""Every etcd key fleetcap writes, in one place.
+
+    /fleetcap/v1/captures/{capture}                    CaptureRecord (JSON)
+    /fleetcap/v1/instances/{capture}/{instance_key}    InstanceRecord (JSON)
+    /fleetcap/v1/agents/{instance_key}                 AgentRecord (JSON), tied to the agent's lease
+
+An instance key names a VM or scale-set instance, lower-cased as Azure names are
+case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
+"{subscription}/{resource_group}/vmss/{name}/{instance_id}".
+"""
+from __future__ import annotations
+
+from fleetcap.v1 import fleet_pb2
+
+ROOT = "/fleetcap/v1/"
+CAPTURES = ROOT + "captures/"
+INSTANCES = ROOT + "instances/"
+AGENTS = ROOT + "agents/"
+
+DEFAULT_SUBSCRIPTION = "local"
+DEFAULT_RESOURCE_GROUP = "default"
+
+
+def capture(name: str) -> str:
+    return CAPTURES + name
+
+
+def instances_of(name: str) -> str:
+    return f"{INSTANCES}{name}/"
+
+
+def instance(name: str, instance_key: str) -> str:
+    return instances_of(name) + instance_key
+
+
+def agent(instance_key: str) -> str:
+    return AGENTS + instance_key
+
+
+def instance_key(identity: fleet_pb2.AgentIdentity) -> str:
+    sub = (identity.subscription or DEFAULT_SUBSCRIPTION).lower()
+    rg = (identity.resource_group or DEFAULT_RESOURCE_GROUP).lower()
+    if identity.vmss_name:
+        return f"{sub}/{rg}/vmss/{identity.vmss_name.lower()}/{identity.instance_id}"
+    return f"{sub}/{rg}/vm/{identity.vm_name.lower()}"
+
+
+def resource_id(identity: fleet_pb2.AgentIdentity) -> str:
+    """The full ARM-style id of the VM or scale-set instance."""
+    sub = identity.subscription or DEFAULT_SUBSCRIPTION
+    rg = identity.resource_group or DEFAULT_RESOURCE_GROUP
+    base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
+    if identity.vmss_name:
+        return f"{base}/virtualMachineScaleSets/{identity.vmss_name}/virtualMachines/{identity.instance_id}"
+    return f"{base}/virtualMachines/{identity.vm_name}"

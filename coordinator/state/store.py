@@ -1,0 +1,170 @@
+"""The state store contract, written once over a small key-value backend.
+
+A backend (memory_store.MemoryKV, etcd_store.EtcdKV) offers revisioned gets, a multi-key
+compare-and-put transaction, leases and prefix watches. `Store` builds the capture, instance
+and agent operations on top, so both backends run the same logic and the same contract tests
+(tests/unit/test_store_contract.py, tests/integration/test_etcd_store.py).
+
+Contract:
+- create_capture MUST fail with AlreadyExists when the name exists, and writes the capture
+  and all its instances atomically, or nothing.
+- update_capture / update_instance are compare-and-swap on the key's mod revision: two
+  coordinators can never both advance one record from the same state.
+- An agent record lives exactly as long as its lease; when the lease expires the record is
+  deleted and watchers see a DELETE.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import AsyncIterator, Callable, Iterable, Optional
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from coordinator.errors import AlreadyExists, Conflict, NotFound
+from coordinator.state import keys
+from fleetcap.v1 import state_pb2
+
+# Compare-and-swap attempts before giving up; conflicts only happen between replicas.
+CAS_ATTEMPTS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "PUT" | "DELETE"
+    key: str
+    value: bytes
+
+
+class KVBackend(abc.ABC):
+    @abc.abstractmethod
+    async def get(self, key: str) -> Optional[KV]: ...
+
+    @abc.abstractmethod
+    async def get_prefix(self, prefix: str) -> list[KV]: ...
+
+    @abc.abstractmethod
+    async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
+        """Writes every put iff each key in `expect` has that mod revision (0 = absent)."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def grant_lease(self, ttl_s: int) -> int: ...
+
+    @abc.abstractmethod
+    async def refresh_lease(self, lease: int) -> bool:
+        """False when the lease has already expired."""
+
+    @abc.abstractmethod
+    async def revoke_lease(self, lease: int) -> None: ...
+
+    @abc.abstractmethod
+    def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]: ...
+
+    async def close(self) -> None:
+        return None
+
+
+def encode(message: Message) -> bytes:
+    return json_format.MessageToJson(message, indent=None).encode()
+
+
+def decode(cls: type, data: bytes) -> Message:
+    return json_format.Parse(data, cls(), ignore_unknown_fields=True)
+
+
+class Store:
+    def __init__(self, kv: KVBackend):
+        self.kv = kv
+
+    async def close(self) -> None:
+        await self.kv.close()
+
+    # -- captures ------------------------------------------------------------------------
+
+    async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> None:
+        name = record.resource.name
+        puts = [(keys.capture(name), encode(record))]
+        puts += [(keys.instance(name, i.instance_key), encode(i)) for i in instances]
+        expect = {k: 0 for k, _ in puts}
+        if not await self.kv.put_if(puts, expect):
+            raise AlreadyExists(f"a packet capture named '{name}' already exists")
+
+    async def get_capture(self, name: str) -> Optional[state_pb2.CaptureRecord]:
+        kv = await self.kv.get(keys.capture(name))
+        return decode(state_pb2.CaptureRecord, kv.value) if kv else None
+
+    async def list_captures(self) -> list[state_pb2.CaptureRecord]:
+        return [decode(state_pb2.CaptureRecord, kv.value) for kv in await self.kv.get_prefix(keys.CAPTURES)]
+
+    async def update_capture(self, name: str, change: Callable[[state_pb2.CaptureRecord], bool]) -> state_pb2.CaptureRecord:
+        """Applies `change` (which edits the record in place and returns whether it changed
+        anything) under compare-and-swap. Raises NotFound."""
+        return await self._update(keys.capture(name), state_pb2.CaptureRecord, change, f"packet capture '{name}'")
+
+    async def delete_capture(self, name: str) -> None:
+        await self.kv.delete_prefix(keys.instances_of(name))
+        await self.kv.delete(keys.capture(name))
+
+    # -- instances -----------------------------------------------------------------------
+
+    async def get_instances(self, name: str) -> list[state_pb2.InstanceRecord]:
+        return [decode(state_pb2.InstanceRecord, kv.value) for kv in await self.kv.get_prefix(keys.instances_of(name))]
+
+    async def update_instance(self, name: str, instance_key: str,
+                              change: Callable[[state_pb2.InstanceRecord], bool]) -> state_pb2.InstanceRecord:
+        return await self._update(keys.instance(name, instance_key), state_pb2.InstanceRecord, change,
+                                  f"instance '{instance_key}' of packet capture '{name}'")
+
+    async def _update(self, key: str, cls: type, change: Callable, what: str):
+        for _ in range(CAS_ATTEMPTS):
+            kv = await self.kv.get(key)
+            if kv is None:
+                raise NotFound(f"{what} not found")
+            record = decode(cls, kv.value)
+            if not change(record):
+                return record
+            if await self.kv.put_if([(key, encode(record))], {key: kv.mod_revision}):
+                return record
+        raise Conflict(f"{what}: too many concurrent updates")
+
+    # -- agents --------------------------------------------------------------------------
+
+    async def register_agent(self, instance_key: str, record: state_pb2.AgentRecord, ttl_s: int) -> int:
+        """Writes the agent record under a new lease and returns the lease id. A record left
+        by an earlier connection of the same agent is replaced."""
+        lease = await self.kv.grant_lease(ttl_s)
+        key = keys.agent(instance_key)
+        while True:
+            old = await self.kv.get(key)
+            if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
+                return lease
+
+    async def refresh_agent(self, lease: int) -> bool:
+        return await self.kv.refresh_lease(lease)
+
+    async def unregister_agent(self, lease: int) -> None:
+        await self.kv.revoke_lease(lease)
+
+    async def list_agents(self) -> dict[str, state_pb2.AgentRecord]:
+        return {kv.key[len(keys.AGENTS):]: decode(state_pb2.AgentRecord, kv.value)
+                for kv in await self.kv.get_prefix(keys.AGENTS)}
+
+    def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        return self.kv.watch_prefix(prefix)
+
+
+__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "encode", "decode", "Conflict"]

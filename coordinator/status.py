@@ -1,0 +1,76 @@
+"""The instance state machine, as data, and the capture-level aggregate of its instances."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from fleetcap.v1 import captures_pb2, state_pb2
+from node_agent.capture import reasons as r
+
+# Allowed moves of one instance's packetCaptureStatus. Progress within a state is allowed
+# (Running → Running); nothing leaves Error, and Stopped may only turn into Error (an upload
+# that fails after the capture ended).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    r.NOT_STARTED: frozenset({r.NOT_STARTED, r.RUNNING, r.STOPPED, r.ERROR}),
+    r.RUNNING: frozenset({r.RUNNING, r.STOPPED, r.ERROR}),
+    r.STOPPED: frozenset({r.STOPPED, r.ERROR}),
+    r.ERROR: frozenset({r.ERROR}),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, old: str, new: str):
+        super().__init__(f"instance status cannot move from {old} to {new}")
+
+
+def check_transition(old: str, new: str) -> None:
+    if new not in TRANSITIONS.get(old, frozenset()):
+        raise IllegalTransition(old, new)
+
+
+def is_final(status: captures_pb2.InstanceStatus) -> bool:
+    return status.packet_capture_status in r.FINAL_STATUSES
+
+
+def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
+    """True when nothing more will change for this instance: it has ended, and if it
+    uploads, its file is committed (or it failed)."""
+    if not is_final(status):
+        return False
+    if status.packet_capture_status == r.ERROR or not upload:
+        return True
+    return bool(status.files) and all(f.upload_complete for f in status.files)
+
+
+def aggregate(capture: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> captures_pb2.PacketCaptureQueryStatusResult:
+    res = capture.resource
+    out = captures_pb2.PacketCaptureQueryStatusResult(name=res.name, id=res.id)
+    statuses = [i.status for i in sorted(instances, key=lambda i: _order(i.status.instance_id))]
+    out.instances.extend(statuses)
+    kinds = [s.packet_capture_status for s in statuses]
+    starts = sorted(s.capture_start_time for s in statuses if s.capture_start_time)
+    out.capture_start_time = starts[0] if starts else ""
+    if not kinds:
+        out.packet_capture_status = r.UNKNOWN
+    elif all(k == r.NOT_STARTED for k in kinds):
+        out.packet_capture_status = r.NOT_STARTED
+    elif any(k in (r.RUNNING, r.NOT_STARTED) for k in kinds):
+        out.packet_capture_status = r.RUNNING
+    elif all(k == r.ERROR for k in kinds):
+        out.packet_capture_status = r.ERROR
+    else:
+        out.packet_capture_status = r.STOPPED
+    errors: list[str] = []
+    for s in statuses:
+        errors += [e for e in s.packet_capture_error if e not in errors]
+    out.packet_capture_error.extend(errors)
+    if out.packet_capture_status in r.FINAL_STATUSES:
+        if capture.stop_requested:
+            out.stop_reason = capture.stop_requested
+        else:
+            found = {s.stop_reason for s in statuses if s.stop_reason}
+            out.stop_reason = found.pop() if len(found) == 1 else (r.MIXED if found else "")
+    return out
+
+
+def _order(instance_id: str) -> tuple[int, str]:
+    return (int(instance_id), "") if instance_id.isdigit() else (1 << 62, instance_id)

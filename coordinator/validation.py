@@ -1,0 +1,132 @@
+"""Create-request validation: Azure's rules, defaults and ranges (reference §1, §6).
+
+`validate` returns a normalized copy of the parameters with every default filled in, or
+raises InvalidArgument naming the field (Azure's JSON name) and the rule. Nothing is written
+before validation passes, so a bad request leaves no state behind.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Iterable
+
+from coordinator.errors import InvalidArgument, Unimplemented
+from fleetcap.v1 import captures_pb2
+from node_agent.capture import bpf
+from node_agent.capture.libpcap import PcapError, check_filter
+
+U32_MAX = 4294967295
+DEFAULT_TOTAL_BYTES = 1073741824
+DEFAULT_TIME_LIMIT_S = 18000
+MAX_TIME_LIMIT_S = 18000
+# A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
+MIN_TOTAL_BYTES = 24
+CAPTURE_ROOT = "/var/captures"
+TARGET_TYPES = {"azurevm": "AzureVM", "azurevmss": "AzureVMSS"}
+# Azure: 1-80 characters; letters, digits, '_', '.', '-'; starts with a letter or digit and
+# ends with a letter, digit or '_'.
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$")
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise InvalidArgument("name", f"'{name}' must be 1-80 characters of letters, digits, '_', '.', '-', "
+                                      "start with a letter or digit and end with a letter, digit or '_'")
+    return name
+
+
+def _range(field: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise InvalidArgument(field, f"{value} is out of range {lo}..{hi}")
+    return value
+
+
+def validate_capture_path(field: str, path: str) -> str:
+    """A Linux capture path: absolute, under /var/captures, ending in .cap, not escaping."""
+    if not path.startswith(CAPTURE_ROOT + "/"):
+        raise InvalidArgument(field, f"'{path}' must start with {CAPTURE_ROOT}/")
+    if not path.endswith(".cap"):
+        raise InvalidArgument(field, f"'{path}' must end in .cap")
+    if "\x00" in path or ".." in path.split("/"):
+        raise InvalidArgument(field, f"'{path}' must not contain '..' or NUL")
+    normal = posixpath.normpath(path)
+    if not normal.startswith(CAPTURE_ROOT + "/") or normal == CAPTURE_ROOT:
+        raise InvalidArgument(field, f"'{path}' escapes {CAPTURE_ROOT}")
+    return normal
+
+
+def parse_filters(filters: Iterable[captures_pb2.PacketCaptureFilter]) -> list[bpf.Filter]:
+    try:
+        return [bpf.parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
+                                 local_port=f.local_port, remote_port=f.remote_port)
+                for i, f in enumerate(filters)]
+    except bpf.FilterError as e:
+        raise InvalidArgument(e.field, e.rule) from None
+
+
+def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: Iterable[str]) -> captures_pb2.PacketCaptureParameters:
+    p = captures_pb2.PacketCaptureParameters()
+    p.CopyFrom(params)
+
+    if not p.target.strip():
+        raise InvalidArgument("target", "is required: a VM or scale-set name or ARM id")
+    target_type = TARGET_TYPES.get((p.target_type or "AzureVM").lower())
+    if target_type is None:
+        raise InvalidArgument("targetType", f"'{p.target_type}' is not one of AzureVM, AzureVMSS")
+    p.target_type = target_type
+    if target_type == "AzureVM" and (p.scope.include or p.scope.exclude):
+        raise InvalidArgument("scope", "include/exclude apply only to targetType AzureVMSS")
+
+    if p.HasField("continuous_capture"):
+        # Azure's mutual exclusions first, so the error names the right field.
+        if p.storage_location.file_path:
+            raise InvalidArgument("storageLocation.filePath", "is invalid with continuousCapture; use localPath")
+        if p.HasField("total_bytes_per_session"):
+            raise InvalidArgument("totalBytesPerSession", "is not supported with continuousCapture; use captureSettings")
+        if p.HasField("time_limit_in_seconds"):
+            raise InvalidArgument("timeLimitInSeconds", "is not supported with continuousCapture; use "
+                                                        "captureSettings.sessionTimeLimitInSeconds")
+        raise Unimplemented("continuousCapture: ring-buffer capture is not implemented yet")
+    if p.storage_location.local_path:
+        raise InvalidArgument("storageLocation.localPath", "is valid only with continuousCapture; use filePath")
+    if p.HasField("capture_settings"):
+        raise InvalidArgument("captureSettings", "is valid only with continuousCapture")
+
+    p.bytes_to_capture_per_packet = _range("bytesToCapturePerPacket", p.bytes_to_capture_per_packet, 0, U32_MAX)
+    total = p.total_bytes_per_session if p.HasField("total_bytes_per_session") else DEFAULT_TOTAL_BYTES
+    _range("totalBytesPerSession", total, 0, U32_MAX)
+    if 0 < total < MIN_TOTAL_BYTES:
+        raise InvalidArgument("totalBytesPerSession", f"{total} is below {MIN_TOTAL_BYTES}, the size of the pcap "
+                                                      "file header; use 0 for no byte limit")
+    p.total_bytes_per_session = total
+    limit = p.time_limit_in_seconds if p.HasField("time_limit_in_seconds") else DEFAULT_TIME_LIMIT_S
+    p.time_limit_in_seconds = _range("timeLimitInSeconds", limit, 0, MAX_TIME_LIMIT_S)
+
+    loc = p.storage_location
+    accounts = set(storage_accounts)
+    if not (loc.storage_id or loc.file_path):
+        raise InvalidArgument("storageLocation", "needs a storageId, a filePath, or both")
+    if loc.storage_path and not loc.storage_id:
+        raise InvalidArgument("storageLocation.storagePath", "needs storageLocation.storageId")
+    if loc.storage_id:
+        account = loc.storage_id.rstrip("/").rsplit("/", 1)[-1]
+        if account not in accounts:
+            raise InvalidArgument("storageLocation.storageId", f"'{loc.storage_id}' is not a configured storage account "
+                                                               f"(configured: {', '.join(sorted(accounts))})")
+        loc.storage_id = account
+    if loc.file_path:
+        loc.file_path = validate_capture_path("storageLocation.filePath", loc.file_path)
+
+    parsed = parse_filters(p.filters)
+    for f in p.filters:
+        f.protocol = bpf.PROTOCOLS[(f.protocol or "Any").lower()]
+    if p.bpf_filter.strip():
+        try:
+            check_filter(p.bpf_filter)
+        except PcapError as e:
+            raise InvalidArgument("bpfFilter", f"libpcap rejects it: {e}") from None
+    try:  # the whole expression, as an agent will build it
+        check_filter(bpf.capture_expression(parsed, bpf.PLACEHOLDER_LOCALS, bpf_filter=p.bpf_filter))
+    except PcapError as e:
+        raise InvalidArgument("filters", f"libpcap rejects the combined filter: {e}") from None
+    return p

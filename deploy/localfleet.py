@@ -1,0 +1,201 @@
+"""A whole fleetcap deployment on one machine, in network namespaces it creates and removes.
+
+    hub namespace:  bridge br0 (10.77.0.1/24), etcd on its loopback, the coordinator
+                    (fleet on 10.77.0.1:7770, API on a unix socket reachable from the host)
+    instance i<N>:  eth0 = 10.77.0.<10+N>/24, veth to the hub's bridge; one agent each
+
+Every namespace is private to one LocalFleet (its names carry a unique prefix), so several
+fleets run in parallel without sharing ports or addresses, and all test traffic stays inside
+namespaces this module made. `close()` stops the processes it started, by PID, and deletes
+the namespaces (which removes their veths).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from clients import sdk
+
+SUBNET = "10.77.0"
+HUB_IP = f"{SUBNET}.1"
+FLEET_PORT = 7770
+_counter = itertools.count()
+
+
+def run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+@dataclasses.dataclass
+class Instance:
+    index: int
+    namespace: str
+    ip: str
+    capture_root: str
+    process: subprocess.Popen | None = None
+    vmss: str = "web"
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.index)
+
+
+class LocalFleet:
+    def __init__(self, instances: int = 3, *, vmss: str = "web", resource_group: str = "rg1",
+                 workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO"):
+        self.prefix = f"fc{os.getpid() % 100000}x{next(_counter)}"
+        self.workdir = workdir or tempfile.mkdtemp(prefix="fleetcap-")
+        self.vmss = vmss
+        self.resource_group = resource_group
+        self.agent_ttl_s = agent_ttl_s
+        self.log_level = log_level
+        self.hub = f"{self.prefix}-hub"
+        self.api_socket = os.path.join(self.workdir, "api.sock")
+        self.storage_dir = os.path.join(self.workdir, "storage")
+        self.coordinator: subprocess.Popen | None = None
+        self.instances = [Instance(i, f"{self.prefix}-i{i}", f"{SUBNET}.{10 + i}",
+                                   os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
+                          for i in range(instances)]
+        self._namespaces: list[str] = []
+
+    @property
+    def api_address(self) -> str:
+        return f"unix:{self.api_socket}"
+
+    def client(self) -> sdk.Client:
+        return sdk.Client(self.api_address)
+
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.workdir, f"{name}.log")
+
+    # -- network ---------------------------------------------------------------------------
+
+    def _netns(self, name: str) -> None:
+        run("ip", "netns", "add", name)
+        self._namespaces.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+
+    def build_network(self) -> None:
+        self._netns(self.hub)
+        run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.hub, "addr", "add", f"{HUB_IP}/24", "dev", "br0")
+        run("ip", "-n", self.hub, "link", "set", "br0", "up")
+        for inst in self.instances:
+            self._netns(inst.namespace)
+            port = f"p{inst.index}"
+            run("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", inst.namespace)
+            run("ip", "-n", self.hub, "link", "set", port, "master", "br0")
+            run("ip", "-n", self.hub, "link", "set", port, "up")
+            run("ip", "-n", inst.namespace, "addr", "add", f"{inst.ip}/24", "dev", "eth0")
+            run("ip", "-n", inst.namespace, "link", "set", "eth0", "up")
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self, namespace: str, args: Sequence[str], log_name: str) -> subprocess.Popen:
+        log = open(self.log_path(log_name), "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level)
+        cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "clients.cli", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        log.close()
+        return proc
+
+    def start_coordinator(self) -> None:
+        self.coordinator = self._spawn(self.hub, [
+            "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT}", "--listen", self.api_address,
+            "--data-dir", os.path.join(self.workdir, "coordinator"), "--storage-dir", self.storage_dir,
+            "--agent-ttl", str(self.agent_ttl_s)], "coordinator")
+        self._wait(lambda: self._api_up(), 30, "the coordinator API", "coordinator")
+
+    def start_agent(self, inst: Instance) -> None:
+        os.makedirs(inst.capture_root, exist_ok=True)
+        inst.process = self._spawn(inst.namespace, [
+            "agent", "--vmss", inst.vmss, "--instance-id", inst.instance_id, "--resource-group", self.resource_group,
+            "--interface", "eth0", "--capture-root", inst.capture_root,
+            "--coordinator", f"{HUB_IP}:{FLEET_PORT}"], f"agent-i{inst.index}")
+
+    def wait_agents(self, count: int | None = None, timeout_s: float = 30) -> None:
+        want = len(self.instances) if count is None else count
+        with self.client() as c:
+            self._wait(lambda: len(c.list_agents()) >= want, timeout_s, f"{want} agents to register", "coordinator")
+
+    def _api_up(self) -> bool:
+        if not os.path.exists(self.api_socket):
+            return False
+        with sdk.Client(self.api_address, timeout_s=2) as c:
+            try:
+                c.list()
+                return True
+            except sdk.FleetcapError:
+                return False
+
+    def _wait(self, cond, timeout_s: float, what: str, log_name: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.coordinator is not None and self.coordinator.poll() is not None:
+                break
+            if cond():
+                return
+            time.sleep(0.1)
+        tail = ""
+        if os.path.exists(self.log_path(log_name)):
+            with open(self.log_path(log_name)) as f:
+                tail = "".join(f.readlines()[-30:])
+        raise RuntimeError(f"timed out waiting for {what}; {log_name} log:\n{tail}")
+
+    def start(self) -> "LocalFleet":
+        try:
+            self.build_network()
+            self.start_coordinator()
+            for inst in self.instances:
+                self.start_agent(inst)
+            self.wait_agents()
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def exec_in(self, inst: Instance, *args: str) -> subprocess.CompletedProcess:
+        """Runs a command inside an instance's namespace (e.g. the traffic generator)."""
+        return subprocess.run(["ip", "netns", "exec", inst.namespace, *args], check=True, capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def send_udp(self, src: Instance, dst: Instance, *, dport: int, sport: int, count: int, size: int, tag: int) -> None:
+        self.exec_in(src, sys.executable, "-m", "deploy.trafficgen", "--dst", dst.ip, "--dport", str(dport),
+                     "--sport", str(sport), "--count", str(count), "--size", str(size), "--tag", str(tag))
+
+    @staticmethod
+    def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        for inst in self.instances:
+            self.stop_process(inst.process)
+        self.stop_process(self.coordinator)
+        for ns in reversed(self._namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._namespaces.clear()
+
+    def __enter__(self) -> "LocalFleet":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def remove_workdir(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)

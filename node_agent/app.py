@@ -1,0 +1,301 @@
+"""`fleetcap agent`: dials out to the coordinator, runs the captures it is given, streams them.
+
+The control stream (hello, heartbeats, progress up; start and stop down) and the uploads
+use two channels, so a long upload never delays a stop or a heartbeat. Everything the agent
+knows about its captures is in memory and on its disk; after a reconnect its hello tells the
+coordinator the state of each.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+
+import grpc
+
+from clients import grpc_transport
+from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
+from node_agent.capture import bpf
+from node_agent.capture import reasons as r
+from node_agent.capture.session import CaptureSession, CaptureSpec
+from node_agent.upload.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+API_ROOT = "/var/captures"
+PROGRESS_INTERVAL_S = 1.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSettings:
+    coordinator: str
+    """host:port or unix:/path of the coordinator."""
+    identity: fleet_pb2.AgentIdentity
+    interface: str = ""
+    """Capture interface; empty = the first non-loopback interface that is up."""
+    capture_root: str = API_ROOT
+    """Where the API's /var/captures lives on this machine."""
+    buffer_size: int = 32 << 20
+    """Kernel capture ring per capture, in bytes (libpcap's default is 2 MiB)."""
+
+
+def interface_addresses(interface: str) -> list[str]:
+    out = subprocess.run(["ip", "-j", "addr", "show", "dev", interface], capture_output=True, text=True, check=True)
+    return [a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])]
+
+
+def default_interface() -> str:
+    out = subprocess.run(["ip", "-j", "link", "show", "up"], capture_output=True, text=True, check=True)
+    for link in json.loads(out.stdout):
+        if "LOOPBACK" not in link.get("flags", []):
+            return link["ifname"]
+    raise RuntimeError("no network interface is up; pass --interface")
+
+
+def coordinator_endpoints(address: str) -> list[tuple[str, int]]:
+    """The (ip, port) pairs of a TCP coordinator address, to keep our own traffic out."""
+    if address.startswith("unix:"):
+        return []
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    return sorted({(i[4][0], int(port)) for i in infos})
+
+
+def local_path(root: str, api_path: str) -> str:
+    """Maps /var/captures/x.cap under the capture root; refuses anything that escapes it."""
+    rel = os.path.relpath(os.path.normpath(api_path), API_ROOT)
+    if rel.startswith("..") or os.path.isabs(rel):
+        raise ValueError(f"{api_path} is outside {API_ROOT}")
+    return os.path.join(root, rel)
+
+
+class ActiveCapture:
+    def __init__(self, start: fleet_pb2.StartCapture, path: str):
+        self.start = start
+        self.path = path
+        self.session: CaptureSession | None = None
+        self.uploader: Uploader | None = None
+        self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
+        self.local_removed = False
+
+    def final(self) -> tuple[int, str] | None:
+        s = self.session
+        if s is None or not s.done.is_set() or s.counters.status != r.STOPPED:
+            return None
+        return s.counters.bytes, s.counters.sha256
+
+    def progress(self) -> fleet_pb2.CaptureProgress:
+        status = captures_pb2.InstanceStatus()
+        if self.failure:
+            status.packet_capture_status, status.stop_reason = r.ERROR, r.CAPTURE_FAILED
+            status.packet_capture_error.append(self.failure[0])
+            status.error_message = self.failure[1]
+        elif self.session:
+            c = self.session.counters
+            status.packet_capture_status = c.status
+            status.stop_reason = c.stop_reason
+            status.packet_capture_error.extend(c.errors)
+            status.error_message = c.error_message
+            status.capture_start_time, status.capture_stop_time = c.start_time, c.stop_time
+            status.packets_captured, status.bytes_captured = c.packets, c.bytes
+            status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
+            f = status.files.add(file_path=self.start.file_path, size_bytes=c.bytes, sha256=c.sha256)
+            if self.uploader:
+                u = self.uploader.state
+                f.uploaded_bytes, f.upload_complete = u.acked, u.committed
+                f.stored_sha256 = u.stored_sha256
+                if u.failed:
+                    status.packet_capture_status = r.ERROR
+                    status.packet_capture_error.append(r.E_STORAGE_FAILED)
+                    status.error_message = f"upload failed: {u.failed}; the file is kept at {self.start.file_path}"
+        return fleet_pb2.CaptureProgress(capture_name=self.start.capture_name, capture_id=self.start.capture_id,
+                                         status=status)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings):
+        self.settings = settings
+        self.interface = settings.interface or default_interface()
+        self.captures: dict[str, ActiveCapture] = {}
+        self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
+        self._dirty: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._data_channel = grpc_transport.aio_channel(settings.coordinator, dedicated=True)
+        self._data_stub = fleet_pb2_grpc.FleetStub(self._data_channel)
+        self._exclude = coordinator_endpoints(settings.coordinator)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        delay = RECONNECT_MIN_S
+        while not stop.is_set():
+            connected = await self._connect_once(stop)
+            if stop.is_set():
+                break
+            delay = RECONNECT_MIN_S if connected else min(delay * 2, RECONNECT_MAX_S)
+            log.info("reconnecting to %s in %.1fs", self.settings.coordinator, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+        await self.shutdown()
+
+    async def _connect_once(self, stop: asyncio.Event) -> bool:
+        """One control-stream connection; returns whether it got as far as the welcome."""
+        channel = grpc_transport.aio_channel(self.settings.coordinator)
+        call = fleet_pb2_grpc.FleetStub(channel).Connect()
+        tasks: list[asyncio.Future] = []
+        welcomed = False
+        try:
+            hello = fleet_pb2.AgentHello(
+                identity=self.settings.identity, hostname=socket.gethostname(), agent_version=VERSION,
+                interface=self.interface, addresses=interface_addresses(self.interface),
+                captures=[c.progress() for c in self.captures.values()])
+            await call.write(fleet_pb2.AgentMessage(hello=hello))
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("welcome"):
+                return False
+            welcomed = True
+            log.info("connected to %s as %s", self.settings.coordinator, first.welcome.instance_resource_id)
+            self._outbox = asyncio.Queue()
+            self._dirty.clear()
+            interval = first.welcome.heartbeat_interval_ms / 1000
+            tasks = [asyncio.ensure_future(self._write(call)), asyncio.ensure_future(self._heartbeat(interval)),
+                     asyncio.ensure_future(self._progress()), asyncio.ensure_future(stop.wait())]
+            reader = asyncio.ensure_future(self._read(call))
+            tasks.append(reader)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() and not isinstance(t.exception(), grpc.aio.AioRpcError):
+                    log.error("agent task failed", exc_info=t.exception())
+        except grpc.aio.AioRpcError as e:
+            log.warning("control stream to %s: %s %s", self.settings.coordinator, e.code().name, e.details())
+        finally:
+            for t in tasks:
+                t.cancel()
+            call.cancel()
+            await channel.close()
+        return welcomed
+
+    async def _write(self, call) -> None:
+        while True:
+            await call.write(await self._outbox.get())
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._outbox.put_nowait(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
+
+    async def _progress(self) -> None:
+        """Sends the progress of running captures about once a second, and state changes at once."""
+        while True:
+            for name, cap in list(self.captures.items()):
+                running = cap.session is not None and not cap.session.done.is_set()
+                uploading = cap.uploader is not None and not cap.uploader.state.committed
+                if running or uploading or name in self._dirty:
+                    self._dirty.discard(name)
+                    self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+    def _changed(self, name: str) -> None:
+        """A capture changed state: report it now (called on the event loop)."""
+        cap = self.captures.get(name)
+        if cap is not None:
+            self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+            self._maybe_remove_local(cap)
+
+    async def _read(self, call) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.HasField("start"):
+                self._start(msg.start)
+            elif msg.HasField("stop"):
+                cap = self.captures.get(msg.stop.capture_name)
+                if cap and cap.start.capture_id == msg.stop.capture_id and cap.session:
+                    log.info("capture %s: stop requested (%s)", msg.stop.capture_name, msg.stop.reason)
+                    cap.session.stop(msg.stop.reason or r.STOPPED_BY_USER)
+
+    def _start(self, start: fleet_pb2.StartCapture) -> None:
+        name = start.capture_name
+        old = self.captures.get(name)
+        if old is not None:
+            if old.start.capture_id == start.capture_id:
+                return  # a repeated start after a reconnect
+            if old.session:
+                old.session.stop(r.DELETED)
+        notify = lambda: self._loop.call_soon_threadsafe(self._changed, name)
+        try:
+            path = local_path(self.settings.capture_root, start.file_path)
+        except ValueError as e:
+            cap = self.captures[name] = ActiveCapture(start, "")
+            cap.failure = (r.E_LOCAL_FILE_FAILED, str(e))
+            notify()
+            return
+        cap = self.captures[name] = ActiveCapture(start, path)
+        try:
+            filters = [bpf.parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address,
+                                        remote_ip=f.remote_ip_address, local_port=f.local_port,
+                                        remote_port=f.remote_port) for i, f in enumerate(start.filters)]
+            expression = bpf.capture_expression(filters, interface_addresses(self.interface),
+                                                bpf_filter=start.bpf_filter, exclude_tcp=self._exclude)
+        except (bpf.FilterError, subprocess.CalledProcessError) as e:
+            cap.failure = (r.E_CAPTURE_FAILED, str(e))
+            notify()
+            return
+        log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
+        cap.session = CaptureSession(CaptureSpec(
+            name=name, capture_id=start.capture_id, interface=self.interface, path=path, expression=expression,
+            snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s,
+            buffer_size=self.settings.buffer_size), on_change=lambda s: notify())
+        cap.session.start()
+        if start.upload:
+            cap.uploader = Uploader(self._data_stub, fleet_pb2.UploadOpen(
+                identity=self.settings.identity, capture_name=name, capture_id=start.capture_id,
+                file_path=start.file_path), path, cap.final, notify)
+            asyncio.ensure_future(self._upload(cap))
+
+    async def _upload(self, cap: ActiveCapture) -> None:
+        # Wait for the file to exist (or the capture to fail before creating it).
+        while cap.session and not os.path.exists(cap.path) and not cap.session.done.is_set():
+            await asyncio.sleep(0.05)
+        if cap.session and cap.session.counters.status == r.ERROR:
+            return
+        await cap.uploader.run()
+
+    def _maybe_remove_local(self, cap: ActiveCapture) -> None:
+        """Storage-only captures: the instance's copy goes once the stored copy is verified."""
+        final = cap.final()
+        u = cap.uploader.state if cap.uploader else None
+        if (final and u and u.committed and u.stored_sha256 == final[1] and not cap.start.keep_local
+                and not cap.local_removed):
+            os.remove(cap.path)
+            cap.local_removed = True
+            log.info("capture %s: stored copy verified, local file removed", cap.start.capture_name)
+
+    async def shutdown(self) -> None:
+        for cap in self.captures.values():
+            if cap.session:
+                cap.session.stop(r.AGENT_STOPPED)
+        for cap in self.captures.values():
+            if cap.session:
+                await asyncio.to_thread(cap.session.join, 5)
+        await self._data_channel.close()
+
+
+async def serve(settings: AgentSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(settings)
+    print(f"fleetcap agent on {agent.interface} dialing {settings.coordinator}", flush=True)
+    await agent.run(stop)

@@ -1,0 +1,1 @@
+"""Packet capture: filter compilation, the libpcap binding and capture sessions."""

@@ -1,0 +1,1 @@
+"""The data path: streaming capture files to the coordinator, resumably."""

@@ -1,0 +1,135 @@
+"""Streams one capture file to the coordinator while it grows, resumably.
+
+The local file is the buffer: the uploader reads it from the last offset the coordinator
+acknowledged as durable, so a reconnect, a coordinator restart or a slow sink costs time,
+never bytes, and never agent memory beyond the in-flight window. Once the capture has ended
+and every byte is acknowledged, a finish message carries the size and SHA-256, which the
+coordinator verifies before it commits.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import zlib
+from typing import Callable
+
+import grpc
+
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+# Bytes sent but not yet acknowledged; bounds the agent's memory per upload.
+WINDOW_BYTES = 8 << 20
+POLL_S = 0.1
+RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+# Codes after which retrying cannot help: the capture is gone or this file is not wanted.
+FATAL = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+
+
+class StreamEnded(Exception):
+    """The stream closed without an error status; retried like UNAVAILABLE."""
+
+
+@dataclasses.dataclass
+class UploadState:
+    acked: int = 0
+    committed: bool = False
+    storage_path: str = ""
+    stored_sha256: str = ""
+    failed: str = ""
+
+
+class Uploader:
+    """`final()` returns (size, sha256) once the capture file is closed, else None."""
+
+    def __init__(self, stub: fleet_pb2_grpc.FleetStub, open_msg: fleet_pb2.UploadOpen, local_path: str,
+                 final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None]):
+        self.stub = stub
+        self.open_msg = open_msg
+        self.path = local_path
+        self.final = final
+        self.on_change = on_change
+        self.state = UploadState()
+
+    async def run(self) -> UploadState:
+        delay = RETRY_MIN_S
+        while not self.state.committed:
+            try:
+                await self._attempt()
+                delay = RETRY_MIN_S
+                continue
+            except grpc.aio.AioRpcError as e:
+                if e.code() in FATAL:
+                    self.state.failed = f"{e.code().name}: {e.details()}"
+                    log.error("upload of %s abandoned: %s", self.path, self.state.failed)
+                    self.on_change()
+                    return self.state
+                log.warning("upload of %s interrupted (%s: %s); resuming in %.1fs",
+                            self.path, e.code().name, e.details(), delay)
+            except (StreamEnded, OSError) as e:
+                log.warning("upload of %s interrupted (%s); resuming in %.1fs", self.path, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+        return self.state
+
+    async def _attempt(self) -> None:
+        call = self.stub.Upload()
+        try:
+            await call.write(fleet_pb2.UploadRequest(open=self.open_msg))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                raise StreamEnded("the coordinator closed the upload stream")
+            self._ack(first)
+            if self.state.committed:
+                return
+            sent = self.state.acked
+            reader = asyncio.ensure_future(self._read_acks(call))
+            try:
+                with open(self.path, "rb") as f:
+                    await self._send(call, f, sent, reader)
+            finally:
+                reader.cancel()
+        finally:
+            call.cancel()
+
+    async def _send(self, call, f, sent: int, reader: asyncio.Future) -> None:
+        finished = False
+        while not self.state.committed:
+            if reader.done():
+                reader.result()  # re-raises the stream's error
+                return
+            size = os.fstat(f.fileno()).st_size
+            if sent < size and sent - self.state.acked < WINDOW_BYTES:
+                data = os.pread(f.fileno(), min(CHUNK_BYTES, size - sent), sent)
+                await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(
+                    offset=sent, data=data, crc32=zlib.crc32(data))))
+                sent += len(data)
+                continue
+            final = self.final()
+            if final and not finished and sent == final[0] == size and self.state.acked == sent:
+                await call.write(fleet_pb2.UploadRequest(finish=fleet_pb2.UploadFinish(
+                    size_bytes=final[0], sha256=final[1])))
+                finished = True
+            await asyncio.sleep(POLL_S)
+
+    async def _read_acks(self, call) -> None:
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                if not self.state.committed:
+                    raise StreamEnded("the coordinator closed the upload stream before the commit")
+                return
+            self._ack(resp)
+
+    def _ack(self, resp: fleet_pb2.UploadResponse) -> None:
+        s = self.state
+        s.acked = resp.acked_offset
+        s.storage_path = resp.storage_path or s.storage_path
+        if resp.committed:
+            s.committed, s.stored_sha256 = True, resp.stored_sha256
+            log.info("upload of %s committed: %d bytes at %s", self.path, s.acked, s.storage_path)
+            self.on_change()

@@ -1,0 +1,45 @@
+from fleetcap.v1 import captures_pb2 as _captures_pb2
+from fleetcap.v1 import fleet_pb2 as _fleet_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CaptureRecord(_message.Message):
+    __slots__ = ("resource", "stop_requested", "instance_keys")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    resource: _captures_pb2.PacketCaptureResult
+    stop_requested: str
+    instance_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resource: _Optional[_Union[_captures_pb2.PacketCaptureResult, _Mapping]] = ..., stop_requested: _Optional[str] = ..., instance_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InstanceRecord(_message.Message):
+    __slots__ = ("instance_key", "identity", "status")
+    INSTANCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    instance_key: str
+    identity: _fleet_pb2.AgentIdentity
+    status: _captures_pb2.InstanceStatus
+    def __init__(self, instance_key: _Optional[str] = ..., identity: _Optional[_Union[_fleet_pb2.AgentIdentity, _Mapping]] = ..., status: _Optional[_Union[_captures_pb2.InstanceStatus, _Mapping]] = ...) -> None: ...
+
+class AgentRecord(_message.Message):
+    __slots__ = ("identity", "hostname", "interface", "addresses", "connected_time", "coordinator")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_TIME_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    identity: _fleet_pb2.AgentIdentity
+    hostname: str
+    interface: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    connected_time: str
+    coordinator: str
+    def __init__(self, identity: _Optional[_Union[_fleet_pb2.AgentIdentity, _Mapping]] = ..., hostname: _Optional[str] = ..., interface: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., connected_time: _Optional[str] = ..., coordinator: _Optional[str] = ...) -> None: ...
