@@ -84,6 +84,19 @@ _lib = _load()
 _PCAP_DUMP = ctypes.cast(_lib.pcap_dump, ctypes.c_void_p)
 
 
+def _compile(p: int, prog: _BpfProgram, expression: str) -> None:
+    """Compiles with the optimizer; an expression it proves matches nothing (say, a filter for
+    an address the instance does not have) is still a valid capture of nothing, so that one
+    is compiled unoptimized instead of failing."""
+    if _lib.pcap_compile(p, ctypes.byref(prog), expression.encode(), 1, PCAP_NETMASK_UNKNOWN) == 0:
+        return
+    message = _lib.pcap_geterr(p).decode()
+    if "rejects all packets" in message and \
+            _lib.pcap_compile(p, ctypes.byref(prog), expression.encode(), 0, PCAP_NETMASK_UNKNOWN) == 0:
+        return
+    raise PcapError(message)
+
+
 def lib_version() -> str:
     return _lib.pcap_lib_version().decode()
 
@@ -96,10 +109,11 @@ class CompiledFilter:
         if not self._dead:
             raise PcapError("pcap_open_dead failed")
         self._prog = _BpfProgram()
-        if _lib.pcap_compile(self._dead, ctypes.byref(self._prog), expression.encode(), 1, PCAP_NETMASK_UNKNOWN):
-            msg = _lib.pcap_geterr(self._dead).decode()
+        try:
+            _compile(self._dead, self._prog, expression)
+        except PcapError:
             _lib.pcap_close(self._dead)
-            raise PcapError(msg)
+            raise
 
     def matches(self, frame: bytes) -> bool:
         hdr = PktHdr(caplen=len(frame), len=len(frame))
@@ -151,8 +165,7 @@ class LiveHandle:
 
     def set_filter(self, expression: str) -> None:
         prog = _BpfProgram()
-        if _lib.pcap_compile(self._p, ctypes.byref(prog), expression.encode(), 1, PCAP_NETMASK_UNKNOWN):
-            raise PcapError(_lib.pcap_geterr(self._p).decode())
+        _compile(self._p, prog, expression)
         try:
             if _lib.pcap_setfilter(self._p, ctypes.byref(prog)):
                 raise PcapError(_lib.pcap_geterr(self._p).decode())

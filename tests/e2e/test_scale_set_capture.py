@@ -1,0 +1,158 @@
+"""End to end: etcd, a coordinator and four agent processes, each agent in its own network
+namespace as one instance of scale set "web". Known traffic is sent between the instances;
+each pcap is read back by an independent parser and must hold exactly the datagrams that
+match, each cut to the snap length, with the right stop reason."""
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+import pytest
+
+from clients import sdk
+from deploy.localfleet import LocalFleet
+from tests import pcaps
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-scale-set")]
+
+SNAPLEN = 100
+PAYLOAD = 300
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, packet capture)")
+    f = LocalFleet(4, vmss="web", resource_group="rg1", workdir=str(tmp_path_factory.mktemp("fleet")))
+    f.start()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def client(fleet):
+    with fleet.client() as c:
+        yield c
+
+
+def wait_running(client: sdk.Client, name: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    for status in client.watch(name=name):
+        states = {i.packet_capture_status for i in status.instances}
+        assert states <= {"NotStarted", "Running"}, f"{name} ended before traffic: {status}"
+        if states == {"Running"}:
+            return
+        assert time.monotonic() < deadline, f"{name} not running after {timeout_s}s"
+    raise AssertionError(f"watch of {name} ended before it was running")
+
+
+def expected(src, sport, dst, dport, tag, count) -> collections.Counter:
+    return collections.Counter({(src.ip, sport, dst.ip, dport, tag, seq): 1 for seq in range(count)})
+
+
+def stored_and_local(fleet: LocalFleet, status, instance_index: int, filename: str) -> tuple[str, str]:
+    inst = next(i for i in status.instances if i.instance_id == str(instance_index))
+    return inst.files[0].storage_path.removeprefix("file://"), \
+        os.path.join(fleet.instances[instance_index].capture_root, filename)
+
+
+def test_filters_scope_snaplen_and_time_limit(fleet, client):
+    i0, i1, i2, i3 = fleet.instances
+    created = client.create(
+        name="filters", target="web", target_type="AzureVMSS", resource_group="rg1",
+        include=["0", "web_1", "2"], exclude=["2"], bytes_to_capture_per_packet=SNAPLEN, time_limit_in_seconds=6,
+        storage_account="local", file_path="/var/captures/filters.cap",
+        filters=[{"protocol": "UDP", "localPort": "5001"},
+                 {"protocol": "UDP", "remoteIPAddress": i2.ip, "remotePort": "6000-6005"}])
+    assert [s.rsplit("/", 1)[1] for s in created.properties.scope.include] == ["0", "1", "2"]
+    assert [s.rsplit("/", 1)[1] for s in created.properties.scope.exclude] == ["2"]
+    wait_running(client, "filters")
+
+    fleet.send_udp(i1, i0, dport=5001, sport=40001, count=25, size=PAYLOAD, tag=1)   # i0: local port 5001, in
+    fleet.send_udp(i0, i1, dport=40001, sport=5001, count=15, size=PAYLOAD, tag=2)   # i0: local port 5001, out
+    fleet.send_udp(i2, i1, dport=7000, sport=6003, count=20, size=PAYLOAD, tag=3)    # i1: remote i2:6003
+    fleet.send_udp(i2, i1, dport=7000, sport=6010, count=20, size=PAYLOAD, tag=4)    # nobody: port out of range
+    fleet.send_udp(i3, i1, dport=7000, sport=6003, count=20, size=PAYLOAD, tag=5)    # nobody: wrong remote address
+    fleet.send_udp(i0, i1, dport=5002, sport=40002, count=20, size=PAYLOAD, tag=6)   # nobody
+    fleet.send_udp(i3, i2, dport=5001, sport=40003, count=20, size=PAYLOAD, tag=7)   # i2 is excluded
+
+    final = client.wait(name="filters", timeout_s=60)
+    assert final.packet_capture_status == "Stopped"
+    assert final.stop_reason == "TimeExceeded"
+    assert list(final.packet_capture_error) == []
+    assert [i.instance_id for i in final.instances] == ["0", "1"]
+    want = {
+        "0": expected(i1, 40001, i0, 5001, 1, 25) + expected(i0, 5001, i1, 40001, 2, 15),
+        "1": expected(i2, 6003, i1, 7000, 3, 20),
+    }
+    for inst in final.instances:
+        assert inst.packet_capture_status == "Stopped" and inst.stop_reason == "TimeExceeded"
+        stored, local = stored_and_local(fleet, final, int(inst.instance_id), "filters.cap")
+        pcap = pcaps.read(stored)
+        assert pcaps.flows(pcap.records) == want[inst.instance_id]
+        assert pcap.snaplen == SNAPLEN and pcap.linktype == 1
+        assert all(r.caplen == SNAPLEN and r.wirelen == 14 + 20 + 8 + PAYLOAD for r in pcap.records)
+        assert inst.packets_captured == sum(want[inst.instance_id].values())
+        assert inst.bytes_captured == pcap.size == os.path.getsize(local)
+        with open(stored, "rb") as a, open(local, "rb") as b:
+            assert a.read() == b.read()
+        f = inst.files[0]
+        assert f.upload_complete and f.sha256 == f.stored_sha256 and f.uploaded_bytes == pcap.size
+        assert inst.kernel_drops == 0
+    for excluded in (i2, i3):
+        assert not os.path.exists(os.path.join(excluded.capture_root, "filters.cap"))
+
+
+def test_byte_limit_stops_on_the_packet_that_would_cross_it(fleet, client):
+    i0, i1 = fleet.instances[:2]
+    record = 16 + SNAPLEN
+    limit = 24 + 10 * record + record // 2  # room for 10 records and half of the 11th
+    client.create(name="bytes", target="web", target_type="AzureVMSS", resource_group="rg1", include=["1"],
+                  bytes_to_capture_per_packet=SNAPLEN, total_bytes_per_session=limit, time_limit_in_seconds=60,
+                  storage_account="local", file_path="/var/captures/bytes.cap",
+                  filters=[{"protocol": "UDP", "localPort": "5003"}])
+    wait_running(client, "bytes")
+    fleet.send_udp(i0, i1, dport=5003, sport=40010, count=30, size=PAYLOAD, tag=8)
+    final = client.wait(name="bytes", timeout_s=60)
+    assert final.packet_capture_status == "Stopped"
+    assert final.stop_reason == "TotalBytesExceeded"
+    (inst,) = final.instances
+    stored, local = stored_and_local(fleet, final, 1, "bytes.cap")
+    pcap = pcaps.read(stored)
+    assert pcap.size == 24 + 10 * record <= limit
+    assert pcaps.flows(pcap.records) == expected(i0, 40010, i1, 5003, 8, 10)  # the first ten, in order
+    assert [r.seq for r in pcap.records] == list(range(10))
+    assert inst.packets_captured == 10 and inst.bytes_captured == pcap.size
+
+
+def test_manual_stop_and_idempotent_stop(fleet, client):
+    i0, i2 = fleet.instances[0], fleet.instances[2]
+    client.create(name="manual", target="web", target_type="AzureVMSS", resource_group="rg1", include=["2"],
+                  time_limit_in_seconds=0, total_bytes_per_session=0, storage_account="local",
+                  filters=[{"protocol": "UDP", "localPort": "5004"}])
+    wait_running(client, "manual")
+    fleet.send_udp(i0, i2, dport=5004, sport=40020, count=5, size=PAYLOAD, tag=9)
+    deadline = time.monotonic() + 20
+    while client.get_status(name="manual").instances[0].packets_captured < 5:
+        assert time.monotonic() < deadline, "the 5 datagrams were not reported in 20 s"
+        time.sleep(0.2)
+    client.stop(name="manual")
+    client.stop(name="manual")  # idempotent
+    final = client.wait(name="manual", timeout_s=60)
+    assert final.packet_capture_status == "Stopped"
+    assert final.stop_reason == "StoppedByUser"
+    (inst,) = final.instances
+    assert inst.stop_reason == "StoppedByUser"
+    stored = inst.files[0].storage_path.removeprefix("file://")
+    pcap = pcaps.read(stored)
+    assert pcaps.flows(pcap.records) == expected(i0, 40020, i2, 5004, 9, 5)
+    assert all(r.caplen == r.wirelen == 14 + 20 + 8 + PAYLOAD for r in pcap.records)  # whole packets
+    # Storage only: the instance's copy is removed once the stored copy is verified.
+    local_dir = os.path.join(fleet.instances[2].capture_root, "fleetcap")
+    assert [n for n in os.listdir(local_dir) if n.startswith("manual-")] == []
+    client.stop(name="manual")  # still idempotent once stopped
+    client.delete(name="manual")
+    with pytest.raises(sdk.CaptureNotFound):
+        client.get(name="manual")
+    assert os.path.exists(stored), "delete must not delete files"

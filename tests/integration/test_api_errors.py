@@ -1,0 +1,145 @@
+"""The public API's error contract, against a real coordinator process (with its embedded
+etcd) and a real agent: exact status codes, messages that name the field, CLI exit codes,
+and no state left behind by a rejected request."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from clients import sdk
+from deploy.localfleet import LocalFleet
+
+pytestmark = pytest.mark.integration
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root to open a capture handle")
+    d = tmp_path_factory.mktemp("coord")
+    sock = f"unix:{d}/api.sock"
+    logs = open(d / "coordinator.log", "wb")
+    coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "coordinator", "--listen", sock,
+                              "--data-dir", str(d / "data"), "--agent-ttl", "5"], cwd=ROOT, stdout=logs, stderr=logs)
+    agent_log = open(d / "agent.log", "wb")
+    agent = subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", sock, "--vm", "vm1",
+                              "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures")],
+                             cwd=ROOT, stdout=agent_log, stderr=agent_log)
+    try:
+        deadline = time.monotonic() + 30
+        with sdk.Client(sock, timeout_s=2) as c:
+            while True:
+                try:
+                    if len(c.list_agents()) == 1:
+                        break
+                except sdk.FleetcapError:
+                    pass
+                assert time.monotonic() < deadline, (d / "coordinator.log").read_text()
+                time.sleep(0.1)
+        yield sock
+    finally:
+        LocalFleet.stop_process(agent)
+        LocalFleet.stop_process(coord)
+
+
+@pytest.fixture
+def client(coordinator):
+    with sdk.Client(coordinator) as c:
+        yield c
+
+
+def cli(address: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", address, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+GOOD = dict(target="vm1", resource_group="rg1", file_path="/var/captures/ok.cap", time_limit_in_seconds=1,
+            filters=[{"protocol": "UDP", "localPort": "9"}])
+
+
+@pytest.mark.parametrize("override,field", [
+    (dict(name="bad name"), "name"),
+    (dict(target=""), "target"),
+    (dict(target_type="AzureVMs"), "targetType"),
+    (dict(bytes_to_capture_per_packet=-1), "bytesToCapturePerPacket"),
+    (dict(total_bytes_per_session=5_000_000_000), "totalBytesPerSession"),
+    (dict(time_limit_in_seconds=18001), "timeLimitInSeconds"),
+    (dict(file_path="/etc/passwd.cap"), "storageLocation.filePath"),
+    (dict(file_path="/var/captures/x.txt"), "storageLocation.filePath"),
+    (dict(file_path="", storage_account=""), "storageLocation"),
+    (dict(storage_account="nosuch"), "storageLocation.storageId"),
+    (dict(include=["0"]), "scope"),
+    (dict(filters=[{"protocol": "TCP", "localPort": "1-5;7"}]), "filters[0].localPort"),
+    (dict(filters=[{"protocol": "UDP"}, {"remoteIPAddress": "10.0.0.999"}]), "filters[1].remoteIPAddress"),
+    (dict(filters=[{}]), "filters[0]"),
+    (dict(bpf_filter="port 99999999"), "bpfFilter"),
+])
+def test_invalid_fields_are_named_and_leave_nothing(client, override, field):
+    args = dict(GOOD, name="pc-invalid")
+    args.update(override)
+    with pytest.raises(sdk.InvalidCapture) as e:
+        client.create(**args)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.message.startswith(f"{field}: ")
+    assert "Traceback" not in e.value.message
+    assert [c.name for c in client.list() if c.name == args["name"]] == []
+    with pytest.raises(sdk.CaptureNotFound):
+        client.get(name=args["name"])
+
+
+def test_unknown_target_and_instances_are_not_found(client):
+    with pytest.raises(sdk.CaptureNotFound) as e:
+        client.create(**dict(GOOD, name="pc-nf", target="vm9"))
+    assert e.value.code == grpc.StatusCode.NOT_FOUND and "target: no virtual machine 'vm9'" in e.value.message
+    with pytest.raises(sdk.CaptureNotFound):
+        client.create(**dict(GOOD, name="pc-nf", target="web", target_type="AzureVMSS"))
+    for call in (client.get, client.stop, client.delete, client.get_status):
+        with pytest.raises(sdk.CaptureNotFound) as e:
+            call(name="never-created")
+        assert e.value.message == "packet capture 'never-created' not found"
+
+
+def test_duplicate_name_is_already_exists_and_keeps_the_first(client):
+    first = client.create(**dict(GOOD, name="pc-dup"))
+    with pytest.raises(sdk.CaptureAlreadyExists) as e:
+        client.create(**dict(GOOD, name="pc-dup", time_limit_in_seconds=2))
+    assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert client.get(name="pc-dup") == first
+    final = client.wait(name="pc-dup", timeout_s=30)
+    assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
+    assert final.instances[0].id.endswith("/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm1")
+    client.delete(name="pc-dup")
+
+
+def test_cli_exit_codes(coordinator):
+    ok = ["capture", "create", "--vm", "vm1", "-g", "rg1", "--file-path", "/var/captures/cli.cap", "--time-limit", "1",
+          "--filters", json.dumps([{"protocol": "UDP", "localPort": "9"}])]
+    r = cli(coordinator, *ok, "--name", "cli-1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["properties"]["timeLimitInSeconds"] == 1
+    r = cli(coordinator, *ok, "--name", "cli-1")
+    assert r.returncode == 4 and "ALREADY_EXISTS" in r.stderr
+    r = cli(coordinator, *ok, "--name", "cli-2", "--capture-limit", "-3")
+    assert r.returncode == 2 and "totalBytesPerSession: -3 is out of range" in r.stderr
+    r = cli(coordinator, *ok[:-2], "--name", "cli-2", "--filters", "[{not json")
+    assert r.returncode == 2 and "--filters: not valid JSON" in r.stderr
+    r = cli(coordinator, "capture", "create", "--name", "cli-2", "--target-type", "AzureVMSS", "--file-path", "/var/captures/a.cap")
+    assert r.returncode == 2 and "--target is required" in r.stderr
+    r = cli(coordinator, "capture", "show", "--name", "cli-nope")
+    assert r.returncode == 3 and "NOT_FOUND" in r.stderr
+    r = cli(coordinator, "capture", "wait", "--name", "cli-1", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert (status["packetCaptureStatus"], status["stopReason"]) == ("Stopped", "TimeExceeded")
+    assert status["instances"][0]["packetsCaptured"] == 0
+    r = cli(coordinator, "capture", "delete", "--name", "cli-1")
+    assert r.returncode == 0
+    r = cli(coordinator, "capture", "list")
+    assert r.returncode == 0 and "cli-1" not in r.stdout

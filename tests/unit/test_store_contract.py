@@ -1,0 +1,127 @@
+"""The state-store contract, run over the memory backend here and over a real etcd in
+tests/integration/test_etcd_store.py (same class, different backend)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from coordinator.errors import AlreadyExists, NotFound
+from coordinator.state import keys
+from coordinator.state.memory_store import MemoryKV
+from coordinator.state.store import Store
+from fleetcap.v1 import captures_pb2 as pb
+from fleetcap.v1 import fleet_pb2, state_pb2
+
+
+def capture(name: str, *instance_keys: str):
+    rec = state_pb2.CaptureRecord(resource=pb.PacketCaptureResult(name=name, id=f"/x/{name}"),
+                                  instance_keys=list(instance_keys))
+    insts = [state_pb2.InstanceRecord(instance_key=k, status=pb.InstanceStatus(packet_capture_status="NotStarted"))
+             for k in instance_keys]
+    return rec, insts
+
+
+class StoreContract:
+    __test__ = False
+
+    async def make_kv(self):
+        raise NotImplementedError
+
+    def run(self, coro_fn):
+        async def go():
+            store = Store(await self.make_kv())
+            try:
+                await coro_fn(store)
+            finally:
+                await store.close()
+        asyncio.run(go())
+
+    def test_create_get_list_delete(self):
+        async def body(s: Store):
+            rec, insts = capture("c1", "a/b/vmss/w/0", "a/b/vmss/w/1")
+            await s.create_capture(rec, insts)
+            assert (await s.get_capture("c1")) == rec
+            assert [c.resource.name for c in await s.list_captures()] == ["c1"]
+            assert sorted(i.instance_key for i in await s.get_instances("c1")) == ["a/b/vmss/w/0", "a/b/vmss/w/1"]
+            await s.delete_capture("c1")
+            assert await s.get_capture("c1") is None and await s.get_instances("c1") == []
+        self.run(body)
+
+    def test_duplicate_name_fails_and_changes_nothing(self):
+        async def body(s: Store):
+            rec, insts = capture("dup", "k/0")
+            await s.create_capture(rec, insts)
+            other, other_insts = capture("dup", "k/9")
+            with pytest.raises(AlreadyExists):
+                await s.create_capture(other, other_insts)
+            assert [i.instance_key for i in await s.get_instances("dup")] == ["k/0"]
+        self.run(body)
+
+    def test_instances_of_one_capture_do_not_leak_into_a_longer_name(self):
+        async def body(s: Store):
+            await s.create_capture(*capture("c", "k/0"))
+            await s.create_capture(*capture("c2", "k/1"))
+            assert [i.instance_key for i in await s.get_instances("c")] == ["k/0"]
+        self.run(body)
+
+    def test_update_is_compare_and_swap(self):
+        async def body(s: Store):
+            await s.create_capture(*capture("u", "k/0"))
+            calls = []
+
+            def bump(rec):
+                calls.append(1)
+                rec.status.packets_captured += 1
+                return True
+            await asyncio.gather(*(s.update_instance("u", "k/0", bump) for _ in range(10)))
+            (inst,) = await s.get_instances("u")
+            assert inst.status.packets_captured == 10  # no update lost
+            unchanged = await s.update_instance("u", "k/0", lambda rec: False)
+            assert unchanged.status.packets_captured == 10
+            with pytest.raises(NotFound):
+                await s.update_instance("u", "k/missing", bump)
+            with pytest.raises(NotFound):
+                await s.update_capture("missing", lambda rec: True)
+        self.run(body)
+
+    def test_agent_lives_as_long_as_its_lease(self):
+        async def body(s: Store):
+            ident = fleet_pb2.AgentIdentity(vm_name="vm1")
+            key = keys.instance_key(ident)
+            events = []
+
+            async def watch():
+                async for ev in s.watch(keys.AGENTS):
+                    events.append((ev.kind, ev.key))
+                    if ev.kind == "DELETE":
+                        return
+            watcher = asyncio.ensure_future(watch())
+            await asyncio.sleep(0.2)  # let the watch start
+            lease = await s.register_agent(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
+            for _ in range(4):
+                await asyncio.sleep(0.4)
+                assert await s.refresh_agent(lease)
+            assert list(await s.list_agents()) == [key]
+            await asyncio.wait_for(watcher, timeout=10)  # stops refreshing: the lease expires
+            assert events == [("PUT", keys.agent(key)), ("DELETE", keys.agent(key))]
+            assert await s.list_agents() == {}
+            assert not await s.refresh_agent(lease)
+        self.run(body)
+
+    def test_reregistering_moves_the_record_to_the_new_lease(self):
+        async def body(s: Store):
+            ident = fleet_pb2.AgentIdentity(vm_name="vm2")
+            key = keys.instance_key(ident)
+            old = await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="a"), ttl_s=30)
+            await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="b"), ttl_s=30)
+            await s.unregister_agent(old)
+            assert (await s.list_agents())[key].hostname == "b"
+        self.run(body)
+
+
+class TestMemoryStore(StoreContract):
+    __test__ = True
+
+    async def make_kv(self):
+        return MemoryKV()

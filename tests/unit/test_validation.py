@@ -1,0 +1,102 @@
+"""Create-request validation: Azure's rules, defaults and ranges, field by field."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator import validation
+from coordinator.errors import InvalidArgument, Unimplemented
+from fleetcap.v1 import captures_pb2 as pb
+
+ACCOUNTS = ["local"]
+
+
+def params(**kw) -> pb.PacketCaptureParameters:
+    p = pb.PacketCaptureParameters(target="web", target_type="AzureVMSS",
+                                   storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap"))
+    for k, v in kw.items():
+        if k == "loc":
+            p.storage_location.CopyFrom(v)
+        elif k == "filters":
+            p.filters.extend(v)
+        else:
+            setattr(p, k, v)
+    return p
+
+
+def test_defaults_are_azures():
+    p = validation.validate(params(target_type=""), storage_accounts=ACCOUNTS)
+    assert p.target_type == "AzureVM"
+    assert p.bytes_to_capture_per_packet == 0
+    assert p.total_bytes_per_session == 1073741824
+    assert p.time_limit_in_seconds == 18000
+
+
+def test_zero_limits_are_kept_and_values_normalized():
+    p = validation.validate(params(total_bytes_per_session=0, time_limit_in_seconds=0, target_type="azurevmss",
+                                   filters=[pb.PacketCaptureFilter(protocol="udp", local_port="53")]),
+                            storage_accounts=ACCOUNTS)
+    assert (p.total_bytes_per_session, p.time_limit_in_seconds, p.target_type) == (0, 0, "AzureVMSS")
+    assert p.filters[0].protocol == "UDP"
+
+
+@pytest.mark.parametrize("kw,field,rule", [
+    (dict(target=""), "target", "is required"),
+    (dict(target_type="AzureFunction"), "targetType", "not one of AzureVM, AzureVMSS"),
+    (dict(bytes_to_capture_per_packet=-1), "bytesToCapturePerPacket", "out of range 0..4294967295"),
+    (dict(bytes_to_capture_per_packet=4294967296), "bytesToCapturePerPacket", "out of range"),
+    (dict(total_bytes_per_session=4294967296), "totalBytesPerSession", "out of range 0..4294967295"),
+    (dict(total_bytes_per_session=23), "totalBytesPerSession", "below 24"),
+    (dict(time_limit_in_seconds=18001), "timeLimitInSeconds", "out of range 0..18000"),
+    (dict(time_limit_in_seconds=-5), "timeLimitInSeconds", "out of range"),
+    (dict(loc=pb.PacketCaptureStorageLocation()), "storageLocation", "needs a storageId, a filePath"),
+    (dict(loc=pb.PacketCaptureStorageLocation(file_path="/tmp/a.cap")), "storageLocation.filePath", "must start with /var/captures/"),
+    (dict(loc=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.pcap")), "storageLocation.filePath", "must end in .cap"),
+    (dict(loc=pb.PacketCaptureStorageLocation(file_path="/var/captures/../etc/a.cap")), "storageLocation.filePath", "'..'"),
+    (dict(loc=pb.PacketCaptureStorageLocation(storage_id="nope")), "storageLocation.storageId", "not a configured storage account"),
+    (dict(loc=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap", storage_path="https://x/c")),
+     "storageLocation.storagePath", "needs storageLocation.storageId"),
+    (dict(loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/a.cap")), "storageLocation.localPath", "only with continuousCapture"),
+    (dict(filters=[pb.PacketCaptureFilter(protocol="TCP", local_port="1-2;3")]), "filters[0].localPort", "a range mixed with a list"),
+    (dict(filters=[pb.PacketCaptureFilter(protocol="UDP"), pb.PacketCaptureFilter()]), "filters[1]", "cannot be all empty"),
+    (dict(bpf_filter="udp and and"), "bpfFilter", "libpcap rejects it"),
+])
+def test_every_invalid_field_is_named(kw, field, rule):
+    with pytest.raises(InvalidArgument) as e:
+        validation.validate(params(**kw), storage_accounts=ACCOUNTS)
+    assert e.value.field == field
+    assert rule in str(e.value)
+
+
+def test_scope_only_with_scale_sets():
+    p = params(target_type="AzureVM")
+    p.scope.include.append("0")
+    with pytest.raises(InvalidArgument) as e:
+        validation.validate(p, storage_accounts=ACCOUNTS)
+    assert e.value.field == "scope"
+
+
+def test_continuous_capture_rules_then_unimplemented():
+    p = params(continuous_capture=True)
+    with pytest.raises(InvalidArgument) as e:
+        validation.validate(p, storage_accounts=ACCOUNTS)
+    assert e.value.field == "storageLocation.filePath"
+    p = params(continuous_capture=False, loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap"),
+               time_limit_in_seconds=5)
+    with pytest.raises(InvalidArgument) as e:
+        validation.validate(p, storage_accounts=ACCOUNTS)
+    assert e.value.field == "timeLimitInSeconds"
+    with pytest.raises(Unimplemented):
+        validation.validate(params(continuous_capture=True, loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap")),
+                            storage_accounts=ACCOUNTS)
+
+
+@pytest.mark.parametrize("name,ok", [("pc1", True), ("a", True), ("A.b-c_", True), ("x" * 80, True),
+                                     ("x" * 81, False), ("-pc", False), ("pc-", False), ("p c", False),
+                                     ("p/c", False), ("", False)])
+def test_capture_names(name, ok):
+    if ok:
+        assert validation.validate_name(name) == name
+    else:
+        with pytest.raises(InvalidArgument) as e:
+            validation.validate_name(name)
+        assert e.value.field == "name"
