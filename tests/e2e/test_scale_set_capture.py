@@ -156,3 +156,49 @@ def test_manual_stop_and_idempotent_stop(fleet, client):
     with pytest.raises(sdk.CaptureNotFound):
         client.get(name="manual")
     assert os.path.exists(stored), "delete must not delete files"
+
+
+def test_time_limit_precision_and_concurrent_captures_on_one_agent(fleet, client):
+    """Two captures on instance 3 at once, each with its own filter and limits; neither sees
+    the other's packets, and each stops within 1 s of its own time limit."""
+    i0, i3 = fleet.instances[0], fleet.instances[3]
+    for name, port, limit in (("conc-a", 5010, 3), ("conc-b", 5011, 5)):
+        client.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1", include=["3"],
+                      time_limit_in_seconds=limit, storage_account="local",
+                      filters=[{"protocol": "UDP", "localPort": str(port)}])
+    wait_running(client, "conc-a")
+    wait_running(client, "conc-b")
+    fleet.send_udp(i0, i3, dport=5010, sport=40030, count=12, size=PAYLOAD, tag=10)
+    fleet.send_udp(i0, i3, dport=5011, sport=40031, count=7, size=PAYLOAD, tag=11)
+    for name, port, sport, tag, count, limit in (("conc-a", 5010, 40030, 10, 12, 3), ("conc-b", 5011, 40031, 11, 7, 5)):
+        final = client.wait(name=name, timeout_s=60)
+        (inst,) = final.instances
+        assert inst.stop_reason == "TimeExceeded"
+        pcap = pcaps.read(inst.files[0].storage_path.removeprefix("file://"))
+        assert pcaps.flows(pcap.records) == expected(i0, sport, i3, port, tag, count)
+        ran = (sdk_time(inst.capture_stop_time) - sdk_time(inst.capture_start_time))
+        assert limit <= ran <= limit + 1.0, f"{name} ran {ran:.3f}s for a {limit}s limit"
+
+
+def test_capture_without_filters_leaves_out_the_agents_own_connection(fleet, client):
+    """No filters: everything on eth0 is captured except the agent's own gRPC connection to the
+    coordinator (10.77.0.1:7770), which carries this very upload."""
+    i0, i1 = fleet.instances[:2]
+    client.create(name="nofilter", target="web", target_type="AzureVMSS", resource_group="rg1", include=["1"],
+                  time_limit_in_seconds=4, storage_account="local")
+    wait_running(client, "nofilter")
+    fleet.send_udp(i0, i1, dport=5020, sport=40040, count=10, size=PAYLOAD, tag=12)
+    final = client.wait(name="nofilter", timeout_s=60)
+    (inst,) = final.instances
+    pcap = pcaps.read(inst.files[0].storage_path.removeprefix("file://"))
+    ours = [r for r in pcap.records if r.tag == 12]
+    assert pcaps.flows(ours) == expected(i0, 40040, i1, 5020, 12, 10)
+    coordinator_traffic = [r for r in pcap.records if 7770 in (r.sport, r.dport)]
+    assert coordinator_traffic == []
+    # The agent's connection was busy meanwhile: progress and this upload crossed eth0.
+    assert inst.files[0].uploaded_bytes == pcap.size > 24
+
+
+def sdk_time(text: str) -> float:
+    import datetime as dt
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
