@@ -116,7 +116,10 @@ def cmd_create(client: sdk.Client, args) -> int:
         bytes_to_capture_per_packet=args.capture_size, total_bytes_per_session=args.capture_limit,
         time_limit_in_seconds=args.time_limit, storage_account=args.storage_account or "",
         storage_path=args.storage_path or "", file_path=args.file_path or "",
-        filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "")
+        filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "",
+        continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
+        local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
+        session_time_limit_in_seconds=args.session_time_limit)
     _emit(sdk.to_dict(capture), args.output, CAPTURE_TABLE)
     return EXIT_OK
 
@@ -252,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--time-limit", type=int, help="seconds; default 18000; 0 = none")
     cr.add_argument("--filters", help="JSON list of filters, or @file")
     cr.add_argument("--bpf-filter", help="libpcap expression AND-ed with --filters (fleetcap extension)")
+    cr.add_argument("--continuous-capture", choices=["true", "false"],
+                    help="ring-buffer capture (either value selects it, as in Azure)")
+    cr.add_argument("--local-path", help="continuous capture: ring base name on each instance, /var/captures/....cap")
+    cr.add_argument("--file-count", type=int, help="continuous capture: files kept; default 10")
+    cr.add_argument("--file-size", type=int, help="continuous capture: bytes per file; default 104857600")
+    cr.add_argument("--session-time-limit", type=int, help="continuous capture: seconds; default 86400")
     cr.set_defaults(func=cmd_create)
     for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
                                  ("delete", cmd_delete, "delete a capture (files are kept)"),

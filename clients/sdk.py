@@ -136,11 +136,15 @@ class Client:
                bytes_to_capture_per_packet: int | None = None, total_bytes_per_session: int | None = None,
                time_limit_in_seconds: int | None = None, storage_account: str = "", storage_path: str = "",
                file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
-               bpf_filter: str = "") -> pb.PacketCaptureResult:
+               bpf_filter: str = "", continuous_capture: bool | None = None, local_path: str = "",
+               file_count: int | None = None, file_size_in_bytes: int | None = None,
+               session_time_limit_in_seconds: int | None = None) -> pb.PacketCaptureResult:
         """Creates and starts a capture.
 
         Args: as `az network watcher packet-capture create`; unset limits take Azure's
-            defaults (whole packets, 1 GiB, 18000 s).
+            defaults (whole packets, 1 GiB, 18000 s). continuous_capture (True or False, as in
+            Azure any non-None value) selects the ring buffer: local_path, file_count (10),
+            file_size_in_bytes (100 MiB) and session_time_limit_in_seconds (86400) apply.
         Returns: the capture resource, with defaults filled in and the target as an ARM id.
         Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists.
         """
@@ -148,7 +152,7 @@ class Client:
             target=target, target_type=target_type,
             scope=pb.PacketCaptureMachineScope(include=list(include), exclude=list(exclude)),
             storage_location=pb.PacketCaptureStorageLocation(storage_id=storage_account, storage_path=storage_path,
-                                                             file_path=file_path),
+                                                             file_path=file_path, local_path=local_path),
             filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
                      for i, f in enumerate(filters)],
             bpf_filter=bpf_filter)
@@ -158,6 +162,13 @@ class Client:
             params.total_bytes_per_session = total_bytes_per_session
         if time_limit_in_seconds is not None:
             params.time_limit_in_seconds = time_limit_in_seconds
+        if continuous_capture is not None:
+            params.continuous_capture = continuous_capture
+        settings = dict(file_count=file_count, file_size_in_bytes=file_size_in_bytes,
+                        session_time_limit_in_seconds=session_time_limit_in_seconds)
+        for key, value in settings.items():
+            if value is not None:
+                setattr(params.capture_settings, key, value)
         req = pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
                                             properties=params)
         return self._call(self._stub.Create, req).capture

@@ -21,6 +21,7 @@ from coordinator.state.store import Store
 from coordinator.storage.sink import Sink
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
 from node_agent.capture import reasons as r
+from node_agent.capture.session import ring_file_path
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,33 @@ def blob_name(identity: fleet_pb2.AgentIdentity, created: dt.datetime) -> str:
         machine = f"virtualmachines/{identity.vm_name.lower()}"
     stamp = created.strftime("%Y/%m/%d/packetcapture_%H_%M_%S_") + f"{created.microsecond // 1000:03d}.cap"
     return f"subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.compute/{machine}/{stamp}"
+
+
+def storage_prefix(uri: str, *, several_instances: bool, continuous: bool) -> str:
+    """What create returns as storagePath: the one blob, or the prefix its siblings share
+    (Azure: ".../virtualmachinescalesets/{name}/{yyyy}/{mm}/{dd}/packetcapture_{time}")."""
+    if not several_instances and not continuous:
+        return uri
+    if several_instances:
+        head, _, tail = uri.partition("/virtualmachines/")
+        uri = head + "/" + tail.split("/", 1)[1]
+    uri = uri[:-len(".cap")]
+    return uri[:-len("_00000")] if continuous else uri
+
+
+def object_name(record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdentity, file_path: str) -> str:
+    """The stored object for one file of one instance; raises NotFound for a file the capture
+    does not have. A ring's file N is stored as packetcapture_..._N.cap."""
+    base = blob_name(identity, parse_rfc3339(record.resource.created_time))
+    if not record.resource.properties.HasField("continuous_capture"):
+        if file_path != record.local_path:
+            raise NotFound(f"file '{file_path}' is not part of capture '{record.resource.name}'")
+        return base
+    stem = record.local_path[:-len(".cap")] + "_"
+    index = file_path[len(stem):-len(".cap")]
+    if not (file_path.startswith(stem) and file_path.endswith(".cap") and len(index) == 5 and index.isdigit()):
+        raise NotFound(f"file '{file_path}' is not part of capture '{record.resource.name}'")
+    return f"{base[:-len('.cap')]}_{index}.cap"
 
 
 def rfc3339(t: dt.datetime) -> str:
@@ -106,31 +134,27 @@ class CaptureService:
         p.scope.include.extend(resolved.scope_include)
         p.scope.exclude.extend(resolved.scope_exclude)
         created = self._created_now()
-        local_path = p.storage_location.file_path or f"/var/captures/fleetcap/{name}-{uuid.uuid4().hex[:8]}.cap"
-        instances = []
-        storage_paths = []
-        for key, agent in resolved.instances.items():
-            ident = agent.identity
-            storage = ""
-            if p.storage_location.storage_id:
-                storage = self.sinks[p.storage_location.storage_id].uri(blob_name(ident, created))
-                storage_paths.append(storage)
-            instances.append(state_pb2.InstanceRecord(
-                instance_key=key, identity=ident,
-                status=captures_pb2.InstanceStatus(
-                    id=keys.resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
-                    packet_capture_status=r.NOT_STARTED,
-                    files=[captures_pb2.CaptureFile(file_path=local_path, storage_path=storage)])))
-        if storage_paths and not p.storage_location.storage_path:
-            # Azure returns the generated location: the blob for one instance, the common
-            # prefix for several.
-            p.storage_location.storage_path = storage_paths[0] if len(storage_paths) == 1 else \
-                storage_paths[0].split("/virtualmachines/")[0] + created.strftime("/%Y/%m/%d/packetcapture_%H_%M_%S_") \
-                + f"{created.microsecond // 1000:03d}"
+        loc = p.storage_location
+        local_path = loc.file_path or loc.local_path or f"/var/captures/fleetcap/{name}-{uuid.uuid4().hex[:8]}.cap"
+        continuous = p.HasField("continuous_capture")
         resource = captures_pb2.PacketCaptureResult(
             name=name, id=self.capture_id(name), etag=new_etag(), provisioning_state="Succeeded",
             properties=p, created_time=rfc3339(created))
-        record = state_pb2.CaptureRecord(resource=resource, instance_keys=list(resolved.instances))
+        record = state_pb2.CaptureRecord(resource=resource, instance_keys=list(resolved.instances),
+                                         local_path=local_path)
+        instances = []
+        for key, agent in resolved.instances.items():
+            ident = agent.identity
+            status = captures_pb2.InstanceStatus(id=keys.resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
+                                                 packet_capture_status=r.NOT_STARTED)
+            if not continuous:  # a ring's files are reported as they open
+                status.files.add(file_path=local_path, storage_path=self.storage_uri(record, ident, local_path))
+            instances.append(state_pb2.InstanceRecord(instance_key=key, identity=ident, status=status))
+        if loc.storage_id and not loc.storage_path:
+            # Azure returns the generated location: the blob for one instance, the common
+            # prefix for several (and for a ring's files).
+            one = self.storage_uri(record, instances[0].identity, ring_file_path(local_path, 0, continuous))
+            loc.storage_path = storage_prefix(one, several_instances=len(instances) > 1, continuous=continuous)
         await self.store.create_capture(record, instances)
         log.info("capture %s created on %d instance(s) of %s", name, len(instances), p.target)
         for inst in instances:
@@ -219,19 +243,27 @@ class CaptureService:
 
     # -- the fleet side --------------------------------------------------------------------
 
+    def storage_uri(self, record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdentity, file_path: str) -> str:
+        account = record.resource.properties.storage_location.storage_id
+        return self.sinks[account].uri(object_name(record, identity, file_path)) if account else ""
+
     def _start_message(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> fleet_pb2.CoordinatorMessage:
         p = record.resource.properties
+        continuous = p.HasField("continuous_capture")
         return fleet_pb2.CoordinatorMessage(start=fleet_pb2.StartCapture(
             capture_name=record.resource.name,
             capture_id=record.resource.id + "@" + record.resource.created_time,
-            file_path=inst.status.files[0].file_path,
+            file_path=record.local_path,
             snaplen=p.bytes_to_capture_per_packet,
-            total_bytes=p.total_bytes_per_session,
-            time_limit_s=p.time_limit_in_seconds,
+            total_bytes=0 if continuous else p.total_bytes_per_session,
+            time_limit_s=p.capture_settings.session_time_limit_in_seconds if continuous else p.time_limit_in_seconds,
             filters=p.filters,
             bpf_filter=p.bpf_filter,
             upload=bool(p.storage_location.storage_id),
-            keep_local=bool(p.storage_location.file_path)))
+            keep_local=bool(p.storage_location.file_path or p.storage_location.local_path),
+            continuous=continuous,
+            file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
+            file_count=p.capture_settings.file_count if continuous else 0))
 
     def _start(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
         return self.dispatcher.send(inst.instance_key, self._start_message(record, inst))
@@ -267,9 +299,12 @@ class CaptureService:
             merged = captures_pb2.InstanceStatus()
             merged.CopyFrom(new)
             merged.id, merged.instance_id = old.id, old.instance_id
-            for i, f in enumerate(merged.files):
-                if not f.storage_path and i < len(old.files):
-                    f.storage_path = old.files[i].storage_path
+            for f in merged.files:
+                try:
+                    f.storage_path = self.storage_uri(record, rec.identity, f.file_path)
+                except NotFound:
+                    log.warning("capture %s on %s reports unknown file %s", name, instance_key, f.file_path)
+                    return False
             if merged == old:
                 return False
             rec.status.CopyFrom(merged)

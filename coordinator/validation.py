@@ -10,7 +10,7 @@ import posixpath
 import re
 from typing import Iterable
 
-from coordinator.errors import InvalidArgument, Unimplemented
+from coordinator.errors import InvalidArgument
 from fleetcap.v1 import captures_pb2
 from node_agent.capture import bpf
 from node_agent.capture.libpcap import PcapError, check_filter
@@ -22,6 +22,11 @@ MAX_TIME_LIMIT_S = 18000
 # A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
 MIN_TOTAL_BYTES = 24
 CAPTURE_ROOT = "/var/captures"
+DEFAULT_FILE_COUNT, MAX_FILE_COUNT = 10, 10000
+DEFAULT_FILE_SIZE = 104857600
+DEFAULT_SESSION_S, MAX_SESSION_S = 86400, 604800
+# A ring file holds the 24-byte header and at least one record (16 + an Ethernet header).
+MIN_FILE_SIZE = 24 + 16 + 14
 TARGET_TYPES = {"azurevm": "AzureVM", "azurevmss": "AzureVMSS"}
 # Azure: 1-80 characters; letters, digits, '_', '.', '-'; starts with a letter or digit and
 # ends with a letter, digit or '_'.
@@ -55,6 +60,29 @@ def validate_capture_path(field: str, path: str) -> str:
     return normal
 
 
+def _validate_continuous(p: captures_pb2.PacketCaptureParameters) -> None:
+    """Continuous (ring-buffer) mode: Azure PowerShell's mutual exclusions, then the settings.
+    A value of 0 takes the default, as an unset one does."""
+    if p.storage_location.file_path:
+        raise InvalidArgument("storageLocation.filePath", "is invalid with continuousCapture; use localPath")
+    if p.HasField("total_bytes_per_session"):
+        raise InvalidArgument("totalBytesPerSession", "is not supported with continuousCapture; use "
+                                                      "captureSettings.fileSizeInBytes")
+    if p.HasField("time_limit_in_seconds"):
+        raise InvalidArgument("timeLimitInSeconds", "is not supported with continuousCapture; use "
+                                                    "captureSettings.sessionTimeLimitInSeconds")
+    s = p.capture_settings
+    s.file_count = _range("captureSettings.fileCount", s.file_count, 0, MAX_FILE_COUNT) or DEFAULT_FILE_COUNT
+    s.file_size_in_bytes = _range("captureSettings.fileSizeInBytes", s.file_size_in_bytes, 0, U32_MAX) \
+        or DEFAULT_FILE_SIZE
+    if s.file_size_in_bytes < MIN_FILE_SIZE:
+        raise InvalidArgument("captureSettings.fileSizeInBytes", f"{s.file_size_in_bytes} is below {MIN_FILE_SIZE}: "
+                                                                 "a file must hold its header and one packet")
+    s.session_time_limit_in_seconds = _range("captureSettings.sessionTimeLimitInSeconds",
+                                             s.session_time_limit_in_seconds, 0, MAX_SESSION_S) or DEFAULT_SESSION_S
+    p.continuous_capture = True
+
+
 def parse_filters(filters: Iterable[captures_pb2.PacketCaptureFilter]) -> list[bpf.Filter]:
     try:
         return [bpf.parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
@@ -77,35 +105,29 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     if target_type == "AzureVM" and (p.scope.include or p.scope.exclude):
         raise InvalidArgument("scope", "include/exclude apply only to targetType AzureVMSS")
 
-    if p.HasField("continuous_capture"):
-        # Azure's mutual exclusions first, so the error names the right field.
-        if p.storage_location.file_path:
-            raise InvalidArgument("storageLocation.filePath", "is invalid with continuousCapture; use localPath")
-        if p.HasField("total_bytes_per_session"):
-            raise InvalidArgument("totalBytesPerSession", "is not supported with continuousCapture; use captureSettings")
-        if p.HasField("time_limit_in_seconds"):
-            raise InvalidArgument("timeLimitInSeconds", "is not supported with continuousCapture; use "
-                                                        "captureSettings.sessionTimeLimitInSeconds")
-        raise Unimplemented("continuousCapture: ring-buffer capture is not implemented yet")
-    if p.storage_location.local_path:
-        raise InvalidArgument("storageLocation.localPath", "is valid only with continuousCapture; use filePath")
-    if p.HasField("capture_settings"):
-        raise InvalidArgument("captureSettings", "is valid only with continuousCapture")
-
     p.bytes_to_capture_per_packet = _range("bytesToCapturePerPacket", p.bytes_to_capture_per_packet, 0, U32_MAX)
-    total = p.total_bytes_per_session if p.HasField("total_bytes_per_session") else DEFAULT_TOTAL_BYTES
-    _range("totalBytesPerSession", total, 0, U32_MAX)
-    if 0 < total < MIN_TOTAL_BYTES:
-        raise InvalidArgument("totalBytesPerSession", f"{total} is below {MIN_TOTAL_BYTES}, the size of the pcap "
-                                                      "file header; use 0 for no byte limit")
-    p.total_bytes_per_session = total
-    limit = p.time_limit_in_seconds if p.HasField("time_limit_in_seconds") else DEFAULT_TIME_LIMIT_S
-    p.time_limit_in_seconds = _range("timeLimitInSeconds", limit, 0, MAX_TIME_LIMIT_S)
-
     loc = p.storage_location
+    if p.HasField("continuous_capture"):
+        _validate_continuous(p)
+        local_field, local = "storageLocation.localPath", loc.local_path
+    else:
+        if loc.local_path:
+            raise InvalidArgument("storageLocation.localPath", "is valid only with continuousCapture; use filePath")
+        if p.HasField("capture_settings"):
+            raise InvalidArgument("captureSettings", "is valid only with continuousCapture")
+        total = p.total_bytes_per_session if p.HasField("total_bytes_per_session") else DEFAULT_TOTAL_BYTES
+        _range("totalBytesPerSession", total, 0, U32_MAX)
+        if 0 < total < MIN_TOTAL_BYTES:
+            raise InvalidArgument("totalBytesPerSession", f"{total} is below {MIN_TOTAL_BYTES}, the size of the pcap "
+                                                          "file header; use 0 for no byte limit")
+        p.total_bytes_per_session = total
+        limit = p.time_limit_in_seconds if p.HasField("time_limit_in_seconds") else DEFAULT_TIME_LIMIT_S
+        p.time_limit_in_seconds = _range("timeLimitInSeconds", limit, 0, MAX_TIME_LIMIT_S)
+        local_field, local = "storageLocation.filePath", loc.file_path
+
     accounts = set(storage_accounts)
-    if not (loc.storage_id or loc.file_path):
-        raise InvalidArgument("storageLocation", "needs a storageId, a filePath, or both")
+    if not (loc.storage_id or local):
+        raise InvalidArgument("storageLocation", f"needs a storageId, a {local_field.split('.')[1]}, or both")
     if loc.storage_path and not loc.storage_id:
         raise InvalidArgument("storageLocation.storagePath", "needs storageLocation.storageId")
     if loc.storage_id:
@@ -116,6 +138,8 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         loc.storage_id = account
     if loc.file_path:
         loc.file_path = validate_capture_path("storageLocation.filePath", loc.file_path)
+    if loc.local_path:
+        loc.local_path = validate_capture_path("storageLocation.localPath", loc.local_path)
 
     parsed = parse_filters(p.filters)
     for f in p.filters:

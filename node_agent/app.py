@@ -22,7 +22,7 @@ from clients import grpc_transport
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 from node_agent.capture import bpf
 from node_agent.capture import reasons as r
-from node_agent.capture.session import CaptureSession, CaptureSpec
+from node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring, ring_file_path
 from node_agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -78,19 +78,29 @@ def local_path(root: str, api_path: str) -> str:
 
 
 class ActiveCapture:
+    """One capture on this agent: its session, and one uploader per file."""
+
     def __init__(self, start: fleet_pb2.StartCapture, path: str):
         self.start = start
         self.path = path
         self.session: CaptureSession | None = None
-        self.uploader: Uploader | None = None
+        self.uploaders: dict[int, Uploader] = {}
+        self.upload_tasks: dict[int, asyncio.Future] = {}
         self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
-        self.local_removed = False
+        self.removed: set[int] = set()  # files removed after a verified upload (storage only)
 
-    def final(self) -> tuple[int, str] | None:
-        s = self.session
-        if s is None or not s.done.is_set() or s.counters.status != r.STOPPED:
+    def api_path(self, index: int) -> str:
+        return ring_file_path(self.start.file_path, index, self.start.continuous)
+
+    def file_final(self, index: int) -> tuple[int, str] | None:
+        """(size, sha256) once file `index` is closed and hashed."""
+        f = self._file(index)
+        return (f.size, f.sha256) if f and f.closed and f.sha256 else None
+
+    def _file(self, index: int) -> CaptureFile | None:
+        if self.session is None:
             return None
-        return s.counters.bytes, s.counters.sha256
+        return next((f for f in self.session.files if f.index == index), None)
 
     def progress(self) -> fleet_pb2.CaptureProgress:
         status = captures_pb2.InstanceStatus()
@@ -107,15 +117,19 @@ class ActiveCapture:
             status.capture_start_time, status.capture_stop_time = c.start_time, c.stop_time
             status.packets_captured, status.bytes_captured = c.packets, c.bytes
             status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
-            f = status.files.add(file_path=self.start.file_path, size_bytes=c.bytes, sha256=c.sha256)
-            if self.uploader:
-                u = self.uploader.state
-                f.uploaded_bytes, f.upload_complete = u.acked, u.committed
-                f.stored_sha256 = u.stored_sha256
-                if u.failed:
-                    status.packet_capture_status = r.ERROR
-                    status.packet_capture_error.append(r.E_STORAGE_FAILED)
-                    status.error_message = f"upload failed: {u.failed}; the file is kept at {self.start.file_path}"
+            failed = []
+            for f in list(self.session.files):
+                out = status.files.add(file_path=self.api_path(f.index), size_bytes=f.size, sha256=f.sha256)
+                u = self.uploaders.get(f.index)
+                if u:
+                    out.uploaded_bytes, out.upload_complete = u.state.acked, u.state.committed
+                    out.stored_sha256 = u.state.stored_sha256
+                    if u.state.failed:
+                        failed.append(f"{out.file_path}: {u.state.failed}")
+            if failed:
+                status.packet_capture_status = r.ERROR
+                status.packet_capture_error.append(r.E_STORAGE_FAILED)
+                status.error_message = "upload failed, the instance keeps the file: " + "; ".join(failed)
         return fleet_pb2.CaptureProgress(capture_name=self.start.capture_name, capture_id=self.start.capture_id,
                                          status=status)
 
@@ -198,7 +212,7 @@ class Agent:
         while True:
             for name, cap in list(self.captures.items()):
                 running = cap.session is not None and not cap.session.done.is_set()
-                uploading = cap.uploader is not None and not cap.uploader.state.committed
+                uploading = any(not u.state.committed and not u.state.failed for u in cap.uploaders.values())
                 if running or uploading or name in self._dirty:
                     self._dirty.discard(name)
                     self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
@@ -208,8 +222,9 @@ class Agent:
         """A capture changed state: report it now (called on the event loop)."""
         cap = self.captures.get(name)
         if cap is not None:
-            self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+            self._sync_uploads(cap)
             self._maybe_remove_local(cap)
+            self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
 
     async def _read(self, call) -> None:
         while True:
@@ -252,34 +267,42 @@ class Agent:
             notify()
             return
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
+        ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
         cap.session = CaptureSession(CaptureSpec(
             name=name, capture_id=start.capture_id, interface=self.interface, path=path, expression=expression,
-            snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s,
+            snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
             buffer_size=self.settings.buffer_size), on_change=lambda s: notify())
         cap.session.start()
-        if start.upload:
-            cap.uploader = Uploader(self._data_stub, fleet_pb2.UploadOpen(
-                identity=self.settings.identity, capture_name=name, capture_id=start.capture_id,
-                file_path=start.file_path), path, cap.final, notify)
-            asyncio.ensure_future(self._upload(cap))
 
-    async def _upload(self, cap: ActiveCapture) -> None:
-        # Wait for the file to exist (or the capture to fail before creating it).
-        while cap.session and not os.path.exists(cap.path) and not cap.session.done.is_set():
-            await asyncio.sleep(0.05)
-        if cap.session and cap.session.counters.status == r.ERROR:
+    def _sync_uploads(self, cap: ActiveCapture) -> None:
+        """One uploader per file the session holds; a file the ring deleted loses its upload."""
+        if not cap.start.upload or cap.session is None:
             return
-        await cap.uploader.run()
+        held = {f.index: f for f in list(cap.session.files)}
+        for index, f in held.items():
+            if index not in cap.uploaders and index not in cap.removed:
+                u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
+                    identity=self.settings.identity, capture_name=cap.start.capture_name,
+                    capture_id=cap.start.capture_id, file_path=cap.api_path(index)),
+                    f.path, lambda i=index: cap.file_final(i), lambda n=cap.start.capture_name: self._changed(n))
+                cap.uploaders[index] = u
+                cap.upload_tasks[index] = asyncio.ensure_future(u.run())
+        for index in [i for i in cap.uploaders if i not in held]:
+            log.info("capture %s: file %d left the ring; its upload ends", cap.start.capture_name, index)
+            cap.upload_tasks.pop(index).cancel()
+            del cap.uploaders[index]
 
     def _maybe_remove_local(self, cap: ActiveCapture) -> None:
         """Storage-only captures: the instance's copy goes once the stored copy is verified."""
-        final = cap.final()
-        u = cap.uploader.state if cap.uploader else None
-        if (final and u and u.committed and u.stored_sha256 == final[1] and not cap.start.keep_local
-                and not cap.local_removed):
-            os.remove(cap.path)
-            cap.local_removed = True
-            log.info("capture %s: stored copy verified, local file removed", cap.start.capture_name)
+        if cap.start.keep_local:
+            return
+        for index, u in cap.uploaders.items():
+            final = cap.file_final(index)
+            if final and u.state.committed and u.state.stored_sha256 == final[1] and index not in cap.removed:
+                path = next(f.path for f in cap.session.files if f.index == index)
+                os.remove(path)
+                cap.removed.add(index)
+                log.info("capture %s: stored copy of %s verified, local file removed", cap.start.capture_name, path)
 
     async def shutdown(self) -> None:
         for cap in self.captures.values():

@@ -19,6 +19,7 @@ from coordinator.errors import FleetcapError
 from coordinator.state import keys
 from coordinator.storage.sink import OffsetMismatch, SinkError
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
+from node_agent.capture.session import ring_file_path
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         finally:
             session.close()
 
+    @staticmethod
+    def _trim_ring(record: state_pb2.CaptureRecord, op: fleet_pb2.UploadOpen, sink) -> None:
+        """Continuous capture keeps the newest fileCount files in storage too."""
+        p = record.resource.properties
+        if not p.HasField("continuous_capture"):
+            return
+        index = int(op.file_path[-len("00000.cap"):-len(".cap")])
+        old = index - p.capture_settings.file_count
+        if old >= 0:
+            sink.delete(svc.object_name(record, op.identity, ring_file_path(record.local_path, old, True)))
+
     # -- data path ---------------------------------------------------------------------------
 
     async def Upload(self, request_iterator: AsyncIterator[fleet_pb2.UploadRequest],
@@ -164,7 +176,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if keys.instance_key(op.identity) not in record.instance_keys:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this capture does not target that instance")
         sink = self.service.sinks[account]
-        object_name = svc.blob_name(op.identity, svc.parse_rfc3339(record.resource.created_time))
+        try:
+            object_name = svc.object_name(record, op.identity, op.file_path)
+        except FleetcapError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         writer = sink.open(object_name)
         token = object()
         self._uploads[object_name] = token
@@ -188,6 +203,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 elif req.HasField("finish"):
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
+                    await asyncio.to_thread(self._trim_ring, record, op, sink)
                     yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                                    stored_sha256=done.sha256)
                     return

@@ -26,6 +26,14 @@ class LocalSink(Sink):
     def uri(self, object_name: str) -> str:
         return "file://" + self.path(object_name)
 
+    def delete(self, object_name: str) -> None:
+        path = self.path(object_name)
+        for p in (path, path + ".partial"):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+
     def open(self, object_name: str) -> "LocalWriter":
         return LocalWriter(self.path(object_name))
 

@@ -53,5 +53,9 @@ class Sink(abc.ABC):
     def open(self, object_name: str) -> ObjectWriter: ...
 
     @abc.abstractmethod
+    def delete(self, object_name: str) -> None:
+        """Removes the object (committed or partial) if it exists."""
+
+    @abc.abstractmethod
     def uri(self, object_name: str) -> str:
         """Where the object is (or will be) stored, as clients see it."""

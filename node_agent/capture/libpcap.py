@@ -177,6 +177,12 @@ class LiveHandle:
         if not self._dumper:
             raise PcapError(_lib.pcap_geterr(self._p).decode())
 
+    def close_dump(self) -> None:
+        """Flushes and closes the current file; open_dump starts the next one."""
+        if self._dumper:
+            _lib.pcap_dump_close(self._dumper)
+            self._dumper = None
+
     def file_position(self) -> int:
         """Bytes written to the file so far, buffered ones included (exact, at record bounds)."""
         return _lib.pcap_dump_ftell64(self._dumper)

@@ -1,15 +1,17 @@
-"""One capture on one interface into one file, with exact limits.
+"""One capture on one interface into one file, or into a ring of files, with exact limits.
 
-The byte limit is exact without a Python frame per packet: while the space left holds
-`n` records of the largest possible size (16-byte header + snaplen), pcap_dispatch writes up
-to `n` packets in C. Only in the last stretch, where the next record might not fit, packets
-are taken one at a time and the one that would cross the limit ends the capture unwritten.
+The byte limit is exact without a Python frame per packet: while the space left in the file
+holds `n` records of the largest possible size (16-byte header + snaplen), pcap_dispatch writes
+up to `n` packets in C. Only in the last stretch, where the next record might not fit, packets
+are taken one at a time; the one that would cross the limit ends the capture unwritten, or, in
+continuous mode, opens the next file of the ring and goes there.
 The time limit and stop requests use pcap_breakloop from another thread, which wakes an idle
 ring (the TPACKET_V3 read timeout never fires on an idle interface; docs/decisions.md).
 On a stop, packets already in the ring that arrived before the stop are still written.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import hashlib
@@ -20,7 +22,7 @@ import time
 from typing import Callable
 
 from node_agent.capture import reasons
-from node_agent.capture.libpcap import MAX_SNAPLEN, LiveHandle, PcapError
+from node_agent.capture.libpcap import MAX_SNAPLEN, LiveHandle, PcapError, PktHdr
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +36,49 @@ MIN_FRAME = 14
 
 
 @dataclasses.dataclass(frozen=True)
+class Ring:
+    """Continuous capture: files of at most file_size bytes, the newest file_count kept."""
+
+    file_size: int
+    file_count: int
+
+
+@dataclasses.dataclass(frozen=True)
 class CaptureSpec:
     """What to capture and where; all limits already validated by the coordinator."""
 
     name: str
     capture_id: str
     interface: str
-    path: str                # absolute path of the pcap file on this machine
+    path: str                # absolute path of the pcap file (the ring's base name in continuous mode)
     expression: str          # libpcap filter expression
     snaplen: int = 0         # bytes per packet; 0 = whole packet
-    total_bytes: int = 0     # max file size, headers included; 0 = none
+    total_bytes: int = 0     # max file size, headers included; 0 = none (standard mode)
     time_limit_s: float = 0  # 0 = none
+    ring: Ring | None = None  # continuous mode
     buffer_size: int = 32 << 20  # kernel ring size in bytes
+
+    def file_path(self, index: int) -> str:
+        return ring_file_path(self.path, index, self.ring is not None)
+
+
+def ring_file_path(base: str, index: int, continuous: bool) -> str:
+    """The deterministic name of file `index`: /x/ring.cap -> /x/ring_00003.cap in continuous
+    mode; the base itself otherwise."""
+    if not continuous:
+        return base
+    stem = base[:-4] if base.endswith(".cap") else base
+    return f"{stem}_{index:05d}.cap"
+
+
+@dataclasses.dataclass
+class CaptureFile:
+    index: int
+    path: str
+    size: int = 0
+    sha256: str = ""       # set once the file is closed
+    closed: bool = False
+    deleted: bool = False  # removed by the ring
 
 
 @dataclasses.dataclass
@@ -57,10 +90,9 @@ class Counters:
     start_time: str = ""
     stop_time: str = ""
     packets: int = 0
-    bytes: int = 0
+    bytes: int = 0         # file bytes written, over every file
     kernel_drops: int = 0
     interface_drops: int = 0
-    sha256: str = ""
 
 
 def utc_now() -> str:
@@ -69,11 +101,13 @@ def utc_now() -> str:
 
 class CaptureSession:
     """Runs one capture in its own thread. `on_change` is called (from that thread) on every
-    status change; poll `counters` for progress."""
+    status change and whenever a file is opened, closed or deleted; poll `counters` and
+    `files` for progress."""
 
     def __init__(self, spec: CaptureSpec, on_change: Callable[["CaptureSession"], None] = lambda s: None):
         self.spec = spec
         self.counters = Counters()
+        self.files: list[CaptureFile] = []
         self._on_change = on_change
         self._handle: LiveHandle | None = None
         self._stop_reason = ""
@@ -81,11 +115,17 @@ class CaptureSession:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"capture-{spec.name}", daemon=True)
         self._timer: threading.Timer | None = None
+        self._file_base = 0  # bytes of closed files, for counters.bytes
         self.done = threading.Event()
 
     @property
     def snaplen(self) -> int:
         return min(self.spec.snaplen or MAX_SNAPLEN, MAX_SNAPLEN)
+
+    @property
+    def file_limit(self) -> int:
+        """The size limit of the current file; 0 = none."""
+        return self.spec.ring.file_size if self.spec.ring else self.spec.total_bytes
 
     def start(self) -> None:
         self._thread.start()
@@ -116,7 +156,8 @@ class CaptureSession:
             return
         c.status, c.start_time = reasons.RUNNING, utc_now()
         if self.spec.time_limit_s:
-            self._timer = threading.Timer(self.spec.time_limit_s, self.stop, args=(reasons.TIME_EXCEEDED,))
+            why = reasons.SESSION_TIME_EXCEEDED if self.spec.ring else reasons.TIME_EXCEEDED
+            self._timer = threading.Timer(self.spec.time_limit_s, self.stop, args=(why,))
             self._timer.daemon = True
             self._timer.start()
         self._on_change(self)
@@ -136,14 +177,13 @@ class CaptureSession:
 
     def _open(self) -> None:
         spec = self.spec
-        parent = os.path.dirname(spec.path)
-        os.makedirs(parent, exist_ok=True)
-        if os.path.exists(spec.path):
-            raise FileExistsError(f"{spec.path} already exists; fleetcap never overwrites a capture file")
+        first = spec.file_path(0)
+        os.makedirs(os.path.dirname(first), exist_ok=True)
+        self._refuse_existing(first)
         handle = LiveHandle(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size, timeout_ms=READ_TIMEOUT_MS)
         try:
             handle.set_filter(spec.expression)
-            handle.open_dump(spec.path)
+            handle.open_dump(first)
         except Exception:
             handle.close()
             raise
@@ -151,21 +191,37 @@ class CaptureSession:
             self._handle = handle
             if self._stop_reason:  # a stop raced the open
                 handle.breakloop()
-        self.counters.bytes = handle.file_position()
+        self.files.append(CaptureFile(0, first, size=handle.file_position()))
+        self.counters.bytes = self.files[0].size
+
+    @staticmethod
+    def _refuse_existing(path: str) -> None:
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} already exists; fleetcap never overwrites a capture file")
 
     def _room(self) -> int:
-        return self.spec.total_bytes - self.counters.bytes if self.spec.total_bytes else -1
+        """Bytes left in the current file; -1 = unlimited."""
+        limit = self.file_limit
+        return limit - self.files[-1].size if limit else -1
+
+    def _written(self, n: int) -> None:
+        self.counters.packets += n
+        current = self.files[-1]
+        current.size = self._handle.file_position()
+        self.counters.bytes = self._file_base + current.size
 
     def _loop(self) -> None:
         handle, c = self._handle, self.counters
-        assert handle is not None
         max_record = PCAP_RECORD_HEADER + self.snaplen
         last_flush = time.monotonic()
         while not self._stop_reason:
             room = self._room()
-            if 0 <= room < PCAP_RECORD_HEADER + MIN_FRAME:
-                self.stop(reasons.TOTAL_BYTES_EXCEEDED)  # not even the smallest frame fits
-                break
+            if 0 <= room < PCAP_RECORD_HEADER + MIN_FRAME:  # not even the smallest frame fits
+                if self.spec.ring is None:
+                    self.stop(reasons.TOTAL_BYTES_EXCEEDED)
+                    break
+                self._rotate()
+                continue
             if room == -1:
                 n = handle.dispatch_to_file(-1)
             elif room >= max_record:
@@ -173,20 +229,20 @@ class CaptureSession:
             else:
                 n = self._write_one_if_it_fits(room, cutoff=None)
             if n > 0:
-                c.packets += n
-                c.bytes = handle.file_position()
+                self._written(n)
             if self._stop_reason:
                 break
             now = time.monotonic()
             if now - last_flush >= FLUSH_INTERVAL_S:
                 handle.flush()
                 _, c.kernel_drops, c.interface_drops = handle.stats()
+                self.files[-1].size = handle.file_position()
                 last_flush = now
 
     def _write_one_if_it_fits(self, room: int, cutoff: float | None) -> int:
-        """Takes one packet; writes it if it fits in `room` and arrived by `cutoff`.
-        Returns 1 if written, 0 if none was ready, -2 after breakloop. A packet that does not
-        fit ends the capture with TotalBytesExceeded."""
+        """Takes one packet and writes it if it fits in `room` and arrived by `cutoff`.
+        Returns 1 if written, 0 if none was ready or it came after the cutoff, -2 after
+        breakloop. A packet that does not fit goes to `_full`."""
         handle = self._handle
         rc, hdr, data = handle.next_packet()
         if rc != 1:
@@ -195,31 +251,77 @@ class CaptureSession:
         if cutoff is not None and h.ts.tv_sec + h.ts.tv_usec / 1e6 > cutoff:
             return 0
         if PCAP_RECORD_HEADER + h.caplen > room:
-            self.stop(reasons.TOTAL_BYTES_EXCEEDED)
-            return 0
+            return 1 if self._full(hdr, data) else 0
         handle.dump_one(hdr, data)
         return 1
+
+    def _full(self, hdr, data) -> bool:
+        """The current file cannot take this packet. Standard mode stops without it;
+        continuous mode rotates and writes it into the next file. Returns whether it was written."""
+        if self.spec.ring is None:
+            self.stop(reasons.TOTAL_BYTES_EXCEEDED)
+            return False
+        self._rotate()
+        room = self._room()
+        h = hdr.contents
+        if PCAP_RECORD_HEADER + h.caplen > room:
+            # Larger than a whole file: keep what fits, as a truncated record, rather than lose it.
+            cut = PktHdr(ts=h.ts, caplen=room - PCAP_RECORD_HEADER, len=h.len)
+            self._handle.dump_one(ctypes.pointer(cut), data)
+        else:
+            self._handle.dump_one(hdr, data)
+        return True
+
+    def _rotate(self) -> None:
+        handle, ring = self._handle, self.spec.ring
+        old = self.files[-1]
+        handle.close_dump()
+        old.size = os.path.getsize(old.path)
+        old.closed = True
+        # Hash off the capture thread: it must be back at the ring at once.
+        threading.Thread(target=self._hash, args=(old,), name=f"hash-{self.spec.name}", daemon=True).start()
+        self._file_base += old.size
+        index = old.index + 1
+        path = self.spec.file_path(index)
+        self._refuse_existing(path)
+        handle.open_dump(path)
+        self.files.append(CaptureFile(index, path, size=handle.file_position()))
+        self.counters.bytes = self._file_base + self.files[-1].size
+        for f in self.files[:-ring.file_count]:
+            if not f.deleted:
+                try:
+                    os.remove(f.path)
+                except FileNotFoundError:
+                    pass  # already uploaded and removed (storage only)
+                f.deleted = True
+        self.files = [f for f in self.files if not f.deleted]
+        self._on_change(self)
+
+    def _hash(self, f: CaptureFile) -> None:
+        try:
+            f.sha256 = file_sha256(f.path)
+        except FileNotFoundError:
+            return  # the ring deleted it first
+        self._on_change(self)
 
     def _drain(self) -> None:
         """After a stop, writes what the ring still holds from before the stop."""
         if self._stop_reason == reasons.TOTAL_BYTES_EXCEEDED:
             return
-        handle, c = self._handle, self.counters
+        handle = self._handle
         handle.set_nonblocking()
         # A partly filled block is handed over only after the read timeout.
         time.sleep(READ_TIMEOUT_MS / 1000 * 1.5)
-        room = self._room()
         breaks = 0
         while True:
+            room = self._room()
             n = self._write_one_if_it_fits(room if room != -1 else 1 << 62, cutoff=self._stop_wall)
             if n == -2 and breaks < 2:  # the pending breakloop is reported once
                 breaks += 1
                 continue
             if n != 1:
                 break
-            c.packets += 1
-            c.bytes = handle.file_position()
-            room = self._room()
+            self._written(1)
 
     def _close(self, *, final: bool) -> None:
         if self._timer:
@@ -229,13 +331,15 @@ class CaptureSession:
             return
         if final:
             handle.flush()
-            c.bytes = handle.file_position()
+            self._written(0)
             _, c.kernel_drops, c.interface_drops = handle.stats()
         with self._lock:
             self._handle = None
         handle.close()
-        if final:
-            c.sha256 = file_sha256(self.spec.path)
+        if final and self.files:
+            last = self.files[-1]
+            last.size = os.path.getsize(last.path)
+            last.sha256, last.closed = file_sha256(last.path), True
 
     def _finish_error(self, kind: str, message: str) -> None:
         c = self.counters

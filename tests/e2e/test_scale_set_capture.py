@@ -202,3 +202,35 @@ def test_capture_without_filters_leaves_out_the_agents_own_connection(fleet, cli
 def sdk_time(text: str) -> float:
     import datetime as dt
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_continuous_capture_keeps_a_ring_of_exact_files(fleet, client):
+    """A ring of 3 files of 5 records each: 23 datagrams make files 0-4; files 0 and 1 leave
+    the ring on the instance and in storage; every kept file holds exactly its 5 (or 3)."""
+    i0, i1 = fleet.instances[:2]
+    record = 16 + SNAPLEN
+    client.create(name="ring", target="web", target_type="AzureVMSS", resource_group="rg1", include=["1"],
+                  continuous_capture=True, local_path="/var/captures/ring.cap", file_count=3,
+                  file_size_in_bytes=24 + 5 * record, session_time_limit_in_seconds=5, bytes_to_capture_per_packet=SNAPLEN,
+                  storage_account="local", filters=[{"protocol": "UDP", "localPort": "5030"}])
+    wait_running(client, "ring")
+    fleet.send_udp(i0, i1, dport=5030, sport=40050, count=23, size=PAYLOAD, tag=13)
+    final = client.wait(name="ring", timeout_s=60)
+    assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "SessionTimeExceeded")
+    (inst,) = final.instances
+    assert inst.packets_captured == 23
+    assert [f.file_path for f in inst.files] == [f"/var/captures/ring_0000{i}.cap" for i in (2, 3, 4)]
+    root = fleet.instances[1].capture_root
+    assert sorted(n for n in os.listdir(root) if n.startswith("ring")) == [f"ring_0000{i}.cap" for i in (2, 3, 4)]
+    for f, first, count in zip(inst.files, (10, 15, 20), (5, 5, 3)):
+        stored = f.storage_path.removeprefix("file://")
+        pcap = pcaps.read(stored)
+        assert [r.seq for r in pcap.records] == list(range(first, first + count))
+        assert pcap.size == 24 + count * record
+        assert f.upload_complete and f.sha256 == f.stored_sha256
+        with open(os.path.join(root, os.path.basename(f.file_path)), "rb") as a, open(stored, "rb") as b:
+            assert a.read() == b.read()
+    first_stored = inst.files[0].storage_path.removeprefix("file://")
+    ring_prefix = os.path.basename(first_stored)[:-len("00002.cap")]  # packetcapture_HH_MM_SS_mmm_
+    stored = sorted(n for n in os.listdir(os.path.dirname(first_stored)) if n.startswith(ring_prefix))
+    assert stored == [f"{ring_prefix}0000{i}.cap" for i in (2, 3, 4)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator import validation
-from coordinator.errors import InvalidArgument, Unimplemented
+from coordinator.errors import InvalidArgument
 from fleetcap.v1 import captures_pb2 as pb
 
 ACCOUNTS = ["local"]
@@ -75,19 +75,44 @@ def test_scope_only_with_scale_sets():
     assert e.value.field == "scope"
 
 
-def test_continuous_capture_rules_then_unimplemented():
+def test_continuous_capture_exclusions_and_defaults():
     p = params(continuous_capture=True)
     with pytest.raises(InvalidArgument) as e:
         validation.validate(p, storage_accounts=ACCOUNTS)
     assert e.value.field == "storageLocation.filePath"
-    p = params(continuous_capture=False, loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap"),
-               time_limit_in_seconds=5)
+    ring = pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap")
+    for kw, field in ((dict(time_limit_in_seconds=5), "timeLimitInSeconds"),
+                      (dict(total_bytes_per_session=5000), "totalBytesPerSession")):
+        with pytest.raises(InvalidArgument) as e:
+            validation.validate(params(continuous_capture=False, loc=ring, **kw), storage_accounts=ACCOUNTS)
+        assert e.value.field == field
+    p = validation.validate(params(continuous_capture=False, loc=ring), storage_accounts=ACCOUNTS)
+    assert p.continuous_capture is True
+    s = p.capture_settings
+    assert (s.file_count, s.file_size_in_bytes, s.session_time_limit_in_seconds) == (10, 104857600, 86400)
+
+
+@pytest.mark.parametrize("settings,field,rule", [
+    (pb.PacketCaptureSettings(file_count=10001), "captureSettings.fileCount", "out of range 0..10000"),
+    (pb.PacketCaptureSettings(file_size_in_bytes=4294967296), "captureSettings.fileSizeInBytes", "out of range"),
+    (pb.PacketCaptureSettings(file_size_in_bytes=40), "captureSettings.fileSizeInBytes", "below 54"),
+    (pb.PacketCaptureSettings(session_time_limit_in_seconds=604801), "captureSettings.sessionTimeLimitInSeconds",
+     "out of range 0..604800"),
+])
+def test_continuous_settings_ranges(settings, field, rule):
+    p = params(continuous_capture=True, loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap"))
+    p.capture_settings.CopyFrom(settings)
     with pytest.raises(InvalidArgument) as e:
         validation.validate(p, storage_accounts=ACCOUNTS)
-    assert e.value.field == "timeLimitInSeconds"
-    with pytest.raises(Unimplemented):
-        validation.validate(params(continuous_capture=True, loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/r.cap")),
-                            storage_accounts=ACCOUNTS)
+    assert e.value.field == field and rule in str(e.value)
+
+
+def test_ring_settings_only_in_continuous_mode():
+    p = params()
+    p.capture_settings.file_count = 3
+    with pytest.raises(InvalidArgument) as e:
+        validation.validate(p, storage_accounts=ACCOUNTS)
+    assert e.value.field == "captureSettings"
 
 
 @pytest.mark.parametrize("name,ok", [("pc1", True), ("a", True), ("A.b-c_", True), ("x" * 80, True),

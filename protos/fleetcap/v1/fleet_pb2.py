@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fleetcap.v1 import captures_pb2 as fleetcap_dot_v1_dot_captures__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/fleet.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\"v\n\rAgentIdentity\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x16\n\x0eresource_group\x18\x02 \x01(\t\x12\x0f\n\x07vm_name\x18\x03 \x01(\t\x12\x11\n\tvmss_name\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xb9\x01\n\nAgentHello\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12.\n\x08\x63\x61ptures\x18\x06 \x03(\x0b\x32\x1c.fleetcap.v1.CaptureProgress\"\x0b\n\tHeartbeat\"h\n\x0f\x43\x61ptureProgress\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"\x9f\x01\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.AgentHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.fleetcap.v1.HeartbeatH\x00\x12\x30\n\x08progress\x18\x03 \x01(\x0b\x32\x1c.fleetcap.v1.CaptureProgressH\x00\x42\x06\n\x04\x62ody\"F\n\x07Welcome\x12\x1c\n\x14instance_resource_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\xf2\x01\n\x0cStartCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x03\x12\x31\n\x07\x66ilters\x18\x07 \x03(\x0b\x32 .fleetcap.v1.PacketCaptureFilter\x12\x12\n\nbpf_filter\x18\x08 \x01(\t\x12\x0e\n\x06upload\x18\t \x01(\x08\x12\x12\n\nkeep_local\x18\n \x01(\x08\"G\n\x0bStopCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9b\x01\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.fleetcap.v1.WelcomeH\x00\x12*\n\x05start\x18\x02 \x01(\x0b\x32\x19.fleetcap.v1.StartCaptureH\x00\x12(\n\x04stop\x18\x03 \x01(\x0b\x32\x18.fleetcap.v1.StopCaptureH\x00\x42\x06\n\x04\x62ody\"w\n\nUploadOpen\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\":\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"2\n\x0cUploadFinish\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x98\x01\n\rUploadRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.UploadOpenH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetcap.v1.UploadChunkH\x00\x12+\n\x06\x66inish\x18\x03 \x01(\x0b\x32\x19.fleetcap.v1.UploadFinishH\x00\x42\x06\n\x04\x62ody\"f\n\x0eUploadResponse\x12\x14\n\x0c\x61\x63ked_offset\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x14\n\x0cstorage_path\x18\x03 \x01(\t\x12\x15\n\rstored_sha256\x18\x04 \x01(\t2\x99\x01\n\x05\x46leet\x12I\n\x07\x43onnect\x12\x19.fleetcap.v1.AgentMessage\x1a\x1f.fleetcap.v1.CoordinatorMessage(\x01\x30\x01\x12\x45\n\x06Upload\x12\x1a.fleetcap.v1.UploadRequest\x1a\x1b.fleetcap.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/fleet.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\"v\n\rAgentIdentity\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x16\n\x0eresource_group\x18\x02 \x01(\t\x12\x0f\n\x07vm_name\x18\x03 \x01(\t\x12\x11\n\tvmss_name\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xb9\x01\n\nAgentHello\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12.\n\x08\x63\x61ptures\x18\x06 \x03(\x0b\x32\x1c.fleetcap.v1.CaptureProgress\"\x0b\n\tHeartbeat\"h\n\x0f\x43\x61ptureProgress\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"\x9f\x01\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.AgentHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.fleetcap.v1.HeartbeatH\x00\x12\x30\n\x08progress\x18\x03 \x01(\x0b\x32\x1c.fleetcap.v1.CaptureProgressH\x00\x42\x06\n\x04\x62ody\"F\n\x07Welcome\x12\x1c\n\x14instance_resource_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\xad\x02\n\x0cStartCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x03\x12\x31\n\x07\x66ilters\x18\x07 \x03(\x0b\x32 .fleetcap.v1.PacketCaptureFilter\x12\x12\n\nbpf_filter\x18\x08 \x01(\t\x12\x0e\n\x06upload\x18\t \x01(\x08\x12\x12\n\nkeep_local\x18\n \x01(\x08\x12\x12\n\ncontinuous\x18\x0b \x01(\x08\x12\x11\n\tfile_size\x18\x0c \x01(\x03\x12\x12\n\nfile_count\x18\r \x01(\x05\"G\n\x0bStopCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9b\x01\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.fleetcap.v1.WelcomeH\x00\x12*\n\x05start\x18\x02 \x01(\x0b\x32\x19.fleetcap.v1.StartCaptureH\x00\x12(\n\x04stop\x18\x03 \x01(\x0b\x32\x18.fleetcap.v1.StopCaptureH\x00\x42\x06\n\x04\x62ody\"w\n\nUploadOpen\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\":\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"2\n\x0cUploadFinish\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x98\x01\n\rUploadRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.UploadOpenH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetcap.v1.UploadChunkH\x00\x12+\n\x06\x66inish\x18\x03 \x01(\x0b\x32\x19.fleetcap.v1.UploadFinishH\x00\x42\x06\n\x04\x62ody\"f\n\x0eUploadResponse\x12\x14\n\x0c\x61\x63ked_offset\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x14\n\x0cstorage_path\x18\x03 \x01(\t\x12\x15\n\rstored_sha256\x18\x04 \x01(\t2\x99\x01\n\x05\x46leet\x12I\n\x07\x43onnect\x12\x19.fleetcap.v1.AgentMessage\x1a\x1f.fleetcap.v1.CoordinatorMessage(\x01\x30\x01\x12\x45\n\x06Upload\x12\x1a.fleetcap.v1.UploadRequest\x1a\x1b.fleetcap.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,21 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WELCOME']._serialized_start=657
   _globals['_WELCOME']._serialized_end=727
   _globals['_STARTCAPTURE']._serialized_start=730
-  _globals['_STARTCAPTURE']._serialized_end=972
-  _globals['_STOPCAPTURE']._serialized_start=974
-  _globals['_STOPCAPTURE']._serialized_end=1045
-  _globals['_COORDINATORMESSAGE']._serialized_start=1048
-  _globals['_COORDINATORMESSAGE']._serialized_end=1203
-  _globals['_UPLOADOPEN']._serialized_start=1205
-  _globals['_UPLOADOPEN']._serialized_end=1324
-  _globals['_UPLOADCHUNK']._serialized_start=1326
-  _globals['_UPLOADCHUNK']._serialized_end=1384
-  _globals['_UPLOADFINISH']._serialized_start=1386
-  _globals['_UPLOADFINISH']._serialized_end=1436
-  _globals['_UPLOADREQUEST']._serialized_start=1439
-  _globals['_UPLOADREQUEST']._serialized_end=1591
-  _globals['_UPLOADRESPONSE']._serialized_start=1593
-  _globals['_UPLOADRESPONSE']._serialized_end=1695
-  _globals['_FLEET']._serialized_start=1698
-  _globals['_FLEET']._serialized_end=1851
+  _globals['_STARTCAPTURE']._serialized_end=1031
+  _globals['_STOPCAPTURE']._serialized_start=1033
+  _globals['_STOPCAPTURE']._serialized_end=1104
+  _globals['_COORDINATORMESSAGE']._serialized_start=1107
+  _globals['_COORDINATORMESSAGE']._serialized_end=1262
+  _globals['_UPLOADOPEN']._serialized_start=1264
+  _globals['_UPLOADOPEN']._serialized_end=1383
+  _globals['_UPLOADCHUNK']._serialized_start=1385
+  _globals['_UPLOADCHUNK']._serialized_end=1443
+  _globals['_UPLOADFINISH']._serialized_start=1445
+  _globals['_UPLOADFINISH']._serialized_end=1495
+  _globals['_UPLOADREQUEST']._serialized_start=1498
+  _globals['_UPLOADREQUEST']._serialized_end=1650
+  _globals['_UPLOADRESPONSE']._serialized_start=1652
+  _globals['_UPLOADRESPONSE']._serialized_end=1754
+  _globals['_FLEET']._serialized_start=1757
+  _globals['_FLEET']._serialized_end=1910
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,7 @@ class Welcome(_message.Message):
     def __init__(self, instance_resource_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class StartCapture(_message.Message):
-    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local")
+    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local", "continuous", "file_size", "file_count")
     CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,9 @@ class StartCapture(_message.Message):
     BPF_FILTER_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
     KEEP_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    CONTINUOUS_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     capture_name: str
     capture_id: str
     file_path: str
@@ -91,7 +94,10 @@ class StartCapture(_message.Message):
     bpf_filter: str
     upload: bool
     keep_local: bool
-    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ...) -> None: ...
+    continuous: bool
+    file_size: int
+    file_count: int
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ..., continuous: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
 
 class StopCapture(_message.Message):
     __slots__ = ("capture_name", "capture_id", "reason")
