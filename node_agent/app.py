@@ -22,7 +22,7 @@ from clients import grpc_transport
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 from node_agent.capture import bpf
 from node_agent.capture import reasons as r
-from node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring, ring_file_path
+from node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring, file_sha256, ring_file_path
 from node_agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class ActiveCapture:
         self.upload_tasks: dict[int, asyncio.Future] = {}
         self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
         self.removed: set[int] = set()  # files removed after a verified upload (storage only)
+        self.hashing: set[int] = set()
 
     def api_path(self, index: int) -> str:
         return ring_file_path(self.start.file_path, index, self.start.continuous)
@@ -222,6 +223,7 @@ class Agent:
         """A capture changed state: report it now (called on the event loop)."""
         cap = self.captures.get(name)
         if cap is not None:
+            self._hash_closed_files(cap)
             self._sync_uploads(cap)
             self._maybe_remove_local(cap)
             self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
@@ -273,6 +275,23 @@ class Agent:
             snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
             buffer_size=self.settings.buffer_size), on_change=lambda s: notify())
         cap.session.start()
+
+    def _hash_closed_files(self, cap: ActiveCapture) -> None:
+        """Each finished file is hashed once, in a worker thread (never on the capture thread);
+        the SHA-256 is what the stored copy is verified against."""
+        if cap.session is None:
+            return
+        for f in list(cap.session.files):
+            if f.closed and not f.sha256 and f.index not in cap.hashing:
+                cap.hashing.add(f.index)
+                asyncio.ensure_future(self._hash(cap, f))
+
+    async def _hash(self, cap: ActiveCapture, f: CaptureFile) -> None:
+        try:
+            f.sha256 = await asyncio.to_thread(file_sha256, f.path)
+        except FileNotFoundError:
+            return  # the ring deleted it first
+        self._changed(cap.start.capture_name)
 
     def _sync_uploads(self, cap: ActiveCapture) -> None:
         """One uploader per file the session holds; a file the ring deleted loses its upload."""

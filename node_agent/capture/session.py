@@ -76,7 +76,7 @@ class CaptureFile:
     index: int
     path: str
     size: int = 0
-    sha256: str = ""       # set once the file is closed
+    sha256: str = ""       # set by the agent once the file is closed (hashing is off the capture thread)
     closed: bool = False
     deleted: bool = False  # removed by the ring
 
@@ -278,8 +278,6 @@ class CaptureSession:
         handle.close_dump()
         old.size = os.path.getsize(old.path)
         old.closed = True
-        # Hash off the capture thread: it must be back at the ring at once.
-        threading.Thread(target=self._hash, args=(old,), name=f"hash-{self.spec.name}", daemon=True).start()
         self._file_base += old.size
         index = old.index + 1
         path = self.spec.file_path(index)
@@ -295,13 +293,6 @@ class CaptureSession:
                     pass  # already uploaded and removed (storage only)
                 f.deleted = True
         self.files = [f for f in self.files if not f.deleted]
-        self._on_change(self)
-
-    def _hash(self, f: CaptureFile) -> None:
-        try:
-            f.sha256 = file_sha256(f.path)
-        except FileNotFoundError:
-            return  # the ring deleted it first
         self._on_change(self)
 
     def _drain(self) -> None:
@@ -339,7 +330,7 @@ class CaptureSession:
         if final and self.files:
             last = self.files[-1]
             last.size = os.path.getsize(last.path)
-            last.sha256, last.closed = file_sha256(last.path), True
+            last.closed = True
 
     def _finish_error(self, kind: str, message: str) -> None:
         c = self.counters
