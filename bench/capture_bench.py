@@ -62,8 +62,9 @@ class Bench:
 
     # -- one measured run ------------------------------------------------------------------
 
-    def start_capture(self, variant: str, path: str, *, total_bytes: int = 0, buffer_mb: int | None = None):
-        ns = ["ip", "netns", "exec", self.cap]
+    def start_capture(self, variant: str, path: str, *, total_bytes: int = 0, buffer_mb: int | None = None,
+                      cpu: int | None = None):
+        ns = ["ip", "netns", "exec", self.cap] + (["taskset", "-c", str(cpu)] if cpu is not None else [])
         if variant == "tcpdump":
             cmd = ns + ["tcpdump", "-i", "veth0", "-n", "-s", "128", "-Z", "root", "-w", path]
             if buffer_mb:
@@ -84,8 +85,9 @@ class Bench:
                 raise RuntimeError(f"{variant} did not start: {proc.stderr.read()}")
         return proc
 
-    def send(self, senders: int, packets: int, pps: float = 0) -> tuple[int, float]:
-        cmd = ["ip", "netns", "exec", self.snd, self.flood, "10.78.0.1", "5001", str(packets), "18"]
+    def send(self, senders: int, packets: int, pps: float = 0, cpu: int | None = None) -> tuple[int, float]:
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        cmd = ["ip", "netns", "exec", self.snd, *pin, self.flood, "10.78.0.1", "5001", str(packets), "18"]
         if pps:
             cmd.append(str(pps / senders))
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(senders)]
@@ -118,12 +120,16 @@ class Bench:
 
     def run(self, variant: str, *, senders: int, packets: int, pps: float = 0, total_bytes: int = 0,
             buffer_mb: int | None = None, hogs: int = 0) -> dict:
+        """hogs > 0: the busy case. The senders get CPU 0; the capture shares CPU 1 with `hogs`
+        busy loops (bounded to 30 s), so it runs in time slices while packets keep arriving."""
         path = os.path.join(self.dir, f"{variant}.pcap")
-        proc = self.start_capture(variant, path, total_bytes=total_bytes, buffer_mb=buffer_mb)
-        hog_procs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()+30\nwhile time.time()<t: pass"])
+        cap_cpu, snd_cpu = (1, 0) if hogs else (None, None)
+        proc = self.start_capture(variant, path, total_bytes=total_bytes, buffer_mb=buffer_mb, cpu=cap_cpu)
+        hog_procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c",
+                                       "import time\nt=time.time()+30\nwhile time.time()<t: pass"])
                      for _ in range(hogs)]
         try:
-            sent, elapsed = self.send(senders, packets, pps) if packets else (0, 0.0)
+            sent, elapsed = self.send(senders, packets, pps, cpu=snd_cpu) if packets else (0, 0.0)
         finally:
             for h in hog_procs:
                 h.kill()
@@ -141,6 +147,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--packets", type=int, default=1_500_000, help="per sender")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--hogs", type=int, default=16, help="busy loops sharing the capture's CPU in the busy case")
     a = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
@@ -153,14 +160,17 @@ def main() -> int:
                 results.setdefault(f"idle/{variant}", []).append(r)
                 print(f"idle     run {i} {variant:8}: cpu {r['cpu_s']:.3f}s rss {r['maxrss_mb']:.1f} MiB", flush=True)
         for i in range(a.runs):
-            for variant in ("tcpdump", "fleetcap"):  # interleaved, so drift hits both alike
-                r = b.run(variant, senders=2, packets=a.packets)
+            # Interleaved, so drift hits every variant alike. tcpdump-32: tcpdump with fleetcap's
+            # default ring (-B 32768), to separate the ring's cache cost from the tool's own.
+            for variant, ring in (("tcpdump", None), ("tcpdump-32", 32), ("fleetcap", None)):
+                r = b.run(variant.split("-")[0], senders=2, packets=a.packets, buffer_mb=ring)
                 results.setdefault(f"flood/{variant}", []).append(r)
-                print(f"flood    run {i} {variant:8}: {r}", flush=True)
+                print(f"flood    run {i} {variant:10}: {r}", flush=True)
         for i in range(a.runs):
             for variant in ("tcpdump", "fleetcap"):
-                # Bursts while two CPU hogs keep both cores busy; each tool with its defaults.
-                r = b.run(variant, senders=2, packets=a.packets // 3, hogs=2)
+                # Both cores busy: senders flood from CPU 0, the capture shares CPU 1 with busy
+                # loops; each tool with its defaults.
+                r = b.run(variant, senders=2, packets=a.packets, hogs=a.hogs)
                 results.setdefault(f"busy/{variant}", []).append(r)
                 print(f"busy     run {i} {variant:8}: {r}", flush=True)
         limit = 10_000_000
@@ -170,10 +180,10 @@ def main() -> int:
             results.setdefault("bytelimit/fleetcap", []).append(r)
             print(f"bytelimit run {i}: {r}", flush=True)
 
-    for variant in ("tcpdump", "fleetcap"):
-        idle = median(results[f"idle/{variant}"], "cpu_s")
+    for variant in ("tcpdump", "tcpdump-32", "fleetcap"):
+        idle = median(results[f"idle/{variant.split('-')[0]}"], "cpu_s")
         for case in ("flood", "busy"):
-            for r in results[f"{case}/{variant}"]:
+            for r in results.get(f"{case}/{variant}", []):
                 r["us_per_packet"] = (r["cpu_s"] - idle) / max(1, r["file_packets"]) * 1e6
     print("\n== medians")
     print(f"idle CPU (start-up + shutdown, subtracted below): tcpdump {median(results['idle/tcpdump'], 'cpu_s'):.3f}s "
@@ -187,6 +197,11 @@ def main() -> int:
         print(f"{case}: CPU µs/packet tcpdump {median(t, 'us_per_packet'):.3f} fleetcap {median(f, 'us_per_packet'):.3f} "
               f"ratio {median(f, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
               f"peak RSS tcpdump {median(t, 'maxrss_mb'):.1f} MiB fleetcap {median(f, 'maxrss_mb'):.1f} MiB")
+        if case == "flood":
+            t32 = results["flood/tcpdump-32"]
+            print(f"flood: with the same 32 MiB ring: tcpdump -B 32768 {median(t32, 'us_per_packet'):.3f} µs/packet, "
+                  f"ratio fleetcap/tcpdump {median(f, 'us_per_packet') / median(t32, 'us_per_packet'):.2f}; "
+                  f"captured {median(t32, 'file_packets'):.0f}, drops {median(t32, 'kernel_drops'):.0f}")
     bl = results["bytelimit/fleetcap"]
     exact = all(r["file_bytes"] <= r["limit"] and r["limit"] - r["file_bytes"] < RECORD
                 and r["stop_reason"] == "TotalBytesExceeded" for r in bl)

@@ -196,13 +196,15 @@ class Client:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
         return self._call(self._stub.GetStatus, pb.GetPacketCaptureStatusRequest(name=name)).status
 
-    def watch(self, *, name: str) -> Iterator[pb.PacketCaptureQueryStatusResult]:
+    def watch(self, *, name: str, timeout_s: float | None = None) -> Iterator[pb.PacketCaptureQueryStatusResult]:
         """Yields the status at once and on every change, until every instance has stopped
-        and its upload has settled. Raises: CaptureNotFound."""
+        and its upload has settled. Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
         try:
-            for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name)):
+            for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s):
                 yield resp.status
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
             _raise(e)
 
     def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
@@ -211,10 +213,10 @@ class Client:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last = None
         while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                for last in self.watch(name=name):
-                    if deadline and time.monotonic() > deadline:
-                        raise TimeoutError(f"capture '{name}' still {last.packet_capture_status} after {timeout_s}s")
+                for last in self.watch(name=name, timeout_s=left):
+                    pass
                 if last is not None and last.packet_capture_status in reasons.FINAL_STATUSES:
                     return self.get_status(name=name)
             except CoordinatorUnavailable:

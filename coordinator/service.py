@@ -67,9 +67,9 @@ def storage_prefix(uri: str, *, several_instances: bool, continuous: bool) -> st
 
 
 def object_name(record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdentity, file_path: str) -> str:
-    """The stored object for one file of one instance; raises NotFound for a file the capture
-    does not have. A ring's file N is stored as packetcapture_..._N.cap."""
-    base = blob_name(identity, parse_rfc3339(record.resource.created_time))
+    """The stored object ("<container>/<blob>") for one file of one instance; raises NotFound
+    for a file the capture does not have. A ring's file N is stored as packetcapture_..._N.cap."""
+    base = f"{record.container}/{blob_name(identity, parse_rfc3339(record.resource.created_time))}"
     if not record.resource.properties.HasField("continuous_capture"):
         if file_path != record.local_path:
             raise NotFound(f"file '{file_path}' is not part of capture '{record.resource.name}'")
@@ -141,7 +141,7 @@ class CaptureService:
             name=name, id=self.capture_id(name), etag=new_etag(), provisioning_state="Succeeded",
             properties=p, created_time=rfc3339(created))
         record = state_pb2.CaptureRecord(resource=resource, instance_keys=list(resolved.instances),
-                                         local_path=local_path)
+                                         local_path=local_path, container=validation.container_of(loc.storage_path))
         instances = []
         for key, agent in resolved.instances.items():
             ident = agent.identity
@@ -150,7 +150,7 @@ class CaptureService:
             if not continuous:  # a ring's files are reported as they open
                 status.files.add(file_path=local_path, storage_path=self.storage_uri(record, ident, local_path))
             instances.append(state_pb2.InstanceRecord(instance_key=key, identity=ident, status=status))
-        if loc.storage_id and not loc.storage_path:
+        if loc.storage_id:
             # Azure returns the generated location: the blob for one instance, the common
             # prefix for several (and for a ring's files).
             one = self.storage_uri(record, instances[0].identity, ring_file_path(local_path, 0, continuous))

@@ -22,6 +22,8 @@ MAX_TIME_LIMIT_S = 18000
 # A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
 MIN_TOTAL_BYTES = 24
 CAPTURE_ROOT = "/var/captures"
+DEFAULT_CONTAINER = "network-watcher-logs"
+CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$")
 DEFAULT_FILE_COUNT, MAX_FILE_COUNT = 10, 10000
 DEFAULT_FILE_SIZE = 104857600
 DEFAULT_SESSION_S, MAX_SESSION_S = 86400, 604800
@@ -83,6 +85,12 @@ def _validate_continuous(p: captures_pb2.PacketCaptureParameters) -> None:
     p.continuous_capture = True
 
 
+def container_of(storage_path: str) -> str:
+    """The container a storagePath names: its last path segment ("https://acct.blob.core.
+    windows.net/captures" or plain "captures"); empty = Azure's default container."""
+    return storage_path.rstrip("/").rsplit("/", 1)[-1] if storage_path.strip() else DEFAULT_CONTAINER
+
+
 def parse_filters(filters: Iterable[captures_pb2.PacketCaptureFilter]) -> list[bpf.Filter]:
     try:
         return [bpf.parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
@@ -130,6 +138,9 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         raise InvalidArgument("storageLocation", f"needs a storageId, a {local_field.split('.')[1]}, or both")
     if loc.storage_path and not loc.storage_id:
         raise InvalidArgument("storageLocation.storagePath", "needs storageLocation.storageId")
+    if loc.storage_path and not CONTAINER_RE.match(container_of(loc.storage_path)):
+        raise InvalidArgument("storageLocation.storagePath", f"'{container_of(loc.storage_path)}' is not a container "
+                                                             "name (3-63 lowercase letters, digits and single hyphens)")
     if loc.storage_id:
         account = loc.storage_id.rstrip("/").rsplit("/", 1)[-1]
         if account not in accounts:

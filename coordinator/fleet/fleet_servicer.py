@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from typing import AsyncIterator
 
@@ -17,11 +18,28 @@ import grpc
 from coordinator import service as svc
 from coordinator.errors import FleetcapError
 from coordinator.state import keys
-from coordinator.storage.sink import OffsetMismatch, SinkError
+from coordinator.storage.sink import IntegrityError, OffsetMismatch, SinkError
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
 from node_agent.capture.session import ring_file_path
 
 log = logging.getLogger(__name__)
+
+
+# An upload stream flushes to its sink when no chunk came for this long, and at the latest
+# when received bytes have waited this long: acknowledged data is durable within ~2 s.
+FLUSH_IDLE_S = 1.0
+MAX_UNFLUSHED_S = 2.0
+_END = object()
+
+
+async def _pump(requests: AsyncIterator, queue: asyncio.Queue) -> None:
+    """Moves a request stream into a bounded queue; ends with _END or the stream's error."""
+    try:
+        async for r in requests:
+            await queue.put(r)
+        await queue.put(_END)
+    except (grpc.aio.AioRpcError, Exception) as e:  # the agent went away mid-stream
+        await queue.put(e)
 
 
 class AgentSession:
@@ -183,35 +201,63 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         writer = sink.open(object_name)
         token = object()
         self._uploads[object_name] = token
+        requests: asyncio.Queue = asyncio.Queue(maxsize=4)  # bounded: a slow sink slows the agent
+        pump = asyncio.ensure_future(_pump(request_iterator, requests))
         try:
             done = await asyncio.to_thread(writer.committed)
             if done:
                 yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                                stored_sha256=done.sha256)
                 return
-            yield fleet_pb2.UploadResponse(acked_offset=await asyncio.to_thread(writer.stored_size),
-                                           storage_path=writer.uri)
-            async for req in request_iterator:
+            durable = await asyncio.to_thread(writer.open)
+            received, unflushed_since = durable, None
+            yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
+            while True:
+                try:
+                    req = await asyncio.wait_for(requests.get(), timeout=FLUSH_IDLE_S)
+                except asyncio.TimeoutError:
+                    req = None
+                    if received == durable:
+                        continue
+                if req is _END:
+                    return
+                if isinstance(req, BaseException):
+                    raise req
                 if self._uploads.get(object_name) is not token:
                     await context.abort(grpc.StatusCode.ABORTED, "a newer upload stream took over this file")
-                if req.HasField("chunk"):
-                    c = req.chunk
-                    if zlib.crc32(c.data) != c.crc32:
-                        await context.abort(grpc.StatusCode.DATA_LOSS, f"chunk at offset {c.offset}: CRC-32 mismatch")
-                    acked = await asyncio.to_thread(writer.append, c.offset, c.data)
-                    yield fleet_pb2.UploadResponse(acked_offset=acked, storage_path=writer.uri)
-                elif req.HasField("finish"):
+                if req is not None and req.HasField("finish"):
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
                     await asyncio.to_thread(self._trim_ring, record, op, sink)
                     yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                                    stored_sha256=done.sha256)
                     return
+                if req is not None and req.HasField("chunk"):
+                    c = req.chunk
+                    if zlib.crc32(c.data) != c.crc32:
+                        await context.abort(grpc.StatusCode.DATA_LOSS, f"chunk at offset {c.offset}: CRC-32 mismatch")
+                    new = await asyncio.to_thread(writer.write, c.offset, c.data)
+                    received = c.offset + len(c.data)
+                    unflushed_since = unflushed_since or time.monotonic()
+                else:
+                    new = durable
+                # Quiet stream, or bytes waiting too long: make them durable (and acknowledged).
+                if received > new and (req is None or time.monotonic() - unflushed_since > MAX_UNFLUSHED_S):
+                    new = await asyncio.to_thread(writer.flush)
+                if new == received:
+                    unflushed_since = None
+                if new != durable:
+                    durable = new
+                    yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
         except OffsetMismatch as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except IntegrityError as e:
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"storage: {e}")
         except SinkError as e:
+            log.warning("upload to %s: %s", object_name, e)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"storage: {e}")
         finally:
-            writer.close()
+            pump.cancel()
+            await asyncio.to_thread(writer.close)
             if self._uploads.get(object_name) is token:
                 del self._uploads[object_name]

@@ -1,16 +1,19 @@
 """A sink on the coordinator's own disk (--storage-dir): the built-in storage account "local".
+Object names start with their container: <storage-dir>/<container>/<blob path>.
 
-Objects are written as `<name>.partial`, fsynced before every acknowledgement, and renamed to
-`<name>` on commit, so a reader never sees a half file under the final name.
+Objects are written as `<name>.partial` and renamed to `<name>` on commit, so a reader never
+sees a half file under the final name. Writes are fsynced in batches of SYNC_BYTES (and on
+flush): only fsynced bytes are acknowledged, so an acknowledgement always means "on disk".
 """
 from __future__ import annotations
 
 import hashlib
 import os
 
-from coordinator.storage.sink import Committed, ObjectWriter, OffsetMismatch, Sink, SinkError
+from coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 
-CONTAINER = "network-watcher-logs"
+# fsync once per this many bytes: per-chunk fsyncs would cap a file at the disk's fsync rate.
+SYNC_BYTES = 16 << 20
 
 
 class LocalSink(Sink):
@@ -18,8 +21,8 @@ class LocalSink(Sink):
         self.root = os.path.abspath(root)
 
     def path(self, object_name: str) -> str:
-        full = os.path.normpath(os.path.join(self.root, CONTAINER, object_name))
-        if not full.startswith(os.path.join(self.root, CONTAINER) + os.sep):
+        full = os.path.normpath(os.path.join(self.root, object_name))
+        if not full.startswith(self.root + os.sep) or os.sep not in object_name:
             raise SinkError(f"object name '{object_name}' escapes the storage directory")
         return full
 
@@ -37,6 +40,16 @@ class LocalSink(Sink):
     def open(self, object_name: str) -> "LocalWriter":
         return LocalWriter(self.path(object_name))
 
+    def read(self, object_name: str, offset: int, length: int) -> bytes:
+        path = self.path(object_name)
+        for p in (path, path + ".partial"):
+            try:
+                with open(p, "rb") as f:
+                    return os.pread(f.fileno(), length, offset)
+            except FileNotFoundError:
+                continue
+        return b""
+
 
 class LocalWriter(ObjectWriter):
     def __init__(self, final_path: str):
@@ -44,39 +57,44 @@ class LocalWriter(ObjectWriter):
         self.partial = final_path + ".partial"
         self.uri = "file://" + final_path
         self._fd: int | None = None
+        self._size = 0      # bytes written
+        self._durable = 0   # bytes fsynced
 
-    def stored_size(self) -> int:
-        try:
-            return os.stat(self.partial).st_size
-        except FileNotFoundError:
-            return 0
+    def open(self) -> int:
+        os.makedirs(os.path.dirname(self.partial), exist_ok=True)
+        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o640)
+        self._size = self._durable = os.fstat(self._fd).st_size  # what a previous run left is on disk
+        return self._durable
 
     def committed(self) -> Committed | None:
         if not os.path.exists(self.final) or os.path.exists(self.partial):
             return None
         return Committed(self.uri, os.stat(self.final).st_size, _sha256(self.final))
 
-    def append(self, offset: int, data: bytes) -> int:
-        if self._fd is None:
-            os.makedirs(os.path.dirname(self.partial), exist_ok=True)
-            self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o640)
-        size = os.fstat(self._fd).st_size
-        if offset != size:
-            raise OffsetMismatch(size, offset)
+    def write(self, offset: int, data: bytes) -> int:
+        if offset != self._size:
+            raise OffsetMismatch(self._size, offset)
         os.pwrite(self._fd, data, offset)
-        os.fsync(self._fd)
-        return offset + len(data)
+        self._size += len(data)
+        if self._size - self._durable >= SYNC_BYTES:
+            self.flush()
+        return self._durable
+
+    def flush(self) -> int:
+        if self._durable < self._size:
+            os.fsync(self._fd)
+            self._durable = self._size
+        return self._durable
 
     def commit(self, size: int, sha256: str) -> Committed:
+        self.flush()
         self.close()
-        if not os.path.exists(self.partial):
-            os.makedirs(os.path.dirname(self.partial), exist_ok=True)
-            open(self.partial, "wb").close()  # an empty capture file is still a file
         stored = os.stat(self.partial).st_size
         digest = _sha256(self.partial)
         if stored != size or digest != sha256:
-            raise SinkError(f"stored copy differs from the agent's file: {stored} bytes sha256 {digest}, "
-                            f"expected {size} bytes sha256 {sha256}")
+            os.remove(self.partial)  # never keep a copy that differs; the agent sends it again
+            raise IntegrityError(f"stored copy differs from the agent's file: {stored} bytes sha256 {digest}, "
+                                 f"expected {size} bytes sha256 {sha256}")
         os.rename(self.partial, self.final)
         dir_fd = os.open(os.path.dirname(self.final), os.O_RDONLY)
         try:

@@ -1,8 +1,11 @@
 """The sink interface: where the coordinator stores the capture files agents stream to it.
 
-A file is written strictly in order: `append` takes the offset it expects, so a duplicated
-or reordered chunk is refused rather than stored. `stored_size` is what survives a restart;
-an agent resumes there. `commit` verifies size and SHA-256 and makes the object final.
+A file is written strictly in order: `write` takes the offset it expects, so a duplicated or
+reordered chunk is refused rather than stored. A writer may buffer; `write` and `flush`
+return the *durable* size, the only offset ever acknowledged to an agent, and the one an
+agent resumes from after any failure (`open` recomputes it from what the sink holds).
+`commit` makes everything durable, verifies size and SHA-256, and makes the object final.
+All methods block; the coordinator calls them in worker threads.
 """
 from __future__ import annotations
 
@@ -11,13 +14,17 @@ import dataclasses
 
 
 class SinkError(Exception):
-    """The sink refused or failed an operation (retryable unless stated)."""
+    """The sink refused or failed an operation; retryable unless a subclass says otherwise."""
 
 
 class OffsetMismatch(SinkError):
     def __init__(self, expected: int, got: int):
-        super().__init__(f"chunk at offset {got}, but {expected} bytes are stored")
+        super().__init__(f"chunk at offset {got}, but the next byte to store is {expected}")
         self.expected = expected
+
+
+class IntegrityError(SinkError):
+    """The stored bytes differ from the agent's file; the stored copy was discarded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,15 +38,20 @@ class ObjectWriter(abc.ABC):
     uri: str
 
     @abc.abstractmethod
-    def stored_size(self) -> int: ...
+    def open(self) -> int:
+        """Prepares to append and returns the durable size already stored (0 for a new object)."""
 
     @abc.abstractmethod
     def committed(self) -> Committed | None:
         """The committed object, if this file was already committed."""
 
     @abc.abstractmethod
-    def append(self, offset: int, data: bytes) -> int:
-        """Durably stores data at offset (== stored_size) and returns the new stored size."""
+    def write(self, offset: int, data: bytes) -> int:
+        """Stores data at offset (== everything received so far); returns the durable size."""
+
+    @abc.abstractmethod
+    def flush(self) -> int:
+        """Makes every byte received durable; returns the durable size."""
 
     @abc.abstractmethod
     def commit(self, size: int, sha256: str) -> Committed: ...
@@ -59,3 +71,7 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def uri(self, object_name: str) -> str:
         """Where the object is (or will be) stored, as clients see it."""
+
+    @abc.abstractmethod
+    def read(self, object_name: str, offset: int, length: int) -> bytes:
+        """Up to `length` stored bytes from `offset` (committed, or durable so far); b"" past the end."""

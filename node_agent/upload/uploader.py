@@ -22,8 +22,9 @@ from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
-# Bytes sent but not yet acknowledged; bounds the agent's memory per upload.
-WINDOW_BYTES = 8 << 20
+# Bytes sent but not yet acknowledged as durable; bounds what is in flight per upload. Larger
+# than the blob sink's block (4 MiB) times its parallel stages, so staging can pipeline.
+WINDOW_BYTES = 24 << 20
 POLL_S = 0.1
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
 # Codes after which retrying cannot help: the capture is gone or this file is not wanted.
@@ -110,7 +111,7 @@ class Uploader:
                 sent += len(data)
                 continue
             final = self.final()
-            if final and not finished and sent == final[0] == size and self.state.acked == sent:
+            if final and not finished and sent == final[0] == size:
                 await call.write(fleet_pb2.UploadRequest(finish=fleet_pb2.UploadFinish(
                     size_bytes=final[0], sha256=final[1])))
                 finished = True

@@ -9,16 +9,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CaptureRecord(_message.Message):
-    __slots__ = ("resource", "stop_requested", "instance_keys", "local_path")
+    __slots__ = ("resource", "stop_requested", "instance_keys", "local_path", "container")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_KEYS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
     resource: _captures_pb2.PacketCaptureResult
     stop_requested: str
     instance_keys: _containers.RepeatedScalarFieldContainer[str]
     local_path: str
-    def __init__(self, resource: _Optional[_Union[_captures_pb2.PacketCaptureResult, _Mapping]] = ..., stop_requested: _Optional[str] = ..., instance_keys: _Optional[_Iterable[str]] = ..., local_path: _Optional[str] = ...) -> None: ...
+    container: str
+    def __init__(self, resource: _Optional[_Union[_captures_pb2.PacketCaptureResult, _Mapping]] = ..., stop_requested: _Optional[str] = ..., instance_keys: _Optional[_Iterable[str]] = ..., local_path: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
 
 class InstanceRecord(_message.Message):
     __slots__ = ("instance_key", "identity", "status")
