@@ -10,7 +10,7 @@ STAMP := .venv/.fleetcap-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	fi
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	@test -x node_modules/.bin/azurite-blob || npm install --no-save --no-audit --no-fund azurite@3.35.0
 	@touch $(STAMP)
 
 protos: setup

@@ -161,6 +161,30 @@ def cmd_wait(client: sdk.Client, args) -> int:
     return EXIT_OK if final.packet_capture_status == "Stopped" else EXIT_ERROR
 
 
+def cmd_download(client: sdk.Client, args) -> int:
+    paths = client.download(name=args.name, dest=args.dest, merge=args.merge)
+    _emit({"files": paths}, "json")
+    if not paths:
+        print("fleetcap: no stored files (a file-only capture keeps its files on the instances)", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+def cmd_follow(client: sdk.Client, args) -> int:
+    out = sys.stdout.buffer if args.write in (None, "-") else open(args.write, "wb")
+    try:
+        for data in client.read_file(name=args.name, instance_id=args.instance_id, file_path=args.file_path or "",
+                                     follow=True):
+            out.write(data)
+            out.flush()
+    except BrokenPipeError:  # the reader (Wireshark) went away
+        return EXIT_OK
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return EXIT_OK
+
+
 AGENT_TABLE = [("Id", "id"), ("Hostname", "hostname"), ("Interface", "interface"), ("Connected", "connectedTime")]
 
 
@@ -171,9 +195,28 @@ def cmd_agents_list(client: sdk.Client, args) -> int:
 
 # -- daemons ----------------------------------------------------------------------------------
 
+def storage_accounts(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """NAME=CONNECTION_STRING, NAME=env:VAR, or NAME (connection string from
+    $AZURE_STORAGE_CONNECTION_STRING)."""
+    out = []
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not name or name == "local" or "/" in name:
+            raise UsageError(f"--storage-account '{spec}': the name must be non-empty, not 'local', without '/'")
+        if not sep:
+            value = "env:AZURE_STORAGE_CONNECTION_STRING"
+        if value.startswith("env:"):
+            value = os.environ.get(value[4:], "")
+            if not value:
+                raise UsageError(f"--storage-account {name}: environment variable {spec.partition('=')[2][4:] or 'AZURE_STORAGE_CONNECTION_STRING'} is not set")
+        out.append((name, value))
+    return tuple(out)
+
+
 def cmd_coordinator(args) -> int:
     from coordinator import app
     settings = app.CoordinatorSettings(
+        storage_accounts=storage_accounts(args.storage_account or []),
         listen=tuple(args.listen or ["127.0.0.1:7770"]),
         etcd=tuple(e for e in (args.etcd or "").split(",") if e),
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir or "",
@@ -194,7 +237,7 @@ def cmd_agent(args) -> int:
                                        instance_id=args.instance_id if args.vmss else "")
     settings = app.AgentSettings(coordinator=args.coordinator or sdk.DEFAULT_COORDINATOR, identity=identity,
                                  interface=args.interface or "", capture_root=args.capture_root,
-                                 buffer_size=args.buffer_size_mb << 20)
+                                 buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry)
     asyncio.run(app.serve(settings))
     return EXIT_OK
 
@@ -217,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default="/var/lib/fleetcap")
     c.add_argument("--storage-dir", help="the 'local' storage account; default DATA_DIR/storage")
     c.add_argument("--agent-ttl", type=int, default=10, help="seconds before a silent agent is declared stopped")
+    c.add_argument("--storage-account", action="append", metavar="NAME[=CONNECTION_STRING|=env:VAR]",
+                   help="an Azure Blob storage account captures can name (repeatable); without a value the "
+                        "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
     c.set_defaults(func=cmd_coordinator, daemon=True)
 
     a = sub.add_parser("agent", help="run a node agent")
@@ -230,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--interface", help="capture interface; default the first non-loopback one that is up")
     a.add_argument("--capture-root", default="/var/captures", help="where the API's /var/captures is")
     a.add_argument("--buffer-size-mb", type=int, default=32, help="kernel capture ring per capture")
+    a.add_argument("--storage-retry", type=float, default=300,
+                   help="seconds an upload keeps retrying while storage fails before the instance reports "
+                        "StorageFailed (the file is kept)")
     a.set_defaults(func=cmd_agent, daemon=True)
 
     ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
@@ -270,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
         v.set_defaults(func=func)
     ls = verbs.add_parser("list", help="list captures")
     ls.set_defaults(func=cmd_list)
+    d = verbs.add_parser("download", help="fetch every instance's stored files")
+    d.add_argument("--name", "-n", required=True)
+    d.add_argument("--dest", required=True, help="directory; files go to DEST/<instance id>/")
+    d.add_argument("--merge", action="store_true", help="also write DEST/<name>.pcapng, one interface per instance")
+    d.set_defaults(func=cmd_download)
+    fo = verbs.add_parser("follow", help="stream one instance's pcap as it is stored (e.g. | wireshark -k -i -)")
+    fo.add_argument("--name", "-n", required=True)
+    fo.add_argument("--instance-id", required=True, help="instance id ('3') or VM name")
+    fo.add_argument("--file-path", help="which file; default the instance's newest")
+    fo.add_argument("-w", "--write", help="output file; default stdout")
+    fo.set_defaults(func=cmd_follow)
     w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored")
     w.add_argument("--name", "-n", required=True)
     w.add_argument("--timeout", type=float, help="seconds")

@@ -93,6 +93,15 @@ def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def instance_name(resource_id: str) -> str:
+    """Azure's instance name from its ARM id: "web_3" for a scale-set instance, else the VM name."""
+    parts = resource_id.split("/")
+    if "virtualMachineScaleSets" in parts:
+        i = parts.index("virtualMachineScaleSets")
+        return f"{parts[i + 1]}_{parts[-1]}"
+    return parts[-1]
+
+
 def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFilter:
     """An az-style filter object ({"protocol": "TCP", "localPort": "80"}) as a message."""
     if not isinstance(item, Mapping):
@@ -206,6 +215,50 @@ class Client:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
             _raise(e)
+
+    def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
+                  follow: bool = False) -> Iterator[bytes]:
+        """Yields the stored bytes of one instance's file from `offset`. With follow, keeps
+        yielding as the running capture's bytes are stored, until the file is complete.
+        Raises: CaptureNotFound (also when the file is stored nowhere but on its instance)."""
+        try:
+            for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
+                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow)):
+                if resp.data:
+                    yield resp.data
+        except grpc.RpcError as e:
+            _raise(e)
+
+    def download(self, *, name: str, dest: str, merge: bool = False) -> list[str]:
+        """Fetches every instance's stored files into dest/<instance id>/. With merge, also
+        writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
+        Returns the paths written. Raises: CaptureNotFound."""
+        from clients import pcapng
+        status = self.get_status(name=name)
+        written: list[str] = []
+        sources = []
+        for inst in status.instances:
+            paths = []
+            for f in inst.files:
+                if not f.upload_complete:
+                    continue
+                path = os.path.join(dest, inst.instance_id, os.path.basename(f.file_path))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = path + ".part"
+                with open(tmp, "wb") as out:
+                    for data in self.read_file(name=name, instance_id=inst.instance_id, file_path=f.file_path):
+                        out.write(data)
+                os.replace(tmp, path)
+                paths.append(path)
+            written += paths
+            if paths:
+                sources.append(pcapng.Source(name=instance_name(inst.id), description=inst.id, paths=paths))
+        if merge and sources:
+            merged = os.path.join(dest, f"{name}.pcapng")
+            with open(merged, "wb") as out:
+                pcapng.merge(sources, out)
+            written.append(merged)
+        return written
 
     def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
         """Blocks until the capture has stopped everywhere and its uploads settled; returns

@@ -18,7 +18,9 @@ from coordinator.state.embedded_etcd import EmbeddedEtcd
 from coordinator.state.etcd_store import EtcdKV
 from coordinator.state.memory_store import MemoryKV
 from coordinator.state.store import Store
+from coordinator.storage.blob_sink import BlobSink
 from coordinator.storage.local_sink import LocalSink
+from coordinator.storage.sink import Sink
 from fleetcap.v1 import captures_pb2_grpc, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class CoordinatorSettings:
     """Directory of the built-in storage account "local"; empty = data_dir/storage."""
     agent_ttl_s: int = 10
     """Lease of an agent's registration: a silent agent is declared stopped after this."""
+    storage_accounts: tuple[tuple[str, str], ...] = ()
+    """Azure Blob storage accounts: (name, connection string). "local" is always there."""
     service: ServiceConfig = ServiceConfig()
 
 
@@ -54,7 +58,9 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         kv = EtcdKV(endpoints)
     store = Store(kv)
     sessions = AgentSessions()
-    sinks = {LOCAL_ACCOUNT: LocalSink(settings.storage_dir or os.path.join(settings.data_dir, "storage"))}
+    sinks: dict[str, Sink] = {LOCAL_ACCOUNT: LocalSink(settings.storage_dir or os.path.join(settings.data_dir, "storage"))}
+    for name, connection_string in settings.storage_accounts:
+        sinks[name] = BlobSink(connection_string)
     service = CaptureService(store, sessions, sinks, settings.service)
     replica = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -26,6 +26,8 @@ from node_agent.capture.session import ring_file_path
 log = logging.getLogger(__name__)
 
 LOCAL_ACCOUNT = "local"
+READ_CHUNK = 1 << 20
+FOLLOW_POLL_S = 0.5
 
 
 class Dispatcher(Protocol):
@@ -154,12 +156,13 @@ class CaptureService:
             # Azure returns the generated location: the blob for one instance, the common
             # prefix for several (and for a ring's files).
             one = self.storage_uri(record, instances[0].identity, ring_file_path(local_path, 0, continuous))
-            loc.storage_path = storage_prefix(one, several_instances=len(instances) > 1, continuous=continuous)
+            record.resource.properties.storage_location.storage_path = storage_prefix(
+                one, several_instances=len(instances) > 1, continuous=continuous)
         await self.store.create_capture(record, instances)
         log.info("capture %s created on %d instance(s) of %s", name, len(instances), p.target)
         for inst in instances:
             self._start(record, inst)
-        return resource
+        return record.resource
 
     async def get(self, name: str) -> captures_pb2.PacketCaptureResult:
         return (await self._record(name)).resource
@@ -234,6 +237,48 @@ class CaptureService:
         finally:
             for w in watchers:
                 w.cancel()
+
+    async def read_file(self, name: str, instance_id: str, file_path: str, offset: int,
+                        follow: bool) -> AsyncIterator[tuple[int, bytes, bool]]:
+        """Yields (offset, data, complete) from the stored copy of one instance's file. With
+        follow, waits for more bytes until the file is committed. The local sink serves bytes
+        as they become durable; a blob becomes readable once committed."""
+        record = await self._record(name)
+        account = record.resource.properties.storage_location.storage_id
+        inst = next((i for i in await self.store.get_instances(name) if i.status.instance_id == instance_id), None)
+        if inst is None:
+            raise NotFound(f"instance_id: capture '{name}' has no instance '{instance_id}'")
+        if not account:
+            raise NotFound(f"capture '{name}' has no storage account: its files are only on the instances "
+                           f"({', '.join(f.file_path for f in inst.status.files)})")
+        files = list(inst.status.files)
+        if not file_path and not files and follow:
+            file_path = ring_file_path(record.local_path, 0, record.resource.properties.HasField("continuous_capture"))
+        chosen = next((f for f in files if f.file_path == file_path), None) if file_path else (files[-1] if files else None)
+        if chosen is None and not (follow and file_path):
+            raise NotFound(f"file_path: instance '{instance_id}' of capture '{name}' has no file '{file_path}'")
+        path = chosen.file_path if chosen else file_path
+        obj = object_name(record, inst.identity, path)
+        sink = self.sinks[account]
+        while True:
+            data = await asyncio.to_thread(sink.read, obj, offset, READ_CHUNK)
+            if data:
+                yield offset, data, False
+                offset += len(data)
+                continue
+            status = await self._instance_status(name, inst.instance_key)
+            f = next((f for f in status.files if f.file_path == path), None) if status else None
+            done = status is None or (f is not None and f.upload_complete) or status.packet_capture_status == r.ERROR
+            if done or not follow:
+                if done and f is not None and f.upload_complete and offset < f.size_bytes:
+                    continue  # committed between our read and the status: read the rest
+                yield offset, b"", True
+                return
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+    async def _instance_status(self, name: str, instance_key: str) -> captures_pb2.InstanceStatus | None:
+        inst = next((i for i in await self.store.get_instances(name) if i.instance_key == instance_key), None)
+        return inst.status if inst else None
 
     async def _record(self, name: str) -> state_pb2.CaptureRecord:
         record = await self.store.get_capture(name)

@@ -24,6 +24,12 @@ from typing import Sequence
 
 from clients import sdk
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AZURITE = os.path.join(ROOT, "node_modules", ".bin", "azurite-blob")
+# Azurite's well-known development account (public; see Azurite's README).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_PORT = 10000
+BLOB_ACCOUNT = "blob1"
 SUBNET = "10.77.0"
 HUB_IP = f"{SUBNET}.1"
 FLEET_PORT = 7770
@@ -50,7 +56,8 @@ class Instance:
 
 class LocalFleet:
     def __init__(self, instances: int = 3, *, vmss: str = "web", resource_group: str = "rg1",
-                 workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO"):
+                 workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO",
+                 azurite: bool = False, storage_retry_s: float = 300):
         self.prefix = f"fc{os.getpid() % 100000}x{next(_counter)}"
         self.workdir = workdir or tempfile.mkdtemp(prefix="fleetcap-")
         self.vmss = vmss
@@ -61,6 +68,9 @@ class LocalFleet:
         self.api_socket = os.path.join(self.workdir, "api.sock")
         self.storage_dir = os.path.join(self.workdir, "storage")
         self.coordinator: subprocess.Popen | None = None
+        self.azurite: subprocess.Popen | None = None
+        self.use_azurite = azurite
+        self.storage_retry_s = storage_retry_s
         self.instances = [Instance(i, f"{self.prefix}-i{i}", f"{SUBNET}.{10 + i}",
                                    os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
                           for i in range(instances)]
@@ -108,18 +118,56 @@ class LocalFleet:
         log.close()
         return proc
 
+    @property
+    def azurite_connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1;")
+
+    def start_azurite(self) -> None:
+        """Azurite (npm azurite@3.35.0) on the hub's loopback, its data on disk in the workdir,
+        so a restart keeps what was stored."""
+        if not os.path.exists(AZURITE):
+            raise RuntimeError("Azurite is not installed; run 'make setup'")
+        log = open(self.log_path("azurite"), "ab")
+        self.azurite = subprocess.Popen(
+            ["ip", "netns", "exec", self.hub, AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(AZURITE_PORT),
+             "--location", os.path.join(self.workdir, "azurite"), "--disableTelemetry", "--silent",
+             "--skipApiVersionCheck"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c",
+                              f"import socket; socket.create_connection(('127.0.0.1', {AZURITE_PORT}), 1)"],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.azurite.poll() is not None:
+                raise RuntimeError(f"Azurite did not start; see {self.log_path('azurite')}")
+            time.sleep(0.2)
+
+    def stop_azurite(self, sig: int = signal.SIGTERM) -> None:
+        self.stop_process(self.azurite, sig)
+        self.azurite = None
+
+    def fetch_blob(self, url: str, dest: str) -> None:
+        """Downloads a blob with azure-storage-blob from inside the hub (where Azurite is)."""
+        container, _, blob = url.split(f":{AZURITE_PORT}/devstoreaccount1/", 1)[1].partition("/")
+        code = ("import sys; from azure.storage.blob import BlobServiceClient as S; "
+                "c = S.from_connection_string(sys.argv[1]).get_blob_client(sys.argv[2], sys.argv[3]); "
+                "open(sys.argv[4], 'wb').write(c.download_blob().readall())")
+        subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code, self.azurite_connection_string,
+                        container, blob, dest], check=True, capture_output=True)
+
     def start_coordinator(self) -> None:
+        extra = ["--storage-account", f"{BLOB_ACCOUNT}={self.azurite_connection_string}"] if self.use_azurite else []
         self.coordinator = self._spawn(self.hub, [
             "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT}", "--listen", self.api_address,
             "--data-dir", os.path.join(self.workdir, "coordinator"), "--storage-dir", self.storage_dir,
-            "--agent-ttl", str(self.agent_ttl_s)], "coordinator")
+            "--agent-ttl", str(self.agent_ttl_s), *extra], "coordinator")
         self._wait(lambda: self._api_up(), 30, "the coordinator API", "coordinator")
 
     def start_agent(self, inst: Instance) -> None:
         os.makedirs(inst.capture_root, exist_ok=True)
         inst.process = self._spawn(inst.namespace, [
             "agent", "--vmss", inst.vmss, "--instance-id", inst.instance_id, "--resource-group", self.resource_group,
-            "--interface", "eth0", "--capture-root", inst.capture_root,
+            "--interface", "eth0", "--capture-root", inst.capture_root, "--storage-retry", str(self.storage_retry_s),
             "--coordinator", f"{HUB_IP}:{FLEET_PORT}"], f"agent-i{inst.index}")
 
     def wait_agents(self, count: int | None = None, timeout_s: float = 30) -> None:
@@ -154,6 +202,8 @@ class LocalFleet:
     def start(self) -> "LocalFleet":
         try:
             self.build_network()
+            if self.use_azurite:
+                self.start_azurite()
             self.start_coordinator()
             for inst in self.instances:
                 self.start_agent(inst)
@@ -187,6 +237,7 @@ class LocalFleet:
         for inst in self.instances:
             self.stop_process(inst.process)
         self.stop_process(self.coordinator)
+        self.stop_process(self.azurite)
         for ns in reversed(self._namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._namespaces.clear()

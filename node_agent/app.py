@@ -44,6 +44,8 @@ class AgentSettings:
     """Where the API's /var/captures lives on this machine."""
     buffer_size: int = 32 << 20
     """Kernel capture ring per capture, in bytes (libpcap's default is 2 MiB)."""
+    storage_retry_s: float = 300.0
+    """How long an upload retries while the coordinator reports its storage failing."""
 
 
 def interface_addresses(interface: str) -> list[str]:
@@ -303,7 +305,8 @@ class Agent:
                 u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
                     identity=self.settings.identity, capture_name=cap.start.capture_name,
                     capture_id=cap.start.capture_id, file_path=cap.api_path(index)),
-                    f.path, lambda i=index: cap.file_final(i), lambda n=cap.start.capture_name: self._changed(n))
+                    f.path, lambda i=index: cap.file_final(i), lambda n=cap.start.capture_name: self._changed(n),
+                    storage_retry_s=self.settings.storage_retry_s)
                 cap.uploaders[index] = u
                 cap.upload_tasks[index] = asyncio.ensure_future(u.run())
         for index in [i for i in cap.uploaders if i not in held]:

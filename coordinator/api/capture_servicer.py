@@ -84,6 +84,15 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest, context) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=await self.service.list_agents())
 
+    async def ReadFile(self, request: pb.ReadCaptureFileRequest, context) -> AsyncIterator[pb.ReadCaptureFileResponse]:
+        try:
+            async for offset, data, complete in self.service.read_file(
+                    request.name, request.instance_id, request.file_path, request.offset, request.follow):
+                yield pb.ReadCaptureFileResponse(offset=offset, data=data, complete=complete)
+        except Exception as e:
+            code, message = status_for(e)
+            await context.abort(code, message)
+
     async def WatchStatus(self, request: pb.WatchPacketCaptureStatusRequest,
                           context) -> AsyncIterator[pb.WatchPacketCaptureStatusResponse]:
         try:

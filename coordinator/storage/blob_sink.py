@@ -16,7 +16,7 @@ import logging
 import threading
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, BlobServiceClient
+from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
 
 from coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 
@@ -41,9 +41,13 @@ def block_offset(bid: str) -> int:
 class BlobSink(Sink):
     def __init__(self, connection_string: str, *, api_version: str | None = None):
         kwargs = {"api_version": api_version} if api_version else {}
+        # The SDK's default retry waits 15 s, then 18 s...: a dead account would hold an upload
+        # stream for most of a minute. Retry briefly here; the agent's resumable stream retries
+        # the rest, with its own budget (docs/decisions.md).
+        retry = ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=2, random_jitter_range=0.2)
         self.service = BlobServiceClient.from_connection_string(
             connection_string, connection_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S,
-            retry_total=2, **kwargs)
+            retry_policy=retry, **kwargs)
         self._containers_ready: set[str] = set()
         self._lock = threading.Lock()
 
@@ -65,7 +69,15 @@ class BlobSink(Sink):
         return self.service.get_blob_client(container, name).url
 
     def open(self, object_name: str) -> "BlobWriter":
-        return BlobWriter(self._blob(object_name))
+        container = object_name.partition("/")[0]
+        return BlobWriter(self._blob(object_name), on_container_missing=lambda: self._forget(container))
+
+    def _forget(self, container: str) -> None:
+        """The container vanished (an emulator restarted without its state, or someone deleted
+        it): create it again on next use. Staged blocks went with it; the writer's next open
+        sees that and the agent resends from the durable offset it then gets."""
+        with self._lock:
+            self._containers_ready.discard(container)
 
     def delete(self, object_name: str) -> None:
         try:
@@ -90,8 +102,9 @@ class BlobSink(Sink):
 
 
 class BlobWriter(ObjectWriter):
-    def __init__(self, blob):
+    def __init__(self, blob, *, on_container_missing=lambda: None):
         self.blob = blob
+        self._on_container_missing = on_container_missing
         self.uri = blob.url
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_STAGES, thread_name_prefix="stage")
         self._staged: dict[int, int] = {}   # offset -> length, blocks durably staged
@@ -104,10 +117,17 @@ class BlobWriter(ObjectWriter):
         try:
             return fn(*args, **kwargs)
         except AzureError as e:
+            if getattr(e, "error_code", None) == "ContainerNotFound" or "container does not exist" in str(e):
+                self._on_container_missing()
             raise SinkError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
     def open(self) -> int:
-        _, uncommitted = self._call("get block list", self.blob.get_block_list, "uncommitted")
+        try:
+            _, uncommitted = self._call("get block list", self.blob.get_block_list, "uncommitted")
+        except SinkError:
+            if self._exists():
+                raise
+            uncommitted = []  # a new blob: nothing staged yet
         end = 0
         for b in sorted(uncommitted, key=lambda b: block_offset(b.id)):
             off = block_offset(b.id)
@@ -119,6 +139,12 @@ class BlobWriter(ObjectWriter):
         if end:
             self._hash = None  # bytes before `end` were not seen by this writer
         return end
+
+    def _exists(self) -> bool:
+        try:
+            return self.blob.exists()
+        except AzureError as e:
+            raise SinkError(f"exists: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
     def committed(self) -> Committed | None:
         try:

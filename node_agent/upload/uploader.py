@@ -48,7 +48,9 @@ class Uploader:
     """`final()` returns (size, sha256) once the capture file is closed, else None."""
 
     def __init__(self, stub: fleet_pb2_grpc.FleetStub, open_msg: fleet_pb2.UploadOpen, local_path: str,
-                 final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None]):
+                 final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None], *,
+                 storage_retry_s: float = 300.0):
+        self.storage_retry_s = storage_retry_s
         self.stub = stub
         self.open_msg = open_msg
         self.path = local_path
@@ -57,24 +59,40 @@ class Uploader:
         self.state = UploadState()
 
     async def run(self) -> UploadState:
+        """Uploads until committed. Network and coordinator failures are retried for ever (the
+        file waits on disk); storage failures reported by the coordinator only for
+        storage_retry_s without progress, after which the upload is abandoned (StorageFailed)."""
         delay = RETRY_MIN_S
+        storage_failing_since: float | None = None
         while not self.state.committed:
+            acked_before = self.state.acked
             try:
                 await self._attempt()
                 delay = RETRY_MIN_S
                 continue
             except grpc.aio.AioRpcError as e:
                 if e.code() in FATAL:
-                    self.state.failed = f"{e.code().name}: {e.details()}"
-                    log.error("upload of %s abandoned: %s", self.path, self.state.failed)
-                    self.on_change()
-                    return self.state
+                    return self._abandon(f"{e.code().name}: {e.details()}")
+                now = asyncio.get_running_loop().time()
+                if (e.details() or "").startswith("storage:"):
+                    if self.state.acked > acked_before or storage_failing_since is None:
+                        storage_failing_since = now
+                    elif now - storage_failing_since > self.storage_retry_s:
+                        return self._abandon(f"{e.details()} (still failing after {self.storage_retry_s:.0f}s)")
+                else:
+                    storage_failing_since = None
                 log.warning("upload of %s interrupted (%s: %s); resuming in %.1fs",
                             self.path, e.code().name, e.details(), delay)
             except (StreamEnded, OSError) as e:
                 log.warning("upload of %s interrupted (%s); resuming in %.1fs", self.path, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
+        return self.state
+
+    def _abandon(self, why: str) -> UploadState:
+        self.state.failed = why
+        log.error("upload of %s abandoned: %s; the file stays on this instance", self.path, why)
+        self.on_change()
         return self.state
 
     async def _attempt(self) -> None:

@@ -234,3 +234,47 @@ def test_continuous_capture_keeps_a_ring_of_exact_files(fleet, client):
     ring_prefix = os.path.basename(first_stored)[:-len("00002.cap")]  # packetcapture_HH_MM_SS_mmm_
     stored = sorted(n for n in os.listdir(os.path.dirname(first_stored)) if n.startswith(ring_prefix))
     assert stored == [f"{ring_prefix}0000{i}.cap" for i in (2, 3, 4)]
+
+
+def test_download_merge_and_follow(fleet, client, tmp_path):
+    """download fetches each instance's stored file; --merge writes one pcapng that tshark
+    reads as one trace with an interface per instance; follow streams a running capture's
+    bytes as they are stored."""
+    import json
+    import subprocess
+    import sys
+    import threading
+    i0, i1, i2 = fleet.instances[:3]
+    client.create(name="dl", target="web", target_type="AzureVMSS", resource_group="rg1", include=["0", "1"],
+                  time_limit_in_seconds=5, storage_account="local", file_path="/var/captures/dl.cap",
+                  filters=[{"protocol": "UDP", "localPort": "5040"}])
+    wait_running(client, "dl")
+    followed = bytearray()
+    follower = threading.Thread(target=lambda: followed.extend(
+        b"".join(client.read_file(name="dl", instance_id="1", follow=True))))
+    follower.start()
+    fleet.send_udp(i2, i0, dport=5040, sport=40060, count=8, size=PAYLOAD, tag=14)
+    fleet.send_udp(i2, i1, dport=5040, sport=40061, count=5, size=PAYLOAD, tag=15)
+    client.wait(name="dl", timeout_s=60)
+    follower.join(30)
+    with open(os.path.join(fleet.instances[1].capture_root, "dl.cap"), "rb") as f:
+        assert bytes(followed) == f.read()
+
+    dest = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", fleet.api_address, "capture",
+                        "download", "--name", "dl", "--dest", str(dest), "--merge"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    files = json.loads(r.stdout)["files"]
+    assert sorted(os.path.relpath(p, dest) for p in files) == ["0/dl.cap", "1/dl.cap", "dl.pcapng"]
+    for inst in ("0", "1"):
+        with open(dest / inst / "dl.cap", "rb") as a, \
+                open(os.path.join(fleet.instances[int(inst)].capture_root, "dl.cap"), "rb") as b:
+            assert a.read() == b.read()
+    out = subprocess.run(["tshark", "-r", str(dest / "dl.pcapng"), "-T", "fields", "-e", "frame.interface_name",
+                          "-e", "frame.time_epoch", "-e", "udp.dstport", "-e", "frame.cap_len"],
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    rows = [line.split("\t") for line in out if line]
+    assert sorted((name, port) for name, _, port, _ in rows) == sorted([("web_0", "5040")] * 8 + [("web_1", "5040")] * 5)
+    times = [float(t) for _, t, _, _ in rows]
+    assert times == sorted(times)
+    assert all(int(c) == 14 + 20 + 8 + PAYLOAD for *_, c in rows)

@@ -265,3 +265,27 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
+
+class ReadCaptureFileRequest(_message.Message):
+    __slots__ = ("name", "instance_id", "file_path", "offset", "follow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    instance_id: str
+    file_path: str
+    offset: int
+    follow: bool
+    def __init__(self, name: _Optional[str] = ..., instance_id: _Optional[str] = ..., file_path: _Optional[str] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class ReadCaptureFileResponse(_message.Message):
+    __slots__ = ("offset", "data", "complete")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    complete: bool
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., complete: _Optional[bool] = ...) -> None: ...

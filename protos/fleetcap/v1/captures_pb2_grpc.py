@@ -71,6 +71,11 @@ class PacketCapturesStub:
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusRequest.SerializeToString,
                 response_deserializer=fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusResponse.FromString,
                 _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/fleetcap.v1.PacketCaptures/ReadFile',
+                request_serializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.SerializeToString,
+                response_deserializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/fleetcap.v1.PacketCaptures/ListAgents',
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsRequest.SerializeToString,
@@ -131,6 +136,15 @@ class PacketCapturesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadFile(self, request, context):
+        """fleetcap extension: the stored bytes of one instance's capture file, from any sink; with
+        follow, a running capture's bytes as they arrive (pipe them into Wireshark).
+        NOT_FOUND if the file is stored nowhere but on its instance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """fleetcap extension: the agents registered now, i.e. the possible targets.
         """
@@ -175,6 +189,11 @@ def add_PacketCapturesServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusRequest.FromString,
                     response_serializer=fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.FromString,
+                    response_serializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -373,6 +392,33 @@ class PacketCaptures:
             '/fleetcap.v1.PacketCaptures/WatchStatus',
             fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusRequest.SerializeToString,
             fleetcap_dot_v1_dot_captures__pb2.WatchPacketCaptureStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetcap.v1.PacketCaptures/ReadFile',
+            fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.SerializeToString,
+            fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
