@@ -203,6 +203,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._uploads[object_name] = token
         requests: asyncio.Queue = asyncio.Queue(maxsize=4)  # bounded: a slow sink slows the agent
         pump = asyncio.ensure_future(_pump(request_iterator, requests))
+        next_request: asyncio.Future | None = None
         try:
             done = await asyncio.to_thread(writer.committed)
             if done:
@@ -212,13 +213,22 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             durable = await asyncio.to_thread(writer.open)
             received, unflushed_since = durable, None
             yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
+            # Acknowledgements follow durability, not chunk arrivals: the sink reports each
+            # completed fsync or staged block, so a full agent window never waits for a timeout.
+            durable_changed = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            writer.on_durable = lambda: loop.call_soon_threadsafe(durable_changed.set)
             while True:
-                try:
-                    req = await asyncio.wait_for(requests.get(), timeout=FLUSH_IDLE_S)
-                except asyncio.TimeoutError:
-                    req = None
-                    if received == durable:
-                        continue
+                if next_request is None:
+                    next_request = asyncio.ensure_future(requests.get())
+                woken = asyncio.ensure_future(durable_changed.wait())
+                ready, _ = await asyncio.wait({next_request, woken}, timeout=FLUSH_IDLE_S,
+                                              return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                durable_changed.clear()
+                req = None
+                if next_request in ready:
+                    req, next_request = next_request.result(), None
                 if req is _END:
                     return
                 if isinstance(req, BaseException):
@@ -240,10 +250,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     received = c.offset + len(c.data)
                     unflushed_since = unflushed_since or time.monotonic()
                 else:
-                    new = durable
-                # Quiet stream, or bytes waiting too long: make them durable (and acknowledged).
-                if received > new and (req is None or time.monotonic() - unflushed_since > MAX_UNFLUSHED_S):
-                    new = await asyncio.to_thread(writer.flush)
+                    new = writer.durable_size()
+                    # Quiet stream, or bytes waiting too long: make them durable (and acknowledged).
+                    if received > new and not ready or \
+                            (unflushed_since and time.monotonic() - unflushed_since > MAX_UNFLUSHED_S):
+                        new = await asyncio.to_thread(writer.flush)
                 if new == received:
                     unflushed_since = None
                 if new != durable:
@@ -258,6 +269,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"storage: {e}")
         finally:
             pump.cancel()
+            if next_request is not None:
+                next_request.cancel()
             await asyncio.to_thread(writer.close)
             if self._uploads.get(object_name) is token:
                 del self._uploads[object_name]

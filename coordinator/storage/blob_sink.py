@@ -175,7 +175,15 @@ class BlobWriter(ObjectWriter):
 
     def _stage(self, offset: int, data: bytes) -> int:
         self._call("stage block", self.blob.stage_block, block_id(offset), data, length=len(data))
+        self.on_durable()
         return len(data)
+
+    def durable_size(self) -> int:
+        try:
+            self._reap(wait=False)
+        except SinkError:
+            pass  # reported by the next write or flush
+        return self._durable()
 
     def _submit(self) -> None:
         data = bytes(self._buffer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import Callable
 
 
 class SinkError(Exception):
@@ -36,6 +37,12 @@ class Committed:
 
 class ObjectWriter(abc.ABC):
     uri: str
+    # Called (from any thread) whenever background work made more bytes durable.
+    on_durable: "Callable[[], None]" = staticmethod(lambda: None)
+
+    @abc.abstractmethod
+    def durable_size(self) -> int:
+        """The durable size now, without waiting."""
 
     @abc.abstractmethod
     def open(self) -> int:

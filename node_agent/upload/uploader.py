@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 # Bytes sent but not yet acknowledged as durable; bounds what is in flight per upload. Larger
 # than the blob sink's block (4 MiB) times its parallel stages, so staging can pipeline.
-WINDOW_BYTES = 24 << 20
+WINDOW_BYTES = 32 << 20
 POLL_S = 0.1
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
 # Codes after which retrying cannot help: the capture is gone or this file is not wanted.
@@ -57,6 +57,7 @@ class Uploader:
         self.final = final
         self.on_change = on_change
         self.state = UploadState()
+        self._acked = asyncio.Event()  # set on every acknowledgement: wakes a sender waiting on the window
 
     async def run(self) -> UploadState:
         """Uploads until committed. Network and coordinator failures are retried for ever (the
@@ -133,7 +134,12 @@ class Uploader:
                 await call.write(fleet_pb2.UploadRequest(finish=fleet_pb2.UploadFinish(
                     size_bytes=final[0], sha256=final[1])))
                 finished = True
-            await asyncio.sleep(POLL_S)
+            # Wait for an acknowledgement (window full, or the commit) or for the file to grow.
+            self._acked.clear()
+            try:
+                await asyncio.wait_for(self._acked.wait(), timeout=POLL_S)
+            except asyncio.TimeoutError:
+                pass
 
     async def _read_acks(self, call) -> None:
         while True:
@@ -147,6 +153,7 @@ class Uploader:
     def _ack(self, resp: fleet_pb2.UploadResponse) -> None:
         s = self.state
         s.acked = resp.acked_offset
+        self._acked.set()
         s.storage_path = resp.storage_path or s.storage_path
         if resp.committed:
             s.committed, s.stored_sha256 = True, resp.stored_sha256
