@@ -21,7 +21,7 @@ from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
 # Bytes sent but not yet acknowledged as durable; bounds what is in flight per upload. Larger
 # than the blob sink's block (4 MiB) times its parallel stages, so staging can pipeline.
 WINDOW_BYTES = 32 << 20
