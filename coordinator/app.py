@@ -82,6 +82,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     expiry = asyncio.ensure_future(_watch_agent_expiry(store, service, sessions))
+    reconcile = asyncio.ensure_future(_reconcile_later(service, settings.agent_ttl_s * 2))
     if ready:
         ready.set()
     print(f"fleetcap coordinator ready on {', '.join(settings.listen)}", flush=True)
@@ -90,10 +91,19 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     finally:
         log.info("shutting down")
         expiry.cancel()
+        reconcile.cancel()
         await server.stop(grace=2)
         await store.close()
         if embedded:
             embedded.stop()
+
+
+async def _reconcile_later(service: CaptureService, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    try:
+        await service.reconcile_absent_agents()
+    except FleetcapError as e:
+        log.warning("reconciliation after start failed: %s", e)
 
 
 async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
@@ -102,8 +112,12 @@ async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: A
         try:
             async for event in store.watch(keys.AGENTS):
                 key = event.key[len(keys.AGENTS):]
-                if event.kind == "DELETE" and not sessions.connected(key):
+                if event.kind == "DELETE":
+                    # No heartbeat for a whole lease: the agent is gone or cut off, even if its TCP
+                    # stream has not timed out yet. Its stream is closed so that it reconnects
+                    # afresh; its report then revives what it still has (AgentStopped recovers).
                     log.warning("agent %s: lease expired", key)
+                    sessions.close(key)
                     await service.agent_lost(key)
         except asyncio.CancelledError:
             raise

@@ -337,7 +337,7 @@ class CaptureService:
         def apply(rec: state_pb2.InstanceRecord) -> bool:
             old = rec.status
             try:
-                st.check_transition(old.packet_capture_status, new.packet_capture_status)
+                st.check_transition(old.packet_capture_status, new.packet_capture_status, old.packet_capture_error)
             except st.IllegalTransition as e:
                 log.warning("capture %s on %s: %s; report ignored", name, instance_key, e)
                 return False
@@ -382,6 +382,16 @@ class CaptureService:
             else:
                 await self.fail_instance(name, instance_key, r.E_AGENT_STOPPED,
                                          "the agent restarted and has no record of this capture")
+
+    async def reconcile_absent_agents(self) -> None:
+        """After a coordinator (re)start and one lease period: an instance still running whose
+        agent has not come back is lost (its lease expired while nobody watched)."""
+        present = set(await self.store.list_agents())
+        for record in await self.store.list_captures():
+            for key in record.instance_keys:
+                if key not in present:
+                    await self.fail_instance(record.resource.name, key, r.E_AGENT_STOPPED,
+                                             "the agent did not reconnect after the coordinator restarted")
 
     async def agent_lost(self, instance_key: str) -> None:
         """The agent's lease expired: every capture it had not finished is in error."""

@@ -22,7 +22,12 @@ class IllegalTransition(Exception):
         super().__init__(f"instance status cannot move from {old} to {new}")
 
 
-def check_transition(old: str, new: str) -> None:
+def check_transition(old: str, new: str, old_errors: Iterable[str] = ()) -> None:
+    """Raises IllegalTransition. One exception to "nothing leaves Error": an instance failed
+    only because its agent went silent (AgentStopped) takes whatever the agent reports when
+    it comes back, since its capture went on (a network cut, a coordinator restart)."""
+    if old == r.ERROR and list(old_errors) == [r.E_AGENT_STOPPED]:
+        return
     if new not in TRANSITIONS.get(old, frozenset()):
         raise IllegalTransition(old, new)
 

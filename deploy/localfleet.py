@@ -57,7 +57,7 @@ class Instance:
 class LocalFleet:
     def __init__(self, instances: int = 3, *, vmss: str = "web", resource_group: str = "rg1",
                  workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO",
-                 azurite: bool = False, storage_retry_s: float = 300):
+                 azurite: bool = False, storage_retry_s: float = 300, external_etcd: bool = False):
         self.prefix = f"fc{os.getpid() % 100000}x{next(_counter)}"
         self.workdir = workdir or tempfile.mkdtemp(prefix="fleetcap-")
         self.vmss = vmss
@@ -70,6 +70,8 @@ class LocalFleet:
         self.coordinator: subprocess.Popen | None = None
         self.azurite: subprocess.Popen | None = None
         self.use_azurite = azurite
+        self.external_etcd = external_etcd
+        self.etcd: subprocess.Popen | None = None
         self.storage_retry_s = storage_retry_s
         self.instances = [Instance(i, f"{self.prefix}-i{i}", f"{SUBNET}.{10 + i}",
                                    os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
@@ -155,8 +157,52 @@ class LocalFleet:
         subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code, self.azurite_connection_string,
                         container, blob, dest], check=True, capture_output=True)
 
+    ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
+
+    def start_etcd(self) -> None:
+        """etcd as its own process in the hub (so the coordinator can die without it)."""
+        client, peer = f"http://127.0.0.1:{self.ETCD_PORT}", f"http://127.0.0.1:{self.ETCD_PEER_PORT}"
+        log = open(self.log_path("etcd"), "ab")
+        self.etcd = subprocess.Popen(
+            ["ip", "netns", "exec", self.hub, "etcd", "--name", "fleet", "--data-dir", os.path.join(self.workdir, "etcd"),
+             "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
+             "--listen-client-urls", client, "--advertise-client-urls", client,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"fleet={peer}",
+             "--listen-metrics-urls", "http://127.0.0.1:23810",
+             "--heartbeat-interval", "10", "--election-timeout", "100"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        code = ("import sys, urllib.request; sys.exit(0 if b'true' in urllib.request.urlopen("
+                f"'{client}/health', timeout=1).read() else 1)")
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code], capture_output=True).returncode:
+            if time.monotonic() > deadline or self.etcd.poll() is not None:
+                raise RuntimeError(f"etcd did not start; see {self.log_path('etcd')}")
+            time.sleep(0.1)
+
+    def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
+        self.stop_process(self.etcd, sig)
+        self.etcd = None
+
+    def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
+        self.stop_process(self.coordinator, sig)
+        self.coordinator = None
+
+    def kill_agent(self, inst: Instance, sig: int = signal.SIGKILL) -> None:
+        self.stop_process(inst.process, sig)
+        inst.process = None
+
+    def cut_network(self, inst: Instance) -> None:
+        """Detaches the instance's port from the hub bridge: its link stays up, but nothing
+        crosses between it and the rest of the fleet (or the coordinator)."""
+        run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "nomaster")
+
+    def restore_network(self, inst: Instance) -> None:
+        run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "master", "br0")
+
     def start_coordinator(self) -> None:
         extra = ["--storage-account", f"{BLOB_ACCOUNT}={self.azurite_connection_string}"] if self.use_azurite else []
+        if self.external_etcd:
+            extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}"]
         self.coordinator = self._spawn(self.hub, [
             "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT}", "--listen", self.api_address,
             "--data-dir", os.path.join(self.workdir, "coordinator"), "--storage-dir", self.storage_dir,
@@ -204,6 +250,8 @@ class LocalFleet:
             self.build_network()
             if self.use_azurite:
                 self.start_azurite()
+            if self.external_etcd:
+                self.start_etcd()
             self.start_coordinator()
             for inst in self.instances:
                 self.start_agent(inst)
@@ -238,6 +286,7 @@ class LocalFleet:
             self.stop_process(inst.process)
         self.stop_process(self.coordinator)
         self.stop_process(self.azurite)
+        self.stop_process(self.etcd)
         for ns in reversed(self._namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._namespaces.clear()

@@ -17,12 +17,14 @@ import socket
 import subprocess
 
 import grpc
+from google.protobuf import json_format
 
 from clients import grpc_transport
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 from node_agent.capture import bpf
 from node_agent.capture import reasons as r
-from node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring, file_sha256, ring_file_path
+from node_agent.capture.session import (PCAP_FILE_HEADER, PCAP_RECORD_HEADER, CaptureFile, CaptureSession, CaptureSpec,
+                                       Ring, file_sha256, ring_file_path, utc_now)
 from node_agent.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -137,11 +139,32 @@ class ActiveCapture:
                                          status=status)
 
 
+def repair_pcap(path: str) -> tuple[int, int]:
+    """Cuts a pcap file left by a killed capture back to its last whole record, so every
+    reader opens it; returns (packets, size)."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        off, packets = PCAP_FILE_HEADER, 0
+        if len(data) < PCAP_FILE_HEADER:
+            return 0, len(data)
+        while off + PCAP_RECORD_HEADER <= len(data):
+            caplen = int.from_bytes(data[off + 8:off + 12], "little")
+            if off + PCAP_RECORD_HEADER + caplen > len(data):
+                break
+            off += PCAP_RECORD_HEADER + caplen
+            packets += 1
+        if off != len(data):
+            f.truncate(off)
+            log.warning("%s ended in a partial record: cut from %d to %d bytes", path, len(data), off)
+        return packets, off
+
+
 class Agent:
     def __init__(self, settings: AgentSettings):
         self.settings = settings
         self.interface = settings.interface or default_interface()
         self.captures: dict[str, ActiveCapture] = {}
+        self.journal_dir = os.path.join(settings.capture_root, ".fleetcap")
         self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
         self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,8 +172,70 @@ class Agent:
         self._data_stub = fleet_pb2_grpc.FleetStub(self._data_channel)
         self._exclude = coordinator_endpoints(settings.coordinator)
 
+    # -- the journal: what the agent knows of its captures survives a restart ------------------
+
+    def _journal(self, cap: ActiveCapture) -> None:
+        files = [dataclasses.asdict(f) for f in cap.session.files] if cap.session else []
+        entry = {"start": json_format.MessageToDict(cap.start), "path": cap.path, "files": files,
+                 "removed": sorted(cap.removed),
+                 "status": json_format.MessageToDict(cap.progress().status)}
+        os.makedirs(self.journal_dir, exist_ok=True)
+        path = os.path.join(self.journal_dir, f"{cap.start.capture_name}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(entry, f)
+        os.replace(path + ".tmp", path)
+
+    def recover(self) -> None:
+        """Loads the journal: finished captures as they were; captures the agent was running
+        when it died are cut back to whole records and reported as interrupted (AgentStopped).
+        Their files are then uploaded if they were meant to be."""
+        if not os.path.isdir(self.journal_dir):
+            return
+        for name in sorted(os.listdir(self.journal_dir)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.journal_dir, name)) as f:
+                    entry = json.load(f)
+                start = json_format.ParseDict(entry["start"], fleet_pb2.StartCapture())
+                status = json_format.ParseDict(entry["status"], captures_pb2.InstanceStatus())
+            except (OSError, ValueError, KeyError, json_format.ParseError) as e:
+                log.error("journal %s unreadable (%s); skipped", name, e)
+                continue
+            cap = ActiveCapture(start, entry["path"])
+            cap.removed = set(entry.get("removed", []))
+            session = CaptureSession(CaptureSpec(name=start.capture_name, capture_id=start.capture_id,
+                                                 interface=self.interface, path=entry["path"], expression=""))
+            session.files = [CaptureFile(**f) for f in entry["files"]
+                             if os.path.exists(f["path"]) or f["index"] in cap.removed]
+            c = session.counters
+            c.start_time, c.stop_time = status.capture_start_time, status.capture_stop_time
+            c.kernel_drops, c.interface_drops = status.kernel_drops, status.interface_drops
+            if status.packet_capture_status in (r.STOPPED, r.ERROR):
+                c.status, c.stop_reason = status.packet_capture_status, status.stop_reason
+                c.errors, c.error_message = list(status.packet_capture_error), status.error_message
+                c.packets, c.bytes = status.packets_captured, status.bytes_captured
+            else:
+                packets = 0
+                for f in session.files:
+                    if f.index not in cap.removed and os.path.exists(f.path):
+                        n, f.size = repair_pcap(f.path)
+                        packets += n
+                    f.closed, f.sha256 = True, ""
+                c.status, c.stop_reason, c.errors = r.ERROR, r.AGENT_STOPPED, [r.E_AGENT_STOPPED]
+                c.error_message = "the agent stopped during the capture; its files hold what was captured until then"
+                c.packets, c.bytes = packets, sum(f.size for f in session.files)
+                c.stop_time = utc_now()
+                log.warning("capture %s was interrupted by an agent restart: %d packets kept", start.capture_name, packets)
+            session.done.set()
+            cap.session = session
+            self.captures[start.capture_name] = cap
+
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self.recover()
+        for name in list(self.captures):
+            self._changed(name)
         delay = RECONNECT_MIN_S
         while not stop.is_set():
             connected = await self._connect_once(stop)
@@ -182,7 +267,7 @@ class Agent:
             welcomed = True
             log.info("connected to %s as %s", self.settings.coordinator, first.welcome.instance_resource_id)
             self._outbox = asyncio.Queue()
-            self._dirty.clear()
+            self._dirty.update(self.captures)  # everything is reported once more after the hello
             interval = first.welcome.heartbeat_interval_ms / 1000
             tasks = [asyncio.ensure_future(self._write(call)), asyncio.ensure_future(self._heartbeat(interval)),
                      asyncio.ensure_future(self._progress()), asyncio.ensure_future(stop.wait())]
@@ -228,7 +313,9 @@ class Agent:
             self._hash_closed_files(cap)
             self._sync_uploads(cap)
             self._maybe_remove_local(cap)
+            self._journal(cap)
             self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+            self._dirty.add(name)  # and again on the next tick, in case this stream was already gone
 
     async def _read(self, call) -> None:
         while True:

@@ -73,6 +73,11 @@ class AgentSessions:
     def connected(self, instance_key: str) -> bool:
         return instance_key in self._by_key
 
+    def close(self, instance_key: str) -> None:
+        session = self._by_key.pop(instance_key, None)
+        if session is not None:
+            session.close()
+
     def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
         session = self._by_key.get(instance_key)
         if session is None:
@@ -210,7 +215,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                                stored_sha256=done.sha256)
                 return
-            durable = await asyncio.to_thread(writer.open)
+            durable = await asyncio.to_thread(writer.open, op.restart)
             received, unflushed_since = durable, None
             yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
             # Acknowledgements follow durability, not chunk arrivals: the sink reports each

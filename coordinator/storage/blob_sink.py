@@ -121,7 +121,9 @@ class BlobWriter(ObjectWriter):
                 self._on_container_missing()
             raise SinkError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
-    def open(self) -> int:
+    def open(self, restart: bool = False) -> int:
+        if restart:
+            return 0  # blocks are restaged under the same offset ids; only the new list is committed
         try:
             _, uncommitted = self._call("get block list", self.blob.get_block_list, "uncommitted")
         except SinkError:

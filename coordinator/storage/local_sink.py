@@ -65,9 +65,9 @@ class LocalWriter(ObjectWriter):
         self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._sync: concurrent.futures.Future | None = None  # an fsync in flight; its result: bytes it covers
 
-    def open(self) -> int:
+    def open(self, restart: bool = False) -> int:
         os.makedirs(os.path.dirname(self.partial), exist_ok=True)
-        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o640)
+        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if restart else 0), 0o640)
         self._size = self._durable = os.fstat(self._fd).st_size  # what a previous run left is on disk
         self._hash = hashlib.sha256() if self._size == 0 else None
         return self._durable

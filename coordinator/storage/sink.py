@@ -45,8 +45,9 @@ class ObjectWriter(abc.ABC):
         """The durable size now, without waiting."""
 
     @abc.abstractmethod
-    def open(self) -> int:
-        """Prepares to append and returns the durable size already stored (0 for a new object)."""
+    def open(self, restart: bool = False) -> int:
+        """Prepares to append and returns the durable size already stored (0 for a new object);
+        with restart, discards what is stored and returns 0."""
 
     @abc.abstractmethod
     def committed(self) -> Committed | None:

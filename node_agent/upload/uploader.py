@@ -106,6 +106,15 @@ class Uploader:
             self._ack(first)
             if self.state.committed:
                 return
+            if self.state.acked > os.path.getsize(self.path):
+                # More is stored than the file now holds (a partial record was cut after a crash):
+                # the stored copy is discarded and the file sent again from the start.
+                log.warning("upload of %s: %d bytes stored but the file has %d; starting over",
+                            self.path, self.state.acked, os.path.getsize(self.path))
+                self.open_msg.restart = True
+                self.state.acked = 0
+                return
+            self.open_msg.restart = False
             sent = self.state.acked
             reader = asyncio.ensure_future(self._read_acks(call))
             try:

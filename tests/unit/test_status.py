@@ -22,6 +22,15 @@ def test_transitions(old, new, ok):
             st.check_transition(old, new)
 
 
+def test_an_instance_lost_only_by_silence_recovers_when_its_agent_returns():
+    st.check_transition("Error", "Running", ["AgentStopped"])
+    st.check_transition("Error", "Stopped", ["AgentStopped"])
+    with pytest.raises(st.IllegalTransition):
+        st.check_transition("Error", "Running", ["CaptureFailed"])
+    with pytest.raises(st.IllegalTransition):
+        st.check_transition("Error", "Stopped", ["AgentStopped", "StorageFailed"])
+
+
 def record(stop_requested=""):
     return state_pb2.CaptureRecord(resource=pb.PacketCaptureResult(name="c", id="/x/c"), stop_requested=stop_requested)
 

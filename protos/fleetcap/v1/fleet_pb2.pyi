@@ -120,16 +120,18 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ...) -> None: ...
 
 class UploadOpen(_message.Message):
-    __slots__ = ("identity", "capture_name", "capture_id", "file_path")
+    __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     identity: AgentIdentity
     capture_name: str
     capture_id: str
     file_path: str
-    def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ...) -> None: ...
+    restart: bool
+    def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("offset", "data", "crc32")
