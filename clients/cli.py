@@ -1,6 +1,7 @@
 """The `fleetcap` command: the daemons, and `az network watcher packet-capture`'s verbs.
 
-Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 1 anything else.
+Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 quota exceeded,
+1 anything else.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from clients import sdk
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_EXISTS = 0, 1, 2, 3, 4
 EXIT_BY_CODE = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 5,
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
     grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
     grpc.StatusCode.ALREADY_EXISTS: EXIT_EXISTS,
@@ -220,7 +222,7 @@ def cmd_coordinator(args) -> int:
         listen=tuple(args.listen or ["127.0.0.1:7770"]),
         etcd=tuple(e for e in (args.etcd or "").split(",") if e),
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir or "",
-        agent_ttl_s=args.agent_ttl)
+        agent_ttl_s=args.agent_ttl, service=app.ServiceConfig(max_captures=args.max_captures))
     asyncio.run(app.serve(settings))
     return EXIT_OK
 
@@ -260,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default="/var/lib/fleetcap")
     c.add_argument("--storage-dir", help="the 'local' storage account; default DATA_DIR/storage")
     c.add_argument("--agent-ttl", type=int, default=10, help="seconds before a silent agent is declared stopped")
+    c.add_argument("--max-captures", type=int, default=10000,
+                   help="captures that may run at once (Azure: 10,000 per region); more get RESOURCE_EXHAUSTED")
     c.add_argument("--storage-account", action="append", metavar="NAME[=CONNECTION_STRING|=env:VAR]",
                    help="an Azure Blob storage account captures can name (repeatable); without a value the "
                         "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")

@@ -12,7 +12,7 @@ from clients import grpc_transport
 from coordinator.api.capture_servicer import CaptureServicer
 from coordinator.errors import FleetcapError
 from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer
-from coordinator.service import LOCAL_ACCOUNT, CaptureService, ServiceConfig
+from coordinator.service import LOCAL_ACCOUNT, CaptureService, ServiceConfig  # noqa: F401 (ServiceConfig for the CLI)
 from coordinator.state import keys
 from coordinator.state.embedded_etcd import EmbeddedEtcd
 from coordinator.state.etcd_store import EtcdKV

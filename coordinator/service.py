@@ -15,7 +15,7 @@ from typing import AsyncIterator, Mapping, Protocol
 
 from coordinator import status as st
 from coordinator import targets, validation
-from coordinator.errors import AlreadyExists, FleetcapError, NotFound
+from coordinator.errors import AlreadyExists, FleetcapError, NotFound, ResourceExhausted
 from coordinator.state import keys
 from coordinator.state.store import Store
 from coordinator.storage.sink import Sink
@@ -42,6 +42,8 @@ class ServiceConfig:
     subscription: str = keys.DEFAULT_SUBSCRIPTION
     watcher_resource_group: str = "NetworkWatcherRG"
     watcher_name: str = "NetworkWatcher_local"
+    max_captures: int = 10000
+    """Concurrent (not yet stopped) captures allowed, as Azure's per-region limit."""
 
 
 def blob_name(identity: fleet_pb2.AgentIdentity, created: dt.datetime) -> str:
@@ -124,6 +126,10 @@ class CaptureService:
                      params: captures_pb2.PacketCaptureParameters) -> captures_pb2.PacketCaptureResult:
         validation.validate_name(name)
         p = validation.validate(params, storage_accounts=self.sinks)
+        running = await self.store.running_captures()
+        if len(running) >= self.config.max_captures:
+            raise ResourceExhausted(f"{len(running)} captures are running, the limit is {self.config.max_captures}; "
+                                    "stop or wait for one first")
         if await self.store.get_capture(name) is not None:
             raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, "
                                 "delete it first")

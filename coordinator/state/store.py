@@ -124,6 +124,16 @@ class Store:
     async def get_instances(self, name: str) -> list[state_pb2.InstanceRecord]:
         return [decode(state_pb2.InstanceRecord, kv.value) for kv in await self.kv.get_prefix(keys.instances_of(name))]
 
+    async def running_captures(self) -> set[str]:
+        """Names of captures with an instance not yet Stopped or in Error (one range read)."""
+        running = set()
+        for kv in await self.kv.get_prefix(keys.INSTANCES):
+            name = kv.key[len(keys.INSTANCES):].split("/", 1)[0]
+            status = decode(state_pb2.InstanceRecord, kv.value).status.packet_capture_status
+            if status not in ("Stopped", "Error"):
+                running.add(name)
+        return running
+
     async def update_instance(self, name: str, instance_key: str,
                               change: Callable[[state_pb2.InstanceRecord], bool]) -> state_pb2.InstanceRecord:
         return await self._update(keys.instance(name, instance_key), state_pb2.InstanceRecord, change,

@@ -1,0 +1,126 @@
+"""Fan-out benchmark: create → every instance Running, on a scale set of N agents.
+
+    python -m bench.fanout_bench [--agents 10 100 1000] [--runs 20]
+
+A real coordinator with its embedded etcd; N lightweight agents in this process, each speaking
+the real Connect protocol (hello, heartbeats, progress) and answering a StartCapture with a
+Running report at once (no libpcap: this measures the control plane, not the capture).
+Reported per N: p50/p99 of create → all Running (seen through WatchStatus), and the
+coordinator's RSS and CPU per second with N agents connected and idle (heartbeats only).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.datapath_bench import ROOT, free_port, rss_mb, wait_port
+from clients import grpc_transport, sdk
+from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
+
+
+class RunningAgent:
+    def __init__(self, channel, index: int):
+        self.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
+        self.call = fleet_pb2_grpc.FleetStub(channel).Connect()
+
+    async def run(self, ready: asyncio.Event, count: list[int], total: int) -> None:
+        await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
+            identity=self.identity, hostname="bench", interface="lo", addresses=["127.0.0.1"])))
+        welcome = await self.call.read()
+        count[0] += 1
+        if count[0] == total:
+            ready.set()
+        beat = asyncio.ensure_future(self._heartbeat(welcome.welcome.heartbeat_interval_ms / 1000))
+        try:
+            while True:
+                msg = await self.call.read()
+                if msg is None or not hasattr(msg, "HasField"):
+                    return
+                if msg.HasField("start"):
+                    await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+                        capture_name=msg.start.capture_name, capture_id=msg.start.capture_id,
+                        status=captures_pb2.InstanceStatus(packet_capture_status="Running"))))
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.call.write(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().split(")")[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(address: str, coord_pid: int, n: int, runs: int) -> dict:
+    channels = [grpc_transport.aio_channel(address) for _ in range(max(1, n // 100))]
+    agents = [RunningAgent(channels[i % len(channels)], i) for i in range(n)]
+    ready, count = asyncio.Event(), [0]
+    tasks = [asyncio.ensure_future(a.run(ready, count, n)) for a in agents]
+    await asyncio.wait_for(ready.wait(), timeout=300)
+    await asyncio.sleep(3)
+    rss0, cpu0, t0 = rss_mb(coord_pid), cpu_s(coord_pid), time.monotonic()
+    await asyncio.sleep(10)
+    idle_cpu = (cpu_s(coord_pid) - cpu0) / (time.monotonic() - t0)
+    idle_rss = rss_mb(coord_pid)
+    latencies = []
+    with sdk.Client(address) as c:
+        for run in range(runs):
+            name = f"fan{n}x{run}"
+            t = time.perf_counter()
+            await asyncio.to_thread(c.create, name=name, target="big", target_type="AzureVMSS", resource_group="bench",
+                                    file_path="/var/captures/f.cap", time_limit_in_seconds=0)
+
+            def all_running() -> float:
+                for status in c.watch(name=name):
+                    if len(status.instances) == n and all(i.packet_capture_status == "Running"
+                                                          for i in status.instances):
+                        return time.perf_counter() - t
+                raise RuntimeError("watch ended early")
+            latencies.append(await asyncio.to_thread(all_running))
+            await asyncio.to_thread(c.delete, name=name)
+    for t in tasks:
+        t.cancel()
+    for ch in channels:
+        await ch.close()
+    latencies.sort()
+    return {"n": n, "p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "idle_cpu": idle_cpu, "rss_before": rss0, "rss_idle": idle_rss}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--runs", type=int, default=20)
+    a = p.parse_args()
+    for n in a.agents:
+        work = tempfile.mkdtemp(prefix="fleetcap-fan-")
+        port = free_port()
+        coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "coordinator",
+                                  "--listen", f"127.0.0.1:{port}", "--data-dir", work, "--agent-ttl", "10"],
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))
+        try:
+            wait_port(port, coord, "coordinator")
+            r = asyncio.run(measure(f"127.0.0.1:{port}", coord.pid, n, a.runs))
+            print(f"{n:5d} agents: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
+                  f"({a.runs} runs); coordinator idle with {n} agents: CPU {r['idle_cpu'] * 100:.1f} % of a core, "
+                  f"RSS {r['rss_idle']:.0f} MiB", flush=True)
+        finally:
+            coord.terminate()
+            coord.wait(15)
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The capture service on the memory store: dispatch, progress under the state machine, quota."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from coordinator.errors import ResourceExhausted
+from coordinator.service import CaptureService, ServiceConfig
+from coordinator.state import keys
+from coordinator.state.memory_store import MemoryKV
+from coordinator.state.store import Store
+from coordinator.storage.local_sink import LocalSink
+from fleetcap.v1 import captures_pb2 as pb
+from fleetcap.v1 import fleet_pb2, state_pb2
+
+
+class Recorder:
+    """Stands in for the agents' control streams: records what would be sent."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, fleet_pb2.CoordinatorMessage]] = []
+
+    def send(self, instance_key, message):
+        self.sent.append((instance_key, message))
+        return True
+
+
+def params(**kw):
+    return pb.PacketCaptureParameters(target="web", target_type="AzureVMSS",
+                                      storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap"),
+                                      **kw)
+
+
+async def setup(tmp_path, max_captures=10000):
+    store = Store(MemoryKV())
+    for i in range(2):
+        ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id=str(i))
+        await store.register_agent(keys.instance_key(ident), state_pb2.AgentRecord(identity=ident), ttl_s=60)
+    rec = Recorder()
+    svc = CaptureService(store, rec, {"local": LocalSink(str(tmp_path))}, ServiceConfig(max_captures=max_captures))
+    return svc, rec
+
+
+def progress(svc_record, status, reason=""):
+    return fleet_pb2.CaptureProgress(capture_name=svc_record.name, capture_id=f"{svc_record.id}@{svc_record.created_time}",
+                                     status=pb.InstanceStatus(packet_capture_status=status, stop_reason=reason))
+
+
+def test_dispatch_progress_and_quota(tmp_path):
+    async def body():
+        svc, rec = await setup(tmp_path, max_captures=1)
+        first = await svc.create(name="a", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        starts = [(k, m.start) for k, m in rec.sent]
+        assert [k for k, _ in starts] == ["local/rg/vmss/web/0", "local/rg/vmss/web/1"]
+        assert all(s.time_limit_s == 5 and s.total_bytes == 1073741824 and s.file_path == "/var/captures/a.cap"
+                   and not s.upload and s.keep_local for _, s in starts)
+        with pytest.raises(ResourceExhausted, match="1 captures are running, the limit is 1"):
+            await svc.create(name="b", resource_group="rg", subscription="", params=params())
+        for i in range(2):
+            await svc.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Running"))
+        # An illegal report (back to NotStarted) is ignored, not applied.
+        await svc.apply_progress("local/rg/vmss/web/0", progress(first, "NotStarted"))
+        assert (await svc.get_status("a")).packet_capture_status == "Running"
+        for i in range(2):
+            await svc.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Stopped", "TimeExceeded"))
+        status = await svc.get_status("a")
+        assert (status.packet_capture_status, status.stop_reason) == ("Stopped", "TimeExceeded")
+        await svc.create(name="b", resource_group="rg", subscription="", params=params())  # quota freed
+        await svc.stop("b")
+        etag = (await svc.get("b")).etag
+        await svc.stop("b")  # idempotent: the resource does not change; stops are re-sent to be sure
+        assert (await svc.get("b")).etag == etag
+        stops = [m.stop for _, m in rec.sent if m.HasField("stop")]
+        assert {s.reason for s in stops} == {"StoppedByUser"} and len(stops) == 4
+        await svc.store.close()
+    asyncio.run(body())
