@@ -162,7 +162,7 @@ def main() -> int:
         for i in range(a.runs):
             # Interleaved, so drift hits every variant alike. tcpdump-32: tcpdump with fleetcap's
             # default ring (-B 32768), to separate the ring's cache cost from the tool's own.
-            for variant, ring in (("tcpdump", None), ("tcpdump-32", 32), ("fleetcap", None)):
+            for variant, ring in (("tcpdump", None), ("tcpdump-32", 32), ("fleetcap", None), ("fleetcap-2", 2)):
                 r = b.run(variant.split("-")[0], senders=2, packets=a.packets, buffer_mb=ring)
                 results.setdefault(f"flood/{variant}", []).append(r)
                 print(f"flood    run {i} {variant:10}: {r}", flush=True)
@@ -180,7 +180,7 @@ def main() -> int:
             results.setdefault("bytelimit/fleetcap", []).append(r)
             print(f"bytelimit run {i}: {r}", flush=True)
 
-    for variant in ("tcpdump", "tcpdump-32", "fleetcap"):
+    for variant in ("tcpdump", "tcpdump-32", "fleetcap", "fleetcap-2"):
         idle = median(results[f"idle/{variant.split('-')[0]}"], "cpu_s")
         for case in ("flood", "busy"):
             for r in results.get(f"{case}/{variant}", []):
@@ -202,6 +202,10 @@ def main() -> int:
             print(f"flood: with the same 32 MiB ring: tcpdump -B 32768 {median(t32, 'us_per_packet'):.3f} µs/packet, "
                   f"ratio fleetcap/tcpdump {median(f, 'us_per_packet') / median(t32, 'us_per_packet'):.2f}; "
                   f"captured {median(t32, 'file_packets'):.0f}, drops {median(t32, 'kernel_drops'):.0f}")
+            f2 = results["flood/fleetcap-2"]
+            print(f"flood: with tcpdump's 2 MiB ring: fleetcap --buffer-size-mb 2 {median(f2, 'us_per_packet'):.3f} "
+                  f"µs/packet, ratio fleetcap/tcpdump {median(f2, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
+                  f"captured {median(f2, 'file_packets'):.0f}, drops {median(f2, 'kernel_drops'):.0f}")
     bl = results["bytelimit/fleetcap"]
     exact = all(r["file_bytes"] <= r["limit"] and r["limit"] - r["file_bytes"] < RECORD
                 and r["stop_reason"] == "TotalBytesExceeded" for r in bl)

@@ -214,14 +214,20 @@ class CaptureService:
         """Yields the status now and on every change, until every instance has settled."""
         record = await self._record(name)
         changed = asyncio.Event()
+        ready = [asyncio.Event(), asyncio.Event()]
 
-        async def follow(prefix: str) -> None:
-            async for _ in self.store.watch(prefix):
-                changed.set()
+        async def follow(prefix: str, established: asyncio.Event) -> None:
+            async for event in self.store.watch(prefix):
+                if event.kind == "READY":
+                    established.set()
+                else:
+                    changed.set()
 
-        watchers = [asyncio.ensure_future(follow(keys.capture(name))),
-                    asyncio.ensure_future(follow(keys.instances_of(name)))]
+        watchers = [asyncio.ensure_future(follow(keys.capture(name), ready[0])),
+                    asyncio.ensure_future(follow(keys.instances_of(name), ready[1]))]
         try:
+            # Read only once both watches exist: no change can fall between the read and them.
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), timeout=10)
             last = None
             while True:
                 changed.clear()

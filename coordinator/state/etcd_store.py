@@ -102,6 +102,7 @@ class EtcdKV(KVBackend):
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
         watch = await self._call(lambda c: c.watch_prefix(_b(prefix)))
         try:
+            yield WatchEvent("READY", prefix, b"")
             async for event in watch:
                 yield WatchEvent(str(event.kind), event.kv.key.decode(), event.kv.value)
         finally:

@@ -89,6 +89,7 @@ class MemoryKV(KVBackend):
         entry = (prefix, queue)
         self._watchers.append(entry)
         try:
+            yield WatchEvent("READY", prefix, b"")
             while True:
                 yield await queue.get()
         finally:

@@ -28,6 +28,8 @@ from fleetcap.v1 import state_pb2
 
 # Compare-and-swap attempts before giving up; conflicts only happen between replicas.
 CAS_ATTEMPTS = 50
+# Keys per transaction: etcd allows 128 operations (--max-txn-ops), compares included.
+TXN_BATCH = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,9 @@ class KVBackend(abc.ABC):
     async def revoke_lease(self, lease: int) -> None: ...
 
     @abc.abstractmethod
-    def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]: ...
+    def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        """Yields WatchEvent("READY", prefix, b"") once the watch is established (so a caller
+        can read state knowing no later change will be missed), then every PUT and DELETE."""
 
     async def close(self) -> None:
         return None
@@ -96,11 +100,21 @@ class Store:
     # -- captures ------------------------------------------------------------------------
 
     async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> None:
+        """Writes the instances, then the capture record as the commit point: until it exists,
+        the capture does not (a crash in between leaves only instance records, which the next
+        create of that name clears). etcd caps a transaction at 128 operations, so a scale set
+        of any size is written in batches, each guarded by the capture's absence."""
         name = record.resource.name
-        puts = [(keys.capture(name), encode(record))]
-        puts += [(keys.instance(name, i.instance_key), encode(i)) for i in instances]
-        expect = {k: 0 for k, _ in puts}
-        if not await self.kv.put_if(puts, expect):
+        ckey = keys.capture(name)
+        if await self.kv.get(ckey) is not None:
+            raise AlreadyExists(f"a packet capture named '{name}' already exists")
+        await self.kv.delete_prefix(keys.instances_of(name))  # leftovers of an interrupted create
+        items = [(keys.instance(name, i.instance_key), encode(i)) for i in instances]
+        for start in range(0, len(items), TXN_BATCH):
+            batch = items[start:start + TXN_BATCH]
+            if not await self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}}):
+                raise AlreadyExists(f"a packet capture named '{name}' already exists")
+        if not await self.kv.put_if([(ckey, encode(record))], {ckey: 0}):
             raise AlreadyExists(f"a packet capture named '{name}' already exists")
 
     async def get_capture(self, name: str) -> Optional[state_pb2.CaptureRecord]:

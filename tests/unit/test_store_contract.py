@@ -58,6 +58,16 @@ class StoreContract:
             assert [i.instance_key for i in await s.get_instances("dup")] == ["k/0"]
         self.run(body)
 
+    def test_a_scale_set_larger_than_one_transaction(self):
+        async def body(s: Store):
+            big = [f"k/{i}" for i in range(300)]  # etcd allows 128 operations per transaction
+            await s.create_capture(*capture("big", *big))
+            assert len(await s.get_instances("big")) == 300
+            with pytest.raises(AlreadyExists):
+                await s.create_capture(*capture("big", "k/x"))
+            assert len(await s.get_instances("big")) == 300
+        self.run(body)
+
     def test_instances_of_one_capture_do_not_leak_into_a_longer_name(self):
         async def body(s: Store):
             await s.create_capture(*capture("c", "k/0"))
@@ -93,6 +103,8 @@ class StoreContract:
 
             async def watch():
                 async for ev in s.watch(keys.AGENTS):
+                    if ev.kind == "READY":
+                        continue
                     events.append((ev.kind, ev.key))
                     if ev.kind == "DELETE":
                         return
