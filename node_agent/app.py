@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 API_ROOT = "/var/captures"
 PROGRESS_INTERVAL_S = 1.0
-RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+# A restarted coordinator is found within 2 s; a dead one costs a connection attempt per 2 s.
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 2.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -227,9 +227,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 if next_request is None:
                     next_request = asyncio.ensure_future(requests.get())
                 woken = asyncio.ensure_future(durable_changed.wait())
-                ready, _ = await asyncio.wait({next_request, woken}, timeout=FLUSH_IDLE_S,
-                                              return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
+                try:
+                    ready, _ = await asyncio.wait({next_request, woken}, timeout=FLUSH_IDLE_S,
+                                                  return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
                 durable_changed.clear()
                 req = None
                 if next_request in ready:
