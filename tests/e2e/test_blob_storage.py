@@ -11,7 +11,7 @@ import pytest
 
 from deploy.localfleet import LocalFleet
 from tests import pcaps
-from tests.e2e.test_scale_set_capture import PAYLOAD, expected, wait_running
+from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-blob")]
 
@@ -24,19 +24,8 @@ RETRY_BUDGET_S = 8
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, packet capture)")
-    f = LocalFleet(3, vmss="web", resource_group="rg1", workdir=str(tmp_path_factory.mktemp("blobfleet")),
-                   azurite=True, storage_retry_s=RETRY_BUDGET_S)
-    f.start()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def client(fleet):
-    with fleet.client() as c:
-        yield c
+    with running_fleet(tmp_path_factory, "blobfleet", 3, azurite=True, storage_retry_s=RETRY_BUDGET_S) as f:
+        yield f
 
 
 def blob_bytes(fleet: LocalFleet, url: str, tmp_path) -> bytes:

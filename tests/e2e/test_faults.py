@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from deploy.localfleet import LocalFleet
 from tests import pcaps
-from tests.e2e.test_scale_set_capture import PAYLOAD, expected, wait_running
+from tests.e2e.support import PAYLOAD, expected, running_fleet, until, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-faults")]
 AGENT_TTL_S = 3
@@ -18,30 +17,8 @@ AGENT_TTL_S = 3
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, packet capture)")
-    f = LocalFleet(3, vmss="web", resource_group="rg1", workdir=str(tmp_path_factory.mktemp("faultfleet")),
-                   agent_ttl_s=AGENT_TTL_S, external_etcd=True)
-    f.start()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def client(fleet):
-    fleet.wait_agents()  # every agent is back from whatever the previous test did to it
-    with fleet.client() as c:
-        yield c
-
-
-def until(what: str, cond, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.2)
+    with running_fleet(tmp_path_factory, "faultfleet", 3, agent_ttl_s=AGENT_TTL_S, external_etcd=True) as f:
+        yield f
 
 
 def instance(client, name: str, iid: str):

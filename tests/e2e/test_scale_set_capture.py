@@ -4,7 +4,6 @@ each pcap is read back by an independent parser and must hold exactly the datagr
 match, each cut to the snap length, with the right stop reason."""
 from __future__ import annotations
 
-import collections
 import os
 import time
 
@@ -13,42 +12,17 @@ import pytest
 from clients import sdk
 from deploy.localfleet import LocalFleet
 from tests import pcaps
+from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-scale-set")]
 
 SNAPLEN = 100
-PAYLOAD = 300
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, packet capture)")
-    f = LocalFleet(4, vmss="web", resource_group="rg1", workdir=str(tmp_path_factory.mktemp("fleet")))
-    f.start()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def client(fleet):
-    with fleet.client() as c:
-        yield c
-
-
-def wait_running(client: sdk.Client, name: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    for status in client.watch(name=name):
-        states = {i.packet_capture_status for i in status.instances}
-        assert states <= {"NotStarted", "Running"}, f"{name} ended before traffic: {status}"
-        if states == {"Running"}:
-            return
-        assert time.monotonic() < deadline, f"{name} not running after {timeout_s}s"
-    raise AssertionError(f"watch of {name} ended before it was running")
-
-
-def expected(src, sport, dst, dport, tag, count) -> collections.Counter:
-    return collections.Counter({(src.ip, sport, dst.ip, dport, tag, seq): 1 for seq in range(count)})
+    with running_fleet(tmp_path_factory, "fleet", 4) as f:
+        yield f
 
 
 def stored_and_local(fleet: LocalFleet, status, instance_index: int, filename: str) -> tuple[str, str]:
