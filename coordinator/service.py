@@ -93,6 +93,11 @@ def parse_rfc3339(s: str) -> dt.datetime:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
+def session_id(record: state_pb2.CaptureRecord) -> str:
+    """Tells apart two captures that reused one name: the resource id and its creation time."""
+    return f"{record.resource.id}@{record.resource.created_time}"
+
+
 def new_etag() -> str:
     return f'W/"{uuid.uuid4()}"'
 
@@ -188,7 +193,7 @@ class CaptureService:
             if st.is_final(inst.status):
                 continue
             stop = fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
-                capture_name=name, capture_id=record.resource.id + "@" + record.resource.created_time,
+                capture_name=name, capture_id=session_id(record),
                 reason=record.stop_requested))
             if not self.dispatcher.send(inst.instance_key, stop) and inst.status.packet_capture_status == r.NOT_STARTED:
                 await self._finish_unstarted(name, inst.instance_key, record.stop_requested)
@@ -309,7 +314,7 @@ class CaptureService:
         continuous = p.HasField("continuous_capture")
         return fleet_pb2.CoordinatorMessage(start=fleet_pb2.StartCapture(
             capture_name=record.resource.name,
-            capture_id=record.resource.id + "@" + record.resource.created_time,
+            capture_id=session_id(record),
             file_path=record.local_path,
             snaplen=p.bytes_to_capture_per_packet,
             total_bytes=0 if continuous else p.total_bytes_per_session,
@@ -338,7 +343,7 @@ class CaptureService:
         """Applies an agent's report to its instance record, under the state machine."""
         name = progress.capture_name
         record = await self.store.get_capture(name)
-        if record is None or progress.capture_id != record.resource.id + "@" + record.resource.created_time:
+        if record is None or progress.capture_id != session_id(record):
             log.info("progress for unknown or deleted capture %s from %s ignored", name, instance_key)
             return
         if instance_key not in record.instance_keys:

@@ -191,7 +191,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         record = await self.store.get_capture(op.capture_name)
-        if record is None or op.capture_id != record.resource.id + "@" + record.resource.created_time:
+        if record is None or op.capture_id != svc.session_id(record):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"packet capture '{op.capture_name}' not found")
         account = record.resource.properties.storage_location.storage_id
         if not account:
