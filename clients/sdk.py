@@ -122,8 +122,22 @@ class Client:
         """
         self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
         self.timeout_s = timeout_s
-        self._channel = grpc_transport.sync_channel(self.address)
+        self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
+        self._current = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self._channel = grpc_transport.sync_channel(self._addresses[self._current % len(self._addresses)])
         self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+
+    def _next_replica(self) -> bool:
+        """Moves to the next coordinator address; False when there is only one."""
+        if len(self._addresses) < 2:
+            return False
+        self._channel.close()
+        self._current += 1
+        self._connect()
+        return True
 
     def close(self) -> None:
         self._channel.close()
@@ -134,11 +148,15 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout_s)
-        except grpc.RpcError as e:
-            _raise(e)
+    def _call(self, method_name: str, request):
+        """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
+        for attempt in range(len(self._addresses)):
+            try:
+                return getattr(self._stub, method_name)(request, timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) and self._next_replica():
+                    continue
+                _raise(e)
 
     def create(self, *, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
                subscription: str = "", include: Iterable[str] = (), exclude: Iterable[str] = (),
@@ -180,30 +198,30 @@ class Client:
                 setattr(params.capture_settings, key, value)
         req = pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
                                             properties=params)
-        return self._call(self._stub.Create, req).capture
+        return self._call("Create", req).capture
 
     def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
-        return self._call(self._stub.Get, pb.GetPacketCaptureRequest(name=name)).capture
+        return self._call("Get", pb.GetPacketCaptureRequest(name=name)).capture
 
     def list(self) -> list[pb.PacketCaptureResult]:
-        return list(self._call(self._stub.List, pb.ListPacketCapturesRequest()).value)
+        return list(self._call("List", pb.ListPacketCapturesRequest()).value)
 
     def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
-        self._call(self._stub.Stop, pb.StopPacketCaptureRequest(name=name))
+        self._call("Stop", pb.StopPacketCaptureRequest(name=name))
 
     def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
-        self._call(self._stub.Delete, pb.DeletePacketCaptureRequest(name=name))
+        self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
 
     def list_agents(self) -> list[pb.AgentInfo]:
         """The agents registered now: the VMs and scale-set instances that can be targeted."""
-        return list(self._call(self._stub.ListAgents, pb.ListAgentsRequest()).agents)
+        return list(self._call("ListAgents", pb.ListAgentsRequest()).agents)
 
     def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
-        return self._call(self._stub.GetStatus, pb.GetPacketCaptureStatusRequest(name=name)).status
+        return self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name)).status
 
     def watch(self, *, name: str, timeout_s: float | None = None) -> Iterator[pb.PacketCaptureQueryStatusResult]:
         """Yields the status at once and on every change, until every instance has stopped
@@ -214,6 +232,8 @@ class Client:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self._next_replica()  # wait() follows the capture on another replica
             _raise(e)
 
     def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,

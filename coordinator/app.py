@@ -17,7 +17,8 @@ from coordinator.state import keys
 from coordinator.state.embedded_etcd import EmbeddedEtcd
 from coordinator.state.etcd_store import EtcdKV
 from coordinator.state.memory_store import MemoryKV
-from coordinator.state.store import Store
+from coordinator.state.store import Store, decode
+from fleetcap.v1 import state_pb2
 from coordinator.storage.blob_sink import BlobSink
 from coordinator.storage.local_sink import LocalSink
 from coordinator.storage.sink import Sink
@@ -81,8 +82,10 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    expiry = asyncio.ensure_future(_watch_agent_expiry(store, service, sessions))
-    reconcile = asyncio.ensure_future(_reconcile_later(service, settings.agent_ttl_s * 2))
+    leading = asyncio.Event()
+    tasks = [asyncio.ensure_future(_watch_agent_expiry(store, service, sessions, leading)),
+             asyncio.ensure_future(_lead(store, service, replica, leading, settings.agent_ttl_s)),
+             asyncio.ensure_future(_dispatch_by_watch(store, service, sessions))]
     if ready:
         ready.set()
     print(f"fleetcap coordinator ready on {', '.join(settings.listen)}", flush=True)
@@ -90,23 +93,52 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         await stop.wait()
     finally:
         log.info("shutting down")
-        expiry.cancel()
-        reconcile.cancel()
+        for t in tasks:
+            t.cancel()
         await server.stop(grace=2)
         await store.close()
         if embedded:
             embedded.stop()
 
 
-async def _reconcile_later(service: CaptureService, delay_s: float) -> None:
-    await asyncio.sleep(delay_s)
+LEADER_TTL_S = 3
+
+
+async def _lead(store: Store, service: CaptureService, replica: str, leading: asyncio.Event, agent_ttl_s: int) -> None:
+    """Leader election on an etcd lease. The leader does the time-based work: failing the
+    instances of agents whose leases expire, and, once on taking office, of agents that did not
+    come back. Any replica serves the API and its own agents. A dead leader's lease expires
+    within LEADER_TTL_S and another replica takes over."""
+    while True:
+        try:
+            lease = await store.try_lead(replica, LEADER_TTL_S)
+            if not lease:
+                await asyncio.sleep(LEADER_TTL_S / 3)
+                continue
+            log.info("%s became the leader", replica)
+            leading.set()
+            asyncio.get_running_loop().call_later(agent_ttl_s * 2, lambda: asyncio.ensure_future(
+                _reconcile(service)))
+            while await store.refresh_agent(lease):
+                await asyncio.sleep(LEADER_TTL_S / 3)
+            log.warning("%s lost the leadership", replica)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # etcd unreachable: not the leader until it is back
+            log.warning("leader election: %s", e)
+            await asyncio.sleep(1)
+        leading.clear()
+
+
+async def _reconcile(service: CaptureService) -> None:
     try:
         await service.reconcile_absent_agents()
     except FleetcapError as e:
-        log.warning("reconciliation after start failed: %s", e)
+        log.warning("reconciliation failed: %s", e)
 
 
-async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
+async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions,
+                              leading: asyncio.Event) -> None:
     """An agent record deleted by lease expiry means the agent is gone: fail its captures."""
     while True:
         try:
@@ -116,11 +148,46 @@ async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: A
                     # No heartbeat for a whole lease: the agent is gone or cut off, even if its TCP
                     # stream has not timed out yet. Its stream is closed so that it reconnects
                     # afresh; its report then revives what it still has (AgentStopped recovers).
-                    log.warning("agent %s: lease expired", key)
                     sessions.close(key)
-                    await service.agent_lost(key)
+                    if leading.is_set():
+                        log.warning("agent %s: lease expired", key)
+                        await service.agent_lost(key)
         except asyncio.CancelledError:
             raise
-        except (FleetcapError, Exception) as e:  # etcd restarting: watch again
+        except Exception as e:  # etcd restarting: watch again
             log.warning("agent watch interrupted (%s); watching again", e)
+            await asyncio.sleep(1)
+
+
+async def _dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
+    """Every replica starts and stops the captures of the agents connected to it, whichever
+    replica took the API call: it follows the instance and capture records in etcd. Agents
+    ignore a repeated command, so the replica that served the call may also send it at once."""
+    async def instances() -> None:
+        async for event in store.watch(keys.INSTANCES):
+            if event.kind != "PUT":
+                continue
+            inst = decode(state_pb2.InstanceRecord, event.value)
+            if inst.status.packet_capture_status != "NotStarted" or not sessions.connected(inst.instance_key):
+                continue
+            name = event.key[len(keys.INSTANCES):].split("/", 1)[0]
+            record = await store.get_capture(name)
+            if record is not None and not record.stop_requested:
+                service.start_instance(record, inst)
+
+    async def captures() -> None:
+        async for event in store.watch(keys.CAPTURES):
+            if event.kind != "PUT":
+                continue
+            record = decode(state_pb2.CaptureRecord, event.value)
+            if record.stop_requested and any(sessions.connected(k) for k in record.instance_keys):
+                await service.send_stops(record)
+
+    while True:
+        try:
+            await asyncio.gather(instances(), captures())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # etcd restarting: watch again
+            log.warning("dispatch watch interrupted (%s); watching again", e)
             await asyncio.sleep(1)

@@ -189,13 +189,22 @@ class CaptureService:
             rec.resource.etag = new_etag()
             return True
         record = await self.store.update_capture(name, mark)
+        await self.send_stops(record)
+
+    async def send_stops(self, record: state_pb2.CaptureRecord) -> None:
+        """Sends the capture's stop to every unfinished instance whose agent is connected here;
+        an instance that never started is stopped in its record."""
+        name = record.resource.name
+        present = None
         for inst in await self.store.get_instances(name):
             if st.is_final(inst.status):
                 continue
             stop = fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
-                capture_name=name, capture_id=session_id(record),
-                reason=record.stop_requested))
-            if not self.dispatcher.send(inst.instance_key, stop) and inst.status.packet_capture_status == r.NOT_STARTED:
+                capture_name=name, capture_id=session_id(record), reason=record.stop_requested))
+            if self.dispatcher.send(inst.instance_key, stop) or inst.status.packet_capture_status != r.NOT_STARTED:
+                continue
+            present = await self.store.list_agents() if present is None else present
+            if inst.instance_key not in present:  # no replica has its agent: it will never start
                 await self._finish_unstarted(name, inst.instance_key, record.stop_requested)
 
     async def delete(self, name: str) -> None:
@@ -326,6 +335,9 @@ class CaptureService:
             continuous=continuous,
             file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
             file_count=p.capture_settings.file_count if continuous else 0))
+
+    def start_instance(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
+        return self._start(record, inst)
 
     def _start(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
         return self.dispatcher.send(inst.instance_key, self._start_message(record, inst))

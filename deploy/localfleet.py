@@ -57,7 +57,8 @@ class Instance:
 class LocalFleet:
     def __init__(self, instances: int = 3, *, vmss: str = "web", resource_group: str = "rg1",
                  workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO",
-                 azurite: bool = False, storage_retry_s: float = 300, external_etcd: bool = False):
+                 azurite: bool = False, storage_retry_s: float = 300, external_etcd: bool = False,
+                 coordinators: int = 1):
         self.prefix = f"fc{os.getpid() % 100000}x{next(_counter)}"
         self.workdir = workdir or tempfile.mkdtemp(prefix="fleetcap-")
         self.vmss = vmss
@@ -67,7 +68,9 @@ class LocalFleet:
         self.hub = f"{self.prefix}-hub"
         self.api_socket = os.path.join(self.workdir, "api.sock")
         self.storage_dir = os.path.join(self.workdir, "storage")
-        self.coordinator: subprocess.Popen | None = None
+        self.replicas: list[subprocess.Popen | None] = [None] * coordinators
+        if coordinators > 1 and not external_etcd:
+            raise ValueError("several coordinators share one etcd: use external_etcd=True")
         self.azurite: subprocess.Popen | None = None
         self.use_azurite = azurite
         self.external_etcd = external_etcd
@@ -79,8 +82,21 @@ class LocalFleet:
         self._namespaces: list[str] = []
 
     @property
+    def coordinator(self) -> subprocess.Popen | None:
+        return self.replicas[0]
+
+    def replica_socket(self, index: int) -> str:
+        return self.api_socket if index == 0 else os.path.join(self.workdir, f"api-{index}.sock")
+
+    @property
     def api_address(self) -> str:
-        return f"unix:{self.api_socket}"
+        """Every replica's API socket; the SDK moves to the next one when one is unavailable."""
+        return ",".join(f"unix:{self.replica_socket(i)}" for i in range(len(self.replicas)))
+
+    def agent_coordinators(self, inst: "Instance") -> str:
+        """All replicas, starting with a different one per instance to spread the agents."""
+        ports = [FLEET_PORT + (inst.index + i) % len(self.replicas) for i in range(len(self.replicas))]
+        return ",".join(f"{HUB_IP}:{port}" for port in ports)
 
     def client(self) -> sdk.Client:
         return sdk.Client(self.api_address)
@@ -183,9 +199,9 @@ class LocalFleet:
         self.stop_process(self.etcd, sig)
         self.etcd = None
 
-    def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
-        self.stop_process(self.coordinator, sig)
-        self.coordinator = None
+    def kill_coordinator(self, sig: int = signal.SIGKILL, index: int = 0) -> None:
+        self.stop_process(self.replicas[index], sig)
+        self.replicas[index] = None
 
     def kill_agent(self, inst: Instance, sig: int = signal.SIGKILL) -> None:
         self.stop_process(inst.process, sig)
@@ -199,42 +215,44 @@ class LocalFleet:
     def restore_network(self, inst: Instance) -> None:
         run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "master", "br0")
 
-    def start_coordinator(self) -> None:
+    def start_coordinator(self, index: int = 0) -> None:
         extra = ["--storage-account", f"{BLOB_ACCOUNT}={self.azurite_connection_string}"] if self.use_azurite else []
         if self.external_etcd:
             extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}"]
-        self.coordinator = self._spawn(self.hub, [
-            "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT}", "--listen", self.api_address,
-            "--data-dir", os.path.join(self.workdir, "coordinator"), "--storage-dir", self.storage_dir,
-            "--agent-ttl", str(self.agent_ttl_s), *extra], "coordinator")
-        self._wait(lambda: self._api_up(), 30, "the coordinator API", "coordinator")
+        # Replicas share the storage directory, as they would share a network file system.
+        log = "coordinator" if index == 0 else f"coordinator-{index}"
+        self.replicas[index] = self._spawn(self.hub, [
+            "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT + index}", "--listen", f"unix:{self.replica_socket(index)}",
+            "--data-dir", os.path.join(self.workdir, log), "--storage-dir", self.storage_dir,
+            "--agent-ttl", str(self.agent_ttl_s), *extra], log)
+        self._wait(lambda: self._api_up(index), 30, "the coordinator API", log, self.replicas[index])
 
     def start_agent(self, inst: Instance) -> None:
         os.makedirs(inst.capture_root, exist_ok=True)
         inst.process = self._spawn(inst.namespace, [
             "agent", "--vmss", inst.vmss, "--instance-id", inst.instance_id, "--resource-group", self.resource_group,
             "--interface", "eth0", "--capture-root", inst.capture_root, "--storage-retry", str(self.storage_retry_s),
-            "--coordinator", f"{HUB_IP}:{FLEET_PORT}"], f"agent-i{inst.index}")
+            "--coordinator", self.agent_coordinators(inst)], f"agent-i{inst.index}")
 
     def wait_agents(self, count: int | None = None, timeout_s: float = 30) -> None:
         want = len(self.instances) if count is None else count
         with self.client() as c:
             self._wait(lambda: len(c.list_agents()) >= want, timeout_s, f"{want} agents to register", "coordinator")
 
-    def _api_up(self) -> bool:
-        if not os.path.exists(self.api_socket):
+    def _api_up(self, index: int = 0) -> bool:
+        if not os.path.exists(self.replica_socket(index)):
             return False
-        with sdk.Client(self.api_address, timeout_s=2) as c:
+        with sdk.Client(f"unix:{self.replica_socket(index)}", timeout_s=2) as c:
             try:
                 c.list()
                 return True
             except sdk.FleetcapError:
                 return False
 
-    def _wait(self, cond, timeout_s: float, what: str, log_name: str) -> None:
+    def _wait(self, cond, timeout_s: float, what: str, log_name: str, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.coordinator is not None and self.coordinator.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 break
             if cond():
                 return
@@ -252,7 +270,8 @@ class LocalFleet:
                 self.start_azurite()
             if self.external_etcd:
                 self.start_etcd()
-            self.start_coordinator()
+            for index in range(len(self.replicas)):
+                self.start_coordinator(index)
             for inst in self.instances:
                 self.start_agent(inst)
             self.wait_agents()
@@ -284,7 +303,8 @@ class LocalFleet:
     def close(self) -> None:
         for inst in self.instances:
             self.stop_process(inst.process)
-        self.stop_process(self.coordinator)
+        for proc in self.replicas:
+            self.stop_process(proc)
         self.stop_process(self.azurite)
         self.stop_process(self.etcd)
         for ns in reversed(self._namespaces):

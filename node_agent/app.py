@@ -39,7 +39,8 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 2.0
 @dataclasses.dataclass(frozen=True)
 class AgentSettings:
     coordinator: str
-    """host:port or unix:/path of the coordinator."""
+    """host:port or unix:/path of the coordinator; several, comma-separated, for replicas (the
+    agent moves to the next one when it loses its connection)."""
     identity: fleet_pb2.AgentIdentity
     interface: str = ""
     """Capture interface; empty = the first non-loopback interface that is up."""
@@ -169,9 +170,21 @@ class Agent:
         self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
         self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._data_channel = grpc_transport.aio_channel(settings.coordinator, dedicated=True)
-        self._data_stub = fleet_pb2_grpc.FleetStub(self._data_channel)
-        self._exclude = coordinator_endpoints(settings.coordinator)
+        self._addresses = [a.strip() for a in settings.coordinator.split(",") if a.strip()]
+        self._current = 0
+        self._data_channels: dict[str, grpc.aio.Channel] = {}
+        self._exclude = sorted({e for a in self._addresses for e in coordinator_endpoints(a)})
+
+    @property
+    def address(self) -> str:
+        return self._addresses[self._current % len(self._addresses)]
+
+    def _data_stub(self) -> fleet_pb2_grpc.FleetStub:
+        """The data path follows the control path to the same coordinator replica."""
+        address = self.address
+        if address not in self._data_channels:
+            self._data_channels[address] = grpc_transport.aio_channel(address, dedicated=True)
+        return fleet_pb2_grpc.FleetStub(self._data_channels[address])
 
     # -- the journal: what the agent knows of its captures survives a restart ------------------
 
@@ -243,7 +256,8 @@ class Agent:
             if stop.is_set():
                 break
             delay = RECONNECT_MIN_S if connected else min(delay * 2, RECONNECT_MAX_S)
-            log.info("reconnecting to %s in %.1fs", self.settings.coordinator, delay)
+            self._current += 1  # the next replica, if there are several
+            log.info("reconnecting to %s in %.1fs", self.address, delay)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except asyncio.TimeoutError:
@@ -252,7 +266,7 @@ class Agent:
 
     async def _connect_once(self, stop: asyncio.Event) -> bool:
         """One control-stream connection; returns whether it got as far as the welcome."""
-        channel = grpc_transport.aio_channel(self.settings.coordinator)
+        channel = grpc_transport.aio_channel(self.address)
         call = fleet_pb2_grpc.FleetStub(channel).Connect()
         tasks: list[asyncio.Future] = []
         welcomed = False
@@ -266,7 +280,7 @@ class Agent:
             if first is grpc.aio.EOF or not first.HasField("welcome"):
                 return False
             welcomed = True
-            log.info("connected to %s as %s", self.settings.coordinator, first.welcome.instance_resource_id)
+            log.info("connected to %s as %s", self.address, first.welcome.instance_resource_id)
             self._outbox = asyncio.Queue()
             self._dirty.update(self.captures)  # everything is reported once more after the hello
             interval = first.welcome.heartbeat_interval_ms / 1000
@@ -279,7 +293,7 @@ class Agent:
                 if t.exception() and not isinstance(t.exception(), grpc.aio.AioRpcError):
                     log.error("agent task failed", exc_info=t.exception())
         except grpc.aio.AioRpcError as e:
-            log.warning("control stream to %s: %s %s", self.settings.coordinator, e.code().name, e.details())
+            log.warning("control stream to %s: %s %s", self.address, e.code().name, e.details())
         finally:
             for t in tasks:
                 t.cancel()
@@ -421,7 +435,8 @@ class Agent:
         for cap in self.captures.values():
             if cap.session:
                 await asyncio.to_thread(cap.session.join, 5)
-        await self._data_channel.close()
+        for channel in self._data_channels.values():
+            await channel.close()
 
 
 async def serve(settings: AgentSettings) -> None:

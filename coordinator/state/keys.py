@@ -3,6 +3,7 @@
     /fleetcap/v1/captures/{capture}                    CaptureRecord (JSON)
     /fleetcap/v1/instances/{capture}/{instance_key}    InstanceRecord (JSON)
     /fleetcap/v1/agents/{instance_key}                 AgentRecord (JSON), tied to the agent's lease
+    /fleetcap/v1/leader                                the leading replica's name, tied to its lease
 
 An instance key names a VM or scale-set instance, lower-cased as Azure names are
 case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
@@ -16,6 +17,7 @@ ROOT = "/fleetcap/v1/"
 CAPTURES = ROOT + "captures/"
 INSTANCES = ROOT + "instances/"
 AGENTS = ROOT + "agents/"
+LEADER = ROOT + "leader"
 
 DEFAULT_SUBSCRIPTION = "local"
 DEFAULT_RESOURCE_GROUP = "default"

@@ -187,6 +187,22 @@ class Store:
         return {kv.key[len(keys.AGENTS):]: decode(state_pb2.AgentRecord, kv.value)
                 for kv in await self.kv.get_prefix(keys.AGENTS)}
 
+    # -- leadership ----------------------------------------------------------------------
+
+    async def try_lead(self, replica: str, ttl_s: int) -> int:
+        """Becomes the leader if nobody is; returns the leadership's lease (0 if another leads).
+        The leader keeps the lease alive with refresh_agent(lease); when it dies, the key goes
+        with its lease and the other replicas try again."""
+        lease = await self.kv.grant_lease(ttl_s)
+        if await self.kv.put_if([(keys.LEADER, replica.encode())], {keys.LEADER: 0}, lease=lease):
+            return lease
+        await self.kv.revoke_lease(lease)
+        return 0
+
+    async def leader(self) -> str:
+        kv = await self.kv.get(keys.LEADER)
+        return kv.value.decode() if kv else ""
+
     def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
         return self.kv.watch_prefix(prefix)
 

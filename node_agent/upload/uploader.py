@@ -47,7 +47,8 @@ class UploadState:
 class Uploader:
     """`final()` returns (size, sha256) once the capture file is closed, else None."""
 
-    def __init__(self, stub: fleet_pb2_grpc.FleetStub, open_msg: fleet_pb2.UploadOpen, local_path: str,
+    def __init__(self, stub: "fleet_pb2_grpc.FleetStub | Callable[[], fleet_pb2_grpc.FleetStub]",
+                 open_msg: fleet_pb2.UploadOpen, local_path: str,
                  final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None], *,
                  storage_retry_s: float = 300.0):
         self.storage_retry_s = storage_retry_s
@@ -97,7 +98,8 @@ class Uploader:
         return self.state
 
     async def _attempt(self) -> None:
-        call = self.stub.Upload()
+        stub = self.stub() if callable(self.stub) else self.stub  # the agent's current replica
+        call = stub.Upload()
         try:
             await call.write(fleet_pb2.UploadRequest(open=self.open_msg))
             first = await call.read()
