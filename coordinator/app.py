@@ -161,31 +161,27 @@ async def _watch_agent_expiry(store: Store, service: CaptureService, sessions: A
 
 async def _dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
     """Every replica starts and stops the captures of the agents connected to it, whichever
-    replica took the API call: it follows the instance and capture records in etcd. Agents
+    replica took the API call: it follows the capture records in etcd. Agents
     ignore a repeated command, so the replica that served the call may also send it at once."""
-    async def instances() -> None:
-        async for event in store.watch(keys.INSTANCES):
-            if event.kind != "PUT":
-                continue
-            inst = decode(state_pb2.InstanceRecord, event.value)
-            if inst.status.packet_capture_status != "NotStarted" or not sessions.connected(inst.instance_key):
-                continue
-            name = event.key[len(keys.INSTANCES):].split("/", 1)[0]
-            record = await store.get_capture(name)
-            if record is not None and not record.stop_requested:
-                service.start_instance(record, inst)
-
     async def captures() -> None:
+        # The capture record is written last, as the commit point of a create: its PUT is when
+        # the instances may start. A later PUT with stop_requested is when they must stop.
         async for event in store.watch(keys.CAPTURES):
             if event.kind != "PUT":
                 continue
             record = decode(state_pb2.CaptureRecord, event.value)
-            if record.stop_requested and any(sessions.connected(k) for k in record.instance_keys):
+            if not any(sessions.connected(k) for k in record.instance_keys):
+                continue
+            if record.stop_requested:
                 await service.send_stops(record)
+                continue
+            for inst in await store.get_instances(record.resource.name):
+                if inst.status.packet_capture_status == "NotStarted" and sessions.connected(inst.instance_key):
+                    service.start_instance(record, inst)
 
     while True:
         try:
-            await asyncio.gather(instances(), captures())
+            await captures()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # etcd restarting: watch again
