@@ -121,7 +121,7 @@ def cmd_create(client: sdk.Client, args) -> int:
         filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "",
         continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
         local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
-        session_time_limit_in_seconds=args.session_time_limit)
+        session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances)
     _emit(sdk.to_dict(capture), args.output, CAPTURE_TABLE)
     return EXIT_OK
 
@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--time-limit", type=int, help="seconds; default 18000; 0 = none")
     cr.add_argument("--filters", help="JSON list of filters, or @file")
     cr.add_argument("--bpf-filter", help="libpcap expression AND-ed with --filters (fleetcap extension)")
+    cr.add_argument("--add-new-instances", action="store_true",
+                    help="scale sets: instances that join while the capture runs are captured too "
+                         "(fleetcap extension; Azure does not add them)")
     cr.add_argument("--continuous-capture", choices=["true", "false"],
                     help="ring-buffer capture (either value selects it, as in Azure)")
     cr.add_argument("--local-path", help="continuous capture: ring base name on each instance, /var/captures/....cap")

@@ -165,7 +165,8 @@ class Client:
                file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
                bpf_filter: str = "", continuous_capture: bool | None = None, local_path: str = "",
                file_count: int | None = None, file_size_in_bytes: int | None = None,
-               session_time_limit_in_seconds: int | None = None) -> pb.PacketCaptureResult:
+               session_time_limit_in_seconds: int | None = None,
+               add_new_instances: bool = False) -> pb.PacketCaptureResult:
         """Creates and starts a capture.
 
         Args: as `az network watcher packet-capture create`; unset limits take Azure's
@@ -182,7 +183,7 @@ class Client:
                                                              file_path=file_path, local_path=local_path),
             filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
                      for i, f in enumerate(filters)],
-            bpf_filter=bpf_filter)
+            bpf_filter=bpf_filter, add_new_instances=add_new_instances)
         if bytes_to_capture_per_packet is not None:
             params.bytes_to_capture_per_packet = bytes_to_capture_per_packet
         if total_bytes_per_session is not None:

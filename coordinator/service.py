@@ -394,6 +394,7 @@ class CaptureService:
             await self.apply_progress(instance_key, progress)
         for record in await self.store.list_captures():
             if instance_key not in record.instance_keys:
+                await self._maybe_join(record, instance_key, hello.identity)
                 continue
             name = record.resource.name
             inst = next((i for i in await self.store.get_instances(name) if i.instance_key == instance_key), None)
@@ -421,6 +422,35 @@ class CaptureService:
                 if key not in present:
                     await self.fail_instance(record.resource.name, key, r.E_AGENT_STOPPED,
                                              "the agent did not reconnect after the coordinator restarted")
+
+    async def _maybe_join(self, record: state_pb2.CaptureRecord, instance_key: str,
+                          identity: fleet_pb2.AgentIdentity) -> None:
+        """addNewInstances: a new instance of the captured scale set joins a running capture."""
+        p = record.resource.properties
+        instance_id = keys.resource_id(identity)
+        if (not p.add_new_instances or record.stop_requested or p.scope.include or instance_id in p.scope.exclude
+                or not identity.vmss_name or instance_id.rsplit("/virtualMachines/", 1)[0].lower() != p.target.lower()):
+            return
+        statuses = [i.status.packet_capture_status for i in await self.store.get_instances(record.resource.name)]
+        if statuses and all(s in r.FINAL_STATUSES for s in statuses):
+            return  # the capture is over
+        status = captures_pb2.InstanceStatus(id=instance_id, instance_id=identity.instance_id,
+                                             packet_capture_status=r.NOT_STARTED)
+        if not p.HasField("continuous_capture"):
+            status.files.add(file_path=record.local_path,
+                             storage_path=self.storage_uri(record, identity, record.local_path))
+        inst = state_pb2.InstanceRecord(instance_key=instance_key, identity=identity, status=status)
+
+        def join(rec: state_pb2.CaptureRecord) -> bool:
+            if instance_key in rec.instance_keys or rec.stop_requested:
+                return False
+            rec.instance_keys.append(instance_key)
+            return True
+        await self.store.put_instance(record.resource.name, inst)
+        updated = await self.store.update_capture(record.resource.name, join)
+        if instance_key in updated.instance_keys and not updated.stop_requested:
+            log.info("instance %s joined capture %s (addNewInstances)", instance_key, record.resource.name)
+            self._start(updated, inst)
 
     async def agent_lost(self, instance_key: str) -> None:
         """The agent's lease expired: every capture it had not finished is in error."""

@@ -112,6 +112,8 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     p.target_type = target_type
     if target_type == "AzureVM" and (p.scope.include or p.scope.exclude):
         raise InvalidArgument("scope", "include/exclude apply only to targetType AzureVMSS")
+    if target_type == "AzureVM" and p.add_new_instances:
+        raise InvalidArgument("addNewInstances", "applies only to targetType AzureVMSS")
 
     p.bytes_to_capture_per_packet = _range("bytesToCapturePerPacket", p.bytes_to_capture_per_packet, 0, U32_MAX)
     loc = p.storage_location

@@ -138,6 +138,11 @@ class Store:
     async def get_instances(self, name: str) -> list[state_pb2.InstanceRecord]:
         return [decode(state_pb2.InstanceRecord, kv.value) for kv in await self.kv.get_prefix(keys.instances_of(name))]
 
+    async def put_instance(self, name: str, record: state_pb2.InstanceRecord) -> None:
+        """Adds an instance to an existing capture (addNewInstances); never overwrites one."""
+        key = keys.instance(name, record.instance_key)
+        await self.kv.put_if([(key, encode(record))], {key: 0})
+
     async def running_captures(self) -> set[str]:
         """Names of captures with an instance not yet Stopped or in Error (one range read)."""
         running = set()

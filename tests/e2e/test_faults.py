@@ -150,3 +150,32 @@ def test_etcd_restarted_mid_capture(fleet, client):
     pcap = pcaps.read(inst.files[0].storage_path.removeprefix("file://"))
     assert pcaps.flows(pcap.records) == sum((expected(i0, 42030, i1, 7004, t, 10) for t in (40, 41)),
                                             start=expected(i0, 42030, i1, 7004, 39, 10))
+
+
+def test_instance_joining_a_running_capture(fleet, client):
+    """Azure's default: a capture keeps its instances. With addNewInstances, an instance that
+    registers while it runs joins with the same settings."""
+    i0, i1, i2 = fleet.instances
+    fleet.kill_agent(i2, signal.SIGTERM)
+    until("instance 2 to leave the scale set", lambda: len(client.list_agents()) == 2, 20)
+    for name, add in (("join", True), ("nojoin", False)):
+        client.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1", time_limit_in_seconds=10,
+                      storage_account="local", file_path=f"/var/captures/{name}.cap", add_new_instances=add,
+                      filters=[{"protocol": "UDP", "localPort": "7005"}])
+        assert [i.instance_id for i in client.get_status(name=name).instances] == ["0", "1"]
+    fleet.start_agent(i2)
+    joined = until("instance 2 to join and run", lambda: (x := instance_or_none(client, "join", "2")) is not None
+                   and x.packet_capture_status == "Running" and x, 20)
+    assert joined.id.endswith("/virtualMachineScaleSets/web/virtualMachines/2")
+    fleet.send_udp(i0, i2, dport=7005, sport=42040, count=6, size=PAYLOAD, tag=42)
+    final = until("the capture to finish", lambda: (x := client.get_status(name="join")).packet_capture_status
+                  == "Stopped" and all(i.files[0].upload_complete for i in x.instances) and x, 60)
+    (late,) = [i for i in final.instances if i.instance_id == "2"]
+    assert late.stop_reason == "TimeExceeded"
+    assert pcaps.flows(pcaps.read(late.files[0].storage_path.removeprefix("file://")).records) == \
+        expected(i0, 42040, i2, 7005, 42, 6)
+    assert [i.instance_id for i in client.get_status(name="nojoin").instances] == ["0", "1"]
+
+
+def instance_or_none(client, name: str, iid: str):
+    return next((i for i in client.get_status(name=name).instances if i.instance_id == iid), None)

@@ -51,7 +51,7 @@ class PacketCaptureSettings(_message.Message):
     def __init__(self, file_count: _Optional[int] = ..., file_size_in_bytes: _Optional[int] = ..., session_time_limit_in_seconds: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureParameters(_message.Message):
-    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter")
+    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter", "add_new_instances")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class PacketCaptureParameters(_message.Message):
     CONTINUOUS_CAPTURE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     BPF_FILTER_FIELD_NUMBER: _ClassVar[int]
+    ADD_NEW_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     target: str
     target_type: str
     scope: PacketCaptureMachineScope
@@ -74,7 +75,8 @@ class PacketCaptureParameters(_message.Message):
     continuous_capture: bool
     capture_settings: PacketCaptureSettings
     bpf_filter: str
-    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ...) -> None: ...
+    add_new_instances: bool
+    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ..., add_new_instances: _Optional[bool] = ...) -> None: ...
 
 class PacketCaptureResult(_message.Message):
     __slots__ = ("name", "id", "etag", "provisioning_state", "properties", "created_time")
