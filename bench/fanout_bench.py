@@ -22,6 +22,10 @@ import time
 
 from bench.datapath_bench import ROOT, free_port, rss_mb, wait_port
 from clients import grpc_transport, sdk
+from coordinator.state import keys
+from coordinator.state.embedded_etcd import EmbeddedEtcd
+from coordinator.state.etcd_store import EtcdKV
+from coordinator.state.store import Store
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 
 
@@ -29,6 +33,21 @@ class RunningAgent:
     def __init__(self, channel, index: int):
         self.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
         self.call = fleet_pb2_grpc.FleetStub(channel).Connect()
+        self.started: list = []
+
+    async def report(self, seconds: float, packets_per_s: int) -> None:
+        """Progress as a real agent sends it: one report a second per capture, however many
+        packets arrive (the agent coalesces), with growing counters."""
+        start = self.started[-1]
+        for tick in range(int(seconds)):
+            await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+                capture_name=start.capture_name, capture_id=start.capture_id,
+                status=captures_pb2.InstanceStatus(packet_capture_status="Running",
+                                                   packets_captured=(tick + 1) * packets_per_s,
+                                                   bytes_captured=24 + (tick + 1) * packets_per_s * 76))))
+            await asyncio.sleep(1)
+
+    progress_every_s = 0.0  # > 0: report progress of every started capture this often
 
     async def run(self, ready: asyncio.Event, count: list[int], total: int) -> None:
         await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
@@ -47,6 +66,7 @@ class RunningAgent:
                     await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
                         capture_name=msg.start.capture_name, capture_id=msg.start.capture_id,
                         status=captures_pb2.InstanceStatus(packet_capture_status="Running"))))
+                    self.started.append(msg.start)
         finally:
             beat.cancel()
 
@@ -62,7 +82,8 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(address: str, coord_pid: int, n: int, runs: int) -> dict:
+async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint: str) -> dict:
+    store = Store(EtcdKV([etcd_endpoint]))
     channels = [grpc_transport.aio_channel(address) for _ in range(max(1, n // 100))]
     agents = [RunningAgent(channels[i % len(channels)], i) for i in range(n)]
     ready, count = asyncio.Event(), [0]
@@ -89,13 +110,33 @@ async def measure(address: str, coord_pid: int, n: int, runs: int) -> dict:
                 raise RuntimeError("watch ended early")
             latencies.append(await asyncio.to_thread(all_running))
             await asyncio.to_thread(c.delete, name=name)
+    # One capture left running on all N; every agent reports once a second for 10 s.
+    with sdk.Client(address) as c:
+        await asyncio.to_thread(c.create, name=f"load{n}", target="big", target_type="AzureVMSS",
+                                resource_group="bench", file_path="/var/captures/l.cap", time_limit_in_seconds=0)
+        await asyncio.sleep(2 + n / 200)
+    writes = [0]
+
+    async def count_writes() -> None:
+        async for event in store.watch(keys.INSTANCES + f"load{n}/"):
+            if event.kind == "PUT":
+                writes[0] += 1
+    counter = asyncio.ensure_future(count_writes())
+    await asyncio.sleep(0.5)
+    cpu0, t0 = cpu_s(coord_pid), time.monotonic()
+    await asyncio.gather(*(a.report(10, 500_000) for a in agents))
+    elapsed = time.monotonic() - t0
+    load_cpu = (cpu_s(coord_pid) - cpu0) / elapsed
+    await asyncio.sleep(1)
+    counter.cancel()
     for t in tasks:
         t.cancel()
     for ch in channels:
         await ch.close()
     latencies.sort()
     return {"n": n, "p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "idle_cpu": idle_cpu, "rss_before": rss0, "rss_idle": idle_rss}
+            "idle_cpu": idle_cpu, "rss_before": rss0, "rss_idle": idle_rss, "load_cpu": load_cpu,
+            "writes_per_instance_s": writes[0] / n / elapsed, "rss_load": rss_mb(coord_pid)}
 
 
 def main() -> int:
@@ -106,18 +147,23 @@ def main() -> int:
     for n in a.agents:
         work = tempfile.mkdtemp(prefix="fleetcap-fan-")
         port = free_port()
+        etcd = EmbeddedEtcd(os.path.join(work, "etcd")).start()
         coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "coordinator",
-                                  "--listen", f"127.0.0.1:{port}", "--data-dir", work, "--agent-ttl", "10"],
+                                  "--listen", f"127.0.0.1:{port}", "--data-dir", work, "--agent-ttl", "10",
+                                  "--etcd", etcd.endpoint],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))
         try:
             wait_port(port, coord, "coordinator")
-            r = asyncio.run(measure(f"127.0.0.1:{port}", coord.pid, n, a.runs))
+            r = asyncio.run(measure(f"127.0.0.1:{port}", coord.pid, n, a.runs, etcd.endpoint))
             print(f"{n:5d} agents: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
                   f"({a.runs} runs); coordinator idle with {n} agents: CPU {r['idle_cpu'] * 100:.1f} % of a core, "
-                  f"RSS {r['rss_idle']:.0f} MiB", flush=True)
+                  f"RSS {r['rss_idle']:.0f} MiB; all {n} reporting progress of a 500k pps capture: coordinator CPU "
+                  f"{r['load_cpu'] * 100:.1f} % of a core, RSS {r['rss_load']:.0f} MiB, "
+                  f"{r['writes_per_instance_s']:.2f} etcd writes per instance per second", flush=True)
         finally:
             coord.terminate()
             coord.wait(15)
+            etcd.stop()
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
