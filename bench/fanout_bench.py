@@ -34,13 +34,18 @@ class RunningAgent:
         self.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
         self.call = fleet_pb2_grpc.FleetStub(channel).Connect()
         self.started: list = []
+        self._lock = asyncio.Lock()  # one write at a time on a gRPC stream, as the real agent's outbox does
+
+    async def write(self, msg: fleet_pb2.AgentMessage) -> None:
+        async with self._lock:
+            await self.call.write(msg)
 
     async def report(self, seconds: float, packets_per_s: int) -> None:
         """Progress as a real agent sends it: one report a second per capture, however many
         packets arrive (the agent coalesces), with growing counters."""
         start = self.started[-1]
         for tick in range(int(seconds)):
-            await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+            await self.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
                 capture_name=start.capture_name, capture_id=start.capture_id,
                 status=captures_pb2.InstanceStatus(packet_capture_status="Running",
                                                    packets_captured=(tick + 1) * packets_per_s,
@@ -63,7 +68,7 @@ class RunningAgent:
                 if msg is None or not hasattr(msg, "HasField"):
                     return
                 if msg.HasField("start"):
-                    await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+                    await self.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
                         capture_name=msg.start.capture_name, capture_id=msg.start.capture_id,
                         status=captures_pb2.InstanceStatus(packet_capture_status="Running"))))
                     self.started.append(msg.start)
@@ -73,7 +78,7 @@ class RunningAgent:
     async def _heartbeat(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.call.write(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
+            await self.write(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
 
 
 def cpu_s(pid: int) -> float:
