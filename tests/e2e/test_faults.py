@@ -22,7 +22,8 @@ def fleet(tmp_path_factory):
 
 
 def instance(client, name: str, iid: str):
-    return next(i for i in client.get_status(name=name).instances if i.instance_id == iid)
+    """The instance's status, or None if the capture does not (yet) include it."""
+    return next((i for i in client.get_status(name=name).instances if i.instance_id == iid), None)
 
 
 def test_killed_agent_is_agent_stopped_and_recovers_its_file(fleet, client):
@@ -164,7 +165,7 @@ def test_instance_joining_a_running_capture(fleet, client):
                       filters=[{"protocol": "UDP", "localPort": "7005"}])
         assert [i.instance_id for i in client.get_status(name=name).instances] == ["0", "1"]
     fleet.start_agent(i2)
-    joined = until("instance 2 to join and run", lambda: (x := instance_or_none(client, "join", "2")) is not None
+    joined = until("instance 2 to join and run", lambda: (x := instance(client, "join", "2")) is not None
                    and x.packet_capture_status == "Running" and x, 20)
     assert joined.id.endswith("/virtualMachineScaleSets/web/virtualMachines/2")
     fleet.send_udp(i0, i2, dport=7005, sport=42040, count=6, size=PAYLOAD, tag=42)
@@ -176,6 +177,3 @@ def test_instance_joining_a_running_capture(fleet, client):
         expected(i0, 42040, i2, 7005, 42, 6)
     assert [i.instance_id for i in client.get_status(name="nojoin").instances] == ["0", "1"]
 
-
-def instance_or_none(client, name: str, iid: str):
-    return next((i for i in client.get_status(name=name).instances if i.instance_id == iid), None)
