@@ -65,6 +65,13 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
             time.sleep(0.1)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -183,10 +190,18 @@ def main() -> int:
             wait_port(port, proc, what)
         address = f"127.0.0.1:{api_port}"
         res: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}  # receiving process's CPU seconds per GiB
+        gib = size / (1 << 30)
         for run in range(a.runs):
+            c0 = cpu_s(raw.pid)
             res.setdefault("raw", []).append(size / raw_grpc(f"127.0.0.1:{raw_port}", big) / 1e6)
+            cpu.setdefault("raw", []).append((cpu_s(raw.pid) - c0) / gib)
+            c0 = cpu_s(raw_disk.pid)
             res.setdefault("raw_disk", []).append(size / raw_grpc(f"127.0.0.1:{disk_port}", big) / 1e6)
+            cpu.setdefault("raw_disk", []).append((cpu_s(raw_disk.pid) - c0) / gib)
+            c0 = cpu_s(coord.pid)
             t = asyncio.run(fleetcap_uploads(address, [(big, size, sha)], "local", f"l{run}x"))[0]
+            cpu.setdefault("local", []).append((cpu_s(coord.pid) - c0) / gib)
             res.setdefault("local", []).append(size / t / 1e6)
             res.setdefault("direct", []).append(size / direct_upload_blob(conn, big, f"d{run}") / 1e6)
             t = asyncio.run(fleetcap_uploads(address, [(big, size, sha)], "blob1", f"b{run}x"))[0]
@@ -199,6 +214,8 @@ def main() -> int:
         print(f"local sink: fleetcap {med['local']:.0f} MB/s vs raw gRPC stream {med['raw']:.0f} MB/s (bytes "
               f"discarded): ratio {med['local'] / med['raw']:.2f}; vs raw gRPC written to disk with the same fsync "
               f"batching {med['raw_disk']:.0f} MB/s: ratio {med['local'] / med['raw_disk']:.2f}")
+        print("receiving process CPU seconds per GiB (median): " + ", ".join(
+            f"{k} {statistics.median(v):.2f}" for k, v in cpu.items()))
         print(f"Azure Blob (Azurite): fleetcap {med['blob']:.0f} MB/s vs upload_blob {med['direct']:.0f} MB/s: "
               f"ratio {med['blob'] / med['direct']:.2f}")
 

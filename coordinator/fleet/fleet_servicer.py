@@ -42,6 +42,15 @@ async def _pump(requests: AsyncIterator, queue: asyncio.Queue) -> None:
         await queue.put(e)
 
 
+def _write_checked(writer, offset: int, data: bytes, crc32: int) -> bool:
+    """Checks a chunk's CRC-32 and writes it, off the event loop (both release the GIL).
+    False, with nothing written, on a mismatch."""
+    if zlib.crc32(data) != crc32:
+        return False
+    writer.write(offset, data)
+    return True
+
+
 class AgentSession:
     """The coordinator's end of one agent's control stream."""
 
@@ -251,10 +260,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     return
                 if req is not None and req.HasField("chunk"):
                     c = req.chunk
-                    if zlib.crc32(c.data) != c.crc32:
+                    data = c.data  # each access to a bytes field copies it: take it once
+                    if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c.crc32):
                         await context.abort(grpc.StatusCode.DATA_LOSS, f"chunk at offset {c.offset}: CRC-32 mismatch")
-                    new = await asyncio.to_thread(writer.write, c.offset, c.data)
-                    received = c.offset + len(c.data)
+                    new = writer.durable_size()
+                    received = c.offset + len(data)
                     unflushed_since = unflushed_since or time.monotonic()
                 else:
                     new = writer.durable_size()

@@ -31,6 +31,12 @@ RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
 FATAL = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 
 
+def _read_chunk(fd: int, length: int, offset: int) -> tuple[bytes, int]:
+    """Reads a chunk and its CRC-32 off the event loop (both release the GIL)."""
+    data = os.pread(fd, length, offset)
+    return data, zlib.crc32(data)
+
+
 class StreamEnded(Exception):
     """The stream closed without an error status; retried like UNAVAILABLE."""
 
@@ -135,9 +141,8 @@ class Uploader:
                 return
             size = os.fstat(f.fileno()).st_size
             if sent < size and sent - self.state.acked < WINDOW_BYTES:
-                data = os.pread(f.fileno(), min(CHUNK_BYTES, size - sent), sent)
-                await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(
-                    offset=sent, data=data, crc32=zlib.crc32(data))))
+                data, crc = await asyncio.to_thread(_read_chunk, f.fileno(), min(CHUNK_BYTES, size - sent), sent)
+                await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(offset=sent, data=data, crc32=crc)))
                 sent += len(data)
                 continue
             final = self.final()
