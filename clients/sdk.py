@@ -9,9 +9,11 @@
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, AsyncIterator, Iterable, Iterator, Mapping
 
 import grpc
 from google.protobuf import descriptor, json_format
@@ -112,6 +114,82 @@ def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFil
         raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
 
 
+def create_request(*, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
+                   subscription: str = "", include: Iterable[str] = (), exclude: Iterable[str] = (),
+                   bytes_to_capture_per_packet: int | None = None, total_bytes_per_session: int | None = None,
+                   time_limit_in_seconds: int | None = None, storage_account: str = "", storage_path: str = "",
+                   file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
+                   bpf_filter: str = "", continuous_capture: bool | None = None, local_path: str = "",
+                   file_count: int | None = None, file_size_in_bytes: int | None = None,
+                   session_time_limit_in_seconds: int | None = None,
+                   add_new_instances: bool = False) -> pb.CreatePacketCaptureRequest:
+    """The Create request for `Client.create`'s arguments (shared by both clients)."""
+    params = pb.PacketCaptureParameters(
+        target=target, target_type=target_type,
+        scope=pb.PacketCaptureMachineScope(include=list(include), exclude=list(exclude)),
+        storage_location=pb.PacketCaptureStorageLocation(storage_id=storage_account, storage_path=storage_path,
+                                                         file_path=file_path, local_path=local_path),
+        filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
+                 for i, f in enumerate(filters)],
+        bpf_filter=bpf_filter, add_new_instances=add_new_instances)
+    if bytes_to_capture_per_packet is not None:
+        params.bytes_to_capture_per_packet = bytes_to_capture_per_packet
+    if total_bytes_per_session is not None:
+        params.total_bytes_per_session = total_bytes_per_session
+    if time_limit_in_seconds is not None:
+        params.time_limit_in_seconds = time_limit_in_seconds
+    if continuous_capture is not None:
+        params.continuous_capture = continuous_capture
+    settings = dict(file_count=file_count, file_size_in_bytes=file_size_in_bytes,
+                    session_time_limit_in_seconds=session_time_limit_in_seconds)
+    for key, value in settings.items():
+        if value is not None:
+            setattr(params.capture_settings, key, value)
+    return pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
+                                         properties=params)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Download:
+    instance_id: str
+    instance_arm_id: str
+    file_path: str  # on the instance
+    path: str       # where it goes
+
+
+def _download_plan(status: pb.PacketCaptureQueryStatusResult, dest: str) -> list[_Download]:
+    """The stored files of a capture and where each goes: dest/<instance id>/<file name>."""
+    plan = []
+    for inst in status.instances:
+        for f in inst.files:
+            if f.upload_complete:
+                path = os.path.join(dest, inst.instance_id, os.path.basename(f.file_path))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                plan.append(_Download(inst.instance_id, inst.id, f.file_path, path))
+    return plan
+
+
+def _downloaded(plan: list[_Download], dest: str, name: str, merge: bool) -> list[str]:
+    """The downloaded paths, plus with merge dest/<name>.pcapng: one interface per instance."""
+    from clients import pcapng
+    written = [item.path for item in plan]
+    if merge and plan:
+        sources: dict[str, pcapng.Source] = {}
+        for item in plan:
+            src = sources.setdefault(item.instance_arm_id, pcapng.Source(
+                name=instance_name(item.instance_arm_id), description=item.instance_arm_id, paths=[]))
+            src.paths.append(item.path)
+        merged = os.path.join(dest, f"{name}.pcapng")
+        with open(merged, "wb") as out:
+            pcapng.merge(list(sources.values()), out)
+        written.append(merged)
+    return written
+
+
+def _args(local_vars: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
 class Client:
     """A synchronous client of one coordinator."""
 
@@ -176,30 +254,7 @@ class Client:
         Returns: the capture resource, with defaults filled in and the target as an ARM id.
         Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists.
         """
-        params = pb.PacketCaptureParameters(
-            target=target, target_type=target_type,
-            scope=pb.PacketCaptureMachineScope(include=list(include), exclude=list(exclude)),
-            storage_location=pb.PacketCaptureStorageLocation(storage_id=storage_account, storage_path=storage_path,
-                                                             file_path=file_path, local_path=local_path),
-            filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
-                     for i, f in enumerate(filters)],
-            bpf_filter=bpf_filter, add_new_instances=add_new_instances)
-        if bytes_to_capture_per_packet is not None:
-            params.bytes_to_capture_per_packet = bytes_to_capture_per_packet
-        if total_bytes_per_session is not None:
-            params.total_bytes_per_session = total_bytes_per_session
-        if time_limit_in_seconds is not None:
-            params.time_limit_in_seconds = time_limit_in_seconds
-        if continuous_capture is not None:
-            params.continuous_capture = continuous_capture
-        settings = dict(file_count=file_count, file_size_in_bytes=file_size_in_bytes,
-                        session_time_limit_in_seconds=session_time_limit_in_seconds)
-        for key, value in settings.items():
-            if value is not None:
-                setattr(params.capture_settings, key, value)
-        req = pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
-                                            properties=params)
-        return self._call("Create", req).capture
+        return self._call("Create", create_request(**_args(locals()))).capture
 
     def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
@@ -254,32 +309,13 @@ class Client:
         """Fetches every instance's stored files into dest/<instance id>/. With merge, also
         writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
         Returns the paths written. Raises: CaptureNotFound."""
-        from clients import pcapng
-        status = self.get_status(name=name)
-        written: list[str] = []
-        sources = []
-        for inst in status.instances:
-            paths = []
-            for f in inst.files:
-                if not f.upload_complete:
-                    continue
-                path = os.path.join(dest, inst.instance_id, os.path.basename(f.file_path))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = path + ".part"
-                with open(tmp, "wb") as out:
-                    for data in self.read_file(name=name, instance_id=inst.instance_id, file_path=f.file_path):
-                        out.write(data)
-                os.replace(tmp, path)
-                paths.append(path)
-            written += paths
-            if paths:
-                sources.append(pcapng.Source(name=instance_name(inst.id), description=inst.id, paths=paths))
-        if merge and sources:
-            merged = os.path.join(dest, f"{name}.pcapng")
-            with open(merged, "wb") as out:
-                pcapng.merge(sources, out)
-            written.append(merged)
-        return written
+        plan = _download_plan(self.get_status(name=name), dest)
+        for item in plan:
+            with open(item.path + ".part", "wb") as out:
+                for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
+                    out.write(data)
+            os.replace(item.path + ".part", item.path)
+        return _downloaded(plan, dest, name, merge)
 
     def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
         """Blocks until the capture has stopped everywhere and its uploads settled; returns
@@ -297,3 +333,127 @@ class Client:
                 time.sleep(1)  # the coordinator restarts: follow it again
             if deadline and time.monotonic() > deadline:
                 raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
+
+
+class AsyncClient:
+    """The asyncio twin of `Client`: the same keyword-only methods, as coroutines; `watch` and
+    `read_file` are async iterators. Use `async with AsyncClient(...) as c:`."""
+
+    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
+        """Args: as `Client`."""
+        self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
+        self.timeout_s = timeout_s
+        self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
+        self._current = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self._channel = grpc_transport.aio_channel(self._addresses[self._current % len(self._addresses)])
+        self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+
+    async def _next_replica(self) -> bool:
+        if len(self._addresses) < 2:
+            return False
+        await self._channel.close()
+        self._current += 1
+        self._connect()
+        return True
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method_name: str, request):
+        for attempt in range(len(self._addresses)):
+            try:
+                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) \
+                        and await self._next_replica():
+                    continue
+                _raise(e)
+
+    async def create(self, *, name: str, target: str, **options: Any) -> pb.PacketCaptureResult:
+        """Creates and starts a capture; the options are `Client.create`'s.
+        Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded."""
+        return (await self._call("Create", create_request(name=name, target=target, **options))).capture
+
+    async def get(self, *, name: str) -> pb.PacketCaptureResult:
+        """Raises: CaptureNotFound."""
+        return (await self._call("Get", pb.GetPacketCaptureRequest(name=name))).capture
+
+    async def list(self) -> list[pb.PacketCaptureResult]:
+        return list((await self._call("List", pb.ListPacketCapturesRequest())).value)
+
+    async def stop(self, *, name: str) -> None:
+        """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
+        await self._call("Stop", pb.StopPacketCaptureRequest(name=name))
+
+    async def delete(self, *, name: str) -> None:
+        """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
+        await self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
+
+    async def list_agents(self) -> list[pb.AgentInfo]:
+        return list((await self._call("ListAgents", pb.ListAgentsRequest())).agents)
+
+    async def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
+        """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
+        return (await self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name))).status
+
+    async def watch(self, *, name: str,
+                    timeout_s: float | None = None) -> AsyncIterator[pb.PacketCaptureQueryStatusResult]:
+        """Yields the status at once and on every change, until the capture has settled.
+        Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
+        try:
+            async for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s):
+                yield resp.status
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                await self._next_replica()
+            _raise(e)
+
+    async def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
+                        follow: bool = False) -> AsyncIterator[bytes]:
+        """As `Client.read_file`."""
+        try:
+            async for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
+                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow)):
+                if resp.data:
+                    yield resp.data
+        except grpc.aio.AioRpcError as e:
+            _raise(e)
+
+    async def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
+        """Returns the final status once the capture has stopped everywhere and its uploads
+        settled. Raises: TimeoutError, CaptureNotFound."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            last = None
+            try:
+                async for last in self.watch(name=name, timeout_s=left):
+                    pass
+                if last is not None and last.packet_capture_status in reasons.FINAL_STATUSES:
+                    return await self.get_status(name=name)
+            except CoordinatorUnavailable:
+                await asyncio.sleep(1)
+            if deadline and loop.time() > deadline:
+                raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
+
+    async def download(self, *, name: str, dest: str, merge: bool = False) -> list[str]:
+        """As `Client.download`."""
+        plan = _download_plan(await self.get_status(name=name), dest)
+        for item in plan:
+            with open(item.path + ".part", "wb") as out:
+                async for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
+                    out.write(data)
+            os.replace(item.path + ".part", item.path)
+        return _downloaded(plan, dest, name, merge)
