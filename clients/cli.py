@@ -40,10 +40,16 @@ class _Parser(argparse.ArgumentParser):
 # -- output -----------------------------------------------------------------------------------
 
 def _emit(data: Any, output: str, table: list[tuple[str, str]] | None = None) -> None:
+    """json: the whole object. table: the table's columns under a header. tsv: as az, the same
+    columns without a header, tab-separated, for `cut` and shell loops."""
     if output == "json" or table is None:
         print(json.dumps(data, indent=2))
         return
     rows = data if isinstance(data, list) else [data]
+    if output == "tsv":
+        for r in rows:
+            print("\t".join(str(_get(r, path)) for _, path in table))
+        return
     cols = [(h, [str(_get(r, path)) for r in rows]) for h, path in table]
     widths = [max([len(h)] + [len(v) for v in vals]) for h, vals in cols]
     print("  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip())
@@ -68,6 +74,9 @@ def _status_out(status, output: str) -> None:
     d = sdk.to_dict(status)
     if output == "json":
         _emit(d, output)
+        return
+    if output == "tsv":
+        _emit(d.get("instances", []), output, STATUS_TABLE)
         return
     print(f"{d['name']}: {d['packetCaptureStatus']}"
           + (f" ({d['stopReason']})" if d.get("stopReason") else "")
@@ -108,7 +117,51 @@ def _target(args) -> tuple[str, str]:
     return target, args.target_type
 
 
+def _json_object(flag: str, text: str | None, keys: set[str]) -> dict[str, Any]:
+    """A JSON object flag of the newer az group; keys may be camelCase or az's hyphenated form."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{flag}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag}: must be a JSON object")
+    out = {}
+    for k, v in value.items():
+        camel = "".join(w if i == 0 else w[:1].upper() + w[1:] for i, w in enumerate(k.split("-")))
+        if camel not in keys:
+            raise UsageError(f"{flag}: unknown key '{k}' (known: {', '.join(sorted(keys))})")
+        out[camel] = v
+    return out
+
+
+def _merge_newer_group_flags(args) -> None:
+    """--scope, --storage-location and --capture-settings fill the flags they mirror; giving
+    both forms of one setting is an error rather than a silent choice."""
+    forms = [
+        ("--scope", args.scope, {"include": "include", "exclude": "exclude"}),
+        ("--storage-location", args.storage_location, {"storageId": "storage_account", "storagePath": "storage_path",
+                                                       "filePath": "file_path", "localPath": "local_path"}),
+        ("--capture-settings", args.capture_settings, {"fileCount": "file_count", "fileSizeInBytes": "file_size",
+                                                       "sessionTimeLimitInSeconds": "session_time_limit"}),
+    ]
+    for flag, text, mapping in forms:
+        for key, value in _json_object(flag, text, set(mapping)).items():
+            dest = mapping[key]
+            want = list if flag == "--scope" else int if flag == "--capture-settings" else str
+            if not isinstance(value, want) or isinstance(value, bool) or \
+                    (want is list and not all(isinstance(v, (str, int)) for v in value)):
+                raise UsageError(f"{flag}: {key} must be {'a list of instance ids' if want is list else want.__name__}")
+            if want is list:
+                value = [str(v) for v in value]
+            if getattr(args, dest) not in (None, []):
+                raise UsageError(f"{flag}: {key} is also given as --{dest.replace('_', '-')}")
+            setattr(args, dest, value)
+
+
 def cmd_create(client: sdk.Client, args) -> int:
+    _merge_newer_group_flags(args)
     target, target_type = _target(args)
     if args.storage_path and not args.storage_account:
         raise UsageError("--storage-path needs --storage-account")
@@ -163,9 +216,53 @@ def cmd_wait(client: sdk.Client, args) -> int:
     return EXIT_OK if final.packet_capture_status == "Stopped" else EXIT_ERROR
 
 
+def cmd_watch(client: sdk.Client, args) -> int:
+    """Live per-instance progress until the capture has settled. On a terminal the block is
+    redrawn in place every second (the time bars move); otherwise a block per change."""
+    import datetime
+    import queue
+    import threading
+
+    from clients import progress
+    capture = client.get(name=args.name)
+    updates: queue.Queue = queue.Queue()
+
+    def follow() -> None:
+        try:
+            for status in client.watch(name=args.name, timeout_s=args.timeout):
+                updates.put(status)
+            updates.put(None)
+        except (sdk.FleetcapError, TimeoutError) as e:
+            updates.put(e)
+    threading.Thread(target=follow, daemon=True).start()
+    tty = sys.stdout.isatty()
+    status, drawn = None, 0
+    while True:
+        try:
+            item = updates.get(timeout=1.0 if tty else None)
+        except queue.Empty:
+            item = status  # redraw: the clock moved
+        if item is None:
+            break
+        if isinstance(item, Exception):
+            raise item
+        status = item
+        lines = progress.render(capture, status, datetime.datetime.now(datetime.timezone.utc))
+        if tty and drawn:
+            sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
+        sys.stdout.write("\n".join(lines) + "\n" + ("" if tty else "\n"))
+        sys.stdout.flush()
+        drawn = len(lines)
+    final = client.get_status(name=args.name)
+    return EXIT_OK if final.packet_capture_status == "Stopped" and not final.packet_capture_error else EXIT_ERROR
+
+
 def cmd_download(client: sdk.Client, args) -> int:
     paths = client.download(name=args.name, dest=args.dest, merge=args.merge)
-    _emit({"files": paths}, "json")
+    if args.output == "json":
+        _emit({"files": paths}, "json")
+    else:
+        print("\n".join(paths))
     if not paths:
         print("fleetcap: no stored files (a file-only capture keeps its files on the instances)", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -246,12 +343,20 @@ def cmd_agent(args) -> int:
 
 # -- parser -----------------------------------------------------------------------------------
 
+def _az_ignored(parser: argparse.ArgumentParser) -> None:
+    """az's watcher-picking flags, accepted so that az command lines run unchanged: a fleetcap
+    deployment is one watcher in one region."""
+    parser.add_argument("--location", "-l", help="accepted for az compatibility; ignored")
+    parser.add_argument("--network-watcher-name", help="accepted for az compatibility; ignored")
+    parser.add_argument("--resource-group", "-g", help="accepted for az compatibility; ignored")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fleetcap", description="Packet capture across a fleet (Azure Network Watcher style).")
     p.add_argument("--coordinator", default=os.environ.get("FLEETCAP_COORDINATOR"),
                    help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
                         f"default {sdk.DEFAULT_COORDINATOR})")
-    p.add_argument("-o", "--output", choices=["json", "table"], default="json")
+    p.add_argument("-o", "--output", choices=["json", "table", "tsv"], default="json")
     p.add_argument("--log-level", default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -292,20 +397,31 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("capture", help="manage packet captures (az network watcher packet-capture)")
     verbs = cap.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     cr = verbs.add_parser("create", help="create and start a packet capture")
-    cr.add_argument("--name", "-n", required=True)
+    cr.add_argument("--name", "-n", "--packet-capture-name", required=True)
     cr.add_argument("--resource-group", "-g", help="resource group of the target")
+    cr.add_argument("--network-watcher-name", help="accepted for az compatibility; one watcher per deployment")
+    cr.add_argument("--no-wait", action="store_true",
+                    help="accepted for az compatibility: create returns once the capture is started")
     cr.add_argument("--subscription")
     cr.add_argument("--vm", help="target VM name or id (target type AzureVM)")
     cr.add_argument("--target", help="target VM or scale set, name or id")
     cr.add_argument("--target-type", choices=["AzureVM", "AzureVMSS"], default="AzureVM")
     cr.add_argument("--include", nargs="+", help="scale-set instance ids or names to capture")
     cr.add_argument("--exclude", nargs="+", help="scale-set instance ids or names to leave out")
+    cr.add_argument("--scope", help='JSON {"include": [...], "exclude": [...]} (newer az group)')
+    cr.add_argument("--storage-location",
+                    help='JSON {"storageId", "storagePath", "filePath", "localPath"} (newer az group)')
+    cr.add_argument("--capture-settings", help='JSON {"fileCount", "fileSizeInBytes", "sessionTimeLimitInSeconds"}; '
+                                               'az\'s hyphenated keys work too (newer az group)')
     cr.add_argument("--storage-account", help="storage account name ('local' = the coordinator's storage dir)")
     cr.add_argument("--storage-path", help="container URI in the storage account")
     cr.add_argument("--file-path", help="file on each instance, /var/captures/....cap")
-    cr.add_argument("--capture-size", type=int, help="bytes per packet; 0 = whole packet (default)")
-    cr.add_argument("--capture-limit", type=int, help="max file bytes per instance; default 1073741824; 0 = none")
-    cr.add_argument("--time-limit", type=int, help="seconds; default 18000; 0 = none")
+    cr.add_argument("--capture-size", "--bytes-to-capture-per-packet", "--bytes-to-capture", dest="capture_size",
+                    type=int, help="bytes per packet; 0 = whole packet (default)")
+    cr.add_argument("--capture-limit", "--total-bytes-per-session", "--total-bytes", dest="capture_limit", type=int,
+                    help="max file bytes per instance; default 1073741824; 0 = none")
+    cr.add_argument("--time-limit", "--time-limit-in-seconds", dest="time_limit", type=int,
+                    help="seconds; default 18000; 0 = none")
     cr.add_argument("--filters", help="JSON list of filters, or @file")
     cr.add_argument("--bpf-filter", help="libpcap expression AND-ed with --filters (fleetcap extension)")
     cr.add_argument("--add-new-instances", action="store_true",
@@ -320,11 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     cr.set_defaults(func=cmd_create)
     for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
                                  ("delete", cmd_delete, "delete a capture (files are kept)"),
-                                 ("show-status", cmd_show_status, "status, with a per-instance breakdown")]:
+                                 ("show-status", cmd_show_status, "status, with a per-instance breakdown"),
+                                 ("query-status", cmd_show_status, "show-status under the newer az group's name")]:
         v = verbs.add_parser(verb, help=helptext)
-        v.add_argument("--name", "-n", required=True)
+        v.add_argument("--name", "-n", "--packet-capture-name", required=True)
+        _az_ignored(v)
         v.set_defaults(func=func)
     ls = verbs.add_parser("list", help="list captures")
+    _az_ignored(ls)
     ls.set_defaults(func=cmd_list)
     d = verbs.add_parser("download", help="fetch every instance's stored files")
     d.add_argument("--name", "-n", required=True)
@@ -337,8 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--file-path", help="which file; default the instance's newest")
     fo.add_argument("-w", "--write", help="output file; default stdout")
     fo.set_defaults(func=cmd_follow)
+    wa = verbs.add_parser("watch", help="live per-instance progress bars until the capture has settled")
+    wa.add_argument("--name", "-n", required=True)
+    wa.add_argument("--timeout", type=float, help="seconds")
+    wa.set_defaults(func=cmd_watch)
     w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored")
-    w.add_argument("--name", "-n", required=True)
+    w.add_argument("--name", "-n", "--packet-capture-name", required=True)
+    _az_ignored(w)
     w.add_argument("--timeout", type=float, help="seconds")
     w.add_argument("--progress", action="store_true", help="print live progress to stderr")
     w.set_defaults(func=cmd_wait)

@@ -1,0 +1,48 @@
+"""The CLI's output forms and live watch against a real coordinator and agent."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli(address: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", address, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_watch_tsv_and_newer_group_flags(coordinator):
+    r = cli(coordinator, "capture", "create", "--packet-capture-name", "w-1", "--vm", "vm1", "-g", "rg1",
+            "--storage-location", '{"storageId": "local", "filePath": "/var/captures/w-1.cap"}',
+            "--time-limit-in-seconds", "2", "--total-bytes", "100000", "--no-wait",
+            "--filters", '[{"protocol": "UDP", "localPort": "9"}]')
+    assert r.returncode == 0, r.stderr
+    r = cli(coordinator, "capture", "watch", "-n", "w-1", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    blocks = [b.splitlines() for b in r.stdout.strip().split("\n\n")]
+    assert blocks[0][0].startswith("w-1: ")
+    assert blocks[-1][0] == "w-1: Stopped (TimeExceeded)"
+    last = blocks[-1][1]
+    assert last.startswith("vm1 ") and "Stopped" in last and last.endswith("TimeExceeded")
+    # No packet matches: the file is its 24-byte header, 0 % of the byte limit; the time bar is full.
+    assert "bytes [--------------------]   0% 24 B/97.7 KiB" in last
+    # The time limit ends the capture within [limit, limit + 1 s] (docs/stop-reasons.md).
+    assert re.search(r"time \[#{20}\] 100% [23]s/2s", last), last
+    assert "stored 24 B/24 B" in last
+
+    r = cli(coordinator, "-o", "tsv", "capture", "show-status", "-n", "w-1", "-l", "westeurope")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0].split("\t") == ["vm1", "Stopped", "TimeExceeded", "0", "24", "0"]
+    r = cli(coordinator, "-o", "tsv", "capture", "list")
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert ["w-1", "Succeeded"] == [rows[[x[0] for x in rows].index("w-1")][i] for i in (0, 4)]
+    r = cli(coordinator, "capture", "delete", "-n", "w-1")
+    assert r.returncode == 0
+    r = cli(coordinator, "capture", "watch", "-n", "w-1")
+    assert r.returncode == 3 and "NOT_FOUND" in r.stderr

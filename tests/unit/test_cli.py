@@ -1,0 +1,85 @@
+"""The CLI's az-compatible parsing and its progress rendering, without a server."""
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from clients import cli, progress
+from fleetcap.v1 import captures_pb2 as pb
+
+
+def parse_create(*flags: str):
+    args = cli.build_parser().parse_args(["capture", "create", "--name", "pc", *flags])
+    cli._merge_newer_group_flags(args)
+    return args
+
+
+def test_newer_group_json_flags_fill_the_classic_ones():
+    args = parse_create("--target", "web", "--target-type", "AzureVMSS", "--scope", '{"include": [0, "2"]}',
+                        "--storage-location", '{"storageId": "local", "filePath": "/var/captures/a.cap"}',
+                        "--capture-settings", '{"file-count": 3, "fileSizeInBytes": 1000}',
+                        "--bytes-to-capture-per-packet", "64", "--total-bytes", "500", "--time-limit-in-seconds", "9")
+    assert (args.include, args.exclude) == (["0", "2"], None)
+    assert (args.storage_account, args.file_path, args.storage_path) == ("local", "/var/captures/a.cap", None)
+    assert (args.file_count, args.file_size, args.session_time_limit) == (3, 1000, None)
+    assert (args.capture_size, args.capture_limit, args.time_limit) == (64, 500, 9)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--scope", "[1]"), "--scope: must be a JSON object"),
+    (("--scope", '{"includes": []}'), "--scope: unknown key 'includes' (known: exclude, include)"),
+    (("--capture-settings", '{"fileCount": "3"}'), "--capture-settings: fileCount must be int"),
+    (("--storage-location", '{"filePath": 3}'), "--storage-location: filePath must be str"),
+    (("--file-path", "/var/captures/b.cap", "--storage-location", '{"filePath": "/var/captures/a.cap"}'),
+     "--storage-location: filePath is also given as --file-path"),
+    (("--scope", "{nope"), "--scope: not valid JSON"),
+])
+def test_newer_group_json_flags_reject_bad_input_by_name(flags, message):
+    with pytest.raises(cli.UsageError) as e:
+        parse_create(*flags)
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("verb", ["show", "stop", "delete", "show-status", "query-status", "wait"])
+def test_az_watcher_flags_are_accepted(verb):
+    args = cli.build_parser().parse_args(["capture", verb, "-n", "pc", "-l", "westeurope", "-g", "NetworkWatcherRG"])
+    assert args.name == "pc" and args.location == "westeurope"
+
+
+def test_tsv_prints_the_table_columns_without_header(capsys):
+    cli._emit([{"name": "a", "properties": {"target": "t1"}}, {"name": "b"}], "tsv", [("N", "name"), ("T", "properties.target")])
+    assert capsys.readouterr().out == "a\tt1\nb\t\n"
+
+
+def test_progress_lines_show_bars_against_the_limits():
+    capture = pb.PacketCaptureResult(name="pc", properties=pb.PacketCaptureParameters(
+        total_bytes_per_session=4096, time_limit_in_seconds=10))
+    status = pb.PacketCaptureQueryStatusResult(name="pc", packet_capture_status="Running", instances=[
+        pb.InstanceStatus(id="/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachineScaleSets/web/"
+                             "virtualMachines/0", instance_id="0", packet_capture_status="Running",
+                          capture_start_time="2026-11-26T10:00:00Z", packets_captured=1234, bytes_captured=1024,
+                          kernel_drops=2, interface_drops=1),
+        pb.InstanceStatus(id="/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm7",
+                          instance_id="vm7", packet_capture_status="Stopped", stop_reason="TotalBytesExceeded",
+                          capture_start_time="2026-11-26T10:00:00Z", capture_stop_time="2026-11-26T10:00:02Z",
+                          bytes_captured=8192,
+                          files=[pb.CaptureFile(storage_path="file:///x", size_bytes=8192, uploaded_bytes=4096)]),
+    ])
+    now = datetime.datetime(2026, 11, 26, 10, 0, 5, tzinfo=datetime.timezone.utc)
+    assert progress.render(capture, status, now) == [
+        "pc: Running",
+        "web_0     Running    packets     1,234  bytes [#####---------------]  25% 1.0 KiB/4.0 KiB  "
+        "time [##########----------]  50% 5s/10s  drops 3",
+        "vm7       Stopped    packets         0  bytes [####################] 100% 8.0 KiB/4.0 KiB  "
+        "time [####----------------]  20% 2s/10s  drops 0  stored 4.0 KiB/8.0 KiB  TotalBytesExceeded",
+    ]
+
+
+def test_progress_without_limits_shows_plain_figures():
+    capture = pb.PacketCaptureResult(name="pc", properties=pb.PacketCaptureParameters())
+    status = pb.PacketCaptureQueryStatusResult(name="pc", packet_capture_status="NotStarted", instances=[
+        pb.InstanceStatus(id="vm1", instance_id="vm1", packet_capture_status="NotStarted")])
+    now = datetime.datetime(2026, 11, 26, tzinfo=datetime.timezone.utc)
+    assert progress.render(capture, status, now)[1] == \
+        "vm1       NotStarted packets         0  bytes 0 B  time 0s  drops 0"
