@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-APT_PACKAGES := etcd-server etcd-client tcpdump tshark iproute2 libpcap0.8
+APT_PACKAGES := etcd-server etcd-client tcpdump tshark iproute2 libpcap0.8 chromium chromium-driver
 STAMP := .venv/.fleetcap-installed
 
 .PHONY: setup demo test test-unit test-e2e protos check-protos bench clean

@@ -341,6 +341,18 @@ def cmd_agent(args) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(args) -> int:
+    from clients.rest import alerts, server
+    if args.alert_rules:
+        try:
+            alerts.AlertRules.load(args.alert_rules)  # fail at start, naming the rule and field
+        except (OSError, alerts.RuleError) as e:
+            raise UsageError(f"--alert-rules: {e}") from None
+    server.serve(args.coordinator or sdk.DEFAULT_COORDINATOR, args.listen, rules_path=args.alert_rules or "",
+                 webhook_token=args.webhook_token or os.environ.get("FLEETCAP_WEBHOOK_TOKEN", ""))
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 def _az_ignored(parser: argparse.ArgumentParser) -> None:
@@ -389,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an upload keeps retrying while storage fails before the instance reports "
                         "StorageFailed (the file is kept)")
     a.set_defaults(func=cmd_agent, daemon=True)
+
+    gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")
+    gw.add_argument("--coordinator", default=argparse.SUPPRESS,
+                    help="coordinator address(es), host:port or unix:/path (env FLEETCAP_COORDINATOR)")
+    gw.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT; default 127.0.0.1:8080")
+    gw.add_argument("--alert-rules", help="JSON rules mapping alerts to captures (docs/alerts.md)")
+    gw.add_argument("--webhook-token", help="secret the webhooks require, as ?token= or a Bearer header "
+                                            "(env FLEETCAP_WEBHOOK_TOKEN)")
+    gw.set_defaults(func=cmd_gateway, daemon=True)
 
     ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
     ag_verbs = ag.add_subparsers(dest="verb", required=True, parser_class=_Parser)

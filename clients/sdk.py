@@ -256,6 +256,13 @@ class Client:
         """
         return self._call("Create", create_request(**_args(locals()))).capture
 
+    def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
+                    subscription: str = "") -> pb.PacketCaptureResult:
+        """Creates a capture from Azure's `properties` object as a message (e.g. parsed from ARM
+        JSON with json_format.ParseDict). Raises: as `create`."""
+        return self._call("Create", pb.CreatePacketCaptureRequest(
+            name=name, resource_group=resource_group, subscription=subscription, properties=properties)).capture
+
     def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
         return self._call("Get", pb.GetPacketCaptureRequest(name=name)).capture

@@ -1,0 +1,1 @@
+"""The HTTP front: Azure's REST API shape, the web portal and alert webhooks, on the SDK."""

@@ -1,0 +1,140 @@
+"""The OpenAPI 3.0 document of the REST front. Message schemas are derived from the protobuf
+descriptors that produce the JSON, so the document cannot drift from the responses; each
+response schema lists every field the server always prints as required, and allows no others."""
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor
+
+from fleetcap.v1 import captures_pb2 as pb
+
+_F = descriptor.FieldDescriptor
+_SCALARS = {
+    _F.TYPE_STRING: {"type": "string"}, _F.TYPE_BOOL: {"type": "boolean"},
+    _F.TYPE_INT32: {"type": "integer", "format": "int32"}, _F.TYPE_INT64: {"type": "integer", "format": "int64"},
+    _F.TYPE_UINT32: {"type": "integer", "minimum": 0}, _F.TYPE_UINT64: {"type": "integer", "minimum": 0},
+    _F.TYPE_DOUBLE: {"type": "number"},
+}
+
+
+def message_schema(desc: descriptor.Descriptor, *, response: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required = []
+    for f in desc.fields:
+        if f.message_type is not None:
+            item: dict[str, Any] = {"$ref": f"#/components/schemas/{f.message_type.name}{'' if response else 'Input'}"}
+        else:
+            item = dict(_SCALARS[f.type])
+        if f.is_repeated:
+            item = {"type": "array", "items": item}
+        props[f.json_name] = item
+        if response and not f.has_presence:
+            required.append(f.json_name)
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _messages(root: descriptor.Descriptor) -> list[descriptor.Descriptor]:
+    seen: dict[str, descriptor.Descriptor] = {}
+
+    def walk(d: descriptor.Descriptor) -> None:
+        if d.name not in seen:
+            seen[d.name] = d
+            for f in d.fields:
+                if f.message_type is not None:
+                    walk(f.message_type)
+    walk(root)
+    return list(seen.values())
+
+
+def _error() -> dict[str, Any]:
+    return {"description": "Azure's error shape", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for d in _messages(pb.PacketCaptureParameters.DESCRIPTOR):
+        schemas[d.name + "Input"] = message_schema(d, response=False)
+        schemas[d.name] = message_schema(d, response=True)
+    schemas["PacketCaptureParameters"]["required"] = [
+        "target", "targetType", "scope", "storageLocation", "filters", "bpfFilter", "addNewInstances"]
+    props = dict(schemas["PacketCaptureParameters"]["properties"], provisioningState={"type": "string"})
+    schemas["PacketCaptureResultProperties"] = dict(schemas["PacketCaptureParameters"], properties=props,
+                                                    required=schemas["PacketCaptureParameters"]["required"]
+                                                    + ["provisioningState"])
+    input_props = dict(schemas["PacketCaptureParametersInput"]["properties"], provisioningState={"type": "string"})
+    schemas["PacketCaptureParametersInput"] = dict(schemas["PacketCaptureParametersInput"], properties=input_props,
+                                                   required=["target", "storageLocation"])
+    schemas["PacketCapture"] = {
+        "type": "object", "required": ["properties"], "additionalProperties": False,
+        "properties": {"properties": {"$ref": "#/components/schemas/PacketCaptureParametersInput"},
+                       "name": {"type": "string"}, "id": {"type": "string"}, "etag": {"type": "string"},
+                       "type": {"type": "string"}}}
+    schemas["PacketCaptureResult"] = {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "id", "etag", "type", "properties", "systemData"],
+        "properties": {"name": {"type": "string"}, "id": {"type": "string"}, "etag": {"type": "string"},
+                       "type": {"type": "string", "enum": ["Microsoft.Network/networkWatchers/packetCaptures"]},
+                       "properties": {"$ref": "#/components/schemas/PacketCaptureResultProperties"},
+                       "systemData": {"type": "object", "required": ["createdAt"], "additionalProperties": False,
+                                      "properties": {"createdAt": {"type": "string"}}}}}
+    schemas["PacketCaptureListResult"] = {
+        "type": "object", "required": ["value"], "additionalProperties": False,
+        "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/PacketCaptureResult"}}}}
+    for d in _messages(pb.PacketCaptureQueryStatusResult.DESCRIPTOR):
+        schemas[d.name] = message_schema(d, response=True)
+    schemas["ErrorResponse"] = {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+
+    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
+              for n in ("subscriptionId", "resourceGroupName", "networkWatcherName")]
+    api_version = {"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"},
+                   "description": "accepted and ignored; fleetcap serves the 2024-05-01 shape"}
+    pc_name = {"name": "packetCaptureName", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[^/]+$"}}
+    base = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
+            "Microsoft.Network/networkWatchers/{networkWatcherName}/packetCaptures")
+    errors = {code: _error() for code in ("400", "404", "409", "429", "503")}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "fleetcap packet captures (ARM-shaped)", "version": "2024-05-01",
+                 "description": "Azure Network Watcher's packetCaptures REST API, served by fleetcap."},
+        "paths": {
+            base: {"get": {"operationId": "PacketCaptures_List", "parameters": params + [api_version],
+                           "responses": {"200": _json("#/components/schemas/PacketCaptureListResult", "all captures"),
+                                         "503": _error()}}},
+            base + "/{packetCaptureName}": {
+                "put": {"operationId": "PacketCaptures_Create", "parameters": params + [pc_name, api_version],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/PacketCapture"}}}},
+                        "responses": {"201": _json("#/components/schemas/PacketCaptureResult", "created and started"),
+                                      **errors}},
+                "get": {"operationId": "PacketCaptures_Get", "parameters": params + [pc_name, api_version],
+                        "responses": {"200": _json("#/components/schemas/PacketCaptureResult", "the capture"),
+                                      "404": _error(), "503": _error()}},
+                "delete": {"operationId": "PacketCaptures_Delete", "parameters": params + [pc_name, api_version],
+                           "responses": {"202": {"description": "deleted (stopped first; files are kept)"},
+                                         "204": {"description": "there was no such capture"}, "503": _error()}},
+            },
+            base + "/{packetCaptureName}/stop": {
+                "post": {"operationId": "PacketCaptures_Stop", "parameters": params + [pc_name, api_version],
+                         "responses": {"200": {"description": "stopped (idempotent)"}, "404": _error(),
+                                       "503": _error()}}},
+            base + "/{packetCaptureName}/queryStatus": {
+                "post": {"operationId": "PacketCaptures_GetStatus", "parameters": params + [pc_name, api_version],
+                         "responses": {"200": _json("#/components/schemas/PacketCaptureQueryStatusResult",
+                                                    "status, with fleetcap's per-instance breakdown"),
+                                       "404": _error(), "503": _error()}}},
+        },
+        "components": {"schemas": schemas},
+    }
