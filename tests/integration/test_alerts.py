@@ -1,0 +1,156 @@
+"""Alert-triggered captures through real webhooks: Azure Monitor's common alert schema and its
+older schema, and Alertmanager's payload, against a real gateway, coordinator and agent."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from clients import sdk
+from tests.integration.gateway_support import Gateway
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret"
+VM1 = "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm1"
+
+RULES = {"rules": [
+    {"name": "net-out-high", "source": "azure-monitor", "match": {"alertRule": "Network Out High"},
+     "properties": {"storageLocation": {"storageId": "local", "filePath": "/var/captures/netout.cap"},
+                    "timeLimitInSeconds": 2, "filters": [{"protocol": "UDP", "localPort": "9"}]}},
+    {"name": "tight", "source": "azure-monitor", "match": {"alertRule": "Tight"}, "maxCaptures": 1,
+     "properties": {"storageLocation": {"filePath": "/var/captures/tight.cap"}, "timeLimitInSeconds": 2}},
+    {"name": "am", "source": "alertmanager", "match": {"alertname": "HighTraffic"}, "targetLabel": "vm",
+     "captureName": "am-{target}",
+     "properties": {"storageLocation": {"filePath": "/var/captures/am.cap"}, "timeLimitInSeconds": 30,
+                    "bytesToCapturePerPacket": 128}},
+]}
+
+# Azure Monitor's common alert schema, as an action group posts it (metric alert on a VM; the
+# target id comes lowercased, as Azure sends it).
+AZURE = {
+    "schemaId": "azureMonitorCommonAlertSchema",
+    "data": {
+        "essentials": {
+            "alertId": "/subscriptions/local/providers/Microsoft.AlertsManagement/alerts/b9569717-bc32-442f-add5-83a997729330",
+            "alertRule": "Network Out High", "severity": "Sev3", "signalType": "Metric", "monitorCondition": "Fired",
+            "monitoringService": "Platform",
+            "alertTargetIDs": ["/subscriptions/local/resourcegroups/rg1/providers/microsoft.compute/virtualmachines/vm1"],
+            "configurationItems": ["vm1"],
+            "originAlertId": "3f2d4487-b0fc-4125-8bd5-7ad17384221e_rg1_microsoft.insights_metricAlerts_Network Out High",
+            "firedDateTime": "2026-11-26T13:58:24.3713213Z", "description": "", "essentialsVersion": "1.0",
+            "alertContextVersion": "1.0"},
+        "alertContext": {
+            "properties": None, "conditionType": "SingleResourceMultipleMetricCriteria",
+            "condition": {"windowSize": "PT5M", "allOf": [{
+                "metricName": "Network Out Total", "metricNamespace": "Microsoft.Compute/virtualMachines",
+                "operator": "GreaterThan", "threshold": "3", "timeAggregation": "Average",
+                "dimensions": [{"name": "ResourceId", "value": "3efad9dc-3d50-4eac-9c87-8b3fd6f97e4e"}],
+                "metricValue": 7.727}]}}}}
+
+ALERTMANAGER = {
+    "version": "4", "groupKey": '{}:{alertname="HighTraffic"}', "truncatedAlerts": 0, "status": "firing",
+    "receiver": "fleetcap", "groupLabels": {"alertname": "HighTraffic"},
+    "commonLabels": {"alertname": "HighTraffic", "vm": "vm1", "severity": "page"}, "commonAnnotations": {},
+    "externalURL": "http://alertmanager.local:9093",
+    "alerts": [{"status": "firing", "labels": {"alertname": "HighTraffic", "vm": "vm1", "severity": "page"},
+                "annotations": {"summary": "egress above 1 Gbit/s"}, "startsAt": "2026-11-26T13:58:24Z",
+                "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus.local/graph",
+                "fingerprint": "c6a1b2e3d4f50617"}]}
+
+
+@pytest.fixture(scope="module")
+def gateway(coordinator, tmp_path_factory):
+    d = tmp_path_factory.mktemp("alerts")
+    rules = d / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    g = Gateway(coordinator, d, "--alert-rules", str(rules), "--webhook-token", TOKEN)
+    yield g
+    g.stop()
+
+
+def post(gateway, path: str, payload) -> tuple[int, dict]:
+    return gateway.call("POST", f"{path}?token={TOKEN}", payload)
+
+
+def alert_captures(client: sdk.Client, prefix: str) -> list:
+    return [c for c in client.list() if c.name.startswith(prefix)]
+
+
+def test_azure_monitor_alert_flow_never_piles_up(gateway, coordinator):
+    with sdk.Client(coordinator) as c:
+        status, out = post(gateway, "/webhooks/azure-monitor", AZURE)
+        assert status == 200, out
+        assert out == {"results": [{"alert": "Network Out High", "action": "created", "rule": "net-out-high",
+                                    "capture": "alert-net-out-high-vm1"}]}
+        first = c.get(name="alert-net-out-high-vm1")
+        p = first.properties
+        assert (p.target, p.target_type, p.time_limit_in_seconds) == (VM1, "AzureVM", 2)
+        assert p.storage_location.file_path.startswith("/var/captures/netout_") and p.storage_location.storage_id == "local"
+        assert [(f.protocol, f.local_port) for f in p.filters] == [("UDP", "9")]
+
+        # Fired again while the capture runs: it is kept, nothing new.
+        assert post(gateway, "/webhooks/azure-monitor", AZURE)[1]["results"][0]["action"] == "kept-running"
+        assert [x.name for x in alert_captures(c, "alert-")] == ["alert-net-out-high-vm1"]
+
+        # Once it has finished, the next firing deletes it and creates the new one (Azure's flow).
+        final = c.wait(name="alert-net-out-high-vm1", timeout_s=30)
+        assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
+        assert post(gateway, "/webhooks/azure-monitor", AZURE)[1]["results"][0]["action"] == "created"
+        again = alert_captures(c, "alert-")
+        assert [x.name for x in again] == ["alert-net-out-high-vm1"] and again[0].etag != first.etag
+
+        resolved = copy.deepcopy(AZURE)
+        resolved["data"]["essentials"]["monitorCondition"] = "Resolved"
+        assert post(gateway, "/webhooks/azure-monitor", resolved)[1]["results"] == [
+            {"alert": "Network Out High", "action": "ignored", "message": "resolved alerts start no capture"}]
+        other = copy.deepcopy(AZURE)
+        other["data"]["essentials"]["alertRule"] = "Disk Full"
+        assert post(gateway, "/webhooks/azure-monitor", other)[1]["results"][0]["action"] == "no-rule"
+
+        # The quota check: a rule allowing 1 capture while one exists creates nothing.
+        tight = copy.deepcopy(AZURE)
+        tight["data"]["essentials"]["alertRule"] = "Tight"
+        n = len(c.list())
+        assert post(gateway, "/webhooks/azure-monitor", tight)[1]["results"] == [
+            {"alert": "Tight", "action": "quota-exceeded", "rule": "tight", "capture": "alert-tight-vm1",
+             "message": f"{n} captures exist; the rule allows 1"}]
+        assert alert_captures(c, "alert-tight") == []
+        c.wait(name="alert-net-out-high-vm1", timeout_s=30)
+
+
+def test_older_azure_schema_is_understood(gateway, coordinator):
+    old = {"schemaId": "AzureMonitorMetricAlert", "data": {"version": "2.0", "status": "Activated", "context": {
+        "timestamp": "2026-11-26T13:58:24Z", "id": "/subscriptions/local/providers/microsoft.insights/metricAlerts/x",
+        "name": "Tight", "conditionType": "SingleResourceMultipleMetricCriteria", "resourceGroupName": "rg1",
+        "resourceType": "microsoft.compute/virtualmachines", "resourceName": "vm1",
+        "resourceId": "/subscriptions/local/resourcegroups/rg1/providers/microsoft.compute/virtualmachines/vm1"}}}
+    status, out = post(gateway, "/webhooks/azure-monitor", old)
+    assert status == 200 and out["results"][0]["rule"] == "tight"
+    assert out["results"][0]["action"] in ("quota-exceeded", "created")
+
+
+def test_alertmanager_repeats_leave_one_capture(gateway, coordinator):
+    with sdk.Client(coordinator) as c:
+        actions = [post(gateway, "/webhooks/alertmanager", ALERTMANAGER)[1]["results"][0]["action"] for _ in range(3)]
+        assert actions == ["created", "kept-running", "kept-running"]
+        [cap] = alert_captures(c, "am-")
+        assert cap.name == "am-vm1" and cap.properties.target == VM1 and cap.properties.bytes_to_capture_per_packet == 128
+        resolved = copy.deepcopy(ALERTMANAGER)
+        resolved["status"] = resolved["alerts"][0]["status"] = "resolved"
+        assert post(gateway, "/webhooks/alertmanager", resolved)[1]["results"][0]["action"] == "ignored"
+        unknown_vm = copy.deepcopy(ALERTMANAGER)
+        unknown_vm["alerts"][0]["labels"]["vm"] = "vm9"
+        assert post(gateway, "/webhooks/alertmanager", unknown_vm)[1]["results"] == [
+            {"alert": "HighTraffic", "action": "failed", "rule": "am", "message": "no connected agent is VM vm9"}]
+        c.delete(name="am-vm1")
+
+
+def test_webhooks_check_the_token_and_the_payload(gateway):
+    status, err = gateway.call("POST", "/webhooks/alertmanager", ALERTMANAGER)
+    assert status == 401 and err["error"]["code"] == "Unauthorized"
+    status, err = post(gateway, "/webhooks/azure-monitor", {"schemaId": "azureMonitorCommonAlertSchema"})
+    assert (status, err["error"]["message"]) == (400, "data: required; not an Azure Monitor alert payload")
+    status, err = post(gateway, "/webhooks/alertmanager", {"alerts": "x"})
+    assert (status, err["error"]["message"]) == (400, "alerts: required; not an Alertmanager webhook payload")
+    assert "Traceback" not in gateway.log()
