@@ -319,7 +319,8 @@ def cmd_coordinator(args) -> int:
         listen=tuple(args.listen or ["127.0.0.1:7770"]),
         etcd=tuple(e for e in (args.etcd or "").split(",") if e),
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir or "",
-        agent_ttl_s=args.agent_ttl, service=app.ServiceConfig(max_captures=args.max_captures))
+        agent_ttl_s=args.agent_ttl, service=app.ServiceConfig(max_captures=args.max_captures),
+        metrics_listen=args.metrics_listen or "")
     asyncio.run(app.serve(settings))
     return EXIT_OK
 
@@ -336,7 +337,8 @@ def cmd_agent(args) -> int:
                                        instance_id=args.instance_id if args.vmss else "")
     settings = app.AgentSettings(coordinator=args.coordinator or sdk.DEFAULT_COORDINATOR, identity=identity,
                                  interface=args.interface or "", capture_root=args.capture_root,
-                                 buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry)
+                                 buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry,
+                                 metrics_listen=args.metrics_listen or "")
     asyncio.run(app.serve(settings))
     return EXIT_OK
 
@@ -384,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--storage-account", action="append", metavar="NAME[=CONNECTION_STRING|=env:VAR]",
                    help="an Azure Blob storage account captures can name (repeatable); without a value the "
                         "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
+    c.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     c.set_defaults(func=cmd_coordinator, daemon=True)
 
     a = sub.add_parser("agent", help="run a node agent")
@@ -400,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--storage-retry", type=float, default=300,
                    help="seconds an upload keeps retrying while storage fails before the instance reports "
                         "StorageFailed (the file is kept)")
+    a.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     a.set_defaults(func=cmd_agent, daemon=True)
 
     gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")

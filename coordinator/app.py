@@ -9,9 +9,11 @@ import signal
 import socket
 
 from clients import grpc_transport
+from clients.metrics import serve_http
 from coordinator.api.capture_servicer import CaptureServicer
 from coordinator.errors import FleetcapError
 from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.service import LOCAL_ACCOUNT, CaptureService, ServiceConfig  # noqa: F401 (ServiceConfig for the CLI)
 from coordinator.state import keys
 from coordinator.state.embedded_etcd import EmbeddedEtcd
@@ -44,6 +46,8 @@ class CoordinatorSettings:
     storage_accounts: tuple[tuple[str, str], ...] = ()
     """Azure Blob storage accounts: (name, connection string). "local" is always there."""
     service: ServiceConfig = ServiceConfig()
+    metrics_listen: str = ""
+    """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
 
 
 async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = None) -> None:
@@ -66,9 +70,10 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     server = grpc_transport.aio_server()
-    captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service), server)
+    metrics = CoordinatorMetrics()
+    captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
     fleet_pb2_grpc.add_FleetServicer_to_server(
-        FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica), server)
+        FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics), server)
     for address in settings.listen:
         if address.startswith("unix:"):
             path = address[len("unix:"):]
@@ -77,6 +82,12 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         port = grpc_transport.add_listen(server, address)
         log.info("listening on %s", address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}")
     await server.start()
+    metrics_server = None
+    if settings.metrics_listen:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        metrics_server = await serve_http(metrics.registry, host or "127.0.0.1", int(port),
+                                          before_scrape=lambda: metrics.refresh(service))
+        log.info("metrics on http://%s:%d/metrics", *metrics_server.sockets[0].getsockname()[:2])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +106,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         log.info("shutting down")
         for t in tasks:
             t.cancel()
+        if metrics_server is not None:
+            metrics_server.close()
         await server.stop(grace=2)
         await store.close()
         if embedded:

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 
 from clients import grpc_transport
+from clients.metrics import Registry, serve_http
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 from node_agent.capture import bpf
 from node_agent.capture import reasons as r
@@ -50,6 +51,8 @@ class AgentSettings:
     """Kernel capture ring per capture, in bytes (libpcap's default is 2 MiB)."""
     storage_retry_s: float = 300.0
     """How long an upload retries while the coordinator reports its storage failing."""
+    metrics_listen: str = ""
+    """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
 
 
 def interface_addresses(interface: str) -> list[str]:
@@ -428,6 +431,26 @@ class Agent:
                 cap.removed.add(index)
                 log.info("capture %s: stored copy of %s verified, local file removed", cap.start.capture_name, path)
 
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def metric_families(self):
+        """The agent's Prometheus metrics, read from its captures at scrape time (a collector
+        for clients.metrics.Registry). Per-capture series carry the capture's name."""
+        rows = [(name, cap.progress().status, cap) for name, cap in sorted(self.captures.items())]
+        running = sum(1 for _, s, _ in rows if s.packet_capture_status == r.RUNNING)
+        yield ("fleetcap_agent_active_captures", "gauge", "Captures running on this agent now", (), [((), running)])
+        for metric, help_text, field in (
+                ("fleetcap_agent_packets_captured_total", "Packets written to capture files", "packets_captured"),
+                ("fleetcap_agent_captured_bytes_total", "Bytes written to capture files, pcap headers included",
+                 "bytes_captured"),
+                ("fleetcap_agent_kernel_drops_total", "Packets the kernel dropped for lack of ring space",
+                 "kernel_drops"),
+                ("fleetcap_agent_interface_drops_total", "Packets the interface dropped", "interface_drops")):
+            yield metric, "counter", help_text, ("capture",), [((n,), getattr(s, field)) for n, s, _ in rows]
+        yield ("fleetcap_agent_upload_pending_bytes", "gauge", "Captured bytes not yet acknowledged as stored",
+               ("capture",), [((n,), sum(max(0, f.size_bytes - f.uploaded_bytes) for f in s.files
+                                         if not f.upload_complete)) for n, s, cap in rows if cap.start.upload])
+
     async def shutdown(self) -> None:
         for cap in self.captures.values():
             if cap.session:
@@ -445,5 +468,11 @@ async def serve(settings: AgentSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(settings)
+    if settings.metrics_listen:
+        registry = Registry()
+        registry.collector(agent.metric_families)
+        host, _, port = settings.metrics_listen.rpartition(":")
+        server = await serve_http(registry, host or "127.0.0.1", int(port))
+        log.info("metrics on http://%s:%d/metrics", *server.sockets[0].getsockname()[:2])
     print(f"fleetcap agent on {agent.interface} dialing {settings.coordinator}", flush=True)
     await agent.run(stop)

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 import grpc
 
 from coordinator import errors
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.service import CaptureService
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import captures_pb2_grpc
@@ -41,16 +42,20 @@ def _mapped(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except Exception as e:  # every failure leaves as a status code, never a traceback
             code, message = status_for(e)
+            self.metrics.api_call(method.__name__, code.name)
             await context.abort(code, message)
+        self.metrics.api_call(method.__name__, "OK")
+        return response
     return wrapper
 
 
 class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
-    def __init__(self, service: CaptureService):
+    def __init__(self, service: CaptureService, metrics: CoordinatorMetrics | None = None):
         self.service = service
+        self.metrics = metrics or CoordinatorMetrics()
 
     @_mapped
     async def Create(self, request: pb.CreatePacketCaptureRequest, context) -> pb.CreatePacketCaptureResponse:
@@ -91,7 +96,9 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
                 yield pb.ReadCaptureFileResponse(offset=offset, data=data, complete=complete)
         except Exception as e:
             code, message = status_for(e)
+            self.metrics.api_call("ReadFile", code.name)
             await context.abort(code, message)
+        self.metrics.api_call("ReadFile", "OK")
 
     async def WatchStatus(self, request: pb.WatchPacketCaptureStatusRequest,
                           context) -> AsyncIterator[pb.WatchPacketCaptureStatusResponse]:
@@ -100,4 +107,6 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
                 yield pb.WatchPacketCaptureStatusResponse(status=status)
         except Exception as e:
             code, message = status_for(e)
+            self.metrics.api_call("WatchStatus", code.name)
             await context.abort(code, message)
+        self.metrics.api_call("WatchStatus", "OK")

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from coordinator.metrics import CoordinatorMetrics
 from coordinator import service as svc
 from coordinator.errors import FleetcapError
 from coordinator.state import keys
@@ -107,8 +108,10 @@ def identity_error(ident: fleet_pb2.AgentIdentity) -> str:
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, service: svc.CaptureService, sessions: AgentSessions, *, agent_ttl_s: int, replica: str):
+    def __init__(self, service: svc.CaptureService, sessions: AgentSessions, *, agent_ttl_s: int, replica: str,
+                 metrics: CoordinatorMetrics | None = None):
         self.service = service
+        self.metrics = metrics or CoordinatorMetrics()
         self.store = service.store
         self.sessions = sessions
         self.agent_ttl_s = agent_ttl_s
@@ -253,6 +256,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     await context.abort(grpc.StatusCode.ABORTED, "a newer upload stream took over this file")
                 if req is not None and req.HasField("finish"):
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
+                    if done.size > durable:
+                        self.metrics.storage_written.inc(account, amount=done.size - durable)
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
                     await asyncio.to_thread(self._trim_ring, record, op, sink)
                     yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
@@ -275,6 +280,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 if new == received:
                     unflushed_since = None
                 if new != durable:
+                    if new > durable:
+                        self.metrics.storage_written.inc(account, amount=new - durable)
                     durable = new
                     yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
         except OffsetMismatch as e:

@@ -3,6 +3,7 @@ API-level tests. Module-scoped: each test module gets its own."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,22 +16,39 @@ from deploy.localfleet import LocalFleet
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+class Deployment(str):
+    """The coordinator's API address (a str, for the SDK), plus what a test may need of it."""
+    dir: str
+    coordinator_metrics: str
+    agent_metrics: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
+    """A coordinator (embedded etcd) and agent vm1 (rg1) capturing on lo, both with /metrics."""
     if os.geteuid() != 0:
         pytest.skip("the agent needs root to open a capture handle")
     d = tmp_path_factory.mktemp("coord")
-    sock = f"unix:{d}/api.sock"
+    dep = Deployment(f"unix:{d}/api.sock")
+    dep.dir = str(d)
+    dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     logs = open(d / "coordinator.log", "wb")
-    coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "coordinator", "--listen", sock,
-                              "--data-dir", str(d / "data"), "--agent-ttl", "5"], cwd=ROOT, stdout=logs, stderr=logs)
+    coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "coordinator", "--listen", dep,
+                              "--data-dir", str(d / "data"), "--agent-ttl", "5",
+                              "--metrics-listen", dep.coordinator_metrics], cwd=ROOT, stdout=logs, stderr=logs)
     agent_log = open(d / "agent.log", "wb")
-    agent = subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", sock, "--vm", "vm1",
-                              "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures")],
-                             cwd=ROOT, stdout=agent_log, stderr=agent_log)
+    agent = subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", dep, "--vm", "vm1",
+                              "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures"),
+                              "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log)
     try:
         deadline = time.monotonic() + 30
-        with sdk.Client(sock, timeout_s=2) as c:
+        with sdk.Client(dep, timeout_s=2) as c:
             while True:
                 try:
                     if len(c.list_agents()) == 1:
@@ -39,7 +57,7 @@ def coordinator(tmp_path_factory):
                     pass
                 assert time.monotonic() < deadline, (d / "coordinator.log").read_text()
                 time.sleep(0.1)
-        yield sock
+        yield dep
     finally:
         LocalFleet.stop_process(agent)
         LocalFleet.stop_process(coord)
