@@ -1,0 +1,142 @@
+"""The web portal in headless Chromium (Debian's chromium + chromedriver, driven by Selenium),
+against a real gateway, coordinator and agent: the "+ Add" flow with a rejected then a good
+request, live status, the per-instance view, download and delete. A screenshot of the list is
+kept in test-artifacts/portal.png."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import urllib.request
+
+import pytest
+
+from clients import sdk
+from tests.integration.gateway_support import ROOT, Gateway
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+@pytest.fixture(scope="module")
+def gateway(coordinator, tmp_path_factory):
+    g = Gateway(coordinator, tmp_path_factory.mktemp("portal"))
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_path, "Debian's chromium and chromium-driver are needed; run make setup"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(fn, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception:  # the element is being redrawn by the 2 s poll
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_add_flow_live_status_instances_download_delete(browser, gateway, coordinator):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    b = browser
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    b.get(gateway.base + "/")
+    wait_for(lambda: find("#empty").is_displayed(), what="the empty list")
+
+    # + Add → basic details: the VM is offered and the name has a default.
+    find("#add").click()
+    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    assert Select(find("#f-target-type")).first_selected_option.text == "Virtual machine"
+    assert [o.text for o in Select(find("#f-target")).options] == ["vm1"]
+    assert find("#f-name").get_attribute("value").startswith("pc-vm1-")
+    find("#f-name").clear()
+    find("#f-name").send_keys("portal-1")
+
+    # Configuration: both locations; the file path follows the name; an out-of-range time limit.
+    find("#next-step").click()
+    find("input[name=location][value=both]").click()
+    assert find("#f-path").get_attribute("value") == "/var/captures/portal-1.cap"
+    find("#f-time").clear()
+    find("#f-time").send_keys("18001")
+
+    # Filters: UDP to local port 9.
+    find("#next-step").click()
+    find("#add-filter").click()
+    Select(find(".f-protocol")).select_by_value("UDP")
+    find(".f-local-port").send_keys("9")
+
+    find("#start").click()
+    banner = wait_for(lambda: find("#banner").is_displayed() and find("#banner").text, what="the error banner")
+    assert banner.startswith("InvalidParameter: timeLimitInSeconds: 18001 is out of range"), banner
+    with sdk.Client(coordinator) as c:
+        assert [x.name for x in c.list()] == []
+
+    find("button.step[data-step=config]").click()
+    find("#f-time").clear()
+    find("#f-time").send_keys("2")
+    find("#start").click()
+    wait_for(lambda: find("#banner").text == "Started packet capture portal-1", what="the success banner")
+
+    row = lambda: find("tr[data-name=portal-1]")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped", what="Stopped")
+    assert row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TimeExceeded"
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    b.save_screenshot(os.path.join(ARTIFACTS, "portal.png"))
+
+    with sdk.Client(coordinator) as c:
+        cap = c.get(name="portal-1")
+        final = c.wait(name="portal-1", timeout_s=30)
+    assert (cap.properties.time_limit_in_seconds, cap.properties.storage_location.storage_id) == (2, "local")
+    assert cap.properties.storage_location.file_path == "/var/captures/portal-1.cap"
+    assert [(f.protocol, f.local_port) for f in cap.properties.filters] == [("UDP", "9")]
+
+    # The per-instance view, and its file link serves the stored bytes.
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True, what="open")
+    inst = wait_for(lambda: find("#instances tr[data-instance]"), what="the instance row")
+    wait_for(lambda: find("#detail-status").text == "Stopped (TimeExceeded)", what="detail status")
+    inst = find("#instances tr[data-instance]")
+    assert inst.find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped"
+    link = wait_for(lambda: find("#instances tr[data-instance] a"), what="the file link").get_attribute("href")
+    with urllib.request.urlopen(link, timeout=30) as r:
+        data = r.read()
+    assert hashlib.sha256(data).hexdigest() == final.instances[0].files[0].sha256
+    b.save_screenshot(os.path.join(ARTIFACTS, "portal-instances.png"))
+
+    # Download (one pcapng for the capture), then delete from the list.
+    find("#back").click()
+    href = wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]")).get_attribute("href")
+    with urllib.request.urlopen(href, timeout=30) as r:
+        assert r.read(4) == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True, what="delete")
+    b.switch_to.alert.accept()
+    wait_for(lambda: find("#banner").text == "Deleted portal-1", what="the delete banner")
+    wait_for(lambda: find("#empty").is_displayed(), what="the empty list again")
+    with sdk.Client(coordinator) as c, pytest.raises(sdk.CaptureNotFound):
+        c.get(name="portal-1")
+    severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
+              and "400" not in e["message"]]
+    assert severe == []
