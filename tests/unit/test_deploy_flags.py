@@ -14,6 +14,7 @@ FILES = {
     "kubernetes/coordinator-deployment.yaml": "coordinator",
     "systemd/fleetcap-agent.service": "agent",
     "kubernetes/agent-daemonset.yaml": "agent",
+    "systemd/fleetcap-gateway.service": "gateway",
 }
 
 
