@@ -40,6 +40,45 @@ def tshark_summary(path: str) -> str:
             + (f", largest record {max(caps)} B" if caps else ""))
 
 
+def gateway_demo(fleet: LocalFleet) -> None:
+    """Starts a gateway on loopback, asks it for the capture's status as an Azure script would."""
+    import socket
+    import time
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(os.path.join(OUT, "gateway.log"), "wb")
+    gw = subprocess.Popen([sys.executable, "-m", "clients.cli", "--coordinator", fleet.api_address, "gateway",
+                           "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=log,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        url = (f"http://127.0.0.1:{port}/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/"
+               f"Microsoft.Network/networkWatchers/NetworkWatcher_local/packetCaptures/{NAME}/queryStatus"
+               "?api-version=2024-05-01")
+        print(f"$ curl -X POST '{url}'")
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10) as r:
+                    status = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit("the gateway did not answer; see demo-out/gateway.log")
+        shown = {k: status[k] for k in ("name", "captureStartTime", "packetCaptureStatus", "stopReason",
+                                        "packetCaptureError")}
+        shown["instances"] = [f"{i['instanceId']}: {i['packetCaptureStatus']} {i['stopReason']} "
+                              f"{i['packetsCaptured']} packets" for i in status["instances"]]
+        print(json.dumps(shown, indent=2))
+        print("The web portal is served by the same process: while the fleet runs, "
+              f"`fleetcap --coordinator {fleet.api_address} gateway --listen 127.0.0.1:8080` "
+              "and open http://127.0.0.1:8080/")
+    finally:
+        gw.terminate()
+        gw.wait(10)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("make demo needs root: it creates network namespaces")
@@ -77,8 +116,8 @@ def main() -> int:
                      "--count", str(count), "--size", "400", "--tag", str(tag), "--interval", str(4.0 / count)],
                     stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-        banner("Live progress (instance:status/packets/bytes/uploaded)")
-        cli(fleet, "-o", "table", "capture", "wait", "--name", NAME, "--progress", "--timeout", "60", check=False)
+        banner("Live progress: per instance, bytes against the byte limit and time against the time limit")
+        cli(fleet, "capture", "watch", "--name", NAME, "--timeout", "60", check=False)
         for p in senders:
             p.wait()
 
@@ -96,7 +135,17 @@ def main() -> int:
                   f"kernel drops {inst.kernel_drops}, sha256 {f.sha256[:16]}… (stored copy {'matches' if f.stored_sha256 == f.sha256 else 'DIFFERS'})")
             print(f"  on the instance: {local}\n      {tshark_summary(local)}")
             print(f"  in storage:      {stored}\n      {tshark_summary(stored)}")
-        print(f"\nLogs and files are under {OUT}. Open any .cap in Wireshark.")
+
+        banner("Every instance in one trace: download --merge writes a pcapng, one interface per instance")
+        cli(fleet, "-o", "tsv", "capture", "download", "--name", NAME, "--dest", os.path.join(OUT, "download"), "--merge")
+        merged = os.path.join(OUT, "download", f"{NAME}.pcapng")
+        per_if = subprocess.run(["tshark", "-r", merged, "-T", "fields", "-e", "frame.interface_name"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        print("  " + ", ".join(f"{name}: {per_if.count(name)} packets" for name in sorted(set(per_if))))
+
+        banner("The same capture through Azure's REST API: fleetcap gateway")
+        gateway_demo(fleet)
+        print(f"\nLogs and files are under {OUT}. Open any .cap or the .pcapng in Wireshark.")
         return 0
     finally:
         for p in senders:

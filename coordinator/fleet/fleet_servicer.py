@@ -273,12 +273,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     unflushed_since = unflushed_since or time.monotonic()
                 else:
                     new = writer.durable_size()
-                    # Quiet stream, or bytes waiting too long: make them durable (and acknowledged).
-                    if received > new and not ready or \
-                            (unflushed_since and time.monotonic() - unflushed_since > MAX_UNFLUSHED_S):
+                    if received > new and not ready:  # a quiet stream: make what came durable
                         new = await asyncio.to_thread(writer.flush)
-                if new == received:
-                    unflushed_since = None
+                # A trickle (a chunk every few hundred ms, never a quiet second, never a full
+                # batch) must not keep bytes waiting either: flush once durability has not
+                # advanced for MAX_UNFLUSHED_S. A busy stream's batches advance it long before.
+                if received > new and unflushed_since and time.monotonic() - unflushed_since > MAX_UNFLUSHED_S:
+                    new = await asyncio.to_thread(writer.flush)
+                if new != durable or new == received:
+                    unflushed_since = None if new == received else time.monotonic()
                 if new != durable:
                     if new > durable:
                         self.metrics.storage_written.inc(account, amount=new - durable)
