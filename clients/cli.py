@@ -236,7 +236,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
             updates.put(e)
     threading.Thread(target=follow, daemon=True).start()
     tty = sys.stdout.isatty()
-    status, drawn = None, 0
+    status, drawn, shown = None, 0, None
     while True:
         try:
             item = updates.get(timeout=1.0 if tty else None)
@@ -248,6 +248,9 @@ def cmd_watch(client: sdk.Client, args) -> int:
             raise item
         status = item
         lines = progress.render(capture, status, datetime.datetime.now(datetime.timezone.utc))
+        if lines == shown:
+            continue  # a change the bars do not show
+        shown = lines
         if tty and drawn:
             sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
         sys.stdout.write("\n".join(lines) + "\n" + ("" if tty else "\n"))
