@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
 
 from clients import sdk
+from deploy.localfleet import LocalFleet
 from tests.integration.gateway_support import ROOT, Gateway
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,23 @@ def gateway(coordinator, tmp_path_factory):
     g = Gateway(coordinator, tmp_path_factory.mktemp("portal"))
     yield g
     g.stop()
+
+
+@pytest.fixture(scope="module")
+def scale_set(coordinator, tmp_path_factory):
+    """Two more agents on lo: instances 0 and 1 of scale set 'web' in rg1."""
+    d = tmp_path_factory.mktemp("web")
+    procs = [subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", coordinator,
+                               "--vmss", "web", "--instance-id", str(i), "--resource-group", "rg1", "--interface", "lo",
+                               "--capture-root", str(d / f"captures{i}")], cwd=ROOT,
+                              stdout=open(d / f"agent{i}.log", "wb"), stderr=subprocess.STDOUT) for i in (0, 1)]
+    try:
+        with sdk.Client(coordinator) as c:
+            wait_for(lambda: len(c.list_agents()) == 3, what="the scale-set agents")
+        yield
+    finally:
+        for p in procs:
+            LocalFleet.stop_process(p)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +160,34 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
               and "400" not in e["message"]]
     assert severe == []
+
+
+def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_set):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    b = browser
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    b.get(gateway.base + "/")
+    wait_for(lambda: find("#add").is_displayed(), what="the list")
+    find("#add").click()
+    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    Select(find("#f-target-type")).select_by_value("AzureVMSS")
+    assert [o.text for o in Select(find("#f-target")).options] == ["web"]
+    boxes = b.find_elements(By.CSS_SELECTOR, ".f-instance")
+    assert [x.get_attribute("value") for x in boxes] == ["0", "1"]
+    assert all(x.is_selected() and not x.is_enabled() for x in boxes)  # "Select all" is on
+    find("#f-all-instances").click()
+    find(".f-instance[value='1']").click()
+    assert find("#f-name").get_attribute("value").startswith("pc-web-")
+    find("#f-name").clear()
+    find("#f-name").send_keys("portal-web")
+    find("#start").click()
+    wait_for(lambda: find("#banner").text == "Started packet capture portal-web", what="the success banner")
+    with sdk.Client(coordinator) as c:
+        cap = c.get(name="portal-web")
+        status = c.get_status(name="portal-web")
+        c.delete(name="portal-web")
+    assert cap.properties.target == "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachineScaleSets/web"
+    assert cap.properties.target_type == "AzureVMSS"
+    assert [i.instance_id for i in status.instances] == ["1"]
+    assert cap.properties.storage_location.storage_id == "local" and cap.properties.time_limit_in_seconds == 18000
