@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, TypedDict, Unpack
 
 import grpc
 from google.protobuf import descriptor, json_format
@@ -112,6 +112,29 @@ def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFil
         return json_format.ParseDict({k: str(v) for k, v in item.items()}, pb.PacketCaptureFilter())
     except json_format.ParseError as e:
         raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
+
+
+class CreateOptions(TypedDict, total=False):
+    """`create`'s optional arguments, for `AsyncClient.create(**options)`; see `Client.create`."""
+    target_type: str
+    resource_group: str
+    subscription: str
+    include: Iterable[str]
+    exclude: Iterable[str]
+    bytes_to_capture_per_packet: int | None
+    total_bytes_per_session: int | None
+    time_limit_in_seconds: int | None
+    storage_account: str
+    storage_path: str
+    file_path: str
+    filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter]
+    bpf_filter: str
+    continuous_capture: bool | None
+    local_path: str
+    file_count: int | None
+    file_size_in_bytes: int | None
+    session_time_limit_in_seconds: int | None
+    add_new_instances: bool
 
 
 def create_request(*, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
@@ -385,7 +408,7 @@ class AsyncClient:
                     continue
                 _raise(e)
 
-    async def create(self, *, name: str, target: str, **options: Any) -> pb.PacketCaptureResult:
+    async def create(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.PacketCaptureResult:
         """Creates and starts a capture; the options are `Client.create`'s.
         Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded."""
         return (await self._call("Create", create_request(name=name, target=target, **options))).capture

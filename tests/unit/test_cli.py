@@ -83,3 +83,12 @@ def test_progress_without_limits_shows_plain_figures():
     now = datetime.datetime(2026, 11, 26, tzinfo=datetime.timezone.utc)
     assert progress.render(capture, status, now)[1] == \
         "vm1       NotStarted packets         0  bytes 0 B  time 0s  drops 0"
+
+
+def test_async_create_options_name_every_create_argument():
+    import inspect
+
+    from clients import sdk
+    params = [p for p in inspect.signature(sdk.create_request).parameters if p not in ("name", "target")]
+    assert sorted(params) == sorted(sdk.CreateOptions.__annotations__)
+    assert list(inspect.signature(sdk.Client.create).parameters)[1:] == list(inspect.signature(sdk.create_request).parameters)
