@@ -59,7 +59,21 @@ def _json(ref: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
-def document() -> dict[str, Any]:
+EXAMPLE_NAME = "openapi-example"
+
+
+def example_body(target_id: str) -> dict[str, Any]:
+    """A request that works on this deployment: a 1-second capture of one connected target."""
+    scale_set = "/virtualMachineScaleSets/" in target_id
+    return {"properties": {
+        "target": target_id, "targetType": "AzureVMSS" if scale_set else "AzureVM",
+        "storageLocation": {"storageId": "local", "filePath": f"/var/captures/{EXAMPLE_NAME}.cap"},
+        "timeLimitInSeconds": 1, "filters": [{"protocol": "UDP", "localPort": "9"}]}}
+
+
+def document(example_target: str = "") -> dict[str, Any]:
+    """The OpenAPI document. With example_target (a connected VM or scale set), the create
+    operation carries a request example that works here, so that a tester reaches real resources."""
     schemas: dict[str, Any] = {}
     for d in _messages(pb.PacketCaptureParameters.DESCRIPTOR):
         schemas[d.name + "Input"] = message_schema(d, response=False)
@@ -101,7 +115,7 @@ def document() -> dict[str, Any]:
     api_version = {"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "accepted and ignored; fleetcap serves the 2024-05-01 shape"}
     pc_name = {"name": "packetCaptureName", "in": "path", "required": True,
-               "schema": {"type": "string", "pattern": "^[^/]+$"}}
+               "schema": {"type": "string", "pattern": "^[^/]+$"}, "example": EXAMPLE_NAME}
     base = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
             "Microsoft.Network/networkWatchers/{networkWatcherName}/packetCaptures")
     errors = {code: _error() for code in ("400", "404", "409", "429", "503")}
@@ -116,7 +130,8 @@ def document() -> dict[str, Any]:
             base + "/{packetCaptureName}": {
                 "put": {"operationId": "PacketCaptures_Create", "parameters": params + [pc_name, api_version],
                         "requestBody": {"required": True, "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/PacketCapture"}}}},
+                            "schema": {"$ref": "#/components/schemas/PacketCapture"},
+                            **({"example": example_body(example_target)} if example_target else {})}}},
                         "responses": {"201": _json("#/components/schemas/PacketCaptureResult", "created and started"),
                                       **errors}},
                 "get": {"operationId": "PacketCaptures_Get", "parameters": params + [pc_name, api_version],

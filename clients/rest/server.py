@@ -50,6 +50,17 @@ class Gateway:
         self.requests = self.metrics.counter("fleetcap_gateway_requests_total", "HTTP requests by route and status",
                                              ("route", "code"))
 
+    def example_target(self) -> str:
+        """A connected VM (or else a scale set) for the OpenAPI example; "" when none is."""
+        try:
+            ids = [a.id for a in self.client.list_agents()]
+        except sdk.FleetcapError:
+            return ""
+        vms = [i for i in ids if "/virtualMachineScaleSets/" not in i]
+        if vms:
+            return vms[0]
+        return ids[0].rsplit("/virtualMachines/", 1)[0] if ids else ""
+
     # -- ARM -------------------------------------------------------------------------------------
 
     def arm(self, method: str, name: str | None, action: str | None, body: Callable[[], Any]) -> tuple[int, Any]:
@@ -139,7 +150,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             elif path == "/openapi.json":
                 route = "openapi"
                 _need(method, "GET")
-                self._reply_json(200, openapi.document())
+                self._reply_json(200, openapi.document(self.gateway.example_target()))
             elif path == "/metrics":
                 route = "metrics"
                 _need(method, "GET")

@@ -183,11 +183,18 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     find("#f-name").send_keys("portal-web")
     find("#start").click()
     wait_for(lambda: find("#banner").text == "Started packet capture portal-web", what="the success banner")
+    row = lambda: find("tr[data-name=portal-web]")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Running", what="Running")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=stop]").click() or True, what="stop")
+    wait_for(lambda: find("#banner").text == "Stopped portal-web", what="the stop banner")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "StoppedByUser",
+             what="StoppedByUser")
     with sdk.Client(coordinator) as c:
         cap = c.get(name="portal-web")
-        status = c.get_status(name="portal-web")
+        status = c.wait(name="portal-web", timeout_s=30)
         c.delete(name="portal-web")
     assert cap.properties.target == "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachineScaleSets/web"
     assert cap.properties.target_type == "AzureVMSS"
-    assert [i.instance_id for i in status.instances] == ["1"]
+    assert [(i.instance_id, i.packet_capture_status, i.stop_reason) for i in status.instances] == \
+        [("1", "Stopped", "StoppedByUser")]
     assert cap.properties.storage_location.storage_id == "local" and cap.properties.time_limit_in_seconds == 18000

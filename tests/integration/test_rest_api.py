@@ -115,3 +115,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(gateway, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "Traceback" not in gateway.log()
+    # The served document's example (a capture of the connected VM) took schemathesis past the
+    # error paths: real resources were created and read, and their bodies matched the schema.
+    status, metrics = gateway.call("GET", "/metrics")
+    counts = dict(line.rsplit(" ", 1) for line in metrics.decode().splitlines() if not line.startswith("#"))
+    assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="201"}'])) >= 1, metrics
+    assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="200"}'])) >= 1
