@@ -8,7 +8,8 @@ import json
 import pytest
 
 from clients import sdk
-from tests.integration.gateway_support import Gateway
+from deploy.localfleet import LocalFleet
+from tests.integration.gateway_support import Gateway, start_scale_set_agents
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -20,6 +21,11 @@ RULES = {"rules": [
                     "timeLimitInSeconds": 2, "filters": [{"protocol": "UDP", "localPort": "9"}]}},
     {"name": "tight", "source": "azure-monitor", "match": {"alertRule": "Tight"}, "maxCaptures": 1,
      "properties": {"storageLocation": {"filePath": "/var/captures/tight.cap"}, "timeLimitInSeconds": 2}},
+    {"name": "am-vmss", "source": "alertmanager", "match": {"alertname": "InstanceEgress"},
+     "scaleSetLabel": "vmss", "instanceLabel": "instance",
+     "properties": {"storageLocation": {"filePath": "/var/captures/inst.cap"}, "timeLimitInSeconds": 30}},
+    {"name": "vmss-cpu", "source": "azure-monitor", "match": {"alertRule": "Instance CPU"},
+     "properties": {"storageLocation": {"filePath": "/var/captures/cpu.cap"}, "timeLimitInSeconds": 30}},
     {"name": "am", "source": "alertmanager", "match": {"alertname": "HighTraffic"}, "targetLabel": "vm",
      "captureName": "am-{target}",
      "properties": {"storageLocation": {"filePath": "/var/captures/am.cap"}, "timeLimitInSeconds": 30,
@@ -154,3 +160,33 @@ def test_webhooks_check_the_token_and_the_payload(gateway):
     status, err = post(gateway, "/webhooks/alertmanager", {"alerts": "x"})
     assert (status, err["error"]["message"]) == (400, "alerts: required; not an Alertmanager webhook payload")
     assert "Traceback" not in gateway.log()
+
+
+WEB = "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachineScaleSets/web"
+
+
+@pytest.fixture(scope="module")
+def web(coordinator, tmp_path_factory):
+    procs = start_scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (2, 5))
+    yield
+    for p in procs:
+        LocalFleet.stop_process(p)
+
+
+def test_scale_set_instances_from_both_sources(gateway, coordinator, web):
+    am = copy.deepcopy(ALERTMANAGER)
+    am["alerts"][0]["labels"] = {"alertname": "InstanceEgress", "vmss": "web", "instance": "5"}
+    assert post(gateway, "/webhooks/alertmanager", am)[1]["results"] == [
+        {"alert": "InstanceEgress", "action": "created", "rule": "am-vmss", "capture": "alert-am-vmss-web_5"}]
+    az = copy.deepcopy(AZURE)
+    az["data"]["essentials"]["alertRule"] = "Instance CPU"
+    az["data"]["essentials"]["alertTargetIDs"] = [
+        "/subscriptions/local/resourcegroups/rg1/providers/microsoft.compute/virtualmachinescalesets/web/virtualmachines/2"]
+    assert post(gateway, "/webhooks/azure-monitor", az)[1]["results"] == [
+        {"alert": "Instance CPU", "action": "created", "rule": "vmss-cpu", "capture": "alert-vmss-cpu-web_2"}]
+    with sdk.Client(coordinator) as c:
+        for name, instance in (("alert-am-vmss-web_5", "5"), ("alert-vmss-cpu-web_2", "2")):
+            cap = c.get(name=name)
+            assert (cap.properties.target, cap.properties.target_type) == (WEB, "AzureVMSS")
+            assert [i.instance_id for i in c.get_status(name=name).instances] == [instance]
+            c.delete(name=name)

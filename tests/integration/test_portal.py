@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -16,7 +14,7 @@ import pytest
 
 from clients import sdk
 from deploy.localfleet import LocalFleet
-from tests.integration.gateway_support import ROOT, Gateway
+from tests.integration.gateway_support import ROOT, Gateway, start_scale_set_agents
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
@@ -32,18 +30,10 @@ def gateway(coordinator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scale_set(coordinator, tmp_path_factory):
     """Two more agents on lo: instances 0 and 1 of scale set 'web' in rg1."""
-    d = tmp_path_factory.mktemp("web")
-    procs = [subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", coordinator,
-                               "--vmss", "web", "--instance-id", str(i), "--resource-group", "rg1", "--interface", "lo",
-                               "--capture-root", str(d / f"captures{i}")], cwd=ROOT,
-                              stdout=open(d / f"agent{i}.log", "wb"), stderr=subprocess.STDOUT) for i in (0, 1)]
-    try:
-        with sdk.Client(coordinator) as c:
-            wait_for(lambda: len(c.list_agents()) == 3, what="the scale-set agents")
-        yield
-    finally:
-        for p in procs:
-            LocalFleet.stop_process(p)
+    procs = start_scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (0, 1))
+    yield
+    for p in procs:
+        LocalFleet.stop_process(p)
 
 
 @pytest.fixture(scope="module")
