@@ -192,6 +192,8 @@ def run_rule(client: sdk.Client, rule: Rule, target: Target, alert: str, now: da
     except sdk.QuotaExceeded as e:
         out.action, out.message = "quota-exceeded", e.message
         return out
+    except sdk.CoordinatorUnavailable:
+        raise
     except sdk.FleetcapError as e:
         out.action, out.message = "failed", f"{e.code.name}: {e.message}"
         return out
@@ -214,6 +216,8 @@ def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fi
             continue
         try:
             results.append(run_rule(client, rule, target, alert, now))
+        except sdk.CoordinatorUnavailable:
+            raise  # 503 to the sender, which retries: the alert is not lost
         except sdk.FleetcapError as e:
             results.append(Result(alert=alert, action="failed", rule=rule.name, message=f"{e.code.name}: {e.message}"))
     return results

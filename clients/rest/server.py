@@ -255,7 +255,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise arm.HttpError(404, "NotFound", f"no such webhook: {path}")
         body = self._json_body()
         with g.alert_lock:
-            results = handler(g.client, g.rules, body)
+            try:
+                results = handler(g.client, g.rules, body)
+            except sdk.FleetcapError as e:  # the coordinator is unreachable: the sender retries on 503
+                raise arm.from_sdk_error(e) from None
         self._reply_json(200, {"results": [r.as_dict() for r in results]})
 
     def _static(self, path: str) -> None:

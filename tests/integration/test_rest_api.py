@@ -121,3 +121,21 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(gateway, tmp_path):
     counts = dict(line.rsplit(" ", 1) for line in metrics.decode().splitlines() if not line.startswith("#"))
     assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="201"}'])) >= 1, metrics
     assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="200"}'])) >= 1
+
+
+def test_coordinator_down_is_503_in_azure_shape(tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"rules": [{"name": "any-alert"}]}')
+    g = Gateway(f"unix:{tmp_path}/no-coordinator.sock", tmp_path, "--alert-rules", str(rules))
+    try:
+        status, err = g.call("GET", f"{ARM}{API}")
+        assert status == 503 and err["error"]["code"] == "ServiceUnavailable", err
+        status, err = g.call("PUT", f"{ARM}/down-1{API}", body())
+        assert status == 503 and err["error"]["code"] == "ServiceUnavailable"
+        # A webhook is answered 503 too, so that Alertmanager or Azure Monitor delivers it again.
+        status, err = g.call("POST", "/webhooks/alertmanager", {"status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "X", "vm": "vm1"}}]})
+        assert status == 503 and err["error"]["code"] == "ServiceUnavailable", err
+        assert "Traceback" not in g.log()
+    finally:
+        g.stop()
