@@ -34,7 +34,7 @@ def until(what: str, cond, timeout_s: float):
         value = cond()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what} (last: {value!r})"
         time.sleep(0.2)
 
 
