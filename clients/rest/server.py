@@ -16,6 +16,7 @@ is one watcher, and capture names are unique in it. The ids in responses are the
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import logging
 import mimetypes
@@ -195,6 +196,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _stream(self, first: bytes, rest, content_type: str, filename: str) -> None:
+        """A 200 with chunked transfer encoding: a pcap of any size passes through in pieces."""
+        self._status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Disposition", f'attachment; filename="{filename}"')
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for data in itertools.chain([first], rest):
+                if data:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        except sdk.FleetcapError as e:  # the headers are out: end the connection without the final chunk
+            log.warning("download of %s stopped: %s", filename, e)
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
+
     def _reply_json(self, status: int, body: Any) -> None:
         if body is None:
             self._status = status
@@ -218,10 +237,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 instance = (query.get("instance") or [""])[0]
                 if not instance:
                     raise arm.HttpError(400, "InvalidParameter", "instance: required, an instance id or VM name")
-                data = b"".join(c.read_file(name=parts[1], instance_id=instance, file_path=(query.get("file") or [""])[0]))
-                filename = f"{parts[1]}_{instance}.cap"
-                self._reply(200, data, "application/vnd.tcpdump.pcap",
-                            {"Content-Disposition": f'attachment; filename="{filename}"'})
+                chunks = c.read_file(name=parts[1], instance_id=instance, file_path=(query.get("file") or [""])[0])
+                first = next(chunks, b"")  # NOT_FOUND surfaces here, before any header is sent
+                self._stream(first, chunks, "application/vnd.tcpdump.pcap", f"{parts[1]}_{instance}.cap")
                 return
             if len(parts) == 3 and parts[0] == "captures" and parts[2] == "merged":
                 work = tempfile.mkdtemp(prefix="fleetcap-gw-")
@@ -232,11 +250,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         raise arm.HttpError(404, "ResourceNotFound",
                                             f"packet capture '{parts[1]}' has no stored files yet")
                     with open(merged[0], "rb") as f:
-                        data = f.read()
+                        self._stream(b"", iter(lambda: f.read(1 << 20), b""), "application/x-pcapng",
+                                     f"{parts[1]}.pcapng")
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-                self._reply(200, data, "application/x-pcapng",
-                            {"Content-Disposition": f'attachment; filename="{parts[1]}.pcapng"'})
                 return
         except sdk.FleetcapError as e:
             raise arm.from_sdk_error(e) from None

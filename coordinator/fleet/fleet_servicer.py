@@ -142,19 +142,25 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         self.sessions.attach(session)
         log.info("agent %s connected (%s, %s)", key, hello.hostname, ", ".join(hello.addresses))
-        reader = asyncio.ensure_future(self._read(request_iterator, session, record, lease))
+        reader: asyncio.Future | None = None
         try:
+            # The hello's reports are older than anything the stream brings after it, so they are
+            # applied before the stream is read: applied concurrently, a hello written late could
+            # overwrite a newer report (an upload that committed while the agent was connecting).
+            # Messages this queues (starts, stops) go out after the welcome.
+            await self.service.agent_connected(key, hello)
+            reader = asyncio.ensure_future(self._read(request_iterator, session, record, lease))
             yield fleet_pb2.CoordinatorMessage(welcome=fleet_pb2.Welcome(
                 instance_resource_id=keys.resource_id(hello.identity),
                 heartbeat_interval_ms=max(200, self.agent_ttl_s * 1000 // 4)))
-            await self.service.agent_connected(key, hello)
             while True:
                 message = await session.queue.get()
                 if message is None:
                     break
                 yield message
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self.sessions.detach(session)
             log.info("agent %s disconnected", key)
 

@@ -139,3 +139,12 @@ def test_coordinator_down_is_503_in_azure_shape(tmp_path):
         assert "Traceback" not in g.log()
     finally:
         g.stop()
+
+
+def test_file_download_endpoint_errors(gateway):
+    status, err = gateway.call("GET", "/fleetcap/v1/captures/nope/files?instance=vm1")
+    assert (status, err["error"]["code"]) == (404, "ResourceNotFound")
+    status, err = gateway.call("GET", "/fleetcap/v1/captures/nope/files")
+    assert (status, err["error"]["message"]) == (400, "instance: required, an instance id or VM name")
+    status, err = gateway.call("GET", "/fleetcap/v1/captures/nope/merged")
+    assert (status, err["error"]["code"]) == (404, "ResourceNotFound")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -73,5 +74,50 @@ def test_dispatch_progress_and_quota(tmp_path):
         assert (await svc.get("b")).etag == etag
         stops = [m.stop for _, m in rec.sent if m.HasField("stop")]
         assert {s.reason for s in stops} == {"StoppedByUser"} and len(stops) == 4
+        await svc.store.close()
+    asyncio.run(body())
+
+
+def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
+    """The hello carries the agent's state as it dialed; a report sent after the welcome is
+    newer (here: its upload committed meanwhile) and must be what stays."""
+    from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer
+
+    async def body():
+        svc, _ = await setup(tmp_path)
+        created = await svc.create(name="h", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        key = "local/rg/vmss/web/1"
+        ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id="1")
+        old = progress(created, "Stopped", "TimeExceeded")
+        old.status.files.add(file_path="/var/captures/a.cap", size_bytes=100, uploaded_bytes=0, sha256="ab")
+        new = fleet_pb2.CaptureProgress()
+        new.CopyFrom(old)
+        new.status.files[0].uploaded_bytes, new.status.files[0].upload_complete = 100, True
+        applied_new = asyncio.Event()
+
+        async def agent_messages():
+            yield fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(identity=ident, captures=[old]))
+            yield fleet_pb2.AgentMessage(progress=new)
+            applied_new.set()
+            await asyncio.Event().wait()  # the stream stays open
+
+        class Context:
+            async def abort(self, code, details):
+                raise AssertionError(f"aborted: {code} {details}")
+
+        servicer = FleetServicer(svc, AgentSessions(), agent_ttl_s=60, replica="r1")
+        stream = servicer.Connect(agent_messages(), Context())
+        welcome = await stream.__anext__()
+        assert welcome.HasField("welcome")
+        await applied_new.wait()
+        await asyncio.sleep(0.1)  # the reader applies the newer report
+        pending = asyncio.ensure_future(stream.__anext__())  # the stream goes on: nothing more to send
+        await asyncio.sleep(0.1)
+        [inst] = [i for i in await svc.store.get_instances("h") if i.instance_key == key]
+        assert inst.status.files[0].upload_complete and inst.status.files[0].uploaded_bytes == 100
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+        await stream.aclose()
         await svc.store.close()
     asyncio.run(body())
