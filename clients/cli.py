@@ -295,6 +295,14 @@ def cmd_agents_list(client: sdk.Client, args) -> int:
     return EXIT_OK
 
 
+ACCOUNT_TABLE = [("Name", "name"), ("Kind", "kind"), ("Endpoint", "endpoint")]
+
+
+def cmd_storage_accounts_list(client: sdk.Client, args) -> int:
+    _emit([sdk.to_dict(a) for a in client.list_storage_accounts()], args.output, ACCOUNT_TABLE)
+    return EXIT_OK
+
+
 # -- daemons ----------------------------------------------------------------------------------
 
 def storage_accounts(specs: list[str]) -> tuple[tuple[str, str], ...]:
@@ -421,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
     ag_verbs = ag.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     ag_verbs.add_parser("list", help="list connected agents").set_defaults(func=cmd_agents_list)
+
+    sa = sub.add_parser("storage-accounts", help="list the storage accounts captures can name")
+    sa_verbs = sa.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    sa_verbs.add_parser("list", help="list storage accounts (no credentials)").set_defaults(func=cmd_storage_accounts_list)
 
     cap = sub.add_parser("capture", help="manage packet captures (az network watcher packet-capture)")
     verbs = cap.add_subparsers(dest="verb", required=True, parser_class=_Parser)

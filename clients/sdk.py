@@ -305,6 +305,10 @@ class Client:
         """The agents registered now: the VMs and scale-set instances that can be targeted."""
         return list(self._call("ListAgents", pb.ListAgentsRequest()).agents)
 
+    def list_storage_accounts(self) -> list[pb.StorageAccountInfo]:
+        """The storage accounts captures can name ("local" first), without credentials."""
+        return list(self._call("ListStorageAccounts", pb.ListStorageAccountsRequest()).value)
+
     def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
         return self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name)).status
@@ -430,6 +434,9 @@ class AsyncClient:
 
     async def list_agents(self) -> list[pb.AgentInfo]:
         return list((await self._call("ListAgents", pb.ListAgentsRequest())).agents)
+
+    async def list_storage_accounts(self) -> list[pb.StorageAccountInfo]:
+        return list((await self._call("ListStorageAccounts", pb.ListStorageAccountsRequest())).value)
 
     async def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""

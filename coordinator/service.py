@@ -220,6 +220,10 @@ class CaptureService:
                                        addresses=a.addresses, connected_time=a.connected_time)
                 for _, a in sorted(agents.items())]
 
+    def list_storage_accounts(self) -> list[captures_pb2.StorageAccountInfo]:
+        return [captures_pb2.StorageAccountInfo(name=name, kind=sink.kind, endpoint=sink.endpoint())
+                for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != "local", kv[0]))]
+
     async def get_status(self, name: str) -> captures_pb2.PacketCaptureQueryStatusResult:
         record = await self._record(name)
         return st.aggregate(record, await self.store.get_instances(name))

@@ -5,6 +5,7 @@ HTTP process that reaches the coordinator through the SDK only.
     /openapi.json               the OpenAPI document of the above
     /                           the portal (static files in portal/)
     /fleetcap/v1/agents         what can be targeted (the portal's target pickers)
+    /fleetcap/v1/storage-accounts   what captures can store to (the portal's account picker)
     /fleetcap/v1/captures/{name}/files?instance=ID[&file=PATH]   one stored pcap
     /fleetcap/v1/captures/{name}/merged                          every instance in one pcapng
     /webhooks/azure-monitor, /webhooks/alertmanager             alert-triggered captures (alerts.py)
@@ -232,6 +233,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if parts == ["agents"]:
                 self._reply_json(200, {"value": [sdk.to_dict(a) for a in c.list_agents()]})
+                return
+            if parts == ["storage-accounts"]:
+                self._reply_json(200, {"value": [sdk.to_dict(a) for a in c.list_storage_accounts()]})
                 return
             if len(parts) == 3 and parts[0] == "captures" and parts[2] == "files":
                 instance = (query.get("instance") or [""])[0]

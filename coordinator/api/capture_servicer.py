@@ -89,6 +89,10 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest, context) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=await self.service.list_agents())
 
+    @_mapped
+    async def ListStorageAccounts(self, request: pb.ListStorageAccountsRequest, context) -> pb.ListStorageAccountsResponse:
+        return pb.ListStorageAccountsResponse(value=self.service.list_storage_accounts())
+
     async def ReadFile(self, request: pb.ReadCaptureFileRequest, context) -> AsyncIterator[pb.ReadCaptureFileResponse]:
         try:
             async for offset, data, complete in self.service.read_file(

@@ -64,6 +64,11 @@ class BlobSink(Sink):
                 self._containers_ready.add(container)
         return self.service.get_blob_client(container, name)
 
+    kind = "AzureBlob"
+
+    def endpoint(self) -> str:
+        return self.service.url.split("?", 1)[0]  # never a SAS token
+
     def uri(self, object_name: str) -> str:
         container, _, name = object_name.partition("/")
         return self.service.get_blob_client(container, name).url

@@ -19,8 +19,13 @@ SYNC_BYTES = 16 << 20
 
 
 class LocalSink(Sink):
+    kind = "Local"
+
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+
+    def endpoint(self) -> str:
+        return "file://" + self.root
 
     def path(self, object_name: str) -> str:
         full = os.path.normpath(os.path.join(self.root, object_name))

@@ -69,6 +69,12 @@ class ObjectWriter(abc.ABC):
 
 
 class Sink(abc.ABC):
+    kind: str = ""  # "Local" or "AzureBlob", as ListStorageAccounts reports it
+
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """Where objects go, without any credential: a file:// directory or a blob service URL."""
+
     @abc.abstractmethod
     def open(self, object_name: str) -> ObjectWriter: ...
 

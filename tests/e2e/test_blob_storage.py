@@ -36,6 +36,10 @@ def blob_bytes(fleet: LocalFleet, url: str, tmp_path) -> bytes:
 
 def test_both_file_and_blob_with_azure_layout(fleet, client, tmp_path):
     i0, i1, i2 = fleet.instances
+    # The accounts captures can name, and never the key in the connection string.
+    accounts = [(a.name, a.kind, a.endpoint) for a in client.list_storage_accounts()]
+    assert accounts[0][:2] == ("local", "Local") and accounts[0][2].startswith("file:///")
+    assert accounts[1:] == [("blob1", "AzureBlob", "http://127.0.0.1:10000/devstoreaccount1/")]
     created = client.create(name="blob-both", target="web", target_type="AzureVMSS", resource_group="rg1",
                             include=["0", "1"], time_limit_in_seconds=4, storage_account="blob1",
                             file_path="/var/captures/both.cap", filters=[{"protocol": "UDP", "localPort": "6001"}])

@@ -46,3 +46,9 @@ def test_watch_tsv_and_newer_group_flags(coordinator):
     assert r.returncode == 0
     r = cli(coordinator, "capture", "watch", "-n", "w-1")
     assert r.returncode == 3 and "NOT_FOUND" in r.stderr
+
+
+def test_storage_accounts_list(coordinator):
+    r = cli(coordinator, "-o", "tsv", "storage-accounts", "list")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"local\tLocal\tfile://{os.path.join(coordinator.dir, 'data', 'storage')}\n"

@@ -86,8 +86,11 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     find("#f-name").clear()
     find("#f-name").send_keys("portal-1")
 
-    # Configuration: both locations; the file path follows the name; an out-of-range time limit.
+    # Configuration: the coordinator's accounts to pick from; both locations; the file path
+    # follows the name; an out-of-range time limit.
     find("#next-step").click()
+    assert [(o.get_attribute("value"), o.text) for o in Select(find("#f-account")).options] == \
+        [("local", "local (coordinator disk)")]
     find("input[name=location][value=both]").click()
     assert find("#f-path").get_attribute("value") == "/var/captures/portal-1.cap"
     find("#f-time").clear()

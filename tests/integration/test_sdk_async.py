@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 
 import grpc
 import pytest
@@ -21,6 +22,9 @@ def test_async_client_lifecycle_and_typed_errors(coordinator, tmp_path):
                 await c.create(name="as-1", target="vm1", resource_group="rg1", file_path="/var/captures/x.txt")
             assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert e.value.message.startswith("storageLocation.filePath: ")
+            [local] = await c.list_storage_accounts()
+            assert (local.name, local.kind, local.endpoint) == \
+                ("local", "Local", "file://" + os.path.join(coordinator.dir, "data", "storage"))
             with pytest.raises(fleetcap.CaptureNotFound) as e:
                 await c.get_status(name="as-none")
             assert e.value.message == "packet capture 'as-none' not found"

@@ -280,12 +280,16 @@ function request() {
 
 async function openAdd() {
   banner("");
+  let accounts;
   try {
     agents = (await api("GET", "/fleetcap/v1/agents")).value;
+    accounts = (await api("GET", "/fleetcap/v1/storage-accounts")).value;
   } catch (e) {
-    banner(`Could not list targets: ${e.code}: ${e.message}`);
+    banner(`Could not list targets and storage accounts: ${e.code}: ${e.message}`);
     return;
   }
+  $("#f-account").replaceChildren(...accounts.map((a) =>
+    el("option", { value: a.name, title: a.endpoint }, `${a.name} (${a.kind === "Local" ? "coordinator disk" : "Azure Blob"})`)));
   nameEdited = false;
   delete $("#f-path").dataset.edited;
   $("#filters tbody").replaceChildren();

@@ -268,6 +268,26 @@ class ListAgentsResponse(_message.Message):
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
 
+class StorageAccountInfo(_message.Message):
+    __slots__ = ("name", "kind", "endpoint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    endpoint: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class ListStorageAccountsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStorageAccountsResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: _containers.RepeatedCompositeFieldContainer[StorageAccountInfo]
+    def __init__(self, value: _Optional[_Iterable[_Union[StorageAccountInfo, _Mapping]]] = ...) -> None: ...
+
 class ReadCaptureFileRequest(_message.Message):
     __slots__ = ("name", "instance_id", "file_path", "offset", "follow")
     NAME_FIELD_NUMBER: _ClassVar[int]

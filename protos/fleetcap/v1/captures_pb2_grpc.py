@@ -81,6 +81,11 @@ class PacketCapturesStub:
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.ListStorageAccounts = channel.unary_unary(
+                '/fleetcap.v1.PacketCaptures/ListStorageAccounts',
+                request_serializer=fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsRequest.SerializeToString,
+                response_deserializer=fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsResponse.FromString,
+                _registered_method=True)
 
 
 class PacketCapturesServicer:
@@ -152,6 +157,13 @@ class PacketCapturesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStorageAccounts(self, request, context):
+        """fleetcap extension: the storage accounts captures can name, without their credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PacketCapturesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +211,11 @@ def add_PacketCapturesServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsRequest.FromString,
                     response_serializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'ListStorageAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStorageAccounts,
+                    request_deserializer=fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsRequest.FromString,
+                    response_serializer=fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +463,33 @@ class PacketCaptures:
             '/fleetcap.v1.PacketCaptures/ListAgents',
             fleetcap_dot_v1_dot_captures__pb2.ListAgentsRequest.SerializeToString,
             fleetcap_dot_v1_dot_captures__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStorageAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcap.v1.PacketCaptures/ListStorageAccounts',
+            fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsRequest.SerializeToString,
+            fleetcap_dot_v1_dot_captures__pb2.ListStorageAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
