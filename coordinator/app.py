@@ -12,7 +12,7 @@ from clients import grpc_transport
 from clients.metrics import serve_http
 from coordinator.api.capture_servicer import CaptureServicer
 from coordinator.errors import FleetcapError
-from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer
+from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer, add_fleet_servicer
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.service import LOCAL_ACCOUNT, CaptureService, ServiceConfig  # noqa: F401 (ServiceConfig for the CLI)
 from coordinator.state import keys
@@ -24,7 +24,7 @@ from fleetcap.v1 import state_pb2
 from coordinator.storage.blob_sink import BlobSink
 from coordinator.storage.local_sink import LocalSink
 from coordinator.storage.sink import Sink
-from fleetcap.v1 import captures_pb2_grpc, fleet_pb2_grpc
+from fleetcap.v1 import captures_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     server = grpc_transport.aio_server()
     metrics = CoordinatorMetrics()
     captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
-    fleet_pb2_grpc.add_FleetServicer_to_server(
+    add_fleet_servicer(
         FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics), server)
     for address in settings.listen:
         if address.startswith("unix:"):

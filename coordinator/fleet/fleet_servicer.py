@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from coordinator.fleet import wire
 from coordinator.metrics import CoordinatorMetrics
 from coordinator import service as svc
 from coordinator.errors import FleetcapError
@@ -271,7 +272,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     return
                 if req is not None and req.HasField("chunk"):
                     c = req.chunk
-                    data = c.data  # each access to a bytes field copies it: take it once
+                    data = c.data  # a memoryview (wire.py), or protobuf's copy: taken once
                     if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c.crc32):
                         await context.abort(grpc.StatusCode.DATA_LOSS, f"chunk at offset {c.offset}: CRC-32 mismatch")
                     new = writer.durable_size()
@@ -307,3 +308,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await asyncio.to_thread(writer.close)
             if self._uploads.get(object_name) is token:
                 del self._uploads[object_name]
+
+
+def add_fleet_servicer(servicer: FleetServicer, server: grpc.aio.Server) -> None:
+    """fleet_pb2_grpc.add_FleetServicer_to_server, with chunks decoded without a copy (wire.py)."""
+    handlers = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            servicer.Connect, request_deserializer=fleet_pb2.AgentMessage.FromString,
+            response_serializer=fleet_pb2.CoordinatorMessage.SerializeToString),
+        "Upload": grpc.stream_stream_rpc_method_handler(
+            servicer.Upload, request_deserializer=wire.decode_upload_request,
+            response_serializer=fleet_pb2.UploadResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fleetcap.v1.Fleet", handlers),))
+    server.add_registered_method_handlers("fleetcap.v1.Fleet", handlers)
