@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, TypedDict, Unpack
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, TypedDict, Unpack
 
 import grpc
 from google.protobuf import descriptor, json_format
@@ -213,12 +213,14 @@ def _args(local_vars: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
 
 
-class Client:
-    """A synchronous client of one coordinator."""
+class _Replicas:
+    """The coordinator addresses a client tries in turn, and its channel to the current one."""
+    _make_channel: Callable[[str], Any]
 
     def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
         """Args:
-            address: host:port or unix:/path; default $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
+            address: host:port or unix:/path, or several comma-separated (replicas); default
+                $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
             timeout_s: deadline of each unary call.
         """
         self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
@@ -228,8 +230,13 @@ class Client:
         self._connect()
 
     def _connect(self) -> None:
-        self._channel = grpc_transport.sync_channel(self._addresses[self._current % len(self._addresses)])
+        self._channel = type(self)._make_channel(self._addresses[self._current % len(self._addresses)])
         self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+
+
+class Client(_Replicas):
+    """A synchronous client of one coordinator (or of its replicas)."""
+    _make_channel = staticmethod(grpc_transport.sync_channel)
 
     def _next_replica(self) -> bool:
         """Moves to the next coordinator address; False when there is only one."""
@@ -369,21 +376,10 @@ class Client:
                 raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
 
 
-class AsyncClient:
+class AsyncClient(_Replicas):
     """The asyncio twin of `Client`: the same keyword-only methods, as coroutines; `watch` and
     `read_file` are async iterators. Use `async with AsyncClient(...) as c:`."""
-
-    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
-        """Args: as `Client`."""
-        self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
-        self.timeout_s = timeout_s
-        self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
-        self._current = 0
-        self._connect()
-
-    def _connect(self) -> None:
-        self._channel = grpc_transport.aio_channel(self._addresses[self._current % len(self._addresses)])
-        self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+    _make_channel = staticmethod(grpc_transport.aio_channel)
 
     async def _next_replica(self) -> bool:
         if len(self._addresses) < 2:

@@ -138,22 +138,28 @@ class Target:
     label: str             # for the capture name: vm1, web_3
 
 
+def _agent_target(agent_id: str, *, whole_scale_set: bool = False) -> Target:
+    """The capture target for a connected agent: its VM, or its one instance of a scale set
+    (or, with whole_scale_set, the scale set)."""
+    m = _ID.match(agent_id)
+    if m.group(1).lower() == "virtualmachines":
+        return Target(agent_id, "AzureVM", (), m.group(2))
+    scale_set = agent_id[:agent_id.lower().index("/virtualmachines/")]
+    if whole_scale_set:
+        return Target(scale_set, "AzureVMSS", (), m.group(2))
+    return Target(scale_set, "AzureVMSS", (m.group(3),), f"{m.group(2)}_{m.group(3)}")
+
+
 def _target_from_id(client: sdk.Client, resource_id: str) -> Target:
     """Canonicalizes an alert's (often lowercased) ARM id against the connected agents."""
     m = _ID.match(resource_id or "")
     if not m:
         raise LookupError(f"the alert's target '{resource_id}' is not a VM or scale-set instance id")
     wanted = resource_id.rstrip("/").lower()
+    whole_scale_set = m.group(1).lower() == "virtualmachinescalesets" and m.group(3) is None
     for agent in client.list_agents():
-        if agent.id.lower() == wanted or (m.group(1).lower() == "virtualmachinescalesets" and m.group(3) is None
-                                          and agent.id.lower().startswith(wanted + "/virtualmachines/")):
-            a = _ID.match(agent.id)
-            if a.group(1).lower() == "virtualmachines":
-                return Target(agent.id, "AzureVM", (), a.group(2))
-            scale_set = agent.id[:agent.id.lower().index("/virtualmachines/")]
-            if m.group(3) is None:  # the whole scale set
-                return Target(scale_set, "AzureVMSS", (), a.group(2))
-            return Target(scale_set, "AzureVMSS", (a.group(3),), f"{a.group(2)}_{a.group(3)}")
+        if agent.id.lower() == wanted or (whole_scale_set and agent.id.lower().startswith(wanted + "/virtualmachines/")):
+            return _agent_target(agent.id, whole_scale_set=whole_scale_set)
     raise LookupError(f"no connected agent is '{resource_id}'")
 
 
@@ -288,9 +294,7 @@ def _target_by_name(client: sdk.Client, *, vm: str = "", vmss: str = "", instanc
         m = _ID.match(agent.id)
         if m is None:
             continue
-        if vm and m.group(1).lower() == "virtualmachines" and m.group(2).lower() == vm.lower():
-            return Target(agent.id, "AzureVM", (), m.group(2))
-        if vmss and m.group(3) is not None and m.group(2).lower() == vmss.lower() and m.group(3) == instance:
-            scale_set = agent.id[:agent.id.lower().index("/virtualmachines/")]
-            return Target(scale_set, "AzureVMSS", (instance,), f"{m.group(2)}_{instance}")
+        if vm and m.group(1).lower() == "virtualmachines" and m.group(2).lower() == vm.lower() or \
+                vmss and m.group(3) is not None and m.group(2).lower() == vmss.lower() and m.group(3) == instance:
+            return _agent_target(agent.id)
     raise LookupError(f"no connected agent is {'VM ' + vm if vm else f'instance {instance} of {vmss}'}")

@@ -1,6 +1,7 @@
 """Starts `fleetcap gateway` on a free loopback port for a test module, and a tiny JSON client."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -61,22 +62,25 @@ class Gateway:
         return status, (json.loads(payload) if payload and payload[:1] in (b"{", b"[") else payload)
 
 
-def start_scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resource_group: str = "rg1"):
-    """Agents on lo for instances of a scale set; returns their processes once all are connected."""
+@contextlib.contextmanager
+def scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resource_group: str = "rg1"):
+    """Agents on lo for instances of a scale set, connected on entry and stopped on exit."""
     from clients import sdk
     procs = [subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", coordinator,
                                "--vmss", vmss, "--instance-id", str(i), "--resource-group", resource_group,
                                "--interface", "lo", "--capture-root", os.path.join(str(workdir), f"captures{i}")],
                               cwd=ROOT, stdout=open(os.path.join(str(workdir), f"agent{i}.log"), "wb"),
                               stderr=subprocess.STDOUT) for i in instance_ids]
-    wanted = {f"/virtualMachineScaleSets/{vmss}/virtualMachines/{i}" for i in instance_ids}
-    deadline = time.monotonic() + 30
-    with sdk.Client(coordinator) as c:
-        while not wanted <= {a.id[a.id.index("/virtualMachineScaleSets/"):] for a in c.list_agents()
-                             if "/virtualMachineScaleSets/" in a.id}:
-            if time.monotonic() > deadline:
-                for p in procs:
-                    LocalFleet.stop_process(p)
-                raise RuntimeError("scale-set agents did not connect")
-            time.sleep(0.2)
-    return procs
+    try:
+        wanted = {f"/virtualMachineScaleSets/{vmss}/virtualMachines/{i}" for i in instance_ids}
+        deadline = time.monotonic() + 30
+        with sdk.Client(coordinator) as c:
+            while not wanted <= {a.id[a.id.index("/virtualMachineScaleSets/"):] for a in c.list_agents()
+                                 if "/virtualMachineScaleSets/" in a.id}:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("scale-set agents did not connect")
+                time.sleep(0.2)
+        yield
+    finally:
+        for p in procs:
+            LocalFleet.stop_process(p)

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from clients import sdk
-from deploy.localfleet import LocalFleet
-from tests.integration.gateway_support import Gateway, start_scale_set_agents
+from tests.integration.gateway_support import Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -167,10 +166,8 @@ WEB = "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtu
 
 @pytest.fixture(scope="module")
 def web(coordinator, tmp_path_factory):
-    procs = start_scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (2, 5))
-    yield
-    for p in procs:
-        LocalFleet.stop_process(p)
+    with scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (2, 5)):
+        yield
 
 
 def test_scale_set_instances_from_both_sources(gateway, coordinator, web):

@@ -13,8 +13,7 @@ import urllib.request
 import pytest
 
 from clients import sdk
-from deploy.localfleet import LocalFleet
-from tests.integration.gateway_support import ROOT, Gateway, start_scale_set_agents
+from tests.integration.gateway_support import ROOT, Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
@@ -30,10 +29,8 @@ def gateway(coordinator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scale_set(coordinator, tmp_path_factory):
     """Two more agents on lo: instances 0 and 1 of scale set 'web' in rg1."""
-    procs = start_scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (0, 1))
-    yield
-    for p in procs:
-        LocalFleet.stop_process(p)
+    with scale_set_agents(coordinator, tmp_path_factory.mktemp("web"), "web", (0, 1)):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +66,17 @@ def wait_for(fn, timeout=30.0, what="condition"):
         time.sleep(0.2)
 
 
+def open_add_form(b, gateway):
+    """Loads the portal, clicks "+ Add" and returns a CSS finder for the page."""
+    from selenium.webdriver.common.by import By
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    b.get(gateway.base + "/")
+    wait_for(lambda: find("#add").is_displayed(), what="the list")
+    find("#add").click()
+    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    return find
+
+
 def test_add_flow_live_status_instances_download_delete(browser, gateway, coordinator):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -78,8 +86,7 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     wait_for(lambda: find("#empty").is_displayed(), what="the empty list")
 
     # + Add → basic details: the VM is offered and the name has a default.
-    find("#add").click()
-    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    find = open_add_form(b, gateway)
     assert Select(find("#f-target-type")).first_selected_option.text == "Virtual machine"
     assert [o.text for o in Select(find("#f-target")).options] == ["vm1"]
     assert find("#f-name").get_attribute("value").startswith("pc-vm1-")
@@ -159,11 +166,7 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     b = browser
-    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
-    b.get(gateway.base + "/")
-    wait_for(lambda: find("#add").is_displayed(), what="the list")
-    find("#add").click()
-    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    find = open_add_form(b, gateway)
     Select(find("#f-target-type")).select_by_value("AzureVMSS")
     assert [o.text for o in Select(find("#f-target")).options] == ["web"]
     boxes = b.find_elements(By.CSS_SELECTOR, ".f-instance")
