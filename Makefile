@@ -5,8 +5,13 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 APT_PACKAGES := etcd-server etcd-client tcpdump tshark iproute2 libpcap0.8 chromium chromium-driver
 STAMP := .venv/.fleetcap-installed
+# The installed layout (fleetcap.core, fleetcap.coordinator, ...) as a tree of links, for the
+# tools that read packages from the file system rather than import them (import-linter, mypy).
+LAYOUT := build/layout
+# A test that hangs fails after this many seconds instead of stalling CI.
+TEST_TIMEOUT_S := 300
 
-.PHONY: setup demo test test-unit test-e2e protos check-protos bench clean
+.PHONY: setup demo test test-unit lint layers typecheck protos layout clean
 
 setup: $(STAMP)
 
@@ -27,14 +32,28 @@ protos: setup
 demo: setup
 	$(PY) -m deploy.demo
 
-test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+# The layers contract (.importlinter), the linter and the type checker; `make test` runs them first.
+lint: layers
+	.venv/bin/ruff check .
+	$(MAKE) --no-print-directory typecheck
+
+layout: setup
+	@rm -rf $(LAYOUT) && mkdir -p $(LAYOUT)
+	@cp -rs $(CURDIR)/protos/fleetcap $(LAYOUT)/fleetcap
+	@for c in coordinator node_agent clients; do cp -rs $(CURDIR)/$$c $(LAYOUT)/fleetcap/$$c; done
+	@find $(LAYOUT) -name __pycache__ -prune -exec rm -rf {} +
+
+layers: layout
+	cd $(LAYOUT) && PYTHONPATH=. $(CURDIR)/.venv/bin/lint-imports --config $(CURDIR)/.importlinter --no-cache --no-logo
+
+typecheck: layout
+	cd $(LAYOUT) && $(CURDIR)/.venv/bin/mypy --config-file $(CURDIR)/pyproject.toml -p fleetcap
+
+test: setup lint
+	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout $(TEST_TIMEOUT_S) tests
 
 test-unit: setup
-	$(PY) -m pytest -q tests/unit
-
-bench: setup
-	@echo "benchmarks: see bench/README.md"
+	$(PY) -m pytest -q --timeout $(TEST_TIMEOUT_S) tests/unit
 
 clean:
 	rm -rf .venv build *.egg-info demo-out

@@ -39,7 +39,7 @@ class Bench:
         self.dir = tempfile.mkdtemp(prefix="fleetcap-bench-")
         self.flood = os.path.join(self.dir, "udpflood")
 
-    def __enter__(self) -> "Bench":
+    def __enter__(self) -> Bench:
         sh("gcc", "-O2", "-o", self.flood, os.path.join(ROOT, "bench", "udpflood.c"))
         for ns in (self.snd, self.cap):
             sh("ip", "netns", "add", ns)

@@ -7,8 +7,8 @@ import json
 import signal
 import sys
 
-from node_agent.capture import reasons
-from node_agent.capture.session import CaptureSession, CaptureSpec
+from fleetcap.core.vocabulary import Status, StopReason
+from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec
 
 
 def main() -> int:
@@ -23,9 +23,9 @@ def main() -> int:
     session = CaptureSession(CaptureSpec(name="bench", capture_id="bench", interface=a.interface, path=a.path,
                                          expression=a.filter, snaplen=a.snaplen, total_bytes=a.total_bytes,
                                          buffer_size=a.buffer_mb << 20))
-    signal.signal(signal.SIGTERM, lambda *_: session.stop(reasons.STOPPED_BY_USER))
+    signal.signal(signal.SIGTERM, lambda *_: session.stop(StopReason.STOPPED_BY_USER))
     session.start()
-    while session.counters.status == reasons.NOT_STARTED and not session.done.is_set():
+    while session.counters.status == Status.NOT_STARTED and not session.done.is_set():
         session.join(0.01)
     print("ready", flush=True)
     while not session.join(0.2):

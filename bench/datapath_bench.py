@@ -26,18 +26,15 @@ import tempfile
 import threading
 import time
 
-from clients import grpc_transport, sdk
 from deploy.localfleet import AZURITE, AZURITE_KEY
+from fleetcap.clients import sdk
+from fleetcap.core import transport
+from fleetcap.core.transport import free_port
+from fleetcap.node_agent.upload.uploader import Uploader
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
-from node_agent.upload.uploader import Uploader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_file(path: str, size: int) -> str:
@@ -61,7 +58,7 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
             return
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{what} did not start")
+                raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.1)
 
 
@@ -88,8 +85,8 @@ class LightAgent:
         self.identity = fleet_pb2.AgentIdentity(vm_name=vm, resource_group="bench")
 
     async def connect(self) -> None:
-        self.channel = grpc_transport.aio_channel(self.address)
-        self.data = grpc_transport.aio_channel(self.address, dedicated=True)
+        self.channel = transport.aio_channel(self.address)
+        self.data = transport.aio_channel(self.address, dedicated=True)
         self.call = fleet_pb2_grpc.FleetStub(self.channel).Connect()
         await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
             identity=self.identity, hostname="bench", interface="lo", addresses=["127.0.0.1"])))
@@ -175,7 +172,7 @@ def main() -> int:
                                os.path.join(work, "azurite"), "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(az)
-        coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "coordinator",
+        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
                                   "--store", "memory", "--listen", f"127.0.0.1:{api_port}",
                                   "--storage-dir", os.path.join(work, "storage"), "--storage-account", f"blob1={conn}"],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "coord.log"), "w"))
@@ -229,7 +226,7 @@ def main() -> int:
             peak = [idle]
             stop = threading.Event()
 
-            def sample() -> None:
+            def sample(stop: threading.Event = stop, peak: list[float] = peak) -> None:
                 while not stop.is_set():
                     peak.append(rss_mb(coord.pid))
                     time.sleep(0.1)

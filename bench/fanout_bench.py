@@ -20,12 +20,14 @@ import sys
 import tempfile
 import time
 
-from bench.datapath_bench import ROOT, free_port, rss_mb, wait_port
-from clients import grpc_transport, sdk
-from coordinator.state import keys
-from coordinator.state.embedded_etcd import EmbeddedEtcd
-from coordinator.state.etcd_store import EtcdKV
-from coordinator.state.store import Store
+from bench.datapath_bench import ROOT, rss_mb, wait_port
+from fleetcap.clients import sdk
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
+from fleetcap.coordinator.state.etcd_store import EtcdKV
+from fleetcap.coordinator.state.store import Store
+from fleetcap.core import transport
+from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 
 
@@ -89,7 +91,7 @@ def cpu_s(pid: int) -> float:
 
 async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint: str) -> dict:
     store = Store(EtcdKV([etcd_endpoint]))
-    channels = [grpc_transport.aio_channel(address) for _ in range(max(1, n // 100))]
+    channels = [transport.aio_channel(address) for _ in range(max(1, n // 100))]
     agents = [RunningAgent(channels[i % len(channels)], i) for i in range(n)]
     ready, count = asyncio.Event(), [0]
     tasks = [asyncio.ensure_future(a.run(ready, count, n)) for a in agents]
@@ -107,7 +109,7 @@ async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint
             await asyncio.to_thread(c.create, name=name, target="big", target_type="AzureVMSS", resource_group="bench",
                                     file_path="/var/captures/f.cap", time_limit_in_seconds=0)
 
-            def all_running() -> float:
+            def all_running(name: str = name, t: float = t) -> float:
                 for status in c.watch(name=name):
                     if len(status.instances) == n and all(i.packet_capture_status == "Running"
                                                           for i in status.instances):
@@ -153,7 +155,7 @@ def main() -> int:
         work = tempfile.mkdtemp(prefix="fleetcap-fan-")
         port = free_port()
         etcd = EmbeddedEtcd(os.path.join(work, "etcd")).start()
-        coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "coordinator",
+        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
                                   "--listen", f"127.0.0.1:{port}", "--data-dir", work, "--agent-ttl", "10",
                                   "--etcd", etcd.endpoint],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))

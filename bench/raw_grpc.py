@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from clients import grpc_transport
+from fleetcap.core import transport
 
 METHOD = "/fleetcap.bench.Raw/Upload"
 CHUNK = 1 << 20
@@ -35,16 +35,16 @@ async def serve(address: str, path: str | None) -> None:
             os.close(fd)
         return total.to_bytes(8, "big")
 
-    server = grpc_transport.aio_server()
+    server = transport.aio_server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "fleetcap.bench.Raw", {"Upload": grpc.stream_unary_rpc_method_handler(upload)})])
-    grpc_transport.add_listen(server, address)
+    transport.add_listen(server, address)
     await server.start()
     await server.wait_for_termination()
 
 
 async def client(address: str, path: str) -> float:
-    channel = grpc_transport.aio_channel(address, dedicated=True)
+    channel = transport.aio_channel(address, dedicated=True)
     call = channel.stream_unary(METHOD)
 
     async def chunks():

@@ -6,16 +6,18 @@ Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 quota exceed
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import grpc
 
-from clients import sdk
+from fleetcap.clients import sdk
+from fleetcap.core import transport
+from fleetcap.core.vocabulary import Status, TargetType
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_EXISTS = 0, 1, 2, 3, 4
 EXIT_BY_CODE = {
@@ -31,7 +33,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 as well; keep its usage line
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 as well; keep its usage line
         self.print_usage(sys.stderr)
         print(f"fleetcap: error: {message}", file=sys.stderr)
         sys.exit(EXIT_INVALID)
@@ -107,10 +109,10 @@ def _load_filters(text: str | None) -> list[dict[str, Any]]:
 
 
 def _target(args) -> tuple[str, str]:
-    if args.target_type == "AzureVMSS":
+    if args.target_type == TargetType.VMSS:
         if not args.target:
             raise UsageError("--target is required with --target-type AzureVMSS")
-        return args.target, "AzureVMSS"
+        return args.target, TargetType.VMSS
     target = args.vm or args.target
     if not target:
         raise UsageError("--vm (or --target) is required")
@@ -151,9 +153,9 @@ def _merge_newer_group_flags(args) -> None:
             dest = mapping[key]
             want = list if flag == "--scope" else int if flag == "--capture-settings" else str
             if not isinstance(value, want) or isinstance(value, bool) or \
-                    (want is list and not all(isinstance(v, (str, int)) for v in value)):
+                    (isinstance(value, list) and not all(isinstance(v, (str, int)) for v in value)):
                 raise UsageError(f"{flag}: {key} must be {'a list of instance ids' if want is list else want.__name__}")
-            if want is list:
+            if isinstance(value, list):
                 value = [str(v) for v in value]
             if getattr(args, dest) not in (None, []):
                 raise UsageError(f"{flag}: {key} is also given as --{dest.replace('_', '-')}")
@@ -213,7 +215,7 @@ def cmd_wait(client: sdk.Client, args) -> int:
             print(f"[{status.packet_capture_status}] " + "  ".join(parts), file=sys.stderr, flush=True)
     final = client.wait(name=args.name, timeout_s=args.timeout)
     _status_out(final, args.output)
-    return EXIT_OK if final.packet_capture_status == "Stopped" else EXIT_ERROR
+    return EXIT_OK if final.packet_capture_status == Status.STOPPED else EXIT_ERROR
 
 
 def cmd_watch(client: sdk.Client, args) -> int:
@@ -223,7 +225,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
     import queue
     import threading
 
-    from clients import progress
+    from fleetcap.clients import progress
     capture = client.get(name=args.name)
     updates: queue.Queue = queue.Queue()
 
@@ -247,7 +249,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
         if isinstance(item, Exception):
             raise item
         status = item
-        lines = progress.render(capture, status, datetime.datetime.now(datetime.timezone.utc))
+        lines = progress.render(capture, status, datetime.datetime.now(datetime.UTC))
         if lines == shown:
             continue  # a change the bars do not show
         shown = lines
@@ -257,7 +259,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
         sys.stdout.flush()
         drawn = len(lines)
     final = client.get_status(name=args.name)
-    return EXIT_OK if final.packet_capture_status == "Stopped" and not final.packet_capture_error else EXIT_ERROR
+    return EXIT_OK if final.packet_capture_status == Status.STOPPED and not final.packet_capture_error else EXIT_ERROR
 
 
 def cmd_download(client: sdk.Client, args) -> int:
@@ -305,63 +307,14 @@ def cmd_storage_accounts_list(client: sdk.Client, args) -> int:
 
 # -- daemons ----------------------------------------------------------------------------------
 
-def storage_accounts(specs: list[str]) -> tuple[tuple[str, str], ...]:
-    """NAME=CONNECTION_STRING, NAME=env:VAR, or NAME (connection string from
-    $AZURE_STORAGE_CONNECTION_STRING)."""
-    out = []
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not name or name == "local" or "/" in name:
-            raise UsageError(f"--storage-account '{spec}': the name must be non-empty, not 'local', without '/'")
-        if not sep:
-            value = "env:AZURE_STORAGE_CONNECTION_STRING"
-        if value.startswith("env:"):
-            value = os.environ.get(value[4:], "")
-            if not value:
-                raise UsageError(f"--storage-account {name}: environment variable {spec.partition('=')[2][4:] or 'AZURE_STORAGE_CONNECTION_STRING'} is not set")
-        out.append((name, value))
-    return tuple(out)
-
-
-def cmd_coordinator(args) -> int:
-    from coordinator import app
-    settings = app.CoordinatorSettings(
-        storage_accounts=storage_accounts(args.storage_account or []),
-        listen=tuple(args.listen or ["127.0.0.1:7770"]),
-        etcd=tuple(e for e in (args.etcd or "").split(",") if e),
-        store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir or "",
-        agent_ttl_s=args.agent_ttl, service=app.ServiceConfig(max_captures=args.max_captures),
-        metrics_listen=args.metrics_listen or "")
-    asyncio.run(app.serve(settings))
-    return EXIT_OK
-
-
-def cmd_agent(args) -> int:
-    from fleetcap.v1 import fleet_pb2
-    from node_agent import app
-    if bool(args.vm) == bool(args.vmss):
-        raise UsageError("give exactly one of --vm NAME or --vmss NAME --instance-id N")
-    if args.vmss and (args.instance_id is None or not args.instance_id.isdigit()):
-        raise UsageError("--vmss needs --instance-id, a non-negative integer")
-    identity = fleet_pb2.AgentIdentity(subscription=args.subscription or "", resource_group=args.resource_group or "",
-                                       vm_name=args.vm or "", vmss_name=args.vmss or "",
-                                       instance_id=args.instance_id if args.vmss else "")
-    settings = app.AgentSettings(coordinator=args.coordinator or sdk.DEFAULT_COORDINATOR, identity=identity,
-                                 interface=args.interface or "", capture_root=args.capture_root,
-                                 buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry,
-                                 metrics_listen=args.metrics_listen or "")
-    asyncio.run(app.serve(settings))
-    return EXIT_OK
-
-
 def cmd_gateway(args) -> int:
-    from clients.rest import alerts, server
+    from fleetcap.clients.rest import alerts, server
     if args.alert_rules:
         try:
             alerts.AlertRules.load(args.alert_rules)  # fail at start, naming the rule and field
         except (OSError, alerts.RuleError) as e:
             raise UsageError(f"--alert-rules: {e}") from None
-    server.serve(args.coordinator or sdk.DEFAULT_COORDINATOR, args.listen, rules_path=args.alert_rules or "",
+    server.serve(args.coordinator or transport.DEFAULT_ADDRESS, args.listen, rules_path=args.alert_rules or "",
                  webhook_token=args.webhook_token or os.environ.get("FLEETCAP_WEBHOOK_TOKEN", ""))
     return EXIT_OK
 
@@ -376,46 +329,16 @@ def _az_ignored(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resource-group", "-g", help="accepted for az compatibility; ignored")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """The client verbs (and the gateway, a client too); returns the parser and its
+    subcommands, to which the composition root (fleetcap.main) adds the daemons."""
     p = _Parser(prog="fleetcap", description="Packet capture across a fleet (Azure Network Watcher style).")
     p.add_argument("--coordinator", default=os.environ.get("FLEETCAP_COORDINATOR"),
                    help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
-                        f"default {sdk.DEFAULT_COORDINATOR})")
+                        f"default {transport.DEFAULT_ADDRESS})")
     p.add_argument("-o", "--output", choices=["json", "table", "tsv"], default="json")
     p.add_argument("--log-level", default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    c = sub.add_parser("coordinator", help="run the coordinator")
-    c.add_argument("--listen", action="append", help="address to serve on (repeatable); default 127.0.0.1:7770")
-    c.add_argument("--etcd", help="etcd endpoints host:port[,host:port...]; default: start an embedded etcd")
-    c.add_argument("--store", choices=["etcd", "memory"], default="etcd")
-    c.add_argument("--data-dir", default="/var/lib/fleetcap")
-    c.add_argument("--storage-dir", help="the 'local' storage account; default DATA_DIR/storage")
-    c.add_argument("--agent-ttl", type=int, default=10, help="seconds before a silent agent is declared stopped")
-    c.add_argument("--max-captures", type=int, default=10000,
-                   help="captures that may run at once (Azure: 10,000 per region); more get RESOURCE_EXHAUSTED")
-    c.add_argument("--storage-account", action="append", metavar="NAME[=CONNECTION_STRING|=env:VAR]",
-                   help="an Azure Blob storage account captures can name (repeatable); without a value the "
-                        "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
-    c.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
-    c.set_defaults(func=cmd_coordinator, daemon=True)
-
-    a = sub.add_parser("agent", help="run a node agent")
-    a.add_argument("--coordinator", default=argparse.SUPPRESS,
-                   help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR)")
-    a.add_argument("--vm")
-    a.add_argument("--vmss")
-    a.add_argument("--instance-id")
-    a.add_argument("--resource-group", "-g")
-    a.add_argument("--subscription")
-    a.add_argument("--interface", help="capture interface; default the first non-loopback one that is up")
-    a.add_argument("--capture-root", default="/var/captures", help="where the API's /var/captures is")
-    a.add_argument("--buffer-size-mb", type=int, default=32, help="kernel capture ring per capture")
-    a.add_argument("--storage-retry", type=float, default=300,
-                   help="seconds an upload keeps retrying while storage fails before the instance reports "
-                        "StorageFailed (the file is kept)")
-    a.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
-    a.set_defaults(func=cmd_agent, daemon=True)
 
     gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")
     gw.add_argument("--coordinator", default=argparse.SUPPRESS,
@@ -445,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--subscription")
     cr.add_argument("--vm", help="target VM name or id (target type AzureVM)")
     cr.add_argument("--target", help="target VM or scale set, name or id")
-    cr.add_argument("--target-type", choices=["AzureVM", "AzureVMSS"], default="AzureVM")
+    cr.add_argument("--target-type", choices=list(TargetType), default=TargetType.VM)
     cr.add_argument("--include", nargs="+", help="scale-set instance ids or names to capture")
     cr.add_argument("--exclude", nargs="+", help="scale-set instance ids or names to leave out")
     cr.add_argument("--scope", help='JSON {"include": [...], "exclude": [...]} (newer az group)')
@@ -506,11 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=float, help="seconds")
     w.add_argument("--progress", action="store_true", help="print live progress to stderr")
     w.set_defaults(func=cmd_wait)
-    return p
+    return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
+    arguments; every other verb gets an SDK client too."""
+    args = (parser or build_parser()[0]).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -530,6 +456,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 
-from clients.sdk import instance_name
+from fleetcap.core.naming import instance_name, parse_rfc3339
 from fleetcap.v1 import captures_pb2 as pb
 
 BAR_WIDTH = 20
@@ -21,7 +21,8 @@ def bar(done: float, limit: float) -> str:
     return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {int(frac * 100):3d}%"
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(count: int) -> str:
+    n = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -30,9 +31,7 @@ def human_bytes(n: int) -> str:
 
 
 def _parse_time(text: str) -> datetime.datetime | None:
-    if not text:
-        return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_rfc3339(text) if text else None
 
 
 def elapsed_s(inst: pb.InstanceStatus, now: datetime.datetime) -> float:

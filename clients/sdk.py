@@ -1,6 +1,6 @@
 """The fleetcap Python SDK: the only client code that speaks gRPC. The CLI is built on it.
 
-    from clients.sdk import Client
+    from fleetcap import Client
     c = Client("127.0.0.1:7770")
     c.create(name="pc1", target="web", target_type="AzureVMSS", file_path="/var/captures/pc1.cap",
              storage_account="local", time_limit_in_seconds=60,
@@ -10,21 +10,25 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import os
-import time
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, TypedDict, Unpack
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, NoReturn, TypedDict, TypeVar, Unpack
 
 import grpc
 from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
-from clients import grpc_transport
+from fleetcap.core import transport
+from fleetcap.core.naming import instance_name
+from fleetcap.core.vocabulary import TargetType, is_terminal
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import captures_pb2_grpc
-from node_agent.capture import reasons
 
-DEFAULT_COORDINATOR = "127.0.0.1:7770"
+# wait(): how long to pause before following a capture again after the coordinator went away.
+RECONNECT_S = 1.0
 
 
 class FleetcapError(Exception):
@@ -65,7 +69,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[FleetcapError]] = {
 }
 
 
-def _raise(e: grpc.RpcError) -> None:
+def _raise(e: grpc.RpcError) -> NoReturn:
     code = e.code()
     raise ERROR_BY_CODE.get(code, FleetcapError)(code, e.details() or "") from None
 
@@ -73,7 +77,7 @@ def _raise(e: grpc.RpcError) -> None:
 def to_dict(message: Message) -> dict[str, Any]:
     """JSON-ready dict with Azure's field names; 64-bit integers stay numbers."""
     d = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return _ints(message.DESCRIPTOR, d)
+    return _ints(message.DESCRIPTOR, d)  # type: ignore[arg-type]  # upb's Descriptor is one
 
 
 _INT64 = {descriptor.FieldDescriptor.TYPE_INT64, descriptor.FieldDescriptor.TYPE_UINT64,
@@ -95,15 +99,6 @@ def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def instance_name(resource_id: str) -> str:
-    """Azure's instance name from its ARM id: "web_3" for a scale-set instance, else the VM name."""
-    parts = resource_id.split("/")
-    if "virtualMachineScaleSets" in parts:
-        i = parts.index("virtualMachineScaleSets")
-        return f"{parts[i + 1]}_{parts[-1]}"
-    return parts[-1]
-
-
 def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFilter:
     """An az-style filter object ({"protocol": "TCP", "localPort": "80"}) as a message."""
     if not isinstance(item, Mapping):
@@ -115,61 +110,52 @@ def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFil
 
 
 class CreateOptions(TypedDict, total=False):
-    """`create`'s optional arguments, for `AsyncClient.create(**options)`; see `Client.create`."""
-    target_type: str
-    resource_group: str
-    subscription: str
-    include: Iterable[str]
+    """`create`'s optional arguments, the one definition for `Client`, `AsyncClient` and the
+    CLI. Unset limits take Azure's defaults (whole packets, 1 GiB, 18000 s)."""
+    target_type: str                      # "AzureVM" (default) or "AzureVMSS"
+    resource_group: str                   # of the target, when it is a bare name
+    subscription: str                     # of the target, when it is a bare name
+    include: Iterable[str]                # scale-set instances: ids, names or ARM ids
     exclude: Iterable[str]
-    bytes_to_capture_per_packet: int | None
-    total_bytes_per_session: int | None
+    bytes_to_capture_per_packet: int | None   # 0 = whole packet
+    total_bytes_per_session: int | None       # per instance, pcap headers included
     time_limit_in_seconds: int | None
-    storage_account: str
-    storage_path: str
-    file_path: str
+    storage_account: str                  # "local" or a Blob account of the coordinator
+    storage_path: str                     # container URI in that account
+    file_path: str                        # on each instance, /var/captures/....cap
     filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter]
-    bpf_filter: str
-    continuous_capture: bool | None
-    local_path: str
-    file_count: int | None
-    file_size_in_bytes: int | None
-    session_time_limit_in_seconds: int | None
-    add_new_instances: bool
+    bpf_filter: str                       # libpcap expression AND-ed with filters (extension)
+    continuous_capture: bool | None       # any non-None value selects the ring, as in Azure
+    local_path: str                       # continuous: the ring's base name on each instance
+    file_count: int | None                # continuous: files kept (10)
+    file_size_in_bytes: int | None        # continuous: bytes per file (100 MiB)
+    session_time_limit_in_seconds: int | None  # continuous: seconds (86400)
+    add_new_instances: bool               # scale sets: instances that join are captured too
 
 
-def create_request(*, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
-                   subscription: str = "", include: Iterable[str] = (), exclude: Iterable[str] = (),
-                   bytes_to_capture_per_packet: int | None = None, total_bytes_per_session: int | None = None,
-                   time_limit_in_seconds: int | None = None, storage_account: str = "", storage_path: str = "",
-                   file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
-                   bpf_filter: str = "", continuous_capture: bool | None = None, local_path: str = "",
-                   file_count: int | None = None, file_size_in_bytes: int | None = None,
-                   session_time_limit_in_seconds: int | None = None,
-                   add_new_instances: bool = False) -> pb.CreatePacketCaptureRequest:
-    """The Create request for `Client.create`'s arguments (shared by both clients)."""
+def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.CreatePacketCaptureRequest:
+    """The Create request for `create`'s arguments."""
+    o = options
     params = pb.PacketCaptureParameters(
-        target=target, target_type=target_type,
-        scope=pb.PacketCaptureMachineScope(include=list(include), exclude=list(exclude)),
-        storage_location=pb.PacketCaptureStorageLocation(storage_id=storage_account, storage_path=storage_path,
-                                                         file_path=file_path, local_path=local_path),
+        target=target, target_type=o.get("target_type", TargetType.VM),
+        scope=pb.PacketCaptureMachineScope(include=list(o.get("include", ())), exclude=list(o.get("exclude", ()))),
+        storage_location=pb.PacketCaptureStorageLocation(
+            storage_id=o.get("storage_account", ""), storage_path=o.get("storage_path", ""),
+            file_path=o.get("file_path", ""), local_path=o.get("local_path", "")),
         filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
-                 for i, f in enumerate(filters)],
-        bpf_filter=bpf_filter, add_new_instances=add_new_instances)
-    if bytes_to_capture_per_packet is not None:
-        params.bytes_to_capture_per_packet = bytes_to_capture_per_packet
-    if total_bytes_per_session is not None:
-        params.total_bytes_per_session = total_bytes_per_session
-    if time_limit_in_seconds is not None:
-        params.time_limit_in_seconds = time_limit_in_seconds
-    if continuous_capture is not None:
-        params.continuous_capture = continuous_capture
-    settings = dict(file_count=file_count, file_size_in_bytes=file_size_in_bytes,
-                    session_time_limit_in_seconds=session_time_limit_in_seconds)
-    for key, value in settings.items():
+                 for i, f in enumerate(o.get("filters", ()))],
+        bpf_filter=o.get("bpf_filter", ""), add_new_instances=o.get("add_new_instances", False))
+    for key in ("bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds",
+                "continuous_capture"):
+        value = o.get(key)
+        if value is not None:
+            setattr(params, key, value)
+    for key in ("file_count", "file_size_in_bytes", "session_time_limit_in_seconds"):
+        value = o.get(key)
         if value is not None:
             setattr(params.capture_settings, key, value)
-    return pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription,
-                                         properties=params)
+    return pb.CreatePacketCaptureRequest(name=name, resource_group=o.get("resource_group", ""),
+                                         subscription=o.get("subscription", ""), properties=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,28 +180,24 @@ def _download_plan(status: pb.PacketCaptureQueryStatusResult, dest: str) -> list
 
 def _downloaded(plan: list[_Download], dest: str, name: str, merge: bool) -> list[str]:
     """The downloaded paths, plus with merge dest/<name>.pcapng: one interface per instance."""
-    from clients import pcapng
+    from fleetcap.clients import pcapng
     written = [item.path for item in plan]
     if merge and plan:
-        sources: dict[str, pcapng.Source] = {}
+        paths: dict[str, builtins.list[str]] = {}
         for item in plan:
-            src = sources.setdefault(item.instance_arm_id, pcapng.Source(
-                name=instance_name(item.instance_arm_id), description=item.instance_arm_id, paths=[]))
-            src.paths.append(item.path)
+            paths.setdefault(item.instance_arm_id, []).append(item.path)
+        sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files)
+                   for arm_id, files in paths.items()]
         merged = os.path.join(dest, f"{name}.pcapng")
         with open(merged, "wb") as out:
-            pcapng.merge(list(sources.values()), out)
+            pcapng.merge(sources, out)
         written.append(merged)
     return written
 
 
-def _args(local_vars: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
-
-
-class _Replicas:
-    """The coordinator addresses a client tries in turn, and its channel to the current one."""
-    _make_channel: Callable[[str], Any]
+class AsyncClient:
+    """The asyncio client of one coordinator (or of its replicas): the one implementation of
+    the SDK. `Client` runs it on a private event loop. Use `async with AsyncClient(...) as c:`."""
 
     def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
         """Args:
@@ -223,165 +205,18 @@ class _Replicas:
                 $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
             timeout_s: deadline of each unary call.
         """
-        self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or DEFAULT_COORDINATOR
+        self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or transport.DEFAULT_ADDRESS
         self.timeout_s = timeout_s
         self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
         self._current = 0
         self._connect()
 
     def _connect(self) -> None:
-        self._channel = type(self)._make_channel(self._addresses[self._current % len(self._addresses)])
+        self._channel = transport.aio_channel(self._addresses[self._current % len(self._addresses)])
         self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
 
-
-class Client(_Replicas):
-    """A synchronous client of one coordinator (or of its replicas)."""
-    _make_channel = staticmethod(grpc_transport.sync_channel)
-
-    def _next_replica(self) -> bool:
-        """Moves to the next coordinator address; False when there is only one."""
-        if len(self._addresses) < 2:
-            return False
-        self._channel.close()
-        self._current += 1
-        self._connect()
-        return True
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method_name: str, request):
-        """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
-        for attempt in range(len(self._addresses)):
-            try:
-                return getattr(self._stub, method_name)(request, timeout=self.timeout_s)
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) and self._next_replica():
-                    continue
-                _raise(e)
-
-    def create(self, *, name: str, target: str, target_type: str = "AzureVM", resource_group: str = "",
-               subscription: str = "", include: Iterable[str] = (), exclude: Iterable[str] = (),
-               bytes_to_capture_per_packet: int | None = None, total_bytes_per_session: int | None = None,
-               time_limit_in_seconds: int | None = None, storage_account: str = "", storage_path: str = "",
-               file_path: str = "", filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter] = (),
-               bpf_filter: str = "", continuous_capture: bool | None = None, local_path: str = "",
-               file_count: int | None = None, file_size_in_bytes: int | None = None,
-               session_time_limit_in_seconds: int | None = None,
-               add_new_instances: bool = False) -> pb.PacketCaptureResult:
-        """Creates and starts a capture.
-
-        Args: as `az network watcher packet-capture create`; unset limits take Azure's
-            defaults (whole packets, 1 GiB, 18000 s). continuous_capture (True or False, as in
-            Azure any non-None value) selects the ring buffer: local_path, file_count (10),
-            file_size_in_bytes (100 MiB) and session_time_limit_in_seconds (86400) apply.
-        Returns: the capture resource, with defaults filled in and the target as an ARM id.
-        Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists.
-        """
-        return self._call("Create", create_request(**_args(locals()))).capture
-
-    def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
-                    subscription: str = "") -> pb.PacketCaptureResult:
-        """Creates a capture from Azure's `properties` object as a message (e.g. parsed from ARM
-        JSON with json_format.ParseDict). Raises: as `create`."""
-        return self._call("Create", pb.CreatePacketCaptureRequest(
-            name=name, resource_group=resource_group, subscription=subscription, properties=properties)).capture
-
-    def get(self, *, name: str) -> pb.PacketCaptureResult:
-        """Raises: CaptureNotFound."""
-        return self._call("Get", pb.GetPacketCaptureRequest(name=name)).capture
-
-    def list(self) -> list[pb.PacketCaptureResult]:
-        return list(self._call("List", pb.ListPacketCapturesRequest()).value)
-
-    def stop(self, *, name: str) -> None:
-        """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
-        self._call("Stop", pb.StopPacketCaptureRequest(name=name))
-
-    def delete(self, *, name: str) -> None:
-        """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
-        self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
-
-    def list_agents(self) -> list[pb.AgentInfo]:
-        """The agents registered now: the VMs and scale-set instances that can be targeted."""
-        return list(self._call("ListAgents", pb.ListAgentsRequest()).agents)
-
-    def list_storage_accounts(self) -> list[pb.StorageAccountInfo]:
-        """The storage accounts captures can name ("local" first), without credentials."""
-        return list(self._call("ListStorageAccounts", pb.ListStorageAccountsRequest()).value)
-
-    def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
-        """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
-        return self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name)).status
-
-    def watch(self, *, name: str, timeout_s: float | None = None) -> Iterator[pb.PacketCaptureQueryStatusResult]:
-        """Yields the status at once and on every change, until every instance has stopped
-        and its upload has settled. Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
-        try:
-            for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s):
-                yield resp.status
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                self._next_replica()  # wait() follows the capture on another replica
-            _raise(e)
-
-    def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
-                  follow: bool = False) -> Iterator[bytes]:
-        """Yields the stored bytes of one instance's file from `offset`. With follow, keeps
-        yielding as the running capture's bytes are stored, until the file is complete.
-        Raises: CaptureNotFound (also when the file is stored nowhere but on its instance)."""
-        try:
-            for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
-                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow)):
-                if resp.data:
-                    yield resp.data
-        except grpc.RpcError as e:
-            _raise(e)
-
-    def download(self, *, name: str, dest: str, merge: bool = False) -> list[str]:
-        """Fetches every instance's stored files into dest/<instance id>/. With merge, also
-        writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
-        Returns the paths written. Raises: CaptureNotFound."""
-        plan = _download_plan(self.get_status(name=name), dest)
-        for item in plan:
-            with open(item.path + ".part", "wb") as out:
-                for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
-                    out.write(data)
-            os.replace(item.path + ".part", item.path)
-        return _downloaded(plan, dest, name, merge)
-
-    def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
-        """Blocks until the capture has stopped everywhere and its uploads settled; returns
-        the final status. Raises: TimeoutError, CaptureNotFound."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last = None
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                for last in self.watch(name=name, timeout_s=left):
-                    pass
-                if last is not None and last.packet_capture_status in reasons.FINAL_STATUSES:
-                    return self.get_status(name=name)
-            except CoordinatorUnavailable:
-                time.sleep(1)  # the coordinator restarts: follow it again
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
-
-
-class AsyncClient(_Replicas):
-    """The asyncio twin of `Client`: the same keyword-only methods, as coroutines; `watch` and
-    `read_file` are async iterators. Use `async with AsyncClient(...) as c:`."""
-    _make_channel = staticmethod(grpc_transport.aio_channel)
-
     async def _next_replica(self) -> bool:
+        """Moves to the next coordinator address; False when there is only one."""
         if len(self._addresses) < 2:
             return False
         await self._channel.close()
@@ -392,13 +227,14 @@ class AsyncClient(_Replicas):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method_name: str, request):
+    async def _call(self, method_name: str, request: Message) -> Any:
+        """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
         for attempt in range(len(self._addresses)):
             try:
                 return await getattr(self._stub, method_name)(request, timeout=self.timeout_s)
@@ -409,16 +245,28 @@ class AsyncClient(_Replicas):
                 _raise(e)
 
     async def create(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.PacketCaptureResult:
-        """Creates and starts a capture; the options are `Client.create`'s.
-        Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded."""
+        """Creates and starts a capture.
+
+        Args: name, target (a VM or scale set, bare name or ARM id), and `CreateOptions`, as
+            `az network watcher packet-capture create`.
+        Returns: the capture resource, with defaults filled in and the target as an ARM id.
+        Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded.
+        """
         return (await self._call("Create", create_request(name=name, target=target, **options))).capture
+
+    async def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
+                          subscription: str = "") -> pb.PacketCaptureResult:
+        """Creates a capture from Azure's `properties` object as a message (e.g. parsed from ARM
+        JSON with json_format.ParseDict). Raises: as `create`."""
+        return (await self._call("Create", pb.CreatePacketCaptureRequest(
+            name=name, resource_group=resource_group, subscription=subscription, properties=properties))).capture
 
     async def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
         return (await self._call("Get", pb.GetPacketCaptureRequest(name=name))).capture
 
-    async def list(self) -> list[pb.PacketCaptureResult]:
-        return list((await self._call("List", pb.ListPacketCapturesRequest())).value)
+    async def list(self) -> builtins.list[pb.PacketCaptureResult]:
+        return builtins.list((await self._call("List", pb.ListPacketCapturesRequest())).value)
 
     async def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
@@ -428,11 +276,13 @@ class AsyncClient(_Replicas):
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
         await self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
 
-    async def list_agents(self) -> list[pb.AgentInfo]:
-        return list((await self._call("ListAgents", pb.ListAgentsRequest())).agents)
+    async def list_agents(self) -> builtins.list[pb.AgentInfo]:
+        """The agents registered now: the VMs and scale-set instances that can be targeted."""
+        return builtins.list((await self._call("ListAgents", pb.ListAgentsRequest())).agents)
 
-    async def list_storage_accounts(self) -> list[pb.StorageAccountInfo]:
-        return list((await self._call("ListStorageAccounts", pb.ListStorageAccountsRequest())).value)
+    async def list_storage_accounts(self) -> builtins.list[pb.StorageAccountInfo]:
+        """The storage accounts captures can name ("local" first), without credentials."""
+        return builtins.list((await self._call("ListStorageAccounts", pb.ListStorageAccountsRequest())).value)
 
     async def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
@@ -440,8 +290,8 @@ class AsyncClient(_Replicas):
 
     async def watch(self, *, name: str,
                     timeout_s: float | None = None) -> AsyncIterator[pb.PacketCaptureQueryStatusResult]:
-        """Yields the status at once and on every change, until the capture has settled.
-        Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
+        """Yields the status at once and on every change, until every instance has stopped
+        and its upload has settled. Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
         try:
             async for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s):
                 yield resp.status
@@ -449,12 +299,14 @@ class AsyncClient(_Replicas):
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(f"capture '{name}' still changing after {timeout_s}s") from None
             if e.code() == grpc.StatusCode.UNAVAILABLE:
-                await self._next_replica()
+                await self._next_replica()  # wait() follows the capture on another replica
             _raise(e)
 
     async def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
                         follow: bool = False) -> AsyncIterator[bytes]:
-        """As `Client.read_file`."""
+        """Yields the stored bytes of one instance's file from `offset`. With follow, keeps
+        yielding as the running capture's bytes are stored, until the file is complete.
+        Raises: CaptureNotFound (also when the file is stored nowhere but on its instance)."""
         try:
             async for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
                     name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow)):
@@ -465,24 +317,26 @@ class AsyncClient(_Replicas):
 
     async def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
         """Returns the final status once the capture has stopped everywhere and its uploads
-        settled. Raises: TimeoutError, CaptureNotFound."""
+        settled, following it across coordinator restarts. Raises: TimeoutError, CaptureNotFound."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             last = None
             try:
-                async for last in self.watch(name=name, timeout_s=left):
-                    pass
-                if last is not None and last.packet_capture_status in reasons.FINAL_STATUSES:
+                async for status in self.watch(name=name, timeout_s=left):
+                    last = status
+                if last is not None and is_terminal(last.packet_capture_status):
                     return await self.get_status(name=name)
             except CoordinatorUnavailable:
-                await asyncio.sleep(1)
+                await asyncio.sleep(RECONNECT_S)  # the coordinator restarts: follow it again
             if deadline and loop.time() > deadline:
                 raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
 
-    async def download(self, *, name: str, dest: str, merge: bool = False) -> list[str]:
-        """As `Client.download`."""
+    async def download(self, *, name: str, dest: str, merge: bool = False) -> builtins.list[str]:
+        """Fetches every instance's stored files into dest/<instance id>/. With merge, also
+        writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
+        Returns the paths written. Raises: CaptureNotFound."""
         plan = _download_plan(await self.get_status(name=name), dest)
         for item in plan:
             with open(item.path + ".part", "wb") as out:
@@ -490,3 +344,110 @@ class AsyncClient(_Replicas):
                     out.write(data)
             os.replace(item.path + ".part", item.path)
         return _downloaded(plan, dest, name, merge)
+
+
+T = TypeVar("T")
+
+
+class Client:
+    """The synchronous client: the same keyword-only methods as `AsyncClient`, which it runs on
+    an event loop of its own (one thread per client), so that both share one implementation.
+    `watch` and `read_file` are plain iterators. Safe to use from several threads."""
+
+    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
+        """Args: as `AsyncClient`."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fleetcap-sdk", daemon=True)
+        self._thread.start()
+        self._async = self._run(self._open(address, timeout_s))
+        self.address, self.timeout_s = self._async.address, self._async.timeout_s
+
+    @staticmethod
+    async def _open(address: str | None, timeout_s: float) -> AsyncClient:
+        return AsyncClient(address, timeout_s=timeout_s)  # its channel belongs to this loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        async def step() -> T:
+            return await agen.__anext__()
+        try:
+            while True:
+                try:
+                    item = self._run(step())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._loop.is_closed() and hasattr(agen, "aclose"):
+                self._run(agen.aclose())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.PacketCaptureResult:
+        """As `AsyncClient.create`."""
+        return self._run(self._async.create(name=name, target=target, **options))
+
+    def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
+                    subscription: str = "") -> pb.PacketCaptureResult:
+        """As `AsyncClient.create_from`."""
+        return self._run(self._async.create_from(name=name, properties=properties, resource_group=resource_group,
+                                                 subscription=subscription))
+
+    def get(self, *, name: str) -> pb.PacketCaptureResult:
+        """Raises: CaptureNotFound."""
+        return self._run(self._async.get(name=name))
+
+    def list(self) -> builtins.list[pb.PacketCaptureResult]:
+        return self._run(self._async.list())
+
+    def stop(self, *, name: str) -> None:
+        """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
+        self._run(self._async.stop(name=name))
+
+    def delete(self, *, name: str) -> None:
+        """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
+        self._run(self._async.delete(name=name))
+
+    def list_agents(self) -> builtins.list[pb.AgentInfo]:
+        """The agents registered now: the VMs and scale-set instances that can be targeted."""
+        return self._run(self._async.list_agents())
+
+    def list_storage_accounts(self) -> builtins.list[pb.StorageAccountInfo]:
+        """The storage accounts captures can name ("local" first), without credentials."""
+        return self._run(self._async.list_storage_accounts())
+
+    def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
+        """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
+        return self._run(self._async.get_status(name=name))
+
+    def watch(self, *, name: str, timeout_s: float | None = None) -> Iterator[pb.PacketCaptureQueryStatusResult]:
+        """As `AsyncClient.watch`."""
+        return self._iterate(self._async.watch(name=name, timeout_s=timeout_s))
+
+    def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
+                  follow: bool = False) -> Iterator[bytes]:
+        """As `AsyncClient.read_file`."""
+        return self._iterate(self._async.read_file(name=name, instance_id=instance_id, file_path=file_path,
+                                                   offset=offset, follow=follow))
+
+    def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
+        """As `AsyncClient.wait`."""
+        return self._run(self._async.wait(name=name, timeout_s=timeout_s))
+
+    def download(self, *, name: str, dest: str, merge: bool = False) -> builtins.list[str]:
+        """As `AsyncClient.download`."""
+        return self._run(self._async.download(name=name, dest=dest, merge=merge))

@@ -1,4 +1,5 @@
-"""Domain errors. The gRPC edge maps each to one status code (coordinator/api/status_codes.py)."""
+"""Domain errors. The gRPC edge maps each to one status code, in one table
+(coordinator/api/status_codes.py)."""
 
 
 class FleetcapError(Exception):
@@ -39,3 +40,20 @@ class Conflict(Exception):
 
 class StoreUnavailable(FleetcapError):
     """The state store cannot be reached right now."""
+
+
+class PermissionDenied(FleetcapError):
+    """The caller may not do this (an agent uploading for a capture that does not target it)."""
+
+
+class DataLoss(FleetcapError):
+    """Bytes arrived corrupted (a chunk's CRC-32) or stored bytes do not hash as the agent's."""
+
+
+class Superseded(FleetcapError):
+    """A newer stream took over the same work (a second upload of one file)."""
+
+
+class StorageFailed(FleetcapError):
+    """The storage account failed; the agent retries for a while and then gives up. Sent as
+    UNAVAILABLE with the error reason StorageFailed in the trailing metadata."""

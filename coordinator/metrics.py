@@ -19,14 +19,15 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from clients.metrics import Registry
-from coordinator import status as st
+from fleetcap.coordinator import status as st
+from fleetcap.core.metrics import Registry
+from fleetcap.core.vocabulary import Status
 
 if TYPE_CHECKING:
-    from coordinator.service import CaptureService
+    from fleetcap.coordinator.service import CaptureService
 
 REFRESH_S = 5.0
-STATUSES = ("NotStarted", "Running", "Stopped", "Error", "Unknown")
+STATUSES = tuple(Status)
 
 
 class CoordinatorMetrics:
@@ -53,21 +54,21 @@ class CoordinatorMetrics:
         if code != "OK":
             self.api_errors.inc(method, code)
 
-    async def refresh(self, service: "CaptureService") -> None:
+    async def refresh(self, service: CaptureService) -> None:
         """Recomputes the deployment gauges from the store, unless done in the last REFRESH_S."""
         async with self._lock:
             if time.monotonic() - self._refreshed < REFRESH_S:
                 return
-            captures = {s: 0 for s in STATUSES}
-            instances = {s: 0 for s in STATUSES}
+            captures: dict[str, int] = {s: 0 for s in STATUSES}
+            instances: dict[str, int] = {s: 0 for s in STATUSES}
             stored = lag = lag_files = 0
             for record in await service.store.list_captures():
                 status = st.aggregate(record, await service.store.get_instances(record.resource.name))
-                captures[status.packet_capture_status or "Unknown"] = \
-                    captures.get(status.packet_capture_status or "Unknown", 0) + 1
+                captures[status.packet_capture_status or Status.UNKNOWN] = \
+                    captures.get(status.packet_capture_status or Status.UNKNOWN, 0) + 1
                 for inst in status.instances:
-                    instances[inst.packet_capture_status or "Unknown"] = \
-                        instances.get(inst.packet_capture_status or "Unknown", 0) + 1
+                    instances[inst.packet_capture_status or Status.UNKNOWN] = \
+                        instances.get(inst.packet_capture_status or Status.UNKNOWN, 0) + 1
                     for f in inst.files:
                         stored += f.uploaded_bytes
                         if f.storage_path and not f.upload_complete and f.size_bytes > f.uploaded_bytes:

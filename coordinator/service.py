@@ -7,25 +7,26 @@ aggregates the status clients see.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import builtins
 import datetime as dt
 import logging
 import uuid
-from typing import AsyncIterator, Mapping, Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
-from coordinator import status as st
-from coordinator import targets, validation
-from coordinator.errors import AlreadyExists, FleetcapError, NotFound, ResourceExhausted
-from coordinator.state import keys
-from coordinator.state.store import Store
-from coordinator.storage.sink import Sink
+from fleetcap.coordinator import status as st
+from fleetcap.coordinator import targets, validation
+from fleetcap.coordinator.errors import AlreadyExists, FleetcapError, NotFound, ResourceExhausted
+from fleetcap.coordinator.settings import ServiceConfig
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.store import Store, WatchKind
+from fleetcap.coordinator.storage.sink import Sink
+from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_rfc3339, resource_id, rfc3339, ring_file_path
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
-from node_agent.capture import reasons as r
-from node_agent.capture.session import ring_file_path
 
 log = logging.getLogger(__name__)
 
-LOCAL_ACCOUNT = "local"
 READ_CHUNK = 1 << 20
 FOLLOW_POLL_S = 0.5
 
@@ -35,21 +36,10 @@ class Dispatcher(Protocol):
         """Queues a message to the agent of that instance; False if it is not connected here."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ServiceConfig:
-    """Identity of this deployment (it plays one regional Network Watcher)."""
-
-    subscription: str = keys.DEFAULT_SUBSCRIPTION
-    watcher_resource_group: str = "NetworkWatcherRG"
-    watcher_name: str = "NetworkWatcher_local"
-    max_captures: int = 10000
-    """Concurrent (not yet stopped) captures allowed, as Azure's per-region limit."""
-
-
 def blob_name(identity: fleet_pb2.AgentIdentity, created: dt.datetime) -> str:
     """Azure's blob layout for one instance's capture file (reference §4.4)."""
-    sub = (identity.subscription or keys.DEFAULT_SUBSCRIPTION).lower()
-    rg = (identity.resource_group or keys.DEFAULT_RESOURCE_GROUP).lower()
+    sub = (identity.subscription or DEFAULT_SUBSCRIPTION).lower()
+    rg = (identity.resource_group or DEFAULT_RESOURCE_GROUP).lower()
     if identity.vmss_name:
         machine = f"virtualmachinescalesets/{identity.vmss_name.lower()}/virtualmachines/{identity.instance_id}"
     else:
@@ -85,14 +75,6 @@ def object_name(record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdenti
     return f"{base[:-len('.cap')]}_{index}.cap"
 
 
-def rfc3339(t: dt.datetime) -> str:
-    return t.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_rfc3339(s: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
 def session_id(record: state_pb2.CaptureRecord) -> str:
     """Tells apart two captures that reused one name: the resource id and its creation time."""
     return f"{record.resource.id}@{record.resource.created_time}"
@@ -104,12 +86,12 @@ def new_etag() -> str:
 
 class CaptureService:
     def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
-                 config: ServiceConfig = ServiceConfig()):
+                 config: ServiceConfig | None = None):
         self.store = store
         self.sinks = sinks
         self.dispatcher = dispatcher
-        self.config = config
-        self._last_created = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        self.config = config or ServiceConfig()
+        self._last_created = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -120,7 +102,7 @@ class CaptureService:
 
     def _created_now(self) -> dt.datetime:
         # Blob names carry the creation time to the millisecond; keep it unique per replica.
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         if now <= self._last_created:
             now = self._last_created + dt.timedelta(milliseconds=1)
@@ -158,8 +140,8 @@ class CaptureService:
         instances = []
         for key, agent in resolved.instances.items():
             ident = agent.identity
-            status = captures_pb2.InstanceStatus(id=keys.resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
-                                                 packet_capture_status=r.NOT_STARTED)
+            status = captures_pb2.InstanceStatus(id=resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
+                                                 packet_capture_status=Status.NOT_STARTED)
             if not continuous:  # a ring's files are reported as they open
                 status.files.add(file_path=local_path, storage_path=self.storage_uri(record, ident, local_path))
             instances.append(state_pb2.InstanceRecord(instance_key=key, identity=ident, status=status))
@@ -181,7 +163,7 @@ class CaptureService:
     async def list(self) -> list[captures_pb2.PacketCaptureResult]:
         return [c.resource for c in await self.store.list_captures()]
 
-    async def stop(self, name: str, reason: str = r.STOPPED_BY_USER) -> None:
+    async def stop(self, name: str, reason: str = StopReason.STOPPED_BY_USER) -> None:
         def mark(rec: state_pb2.CaptureRecord) -> bool:
             if rec.stop_requested:
                 return False
@@ -201,7 +183,7 @@ class CaptureService:
                 continue
             stop = fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
                 capture_name=name, capture_id=session_id(record), reason=record.stop_requested))
-            if self.dispatcher.send(inst.instance_key, stop) or inst.status.packet_capture_status != r.NOT_STARTED:
+            if self.dispatcher.send(inst.instance_key, stop) or inst.status.packet_capture_status != Status.NOT_STARTED:
                 continue
             present = await self.store.list_agents() if present is None else present
             if inst.instance_key not in present:  # no replica has its agent: it will never start
@@ -210,17 +192,17 @@ class CaptureService:
     async def delete(self, name: str) -> None:
         record = await self._record(name)
         if not record.stop_requested:
-            await self.stop(name, r.DELETED)
+            await self.stop(name, StopReason.DELETED)
         await self.store.delete_capture(name)
         log.info("capture %s deleted (files are kept)", name)
 
-    async def list_agents(self) -> list[captures_pb2.AgentInfo]:
+    async def list_agents(self) -> builtins.list[captures_pb2.AgentInfo]:
         agents = await self.store.list_agents()
-        return [captures_pb2.AgentInfo(id=keys.resource_id(a.identity), hostname=a.hostname, interface=a.interface,
+        return [captures_pb2.AgentInfo(id=resource_id(a.identity), hostname=a.hostname, interface=a.interface,
                                        addresses=a.addresses, connected_time=a.connected_time)
                 for _, a in sorted(agents.items())]
 
-    def list_storage_accounts(self) -> list[captures_pb2.StorageAccountInfo]:
+    def list_storage_accounts(self) -> builtins.list[captures_pb2.StorageAccountInfo]:
         return [captures_pb2.StorageAccountInfo(name=name, kind=sink.kind, endpoint=sink.endpoint())
                 for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != "local", kv[0]))]
 
@@ -230,13 +212,13 @@ class CaptureService:
 
     async def watch_status(self, name: str) -> AsyncIterator[captures_pb2.PacketCaptureQueryStatusResult]:
         """Yields the status now and on every change, until every instance has settled."""
-        record = await self._record(name)
+        await self._record(name)  # NotFound before anything is watched
         changed = asyncio.Event()
         ready = [asyncio.Event(), asyncio.Event()]
 
         async def follow(prefix: str, established: asyncio.Event) -> None:
             async for event in self.store.watch(prefix):
-                if event.kind == "READY":
+                if event.kind == WatchKind.READY:
                     established.set()
                 else:
                     changed.set()
@@ -262,7 +244,7 @@ class CaptureService:
                     return
                 try:
                     await asyncio.wait_for(changed.wait(), timeout=5.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass  # re-read anyway: a watch may have been interrupted
         finally:
             for w in watchers:
@@ -298,7 +280,7 @@ class CaptureService:
                 continue
             status = await self._instance_status(name, inst.instance_key)
             f = next((f for f in status.files if f.file_path == path), None) if status else None
-            done = status is None or (f is not None and f.upload_complete) or status.packet_capture_status == r.ERROR
+            done = status is None or (f is not None and f.upload_complete) or status.packet_capture_status == Status.ERROR
             if done or not follow:
                 if done and f is not None and f.upload_complete and offset < f.size_bytes:
                     continue  # committed between our read and the status: read the rest
@@ -348,9 +330,9 @@ class CaptureService:
 
     async def _finish_unstarted(self, name: str, instance_key: str, reason: str) -> None:
         def finish(rec: state_pb2.InstanceRecord) -> bool:
-            if rec.status.packet_capture_status != r.NOT_STARTED:
+            if rec.status.packet_capture_status != Status.NOT_STARTED:
                 return False
-            rec.status.packet_capture_status = r.STOPPED
+            rec.status.packet_capture_status = Status.STOPPED
             rec.status.stop_reason = reason
             return True
         await self.store.update_instance(name, instance_key, finish)
@@ -408,13 +390,13 @@ class CaptureService:
                 if record.stop_requested:
                     self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
                         capture_name=name, capture_id=reported[name].capture_id, reason=record.stop_requested)))
-            elif inst.status.packet_capture_status == r.NOT_STARTED:
+            elif inst.status.packet_capture_status == Status.NOT_STARTED:
                 if record.stop_requested:
                     await self._finish_unstarted(name, instance_key, record.stop_requested)
                 else:
                     self._start(record, inst)
             else:
-                await self.fail_instance(name, instance_key, r.E_AGENT_STOPPED,
+                await self.fail_instance(name, instance_key, CaptureError.AGENT_STOPPED,
                                          "the agent restarted and has no record of this capture")
 
     async def reconcile_absent_agents(self) -> None:
@@ -424,22 +406,22 @@ class CaptureService:
         for record in await self.store.list_captures():
             for key in record.instance_keys:
                 if key not in present:
-                    await self.fail_instance(record.resource.name, key, r.E_AGENT_STOPPED,
+                    await self.fail_instance(record.resource.name, key, CaptureError.AGENT_STOPPED,
                                              "the agent did not reconnect after the coordinator restarted")
 
     async def _maybe_join(self, record: state_pb2.CaptureRecord, instance_key: str,
                           identity: fleet_pb2.AgentIdentity) -> None:
         """addNewInstances: a new instance of the captured scale set joins a running capture."""
         p = record.resource.properties
-        instance_id = keys.resource_id(identity)
+        instance_id = resource_id(identity)
         if (not p.add_new_instances or record.stop_requested or p.scope.include or instance_id in p.scope.exclude
                 or not identity.vmss_name or instance_id.rsplit("/virtualMachines/", 1)[0].lower() != p.target.lower()):
             return
         statuses = [i.status.packet_capture_status for i in await self.store.get_instances(record.resource.name)]
-        if statuses and all(s in r.FINAL_STATUSES for s in statuses):
+        if statuses and all(is_terminal(s) for s in statuses):
             return  # the capture is over
         status = captures_pb2.InstanceStatus(id=instance_id, instance_id=identity.instance_id,
-                                             packet_capture_status=r.NOT_STARTED)
+                                             packet_capture_status=Status.NOT_STARTED)
         if not p.HasField("continuous_capture"):
             status.files.add(file_path=record.local_path,
                              storage_path=self.storage_uri(record, identity, record.local_path))
@@ -460,7 +442,7 @@ class CaptureService:
         """The agent's lease expired: every capture it had not finished is in error."""
         for record in await self.store.list_captures():
             if instance_key in record.instance_keys:
-                await self.fail_instance(record.resource.name, instance_key, r.E_AGENT_STOPPED,
+                await self.fail_instance(record.resource.name, instance_key, CaptureError.AGENT_STOPPED,
                                          "the agent stopped sending heartbeats and its lease expired")
 
     async def fail_instance(self, name: str, instance_key: str, error: str, message: str) -> None:
@@ -468,8 +450,8 @@ class CaptureService:
             s = rec.status
             if st.is_final(s):
                 return False
-            s.packet_capture_status = r.ERROR
-            s.stop_reason = r.AGENT_STOPPED if error == r.E_AGENT_STOPPED else r.CAPTURE_FAILED
+            s.packet_capture_status = Status.ERROR
+            s.stop_reason = StopReason.AGENT_STOPPED if error == CaptureError.AGENT_STOPPED else StopReason.CAPTURE_FAILED
             s.packet_capture_error[:] = [error]
             s.error_message = message
             return True

@@ -1,19 +1,19 @@
 """The instance state machine, as data, and the capture-level aggregate of its instances."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.v1 import captures_pb2, state_pb2
-from node_agent.capture import reasons as r
 
 # Allowed moves of one instance's packetCaptureStatus. Progress within a state is allowed
 # (Running → Running); nothing leaves Error, and Stopped may only turn into Error (an upload
 # that fails after the capture ended).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    r.NOT_STARTED: frozenset({r.NOT_STARTED, r.RUNNING, r.STOPPED, r.ERROR}),
-    r.RUNNING: frozenset({r.RUNNING, r.STOPPED, r.ERROR}),
-    r.STOPPED: frozenset({r.STOPPED, r.ERROR}),
-    r.ERROR: frozenset({r.ERROR}),
+    Status.NOT_STARTED: frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STOPPED, Status.ERROR}),
+    Status.RUNNING: frozenset({Status.RUNNING, Status.STOPPED, Status.ERROR}),
+    Status.STOPPED: frozenset({Status.STOPPED, Status.ERROR}),
+    Status.ERROR: frozenset({Status.ERROR}),
 }
 
 
@@ -26,14 +26,14 @@ def check_transition(old: str, new: str, old_errors: Iterable[str] = ()) -> None
     """Raises IllegalTransition. One exception to "nothing leaves Error": an instance failed
     only because its agent went silent (AgentStopped) takes whatever the agent reports when
     it comes back, since its capture went on (a network cut, a coordinator restart)."""
-    if old == r.ERROR and list(old_errors) == [r.E_AGENT_STOPPED]:
+    if old == Status.ERROR and list(old_errors) == [CaptureError.AGENT_STOPPED]:
         return
     if new not in TRANSITIONS.get(old, frozenset()):
         raise IllegalTransition(old, new)
 
 
 def is_final(status: captures_pb2.InstanceStatus) -> bool:
-    return status.packet_capture_status in r.FINAL_STATUSES
+    return is_terminal(status.packet_capture_status)
 
 
 def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
@@ -41,12 +41,13 @@ def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
     uploads, its file is committed (or it failed)."""
     if not is_final(status):
         return False
-    if status.packet_capture_status == r.ERROR or not upload:
+    if status.packet_capture_status == Status.ERROR or not upload:
         return True
     return bool(status.files) and all(f.upload_complete for f in status.files)
 
 
-def aggregate(capture: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> captures_pb2.PacketCaptureQueryStatusResult:
+def aggregate(capture: state_pb2.CaptureRecord,
+              instances: Iterable[state_pb2.InstanceRecord]) -> captures_pb2.PacketCaptureQueryStatusResult:
     res = capture.resource
     out = captures_pb2.PacketCaptureQueryStatusResult(name=res.name, id=res.id)
     statuses = [i.status for i in sorted(instances, key=lambda i: _order(i.status.instance_id))]
@@ -55,25 +56,25 @@ def aggregate(capture: state_pb2.CaptureRecord, instances: Iterable[state_pb2.In
     starts = sorted(s.capture_start_time for s in statuses if s.capture_start_time)
     out.capture_start_time = starts[0] if starts else ""
     if not kinds:
-        out.packet_capture_status = r.UNKNOWN
-    elif all(k == r.NOT_STARTED for k in kinds):
-        out.packet_capture_status = r.NOT_STARTED
-    elif any(k in (r.RUNNING, r.NOT_STARTED) for k in kinds):
-        out.packet_capture_status = r.RUNNING
-    elif all(k == r.ERROR for k in kinds):
-        out.packet_capture_status = r.ERROR
+        out.packet_capture_status = Status.UNKNOWN
+    elif all(k == Status.NOT_STARTED for k in kinds):
+        out.packet_capture_status = Status.NOT_STARTED
+    elif any(k in (Status.RUNNING, Status.NOT_STARTED) for k in kinds):
+        out.packet_capture_status = Status.RUNNING
+    elif all(k == Status.ERROR for k in kinds):
+        out.packet_capture_status = Status.ERROR
     else:
-        out.packet_capture_status = r.STOPPED
+        out.packet_capture_status = Status.STOPPED
     errors: list[str] = []
     for s in statuses:
         errors += [e for e in s.packet_capture_error if e not in errors]
     out.packet_capture_error.extend(errors)
-    if out.packet_capture_status in r.FINAL_STATUSES:
+    if is_terminal(out.packet_capture_status):
         if capture.stop_requested:
             out.stop_reason = capture.stop_requested
         else:
             found = {s.stop_reason for s in statuses if s.stop_reason}
-            out.stop_reason = found.pop() if len(found) == 1 else (r.MIXED if found else "")
+            out.stop_reason = found.pop() if len(found) == 1 else (StopReason.MIXED if found else "")
     return out
 
 

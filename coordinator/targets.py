@@ -7,18 +7,12 @@ instance; exclude is applied after include. Resolution uses the agents registere
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Mapping
+from collections.abc import Mapping
 
-from coordinator.errors import InvalidArgument, NotFound
-from coordinator.state import keys
+from fleetcap.coordinator.errors import InvalidArgument, NotFound
+from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_compute_id, resource_id
+from fleetcap.core.vocabulary import TargetType
 from fleetcap.v1 import state_pb2
-
-_ARM_RE = re.compile(
-    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
-    r"(?P<kind>virtualMachines|virtualMachineScaleSets)/(?P<name>[^/]+)(?:/virtualMachines/(?P<inst>[^/]+))?/?$",
-    re.IGNORECASE,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +24,25 @@ class Resolved:
 
 
 def _parse_target(target: str, target_type: str, subscription: str, resource_group: str) -> tuple[str, str, str]:
-    m = _ARM_RE.match(target.strip())
-    if not m:
+    parsed = parse_compute_id(target)
+    if parsed is None:
         if "/" in target:
             raise InvalidArgument("target", f"'{target}' is neither a name nor a VM or scale-set ARM id")
         return subscription, resource_group, target.strip()
-    kind = "AzureVMSS" if m["kind"].lower() == "virtualmachinescalesets" else "AzureVM"
-    if m["inst"] is not None:
+    kind = TargetType.VMSS if parsed.scale_set else TargetType.VM
+    if parsed.instance_id:
         raise InvalidArgument("target", f"'{target}' is a scale-set instance; target the scale set and use scope.include")
     if kind != target_type:
         raise InvalidArgument("targetType", f"'{target_type}' does not match target '{target}' ({kind})")
-    return m["sub"], m["rg"], m["name"]
+    return parsed.subscription, parsed.resource_group, parsed.name
 
 
 def _scope_instance_id(entry: str, scale_set: str) -> str:
     """Reduces a scope entry to an instance id, or raises InvalidArgument."""
     e = entry.strip()
-    m = _ARM_RE.match(e)
-    if m and m["inst"] is not None:
-        return m["inst"] if m["name"].lower() == scale_set.lower() else f"<{e}>"
+    parsed = parse_compute_id(e)
+    if parsed and parsed.instance_id:
+        return parsed.instance_id if parsed.name.lower() == scale_set.lower() else f"<{e}>"
     if e.lower().startswith(scale_set.lower() + "_"):
         return e[len(scale_set) + 1:]
     return e
@@ -57,15 +51,15 @@ def _scope_instance_id(entry: str, scale_set: str) -> str:
 def resolve(target: str, target_type: str, include: list[str], exclude: list[str], *,
             subscription: str, resource_group: str,
             agents: Mapping[str, state_pb2.AgentRecord]) -> Resolved:
-    sub, rg, name = _parse_target(target, target_type, subscription or keys.DEFAULT_SUBSCRIPTION,
-                                  resource_group or keys.DEFAULT_RESOURCE_GROUP)
-    if target_type == "AzureVM":
+    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION,
+                                  resource_group or DEFAULT_RESOURCE_GROUP)
+    if target_type == TargetType.VM:
         ident_key = f"{sub.lower()}/{rg.lower()}/vm/{name.lower()}"
         if ident_key not in agents:
             raise NotFound(f"target: no virtual machine '{name}' in resource group '{rg}' (subscription '{sub}') "
                            "has a connected agent")
         record = agents[ident_key]
-        return Resolved(keys.resource_id(record.identity), {ident_key: record}, [], [])
+        return Resolved(resource_id(record.identity), {ident_key: record}, [], [])
 
     prefix = f"{sub.lower()}/{rg.lower()}/vmss/{name.lower()}/"
     members = {k[len(prefix):]: (k, r) for k, r in agents.items() if k.startswith(prefix)}
@@ -90,7 +84,10 @@ def resolve(target: str, target_type: str, include: list[str], exclude: list[str
     chosen = sorted((i for i in included if i not in excluded), key=_numeric)
     if not chosen:
         raise InvalidArgument("scope", "selects no instance (everything included is excluded)")
-    full = lambda iid: keys.resource_id(members[iid][1].identity)
+
+    def full(iid: str) -> str:
+        return resource_id(members[iid][1].identity)
+
     target_id = full(chosen[0]).rsplit("/virtualMachines/", 1)[0]
     return Resolved(
         target_id=target_id,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
-from coordinator.errors import InvalidArgument
+from fleetcap.coordinator.errors import InvalidArgument
+from fleetcap.core import filters
+from fleetcap.core.libpcap import PcapError, check_filter
+from fleetcap.core.naming import CAPTURE_ROOT
+from fleetcap.core.vocabulary import TargetType
 from fleetcap.v1 import captures_pb2
-from node_agent.capture import bpf
-from node_agent.capture.libpcap import PcapError, check_filter
 
 U32_MAX = 4294967295
 DEFAULT_TOTAL_BYTES = 1073741824
@@ -21,7 +23,6 @@ DEFAULT_TIME_LIMIT_S = 18000
 MAX_TIME_LIMIT_S = 18000
 # A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
 MIN_TOTAL_BYTES = 24
-CAPTURE_ROOT = "/var/captures"
 DEFAULT_CONTAINER = "network-watcher-logs"
 CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$")
 DEFAULT_FILE_COUNT, MAX_FILE_COUNT = 10, 10000
@@ -29,7 +30,7 @@ DEFAULT_FILE_SIZE = 104857600
 DEFAULT_SESSION_S, MAX_SESSION_S = 86400, 604800
 # A ring file holds the 24-byte header and at least one record (16 + an Ethernet header).
 MIN_FILE_SIZE = 24 + 16 + 14
-TARGET_TYPES = {"azurevm": "AzureVM", "azurevmss": "AzureVMSS"}
+TARGET_TYPES = {t.lower(): t for t in TargetType}
 # Azure: 1-80 characters; letters, digits, '_', '.', '-'; starts with a letter or digit and
 # ends with a letter, digit or '_'.
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$")
@@ -91,12 +92,10 @@ def container_of(storage_path: str) -> str:
     return storage_path.rstrip("/").rsplit("/", 1)[-1] if storage_path.strip() else DEFAULT_CONTAINER
 
 
-def parse_filters(filters: Iterable[captures_pb2.PacketCaptureFilter]) -> list[bpf.Filter]:
+def parse_filters(items: Iterable[captures_pb2.PacketCaptureFilter]) -> list[filters.Filter]:
     try:
-        return [bpf.parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
-                                 local_port=f.local_port, remote_port=f.remote_port)
-                for i, f in enumerate(filters)]
-    except bpf.FilterError as e:
+        return filters.parse_filters(items)
+    except filters.FilterError as e:
         raise InvalidArgument(e.field, e.rule) from None
 
 
@@ -106,13 +105,13 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
 
     if not p.target.strip():
         raise InvalidArgument("target", "is required: a VM or scale-set name or ARM id")
-    target_type = TARGET_TYPES.get((p.target_type or "AzureVM").lower())
+    target_type = TARGET_TYPES.get((p.target_type or TargetType.VM).lower())
     if target_type is None:
-        raise InvalidArgument("targetType", f"'{p.target_type}' is not one of AzureVM, AzureVMSS")
+        raise InvalidArgument("targetType", f"'{p.target_type}' is not one of {', '.join(TargetType)}")
     p.target_type = target_type
-    if target_type == "AzureVM" and (p.scope.include or p.scope.exclude):
+    if target_type == TargetType.VM and (p.scope.include or p.scope.exclude):
         raise InvalidArgument("scope", "include/exclude apply only to targetType AzureVMSS")
-    if target_type == "AzureVM" and p.add_new_instances:
+    if target_type == TargetType.VM and p.add_new_instances:
         raise InvalidArgument("addNewInstances", "applies only to targetType AzureVMSS")
 
     p.bytes_to_capture_per_packet = _range("bytesToCapturePerPacket", p.bytes_to_capture_per_packet, 0, U32_MAX)
@@ -156,14 +155,14 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
 
     parsed = parse_filters(p.filters)
     for f in p.filters:
-        f.protocol = bpf.PROTOCOLS[(f.protocol or "Any").lower()]
+        f.protocol = filters.PROTOCOLS[(f.protocol or "Any").lower()]
     if p.bpf_filter.strip():
         try:
             check_filter(p.bpf_filter)
         except PcapError as e:
             raise InvalidArgument("bpfFilter", f"libpcap rejects it: {e}") from None
     try:  # the whole expression, as an agent will build it
-        check_filter(bpf.capture_expression(parsed, bpf.PLACEHOLDER_LOCALS, bpf_filter=p.bpf_filter))
+        check_filter(filters.capture_expression(parsed, filters.PLACEHOLDER_LOCALS, bpf_filter=p.bpf_filter))
     except PcapError as e:
         raise InvalidArgument("filters", f"libpcap rejects the combined filter: {e}") from None
     return p

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from deploy.localfleet import LocalFleet
+from fleetcap.core.vocabulary import Status
 
 OUT = os.path.abspath("demo-out")
 NAME = "demo-capture"
@@ -23,7 +24,7 @@ def banner(text: str) -> None:
 
 
 def cli(fleet: LocalFleet, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "clients.cli", "--coordinator", fleet.api_address, *args]
+    cmd = [sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, *args]
     shown = ["fleetcap", *args]
     print("$ " + " ".join(a if " " not in a and "{" not in a else f"'{a}'" for a in shown), flush=True)
     r = subprocess.run(cmd, text=True, env=dict(os.environ, FLEETCAP_LOG_LEVEL="WARNING"))
@@ -49,7 +50,7 @@ def gateway_demo(fleet: LocalFleet) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(os.path.join(OUT, "gateway.log"), "wb")
-    gw = subprocess.Popen([sys.executable, "-m", "clients.cli", "--coordinator", fleet.api_address, "gateway",
+    gw = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "gateway",
                            "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=log,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
@@ -101,7 +102,7 @@ def main() -> int:
 
         with fleet.client() as c:  # traffic starts once every instance captures
             for status in c.watch(name=NAME):
-                if all(i.packet_capture_status == "Running" for i in status.instances):
+                if all(i.packet_capture_status == Status.RUNNING for i in status.instances):
                     break
 
         banner("Traffic: every instance sends to port 5001 (captured) and 5002 (filtered out) of the next one; "
@@ -131,8 +132,9 @@ def main() -> int:
             f = inst.files[0]
             local = os.path.join(fleet.instances[int(inst.instance_id)].capture_root, "demo.cap")
             stored = f.storage_path.removeprefix("file://")
+            verdict = "matches" if f.stored_sha256 == f.sha256 else "DIFFERS"
             print(f"instance {inst.instance_id}: stopped by {inst.stop_reason}, "
-                  f"kernel drops {inst.kernel_drops}, sha256 {f.sha256[:16]}… (stored copy {'matches' if f.stored_sha256 == f.sha256 else 'DIFFERS'})")
+                  f"kernel drops {inst.kernel_drops}, sha256 {f.sha256[:16]}… (stored copy {verdict})")
             print(f"  on the instance: {local}\n      {tshark_summary(local)}")
             print(f"  in storage:      {stored}\n      {tshark_summary(stored)}")
 

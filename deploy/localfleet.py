@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from clients import sdk
+from fleetcap.clients import sdk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AZURITE = os.path.join(ROOT, "node_modules", ".bin", "azurite-blob")
@@ -93,7 +92,7 @@ class LocalFleet:
         """Every replica's API socket; the SDK moves to the next one when one is unavailable."""
         return ",".join(f"unix:{self.replica_socket(i)}" for i in range(len(self.replicas)))
 
-    def agent_coordinators(self, inst: "Instance") -> str:
+    def agent_coordinators(self, inst: Instance) -> str:
         """All replicas, starting with a different one per instance to spread the agents."""
         ports = [FLEET_PORT + (inst.index + i) % len(self.replicas) for i in range(len(self.replicas))]
         return ",".join(f"{HUB_IP}:{port}" for port in ports)
@@ -130,7 +129,7 @@ class LocalFleet:
     def _spawn(self, namespace: str, args: Sequence[str], log_name: str) -> subprocess.Popen:
         log = open(self.log_path(log_name), "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level)
-        cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "clients.cli", *args]
+        cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "fleetcap", *args]
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         log.close()
@@ -263,7 +262,7 @@ class LocalFleet:
                 tail = "".join(f.readlines()[-30:])
         raise RuntimeError(f"timed out waiting for {what}; {log_name} log:\n{tail}")
 
-    def start(self) -> "LocalFleet":
+    def start(self) -> LocalFleet:
         try:
             self.build_network()
             if self.use_azurite:
@@ -311,11 +310,8 @@ class LocalFleet:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._namespaces.clear()
 
-    def __enter__(self) -> "LocalFleet":
+    def __enter__(self) -> LocalFleet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def remove_workdir(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from coordinator.state.embedded_etcd import EmbeddedEtcd
+from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 
 
 @pytest.fixture(scope="session")

@@ -29,15 +29,16 @@ import dataclasses
 import datetime
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf import json_format
 
-from clients import sdk
+from fleetcap.clients import sdk
+from fleetcap.core.naming import parse_compute_id
+from fleetcap.core.vocabulary import Status, TargetType
 from fleetcap.v1 import captures_pb2 as pb
 
-_ID = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/"
-                 r"(virtualMachines|virtualMachineScaleSets)/([^/]+)(?:/virtualMachines/([^/]+))?/?$", re.IGNORECASE)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -58,7 +59,7 @@ class Rule:
     properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, i: int, d: Any) -> "Rule":
+    def from_dict(cls, i: int, d: Any) -> Rule:
         where = f"rules[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
             raise RuleError(f"{where}.name: required, a non-empty string")
@@ -94,7 +95,7 @@ class AlertRules:
         self.rules = rules
 
     @classmethod
-    def parse(cls, doc: Any) -> "AlertRules":
+    def parse(cls, doc: Any) -> AlertRules:
         if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
             raise RuleError('rules: the file must be {"rules": [...]}')
         rules = [Rule.from_dict(i, r) for i, r in enumerate(doc["rules"])]
@@ -105,7 +106,7 @@ class AlertRules:
         return cls(rules)
 
     @classmethod
-    def load(cls, path: str) -> "AlertRules":
+    def load(cls, path: str) -> AlertRules:
         with open(path) as f:
             try:
                 return cls.parse(json.load(f))
@@ -141,22 +142,24 @@ class Target:
 def _agent_target(agent_id: str, *, whole_scale_set: bool = False) -> Target:
     """The capture target for a connected agent: its VM, or its one instance of a scale set
     (or, with whole_scale_set, the scale set)."""
-    m = _ID.match(agent_id)
-    if m.group(1).lower() == "virtualmachines":
-        return Target(agent_id, "AzureVM", (), m.group(2))
+    parsed = parse_compute_id(agent_id)
+    if parsed is None:
+        raise LookupError(f"agent id '{agent_id}' is not a VM or scale-set instance id")
+    if not parsed.scale_set:
+        return Target(agent_id, TargetType.VM, (), parsed.name)
     scale_set = agent_id[:agent_id.lower().index("/virtualmachines/")]
     if whole_scale_set:
-        return Target(scale_set, "AzureVMSS", (), m.group(2))
-    return Target(scale_set, "AzureVMSS", (m.group(3),), f"{m.group(2)}_{m.group(3)}")
+        return Target(scale_set, TargetType.VMSS, (), parsed.name)
+    return Target(scale_set, TargetType.VMSS, (parsed.instance_id,), parsed.instance_name)
 
 
 def _target_from_id(client: sdk.Client, resource_id: str) -> Target:
     """Canonicalizes an alert's (often lowercased) ARM id against the connected agents."""
-    m = _ID.match(resource_id or "")
-    if not m:
+    parsed = parse_compute_id(resource_id or "")
+    if parsed is None:
         raise LookupError(f"the alert's target '{resource_id}' is not a VM or scale-set instance id")
     wanted = resource_id.rstrip("/").lower()
-    whole_scale_set = m.group(1).lower() == "virtualmachinescalesets" and m.group(3) is None
+    whole_scale_set = parsed.scale_set and not parsed.instance_id
     for agent in client.list_agents():
         if agent.id.lower() == wanted or (whole_scale_set and agent.id.lower().startswith(wanted + "/virtualmachines/")):
             return _agent_target(agent.id, whole_scale_set=whole_scale_set)
@@ -176,7 +179,7 @@ def run_rule(client: sdk.Client, rule: Rule, target: Target, alert: str, now: da
     except sdk.CaptureNotFound:
         existing = None
     if existing is not None:
-        if existing.packet_capture_status in ("Running", "NotStarted"):
+        if Status(existing.packet_capture_status or Status.UNKNOWN).is_active():
             out.action, out.message = "kept-running", "a capture of this name is still running"
             return out
         client.delete(name=name)
@@ -185,7 +188,7 @@ def run_rule(client: sdk.Client, rule: Rule, target: Target, alert: str, now: da
         out.action = "quota-exceeded"
         out.message = f"{count} captures exist; the rule allows {rule.max_captures}"
         return out
-    props = json_format.ParseDict(rule.properties, pb.PacketCaptureParameters())
+    props = json_format.ParseDict(dict(rule.properties), pb.PacketCaptureParameters())
     props.target, props.target_type = target.target, target.target_type
     props.scope.include[:] = list(target.include)
     stamp = now.strftime("%Y%m%d_%H%M%S")
@@ -212,7 +215,7 @@ def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fi
     matched = rules.matching(source, fields)
     if not matched:
         return [Result(alert=alert, action="no-rule", message="no rule matches this alert")]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     results = []
     for rule in matched:
         try:
@@ -231,7 +234,7 @@ def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fi
 
 def handle_azure_monitor(client: sdk.Client, rules: AlertRules, body: Any) -> list[Result]:
     """An Azure Monitor action-group webhook: the common alert schema, or the older one."""
-    from clients.rest.arm import HttpError
+    from fleetcap.clients.rest.arm import HttpError
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise HttpError(400, "InvalidRequestFormat", "data: required; not an Azure Monitor alert payload")
     data = body["data"]
@@ -261,7 +264,7 @@ def handle_azure_monitor(client: sdk.Client, rules: AlertRules, body: Any) -> li
 
 def handle_alertmanager(client: sdk.Client, rules: AlertRules, body: Any) -> list[Result]:
     """A Prometheus Alertmanager webhook (version 4): each firing alert in `alerts`."""
-    from clients.rest.arm import HttpError
+    from fleetcap.clients.rest.arm import HttpError
     if not isinstance(body, dict) or not isinstance(body.get("alerts"), list):
         raise HttpError(400, "InvalidRequestFormat", "alerts: required; not an Alertmanager webhook payload")
     results: list[Result] = []
@@ -291,10 +294,10 @@ def handle_alertmanager(client: sdk.Client, rules: AlertRules, body: Any) -> lis
 
 def _target_by_name(client: sdk.Client, *, vm: str = "", vmss: str = "", instance: str = "") -> Target:
     for agent in client.list_agents():
-        m = _ID.match(agent.id)
-        if m is None:
+        parsed = parse_compute_id(agent.id)
+        if parsed is None:
             continue
-        if vm and m.group(1).lower() == "virtualmachines" and m.group(2).lower() == vm.lower() or \
-                vmss and m.group(3) is not None and m.group(2).lower() == vmss.lower() and m.group(3) == instance:
+        if vm and not parsed.scale_set and parsed.name.lower() == vm.lower() or \
+                vmss and parsed.instance_id and parsed.name.lower() == vmss.lower() and parsed.instance_id == instance:
             return _agent_target(agent.id)
     raise LookupError(f"no connected agent is {'VM ' + vm if vm else f'instance {instance} of {vmss}'}")

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from clients import sdk
+from fleetcap.clients import sdk
 from fleetcap.v1 import captures_pb2 as pb
 
 RESOURCE_TYPE = "Microsoft.Network/networkWatchers/packetCaptures"

@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf import descriptor
 
+from fleetcap.core.vocabulary import TargetType
 from fleetcap.v1 import captures_pb2 as pb
 
 _F = descriptor.FieldDescriptor
@@ -25,7 +26,7 @@ def message_schema(desc: descriptor.Descriptor, *, response: bool) -> dict[str, 
         if f.message_type is not None:
             item: dict[str, Any] = {"$ref": f"#/components/schemas/{f.message_type.name}{'' if response else 'Input'}"}
         else:
-            item = dict(_SCALARS[f.type])
+            item = dict(_SCALARS[f.type])  # type: ignore[call-overload]
         if f.is_repeated:
             item = {"type": "array", "items": item}
         props[f.json_name] = item
@@ -66,7 +67,7 @@ def example_body(target_id: str) -> dict[str, Any]:
     """A request that works on this deployment: a 1-second capture of one connected target."""
     scale_set = "/virtualMachineScaleSets/" in target_id
     return {"properties": {
-        "target": target_id, "targetType": "AzureVMSS" if scale_set else "AzureVM",
+        "target": target_id, "targetType": TargetType.VMSS if scale_set else TargetType.VM,
         "storageLocation": {"storageId": "local", "filePath": f"/var/captures/{EXAMPLE_NAME}.cap"},
         "timeLimitInSeconds": 1, "filters": [{"protocol": "UDP", "localPort": "9"}]}}
 
@@ -75,7 +76,7 @@ def document(example_target: str = "") -> dict[str, Any]:
     """The OpenAPI document. With example_target (a connected VM or scale set), the create
     operation carries a request example that works here, so that a tester reaches real resources."""
     schemas: dict[str, Any] = {}
-    for d in _messages(pb.PacketCaptureParameters.DESCRIPTOR):
+    for d in _messages(pb.PacketCaptureParameters.DESCRIPTOR):  # type: ignore[arg-type]
         schemas[d.name + "Input"] = message_schema(d, response=False)
         schemas[d.name] = message_schema(d, response=True)
     schemas["PacketCaptureParameters"]["required"] = [
@@ -103,7 +104,7 @@ def document(example_target: str = "") -> dict[str, Any]:
     schemas["PacketCaptureListResult"] = {
         "type": "object", "required": ["value"], "additionalProperties": False,
         "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/PacketCaptureResult"}}}}
-    for d in _messages(pb.PacketCaptureQueryStatusResult.DESCRIPTOR):
+    for d in _messages(pb.PacketCaptureQueryStatusResult.DESCRIPTOR):  # type: ignore[arg-type]
         schemas[d.name] = message_schema(d, response=True)
     schemas["ErrorResponse"] = {
         "type": "object", "required": ["error"], "additionalProperties": False,

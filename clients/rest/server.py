@@ -27,12 +27,13 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from clients import sdk
-from clients.rest import arm, openapi
-from clients.rest.alerts import AlertRules, handle_alertmanager, handle_azure_monitor
-from clients.metrics import Registry
+from fleetcap.clients import sdk
+from fleetcap.clients.rest import arm, openapi
+from fleetcap.clients.rest.alerts import AlertRules, handle_alertmanager, handle_azure_monitor
+from fleetcap.core.metrics import Registry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A single-node etcd the coordinator starts for itself when no --etcd is given.
 
-The flags are the ones measured in ../shared/reference/deps-lab.md §1: loopback only, zap
+The flags are the ones the dependency lab measured (docs/decisions.md): loopback only, zap
 logging, and short heartbeat/election timings so a single node is leader in ~0.1 s.
 Used by `fleetcap coordinator` and by the tests, which need a real etcd too.
 """
@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
+
+from fleetcap.core.transport import free_port
 
 ETCD_BINARY = "etcd"
 
 
 class EtcdError(RuntimeError):
     pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class EmbeddedEtcd:
@@ -34,13 +29,13 @@ class EmbeddedEtcd:
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
         self.log_path = log_path or os.path.join(data_dir, "etcd.log")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
-    def start(self, timeout_s: float = 20.0) -> "EmbeddedEtcd":
+    def start(self, timeout_s: float = 20.0) -> EmbeddedEtcd:
         binary = shutil.which(ETCD_BINARY) or "/usr/bin/etcd"
         if not os.path.exists(binary):
             raise EtcdError("etcd is not installed (Debian package etcd-server); run 'make setup' or pass --etcd")

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aetcd
 import aetcd.exceptions
 
-from coordinator.errors import StoreUnavailable
-from coordinator.state.store import KV, KVBackend, WatchEvent
+from fleetcap.coordinator.errors import StoreUnavailable
+from fleetcap.coordinator.state.store import KV, KVBackend, WatchEvent, WatchKind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _RETRYABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
 
@@ -39,7 +41,7 @@ class EtcdKV(KVBackend):
             self._client = aetcd.Client(host=host, port=int(port), timeout=self._timeout_s)
         return self._client
 
-    async def _call(self, fn):
+    async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         deadline = asyncio.get_running_loop().time() + self._retry_s
         delay = 0.05
         while True:
@@ -63,7 +65,7 @@ class EtcdKV(KVBackend):
             except Exception:  # closing a broken channel may fail; it is gone either way
                 pass
 
-    async def get(self, key: str) -> Optional[KV]:
+    async def get(self, key: str) -> KV | None:
         r = await self._call(lambda c: c.get(_b(key)))
         return KV(key, r.value, r.mod_revision) if r else None
 
@@ -76,7 +78,7 @@ class EtcdKV(KVBackend):
             compare = [c.transactions.mod(_b(k)) == rev for k, rev in expect.items()]
             success = [c.transactions.put(_b(k), v, lease=lease or None) for k, v in puts]
             ok, _ = await c.transaction(compare=compare, success=success, failure=[])
-            return ok
+            return bool(ok)
         return await self._call(txn)
 
     async def delete_prefix(self, prefix: str) -> None:
@@ -87,11 +89,11 @@ class EtcdKV(KVBackend):
 
     async def grant_lease(self, ttl_s: int) -> int:
         lease = await self._call(lambda c: c.lease(ttl_s))
-        return lease.id
+        return int(lease.id)
 
     async def refresh_lease(self, lease: int) -> bool:
         reply = await self._call(lambda c: c.refresh_lease(lease))
-        return reply is not None and reply.TTL > 0
+        return reply is not None and int(reply.TTL) > 0
 
     async def revoke_lease(self, lease: int) -> None:
         try:
@@ -102,9 +104,9 @@ class EtcdKV(KVBackend):
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
         watch = await self._call(lambda c: c.watch_prefix(_b(prefix)))
         try:
-            yield WatchEvent("READY", prefix, b"")
+            yield WatchEvent(WatchKind.READY, prefix, b"")
             async for event in watch:
-                yield WatchEvent(str(event.kind), event.kv.key.decode(), event.kv.value)
+                yield WatchEvent(WatchKind(str(event.kind)), event.kv.key.decode(), event.kv.value)
         finally:
             try:
                 await watch.cancel()

@@ -11,6 +11,7 @@ case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
 """
 from __future__ import annotations
 
+from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
 from fleetcap.v1 import fleet_pb2
 
 ROOT = "/fleetcap/v1/"
@@ -19,8 +20,6 @@ INSTANCES = ROOT + "instances/"
 AGENTS = ROOT + "agents/"
 LEADER = ROOT + "leader"
 
-DEFAULT_SUBSCRIPTION = "local"
-DEFAULT_RESOURCE_GROUP = "default"
 
 
 def capture(name: str) -> str:
@@ -39,6 +38,21 @@ def agent(instance_key: str) -> str:
     return AGENTS + instance_key
 
 
+def instance_key_of(agent_key: str) -> str:
+    """The instance key of an agent record's key (the inverse of `agent`)."""
+    return agent_key[len(AGENTS):]
+
+
+def capture_name_of_instance(instance_key: str) -> str:
+    """The capture name of an instance record's key (see `instance`)."""
+    return instance_key[len(INSTANCES):].split("/", 1)[0]
+
+
+def capture_name_of(capture_key: str) -> str:
+    """The capture name of a capture record's key (the inverse of `capture`)."""
+    return capture_key[len(CAPTURES):]
+
+
 def instance_key(identity: fleet_pb2.AgentIdentity) -> str:
     sub = (identity.subscription or DEFAULT_SUBSCRIPTION).lower()
     rg = (identity.resource_group or DEFAULT_RESOURCE_GROUP).lower()
@@ -46,12 +60,3 @@ def instance_key(identity: fleet_pb2.AgentIdentity) -> str:
         return f"{sub}/{rg}/vmss/{identity.vmss_name.lower()}/{identity.instance_id}"
     return f"{sub}/{rg}/vm/{identity.vm_name.lower()}"
 
-
-def resource_id(identity: fleet_pb2.AgentIdentity) -> str:
-    """The full ARM-style id of the VM or scale-set instance."""
-    sub = identity.subscription or DEFAULT_SUBSCRIPTION
-    rg = identity.resource_group or DEFAULT_RESOURCE_GROUP
-    base = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
-    if identity.vmss_name:
-        return f"{base}/virtualMachineScaleSets/{identity.vmss_name}/virtualMachines/{identity.instance_id}"
-    return f"{base}/virtualMachines/{identity.vm_name}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
 
-from coordinator.state.store import KV, KVBackend, WatchEvent
+from fleetcap.coordinator.state.store import KV, KVBackend, WatchEvent, WatchKind
 
 # How often expired leases are swept; etcd itself checks about every 500 ms.
 LEASE_SWEEP_S = 0.05
@@ -18,15 +18,15 @@ class MemoryKV(KVBackend):
         self._revision = 0
         self._leases: dict[int, tuple[float, float]] = {}  # id -> (ttl, deadline)
         self._next_lease = 1
-        self._watchers: list[tuple[str, asyncio.Queue]] = []
-        self._sweeper: asyncio.Task | None = None
+        self._watchers: list[tuple[str, asyncio.Queue[WatchEvent]]] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def _emit(self, kind: str, key: str, value: bytes) -> None:
+    def _emit(self, kind: WatchKind, key: str, value: bytes) -> None:
         for prefix, queue in self._watchers:
             if key.startswith(prefix):
                 queue.put_nowait(WatchEvent(kind, key, value))
 
-    async def get(self, key: str) -> Optional[KV]:
+    async def get(self, key: str) -> KV | None:
         if key not in self._data:
             return None
         value, rev, _ = self._data[key]
@@ -45,7 +45,7 @@ class MemoryKV(KVBackend):
         self._revision += 1
         for key, value in puts:
             self._data[key] = (value, self._revision, lease)
-            self._emit("PUT", key, value)
+            self._emit(WatchKind.PUT, key, value)
         return True
 
     async def delete_prefix(self, prefix: str) -> None:
@@ -55,7 +55,7 @@ class MemoryKV(KVBackend):
     async def delete(self, key: str) -> None:
         if self._data.pop(key, None) is not None:
             self._revision += 1
-            self._emit("DELETE", key, b"")
+            self._emit(WatchKind.DELETE, key, b"")
 
     async def grant_lease(self, ttl_s: int) -> int:
         lease = self._next_lease
@@ -74,22 +74,22 @@ class MemoryKV(KVBackend):
 
     async def revoke_lease(self, lease: int) -> None:
         self._leases.pop(lease, None)
-        for key in [k for k, (_, _, l) in self._data.items() if l == lease]:
+        for key in [k for k, (_, _, held_by) in self._data.items() if held_by == lease]:
             await self.delete(key)
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(LEASE_SWEEP_S)
             now = time.monotonic()
-            for lease in [l for l, (_, deadline) in self._leases.items() if deadline <= now]:
+            for lease in [lease_id for lease_id, (_, deadline) in self._leases.items() if deadline <= now]:
                 await self.revoke_lease(lease)
 
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
         entry = (prefix, queue)
         self._watchers.append(entry)
         try:
-            yield WatchEvent("READY", prefix, b"")
+            yield WatchEvent(WatchKind.READY, prefix, b"")
             while True:
                 yield await queue.get()
         finally:

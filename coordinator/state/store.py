@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import AsyncIterator, Callable, Iterable, Optional
+import enum
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from coordinator.errors import AlreadyExists, Conflict, NotFound
-from coordinator.state import keys
+from fleetcap.coordinator.errors import AlreadyExists, Conflict, NotFound
+from fleetcap.coordinator.state import keys
+from fleetcap.core.vocabulary import is_terminal
 from fleetcap.v1 import state_pb2
 
 # Compare-and-swap attempts before giving up; conflicts only happen between replicas.
@@ -39,16 +42,41 @@ class KV:
     mod_revision: int
 
 
+class WatchKind(enum.StrEnum):
+    PUT = "PUT"
+    DELETE = "DELETE"
+    READY = "READY"  # the watch is established: nothing written from now on can be missed
+
+
 @dataclasses.dataclass(frozen=True)
 class WatchEvent:
-    kind: str  # "PUT" | "DELETE"
+    kind: WatchKind
     key: str
     value: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentEvent:
+    """An agent's registration was written (PUT) or went with its lease (DELETE); READY
+    (with no instance) once the watch is established."""
+
+    kind: WatchKind
+    instance_key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureEvent:
+    """A capture record was written (PUT, with the record) or deleted (DELETE, record None);
+    READY (no name, no record) once the watch is established."""
+
+    kind: WatchKind
+    name: str
+    record: state_pb2.CaptureRecord | None
+
+
 class KVBackend(abc.ABC):
     @abc.abstractmethod
-    async def get(self, key: str) -> Optional[KV]: ...
+    async def get(self, key: str) -> KV | None: ...
 
     @abc.abstractmethod
     async def get_prefix(self, prefix: str) -> list[KV]: ...
@@ -75,8 +103,8 @@ class KVBackend(abc.ABC):
 
     @abc.abstractmethod
     def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        """Yields WatchEvent("READY", prefix, b"") once the watch is established (so a caller
-        can read state knowing no later change will be missed), then every PUT and DELETE."""
+        """Yields WatchEvent(WatchKind.READY, prefix, b"") once the watch is established (so a
+        caller can read state knowing no later change will be missed), then every PUT and DELETE."""
 
     async def close(self) -> None:
         return None
@@ -86,8 +114,13 @@ def encode(message: Message) -> bytes:
     return json_format.MessageToJson(message, indent=None).encode()
 
 
-def decode(cls: type, data: bytes) -> Message:
-    return json_format.Parse(data, cls(), ignore_unknown_fields=True)
+M = TypeVar("M", bound=Message)
+
+
+def decode(cls: type[M], data: bytes) -> M:
+    message = cls()
+    json_format.Parse(data, message, ignore_unknown_fields=True)
+    return message
 
 
 class Store:
@@ -117,7 +150,7 @@ class Store:
         if not await self.kv.put_if([(ckey, encode(record))], {ckey: 0}):
             raise AlreadyExists(f"a packet capture named '{name}' already exists")
 
-    async def get_capture(self, name: str) -> Optional[state_pb2.CaptureRecord]:
+    async def get_capture(self, name: str) -> state_pb2.CaptureRecord | None:
         kv = await self.kv.get(keys.capture(name))
         return decode(state_pb2.CaptureRecord, kv.value) if kv else None
 
@@ -147,10 +180,9 @@ class Store:
         """Names of captures with an instance not yet Stopped or in Error (one range read)."""
         running = set()
         for kv in await self.kv.get_prefix(keys.INSTANCES):
-            name = kv.key[len(keys.INSTANCES):].split("/", 1)[0]
             status = decode(state_pb2.InstanceRecord, kv.value).status.packet_capture_status
-            if status not in ("Stopped", "Error"):
-                running.add(name)
+            if not is_terminal(status):
+                running.add(keys.capture_name_of_instance(kv.key))
         return running
 
     async def update_instance(self, name: str, instance_key: str,
@@ -158,7 +190,7 @@ class Store:
         return await self._update(keys.instance(name, instance_key), state_pb2.InstanceRecord, change,
                                   f"instance '{instance_key}' of packet capture '{name}'")
 
-    async def _update(self, key: str, cls: type, change: Callable, what: str):
+    async def _update(self, key: str, cls: type[M], change: Callable[[M], bool], what: str) -> M:
         for _ in range(CAS_ATTEMPTS):
             kv = await self.kv.get(key)
             if kv is None:
@@ -185,11 +217,8 @@ class Store:
     async def refresh_agent(self, lease: int) -> bool:
         return await self.kv.refresh_lease(lease)
 
-    async def unregister_agent(self, lease: int) -> None:
-        await self.kv.revoke_lease(lease)
-
     async def list_agents(self) -> dict[str, state_pb2.AgentRecord]:
-        return {kv.key[len(keys.AGENTS):]: decode(state_pb2.AgentRecord, kv.value)
+        return {keys.instance_key_of(kv.key): decode(state_pb2.AgentRecord, kv.value)
                 for kv in await self.kv.get_prefix(keys.AGENTS)}
 
     # -- leadership ----------------------------------------------------------------------
@@ -204,12 +233,28 @@ class Store:
         await self.kv.revoke_lease(lease)
         return 0
 
-    async def leader(self) -> str:
-        kv = await self.kv.get(keys.LEADER)
-        return kv.value.decode() if kv else ""
-
     def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        """Every change under a prefix (keys.py), after one READY event."""
         return self.kv.watch_prefix(prefix)
 
+    async def watch_agents(self) -> AsyncIterator[AgentEvent]:
+        """Agents registering (PUT) and leaving (DELETE, when their lease expires), after READY."""
+        async for event in self.kv.watch_prefix(keys.AGENTS):
+            ready = event.kind == WatchKind.READY
+            yield AgentEvent(event.kind, "" if ready else keys.instance_key_of(event.key))
 
-__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "encode", "decode", "Conflict"]
+    async def watch_captures(self) -> AsyncIterator[CaptureEvent]:
+        """Capture records written (PUT: a create's commit point, or a stop) and deleted,
+        after READY."""
+        async for event in self.kv.watch_prefix(keys.CAPTURES):
+            if event.kind == WatchKind.READY:
+                yield CaptureEvent(event.kind, "", None)
+            elif event.kind == WatchKind.PUT:
+                record = decode(state_pb2.CaptureRecord, event.value)
+                yield CaptureEvent(event.kind, record.resource.name, record)
+            elif event.kind == WatchKind.DELETE:
+                yield CaptureEvent(event.kind, keys.capture_name_of(event.key), None)
+
+
+__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "WatchKind", "AgentEvent", "CaptureEvent", "encode", "decode",
+           "Conflict"]

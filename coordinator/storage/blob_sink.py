@@ -14,13 +14,16 @@ import concurrent.futures
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
 
-from coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # 4 MiB blocks staged 3 at a time: 1 MiB blocks reached a third of upload_blob's rate in the
 # lab (deps-lab §5), 4 MiB about two thirds; parallel staging closes the rest.
@@ -40,18 +43,20 @@ def block_offset(bid: str) -> int:
 
 class BlobSink(Sink):
     def __init__(self, connection_string: str, *, api_version: str | None = None):
-        kwargs = {"api_version": api_version} if api_version else {}
+        kwargs: dict[str, Any] = {"api_version": api_version} if api_version else {}
         # The SDK's default retry waits 15 s, then 18 s...: a dead account would hold an upload
         # stream for most of a minute. Retry briefly here; the agent's resumable stream retries
         # the rest, with its own budget (docs/decisions.md).
-        retry = ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=2, random_jitter_range=0.2)
+        # The SDK types the backoff and jitter as int; it takes fractions of seconds.
+        retry = ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=2,  # type: ignore[arg-type]
+                                 random_jitter_range=0.2)  # type: ignore[arg-type]
         self.service = BlobServiceClient.from_connection_string(
             connection_string, connection_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S,
             retry_policy=retry, **kwargs)
         self._containers_ready: set[str] = set()
         self._lock = threading.Lock()
 
-    def _blob(self, object_name: str):
+    def _blob(self, object_name: str) -> BlobClient:
         container, _, name = object_name.partition("/")
         with self._lock:
             if container not in self._containers_ready:
@@ -73,7 +78,7 @@ class BlobSink(Sink):
         container, _, name = object_name.partition("/")
         return self.service.get_blob_client(container, name).url
 
-    def open(self, object_name: str) -> "BlobWriter":
+    def open(self, object_name: str) -> BlobWriter:
         container = object_name.partition("/")[0]
         return BlobWriter(self._blob(object_name), on_container_missing=lambda: self._forget(container))
 
@@ -95,7 +100,7 @@ class BlobSink(Sink):
     def read(self, object_name: str, offset: int, length: int) -> bytes:
         blob = self._blob(object_name)
         try:
-            return blob.download_blob(offset=offset, length=length).readall()
+            return bytes(blob.download_blob(offset=offset, length=length).readall())
         except ResourceNotFoundError:
             pass
         except AzureError as e:
@@ -107,18 +112,18 @@ class BlobSink(Sink):
 
 
 class BlobWriter(ObjectWriter):
-    def __init__(self, blob, *, on_container_missing=lambda: None):
+    def __init__(self, blob: BlobClient, *, on_container_missing: Callable[[], None] = lambda: None):
         self.blob = blob
         self._on_container_missing = on_container_missing
         self.uri = blob.url
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_STAGES, thread_name_prefix="stage")
         self._staged: dict[int, int] = {}   # offset -> length, blocks durably staged
-        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._pending: dict[int, concurrent.futures.Future[int]] = {}
         self._buffer = bytearray()
         self._buffer_offset = 0
-        self._hash: "hashlib._Hash | None" = hashlib.sha256()  # valid only for a stream started at 0
+        self._hash: hashlib._Hash | None = hashlib.sha256()  # valid only for a stream started at 0
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except AzureError as e:
@@ -149,7 +154,7 @@ class BlobWriter(ObjectWriter):
 
     def _exists(self) -> bool:
         try:
-            return self.blob.exists()
+            return bool(self.blob.exists())
         except AzureError as e:
             raise SinkError(f"exists: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
@@ -201,7 +206,7 @@ class BlobWriter(ObjectWriter):
             next(iter(self._pending.values())).result()
             self._reap(wait=False)
 
-    def write(self, offset: int, data: bytes) -> int:
+    def write(self, offset: int, data: bytes | memoryview) -> int:
         expected = self._buffer_offset + len(self._buffer)
         if offset != expected:
             raise OffsetMismatch(expected, offset)

@@ -12,7 +12,8 @@ import concurrent.futures
 import hashlib
 import os
 
-from coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.core.integrity import sha256_file
 
 # fsync once per this many bytes: per-chunk fsyncs would cap a file at the disk's fsync rate.
 SYNC_BYTES = 16 << 20
@@ -44,7 +45,7 @@ class LocalSink(Sink):
             except FileNotFoundError:
                 pass
 
-    def open(self, object_name: str) -> "LocalWriter":
+    def open(self, object_name: str) -> LocalWriter:
         return LocalWriter(self.path(object_name))
 
     def read(self, object_name: str, offset: int, length: int) -> bytes:
@@ -66,9 +67,9 @@ class LocalWriter(ObjectWriter):
         self._fd: int | None = None
         self._size = 0      # bytes written
         self._durable = 0   # bytes fsynced
-        self._hash: "hashlib._Hash | None" = None  # of bytes written, when this writer saw them all
+        self._hash: hashlib._Hash | None = None  # of bytes written, when this writer saw them all
         self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        self._sync: concurrent.futures.Future | None = None  # an fsync in flight; its result: bytes it covers
+        self._sync: concurrent.futures.Future[int] | None = None  # an fsync in flight; its result: bytes it covers
 
     def open(self, restart: bool = False) -> int:
         os.makedirs(os.path.dirname(self.partial), exist_ok=True)
@@ -80,18 +81,23 @@ class LocalWriter(ObjectWriter):
     def committed(self) -> Committed | None:
         if not os.path.exists(self.final) or os.path.exists(self.partial):
             return None
-        return Committed(self.uri, os.stat(self.final).st_size, _sha256(self.final))
+        return Committed(self.uri, os.stat(self.final).st_size, sha256_file(self.final))
 
-    def write(self, offset: int, data: bytes) -> int:
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            raise SinkError(f"{self.partial} is not open")
+        return self._fd
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
         if offset != self._size:
             raise OffsetMismatch(self._size, offset)
-        os.pwrite(self._fd, data, offset)
+        os.pwrite(self._descriptor(), data, offset)
         if self._hash is not None:
             self._hash.update(data)
         self._size += len(data)
         self._reap()
         if self._sync is None and self._size - self._durable >= SYNC_BYTES:
-            self._sync = self._syncer.submit(self._fsync, self._fd, self._size)
+            self._sync = self._syncer.submit(self._fsync, self._descriptor(), self._size)
         return self._durable
 
     def durable_size(self) -> int:
@@ -112,8 +118,8 @@ class LocalWriter(ObjectWriter):
     def flush(self) -> int:
         self._reap(wait=True)
         if self._durable < self._size:
-            os.fsync(self._fd)
-            _drop_cached(self._fd, self._size)
+            os.fsync(self._descriptor())
+            _drop_cached(self._descriptor(), self._size)
             self._durable = self._size
         return self._durable
 
@@ -122,7 +128,7 @@ class LocalWriter(ObjectWriter):
         self.close()
         stored = os.stat(self.partial).st_size
         # Hashed as it was written when this writer saw every byte; else read back once.
-        digest = self._hash.hexdigest() if self._hash is not None and stored == self._size else _sha256(self.partial)
+        digest = self._hash.hexdigest() if self._hash is not None and stored == self._size else sha256_file(self.partial)
         if stored != size or digest != sha256:
             os.remove(self.partial)  # never keep a copy that differs; the agent sends it again
             raise IntegrityError(f"stored copy differs from the agent's file: {stored} bytes sha256 {digest}, "
@@ -149,11 +155,3 @@ def _drop_cached(fd: int, length: int) -> None:
     cgroup's), and writing into recycled pages is much cheaper than into fresh ones
     (docs/benchmarks.md: 4x on this machine's disk writes)."""
     os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 
 class SinkError(Exception):
@@ -38,7 +38,7 @@ class Committed:
 class ObjectWriter(abc.ABC):
     uri: str
     # Called (from any thread) whenever background work made more bytes durable.
-    on_durable: "Callable[[], None]" = staticmethod(lambda: None)
+    on_durable: Callable[[], None] = staticmethod(lambda: None)
 
     @abc.abstractmethod
     def durable_size(self) -> int:
@@ -54,7 +54,7 @@ class ObjectWriter(abc.ABC):
         """The committed object, if this file was already committed."""
 
     @abc.abstractmethod
-    def write(self, offset: int, data: bytes) -> int:
+    def write(self, offset: int, data: bytes | memoryview) -> int:
         """Stores data at offset (== everything received so far); returns the durable size."""
 
     @abc.abstractmethod

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import datetime as dt
-import hashlib
 import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from node_agent.capture import reasons
-from node_agent.capture.libpcap import MAX_SNAPLEN, LiveHandle, PcapError, PktHdr
+from fleetcap.core.libpcap import MAX_SNAPLEN, PcapError, PktHdr
+from fleetcap.core.naming import ring_file_path, utc_now
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason
+from fleetcap.node_agent.capture.live_source import LiveHandle
+from fleetcap.node_agent.capture.source import CaptureSource, SourceFactory
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ class CaptureSpec:
         return ring_file_path(self.path, index, self.ring is not None)
 
 
-def ring_file_path(base: str, index: int, continuous: bool) -> str:
-    """The deterministic name of file `index`: /x/ring.cap -> /x/ring_00003.cap in continuous
-    mode; the base itself otherwise."""
-    if not continuous:
-        return base
-    stem = base[:-4] if base.endswith(".cap") else base
-    return f"{stem}_{index:05d}.cap"
-
-
 @dataclasses.dataclass
 class CaptureFile:
     index: int
@@ -83,7 +75,7 @@ class CaptureFile:
 
 @dataclasses.dataclass
 class Counters:
-    status: str = reasons.NOT_STARTED
+    status: str = Status.NOT_STARTED
     stop_reason: str = ""
     errors: list[str] = dataclasses.field(default_factory=list)
     error_message: str = ""
@@ -95,21 +87,21 @@ class Counters:
     interface_drops: int = 0
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 class CaptureSession:
     """Runs one capture in its own thread. `on_change` is called (from that thread) on every
     status change and whenever a file is opened, closed or deleted; poll `counters` and
     `files` for progress."""
 
-    def __init__(self, spec: CaptureSpec, on_change: Callable[["CaptureSession"], None] = lambda s: None):
+    def __init__(self, spec: CaptureSpec, on_change: Callable[[CaptureSession], None] = lambda s: None, *,
+                 open_source: SourceFactory = LiveHandle):
+        """`open_source` opens the packet source: libpcap on the spec's interface by default,
+        or a replayed pcap file (replay_source.py) in tests."""
         self.spec = spec
+        self._open_source = open_source
         self.counters = Counters()
         self.files: list[CaptureFile] = []
         self._on_change = on_change
-        self._handle: LiveHandle | None = None
+        self._handle: CaptureSource | None = None
         self._stop_reason = ""
         self._stop_wall = 0.0
         self._lock = threading.Lock()
@@ -151,12 +143,12 @@ class CaptureSession:
         try:
             self._open()
         except (PcapError, OSError) as e:
-            kind = reasons.E_LOCAL_FILE_FAILED if isinstance(e, OSError) else reasons.E_CAPTURE_FAILED
+            kind = CaptureError.LOCAL_FILE_FAILED if isinstance(e, OSError) else CaptureError.CAPTURE_FAILED
             self._finish_error(kind, str(e))
             return
-        c.status, c.start_time = reasons.RUNNING, utc_now()
+        c.status, c.start_time = Status.RUNNING, utc_now()
         if self.spec.time_limit_s:
-            why = reasons.SESSION_TIME_EXCEEDED if self.spec.ring else reasons.TIME_EXCEEDED
+            why = StopReason.SESSION_TIME_EXCEEDED if self.spec.ring else StopReason.TIME_EXCEEDED
             self._timer = threading.Timer(self.spec.time_limit_s, self.stop, args=(why,))
             self._timer.daemon = True
             self._timer.start()
@@ -168,9 +160,9 @@ class CaptureSession:
         except (PcapError, OSError) as e:
             log.exception("capture %s failed", self.spec.name)
             self._close(final=False)
-            self._finish_error(reasons.E_CAPTURE_FAILED, str(e))
+            self._finish_error(CaptureError.CAPTURE_FAILED, str(e))
             return
-        c.status, c.stop_reason, c.stop_time = reasons.STOPPED, self._stop_reason, utc_now()
+        c.status, c.stop_reason, c.stop_time = Status.STOPPED, self._stop_reason, utc_now()
         log.info("capture %s stopped: %s, %d packets, %d bytes", self.spec.name, c.stop_reason, c.packets, c.bytes)
         self.done.set()
         self._on_change(self)
@@ -180,7 +172,7 @@ class CaptureSession:
         first = spec.file_path(0)
         os.makedirs(os.path.dirname(first), exist_ok=True)
         self._refuse_existing(first)
-        handle = LiveHandle(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size, timeout_ms=READ_TIMEOUT_MS)
+        handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size, timeout_ms=READ_TIMEOUT_MS)
         try:
             handle.set_filter(spec.expression)
             handle.open_dump(first)
@@ -199,6 +191,12 @@ class CaptureSession:
         if os.path.exists(path):
             raise FileExistsError(f"{path} already exists; fleetcap never overwrites a capture file")
 
+    def _source(self) -> CaptureSource:
+        """The open source; only the capture thread calls this, between open and close."""
+        if self._handle is None:
+            raise PcapError("the capture source is closed")
+        return self._handle
+
     def _room(self) -> int:
         """Bytes left in the current file; -1 = unlimited."""
         limit = self.file_limit
@@ -207,20 +205,20 @@ class CaptureSession:
     def _written(self, n: int) -> None:
         self.counters.packets += n
         current = self.files[-1]
-        current.size = self._handle.file_position()
+        current.size = self._source().file_position()
         self.counters.bytes = self._file_base + current.size
 
     def _loop(self) -> None:
-        handle, c = self._handle, self.counters
+        handle, c = self._source(), self.counters
         max_record = PCAP_RECORD_HEADER + self.snaplen
         last_stats = time.monotonic()
         while not self._stop_reason:
             room = self._room()
             if 0 <= room < PCAP_RECORD_HEADER + MIN_FRAME:  # not even the smallest frame fits
                 if self.spec.ring is None:
-                    self.stop(reasons.TOTAL_BYTES_EXCEEDED)
+                    self.stop(StopReason.TOTAL_BYTES_EXCEEDED)
                     break
-                self._rotate()
+                self._rotate(self.spec.ring)
                 continue
             if room == -1:
                 n = handle.dispatch_to_file(-1)
@@ -244,9 +242,9 @@ class CaptureSession:
         """Takes one packet and writes it if it fits in `room` and arrived by `cutoff`.
         Returns 1 if written, 0 if none was ready or it came after the cutoff, -2 after
         breakloop. A packet that does not fit goes to `_full`."""
-        handle = self._handle
+        handle = self._source()
         rc, hdr, data = handle.next_packet()
-        if rc != 1:
+        if rc != 1 or hdr is None or data is None:
             return rc
         h = hdr.contents
         if cutoff is not None and h.ts.tv_sec + h.ts.tv_usec / 1e6 > cutoff:
@@ -256,25 +254,25 @@ class CaptureSession:
         handle.dump_one(hdr, data)
         return 1
 
-    def _full(self, hdr, data) -> bool:
+    def _full(self, hdr: ctypes._Pointer[PktHdr], data: int) -> bool:
         """The current file cannot take this packet. Standard mode stops without it;
         continuous mode rotates and writes it into the next file. Returns whether it was written."""
         if self.spec.ring is None:
-            self.stop(reasons.TOTAL_BYTES_EXCEEDED)
+            self.stop(StopReason.TOTAL_BYTES_EXCEEDED)
             return False
-        self._rotate()
+        self._rotate(self.spec.ring)
         room = self._room()
         h = hdr.contents
         if PCAP_RECORD_HEADER + h.caplen > room:
             # Larger than a whole file: keep what fits, as a truncated record, rather than lose it.
             cut = PktHdr(ts=h.ts, caplen=room - PCAP_RECORD_HEADER, len=h.len)
-            self._handle.dump_one(ctypes.pointer(cut), data)
+            self._source().dump_one(ctypes.pointer(cut), data)
         else:
-            self._handle.dump_one(hdr, data)
+            self._source().dump_one(hdr, data)
         return True
 
-    def _rotate(self) -> None:
-        handle, ring = self._handle, self.spec.ring
+    def _rotate(self, ring: Ring) -> None:
+        handle = self._source()
         old = self.files[-1]
         handle.close_dump()
         old.size = os.path.getsize(old.path)
@@ -298,9 +296,9 @@ class CaptureSession:
 
     def _drain(self) -> None:
         """After a stop, writes what the ring still holds from before the stop."""
-        if self._stop_reason == reasons.TOTAL_BYTES_EXCEEDED:
+        if self._stop_reason == StopReason.TOTAL_BYTES_EXCEEDED:
             return
-        handle = self._handle
+        handle = self._source()
         handle.set_nonblocking()
         # A partly filled block is handed over only after the read timeout.
         time.sleep(READ_TIMEOUT_MS / 1000 * 1.5)
@@ -335,16 +333,8 @@ class CaptureSession:
 
     def _finish_error(self, kind: str, message: str) -> None:
         c = self.counters
-        c.status, c.stop_reason, c.stop_time = reasons.ERROR, reasons.CAPTURE_FAILED, utc_now()
+        c.status, c.stop_reason, c.stop_time = Status.ERROR, StopReason.CAPTURE_FAILED, utc_now()
         c.errors, c.error_message = [kind], message
         log.error("capture %s failed: %s", self.spec.name, message)
         self.done.set()
         self._on_change(self)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

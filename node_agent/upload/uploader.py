@@ -13,13 +13,21 @@ import dataclasses
 import logging
 import os
 import zlib
-from typing import Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 import grpc
+import grpc.aio
 
+from fleetcap.core import transport
+from fleetcap.core.vocabulary import CaptureError
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+UploadCall = grpc.aio.StreamStreamCall[fleet_pb2.UploadRequest, fleet_pb2.UploadResponse]
+StubProvider = Callable[[], fleet_pb2_grpc.FleetStub]
+"""The stub of the coordinator replica the agent talks to now (it moves between replicas)."""
 
 CHUNK_BYTES = 4 << 20
 # Bytes sent but not yet acknowledged as durable; bounds what is in flight per upload. Larger
@@ -53,7 +61,7 @@ class UploadState:
 class Uploader:
     """`final()` returns (size, sha256) once the capture file is closed, else None."""
 
-    def __init__(self, stub: "fleet_pb2_grpc.FleetStub | Callable[[], fleet_pb2_grpc.FleetStub]",
+    def __init__(self, stub: fleet_pb2_grpc.FleetStub | StubProvider,
                  open_msg: fleet_pb2.UploadOpen, local_path: str,
                  final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None], *,
                  storage_retry_s: float = 300.0):
@@ -82,7 +90,7 @@ class Uploader:
                 if e.code() in FATAL:
                     return self._abandon(f"{e.code().name}: {e.details()}")
                 now = asyncio.get_running_loop().time()
-                if (e.details() or "").startswith("storage:"):
+                if transport.error_reason(e) == CaptureError.STORAGE_FAILED:
                     if self.state.acked > acked_before or storage_failing_since is None:
                         storage_failing_since = now
                     elif now - storage_failing_since > self.storage_retry_s:
@@ -133,7 +141,7 @@ class Uploader:
         finally:
             call.cancel()
 
-    async def _send(self, call, f, sent: int, reader: asyncio.Future) -> None:
+    async def _send(self, call: UploadCall, f: BinaryIO, sent: int, reader: asyncio.Future[None]) -> None:
         finished = False
         while not self.state.committed:
             if reader.done():
@@ -154,13 +162,13 @@ class Uploader:
             self._acked.clear()
             try:
                 await asyncio.wait_for(self._acked.wait(), timeout=POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    async def _read_acks(self, call) -> None:
+    async def _read_acks(self, call: UploadCall) -> None:
         while True:
             resp = await call.read()
-            if resp is grpc.aio.EOF:
+            if not isinstance(resp, fleet_pb2.UploadResponse):  # grpc.aio.EOF
                 if not self.state.committed:
                     raise StreamEnded("the coordinator closed the upload stream before the commit")
                 return

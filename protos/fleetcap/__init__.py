@@ -14,6 +14,6 @@ _SDK_NAMES = ("Client", "AsyncClient", "FleetcapError", "InvalidCapture", "Captu
 def __getattr__(name: str):
     # Lazily, so that importing fleetcap.v1 (as the daemons do) does not load the SDK.
     if name in _SDK_NAMES:
-        from clients import sdk
+        from fleetcap.clients import sdk
         return getattr(sdk, name)
     raise AttributeError(f"module 'fleetcap' has no attribute {name!r}")

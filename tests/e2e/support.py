@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from clients import sdk
 from deploy.localfleet import LocalFleet
+from fleetcap.clients import sdk
 
 PAYLOAD = 300  # UDP payload bytes of every test datagram
 

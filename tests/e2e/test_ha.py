@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 from tests import pcaps
 from tests.e2e.support import PAYLOAD, expected, running_fleet, until, wait_running
 

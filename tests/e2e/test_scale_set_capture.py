@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from clients import sdk
 from deploy.localfleet import LocalFleet
+from fleetcap.clients import sdk
 from tests import pcaps
 from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
 
@@ -235,7 +235,7 @@ def test_download_merge_and_follow(fleet, client, tmp_path):
         assert bytes(followed) == f.read()
 
     dest = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", fleet.api_address, "capture",
+    r = subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "capture",
                         "download", "--name", "dl", "--dest", str(dest), "--merge"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     files = json.loads(r.stdout)["files"]

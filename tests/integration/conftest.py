@@ -3,15 +3,15 @@ API-level tests. Module-scoped: each test module gets its own."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from clients import sdk
 from deploy.localfleet import LocalFleet
+from fleetcap.clients import sdk
+from fleetcap.core.transport import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,11 +22,6 @@ class Deployment(str):
     coordinator_metrics: str
     agent_metrics: str
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +34,11 @@ def coordinator(tmp_path_factory):
     dep.dir = str(d)
     dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     logs = open(d / "coordinator.log", "wb")
-    coord = subprocess.Popen([sys.executable, "-m", "clients.cli", "coordinator", "--listen", dep,
+    coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", dep,
                               "--data-dir", str(d / "data"), "--agent-ttl", "5",
                               "--metrics-listen", dep.coordinator_metrics], cwd=ROOT, stdout=logs, stderr=logs)
     agent_log = open(d / "agent.log", "wb")
-    agent = subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", dep, "--vm", "vm1",
+    agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", dep, "--vm", "vm1",
                               "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures"),
                               "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log)
     try:

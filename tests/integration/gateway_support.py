@@ -13,16 +13,11 @@ import urllib.request
 from typing import Any
 
 from deploy.localfleet import LocalFleet
+from fleetcap.core.transport import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARM = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
        "Microsoft.Network/networkWatchers/NetworkWatcher_westeurope/packetCaptures")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Gateway:
@@ -31,7 +26,7 @@ class Gateway:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(str(workdir), f"gateway-{self.port}.log")
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "--coordinator", coordinator, "gateway",
+        self.proc = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway",
                                       "--listen", f"127.0.0.1:{self.port}", *extra], cwd=ROOT, stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while True:
@@ -40,7 +35,7 @@ class Gateway:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("gateway did not start: " + open(self.log_path).read())
+                    raise RuntimeError("gateway did not start: " + open(self.log_path).read()) from None
                 time.sleep(0.1)
 
     def log(self) -> str:
@@ -65,8 +60,8 @@ class Gateway:
 @contextlib.contextmanager
 def scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resource_group: str = "rg1"):
     """Agents on lo for instances of a scale set, connected on entry and stopped on exit."""
-    from clients import sdk
-    procs = [subprocess.Popen([sys.executable, "-m", "clients.cli", "agent", "--coordinator", coordinator,
+    from fleetcap.clients import sdk
+    procs = [subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", coordinator,
                                "--vmss", vmss, "--instance-id", str(i), "--resource-group", resource_group,
                                "--interface", "lo", "--capture-root", os.path.join(str(workdir), f"captures{i}")],
                               cwd=ROOT, stdout=open(os.path.join(str(workdir), f"agent{i}.log"), "wb"),

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 from tests.integration.gateway_support import Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import sys
 import grpc
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +24,7 @@ def client(coordinator):
 
 
 def cli(address: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", address, *args],
+    return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", address, *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def cli(address: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients.cli", "--coordinator", address, *args],
+    return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", address, *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from coordinator.state import keys
-from coordinator.state.etcd_store import EtcdKV
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.etcd_store import EtcdKV
 from tests.unit.test_store_contract import StoreContract
 
 pytestmark = pytest.mark.integration

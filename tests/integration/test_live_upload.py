@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 from fleetcap.v1 import captures_pb2 as pb
 
 pytestmark = pytest.mark.integration

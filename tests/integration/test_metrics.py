@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +45,15 @@ def test_metrics_follow_a_capture(coordinator):
         while c.get_status(name="m-1").packet_capture_status != "Running":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        time.sleep(0.3)
-        agent_running = scrape(coordinator.agent_metrics)
+        while (agent_running := scrape(coordinator.agent_metrics))["fleetcap_agent_active_captures"] != 1:
+            assert time.monotonic() < deadline, agent_running
+            time.sleep(0.1)
         send_udp(9999, 5, 100)
         final = c.wait(name="m-1", timeout_s=30)
         with pytest.raises(sdk.CaptureNotFound):
             c.get(name="m-missing")
     [inst] = final.instances
     assert inst.packets_captured == 5 and inst.bytes_captured == 24 + 5 * (16 + 28 + 14 + 100)
-    assert agent_running["fleetcap_agent_active_captures"] == 1
 
     agent = scrape(coordinator.agent_metrics)
     assert agent['fleetcap_agent_packets_captured_total{capture="m-1"}'] == 5

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from clients import sdk
+from fleetcap.clients import sdk
 from tests.integration.gateway_support import ROOT, Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration

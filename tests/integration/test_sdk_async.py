@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import fleetcap
-from clients import sdk
+from fleetcap.clients import sdk
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from clients.rest.alerts import AlertRules, RuleError
+from fleetcap.clients.rest.alerts import AlertRules, RuleError
 
 
 @pytest.mark.parametrize("doc,message", [
@@ -39,7 +39,7 @@ def test_matching_by_source_and_fields():
 def test_gateway_refuses_a_bad_rules_file_at_start(tmp_path):
     bad = tmp_path / "rules.json"
     bad.write_text(json.dumps({"rules": [{"name": "a", "maxCaptures": -1}]}))
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "gateway", "--alert-rules", str(bad), "--listen",
+    r = subprocess.run([sys.executable, "-m", "fleetcap", "gateway", "--alert-rules", str(bad), "--listen",
                         "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip() == "fleetcap: error: --alert-rules: rules[0].maxCaptures: must be a positive integer"

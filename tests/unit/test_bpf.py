@@ -7,8 +7,8 @@ import random
 import dpkt
 import pytest
 
-from node_agent.capture import bpf
-from node_agent.capture.libpcap import CompiledFilter, PcapError, check_filter
+from fleetcap.core import filters
+from fleetcap.core.libpcap import CompiledFilter, PcapError, check_filter
 
 LOCAL4, LOCAL6 = "10.1.0.5", "fd00::5"
 
@@ -27,36 +27,36 @@ LOCAL4, LOCAL6 = "10.1.0.5", "fd00::5"
 def test_forbidden_forms_name_the_filter_and_field(field, value, rule):
     kwargs = {"localPort": "local_port", "remotePort": "remote_port", "localIPAddress": "local_ip",
               "remoteIPAddress": "remote_ip"}
-    with pytest.raises(bpf.FilterError) as e:
-        bpf.parse_filter(2, protocol="TCP", **{kwargs[field]: value})
+    with pytest.raises(filters.FilterError) as e:
+        filters.parse_filter(2, protocol="TCP", **{kwargs[field]: value})
     assert e.value.field == f"filters[2].{field}"
     assert rule in e.value.rule
 
 
 def test_all_empty_filter_and_bad_protocol_and_icmp_ports_are_rejected():
-    with pytest.raises(bpf.FilterError, match=r"filters\[0\]: a filter cannot be all empty"):
-        bpf.parse_filter(0)
-    with pytest.raises(bpf.FilterError, match=r"filters\[1\].protocol: 'SCTP' is not one of"):
-        bpf.parse_filter(1, protocol="SCTP")
-    with pytest.raises(bpf.FilterError, match=r"filters\[0\].localPort: ports need protocol"):
-        bpf.parse_filter(0, protocol="ICMP", local_port="80")
+    with pytest.raises(filters.FilterError, match=r"filters\[0\]: a filter cannot be all empty"):
+        filters.parse_filter(0)
+    with pytest.raises(filters.FilterError, match=r"filters\[1\].protocol: 'SCTP' is not one of"):
+        filters.parse_filter(1, protocol="SCTP")
+    with pytest.raises(filters.FilterError, match=r"filters\[0\].localPort: ports need protocol"):
+        filters.parse_filter(0, protocol="ICMP", local_port="80")
 
 
 def test_accepted_forms():
-    f = bpf.parse_filter(0, protocol="tcp", local_ip="10.0.0.1;10.0.0.5;", remote_ip="10.0.0.0/30",
+    f = filters.parse_filter(0, protocol="tcp", local_ip="10.0.0.1;10.0.0.5;", remote_ip="10.0.0.0/30",
                          local_port="80;443;", remote_port="1000-2000")
     assert f.protocol == "TCP"
     assert f.local_ip.contains("10.0.0.5") and not f.local_ip.contains("10.0.0.2")
     assert f.remote_ip.contains("10.0.0.3") and not f.remote_ip.contains("10.0.0.4")
     assert f.local_port.ranges == ((80, 80), (443, 443))
     assert f.remote_port.ranges == ((1000, 2000),)
-    r = bpf.parse_filter(0, remote_ip="10.0.0.1-10.0.0.6")
+    r = filters.parse_filter(0, remote_ip="10.0.0.1-10.0.0.6")
     assert [str(n) for n in r.remote_ip.networks] == ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
 
 
 def test_expression_for_a_typical_filter():
-    f = bpf.parse_filter(0, protocol="UDP", local_port="5001")
-    expr = bpf.capture_expression([f], [LOCAL4], exclude_tcp=[("10.1.0.1", 7770)])
+    f = filters.parse_filter(0, protocol="UDP", local_port="5001")
+    expr = filters.capture_expression([f], [LOCAL4], exclude_tcp=[("10.1.0.1", 7770)])
     assert expr == ("((udp and ((src host 10.1.0.5 and src port 5001) or (dst host 10.1.0.5 and dst port 5001))))"
                     " and not (tcp and host 10.1.0.1 and port 7770)")
     check_filter(expr)
@@ -96,9 +96,9 @@ def frame(proto: str, src: str, dst: str, sport: int, dport: int) -> bytes:
     return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=etype, data=ip))
 
 
-def reference(filters: list[bpf.Filter], locals_: list[str], proto: str, src: str, dst: str, sport: int, dport: int) -> bool:
+def reference(filters: list[filters.Filter], locals_: list[str], proto: str, src: str, dst: str, sport: int, dport: int) -> bool:
     """Azure's semantics written plainly: some filter matches with the instance on one side."""
-    def side_ok(f: bpf.Filter, here_ip, here_port, there_ip, there_port) -> bool:
+    def side_ok(f: filters.Filter, here_ip, here_port, there_ip, there_port) -> bool:
         if here_ip not in locals_:
             return False
         ported = proto in ("TCP", "UDP")
@@ -144,7 +144,7 @@ def test_compiled_bpf_matches_reference_semantics():
     locals_ = [LOCAL4, LOCAL6]
     checked = matched = 0
     for _ in range(120):
-        filters = []
+        chosen = []
         for i in range(rng.randint(1, 3)):
             v6 = rng.random() < 0.3
             fields = dict(protocol=rng.choice(["TCP", "UDP", "Any", "ICMP"]),
@@ -154,17 +154,17 @@ def test_compiled_bpf_matches_reference_semantics():
                 fields["local_port"] = fields["remote_port"] = ""
             if fields["protocol"] == "Any" and not any(fields[k] for k in ("local_ip", "remote_ip", "local_port", "remote_port")):
                 fields["protocol"] = "UDP"
-            filters.append(bpf.parse_filter(i, **fields))
-        with CompiledFilter(bpf.capture_expression(filters, locals_)) as compiled:
+            chosen.append(filters.parse_filter(i, **fields))
+        with CompiledFilter(filters.capture_expression(chosen, locals_)) as compiled:
             for _ in range(40):
                 v6 = rng.random() < 0.4
                 proto = rng.choice(["TCP", "UDP", "ICMP"])
                 here, there = (LOCAL6, rng.choice(PEERS6)) if v6 else (LOCAL4, rng.choice(PEERS4))
                 hp, tp = (rng.choice(PORTS), rng.choice(PORTS)) if proto != "ICMP" else (0, 0)
                 src, dst, sport, dport = (here, there, hp, tp) if rng.random() < 0.5 else (there, here, tp, hp)
-                want = reference(filters, locals_, proto, src, dst, sport, dport)
+                want = reference(chosen, locals_, proto, src, dst, sport, dport)
                 got = compiled.matches(frame(proto, src, dst, sport, dport))
-                assert got == want, (filters, proto, src, dst, sport, dport)
+                assert got == want, (chosen, proto, src, dst, sport, dport)
                 checked += 1
                 matched += want
     # The generator must exercise both outcomes substantially, or the test proves nothing.
@@ -174,7 +174,7 @@ def test_compiled_bpf_matches_reference_semantics():
 def test_a_filter_that_can_never_match_compiles_and_matches_nothing():
     # localIPAddress names an address the instance does not have: libpcap's optimizer proves
     # the expression empty; that is a valid capture of nothing, not an error.
-    f = bpf.parse_filter(0, protocol="UDP", local_ip="10.9.9.9")
-    with CompiledFilter(bpf.capture_expression([f], [LOCAL4])) as compiled:
+    f = filters.parse_filter(0, protocol="UDP", local_ip="10.9.9.9")
+    with CompiledFilter(filters.capture_expression([f], [LOCAL4])) as compiled:
         assert not compiled.matches(frame("UDP", LOCAL4, "10.9.9.9", 5001, 5001))
         assert not compiled.matches(frame("UDP", "10.9.9.9", LOCAL4, 5001, 5001))

@@ -5,12 +5,12 @@ import datetime
 
 import pytest
 
-from clients import cli, progress
+from fleetcap.clients import cli, progress
 from fleetcap.v1 import captures_pb2 as pb
 
 
 def parse_create(*flags: str):
-    args = cli.build_parser().parse_args(["capture", "create", "--name", "pc", *flags])
+    args = cli.build_parser()[0].parse_args(["capture", "create", "--name", "pc", *flags])
     cli._merge_newer_group_flags(args)
     return args
 
@@ -43,7 +43,7 @@ def test_newer_group_json_flags_reject_bad_input_by_name(flags, message):
 
 @pytest.mark.parametrize("verb", ["show", "stop", "delete", "show-status", "query-status", "wait"])
 def test_az_watcher_flags_are_accepted(verb):
-    args = cli.build_parser().parse_args(["capture", verb, "-n", "pc", "-l", "westeurope", "-g", "NetworkWatcherRG"])
+    args = cli.build_parser()[0].parse_args(["capture", verb, "-n", "pc", "-l", "westeurope", "-g", "NetworkWatcherRG"])
     assert args.name == "pc" and args.location == "westeurope"
 
 
@@ -66,7 +66,7 @@ def test_progress_lines_show_bars_against_the_limits():
                           bytes_captured=8192,
                           files=[pb.CaptureFile(storage_path="file:///x", size_bytes=8192, uploaded_bytes=4096)]),
     ])
-    now = datetime.datetime(2026, 11, 26, 10, 0, 5, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 11, 26, 10, 0, 5, tzinfo=datetime.UTC)
     assert progress.render(capture, status, now) == [
         "pc: Running",
         "web_0     Running    packets     1,234  bytes [#####---------------]  25% 1.0 KiB/4.0 KiB  "
@@ -80,15 +80,27 @@ def test_progress_without_limits_shows_plain_figures():
     capture = pb.PacketCaptureResult(name="pc", properties=pb.PacketCaptureParameters())
     status = pb.PacketCaptureQueryStatusResult(name="pc", packet_capture_status="NotStarted", instances=[
         pb.InstanceStatus(id="vm1", instance_id="vm1", packet_capture_status="NotStarted")])
-    now = datetime.datetime(2026, 11, 26, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)
     assert progress.render(capture, status, now)[1] == \
         "vm1       NotStarted packets         0  bytes 0 B  time 0s  drops 0"
 
 
-def test_async_create_options_name_every_create_argument():
+def test_every_create_option_reaches_the_request():
+    """CreateOptions is the one definition of create's arguments: each of them changes the
+    request (none is silently dropped), and both clients take exactly these."""
     import inspect
 
-    from clients import sdk
-    params = [p for p in inspect.signature(sdk.create_request).parameters if p not in ("name", "target")]
-    assert sorted(params) == sorted(sdk.CreateOptions.__annotations__)
-    assert list(inspect.signature(sdk.Client.create).parameters)[1:] == list(inspect.signature(sdk.create_request).parameters)
+    from fleetcap.clients import sdk
+    values = {"target_type": "AzureVMSS", "resource_group": "rg9", "subscription": "s9", "include": ["1"],
+              "exclude": ["2"], "bytes_to_capture_per_packet": 64, "total_bytes_per_session": 4096,
+              "time_limit_in_seconds": 9, "storage_account": "local", "storage_path": "https://x/c",
+              "file_path": "/var/captures/a.cap", "filters": [{"protocol": "UDP"}], "bpf_filter": "udp",
+              "continuous_capture": False, "local_path": "/var/captures/r.cap", "file_count": 3,
+              "file_size_in_bytes": 1000, "session_time_limit_in_seconds": 60, "add_new_instances": True}
+    assert sorted(values) == sorted(sdk.CreateOptions.__annotations__)
+    base = sdk.create_request(name="pc", target="t")
+    for key, value in values.items():
+        assert sdk.create_request(name="pc", target="t", **{key: value}) != base, key
+    for client in (sdk.Client, sdk.AsyncClient):
+        params = inspect.signature(client.create).parameters
+        assert [p for p in params if p != "self"] == ["name", "target", "options"], client

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from clients.cli import build_parser
+from fleetcap.main import build_parser
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
 FILES = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.metrics import Registry
+from fleetcap.core.metrics import Registry
 
 
 def test_render_counters_gauges_and_collectors():

@@ -6,12 +6,13 @@ import contextlib
 
 import pytest
 
-from coordinator.errors import ResourceExhausted
-from coordinator.service import CaptureService, ServiceConfig
-from coordinator.state import keys
-from coordinator.state.memory_store import MemoryKV
-from coordinator.state.store import Store
-from coordinator.storage.local_sink import LocalSink
+from fleetcap.coordinator.errors import ResourceExhausted
+from fleetcap.coordinator.service import CaptureService
+from fleetcap.coordinator.settings import ServiceConfig
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.memory_store import MemoryKV
+from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -81,7 +82,8 @@ def test_dispatch_progress_and_quota(tmp_path):
 def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
     """The hello carries the agent's state as it dialed; a report sent after the welcome is
     newer (here: its upload committed meanwhile) and must be what stays."""
-    from coordinator.fleet.fleet_servicer import AgentSessions, FleetServicer
+    from fleetcap.coordinator.fleet.agents import AgentSessions
+    from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer
 
     async def body():
         svc, _ = await setup(tmp_path)
@@ -98,7 +100,7 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
         async def agent_messages():
             yield fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(identity=ident, captures=[old]))
             yield fleet_pb2.AgentMessage(progress=new)
-            applied_new.set()
+            applied_new.set()  # the reader asks for the next message only once `new` is applied
             await asyncio.Event().wait()  # the stream stays open
 
         class Context:
@@ -109,8 +111,7 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
         stream = servicer.Connect(agent_messages(), Context())
         welcome = await stream.__anext__()
         assert welcome.HasField("welcome")
-        await applied_new.wait()
-        await asyncio.sleep(0.1)  # the reader applies the newer report
+        await asyncio.wait_for(applied_new.wait(), timeout=10)
         pending = asyncio.ensure_future(stream.__anext__())  # the stream goes on: nothing more to send
         await asyncio.sleep(0.1)
         [inst] = [i for i in await svc.store.get_instances("h") if i.instance_key == key]

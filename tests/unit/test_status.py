@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import status as st
+from fleetcap.coordinator import status as st
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import state_pb2
 

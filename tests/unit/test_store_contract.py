@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from coordinator.errors import AlreadyExists, NotFound
-from coordinator.state import keys
-from coordinator.state.memory_store import MemoryKV
-from coordinator.state.store import Store
+from fleetcap.coordinator.errors import AlreadyExists, NotFound
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.memory_store import MemoryKV
+from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -100,23 +100,25 @@ class StoreContract:
             ident = fleet_pb2.AgentIdentity(vm_name="vm1")
             key = keys.instance_key(ident)
             events = []
+            watching = asyncio.Event()
 
             async def watch():
-                async for ev in s.watch(keys.AGENTS):
-                    if ev.kind == "READY":
+                async for ev in s.watch_agents():
+                    if ev.kind == WatchKind.READY:
+                        watching.set()
                         continue
-                    events.append((ev.kind, ev.key))
-                    if ev.kind == "DELETE":
+                    events.append((ev.kind, ev.instance_key))
+                    if ev.kind == WatchKind.DELETE:
                         return
             watcher = asyncio.ensure_future(watch())
-            await asyncio.sleep(0.2)  # let the watch start
+            await asyncio.wait_for(watching.wait(), timeout=10)
             lease = await s.register_agent(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
             for _ in range(4):
                 await asyncio.sleep(0.4)
                 assert await s.refresh_agent(lease)
             assert list(await s.list_agents()) == [key]
             await asyncio.wait_for(watcher, timeout=10)  # stops refreshing: the lease expires
-            assert events == [("PUT", keys.agent(key)), ("DELETE", keys.agent(key))]
+            assert events == [(WatchKind.PUT, key), (WatchKind.DELETE, key)]
             assert await s.list_agents() == {}
             assert not await s.refresh_agent(lease)
         self.run(body)
@@ -127,7 +129,7 @@ class StoreContract:
             key = keys.instance_key(ident)
             old = await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="a"), ttl_s=30)
             await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="b"), ttl_s=30)
-            await s.unregister_agent(old)
+            await s.kv.revoke_lease(old)  # the old lease ends: the record stays, on the new one
             assert (await s.list_agents())[key].hostname == "b"
         self.run(body)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import targets
-from coordinator.errors import InvalidArgument, NotFound
-from coordinator.state import keys
+from fleetcap.coordinator import targets
+from fleetcap.coordinator.errors import InvalidArgument, NotFound
+from fleetcap.coordinator.state import keys
 from fleetcap.v1 import fleet_pb2, state_pb2
 
 BASE = "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import validation
-from coordinator.errors import InvalidArgument
+from fleetcap.coordinator import validation
+from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.v1 import captures_pb2 as pb
 
 ACCOUNTS = ["local"]
@@ -55,7 +55,8 @@ def test_zero_limits_are_kept_and_values_normalized():
     (dict(loc=pb.PacketCaptureStorageLocation(storage_id="nope")), "storageLocation.storageId", "not a configured storage account"),
     (dict(loc=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap", storage_path="https://x/c")),
      "storageLocation.storagePath", "needs storageLocation.storageId"),
-    (dict(loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/a.cap")), "storageLocation.localPath", "only with continuousCapture"),
+    (dict(loc=pb.PacketCaptureStorageLocation(local_path="/var/captures/a.cap")), "storageLocation.localPath",
+     "only with continuousCapture"),
     (dict(filters=[pb.PacketCaptureFilter(protocol="TCP", local_port="1-2;3")]), "filters[0].localPort", "a range mixed with a list"),
     (dict(filters=[pb.PacketCaptureFilter(protocol="UDP"), pb.PacketCaptureFilter()]), "filters[1]", "cannot be all empty"),
     (dict(bpf_filter="udp and and"), "bpfFilter", "libpcap rejects it"),

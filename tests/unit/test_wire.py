@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from coordinator.fleet import wire
+from fleetcap.coordinator.fleet import wire
 from fleetcap.v1 import fleet_pb2
 
 

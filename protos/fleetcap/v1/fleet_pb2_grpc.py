@@ -57,8 +57,10 @@ class FleetServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """The data stream for one file. Errors: FAILED_PRECONDITION on an offset or checksum
-        mismatch (the agent re-opens and resumes from the acked offset).
+        """The data stream for one file. Errors: FAILED_PRECONDITION on an offset mismatch,
+        DATA_LOSS on a chunk whose CRC-32 does not match (the agent re-opens and resumes from the
+        acked offset either way), UNAVAILABLE with the trailing-metadata entry
+        fleetcap-error-reason: StorageFailed when the storage account fails.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

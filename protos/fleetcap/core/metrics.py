@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[tuple[str, ...], float]  # label values, value
-Collector = Callable[[], Iterable[tuple[str, str, str, tuple[str, ...], Iterable[Sample]]]]
+Family = tuple[str, str, str, tuple[str, ...], Iterable[Sample]]  # name, type, help, label names, samples
+Collector = Callable[[], Iterable[Family]]
 
 
 def _escape(value: str) -> str:
@@ -34,7 +35,7 @@ def _lines(name: str, kind: str, help_text: str, labels: tuple[str, ...], sample
 
 
 class _Metric:
-    def __init__(self, registry: "Registry", name: str, help_text: str, labels: tuple[str, ...], kind: str):
+    def __init__(self, registry: Registry, name: str, help_text: str, labels: tuple[str, ...], kind: str):
         self.name, self.help, self.labels, self.kind = name, help_text, labels, kind
         self._lock = registry._lock
         self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
@@ -88,10 +89,10 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
-async def serve_http(registry: Registry, host: str, port: int,
-                     before_scrape: Callable[[], "asyncio.Future | None"] | None = None) -> asyncio.AbstractServer:
-    """GET /metrics on host:port; anything else is 404. before_scrape, if given, is awaited
-    first (to refresh gauges that need the event loop)."""
+async def serve_http(registry: Registry, listen: str,
+                     before_scrape: Callable[[], Awaitable[None]] | None = None) -> asyncio.Server:
+    """GET /metrics on `listen` (HOST:PORT; an empty host is 127.0.0.1); anything else is 404.
+    before_scrape, if given, is awaited first (to refresh gauges that need the event loop)."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -106,10 +107,13 @@ async def serve_http(registry: Registry, host: str, port: int,
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                          f"Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         except Exception:
             log.exception("metrics request failed")
         finally:
             writer.close()
-    return await asyncio.start_server(handle, host, port)
+    host, _, port = listen.rpartition(":")
+    server = await asyncio.start_server(handle, host.strip("[]") or "127.0.0.1", int(port))
+    log.info("metrics on http://%s:%d/metrics", *server.sockets[0].getsockname()[:2])
+    return server

@@ -6,10 +6,18 @@ in one network namespace reach a coordinator in another.
 """
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import grpc
 import grpc.aio
 
-# Capture chunks are up to 1 MiB; leave room for the envelope.
+DEFAULT_ADDRESS = "127.0.0.1:7770"
+"""Where a coordinator listens, and clients and agents dial, when nobody says otherwise."""
+ERROR_REASON_KEY = "fleetcap-error-reason"
+"""Trailing-metadata key of a machine-readable error reason (a CaptureError value), for the
+errors a peer must tell apart by more than the status code."""
+# Capture chunks are up to 4 MiB (node_agent/upload/uploader.py); leave room for the envelope.
 MAX_MESSAGE_BYTES = 8 << 20
 # Keepalive: notice a dead peer (a cut network, a killed process) within about 20 s, even on
 # an idle stream, without tripping gRPC's too_many_pings guard (servers allow 5 s).
@@ -48,6 +56,22 @@ def sync_channel(address: str) -> grpc.Channel:
 
 def aio_server() -> grpc.aio.Server:
     return grpc.aio.server(options=_SERVER_OPTIONS)
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The error reason a failed call carries in its trailing metadata; "" for none."""
+    trailers: Any = error.trailing_metadata() if isinstance(error, (grpc.Call, grpc.aio.AioRpcError)) else None
+    for key, value in trailers or ():  # pairs (grpc.aio's Metadata iterates as pairs)
+        if key == ERROR_REASON_KEY:
+            return str(value)
+    return ""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (for embedded etcd, tests and benchmarks)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def add_listen(server: grpc.aio.Server, address: str) -> int:

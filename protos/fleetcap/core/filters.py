@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "any": "Any", "icmp": "ICMP"}
 
@@ -99,7 +100,7 @@ def parse_addresses(value: str, field: str) -> AddressSet | None:
             lo, hi = ipaddress.ip_address(first.strip()), ipaddress.ip_address(last.strip())
             if lo.version != hi.version:
                 raise FilterError(field, f"range '{items[0]}' mixes IPv4 and IPv6")
-            if lo > hi:
+            if int(lo) > int(hi):
                 raise FilterError(field, f"range '{items[0]}' starts above its end")
             return AddressSet(tuple(ipaddress.summarize_address_range(lo, hi)))
         return AddressSet(tuple(ipaddress.ip_network(v, strict=False) for v in items))
@@ -130,6 +131,22 @@ def parse_filter(index: int, *, protocol: str = "", local_ip: str = "", remote_i
     return f
 
 
+class FilterFields(Protocol):
+    """Azure's 5-tuple filter as the API carries it (PacketCaptureFilter has these fields)."""
+
+    protocol: str
+    local_ip_address: str
+    remote_ip_address: str
+    local_port: str
+    remote_port: str
+
+
+def parse_filters(items: Iterable[FilterFields]) -> list[Filter]:
+    """Every filter of a request, parsed; raises FilterError naming the first bad field."""
+    return [parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
+                         local_port=f.local_port, remote_port=f.remote_port) for i, f in enumerate(items)]
+
+
 def _networks_expr(direction: str, addresses: AddressSet) -> str:
     parts = []
     for n in addresses.networks:
@@ -147,9 +164,9 @@ def _any(parts: Iterable[str]) -> str:
     return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
 
 
-def _all(parts: Iterable[str]) -> str:
-    parts = [p for p in parts if p]
-    return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+def _all(parts: Iterable[str | None]) -> str:
+    present = [p for p in parts if p]
+    return present[0] if len(present) == 1 else "(" + " and ".join(present) + ")"
 
 
 _PROTO_EXPR = {"TCP": "tcp", "UDP": "udp", "ICMP": "(icmp or icmp6)", "Any": ""}
@@ -167,10 +184,10 @@ def filter_expression(f: Filter, local_addresses: Sequence[str]) -> str:
     def side(here: str, there: str) -> str:
         return _all([
             _networks_expr(here, locals_),
-            f.local_ip and _networks_expr(here, f.local_ip),
-            f.local_port and _ports_expr(here, f.local_port),
-            f.remote_ip and _networks_expr(there, f.remote_ip),
-            f.remote_port and _ports_expr(there, f.remote_port),
+            _networks_expr(here, f.local_ip) if f.local_ip else None,
+            _ports_expr(here, f.local_port) if f.local_port else None,
+            _networks_expr(there, f.remote_ip) if f.remote_ip else None,
+            _ports_expr(there, f.remote_port) if f.remote_port else None,
         ])
 
     return _all([_PROTO_EXPR[f.protocol], f"({side('src', 'dst')} or {side('dst', 'src')})"])

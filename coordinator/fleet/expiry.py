@@ -1,0 +1,36 @@
+"""Agent expiry: an agent record deleted by its lease means the agent is gone."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fleetcap.coordinator.fleet.agents import AgentSessions
+from fleetcap.coordinator.service import CaptureService
+from fleetcap.coordinator.state.store import Store, WatchKind
+
+log = logging.getLogger(__name__)
+
+# After an interrupted watch (etcd restarting), wait this long before watching again.
+REWATCH_S = 1.0
+
+
+async def watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions,
+                             leading: asyncio.Event) -> None:
+    """Runs for ever. No heartbeat for a whole lease: the agent is gone or cut off, even if its
+    TCP stream has not timed out yet. Its stream is closed here so that it reconnects afresh
+    (its report then revives what it still has: AgentStopped recovers), and the leader fails
+    its unfinished captures."""
+    while True:
+        try:
+            async for event in store.watch_agents():
+                if event.kind != WatchKind.DELETE:
+                    continue
+                sessions.close(event.instance_key)
+                if leading.is_set():
+                    log.warning("agent %s: lease expired", event.instance_key)
+                    await service.agent_lost(event.instance_key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # etcd restarting: watch again
+            log.warning("agent watch interrupted (%s); watching again", e)
+            await asyncio.sleep(REWATCH_S)

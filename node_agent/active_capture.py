@@ -1,0 +1,69 @@
+"""One capture on this agent: its StartCapture, its session, one uploader per file, and the
+progress it reports."""
+from __future__ import annotations
+
+import asyncio
+
+from fleetcap.core.naming import ring_file_path
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason
+from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession
+from fleetcap.node_agent.upload.uploader import Uploader
+from fleetcap.v1 import captures_pb2, fleet_pb2
+
+
+class ActiveCapture:
+    """One capture on this agent: its session, and one uploader per file."""
+
+    def __init__(self, start: fleet_pb2.StartCapture, path: str):
+        self.start = start
+        self.path = path
+        self.session: CaptureSession | None = None
+        self.uploaders: dict[int, Uploader] = {}
+        self.upload_tasks: dict[int, asyncio.Future[object]] = {}
+        self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
+        self.removed: set[int] = set()  # files removed after a verified upload (storage only)
+        self.hashing: set[int] = set()
+
+    def api_path(self, index: int) -> str:
+        return ring_file_path(self.start.file_path, index, self.start.continuous)
+
+    def file_final(self, index: int) -> tuple[int, str] | None:
+        """(size, sha256) once file `index` is closed and hashed."""
+        f = self._file(index)
+        return (f.size, f.sha256) if f and f.closed and f.sha256 else None
+
+    def _file(self, index: int) -> CaptureFile | None:
+        if self.session is None:
+            return None
+        return next((f for f in self.session.files if f.index == index), None)
+
+    def progress(self) -> fleet_pb2.CaptureProgress:
+        status = captures_pb2.InstanceStatus()
+        if self.failure:
+            status.packet_capture_status, status.stop_reason = Status.ERROR, StopReason.CAPTURE_FAILED
+            status.packet_capture_error.append(self.failure[0])
+            status.error_message = self.failure[1]
+        elif self.session:
+            c = self.session.counters
+            status.packet_capture_status = c.status
+            status.stop_reason = c.stop_reason
+            status.packet_capture_error.extend(c.errors)
+            status.error_message = c.error_message
+            status.capture_start_time, status.capture_stop_time = c.start_time, c.stop_time
+            status.packets_captured, status.bytes_captured = c.packets, c.bytes
+            status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
+            failed = []
+            for f in list(self.session.files):
+                out = status.files.add(file_path=self.api_path(f.index), size_bytes=f.size, sha256=f.sha256)
+                u = self.uploaders.get(f.index)
+                if u:
+                    out.uploaded_bytes, out.upload_complete = u.state.acked, u.state.committed
+                    out.stored_sha256 = u.state.stored_sha256
+                    if u.state.failed:
+                        failed.append(f"{out.file_path}: {u.state.failed}")
+            if failed:
+                status.packet_capture_status = Status.ERROR
+                status.packet_capture_error.append(CaptureError.STORAGE_FAILED)
+                status.error_message = "upload failed, the instance keeps the file: " + "; ".join(failed)
+        return fleet_pb2.CaptureProgress(capture_name=self.start.capture_name, capture_id=self.start.capture_id,
+                                         status=status)

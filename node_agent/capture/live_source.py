@@ -1,0 +1,118 @@
+"""The live capture source: one libpcap handle on an interface, writing pcap files.
+
+`pcap_dispatch` is handed libpcap's own `pcap_dump` as its callback, so packets go from the
+TPACKET_V3 ring to the file without a Python frame per packet, and ctypes releases the GIL
+for the whole call.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from fleetcap.core import libpcap
+from fleetcap.core.libpcap import PCAP_ERRBUF_SIZE, BpfProgram, PcapError, PcapStat, PktHdr, compile_into
+
+
+class LiveHandle:
+    """One activated capture handle on one interface, writing one pcap file.
+
+    Every method but `breakloop` must be called from one thread (the capture thread):
+    libpcap handles are not thread-safe, and pcap_stats on Linux reads and resets
+    kernel counters.
+    """
+
+    def __init__(self, interface: str, *, snaplen: int, buffer_size: int, timeout_ms: int = 100):
+        self._lib = libpcap.lib()
+        self._dump_callback = libpcap.pcap_dump_callback()
+        err = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+        self._p = self._lib.pcap_create(interface.encode(), err)
+        if not self._p:
+            raise PcapError(err.value.decode())
+        self._dumper: int | None = None
+        self._lock = threading.Lock()  # guards _p against close() racing breakloop()
+        self._lib.pcap_set_snaplen(self._p, snaplen)
+        self._lib.pcap_set_promisc(self._p, 0)
+        self._lib.pcap_set_timeout(self._p, timeout_ms)
+        self._lib.pcap_set_buffer_size(self._p, buffer_size)
+        rc = self._lib.pcap_activate(self._p)
+        if rc < 0:
+            msg = self._lib.pcap_geterr(self._p).decode() or self._lib.pcap_statustostr(rc).decode()
+            self.close()
+            raise PcapError(f"{interface}: {msg}")
+
+    def set_filter(self, expression: str) -> None:
+        prog = BpfProgram()
+        compile_into(self._p, prog, expression)
+        try:
+            if self._lib.pcap_setfilter(self._p, ctypes.byref(prog)):
+                raise PcapError(self._lib.pcap_geterr(self._p).decode())
+        finally:
+            self._lib.pcap_freecode(ctypes.byref(prog))
+
+    def open_dump(self, path: str) -> None:
+        self._dumper = self._lib.pcap_dump_open(self._p, path.encode())
+        if not self._dumper:
+            raise PcapError(self._lib.pcap_geterr(self._p).decode())
+
+    def close_dump(self) -> None:
+        """Flushes and closes the current file; open_dump starts the next one."""
+        if self._dumper:
+            self._lib.pcap_dump_close(self._dumper)
+            self._dumper = None
+
+    def file_position(self) -> int:
+        """Bytes written to the file so far, buffered ones included (exact, at record bounds)."""
+        return int(self._lib.pcap_dump_ftell64(self._dumper))
+
+    def flush(self) -> None:
+        self._lib.pcap_dump_flush(self._dumper)
+
+    def dispatch_to_file(self, max_packets: int) -> int:
+        """Writes up to max_packets (-1 = one ring block) in C; returns the count, or -2
+        after breakloop. Blocks while the ring is empty until breakloop."""
+        rc = self._lib.pcap_dispatch(self._p, max_packets, self._dump_callback, self._dumper)
+        if rc == -1:
+            raise PcapError(self._lib.pcap_geterr(self._p).decode())
+        return int(rc)
+
+    def next_packet(self) -> tuple[int, ctypes._Pointer[PktHdr] | None, int | None]:
+        """One packet: (1, hdr, data) | (0, None, None) when none is ready (nonblocking) |
+        (-2, None, None) after breakloop."""
+        hdr = ctypes.POINTER(PktHdr)()
+        data = ctypes.c_void_p()
+        rc = self._lib.pcap_next_ex(self._p, ctypes.byref(hdr), ctypes.byref(data))
+        if rc == -1:
+            raise PcapError(self._lib.pcap_geterr(self._p).decode())
+        if rc != 1:
+            return rc, None, None
+        return 1, hdr, data.value
+
+    def dump_one(self, hdr: ctypes._Pointer[PktHdr], data: int) -> None:
+        self._lib.pcap_dump(self._dumper, hdr, data)
+
+    def set_nonblocking(self) -> None:
+        err = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+        if self._lib.pcap_setnonblock(self._p, 1, err) < 0:
+            raise PcapError(err.value.decode())
+
+    def breakloop(self) -> None:
+        """Safe from any thread: wakes a dispatch blocked on an idle ring (libpcap >= 1.10)."""
+        with self._lock:
+            if self._p:
+                self._lib.pcap_breakloop(self._p)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, kernel drops, interface drops), cumulative."""
+        s = PcapStat()
+        if self._lib.pcap_stats(self._p, ctypes.byref(s)) < 0:
+            return 0, 0, 0
+        return s.ps_recv, s.ps_drop, s.ps_ifdrop
+
+    def close(self) -> None:
+        if self._dumper:
+            self._lib.pcap_dump_close(self._dumper)
+            self._dumper = None
+        with self._lock:
+            if self._p:
+                self._lib.pcap_close(self._p)
+                self._p = None

@@ -1,0 +1,154 @@
+"""The agent's control stream: it dials out to a coordinator replica, says hello with what it
+knows, then sends heartbeats and progress up and takes start and stop commands down. When the
+stream breaks it moves to the next replica, with a short backoff.
+
+The data path (uploads) uses a channel of its own to the same replica, so a long upload never
+delays a stop or a heartbeat.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import grpc
+import grpc.aio
+
+from fleetcap.core import transport
+from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.host import interface_addresses
+from fleetcap.node_agent.runner import CaptureRunner
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+PROGRESS_INTERVAL_S = 1.0
+# A restarted coordinator is found within 2 s; a dead one costs a connection attempt per 2 s.
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 2.0
+ControlCall = grpc.aio.StreamStreamCall[fleet_pb2.AgentMessage, fleet_pb2.CoordinatorMessage]
+
+
+class Coordinators:
+    """The coordinator replicas an agent may talk to, the current one, and a data channel to
+    each (created on first use)."""
+
+    def __init__(self, addresses: str):
+        self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        self._current = 0
+        self._data_channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def current(self) -> str:
+        return self.addresses[self._current % len(self.addresses)]
+
+    def next(self) -> None:
+        self._current += 1
+
+    def data_stub(self) -> fleet_pb2_grpc.FleetStub:
+        """The data path follows the control path to the same coordinator replica."""
+        address = self.current
+        if address not in self._data_channels:
+            self._data_channels[address] = transport.aio_channel(address, dedicated=True)
+        return fleet_pb2_grpc.FleetStub(self._data_channels[address])
+
+    async def close(self) -> None:
+        for channel in self._data_channels.values():
+            await channel.close()
+
+
+class ControlLoop:
+    def __init__(self, identity: fleet_pb2.AgentIdentity, coordinators: Coordinators, runner: CaptureRunner):
+        self.identity = identity
+        self.coordinators = coordinators
+        self.runner = runner
+        self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
+        self._dirty: set[str] = set()
+
+    def report(self, cap: ActiveCapture) -> None:
+        """Sends a capture's progress now, and again on the next tick, in case this stream was
+        already gone (the runner's on_report)."""
+        self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+        self._dirty.add(cap.start.capture_name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = RECONNECT_MIN_S
+        while not stop.is_set():
+            connected = await self._connect_once(stop)
+            if stop.is_set():
+                break
+            delay = RECONNECT_MIN_S if connected else min(delay * 2, RECONNECT_MAX_S)
+            self.coordinators.next()  # the next replica, if there are several
+            log.info("reconnecting to %s in %.1fs", self.coordinators.current, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _connect_once(self, stop: asyncio.Event) -> bool:
+        """One control-stream connection; returns whether it got as far as the welcome."""
+        address = self.coordinators.current
+        channel = transport.aio_channel(address)
+        call = fleet_pb2_grpc.FleetStub(channel).Connect()
+        tasks: list[asyncio.Future[object]] = []
+        welcomed = False
+        try:
+            runner = self.runner
+            hello = fleet_pb2.AgentHello(
+                identity=self.identity, hostname=socket.gethostname(), agent_version=VERSION,
+                interface=runner.interface, addresses=interface_addresses(runner.interface),
+                captures=[c.progress() for c in runner.captures.values()])
+            await call.write(fleet_pb2.AgentMessage(hello=hello))
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("welcome"):
+                return False
+            welcomed = True
+            log.info("connected to %s as %s", address, first.welcome.instance_resource_id)
+            self._outbox = asyncio.Queue()
+            self._dirty.update(runner.captures)  # everything is reported once more after the hello
+            interval = first.welcome.heartbeat_interval_ms / 1000
+            tasks = [asyncio.ensure_future(self._write(call)), asyncio.ensure_future(self._heartbeat(interval)),
+                     asyncio.ensure_future(self._progress()), asyncio.ensure_future(stop.wait()),
+                     asyncio.ensure_future(self._read(call))]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() and not isinstance(t.exception(), grpc.aio.AioRpcError):
+                    log.error("agent task failed", exc_info=t.exception())
+        except grpc.aio.AioRpcError as e:
+            log.warning("control stream to %s: %s %s", address, e.code().name, e.details())
+        finally:
+            for t in tasks:
+                t.cancel()
+            call.cancel()
+            await channel.close()
+        return welcomed
+
+    async def _write(self, call: ControlCall) -> None:
+        while True:
+            await call.write(await self._outbox.get())
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._outbox.put_nowait(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
+
+    async def _progress(self) -> None:
+        """Sends the progress of running captures about once a second, and state changes at once."""
+        while True:
+            for name, cap in list(self.runner.captures.items()):
+                running = cap.session is not None and not cap.session.done.is_set()
+                uploading = any(not u.state.committed and not u.state.failed for u in cap.uploaders.values())
+                if running or uploading or name in self._dirty:
+                    self._dirty.discard(name)
+                    self._outbox.put_nowait(fleet_pb2.AgentMessage(progress=cap.progress()))
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+    async def _read(self, call: ControlCall) -> None:
+        while True:
+            message = await call.read()
+            if not isinstance(message, fleet_pb2.CoordinatorMessage):  # grpc.aio.EOF
+                return
+            if message.HasField("start"):
+                self.runner.start(message.start)
+            elif message.HasField("stop"):
+                self.runner.stop(message.stop)

@@ -1,0 +1,168 @@
+"""The capture runner: starts and stops this agent's captures, and keeps what follows a change
+in step (hashing closed files, one upload per file, removing a verified local copy, the
+journal). It knows nothing of the control stream; it reports each change to `on_report`."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+
+from fleetcap.core import filters
+from fleetcap.core.integrity import sha256_file
+from fleetcap.core.vocabulary import CaptureError, StopReason
+from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.capture.live_source import LiveHandle
+from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
+from fleetcap.node_agent.capture.source import SourceFactory
+from fleetcap.node_agent.host import interface_addresses, local_path
+from fleetcap.node_agent.journal import Journal
+from fleetcap.node_agent.settings import AgentSettings
+from fleetcap.node_agent.upload.uploader import StubProvider, Uploader
+from fleetcap.v1 import fleet_pb2
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for each capture thread to write what its ring still holds.
+SHUTDOWN_JOIN_S = 5.0
+
+
+class CaptureRunner:
+    """This agent's captures, by name. Every method runs on the event loop."""
+
+    def __init__(self, settings: AgentSettings, interface: str, *, data_stub: StubProvider,
+                 exclude_tcp: list[tuple[str, int]], on_report: Callable[[ActiveCapture], None],
+                 open_source: SourceFactory = LiveHandle,
+                 addresses: Callable[[str], list[str]] = interface_addresses):
+        self.settings = settings
+        self.interface = interface
+        self.captures: dict[str, ActiveCapture] = {}
+        self.journal = Journal(settings.capture_root)
+        self._data_stub = data_stub
+        self._exclude_tcp = exclude_tcp
+        self._on_report = on_report
+        self._open_source = open_source
+        self._addresses = addresses
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def recover(self) -> None:
+        """Loads the journal and reports every capture it knew."""
+        self._loop = asyncio.get_running_loop()
+        self.captures.update(self.journal.recover(self.interface))
+        for name in list(self.captures):
+            self.changed(name)
+
+    def start(self, start: fleet_pb2.StartCapture) -> None:
+        self._loop = asyncio.get_running_loop()
+        name = start.capture_name
+        old = self.captures.get(name)
+        if old is not None:
+            if old.start.capture_id == start.capture_id:
+                return  # a repeated start after a reconnect
+            if old.session:
+                old.session.stop(StopReason.DELETED)
+        loop = self._loop
+
+        def notify(_: object = None) -> None:  # from the capture thread
+            loop.call_soon_threadsafe(self.changed, name)
+
+        try:
+            path = local_path(self.settings.capture_root, start.file_path)
+        except ValueError as e:
+            cap = self.captures[name] = ActiveCapture(start, "")
+            cap.failure = (CaptureError.LOCAL_FILE_FAILED, str(e))
+            notify()
+            return
+        cap = self.captures[name] = ActiveCapture(start, path)
+        try:
+            expression = filters.capture_expression(filters.parse_filters(start.filters),
+                                                    self._addresses(self.interface),
+                                                    bpf_filter=start.bpf_filter, exclude_tcp=self._exclude_tcp)
+        except (filters.FilterError, subprocess.CalledProcessError) as e:
+            cap.failure = (CaptureError.CAPTURE_FAILED, str(e))
+            notify()
+            return
+        log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
+        ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
+        cap.session = CaptureSession(CaptureSpec(
+            name=name, capture_id=start.capture_id, interface=self.interface, path=path, expression=expression,
+            snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
+            buffer_size=self.settings.buffer_size), on_change=notify, open_source=self._open_source)
+        cap.session.start()
+
+    def stop(self, stop: fleet_pb2.StopCapture) -> None:
+        cap = self.captures.get(stop.capture_name)
+        if cap and cap.start.capture_id == stop.capture_id and cap.session:
+            log.info("capture %s: stop requested (%s)", stop.capture_name, stop.reason)
+            cap.session.stop(stop.reason or StopReason.STOPPED_BY_USER)
+
+    def changed(self, name: str) -> None:
+        """A capture changed state: bring its files, uploads and journal in step, and report it."""
+        cap = self.captures.get(name)
+        if cap is None:
+            return
+        self._hash_closed_files(cap)
+        self._sync_uploads(cap)
+        self._maybe_remove_local(cap)
+        self.journal.write(cap)
+        self._on_report(cap)
+
+    def _hash_closed_files(self, cap: ActiveCapture) -> None:
+        """Each finished file is hashed once, in a worker thread (never on the capture thread);
+        the SHA-256 is what the stored copy is verified against."""
+        if cap.session is None:
+            return
+        for f in list(cap.session.files):
+            if f.closed and not f.sha256 and f.index not in cap.hashing:
+                cap.hashing.add(f.index)
+                asyncio.ensure_future(self._hash(cap, f))
+
+    async def _hash(self, cap: ActiveCapture, f: CaptureFile) -> None:
+        try:
+            f.sha256 = await asyncio.to_thread(sha256_file, f.path)
+        except FileNotFoundError:
+            return  # the ring deleted it first
+        self.changed(cap.start.capture_name)
+
+    def _sync_uploads(self, cap: ActiveCapture) -> None:
+        """One uploader per file the session holds; a file the ring deleted loses its upload."""
+        if not cap.start.upload or cap.session is None:
+            return
+        held = {f.index: f for f in list(cap.session.files)}
+        name = cap.start.capture_name
+        for index, f in held.items():
+            if index not in cap.uploaders and index not in cap.removed:
+                u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
+                    identity=self.settings.identity, capture_name=name,
+                    capture_id=cap.start.capture_id, file_path=cap.api_path(index)),
+                    f.path, functools.partial(cap.file_final, index), functools.partial(self.changed, name),
+                    storage_retry_s=self.settings.storage_retry_s)
+                cap.uploaders[index] = u
+                cap.upload_tasks[index] = asyncio.ensure_future(u.run())
+        for index in [i for i in cap.uploaders if i not in held]:
+            log.info("capture %s: file %d left the ring; its upload ends", name, index)
+            cap.upload_tasks.pop(index).cancel()
+            del cap.uploaders[index]
+
+    def _maybe_remove_local(self, cap: ActiveCapture) -> None:
+        """Storage-only captures: the instance's copy goes once the stored copy is verified."""
+        if cap.start.keep_local or cap.session is None:
+            return
+        for index, u in cap.uploaders.items():
+            final = cap.file_final(index)
+            if final and u.state.committed and u.state.stored_sha256 == final[1] and index not in cap.removed:
+                path = next(f.path for f in cap.session.files if f.index == index)
+                os.remove(path)
+                cap.removed.add(index)
+                log.info("capture %s: stored copy of %s verified, local file removed", cap.start.capture_name, path)
+
+    async def shutdown(self) -> None:
+        """Stops every capture (AgentStopped) and waits for each to write what it holds."""
+        for cap in self.captures.values():
+            if cap.session:
+                cap.session.stop(StopReason.AGENT_STOPPED)
+        for cap in self.captures.values():
+            if cap.session:
+                await asyncio.to_thread(cap.session.join, SHUTDOWN_JOIN_S)

@@ -1,0 +1,1 @@
+"""The shared core: vocabulary, naming, transport, metrics, filters and libpcap. It imports only fleetcap.v1."""

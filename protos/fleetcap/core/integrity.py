@@ -1,0 +1,16 @@
+"""Checksums of capture files: the SHA-256 that agent, coordinator and client compare."""
+from __future__ import annotations
+
+import hashlib
+
+# Large reads keep hashing near memory speed (hashlib releases the GIL per call).
+READ_BYTES = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of a whole file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_BYTES):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,127 @@
+"""The composition root: the `fleetcap` command.
+
+The client verbs and the gateway come from fleetcap.clients.cli; this module adds the two
+daemons, `fleetcap coordinator` and `fleetcap agent`, and is the only module that reaches all
+three components. Each daemon's flags take their defaults from its settings dataclass, and
+its package is imported only when it runs, so a client command never loads etcd's client,
+the Blob SDK or libpcap.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from fleetcap.clients import cli
+from fleetcap.coordinator.settings import CoordinatorSettings, ServiceConfig
+from fleetcap.node_agent.settings import AgentSettings
+from fleetcap.v1 import fleet_pb2
+
+_COORDINATOR = CoordinatorSettings()
+_SERVICE = ServiceConfig()
+
+
+def storage_accounts(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """NAME=CONNECTION_STRING, NAME=env:VAR, or NAME (connection string from
+    $AZURE_STORAGE_CONNECTION_STRING)."""
+    out = []
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not name or name == "local" or "/" in name:
+            raise cli.UsageError(f"--storage-account '{spec}': the name must be non-empty, not 'local', without '/'")
+        variable = value[len("env:"):] if value.startswith("env:") else ("" if sep else "AZURE_STORAGE_CONNECTION_STRING")
+        if variable:
+            value = os.environ.get(variable, "")
+            if not value:
+                raise cli.UsageError(f"--storage-account {name}: environment variable {variable} is not set")
+        out.append((name, value))
+    return tuple(out)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from fleetcap.coordinator import app
+    settings = CoordinatorSettings(
+        storage_accounts=storage_accounts(args.storage_account or []),
+        listen=tuple(args.listen or _COORDINATOR.listen),
+        etcd=tuple(e for e in (args.etcd or "").split(",") if e),
+        store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir,
+        agent_ttl_s=args.agent_ttl, service=ServiceConfig(max_captures=args.max_captures),
+        metrics_listen=args.metrics_listen)
+    asyncio.run(app.serve(settings))
+    return cli.EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    if bool(args.vm) == bool(args.vmss):
+        raise cli.UsageError("give exactly one of --vm NAME or --vmss NAME --instance-id N")
+    if args.vmss and (args.instance_id is None or not args.instance_id.isdigit()):
+        raise cli.UsageError("--vmss needs --instance-id, a non-negative integer")
+    from fleetcap.node_agent import app
+    identity = fleet_pb2.AgentIdentity(subscription=args.subscription or "", resource_group=args.resource_group or "",
+                                       vm_name=args.vm or "", vmss_name=args.vmss or "",
+                                       instance_id=args.instance_id if args.vmss else "")
+    settings = AgentSettings(coordinator=args.coordinator or AgentSettings.coordinator, identity=identity,
+                             interface=args.interface, capture_root=args.capture_root,
+                             buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry,
+                             metrics_listen=args.metrics_listen)
+    asyncio.run(app.serve(settings))
+    return cli.EXIT_OK
+
+
+def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser("coordinator", help="run the coordinator")
+    c.add_argument("--listen", action="append",
+                   help=f"address to serve on (repeatable); default {', '.join(_COORDINATOR.listen)}")
+    c.add_argument("--etcd", help="etcd endpoints host:port[,host:port...]; default: start an embedded etcd")
+    c.add_argument("--store", choices=["etcd", "memory"], default=_COORDINATOR.store)
+    c.add_argument("--data-dir", default=_COORDINATOR.data_dir)
+    c.add_argument("--storage-dir", default=_COORDINATOR.storage_dir,
+                   help="the 'local' storage account; default DATA_DIR/storage")
+    c.add_argument("--agent-ttl", type=int, default=_COORDINATOR.agent_ttl_s,
+                   help="seconds before a silent agent is declared stopped")
+    c.add_argument("--max-captures", type=int, default=_SERVICE.max_captures,
+                   help="captures that may run at once (Azure: 10,000 per region); more get RESOURCE_EXHAUSTED")
+    c.add_argument("--storage-account", action="append", metavar="NAME[=CONNECTION_STRING|=env:VAR]",
+                   help="an Azure Blob storage account captures can name (repeatable); without a value the "
+                        "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
+    c.add_argument("--metrics-listen", metavar="HOST:PORT", default=_COORDINATOR.metrics_listen,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    c.set_defaults(func=cmd_coordinator, daemon=True)
+
+    a = sub.add_parser("agent", help="run a node agent")
+    a.add_argument("--coordinator", default=argparse.SUPPRESS,
+                   help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
+                        f"default {AgentSettings.coordinator})")
+    a.add_argument("--vm")
+    a.add_argument("--vmss")
+    a.add_argument("--instance-id")
+    a.add_argument("--resource-group", "-g")
+    a.add_argument("--subscription")
+    a.add_argument("--interface", default=AgentSettings.interface,
+                   help="capture interface; default the first non-loopback one that is up")
+    a.add_argument("--capture-root", default=AgentSettings.capture_root, help="where the API's /var/captures is")
+    a.add_argument("--buffer-size-mb", type=int, default=AgentSettings.buffer_size >> 20,
+                   help="kernel capture ring per capture")
+    a.add_argument("--storage-retry", type=float, default=AgentSettings.storage_retry_s,
+                   help="seconds an upload keeps retrying while storage fails before the instance reports "
+                        "StorageFailed (the file is kept)")
+    a.add_argument("--metrics-listen", metavar="HOST:PORT", default=AgentSettings.metrics_listen,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    a.set_defaults(func=cmd_agent, daemon=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `fleetcap` command line: the client verbs, the gateway and the daemons."""
+    parser, sub = cli.build_parser()
+    add_daemons(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

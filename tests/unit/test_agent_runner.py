@@ -1,0 +1,135 @@
+"""The agent's runner without root or namespaces: a replayed capture started by the
+coordinator's own StartCapture, uploaded through a real in-process coordinator (memory store,
+a unix socket, the local sink), and the journal that brings it back after a restart."""
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+
+import dpkt
+
+from fleetcap.coordinator.fleet.agents import AgentSessions
+from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer, add_fleet_servicer
+from fleetcap.coordinator.service import CaptureService
+from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.memory_store import MemoryKV
+from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.storage.local_sink import LocalSink
+from fleetcap.core import transport
+from fleetcap.core.integrity import sha256_file
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason
+from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.capture.replay_source import ReplaySourceFactory
+from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec
+from fleetcap.node_agent.journal import Journal, repair_pcap
+from fleetcap.node_agent.runner import CaptureRunner
+from fleetcap.node_agent.settings import AgentSettings
+from fleetcap.v1 import captures_pb2 as pb
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
+from tests import pcaps
+from tests.unit.test_capture_replay import write_trace
+
+IDENT = fleet_pb2.AgentIdentity(resource_group="rg", vm_name="vm1")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[fleet_pb2.CoordinatorMessage] = []
+
+    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
+        self.sent.append(message)
+        return True
+
+
+async def until(what: str, condition, timeout_s: float = 20.0) -> None:
+    """Waits for a condition the runner reports through on_report (checked on every report)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
+    trace = str(tmp_path / "in.pcap")
+    udp = write_trace(trace, 30)
+
+    async def body() -> None:
+        store = Store(MemoryKV())
+        await store.register_agent(keys.instance_key(IDENT), state_pb2.AgentRecord(identity=IDENT), ttl_s=60)
+        storage = tmp_path / "storage"
+        recorder = Recorder()
+        service = CaptureService(store, recorder, {"local": LocalSink(str(storage))})
+        server = transport.aio_server()
+        add_fleet_servicer(FleetServicer(service, AgentSessions(), agent_ttl_s=60, replica="r1"), server)
+        socket_path = f"unix:{tmp_path}/fleet.sock"
+        transport.add_listen(server, socket_path)
+        await server.start()
+        channel = transport.aio_channel(socket_path, dedicated=True)
+        try:
+            await service.create(name="pc", resource_group="rg", subscription="", params=pb.PacketCaptureParameters(
+                target="vm1", target_type="AzureVM", time_limit_in_seconds=1,
+                storage_location=pb.PacketCaptureStorageLocation(storage_id="local", file_path="/var/captures/pc.cap"),
+                filters=[pb.PacketCaptureFilter(protocol="UDP", local_port="5001")]))
+            [start] = [m.start for m in recorder.sent if m.HasField("start")]
+            assert (start.upload, start.keep_local, start.time_limit_s) == (True, True, 1)
+
+            reports: list[fleet_pb2.CaptureProgress] = []
+            settings = AgentSettings(identity=IDENT, capture_root=str(tmp_path / "root"))
+            runner = CaptureRunner(settings, "replay0", data_stub=lambda: fleet_pb2_grpc.FleetStub(channel),
+                                   exclude_tcp=[], on_report=lambda cap: reports.append(cap.progress()),
+                                   open_source=ReplaySourceFactory(trace), addresses=lambda _: ["10.0.0.2"])  # the receiver
+            runner.recover()  # an empty journal
+            runner.start(start)
+            cap = runner.captures["pc"]
+            await until("the upload to commit", lambda: any(u.state.committed for u in cap.uploaders.values()))
+            status = cap.progress().status
+            local = cap.session.files[0].path if cap.session else ""
+            stored = storage / "network-watcher-logs"
+            [stored_file] = [os.path.join(d, f) for d, _, fs in os.walk(stored) for f in fs]
+            assert (status.packet_capture_status, status.stop_reason) == (Status.STOPPED, StopReason.TIME_EXCEEDED)
+            assert [r.seq for r in pcaps.read(local).records] == list(range(len(udp)))
+            assert sha256_file(stored_file) == sha256_file(local) == status.files[0].sha256
+            assert status.files[0].stored_sha256 == status.files[0].sha256 and status.files[0].upload_complete
+            assert reports[-1].status.files[0].upload_complete  # the runner reported the commit
+
+            # The journal brings the finished capture back as it was, after an agent restart.
+            again = Journal(settings.capture_root).recover("replay0")
+            assert list(again) == ["pc"]
+            assert again["pc"].progress().status.packet_capture_status == Status.STOPPED
+            assert again["pc"].progress().status.packets_captured == len(udp)
+            await runner.shutdown()
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    asyncio.run(body())
+
+
+def test_a_capture_cut_by_an_agent_death_comes_back_as_agent_stopped_with_whole_records(tmp_path):
+    root = tmp_path / "root"
+    path = root / "cut.cap"
+    root.mkdir()
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, snaplen=65535)
+        for i in range(4):
+            w.writepkt(b"\x00" * 60, ts=1_700_000_000 + i)
+    whole = os.path.getsize(path)
+    with open(path, "ab") as f:  # the fifth record, cut in its data by the kill
+        f.write(struct.pack("<IIII", 1_700_000_005, 0, 60, 60) + b"\x00" * 20)
+    start = fleet_pb2.StartCapture(capture_name="cut", capture_id="cut@1", file_path="/var/captures/cut.cap")
+    running = ActiveCapture(start, str(path))
+    journal = Journal(str(root))
+    running.session = CaptureSession(CaptureSpec(name="cut", capture_id="cut@1", interface="x", path=str(path),
+                                                 expression=""))
+    running.session.files = [CaptureFile(0, str(path), size=whole + 36)]
+    running.session.counters.status = Status.RUNNING
+    journal.write(running)
+
+    [(name, cap)] = journal.recover("x").items()
+    status = cap.progress().status
+    assert name == "cut"
+    assert (status.packet_capture_status, status.stop_reason, list(status.packet_capture_error)) == (
+        Status.ERROR, StopReason.AGENT_STOPPED, [CaptureError.AGENT_STOPPED])
+    assert (status.packets_captured, status.bytes_captured, os.path.getsize(path)) == (4, whole, whole)
+    assert repair_pcap(str(path)) == (4, whole)  # already whole: nothing more is cut
