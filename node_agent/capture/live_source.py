@@ -11,9 +11,10 @@ import threading
 
 from fleetcap.core import libpcap
 from fleetcap.core.libpcap import PCAP_ERRBUF_SIZE, BpfProgram, PcapError, PcapStat, PktHdr, compile_into
+from fleetcap.node_agent.capture.pcap_writer import PcapWriter
 
 
-class LiveHandle:
+class LiveHandle(PcapWriter):
     """One activated capture handle on one interface, writing one pcap file.
 
     Every method but `breakloop` must be called from one thread (the capture thread):
@@ -40,6 +41,9 @@ class LiveHandle:
             self.close()
             raise PcapError(f"{interface}: {msg}")
 
+    def _dump_handle(self) -> int:
+        return int(self._p or 0)
+
     def set_filter(self, expression: str) -> None:
         prog = BpfProgram()
         compile_into(self._p, prog, expression)
@@ -48,24 +52,6 @@ class LiveHandle:
                 raise PcapError(self._lib.pcap_geterr(self._p).decode())
         finally:
             self._lib.pcap_freecode(ctypes.byref(prog))
-
-    def open_dump(self, path: str) -> None:
-        self._dumper = self._lib.pcap_dump_open(self._p, path.encode())
-        if not self._dumper:
-            raise PcapError(self._lib.pcap_geterr(self._p).decode())
-
-    def close_dump(self) -> None:
-        """Flushes and closes the current file; open_dump starts the next one."""
-        if self._dumper:
-            self._lib.pcap_dump_close(self._dumper)
-            self._dumper = None
-
-    def file_position(self) -> int:
-        """Bytes written to the file so far, buffered ones included (exact, at record bounds)."""
-        return int(self._lib.pcap_dump_ftell64(self._dumper))
-
-    def flush(self) -> None:
-        self._lib.pcap_dump_flush(self._dumper)
 
     def dispatch_to_file(self, max_packets: int) -> int:
         """Writes up to max_packets (-1 = one ring block) in C; returns the count, or -2
@@ -87,9 +73,6 @@ class LiveHandle:
             return rc, None, None
         return 1, hdr, data.value
 
-    def dump_one(self, hdr: ctypes._Pointer[PktHdr], data: int) -> None:
-        self._lib.pcap_dump(self._dumper, hdr, data)
-
     def set_nonblocking(self) -> None:
         err = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
         if self._lib.pcap_setnonblock(self._p, 1, err) < 0:
@@ -109,9 +92,7 @@ class LiveHandle:
         return s.ps_recv, s.ps_drop, s.ps_ifdrop
 
     def close(self) -> None:
-        if self._dumper:
-            self._lib.pcap_dump_close(self._dumper)
-            self._dumper = None
+        self.close_dump()
         with self._lock:
             if self._p:
                 self._lib.pcap_close(self._p)

@@ -15,12 +15,13 @@ import time
 
 from fleetcap.core import libpcap
 from fleetcap.core.libpcap import PCAP_ERRBUF_SIZE, BpfProgram, PcapError, PktHdr, compile_into
+from fleetcap.node_agent.capture.pcap_writer import PcapWriter
 
 # A blocking next_packet gives up after the read timeout, as libpcap does on a live handle.
 _BREAK = -2
 
 
-class ReplayHandle:
+class ReplayHandle(PcapWriter):
     """A CaptureSource (source.py) reading `path`, a pcap or pcapng file."""
 
     def __init__(self, path: str, *, snaplen: int, timeout_ms: int = 100):
@@ -44,26 +45,13 @@ class ReplayHandle:
         self._buf = ctypes.create_string_buffer(1)
         self.delivered = 0
 
+    def _dump_handle(self) -> int:
+        return int(self._dead or 0)
+
     def set_filter(self, expression: str) -> None:
         prog = BpfProgram()
         compile_into(self._dead, prog, expression)
         self._prog = prog
-
-    def open_dump(self, path: str) -> None:
-        self._dumper = self._lib.pcap_dump_open(self._dead, path.encode())
-        if not self._dumper:
-            raise PcapError(self._lib.pcap_geterr(self._dead).decode())
-
-    def close_dump(self) -> None:
-        if self._dumper:
-            self._lib.pcap_dump_close(self._dumper)
-            self._dumper = None
-
-    def file_position(self) -> int:
-        return int(self._lib.pcap_dump_ftell64(self._dumper))
-
-    def flush(self) -> None:
-        self._lib.pcap_dump_flush(self._dumper)
 
     def set_nonblocking(self) -> None:
         self._nonblocking = True
@@ -143,9 +131,6 @@ class ReplayHandle:
                 return 0, None, None
         hdr, data = self._take()
         return 1, hdr, data
-
-    def dump_one(self, hdr: ctypes._Pointer[PktHdr], data: int) -> None:
-        self._lib.pcap_dump(self._dumper, hdr, data)
 
     def dispatch_to_file(self, max_packets: int) -> int:
         written = 0
