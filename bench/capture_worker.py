@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -20,7 +21,8 @@ def main() -> int:
     p.add_argument("--total-bytes", type=int, default=0)
     p.add_argument("--buffer-mb", type=int, default=32)
     a = p.parse_args()
-    session = CaptureSession(CaptureSpec(name="bench", capture_id="bench", interface=a.interface, path=a.path,
+    session = CaptureSession(CaptureSpec(name="bench", capture_id="bench", interface=a.interface,
+                                         root=os.path.dirname(os.path.abspath(a.path)), path=a.path,
                                          expression=a.filter, snaplen=a.snaplen, total_bytes=a.total_bytes,
                                          buffer_size=a.buffer_mb << 20))
     signal.signal(signal.SIGTERM, lambda *_: session.stop(StopReason.STOPPED_BY_USER))

@@ -24,17 +24,24 @@ from bench.datapath_bench import ROOT, rss_mb, wait_port
 from fleetcap.clients import sdk
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
-from fleetcap.coordinator.state.etcd_store import EtcdKV
+from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.store import Store
-from fleetcap.core import transport
+from fleetcap.core import naming, pki, transport
+from fleetcap.core.auth import AuthFile, Role, new_token
 from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 
+TOKENS = {"admin": new_token(), "agent": new_token()}
+
+
+def identity(index: int) -> fleet_pb2.AgentIdentity:
+    return fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
+
 
 class RunningAgent:
-    def __init__(self, channel, index: int):
-        self.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
-        self.call = fleet_pb2_grpc.FleetStub(channel).Connect()
+    def __init__(self, channel, index: int, metadata=()):
+        self.identity = identity(index)
+        self.call = fleet_pb2_grpc.FleetStub(channel).Connect(metadata=metadata)
         self.started: list = []
         self._lock = asyncio.Lock()  # one write at a time on a gRPC stream, as the real agent's outbox does
 
@@ -89,10 +96,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint: str) -> dict:
-    store = Store(EtcdKV([etcd_endpoint]))
-    channels = [transport.aio_channel(address) for _ in range(max(1, n // 100))]
-    agents = [RunningAgent(channels[i % len(channels)], i) for i in range(n)]
+async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs: int, etcd: EmbeddedEtcd,
+                  work: str, tls: bool) -> dict:
+    etcd_tls = etcd.client_tls
+    store = Store(EtcdKV([etcd.endpoint], access=EtcdAccess(etcd_tls.ca, etcd_tls.cert, etcd_tls.key)))
+    if tls:  # each agent its own certificate, so its own connection, as on a real fleet
+        ca = os.path.join(work, "pki", "ca", "ca.pem")
+        channels = [transport.aio_channel(agent_address, credentials=transport.ClientCredentials(
+            tls_ca=ca, tls_cert=os.path.join(work, "pki", f"a{i}", "agent.pem"),
+            tls_key=os.path.join(work, "pki", f"a{i}", "agent-key.pem"))) for i in range(n)]
+        agents = [RunningAgent(channels[i], i) for i in range(n)]
+        client_creds = dict(tls_ca=ca, token=TOKENS["admin"])
+    else:  # agents share connections and prove themselves with a token of role agent
+        channels = [transport.aio_channel(address) for _ in range(max(1, n // 100))]
+        agents = [RunningAgent(channels[i % len(channels)], i, (("authorization", f"Bearer {TOKENS['agent']}"),))
+                  for i in range(n)]
+        client_creds = dict(token=TOKENS["admin"])
     ready, count = asyncio.Event(), [0]
     tasks = [asyncio.ensure_future(a.run(ready, count, n)) for a in agents]
     await asyncio.wait_for(ready.wait(), timeout=300)
@@ -102,7 +121,7 @@ async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint
     idle_cpu = (cpu_s(coord_pid) - cpu0) / (time.monotonic() - t0)
     idle_rss = rss_mb(coord_pid)
     latencies = []
-    with sdk.Client(address) as c:
+    with sdk.Client(address, **client_creds) as c:
         for run in range(runs):
             name = f"fan{n}x{run}"
             t = time.perf_counter()
@@ -118,7 +137,7 @@ async def measure(address: str, coord_pid: int, n: int, runs: int, etcd_endpoint
             latencies.append(await asyncio.to_thread(all_running))
             await asyncio.to_thread(c.delete, name=name)
     # One capture left running on all N; every agent reports once a second for 10 s.
-    with sdk.Client(address) as c:
+    with sdk.Client(address, **client_creds) as c:
         await asyncio.to_thread(c.create, name=f"load{n}", target="big", target_type="AzureVMSS",
                                 resource_group="bench", file_path="/var/captures/l.cap", time_limit_in_seconds=0)
         await asyncio.sleep(2 + n / 200)
@@ -150,19 +169,41 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--tls", action="store_true",
+                   help="the secure configuration: clients over TLS with a token, agents over mutual TLS, one "
+                        "certificate each")
     a = p.parse_args()
     for n in a.agents:
         work = tempfile.mkdtemp(prefix="fleetcap-fan-")
-        port = free_port()
+        port, agent_port = free_port(), free_port()
         etcd = EmbeddedEtcd(os.path.join(work, "etcd")).start()
-        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
-                                  "--listen", f"127.0.0.1:{port}", "--data-dir", work, "--agent-ttl", "10",
-                                  "--etcd", etcd.endpoint],
+        t = etcd.client_tls
+        auth_file = AuthFile()
+        for role in ("admin", "agent"):
+            auth_file = auth_file.with_token(role, frozenset({Role(role)}), TOKENS[role])
+        auth_file.save(os.path.join(work, "auth.toml"))
+        listen = ["--listen", f"127.0.0.1:{port}"]
+        if a.tls:
+            ca = os.path.join(work, "pki", "ca")
+            pki.create_ca(ca)
+            pki.issue_coordinator(ca, os.path.join(work, "pki"), dns=[], ips=[])
+            for i in range(n):
+                ident = identity(i)
+                pki.issue_agent(ca, os.path.join(work, "pki", f"a{i}"), arm_id=naming.resource_id(ident),
+                                instance_name=f"big_{i}")
+            listen += ["--mtls-listen", f"127.0.0.1:{agent_port}", "--tls-cert", os.path.join(work, "pki", "coordinator.pem"),
+                       "--tls-key", os.path.join(work, "pki", "coordinator-key.pem"),
+                       "--tls-client-ca", os.path.join(ca, "ca.pem")]
+        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", *listen,
+                                  "--data-dir", work, "--agent-ttl", "10", "--auth-file", os.path.join(work, "auth.toml"),
+                                  "--etcd", etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))
         try:
             wait_port(port, coord, "coordinator")
-            r = asyncio.run(measure(f"127.0.0.1:{port}", coord.pid, n, a.runs, etcd.endpoint))
-            print(f"{n:5d} agents: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
+            r = asyncio.run(measure(f"127.0.0.1:{port}", f"127.0.0.1:{agent_port}", coord.pid, n, a.runs, etcd, work,
+                                    a.tls))
+            print(f"{'TLS ' if a.tls else ''}{n:5d} agents: create → all Running "
+                  f"p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
                   f"({a.runs} runs); coordinator idle with {n} agents: CPU {r['idle_cpu'] * 100:.1f} % of a core, "
                   f"RSS {r['rss_idle']:.0f} MiB; all {n} reporting progress of a 500k pps capture: coordinator CPU "
                   f"{r['load_cpu'] * 100:.1f} % of a core, RSS {r['rss_load']:.0f} MiB, "

@@ -1,7 +1,7 @@
 """The `fleetcap` command: the daemons, and `az network watcher packet-capture`'s verbs.
 
 Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 quota exceeded,
-1 anything else.
+6 not authenticated, 7 not allowed (the role lacks the right), 1 anything else.
 """
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ import grpc
 
 from fleetcap.clients import sdk
 from fleetcap.core import transport
+from fleetcap.core.auth import AuthFile as AuthFileT
+from fleetcap.core.auth import Role
 from fleetcap.core.vocabulary import Status, TargetType
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_EXISTS = 0, 1, 2, 3, 4
+EXIT_UNAUTHENTICATED, EXIT_DENIED = 6, 7
 EXIT_BY_CODE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 5,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
     grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
     grpc.StatusCode.ALREADY_EXISTS: EXIT_EXISTS,
@@ -305,6 +310,51 @@ def cmd_storage_accounts_list(client: sdk.Client, args) -> int:
     return EXIT_OK
 
 
+# -- credentials --------------------------------------------------------------------------------
+
+def secret(flag: str, source: str) -> str:
+    """A secret from `env:VAR` or `file:PATH`. A literal value is refused: a command line is
+    visible to every user of the machine (ps, /proc)."""
+    kind, _, where = source.partition(":")
+    if kind == "env" and where:
+        value = os.environ.get(where, "")
+        if not value:
+            raise UsageError(f"{flag}: environment variable {where} is not set")
+        return value
+    if kind == "file" and where:
+        try:
+            with open(where) as f:
+                value = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"{flag}: cannot read {where}: {e.strerror}") from None
+        if not value:
+            raise UsageError(f"{flag}: {where} is empty")
+        return value
+    raise UsageError(f"{flag}: give the secret as env:VARIABLE or file:PATH, never on the command line")
+
+
+def add_credential_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-ca, --tls-cert, --tls-key, --token and --insecure, for clients and agents."""
+    parser.add_argument("--tls-ca", default=argparse.SUPPRESS,
+                        help="CA (PEM) the coordinator's certificate chains to; set, TLS with no plaintext "
+                             "fallback (env FLEETCAP_TLS_CA)")
+    parser.add_argument("--tls-cert", default=argparse.SUPPRESS,
+                        help="client certificate (PEM), for mutual TLS (env FLEETCAP_TLS_CERT)")
+    parser.add_argument("--tls-key", default=argparse.SUPPRESS, help="its private key (env FLEETCAP_TLS_KEY)")
+    parser.add_argument("--token", default=argparse.SUPPRESS, metavar="env:VAR|file:PATH",
+                        help="bearer token, from an environment variable or a file (env FLEETCAP_TOKEN holds "
+                             "the token itself)")
+    parser.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
+                        help="allow plaintext to a coordinator beyond loopback (never in production)")
+
+
+def credentials(args: argparse.Namespace) -> transport.ClientCredentials:
+    token = getattr(args, "token", "")
+    return transport.ClientCredentials.from_env(
+        tls_ca=getattr(args, "tls_ca", ""), tls_cert=getattr(args, "tls_cert", ""), tls_key=getattr(args, "tls_key", ""),
+        token=secret("--token", token) if token else "", insecure=getattr(args, "insecure", False))
+
+
 # -- daemons ----------------------------------------------------------------------------------
 
 def cmd_gateway(args) -> int:
@@ -314,9 +364,137 @@ def cmd_gateway(args) -> int:
             alerts.AlertRules.load(args.alert_rules)  # fail at start, naming the rule and field
         except (OSError, alerts.RuleError) as e:
             raise UsageError(f"--alert-rules: {e}") from None
+    webhook_token = secret("--webhook-token", args.webhook_token) if args.webhook_token else \
+        os.environ.get("FLEETCAP_WEBHOOK_TOKEN", "")
     server.serve(args.coordinator or transport.DEFAULT_ADDRESS, args.listen, rules_path=args.alert_rules or "",
-                 webhook_token=args.webhook_token or os.environ.get("FLEETCAP_WEBHOOK_TOKEN", ""))
+                 webhook_token=webhook_token, credentials=credentials(args))
     return EXIT_OK
+
+
+# -- tls: the PKI helper ----------------------------------------------------------------------
+
+def cmd_tls_ca_create(args: argparse.Namespace) -> int:
+    from fleetcap.core import pki
+    issued = pki.create_ca(args.out)
+    print(f"wrote {issued.cert_path} and {issued.key_path} (keep the key offline; give agents and clients ca.pem)")
+    return EXIT_OK
+
+
+def cmd_tls_cert_create(args: argparse.Namespace) -> int:
+    from fleetcap.core import auth, naming, pki
+    from fleetcap.v1 import fleet_pb2
+    kinds = [k for k in ("coordinator", "agent", "client", "gateway") if getattr(args, k)]
+    if len(kinds) != 1:
+        raise UsageError("give exactly one of --coordinator, --agent, --client NAME or --gateway NAME")
+    if kinds[0] != "coordinator" and (args.dns or args.ip):
+        raise UsageError("--dns and --ip go with --coordinator")
+    if kinds[0] != "agent" and (args.vm or args.vmss or args.instance_id or args.resource_group or args.subscription):
+        raise UsageError("--vm, --vmss, --instance-id, -g and --subscription go with --agent")
+    if kinds[0] != "client" and args.role:
+        raise UsageError("--role goes with --client")
+    try:
+        if args.coordinator:
+            issued = pki.issue_coordinator(args.ca, args.out, dns=args.dns or [], ips=args.ip or [])
+        elif args.agent:
+            if bool(args.vm) == bool(args.vmss) or (args.vmss and not (args.instance_id or "").isdigit()):
+                raise UsageError("--agent needs --vm NAME, or --vmss NAME --instance-id N")
+            ident = fleet_pb2.AgentIdentity(vm_name=args.vm or "", vmss_name=args.vmss or "",
+                                            instance_id=args.instance_id if args.vmss else "",
+                                            resource_group=args.resource_group or "", subscription=args.subscription or "")
+            arm_id = naming.resource_id(ident)
+            issued = pki.issue_agent(args.ca, args.out, arm_id=arm_id, instance_name=naming.instance_name(arm_id))
+        elif args.client:
+            if not auth.NAME_RE.match(args.client):
+                raise UsageError(f"--client: '{args.client}' must match {auth.NAME_RE.pattern}")
+            roles = sorted(auth.parse_roles(args.role or [], "--role"))
+            if not roles:
+                raise UsageError("--client needs at least one --role (" + ", ".join(auth.Role) + ")")
+            issued = pki.issue_client(args.ca, args.out, name=args.client, roles=roles)
+        else:
+            if not auth.NAME_RE.match(args.gateway):
+                raise UsageError(f"--gateway: '{args.gateway}' must match {auth.NAME_RE.pattern}")
+            issued = pki.issue_gateway(args.ca, args.out, name=args.gateway)
+    except (pki.PkiError, auth.AuthError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {issued.cert_path} and {issued.key_path}")
+    return EXIT_OK
+
+
+def _auth_file(path: str) -> AuthFileT:
+    from fleetcap.core import auth
+    if not os.path.exists(path):
+        return auth.AuthFile()
+    try:
+        return auth.AuthFile.load(path)
+    except (OSError, auth.AuthError) as e:
+        raise UsageError(f"--auth-file: {e}") from None
+
+
+def cmd_tls_token_create(args: argparse.Namespace) -> int:
+    from fleetcap.core import auth
+    try:
+        roles = auth.parse_roles([args.role], "--role")
+        token = auth.new_token()
+        _auth_file(args.auth_file).with_token(args.name, roles, token).save(args.auth_file)
+    except auth.AuthError as e:
+        raise UsageError(str(e)) from None
+    print(token)  # shown once: only its hash is kept
+    print(f"token '{args.name}' ({args.role}) added to {args.auth_file}; send the coordinator SIGHUP to load it",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tls_token_revoke(args: argparse.Namespace) -> int:
+    from fleetcap.core import auth
+    try:
+        _auth_file(args.auth_file).without_token(args.name).save(args.auth_file)
+    except auth.AuthError as e:
+        raise UsageError(str(e)) from None
+    print(f"token '{args.name}' removed from {args.auth_file}; send the coordinator SIGHUP to apply it", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
+    tls = sub.add_parser("tls", help="a small PKI and bearer tokens, for deployments without their own")
+    kinds = tls.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    ca = kinds.add_parser("ca", help="certificate authority").add_subparsers(dest="verb", required=True,
+                                                                             parser_class=_Parser)
+    cc = ca.add_parser("create", help="create a CA: OUT/ca.pem and OUT/ca-key.pem (0600)")
+    cc.add_argument("--out", required=True, help="directory to write into")
+    cc.set_defaults(func=cmd_tls_ca_create, daemon=True)
+    cert = kinds.add_parser("cert", help="certificates").add_subparsers(dest="verb", required=True,
+                                                                        parser_class=_Parser)
+    ce = cert.add_parser("create", help="create one certificate and its key (0600), signed by the CA",
+                         epilog="examples:\n  fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example\n"
+                                "  fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1\n"
+                                "  fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ce.add_argument("--ca", required=True, help="directory holding ca.pem and ca-key.pem")
+    ce.add_argument("--out", required=True, help="directory to write into")
+    ce.add_argument("--coordinator", action="store_true", help="a coordinator's server certificate")
+    ce.add_argument("--dns", action="append", help="coordinator: a DNS name it is reached by (repeatable)")
+    ce.add_argument("--ip", action="append", help="coordinator: an IP address it is reached by (repeatable)")
+    ce.add_argument("--agent", action="store_true", help="an agent's certificate, bound to its instance")
+    ce.add_argument("--vm", help="agent: its VM name")
+    ce.add_argument("--vmss", help="agent: its scale set")
+    ce.add_argument("--instance-id", help="agent: its instance id in the scale set")
+    ce.add_argument("--resource-group", "-g", help="agent: its resource group")
+    ce.add_argument("--subscription", help="agent: its subscription")
+    ce.add_argument("--client", metavar="NAME", help="a client's certificate (CLI, SDK, scripts)")
+    ce.add_argument("--role", action="append", help="client: a role it has (repeatable): " + ", ".join(Role))
+    ce.add_argument("--gateway", metavar="NAME", help="a gateway's certificate (it forwards its callers' tokens)")
+    ce.set_defaults(func=cmd_tls_cert_create, daemon=True)
+    token = kinds.add_parser("token", help="bearer tokens").add_subparsers(dest="verb", required=True,
+                                                                           parser_class=_Parser)
+    tc = token.add_parser("create", help="create a token: printed once, only its hash is stored")
+    tc.add_argument("--name", required=True)
+    tc.add_argument("--role", required=True, choices=list(Role))
+    tc.add_argument("--auth-file", required=True, help="the coordinator's auth file (TOML), created if absent")
+    tc.set_defaults(func=cmd_tls_token_create, daemon=True)
+    tr = token.add_parser("revoke", help="remove a token (the coordinator applies it on SIGHUP)")
+    tr.add_argument("--name", required=True)
+    tr.add_argument("--auth-file", required=True)
+    tr.set_defaults(func=cmd_tls_token_revoke, daemon=True)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -338,6 +516,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                         f"default {transport.DEFAULT_ADDRESS})")
     p.add_argument("-o", "--output", choices=["json", "table", "tsv"], default="json")
     p.add_argument("--log-level", default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO"))
+    add_credential_flags(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")
@@ -345,9 +524,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                     help="coordinator address(es), host:port or unix:/path (env FLEETCAP_COORDINATOR)")
     gw.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT; default 127.0.0.1:8080")
     gw.add_argument("--alert-rules", help="JSON rules mapping alerts to captures (docs/alerts.md)")
-    gw.add_argument("--webhook-token", help="secret the webhooks require, as ?token= or a Bearer header "
-                                            "(env FLEETCAP_WEBHOOK_TOKEN)")
+    add_credential_flags(gw)
+    gw.add_argument("--webhook-token", metavar="env:VAR|file:PATH",
+                    help="secret the webhooks require, as ?token= or a Bearer header (env FLEETCAP_WEBHOOK_TOKEN "
+                         "holds the token itself)")
     gw.set_defaults(func=cmd_gateway, daemon=True)
+
+    _add_tls(sub)
 
     ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
     ag_verbs = ag.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -442,7 +625,9 @@ def main(argv: Sequence[str] | None = None,
     try:
         if getattr(args, "daemon", False):
             return args.func(args)
-        with sdk.Client(args.coordinator) as client:
+        creds = credentials(args)
+        with sdk.Client(args.coordinator, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert, tls_key=creds.tls_key,
+                        token=creds.token, insecure=creds.insecure) as client:
             return args.func(client, args)
     except UsageError as e:
         print(f"fleetcap: error: {e}", file=sys.stderr)
@@ -453,6 +638,9 @@ def main(argv: Sequence[str] | None = None,
     except TimeoutError as e:
         print(f"fleetcap: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except ValueError as e:  # credentials that cannot be used (a file, plaintext beyond loopback)
+        print(f"fleetcap: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_ERROR
 

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, NoReturn, TypedDict, TypeVar, Unpack
+from typing import Any, BinaryIO, NoReturn, TypedDict, TypeVar, Unpack
 
 import grpc
 from google.protobuf import descriptor, json_format
@@ -60,12 +60,22 @@ class CoordinatorUnavailable(FleetcapError):
     """UNAVAILABLE: the coordinator (or its etcd) cannot be reached."""
 
 
+class Unauthenticated(FleetcapError):
+    """UNAUTHENTICATED: no valid credential (a client certificate or a bearer token)."""
+
+
+class PermissionDenied(FleetcapError):
+    """PERMISSION_DENIED: the caller's role does not allow the call."""
+
+
 ERROR_BY_CODE: dict[grpc.StatusCode, type[FleetcapError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidCapture,
     grpc.StatusCode.NOT_FOUND: CaptureNotFound,
     grpc.StatusCode.ALREADY_EXISTS: CaptureAlreadyExists,
     grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
     grpc.StatusCode.UNAVAILABLE: CoordinatorUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -158,61 +168,121 @@ def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) 
                                          subscription=o.get("subscription", ""), properties=params)
 
 
+class UnsafeName(ValueError):
+    """A name from the server would leave the download directory; nothing was written for it."""
+
+
+def _safe_name(value: str, what: str) -> str:
+    """One path component the server sent: no separator, no '..', not absolute, not empty."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+        raise UnsafeName(f"{what} '{value}' from the coordinator is not a plain file name; refusing to write it")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class _Download:
-    instance_id: str
+    instance_id: str     # a directory under dest (checked)
     instance_arm_id: str
-    file_path: str  # on the instance
-    path: str       # where it goes
+    file_path: str       # on the instance
+    file_name: str       # its name under dest/<instance id>/ (checked)
+
+    def path(self, dest: str) -> str:
+        return os.path.join(dest, self.instance_id, self.file_name)
 
 
-def _download_plan(status: pb.PacketCaptureQueryStatusResult, dest: str) -> list[_Download]:
-    """The stored files of a capture and where each goes: dest/<instance id>/<file name>."""
-    plan = []
-    for inst in status.instances:
-        for f in inst.files:
-            if f.upload_complete:
-                path = os.path.join(dest, inst.instance_id, os.path.basename(f.file_path))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                plan.append(_Download(inst.instance_id, inst.id, f.file_path, path))
-    return plan
+def _download_plan(status: pb.PacketCaptureQueryStatusResult) -> builtins.list[_Download]:
+    """The stored files of a capture and where each goes: dest/<instance id>/<file name>. Raises
+    UnsafeName before anything is written if the server sent a name that is not plain."""
+    return [_Download(_safe_name(inst.instance_id, "instance id"), inst.id, f.file_path,
+                      _safe_name(os.path.basename(f.file_path), "file name"))
+            for inst in status.instances for f in inst.files if f.upload_complete]
 
 
-def _downloaded(plan: list[_Download], dest: str, name: str, merge: bool) -> list[str]:
-    """The downloaded paths, plus with merge dest/<name>.pcapng: one interface per instance."""
+class _DestDir:
+    """Files written only inside one directory: each created with O_EXCL and O_NOFOLLOW under a
+    directory descriptor, as NAME.part, then renamed into place, so neither a planted symlink nor
+    a name from the server moves a write elsewhere."""
+
+    def __init__(self, dest: str):
+        os.makedirs(dest, exist_ok=True)
+        self.dest = dest
+        self._fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+
+    def subdir(self, name: str) -> int:
+        try:
+            os.mkdir(name, 0o700, dir_fd=self._fd)
+        except FileExistsError:
+            pass
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd)
+
+    @staticmethod
+    def create(dir_fd: int, name: str) -> BinaryIO:
+        part = name + ".part"
+        try:
+            os.unlink(part, dir_fd=dir_fd)  # a part left by an interrupted download (a link is removed, not followed)
+        except FileNotFoundError:
+            pass
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+        return os.fdopen(fd, "wb")
+
+    @staticmethod
+    def commit(dir_fd: int, name: str) -> None:
+        os.replace(name + ".part", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str) -> str:
+    """Writes dest/<name>.pcapng from the downloaded files: one interface per instance."""
     from fleetcap.clients import pcapng
-    written = [item.path for item in plan]
-    if merge and plan:
-        paths: dict[str, builtins.list[str]] = {}
-        for item in plan:
-            paths.setdefault(item.instance_arm_id, []).append(item.path)
-        sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files)
-                   for arm_id, files in paths.items()]
-        merged = os.path.join(dest, f"{name}.pcapng")
-        with open(merged, "wb") as out:
+    paths: dict[str, builtins.list[str]] = {}
+    for item in plan:
+        paths.setdefault(item.instance_arm_id, []).append(item.path(dest.dest))
+    sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files)
+               for arm_id, files in paths.items()]
+    merged = _safe_name(f"{name}.pcapng", "capture name")
+    dest_fd = os.open(dest.dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with _DestDir.create(dest_fd, merged) as out:
             pcapng.merge(sources, out)
-        written.append(merged)
-    return written
+        _DestDir.commit(dest_fd, merged)
+    finally:
+        os.close(dest_fd)
+    return os.path.join(dest.dest, merged)
 
 
 class AsyncClient:
     """The asyncio client of one coordinator (or of its replicas): the one implementation of
     the SDK. `Client` runs it on a private event loop. Use `async with AsyncClient(...) as c:`."""
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
+    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0, tls_ca: str = "",
+                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False):
         """Args:
             address: host:port or unix:/path, or several comma-separated (replicas); default
                 $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
             timeout_s: deadline of each unary call.
+            tls_ca: CA file the coordinator's certificate must chain to; set, the channel is TLS
+                with no fallback to plaintext. Default $FLEETCAP_TLS_CA.
+            tls_cert, tls_key: a client certificate and key, for mutual TLS (default
+                $FLEETCAP_TLS_CERT, $FLEETCAP_TLS_KEY).
+            token: a bearer token (default $FLEETCAP_TOKEN).
+            insecure: allow plaintext to a coordinator that is not on loopback.
+        Raises: ValueError for credentials that cannot be used (a missing file; plaintext
+            beyond loopback without insecure).
         """
         self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or transport.DEFAULT_ADDRESS
         self.timeout_s = timeout_s
+        self._credentials = transport.ClientCredentials.from_env(
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure)
+        self._metadata = self._credentials.metadata()
         self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
         self._current = 0
         self._connect()
 
     def _connect(self) -> None:
-        self._channel = transport.aio_channel(self._addresses[self._current % len(self._addresses)])
+        self._channel = transport.aio_channel(self._addresses[self._current % len(self._addresses)],
+                                              credentials=self._credentials)
         self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
 
     async def _next_replica(self) -> bool:
@@ -237,7 +307,8 @@ class AsyncClient:
         """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
         for attempt in range(len(self._addresses)):
             try:
-                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s)
+                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s,
+                                                              metadata=self._metadata)
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) \
                         and await self._next_replica():
@@ -293,7 +364,8 @@ class AsyncClient:
         """Yields the status at once and on every change, until every instance has stopped
         and its upload has settled. Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
         try:
-            async for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s):
+            async for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s,
+                                                     metadata=self._metadata):
                 yield resp.status
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -309,7 +381,8 @@ class AsyncClient:
         Raises: CaptureNotFound (also when the file is stored nowhere but on its instance)."""
         try:
             async for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
-                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow)):
+                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow),
+                    metadata=self._metadata):
                 if resp.data:
                     yield resp.data
         except grpc.aio.AioRpcError as e:
@@ -337,13 +410,25 @@ class AsyncClient:
         """Fetches every instance's stored files into dest/<instance id>/. With merge, also
         writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
         Returns the paths written. Raises: CaptureNotFound."""
-        plan = _download_plan(await self.get_status(name=name), dest)
-        for item in plan:
-            with open(item.path + ".part", "wb") as out:
-                async for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
-                    out.write(data)
-            os.replace(item.path + ".part", item.path)
-        return _downloaded(plan, dest, name, merge)
+        plan = _download_plan(await self.get_status(name=name))
+        target = _DestDir(dest)
+        try:
+            for item in plan:
+                dir_fd = target.subdir(item.instance_id)
+                try:
+                    with _DestDir.create(dir_fd, item.file_name) as out:
+                        async for data in self.read_file(name=name, instance_id=item.instance_id,
+                                                         file_path=item.file_path):
+                            out.write(data)
+                    _DestDir.commit(dir_fd, item.file_name)
+                finally:
+                    os.close(dir_fd)
+            written = [item.path(dest) for item in plan]
+            if merge and plan:
+                written.append(_merge(plan, target, name))
+            return written
+        finally:
+            target.close()
 
 
 T = TypeVar("T")
@@ -354,17 +439,23 @@ class Client:
     an event loop of its own (one thread per client), so that both share one implementation.
     `watch` and `read_file` are plain iterators. Safe to use from several threads."""
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0):
+    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0, tls_ca: str = "",
+                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False):
         """Args: as `AsyncClient`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleetcap-sdk", daemon=True)
         self._thread.start()
-        self._async = self._run(self._open(address, timeout_s))
+        try:
+            self._async = self._run(self._open(address, timeout_s=timeout_s, tls_ca=tls_ca, tls_cert=tls_cert,
+                                               tls_key=tls_key, token=token, insecure=insecure))
+        except BaseException:
+            self._stop_loop()
+            raise
         self.address, self.timeout_s = self._async.address, self._async.timeout_s
 
     @staticmethod
-    async def _open(address: str | None, timeout_s: float) -> AsyncClient:
-        return AsyncClient(address, timeout_s=timeout_s)  # its channel belongs to this loop
+    async def _open(address: str | None, **options: Any) -> AsyncClient:
+        return AsyncClient(address, **options)  # its channel belongs to this loop
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -387,6 +478,9 @@ class Client:
         if self._loop.is_closed():
             return
         self._run(self._async.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

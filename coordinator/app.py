@@ -7,7 +7,9 @@ import os
 import signal
 import socket
 
+from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.api.capture_servicer import CaptureServicer
+from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.fleet.agents import AgentSessions
 from fleetcap.coordinator.fleet.dispatch import dispatch_by_watch
 from fleetcap.coordinator.fleet.expiry import watch_agent_expiry
@@ -17,7 +19,7 @@ from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, CoordinatorSettings
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
-from fleetcap.coordinator.state.etcd_store import EtcdKV
+from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import KVBackend, Store
 from fleetcap.coordinator.storage.blob_sink import BlobSink
@@ -37,31 +39,46 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         kv = MemoryKV()
     else:
         endpoints = list(settings.etcd)
+        access = EtcdAccess(settings.etcd_ca, settings.etcd_cert, settings.etcd_key, settings.etcd_username,
+                            settings.etcd_password)
         if not endpoints:
             embedded = await asyncio.to_thread(EmbeddedEtcd(os.path.join(settings.data_dir, "etcd")).start)
             endpoints = [embedded.endpoint]
-            log.info("embedded etcd at %s", embedded.endpoint)
-        kv = EtcdKV(endpoints)
+            etcd_tls = embedded.client_tls
+            access = EtcdAccess(etcd_tls.ca, etcd_tls.cert, etcd_tls.key)
+            log.info("embedded etcd at https://%s (client certificates only)", embedded.endpoint)
+        kv = EtcdKV(endpoints, access=access)
     store = Store(kv)
     sessions = AgentSessions()
     sinks: dict[str, Sink] = {LOCAL_ACCOUNT: LocalSink(settings.local_storage_dir)}
     for name, connection_string in settings.storage_accounts:
         sinks[name] = BlobSink(connection_string)
-    service = CaptureService(store, sessions, sinks, settings.service)
+    filters = FilterCompiler()
+    await filters.start()
+    service = CaptureService(store, sessions, sinks, settings.service, filters)
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
-    server = transport.aio_server()
     metrics = CoordinatorMetrics()
+    authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert))
+    server = transport.aio_server([AuthInterceptor(authenticator, metrics)])
     captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
     add_fleet_servicer(
         FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics), server)
-    for address in settings.listen:
+    # A unix socket is local IPC, guarded by its file's permissions: plaintext (callers still
+    # bring a token). TCP listeners speak TLS when there is a certificate.
+    listeners = [(a, None if a.startswith("unix:") else settings.server_tls) for a in settings.listen] + \
+        [(a, settings.mutual_tls) for a in settings.mtls_listen]
+    for address, tls in listeners:
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             if os.path.exists(path):
                 os.unlink(path)  # a socket left by a previous run
-        port = transport.add_listen(server, address)
-        log.info("listening on %s", address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}")
+        port = transport.add_listen(server, address, tls=tls, insecure=settings.insecure)
+        where = address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}"
+        log.info("listening on %s (%s)", where, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
+    if settings.insecure:
+        log.warning("--insecure: plaintext is allowed beyond loopback; anyone on the network path can read and "
+                    "forge this coordinator's traffic")
     await server.start()
     metrics_server = None
     if settings.metrics_listen:
@@ -72,13 +89,14 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     leading = asyncio.Event()
     tasks = [asyncio.ensure_future(watch_agent_expiry(store, service, sessions, leading)),
              asyncio.ensure_future(lead(store, service, replica, leading, settings.agent_ttl_s)),
              asyncio.ensure_future(dispatch_by_watch(store, service, sessions))]
     if ready:
         ready.set()
-    print(f"fleetcap coordinator ready on {', '.join(settings.listen)}", flush=True)
+    print(f"fleetcap coordinator ready on {', '.join(a for a, _ in listeners)}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -89,6 +107,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
             metrics_server.close()
         await server.stop(grace=2)
         await store.close()
+        filters.close()
         if embedded:
             embedded.stop()
 

@@ -46,8 +46,14 @@ class CoordinatorMetrics:
         self.stored = r.gauge("fleetcap_stored_bytes", "Bytes of capture files durably stored")
         self.lag_bytes = r.gauge("fleetcap_upload_lag_bytes", "Bytes captured on instances and not yet stored")
         self.lag_files = r.gauge("fleetcap_upload_lag_files", "Capture files with bytes not yet stored")
+        self.auth_decisions = r.counter("fleetcap_auth_decisions_total",
+                                        "Authorisation decisions by method and outcome (allowed, denied, "
+                                        "unauthenticated, rate-limited)", ("method", "decision"))
         self._refreshed = 0.0
         self._lock = asyncio.Lock()
+
+    def auth_decision(self, method: str, decision: str) -> None:
+        self.auth_decisions.inc(method, decision)
 
     def api_call(self, method: str, code: str) -> None:
         self.api_requests.inc(method, code)

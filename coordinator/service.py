@@ -17,6 +17,7 @@ from typing import Protocol
 from fleetcap.coordinator import status as st
 from fleetcap.coordinator import targets, validation
 from fleetcap.coordinator.errors import AlreadyExists, FleetcapError, NotFound, ResourceExhausted
+from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.settings import ServiceConfig
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.store import Store, WatchKind
@@ -86,11 +87,12 @@ def new_etag() -> str:
 
 class CaptureService:
     def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
-                 config: ServiceConfig | None = None):
+                 config: ServiceConfig | None = None, filters: FilterCompiler | None = None):
         self.store = store
         self.sinks = sinks
         self.dispatcher = dispatcher
         self.config = config or ServiceConfig()
+        self.filters = filters or FilterCompiler()
         self._last_created = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     # -- public API ----------------------------------------------------------------------
@@ -113,6 +115,8 @@ class CaptureService:
                      params: captures_pb2.PacketCaptureParameters) -> captures_pb2.PacketCaptureResult:
         validation.validate_name(name)
         p = validation.validate(params, storage_accounts=self.sinks)
+        for field, expression, meaning in validation.expressions_to_compile(p):
+            await self.filters.check(field, expression, meaning)
         running = await self.store.running_captures()
         if len(running) >= self.config.max_captures:
             raise ResourceExhausted(f"{len(running)} captures are running, the limit is {self.config.max_captures}; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fleetcap.core.naming import DEFAULT_SUBSCRIPTION
-from fleetcap.core.transport import DEFAULT_ADDRESS
+from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls
 
 LOCAL_ACCOUNT = "local"
 """The built-in storage account: a directory on the coordinator."""
@@ -25,7 +25,12 @@ class ServiceConfig:
 @dataclasses.dataclass(frozen=True)
 class CoordinatorSettings:
     listen: tuple[str, ...] = (DEFAULT_ADDRESS,)
-    """Addresses to serve both the API and the fleet on: host:port or unix:/path."""
+    """Addresses to serve on (host:port or unix:/path); callers bring a bearer token. A TCP
+    address speaks TLS with tls_cert, else plaintext on loopback only; a unix socket is always
+    plaintext (local, guarded by its file permissions)."""
+    mtls_listen: tuple[str, ...] = ()
+    """Addresses served with mutual TLS (tls_cert and tls_client_ca): every peer presents a
+    certificate. Agents dial these; clients with certificates may too."""
     etcd: tuple[str, ...] = ()
     """etcd endpoints (host:port). Empty = start an embedded single-node etcd in data_dir."""
     store: str = "etcd"
@@ -36,11 +41,41 @@ class CoordinatorSettings:
     """Directory of the built-in storage account "local"; empty = data_dir/storage."""
     agent_ttl_s: int = 10
     """Lease of an agent's registration: a silent agent is declared stopped after this."""
-    storage_accounts: tuple[tuple[str, str], ...] = ()
+    storage_accounts: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     """Azure Blob storage accounts: (name, connection string). "local" is always there."""
     service: ServiceConfig = ServiceConfig()
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
+    tls_cert: str = ""
+    """PEM certificate every listener serves TLS with; empty = plaintext, local addresses only."""
+    tls_key: str = ""
+    """Its private key."""
+    tls_client_ca: str = ""
+    """CA that client and agent certificates must chain to; agents must present one."""
+    auth_file: str = ""
+    """TOML file of bearer tokens (SHA-256 only) and revoked certificate names; reloaded on SIGHUP."""
+    insecure: bool = False
+    """Allow plaintext listeners beyond loopback (logged as a warning at every start)."""
+    etcd_ca: str = ""
+    """CA of an external etcd's certificate; set, etcd is reached over TLS."""
+    etcd_cert: str = ""
+    """Client certificate for an external etcd that requires client-certificate authentication."""
+    etcd_key: str = ""
+    """Its private key."""
+    etcd_username: str = ""
+    """etcd user (from ETCD_USERNAME, never a flag)."""
+    etcd_password: str = dataclasses.field(default="", repr=False)
+    """Its password (from ETCD_PASSWORD, never a flag; kept out of repr and logs)."""
+
+    @property
+    def server_tls(self) -> ServerTls | None:
+        """For `listen`: the coordinator's certificate, no client certificate asked."""
+        return ServerTls(self.tls_cert, self.tls_key) if self.tls_cert else None
+
+    @property
+    def mutual_tls(self) -> ServerTls:
+        """For `mtls_listen`."""
+        return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def local_storage_dir(self) -> str:

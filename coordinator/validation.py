@@ -12,32 +12,35 @@ from collections.abc import Iterable
 
 from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.core import filters
-from fleetcap.core.libpcap import PcapError, check_filter
-from fleetcap.core.naming import CAPTURE_ROOT
+from fleetcap.core.limits import (
+    CAPTURE_NAME_RE,
+    MAX_BPF_CHARS,
+    MAX_FILE_COUNT,
+    MAX_FILTER_FIELD_CHARS,
+    MAX_FILTERS,
+    MAX_SCOPE_ENTRIES,
+    MAX_SESSION_S,
+    MAX_TIME_LIMIT_S,
+    MIN_FILE_SIZE,
+    MIN_TOTAL_BYTES,
+    U32_MAX,
+    capture_path_problem,
+)
 from fleetcap.core.vocabulary import TargetType
 from fleetcap.v1 import captures_pb2
 
-U32_MAX = 4294967295
 DEFAULT_TOTAL_BYTES = 1073741824
 DEFAULT_TIME_LIMIT_S = 18000
-MAX_TIME_LIMIT_S = 18000
-# A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
-MIN_TOTAL_BYTES = 24
 DEFAULT_CONTAINER = "network-watcher-logs"
 CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$")
-DEFAULT_FILE_COUNT, MAX_FILE_COUNT = 10, 10000
+DEFAULT_FILE_COUNT = 10
 DEFAULT_FILE_SIZE = 104857600
-DEFAULT_SESSION_S, MAX_SESSION_S = 86400, 604800
-# A ring file holds the 24-byte header and at least one record (16 + an Ethernet header).
-MIN_FILE_SIZE = 24 + 16 + 14
+DEFAULT_SESSION_S = 86400
 TARGET_TYPES = {t.lower(): t for t in TargetType}
-# Azure: 1-80 characters; letters, digits, '_', '.', '-'; starts with a letter or digit and
-# ends with a letter, digit or '_'.
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$")
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not CAPTURE_NAME_RE.match(name or ""):
         raise InvalidArgument("name", f"'{name}' must be 1-80 characters of letters, digits, '_', '.', '-', "
                                       "start with a letter or digit and end with a letter, digit or '_'")
     return name
@@ -51,16 +54,10 @@ def _range(field: str, value: int, lo: int, hi: int) -> int:
 
 def validate_capture_path(field: str, path: str) -> str:
     """A Linux capture path: absolute, under /var/captures, ending in .cap, not escaping."""
-    if not path.startswith(CAPTURE_ROOT + "/"):
-        raise InvalidArgument(field, f"'{path}' must start with {CAPTURE_ROOT}/")
-    if not path.endswith(".cap"):
-        raise InvalidArgument(field, f"'{path}' must end in .cap")
-    if "\x00" in path or ".." in path.split("/"):
-        raise InvalidArgument(field, f"'{path}' must not contain '..' or NUL")
-    normal = posixpath.normpath(path)
-    if not normal.startswith(CAPTURE_ROOT + "/") or normal == CAPTURE_ROOT:
-        raise InvalidArgument(field, f"'{path}' escapes {CAPTURE_ROOT}")
-    return normal
+    problem = capture_path_problem(path)
+    if problem:
+        raise InvalidArgument(field, problem)
+    return posixpath.normpath(path)
 
 
 def _validate_continuous(p: captures_pb2.PacketCaptureParameters) -> None:
@@ -113,6 +110,18 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         raise InvalidArgument("scope", "include/exclude apply only to targetType AzureVMSS")
     if target_type == TargetType.VM and p.add_new_instances:
         raise InvalidArgument("addNewInstances", "applies only to targetType AzureVMSS")
+    for field, entries in (("scope.include", p.scope.include), ("scope.exclude", p.scope.exclude)):
+        if len(entries) > MAX_SCOPE_ENTRIES:
+            raise InvalidArgument(field, f"{len(entries)} entries; at most {MAX_SCOPE_ENTRIES}")
+    if len(p.filters) > MAX_FILTERS:
+        raise InvalidArgument("filters", f"{len(p.filters)} filters; at most {MAX_FILTERS}")
+    for i, f in enumerate(p.filters):
+        for name, value in (("localIPAddress", f.local_ip_address), ("remoteIPAddress", f.remote_ip_address),
+                            ("localPort", f.local_port), ("remotePort", f.remote_port)):
+            if len(value) > MAX_FILTER_FIELD_CHARS:
+                raise InvalidArgument(f"filters[{i}].{name}", f"{len(value)} characters; at most {MAX_FILTER_FIELD_CHARS}")
+    if len(p.bpf_filter) > MAX_BPF_CHARS:
+        raise InvalidArgument("bpfFilter", f"{len(p.bpf_filter)} characters; at most {MAX_BPF_CHARS}")
 
     p.bytes_to_capture_per_packet = _range("bytesToCapturePerPacket", p.bytes_to_capture_per_packet, 0, U32_MAX)
     loc = p.storage_location
@@ -153,16 +162,19 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     if loc.local_path:
         loc.local_path = validate_capture_path("storageLocation.localPath", loc.local_path)
 
-    parsed = parse_filters(p.filters)
+    parse_filters(p.filters)
     for f in p.filters:
         f.protocol = filters.PROTOCOLS[(f.protocol or "Any").lower()]
-    if p.bpf_filter.strip():
-        try:
-            check_filter(p.bpf_filter)
-        except PcapError as e:
-            raise InvalidArgument("bpfFilter", f"libpcap rejects it: {e}") from None
-    try:  # the whole expression, as an agent will build it
-        check_filter(filters.capture_expression(parsed, filters.PLACEHOLDER_LOCALS, bpf_filter=p.bpf_filter))
-    except PcapError as e:
-        raise InvalidArgument("filters", f"libpcap rejects the combined filter: {e}") from None
     return p
+
+
+def expressions_to_compile(p: captures_pb2.PacketCaptureParameters) -> list[tuple[str, str, str]]:
+    """(field, expression, what libpcap's rejection means) for each expression the create must
+    compile before it starts: the raw BPF filter alone, then the whole expression as an agent
+    will build it. The compile runs in a worker process (filter_compiler.py)."""
+    checks = []
+    if p.bpf_filter.strip():
+        checks.append(("bpfFilter", p.bpf_filter, "libpcap rejects it"))
+    combined = filters.capture_expression(parse_filters(p.filters), filters.PLACEHOLDER_LOCALS, bpf_filter=p.bpf_filter)
+    checks.append(("filters", combined, "libpcap rejects the combined filter"))
+    return checks

@@ -27,7 +27,7 @@ def cli(fleet: LocalFleet, *args: str, check: bool = True) -> subprocess.Complet
     cmd = [sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, *args]
     shown = ["fleetcap", *args]
     print("$ " + " ".join(a if " " not in a and "{" not in a else f"'{a}'" for a in shown), flush=True)
-    r = subprocess.run(cmd, text=True, env=dict(os.environ, FLEETCAP_LOG_LEVEL="WARNING"))
+    r = subprocess.run(cmd, text=True, env=dict(fleet.cli_env(), FLEETCAP_LOG_LEVEL="WARNING"))
     if check and r.returncode != 0:
         raise SystemExit(f"fleetcap {args[0]} {args[1] if len(args) > 1 else ''} failed with exit code {r.returncode}")
     return r
@@ -51,7 +51,7 @@ def gateway_demo(fleet: LocalFleet) -> None:
         port = sock.getsockname()[1]
     log = open(os.path.join(OUT, "gateway.log"), "wb")
     gw = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "gateway",
-                           "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=log,
+                           "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=log, env=fleet.cli_env(),
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         url = (f"http://127.0.0.1:{port}/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/"

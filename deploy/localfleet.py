@@ -1,8 +1,14 @@
 """A whole fleetcap deployment on one machine, in network namespaces it creates and removes.
 
     hub namespace:  bridge br0 (10.77.0.1/24), etcd on its loopback, the coordinator
-                    (fleet on 10.77.0.1:7770, API on a unix socket reachable from the host)
-    instance i<N>:  eth0 = 10.77.0.<10+N>/24, veth to the hub's bridge; one agent each
+                    (agents on 10.77.0.1:7770 with mutual TLS, API on a unix socket reachable
+                    from the host, callers with a bearer token)
+    instance i<N>:  eth0 = 10.77.0.<10+N>/24, veth to the hub's bridge; one agent each, with a
+                    certificate that names its instance
+
+The fleet runs the secure configuration: its own CA (made with fleetcap.core.pki, as
+`fleetcap tls` does), a coordinator certificate, one agent certificate per instance, and an
+auth file with an admin token (`self.token`).
 
 Every namespace is private to one LocalFleet (its names carry a unique prefix), so several
 fleets run in parallel without sharing ports or addresses, and all test traffic stays inside
@@ -22,6 +28,9 @@ import time
 from collections.abc import Sequence
 
 from fleetcap.clients import sdk
+from fleetcap.coordinator.state import embedded_etcd
+from fleetcap.core import auth, naming, pki
+from fleetcap.v1 import fleet_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AZURITE = os.path.join(ROOT, "node_modules", ".bin", "azurite-blob")
@@ -79,6 +88,35 @@ class LocalFleet:
                                    os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
                           for i in range(instances)]
         self._namespaces: list[str] = []
+        self.pki_dir = os.path.join(self.workdir, "pki")
+        self.auth_file = os.path.join(self.workdir, "auth.toml")
+        self.token = self._make_pki()
+
+    def _make_pki(self) -> str:
+        ca = os.path.join(self.pki_dir, "ca")
+        pki.create_ca(ca)
+        pki.issue_coordinator(ca, self.pki_dir, dns=[], ips=[HUB_IP])
+        for inst in self.instances:
+            self.issue_agent_cert(inst)
+        token = auth.new_token()
+        auth.AuthFile().with_token("admin", frozenset({auth.Role.ADMIN}), token).save(self.auth_file)
+        return token
+
+    def issue_agent_cert(self, inst: Instance) -> None:
+        ident = fleet_pb2.AgentIdentity(vmss_name=inst.vmss, instance_id=inst.instance_id,
+                                        resource_group=self.resource_group)
+        arm_id = naming.resource_id(ident)
+        pki.issue_agent(os.path.join(self.pki_dir, "ca"), self.agent_cert_dir(inst), arm_id=arm_id,
+                        instance_name=naming.instance_name(arm_id))
+
+    def agent_cert_dir(self, inst: Instance) -> str:
+        return os.path.join(self.pki_dir, f"agent-i{inst.index}")
+
+    def add_token(self, name: str, role: auth.Role) -> str:
+        """A new token of one role in the coordinator's auth file (send SIGHUP to load it)."""
+        token = auth.new_token()
+        auth.AuthFile.load(self.auth_file).with_token(name, frozenset({role}), token).save(self.auth_file)
+        return token
 
     @property
     def coordinator(self) -> subprocess.Popen | None:
@@ -97,8 +135,12 @@ class LocalFleet:
         ports = [FLEET_PORT + (inst.index + i) % len(self.replicas) for i in range(len(self.replicas))]
         return ",".join(f"{HUB_IP}:{port}" for port in ports)
 
-    def client(self) -> sdk.Client:
-        return sdk.Client(self.api_address)
+    def client(self, token: str | None = None) -> sdk.Client:
+        return sdk.Client(self.api_address, token=self.token if token is None else token)
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment for a `fleetcap` CLI run against this fleet (the admin token)."""
+        return dict(os.environ, FLEETCAP_TOKEN=self.token)
 
     def log_path(self, name: str) -> str:
         return os.path.join(self.workdir, f"{name}.log")
@@ -128,7 +170,9 @@ class LocalFleet:
 
     def _spawn(self, namespace: str, args: Sequence[str], log_name: str) -> subprocess.Popen:
         log = open(self.log_path(log_name), "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level,
+                   AZURITE_CONNECTION_STRING=self.azurite_connection_string)
+        env.pop("FLEETCAP_TOKEN", None)  # each daemon proves itself with its own certificate
         cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "fleetcap", *args]
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,19 +219,22 @@ class LocalFleet:
     ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
 
     def start_etcd(self) -> None:
-        """etcd as its own process in the hub (so the coordinator can die without it)."""
-        client, peer = f"http://127.0.0.1:{self.ETCD_PORT}", f"http://127.0.0.1:{self.ETCD_PEER_PORT}"
+        """etcd as its own process in the hub (so the coordinator can die without it), serving
+        TLS with client certificates only, as deploy/ runs it."""
+        client, peer = f"https://127.0.0.1:{self.ETCD_PORT}", f"https://127.0.0.1:{self.ETCD_PEER_PORT}"
+        server_tls, self.etcd_client_tls = embedded_etcd.make_pki(os.path.join(self.pki_dir, "etcd"), "127.0.0.1")
         log = open(self.log_path("etcd"), "ab")
         self.etcd = subprocess.Popen(
             ["ip", "netns", "exec", self.hub, "etcd", "--name", "fleet", "--data-dir", os.path.join(self.workdir, "etcd"),
              "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"fleet={peer}",
-             "--listen-metrics-urls", "http://127.0.0.1:23810",
-             "--heartbeat-interval", "10", "--election-timeout", "100"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+             "--heartbeat-interval", "10", "--election-timeout", "100", *embedded_etcd.tls_flags(server_tls)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        code = ("import sys, urllib.request; sys.exit(0 if b'true' in urllib.request.urlopen("
-                f"'{client}/health', timeout=1).read() else 1)")
+        t = self.etcd_client_tls
+        code = ("import sys; from fleetcap.coordinator.state.embedded_etcd import EtcdTls, healthy; "
+                f"sys.exit(0 if healthy({client!r}, EtcdTls({t.ca!r}, {t.cert!r}, {t.key!r})) else 1)")
         deadline = time.monotonic() + 30
         while subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code], capture_output=True).returncode:
             if time.monotonic() > deadline or self.etcd.poll() is not None:
@@ -215,13 +262,17 @@ class LocalFleet:
         run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "master", "br0")
 
     def start_coordinator(self, index: int = 0) -> None:
-        extra = ["--storage-account", f"{BLOB_ACCOUNT}={self.azurite_connection_string}"] if self.use_azurite else []
+        extra = ["--storage-account", f"{BLOB_ACCOUNT}=env:AZURITE_CONNECTION_STRING"] if self.use_azurite else []
         if self.external_etcd:
-            extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}"]
+            t = self.etcd_client_tls
+            extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}", "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key]
         # Replicas share the storage directory, as they would share a network file system.
         log = "coordinator" if index == 0 else f"coordinator-{index}"
         self.replicas[index] = self._spawn(self.hub, [
-            "coordinator", "--listen", f"{HUB_IP}:{FLEET_PORT + index}", "--listen", f"unix:{self.replica_socket(index)}",
+            "coordinator", "--mtls-listen", f"{HUB_IP}:{FLEET_PORT + index}", "--listen", f"unix:{self.replica_socket(index)}",
+            "--tls-cert", os.path.join(self.pki_dir, "coordinator.pem"),
+            "--tls-key", os.path.join(self.pki_dir, "coordinator-key.pem"),
+            "--tls-client-ca", os.path.join(self.pki_dir, "ca", "ca.pem"), "--auth-file", self.auth_file,
             "--data-dir", os.path.join(self.workdir, log), "--storage-dir", self.storage_dir,
             "--agent-ttl", str(self.agent_ttl_s), *extra], log)
         self._wait(lambda: self._api_up(index), 30, "the coordinator API", log, self.replicas[index])
@@ -231,7 +282,9 @@ class LocalFleet:
         inst.process = self._spawn(inst.namespace, [
             "agent", "--vmss", inst.vmss, "--instance-id", inst.instance_id, "--resource-group", self.resource_group,
             "--interface", "eth0", "--capture-root", inst.capture_root, "--storage-retry", str(self.storage_retry_s),
-            "--coordinator", self.agent_coordinators(inst)], f"agent-i{inst.index}")
+            "--coordinator", self.agent_coordinators(inst), "--tls-ca", os.path.join(self.pki_dir, "ca", "ca.pem"),
+            "--tls-cert", os.path.join(self.agent_cert_dir(inst), "agent.pem"),
+            "--tls-key", os.path.join(self.agent_cert_dir(inst), "agent-key.pem")], f"agent-i{inst.index}")
 
     def wait_agents(self, count: int | None = None, timeout_s: float = 30) -> None:
         want = len(self.instances) if count is None else count
@@ -241,7 +294,7 @@ class LocalFleet:
     def _api_up(self, index: int = 0) -> bool:
         if not os.path.exists(self.replica_socket(index)):
             return False
-        with sdk.Client(f"unix:{self.replica_socket(index)}", timeout_s=2) as c:
+        with sdk.Client(f"unix:{self.replica_socket(index)}", timeout_s=2, token=self.token) as c:
             try:
                 c.list()
                 return True

@@ -26,7 +26,7 @@ async def serve(settings: AgentSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     interface = settings.interface or default_interface()
-    coordinators = Coordinators(settings.coordinator)
+    coordinators = Coordinators(settings.coordinator, settings.credentials)
     exclude = sorted({e for a in coordinators.addresses for e in coordinator_endpoints(a)})
     control: ControlLoop | None = None
     runner = CaptureRunner(settings, interface, data_stub=coordinators.data_stub, exclude_tcp=exclude,

@@ -15,6 +15,7 @@ import grpc
 import grpc.aio
 
 from fleetcap.core import transport
+from fleetcap.core.transport import ClientCredentials
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.host import interface_addresses
 from fleetcap.node_agent.runner import CaptureRunner
@@ -33,8 +34,10 @@ class Coordinators:
     """The coordinator replicas an agent may talk to, the current one, and a data channel to
     each (created on first use)."""
 
-    def __init__(self, addresses: str):
+    def __init__(self, addresses: str, credentials: ClientCredentials | None = None):
         self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        self.credentials = credentials or ClientCredentials()
+        self.metadata = self.credentials.metadata()
         self._current = 0
         self._data_channels: dict[str, grpc.aio.Channel] = {}
 
@@ -49,7 +52,8 @@ class Coordinators:
         """The data path follows the control path to the same coordinator replica."""
         address = self.current
         if address not in self._data_channels:
-            self._data_channels[address] = transport.aio_channel(address, dedicated=True)
+            self._data_channels[address] = transport.aio_channel(address, credentials=self.credentials,
+                                                                 dedicated=True)
         return fleet_pb2_grpc.FleetStub(self._data_channels[address])
 
     async def close(self) -> None:
@@ -88,8 +92,8 @@ class ControlLoop:
     async def _connect_once(self, stop: asyncio.Event) -> bool:
         """One control-stream connection; returns whether it got as far as the welcome."""
         address = self.coordinators.current
-        channel = transport.aio_channel(address)
-        call = fleet_pb2_grpc.FleetStub(channel).Connect()
+        channel = transport.aio_channel(address, credentials=self.coordinators.credentials)
+        call = fleet_pb2_grpc.FleetStub(channel).Connect(metadata=self.coordinators.metadata)
         tasks: list[asyncio.Future[object]] = []
         welcomed = False
         try:
@@ -115,6 +119,8 @@ class ControlLoop:
                 if t.exception() and not isinstance(t.exception(), grpc.aio.AioRpcError):
                     log.error("agent task failed", exc_info=t.exception())
         except grpc.aio.AioRpcError as e:
+            # A coordinator whose certificate does not chain to --tls-ca fails the handshake:
+            # UNAVAILABLE with the TLS error, and the agent never falls back to plaintext.
             log.warning("control stream to %s: %s %s", address, e.code().name, e.details())
         finally:
             for t in tasks:

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from fleetcap.core.naming import utc_now
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.session import PCAP_FILE_HEADER, PCAP_RECORD_HEADER, CaptureFile, CaptureSession, CaptureSpec
 from fleetcap.v1 import captures_pb2, fleet_pb2
 
@@ -25,10 +26,10 @@ log = logging.getLogger(__name__)
 JOURNAL_DIR = ".fleetcap"
 
 
-def repair_pcap(path: str) -> tuple[int, int]:
+def repair_pcap(root: CaptureRoot, path: str) -> tuple[int, int]:
     """Cuts a pcap file left by a killed capture back to its last whole record, so every
     reader opens it; returns (packets, size)."""
-    with open(path, "r+b") as f:
+    with os.fdopen(root.open_read(path, write=True), "r+b") as f:
         data = f.read()
         off, packets = PCAP_FILE_HEADER, 0
         if len(data) < PCAP_FILE_HEADER:
@@ -46,8 +47,9 @@ def repair_pcap(path: str) -> tuple[int, int]:
 
 
 class Journal:
-    def __init__(self, capture_root: str):
-        self.directory = os.path.join(capture_root, JOURNAL_DIR)
+    def __init__(self, root: CaptureRoot):
+        self.root = root
+        self.directory = os.path.join(root.root, JOURNAL_DIR)
 
     def write(self, cap: ActiveCapture) -> None:
         """Records what the agent knows of a capture, atomically (write and rename)."""
@@ -55,11 +57,8 @@ class Journal:
         entry = {"start": json_format.MessageToDict(cap.start), "path": cap.path, "files": files,
                  "removed": sorted(cap.removed),
                  "status": json_format.MessageToDict(cap.progress().status)}
-        os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"{cap.start.capture_name}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(entry, f)
-        os.replace(path + ".tmp", path)
+        self.root.replace_with(os.path.join(self.directory, f"{cap.start.capture_name}.json"),
+                               json.dumps(entry).encode())
 
     def recover(self, interface: str) -> dict[str, ActiveCapture]:
         """Loads the journal: finished captures as they were; captures the agent was running
@@ -72,17 +71,20 @@ class Journal:
             if not name.endswith(".json"):
                 continue
             try:
-                with open(os.path.join(self.directory, name)) as f:
+                with os.fdopen(self.root.open_read(os.path.join(self.directory, name)), "rb") as f:
                     entry = json.load(f)
+                for f_entry in entry["files"]:
+                    self.root.parts(f_entry["path"])  # OutsideRoot for an entry edited to point elsewhere
                 start = json_format.ParseDict(entry["start"], fleet_pb2.StartCapture())
                 status = json_format.ParseDict(entry["status"], captures_pb2.InstanceStatus())
-            except (OSError, ValueError, KeyError, json_format.ParseError) as e:
+            except (OSError, ValueError, KeyError, TypeError, json_format.ParseError) as e:
                 log.error("journal %s unreadable (%s); skipped", name, e)
                 continue
             cap = ActiveCapture(start, entry["path"])
             cap.removed = set(entry.get("removed", []))
             session = CaptureSession(CaptureSpec(name=start.capture_name, capture_id=start.capture_id,
-                                                 interface=interface, path=entry["path"], expression=""))
+                                                 interface=interface, root=self.root.root, path=entry["path"],
+                                                 expression=""))
             session.files = [CaptureFile(**f) for f in entry["files"]
                              if os.path.exists(f["path"]) or f["index"] in cap.removed]
             c = session.counters
@@ -96,7 +98,7 @@ class Journal:
                 packets = 0
                 for cf in session.files:
                     if cf.index not in cap.removed and os.path.exists(cf.path):
-                        n, cf.size = repair_pcap(cf.path)
+                        n, cf.size = repair_pcap(self.root, cf.path)
                         packets += n
                     cf.closed, cf.sha256 = True, ""
                 c.status, c.stop_reason, c.errors = Status.ERROR, StopReason.AGENT_STOPPED, [CaptureError.AGENT_STOPPED]

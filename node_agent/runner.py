@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import subprocess
 from collections.abc import Callable
 
-from fleetcap.core import filters
-from fleetcap.core.integrity import sha256_file
+from fleetcap.core import filters, limits
 from fleetcap.core.vocabulary import CaptureError, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
 from fleetcap.node_agent.capture.source import SourceFactory
@@ -29,6 +28,32 @@ log = logging.getLogger(__name__)
 SHUTDOWN_JOIN_S = 5.0
 
 
+def start_problem(start: fleet_pb2.StartCapture) -> str:
+    """Why the agent refuses a StartCapture ("" if it does not): the agent trusts nothing it is
+    sent, so every bound the coordinator checked is checked again here (fleetcap.core.limits)."""
+    if not limits.CAPTURE_NAME_RE.match(start.capture_name):
+        return f"capture name '{start.capture_name[:100]}' is not a valid capture name"
+    problem = limits.capture_path_problem(start.file_path)
+    if problem:
+        return f"file path {problem}"
+    if not 0 <= start.snaplen <= limits.U32_MAX or not 0 <= start.total_bytes <= limits.U32_MAX:
+        return "snap length or byte limit out of range"
+    if 0 < start.total_bytes < limits.MIN_TOTAL_BYTES:
+        return f"byte limit {start.total_bytes} is below {limits.MIN_TOTAL_BYTES}"
+    if not 0 <= start.time_limit_s <= (limits.MAX_SESSION_S if start.continuous else limits.MAX_TIME_LIMIT_S):
+        return f"time limit {start.time_limit_s} s is out of range"
+    if start.continuous and not (limits.MIN_FILE_SIZE <= start.file_size <= limits.U32_MAX
+                                 and 1 <= start.file_count <= limits.MAX_FILE_COUNT):
+        return "continuous capture: file size or file count out of range"
+    if len(start.filters) > limits.MAX_FILTERS or len(start.bpf_filter) > limits.MAX_BPF_CHARS:
+        return f"more than {limits.MAX_FILTERS} filters or a BPF filter over {limits.MAX_BPF_CHARS} characters"
+    for f in start.filters:
+        if max(len(f.local_ip_address), len(f.remote_ip_address), len(f.local_port),
+               len(f.remote_port)) > limits.MAX_FILTER_FIELD_CHARS:
+            return f"a filter field over {limits.MAX_FILTER_FIELD_CHARS} characters"
+    return ""
+
+
 class CaptureRunner:
     """This agent's captures, by name. Every method runs on the event loop."""
 
@@ -39,7 +64,8 @@ class CaptureRunner:
         self.settings = settings
         self.interface = interface
         self.captures: dict[str, ActiveCapture] = {}
-        self.journal = Journal(settings.capture_root)
+        self.root = CaptureRoot(settings.capture_root)
+        self.journal = Journal(self.root)
         self._data_stub = data_stub
         self._exclude_tcp = exclude_tcp
         self._on_report = on_report
@@ -56,6 +82,14 @@ class CaptureRunner:
 
     def start(self, start: fleet_pb2.StartCapture) -> None:
         self._loop = asyncio.get_running_loop()
+        problem = start_problem(start)
+        if problem:
+            log.warning("StartCapture refused: %s", problem)
+            if limits.CAPTURE_NAME_RE.match(start.capture_name) and start.capture_name not in self.captures:
+                cap = self.captures[start.capture_name] = ActiveCapture(start, "")
+                cap.failure = (CaptureError.CAPTURE_FAILED, f"the agent refused the capture: {problem}")
+                self.changed(start.capture_name)
+            return
         name = start.capture_name
         old = self.captures.get(name)
         if old is not None:
@@ -87,7 +121,8 @@ class CaptureRunner:
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
         ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
         cap.session = CaptureSession(CaptureSpec(
-            name=name, capture_id=start.capture_id, interface=self.interface, path=path, expression=expression,
+            name=name, capture_id=start.capture_id, interface=self.interface, root=self.root.root, path=path,
+            expression=expression,
             snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
             buffer_size=self.settings.buffer_size), on_change=notify, open_source=self._open_source)
         cap.session.start()
@@ -121,7 +156,7 @@ class CaptureRunner:
 
     async def _hash(self, cap: ActiveCapture, f: CaptureFile) -> None:
         try:
-            f.sha256 = await asyncio.to_thread(sha256_file, f.path)
+            f.sha256 = await asyncio.to_thread(self.root.sha256, f.path)
         except FileNotFoundError:
             return  # the ring deleted it first
         self.changed(cap.start.capture_name)
@@ -138,7 +173,8 @@ class CaptureRunner:
                     identity=self.settings.identity, capture_name=name,
                     capture_id=cap.start.capture_id, file_path=cap.api_path(index)),
                     f.path, functools.partial(cap.file_final, index), functools.partial(self.changed, name),
-                    storage_retry_s=self.settings.storage_retry_s)
+                    storage_retry_s=self.settings.storage_retry_s, metadata=self.settings.credentials.metadata(),
+                    open_read=self.root.open_read)
                 cap.uploaders[index] = u
                 cap.upload_tasks[index] = asyncio.ensure_future(u.run())
         for index in [i for i in cap.uploaders if i not in held]:
@@ -154,7 +190,7 @@ class CaptureRunner:
             final = cap.file_final(index)
             if final and u.state.committed and u.state.stored_sha256 == final[1] and index not in cap.removed:
                 path = next(f.path for f in cap.session.files if f.index == index)
-                os.remove(path)
+                self.root.remove(path)
                 cap.removed.add(index)
                 log.info("capture %s: stored copy of %s verified, local file removed", cap.start.capture_name, path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fleetcap.core.naming import CAPTURE_ROOT
-from fleetcap.core.transport import DEFAULT_ADDRESS
+from fleetcap.core.transport import DEFAULT_ADDRESS, ClientCredentials
 from fleetcap.v1 import fleet_pb2
 
 
@@ -26,3 +26,5 @@ class AgentSettings:
     """How long an upload retries while the coordinator reports its storage failing."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
+    credentials: ClientCredentials = dataclasses.field(default=ClientCredentials(), repr=False)
+    """The CA the coordinator must chain to, the agent's certificate, or a token (docs/security.md)."""

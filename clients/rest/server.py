@@ -33,6 +33,7 @@ from typing import Any
 from fleetcap.clients import sdk
 from fleetcap.clients.rest import arm, openapi
 from fleetcap.clients.rest.alerts import AlertRules, handle_alertmanager, handle_azure_monitor
+from fleetcap.core import transport
 from fleetcap.core.metrics import Registry
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,11 @@ _ARM = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Mic
 
 
 class Gateway:
-    def __init__(self, coordinator: str, *, rules: AlertRules | None = None, webhook_token: str = ""):
-        self.client = sdk.Client(coordinator)
+    def __init__(self, coordinator: str, *, rules: AlertRules | None = None, webhook_token: str = "",
+                 credentials: transport.ClientCredentials | None = None):
+        c = credentials or transport.ClientCredentials()
+        self.client = sdk.Client(coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert, tls_key=c.tls_key, token=c.token,
+                                 insecure=c.insecure)
         self.rules = rules or AlertRules([])
         self.webhook_token = webhook_token
         self.alert_lock = threading.Lock()  # one alert flow at a time: delete, quota check, create
@@ -305,10 +309,11 @@ def make_server(gateway: Gateway, host: str, port: int) -> http.server.Threading
     return server
 
 
-def serve(coordinator: str, listen: str, *, rules_path: str = "", webhook_token: str = "") -> None:
+def serve(coordinator: str, listen: str, *, rules_path: str = "", webhook_token: str = "",
+          credentials: transport.ClientCredentials | None = None) -> None:
     host, _, port = listen.rpartition(":")
     rules = AlertRules.load(rules_path) if rules_path else None
-    gateway = Gateway(coordinator, rules=rules, webhook_token=webhook_token)
+    gateway = Gateway(coordinator, rules=rules, webhook_token=webhook_token, credentials=credentials)
     server = make_server(gateway, host or "127.0.0.1", int(port))
     log.info("gateway on http://%s:%d (coordinator %s)", *server.server_address[:2], coordinator)
     try:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fleetcap.coordinator.errors import FleetcapError, InvalidArgument
+from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state import keys
+from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -31,6 +32,17 @@ def check_identity(ident: fleet_pb2.AgentIdentity) -> None:
     for value in (ident.vm_name, ident.vmss_name, ident.resource_group, ident.subscription):
         if "/" in value:
             raise InvalidArgument("identity", f"'{value}' must not contain '/'")
+
+
+def check_caller(principal: Principal | None, identity: fleet_pb2.AgentIdentity) -> None:
+    """An agent speaks only for itself: a certificate's identity must be the one claimed.
+    (A token of role agent, accepted only when the coordinator serves no TLS, on loopback, names
+    no instance; docs/security.md.) Raises PermissionDenied."""
+    if principal is None or Role.AGENT not in principal.roles:
+        raise PermissionDenied("only an agent may use the fleet service")
+    if principal.via == "certificate" and principal.agent_id.lower() != resource_id(identity).lower():
+        raise PermissionDenied(f"the certificate of {principal.agent_id or principal.name} cannot speak for "
+                               f"{resource_id(identity)}")
 
 
 class AgentSession:
@@ -98,8 +110,9 @@ class ControlSession:
     def instance_key(self) -> str:
         return self.session.instance_key if self.session else ""
 
-    async def open(self, hello: fleet_pb2.AgentHello) -> fleet_pb2.Welcome:
+    async def open(self, hello: fleet_pb2.AgentHello, principal: Principal | None) -> fleet_pb2.Welcome:
         check_identity(hello.identity)
+        check_caller(principal, hello.identity)
         key = keys.instance_key(hello.identity)
         self._record = state_pb2.AgentRecord(identity=hello.identity, hostname=hello.hostname,
                                              interface=hello.interface, addresses=hello.addresses,

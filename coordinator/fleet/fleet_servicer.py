@@ -19,6 +19,7 @@ import grpc
 
 from fleetcap.coordinator import service as svc
 from fleetcap.coordinator.api import status_codes
+from fleetcap.coordinator.api.auth import current_principal
 from fleetcap.coordinator.api.status_codes import Context
 from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.coordinator.fleet import wire
@@ -51,7 +52,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             try:
                 if not first.HasField("hello"):
                     raise InvalidArgument("hello", "the first message must be an AgentHello")
-                welcome = await control.open(first.hello)
+                welcome = await control.open(first.hello, current_principal())
             except Exception as e:
                 await status_codes.abort(context, e)
             reader = asyncio.ensure_future(self._read(request_iterator, control))
@@ -82,7 +83,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         except StopAsyncIteration:
             return
         try:
-            async for response in self.uploads.receive(first, request_iterator):
+            async for response in self.uploads.receive(first, request_iterator, current_principal()):
                 yield response
         except Exception as e:
             await status_codes.abort(context, e)

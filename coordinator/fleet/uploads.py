@@ -23,11 +23,12 @@ from fleetcap.coordinator.errors import (
     StorageFailed,
     Superseded,
 )
-from fleetcap.coordinator.fleet.agents import check_identity
+from fleetcap.coordinator.fleet.agents import check_caller, check_identity
 from fleetcap.coordinator.fleet.wire import ChunkRequest
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.core.auth import Principal
 from fleetcap.core.naming import ring_file_path
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -82,9 +83,12 @@ class Uploads:
         self.metrics = metrics
         self._newest: dict[str, object] = {}
 
-    async def _resolve(self, op: fleet_pb2.UploadOpen) -> tuple[state_pb2.CaptureRecord, str, Sink, str]:
-        """(capture record, account, sink, object name) for an upload, or a domain error."""
+    async def _resolve(self, op: fleet_pb2.UploadOpen,
+                       principal: Principal | None) -> tuple[state_pb2.CaptureRecord, str, Sink, str]:
+        """(capture record, account, sink, object name) for an upload, or a domain error. Only
+        the agent of an instance the capture was dispatched to may upload its files."""
         check_identity(op.identity)
+        check_caller(principal, op.identity)
         record = await self.service.store.get_capture(op.capture_name)
         if record is None or op.capture_id != svc.session_id(record):
             raise NotFound(f"packet capture '{op.capture_name}' not found")
@@ -96,12 +100,13 @@ class Uploads:
         return record, account, self.service.sinks[account], svc.object_name(record, op.identity, op.file_path)
 
     async def receive(self, first: fleet_pb2.UploadRequest | ChunkRequest,
-                      requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest]) -> AsyncIterator[fleet_pb2.UploadResponse]:
-        """Receives one file: `first` must open it; yields every acknowledgement."""
+                      requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest],
+                      principal: Principal | None) -> AsyncIterator[fleet_pb2.UploadResponse]:
+        """Receives one file for `principal`: `first` must open it; yields every acknowledgement."""
         if not isinstance(first, fleet_pb2.UploadRequest) or not first.HasField("open"):
             raise InvalidArgument("open", "the first message must be an UploadOpen")
         op = first.open
-        record, account, sink, object_name = await self._resolve(op)
+        record, account, sink, object_name = await self._resolve(op, principal)
         writer = sink.open(object_name)
         token = object()
         self._newest[object_name] = token

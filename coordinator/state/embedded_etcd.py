@@ -1,35 +1,86 @@
 """A single-node etcd the coordinator starts for itself when no --etcd is given.
 
-The flags are the ones the dependency lab measured (docs/decisions.md): loopback only, zap
+It serves clients over TLS only, with client-certificate authentication: the first start makes
+a CA, a server certificate for 127.0.0.1 and a client certificate under the data directory
+(fleetcap.core.pki, keys 0600), and only a holder of that client certificate is served. Its peer
+listener uses the same certificates. Metrics are not served on a port of their own.
+
+The other flags are the ones the dependency lab measured (docs/decisions.md): loopback only, zap
 logging, and short heartbeat/election timings so a single node is leader in ~0.1 s.
 Used by `fleetcap coordinator` and by the tests, which need a real etcd too.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
 
+from fleetcap.core import pki
 from fleetcap.core.transport import free_port
 
 ETCD_BINARY = "etcd"
+# Two ports are picked free and then bound by etcd: another process may take one in between,
+# so a start that loses that race tries again with new ports.
+START_ATTEMPTS = 3
 
 
 class EtcdError(RuntimeError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class EtcdTls:
+    """What a client needs to reach an etcd over TLS: its CA, and a client certificate."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+
+def make_pki(directory: str, host: str) -> tuple[EtcdTls, EtcdTls]:
+    """(server, client) certificates for an etcd on `host`, made once under `directory`."""
+    ca_dir = os.path.join(directory, "ca")
+    if not os.path.exists(os.path.join(ca_dir, pki.CA_CERT)):
+        pki.create_ca(ca_dir, name="fleetcap embedded etcd CA")
+        pki.issue(ca_dir, directory, file_stem="server", common_name="etcd", organizations=["fleetcap-etcd"],
+                  dns=["localhost"], ips=[host], server=True)
+        pki.issue(ca_dir, directory, file_stem="client", common_name="fleetcap-coordinator",
+                  organizations=["fleetcap-coordinator"])
+    ca = os.path.join(ca_dir, pki.CA_CERT)
+    return (EtcdTls(ca, os.path.join(directory, "server.pem"), os.path.join(directory, "server-key.pem")),
+            EtcdTls(ca, os.path.join(directory, "client.pem"), os.path.join(directory, "client-key.pem")))
+
+
+def tls_flags(server: EtcdTls) -> list[str]:
+    """etcd's flags for client and peer TLS with client-certificate authentication."""
+    return ["--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", server.ca,
+            "--client-cert-auth", "--peer-cert-file", server.cert, "--peer-key-file", server.key,
+            "--peer-trusted-ca-file", server.ca, "--peer-client-cert-auth"]
+
+
+def healthy(url: str, client: EtcdTls) -> bool:
+    """Whether the etcd at `url` (https) answers its health check to this client."""
+    context = ssl.create_default_context(cafile=client.ca)
+    context.load_cert_chain(client.cert, client.key)
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1, context=context) as r:
+            return b'"health":"true"' in r.read()
+    except OSError:
+        return False
+
+
 class EmbeddedEtcd:
-    def __init__(self, data_dir: str, *, host: str = "127.0.0.1", client_port: int = 0, peer_port: int = 0,
-                 log_path: str | None = None):
+    def __init__(self, data_dir: str, *, host: str = "127.0.0.1", log_path: str | None = None):
         self.data_dir = data_dir
         self.host = host
-        self.client_port = client_port or free_port(host)
-        self.peer_port = peer_port or free_port(host)
+        self.client_port = 0
         self.log_path = log_path or os.path.join(data_dir, "etcd.log")
         self.process: subprocess.Popen[bytes] | None = None
+        self.server_tls, self.client_tls = EtcdTls(""), EtcdTls("")
 
     @property
     def endpoint(self) -> str:
@@ -39,29 +90,39 @@ class EmbeddedEtcd:
         binary = shutil.which(ETCD_BINARY) or "/usr/bin/etcd"
         if not os.path.exists(binary):
             raise EtcdError("etcd is not installed (Debian package etcd-server); run 'make setup' or pass --etcd")
-        os.makedirs(self.data_dir, exist_ok=True)
-        client = f"http://{self.host}:{self.client_port}"
-        peer = f"http://{self.host}:{self.peer_port}"
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.server_tls, self.client_tls = make_pki(os.path.join(self.data_dir, "pki"), self.host)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return self._start(binary, timeout_s)
+            except EtcdError as e:
+                if "address already in use" not in str(e) or attempt + 1 == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, binary: str, timeout_s: float) -> EmbeddedEtcd:
+        self.client_port = free_port(self.host)
+        client = f"https://{self.host}:{self.client_port}"
+        peer = f"https://{self.host}:{free_port(self.host)}"
         cmd = [binary, "--name", "fleetcap", "--data-dir", os.path.join(self.data_dir, "member-data"),
                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
                "--listen-client-urls", client, "--advertise-client-urls", client,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"fleetcap={peer}", "--initial-cluster-state", "new",
-               "--listen-metrics-urls", f"http://{self.host}:{free_port(self.host)}",
-               "--heartbeat-interval", "10", "--election-timeout", "100"]
+               "--heartbeat-interval", "10", "--election-timeout", "100", *tls_flags(self.server_tls)]
+        start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EtcdError(f"etcd exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as r:
-                    if b'"health":"true"' in r.read():
-                        return self
-            except OSError:
-                pass
+                with open(self.log_path, "rb") as f:
+                    f.seek(start)
+                    why = "address already in use" if b"address already in use" in f.read() else "see the log"
+                raise EtcdError(f"etcd exited with {self.process.returncode} ({why}); see {self.log_path}")
+            if healthy(client, self.client_tls):
+                return self
             time.sleep(0.05)
         self.stop()
         raise EtcdError(f"etcd did not become healthy in {timeout_s}s; see {self.log_path}")

@@ -6,12 +6,18 @@ restarting etcd is an expected pause and not a crash; past that StoreUnavailable
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aetcd
+import aetcd.client
 import aetcd.exceptions
+import aetcd.watcher
+import grpc
+import grpc.aio
+from aetcd import rpc
 
 from fleetcap.coordinator.errors import StoreUnavailable
 from fleetcap.coordinator.state.store import KV, KVBackend, WatchEvent, WatchKind
@@ -26,10 +32,73 @@ def _b(s: str) -> bytes:
     return s.encode()
 
 
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type information
+    """aetcd's client over TLS. aetcd 1.0.0 opens only plaintext channels; this is its
+    `connect`, unchanged but for the channel (docs/decisions.md)."""
+
+    _is_connecting: bool
+    _connected: asyncio.Event
+
+    def __init__(self, *, credentials: grpc.ChannelCredentials, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    @aetcd.client._handle_errors  # type: ignore[untyped-decorator]
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:  # another task is connecting: wait for it
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(target, self._credentials, options=list(self._options.items()))
+            if self._username is not None and self._password is not None:
+                self.auth_stub = rpc.AuthStub(self.channel)
+                resp = await self.auth_stub.Authenticate(
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+                self.metadata = (("token", resp.token),)
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                                  metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach etcd: TLS material (a CA, and a client certificate when etcd requires one),
+    and etcd's own user and password (from the environment, never a flag)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    username: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.ca:
+            return None
+
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key) if self.key else None,
+                                            read(self.cert) if self.cert else None)
+
+
 class EtcdKV(KVBackend):
-    def __init__(self, endpoints: list[str], *, retry_s: float = 30.0, timeout_s: int = 5):
+    def __init__(self, endpoints: list[str], *, access: EtcdAccess | None = None, retry_s: float = 30.0,
+                 timeout_s: int = 5):
         """endpoints: "host:port" strings; the first reachable one is used."""
         self._endpoints = endpoints
+        self._access = access or EtcdAccess()
+        self._credentials = self._access.credentials()
         self._retry_s = retry_s
         self._timeout_s = timeout_s
         self._client: aetcd.Client | None = None
@@ -38,7 +107,13 @@ class EtcdKV(KVBackend):
     def _connect(self) -> aetcd.Client:
         if self._client is None:
             host, _, port = self._endpoints[self._next % len(self._endpoints)].rpartition(":")
-            self._client = aetcd.Client(host=host, port=int(port), timeout=self._timeout_s)
+            user = {"username": self._access.username, "password": self._access.password} \
+                if self._access.username else {}
+            if self._credentials is None:
+                self._client = aetcd.Client(host=host, port=int(port), timeout=self._timeout_s, **user)
+            else:
+                self._client = _TlsClient(credentials=self._credentials, host=host, port=int(port),
+                                          timeout=self._timeout_s, **user)
         return self._client
 
     async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:

@@ -6,7 +6,9 @@ records go through `pcap_dump`, so the file is libpcap's format to the byte what
 from __future__ import annotations
 
 import ctypes
+import os
 
+from fleetcap.core import libpcap
 from fleetcap.core.libpcap import PcapError, PktHdr
 
 
@@ -19,10 +21,17 @@ class PcapWriter:
     def _dump_handle(self) -> int:
         raise NotImplementedError
 
-    def open_dump(self, path: str) -> None:
+    def open_dump(self, fd: int) -> None:
+        """Starts a pcap file on `fd`, a new file the caller opened (capture_root.py); the
+        dumper owns it from here and closes it in close_dump."""
         lib, handle = self._lib, self._dump_handle()
-        self._dumper = lib.pcap_dump_open(handle, path.encode())
+        stream = libpcap.libc().fdopen(fd, b"wb")
+        if not stream:
+            os.close(fd)
+            raise OSError(ctypes.get_errno(), "fdopen failed")
+        self._dumper = lib.pcap_dump_fopen(handle, stream)
         if not self._dumper:
+            libpcap.libc().fclose(stream)
             raise PcapError(lib.pcap_geterr(handle).decode())
 
     def close_dump(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from fleetcap.core.libpcap import MAX_SNAPLEN, PcapError, PktHdr
 from fleetcap.core.naming import ring_file_path, utc_now
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
+from fleetcap.node_agent.capture.capture_root import CaptureRoot, OutsideRoot
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.source import CaptureSource, SourceFactory
 
@@ -46,11 +46,12 @@ class Ring:
 
 @dataclasses.dataclass(frozen=True)
 class CaptureSpec:
-    """What to capture and where; all limits already validated by the coordinator."""
+    """What to capture and where; the agent has re-checked every limit (runner.py)."""
 
     name: str
     capture_id: str
     interface: str
+    root: str                # the capture root: every file is created below it (capture_root.py)
     path: str                # absolute path of the pcap file (the ring's base name in continuous mode)
     expression: str          # libpcap filter expression
     snaplen: int = 0         # bytes per packet; 0 = whole packet
@@ -97,6 +98,7 @@ class CaptureSession:
         """`open_source` opens the packet source: libpcap on the spec's interface by default,
         or a replayed pcap file (replay_source.py) in tests."""
         self.spec = spec
+        self._root = CaptureRoot(spec.root)
         self._open_source = open_source
         self.counters = Counters()
         self.files: list[CaptureFile] = []
@@ -142,8 +144,8 @@ class CaptureSession:
         c = self.counters
         try:
             self._open()
-        except (PcapError, OSError) as e:
-            kind = CaptureError.LOCAL_FILE_FAILED if isinstance(e, OSError) else CaptureError.CAPTURE_FAILED
+        except (PcapError, OSError, OutsideRoot) as e:
+            kind = CaptureError.CAPTURE_FAILED if isinstance(e, PcapError) else CaptureError.LOCAL_FILE_FAILED
             self._finish_error(kind, str(e))
             return
         c.status, c.start_time = Status.RUNNING, utc_now()
@@ -170,12 +172,12 @@ class CaptureSession:
     def _open(self) -> None:
         spec = self.spec
         first = spec.file_path(0)
-        os.makedirs(os.path.dirname(first), exist_ok=True)
-        self._refuse_existing(first)
-        handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size, timeout_ms=READ_TIMEOUT_MS)
+        self._root.parts(first)  # OutsideRoot before anything is opened
+        handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size,
+                                   timeout_ms=READ_TIMEOUT_MS)
         try:
             handle.set_filter(spec.expression)
-            handle.open_dump(first)
+            handle.open_dump(self._create(first))
         except Exception:
             handle.close()
             raise
@@ -186,10 +188,11 @@ class CaptureSession:
         self.files.append(CaptureFile(0, first, size=handle.file_position()))
         self.counters.bytes = self.files[0].size
 
-    @staticmethod
-    def _refuse_existing(path: str) -> None:
-        if os.path.exists(path):
-            raise FileExistsError(f"{path} already exists; fleetcap never overwrites a capture file")
+    def _create(self, path: str) -> int:
+        try:
+            return self._root.create(path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} already exists; fleetcap never overwrites a capture file") from None
 
     def _source(self) -> CaptureSource:
         """The open source; only the capture thread calls this, between open and close."""
@@ -274,22 +277,19 @@ class CaptureSession:
     def _rotate(self, ring: Ring) -> None:
         handle = self._source()
         old = self.files[-1]
+        handle.flush()
+        old.size = handle.file_position()  # exact once flushed; the path itself is never trusted
         handle.close_dump()
-        old.size = os.path.getsize(old.path)
         old.closed = True
         self._file_base += old.size
         index = old.index + 1
         path = self.spec.file_path(index)
-        self._refuse_existing(path)
-        handle.open_dump(path)
+        handle.open_dump(self._create(path))
         self.files.append(CaptureFile(index, path, size=handle.file_position()))
         self.counters.bytes = self._file_base + self.files[-1].size
         for f in self.files[:-ring.file_count]:
             if not f.deleted:
-                try:
-                    os.remove(f.path)
-                except FileNotFoundError:
-                    pass  # already uploaded and removed (storage only)
+                self._root.remove(f.path)  # absent when already uploaded and removed (storage only)
                 f.deleted = True
         self.files = [f for f in self.files if not f.deleted]
         self._on_change(self)
@@ -327,9 +327,7 @@ class CaptureSession:
             self._handle = None
         handle.close()
         if final and self.files:
-            last = self.files[-1]
-            last.size = os.path.getsize(last.path)
-            last.closed = True
+            self.files[-1].closed = True  # its size was read from the dumper before the close
 
     def _finish_error(self, kind: str, message: str) -> None:
         c = self.counters

@@ -19,8 +19,8 @@ class CaptureSource(Protocol):
     def set_filter(self, expression: str) -> None:
         """Installs a libpcap filter expression; raises PcapError."""
 
-    def open_dump(self, path: str) -> None:
-        """Starts writing a pcap file at `path` (it must not exist); raises PcapError."""
+    def open_dump(self, fd: int) -> None:
+        """Starts writing a pcap file on `fd`, a new file (capture_root.py); raises PcapError."""
 
     def close_dump(self) -> None:
         """Flushes and closes the current file."""

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 UploadCall = grpc.aio.StreamStreamCall[fleet_pb2.UploadRequest, fleet_pb2.UploadResponse]
 StubProvider = Callable[[], fleet_pb2_grpc.FleetStub]
+
+
+def _open_no_follow(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 """The stub of the coordinator replica the agent talks to now (it moves between replicas)."""
 
 CHUNK_BYTES = 4 << 20
@@ -64,8 +68,11 @@ class Uploader:
     def __init__(self, stub: fleet_pb2_grpc.FleetStub | StubProvider,
                  open_msg: fleet_pb2.UploadOpen, local_path: str,
                  final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None], *,
-                 storage_retry_s: float = 300.0):
+                 storage_retry_s: float = 300.0, metadata: tuple[tuple[str, str], ...] = (),
+                 open_read: Callable[[str], int] = _open_no_follow):
         self.storage_retry_s = storage_retry_s
+        self.metadata = metadata  # the agent's bearer token, when it has no certificate
+        self._open_read = open_read  # the capture root's: never through a symlink
         self.stub = stub
         self.open_msg = open_msg
         self.path = local_path
@@ -113,7 +120,7 @@ class Uploader:
 
     async def _attempt(self) -> None:
         stub = self.stub() if callable(self.stub) else self.stub  # the agent's current replica
-        call = stub.Upload()
+        call = stub.Upload(metadata=self.metadata)
         try:
             await call.write(fleet_pb2.UploadRequest(open=self.open_msg))
             first = await call.read()
@@ -122,22 +129,23 @@ class Uploader:
             self._ack(first)
             if self.state.committed:
                 return
-            if self.state.acked > os.path.getsize(self.path):
-                # More is stored than the file now holds (a partial record was cut after a crash):
-                # the stored copy is discarded and the file sent again from the start.
-                log.warning("upload of %s: %d bytes stored but the file has %d; starting over",
-                            self.path, self.state.acked, os.path.getsize(self.path))
-                self.open_msg.restart = True
-                self.state.acked = 0
-                return
-            self.open_msg.restart = False
-            sent = self.state.acked
-            reader = asyncio.ensure_future(self._read_acks(call))
-            try:
-                with open(self.path, "rb") as f:
+            with os.fdopen(self._open_read(self.path), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if self.state.acked > size:
+                    # More is stored than the file now holds (a partial record was cut after a
+                    # crash): the stored copy is discarded and the file sent again from the start.
+                    log.warning("upload of %s: %d bytes stored but the file has %d; starting over",
+                                self.path, self.state.acked, size)
+                    self.open_msg.restart = True
+                    self.state.acked = 0
+                    return
+                self.open_msg.restart = False
+                sent = self.state.acked
+                reader = asyncio.ensure_future(self._read_acks(call))
+                try:
                     await self._send(call, f, sent, reader)
-            finally:
-                reader.cancel()
+                finally:
+                    reader.cancel()
         finally:
             call.cancel()
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from fleetcap.clients import cli
 from fleetcap.coordinator.settings import CoordinatorSettings, ServiceConfig
+from fleetcap.core import transport
 from fleetcap.node_agent.settings import AgentSettings
 from fleetcap.v1 import fleet_pb2
 
@@ -24,31 +25,40 @@ _SERVICE = ServiceConfig()
 
 
 def storage_accounts(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """NAME=CONNECTION_STRING, NAME=env:VAR, or NAME (connection string from
-    $AZURE_STORAGE_CONNECTION_STRING)."""
+    """NAME=env:VAR, NAME=file:PATH, or NAME (connection string from
+    $AZURE_STORAGE_CONNECTION_STRING). A connection string itself is refused: a command line
+    is visible to every user of the machine."""
     out = []
     for spec in specs:
         name, sep, value = spec.partition("=")
         if not name or name == "local" or "/" in name:
-            raise cli.UsageError(f"--storage-account '{spec}': the name must be non-empty, not 'local', without '/'")
-        variable = value[len("env:"):] if value.startswith("env:") else ("" if sep else "AZURE_STORAGE_CONNECTION_STRING")
-        if variable:
-            value = os.environ.get(variable, "")
-            if not value:
-                raise cli.UsageError(f"--storage-account {name}: environment variable {variable} is not set")
-        out.append((name, value))
+            raise cli.UsageError(f"--storage-account '{name}': the name must be non-empty, not 'local', without '/'")
+        source = value if sep else "env:AZURE_STORAGE_CONNECTION_STRING"
+        out.append((name, cli.secret(f"--storage-account {name}", source)))
     return tuple(out)
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from fleetcap.coordinator import app
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise cli.UsageError("--tls-cert and --tls-key go together")
+    if args.mtls_listen and not (args.tls_cert and args.tls_client_ca):
+        raise cli.UsageError("--mtls-listen needs --tls-cert, --tls-key and --tls-client-ca")
+    for address in args.listen or ([] if args.mtls_listen else _COORDINATOR.listen):
+        if not args.tls_cert and not transport.is_local(address) and not args.insecure:
+            raise cli.UsageError(f"--listen {address}: not a local address, and there is no --tls-cert; give "
+                                 "--tls-cert and --tls-key (and --tls-client-ca for agents), or --insecure")
     settings = CoordinatorSettings(
         storage_accounts=storage_accounts(args.storage_account or []),
-        listen=tuple(args.listen or _COORDINATOR.listen),
+        listen=tuple(args.listen or ([] if args.mtls_listen else _COORDINATOR.listen)),
+        mtls_listen=tuple(args.mtls_listen or ()),
         etcd=tuple(e for e in (args.etcd or "").split(",") if e),
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir,
         agent_ttl_s=args.agent_ttl, service=ServiceConfig(max_captures=args.max_captures),
-        metrics_listen=args.metrics_listen)
+        metrics_listen=args.metrics_listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, auth_file=args.auth_file, insecure=args.insecure,
+        etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
+        etcd_username=os.environ.get("ETCD_USERNAME", ""), etcd_password=os.environ.get("ETCD_PASSWORD", ""))
     asyncio.run(app.serve(settings))
     return cli.EXIT_OK
 
@@ -62,10 +72,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     identity = fleet_pb2.AgentIdentity(subscription=args.subscription or "", resource_group=args.resource_group or "",
                                        vm_name=args.vm or "", vmss_name=args.vmss or "",
                                        instance_id=args.instance_id if args.vmss else "")
-    settings = AgentSettings(coordinator=args.coordinator or AgentSettings.coordinator, identity=identity,
+    coordinator = args.coordinator or AgentSettings.coordinator
+    credentials = cli.credentials(args)
+    for address in coordinator.split(","):
+        try:
+            credentials.channel_credentials(address.strip())
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+    settings = AgentSettings(coordinator=coordinator, identity=identity,
                              interface=args.interface, capture_root=args.capture_root,
                              buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry,
-                             metrics_listen=args.metrics_listen)
+                             metrics_listen=args.metrics_listen, credentials=credentials)
     asyncio.run(app.serve(settings))
     return cli.EXIT_OK
 
@@ -73,7 +90,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("coordinator", help="run the coordinator")
     c.add_argument("--listen", action="append",
-                   help=f"address to serve on (repeatable); default {', '.join(_COORDINATOR.listen)}")
+                   help="address to serve on (repeatable): TLS with --tls-cert (callers bring a token), else plaintext "
+                        f"on a local address only; default {', '.join(_COORDINATOR.listen)}")
+    c.add_argument("--mtls-listen", action="append",
+                   help="address served with mutual TLS (repeatable): agents dial it, and clients with certificates "
+                        "may; needs --tls-cert, --tls-key and --tls-client-ca")
     c.add_argument("--etcd", help="etcd endpoints host:port[,host:port...]; default: start an embedded etcd")
     c.add_argument("--store", choices=["etcd", "memory"], default=_COORDINATOR.store)
     c.add_argument("--data-dir", default=_COORDINATOR.data_dir)
@@ -88,6 +109,19 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
     c.add_argument("--metrics-listen", metavar="HOST:PORT", default=_COORDINATOR.metrics_listen,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    c.add_argument("--tls-cert", default=_COORDINATOR.tls_cert, help="certificate (PEM) every listener serves TLS with")
+    c.add_argument("--tls-key", default=_COORDINATOR.tls_key, help="its private key (PEM)")
+    c.add_argument("--tls-client-ca", default=_COORDINATOR.tls_client_ca,
+                   help="CA (PEM) that client and agent certificates chain to; agents must present one")
+    c.add_argument("--auth-file", default=_COORDINATOR.auth_file,
+                   help="TOML file of bearer tokens (hashes) and revoked certificates; reloaded on SIGHUP "
+                        "(fleetcap tls token create)")
+    c.add_argument("--insecure", action="store_true",
+                   help="allow plaintext listeners beyond loopback (never in production)")
+    c.add_argument("--etcd-ca", default=_COORDINATOR.etcd_ca, help="CA of an external etcd; set, etcd is reached over TLS")
+    c.add_argument("--etcd-cert", default=_COORDINATOR.etcd_cert, help="client certificate for an external etcd")
+    c.add_argument("--etcd-key", default=_COORDINATOR.etcd_key,
+                   help="its private key; etcd's user and password come from ETCD_USERNAME and ETCD_PASSWORD")
     c.set_defaults(func=cmd_coordinator, daemon=True)
 
     a = sub.add_parser("agent", help="run a node agent")
@@ -109,6 +143,7 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "StorageFailed (the file is kept)")
     a.add_argument("--metrics-listen", metavar="HOST:PORT", default=AgentSettings.metrics_listen,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    cli.add_credential_flags(a)
     a.set_defaults(func=cmd_agent, daemon=True)
 
 

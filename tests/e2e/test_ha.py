@@ -40,7 +40,7 @@ def test_leader_killed_mid_capture(fleet, client):
     leader = leader_of(fleet)
     other = 1 - leader
     # The API call goes to the replica that will survive; half the agents are on the other one.
-    with sdk.Client(f"unix:{fleet.replica_socket(other)}") as c:
+    with sdk.Client(f"unix:{fleet.replica_socket(other)}", token=fleet.token) as c:
         c.create(name="ha", target="web", target_type="AzureVMSS", resource_group="rg1", time_limit_in_seconds=14,
                  storage_account="local", file_path="/var/captures/ha.cap",
                  filters=[{"protocol": "UDP", "localPort": "7100"}])
@@ -55,7 +55,7 @@ def test_leader_killed_mid_capture(fleet, client):
     fleet.send_udp(i2, i0, dport=7100, sport=43000, count=10, size=PAYLOAD, tag=51)
     fleet.send_udp(i0, i1, dport=7100, sport=43001, count=10, size=PAYLOAD, tag=51)
     fleet.send_udp(i1, i2, dport=7100, sport=43002, count=10, size=PAYLOAD, tag=51)
-    with sdk.Client(f"unix:{fleet.replica_socket(other)}") as c:
+    with sdk.Client(f"unix:{fleet.replica_socket(other)}", token=fleet.token) as c:
         final = until("every instance stopped by its time limit with its file stored",
                       lambda: (x := c.get_status(name="ha")).packet_capture_status == "Stopped"
                       and all(i.files[0].upload_complete for i in x.instances) and x, 90)

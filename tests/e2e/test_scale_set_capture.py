@@ -236,7 +236,8 @@ def test_download_merge_and_follow(fleet, client, tmp_path):
 
     dest = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "capture",
-                        "download", "--name", "dl", "--dest", str(dest), "--merge"], capture_output=True, text=True)
+                        "download", "--name", "dl", "--dest", str(dest), "--merge"], capture_output=True, text=True,
+                       env=fleet.cli_env())
     assert r.returncode == 0, r.stderr
     files = json.loads(r.stdout)["files"]
     assert sorted(os.path.relpath(p, dest) for p in files) == ["0/dl.cap", "1/dl.cap", "dl.pcapng"]

@@ -12,6 +12,7 @@ import pytest
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.core.transport import free_port
+from tests.conftest import AGENT_ENV, write_auth_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,6 +22,7 @@ class Deployment(str):
     dir: str
     coordinator_metrics: str
     agent_metrics: str
+    auth_file: str
 
 
 
@@ -34,13 +36,15 @@ def coordinator(tmp_path_factory):
     dep.dir = str(d)
     dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     logs = open(d / "coordinator.log", "wb")
+    dep.auth_file = write_auth_file(str(d / "auth.toml"))
     coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", dep,
-                              "--data-dir", str(d / "data"), "--agent-ttl", "5",
+                              "--auth-file", dep.auth_file, "--data-dir", str(d / "data"), "--agent-ttl", "5",
                               "--metrics-listen", dep.coordinator_metrics], cwd=ROOT, stdout=logs, stderr=logs)
     agent_log = open(d / "agent.log", "wb")
     agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", dep, "--vm", "vm1",
                               "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures"),
-                              "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log)
+                              "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log,
+                             env=AGENT_ENV)
     try:
         deadline = time.monotonic() + 30
         with sdk.Client(dep, timeout_s=2) as c:

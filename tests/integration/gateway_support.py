@@ -14,6 +14,7 @@ from typing import Any
 
 from deploy.localfleet import LocalFleet
 from fleetcap.core.transport import free_port
+from tests.conftest import AGENT_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARM = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
@@ -65,7 +66,7 @@ def scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resourc
                                "--vmss", vmss, "--instance-id", str(i), "--resource-group", resource_group,
                                "--interface", "lo", "--capture-root", os.path.join(str(workdir), f"captures{i}")],
                               cwd=ROOT, stdout=open(os.path.join(str(workdir), f"agent{i}.log"), "wb"),
-                              stderr=subprocess.STDOUT) for i in instance_ids]
+                              stderr=subprocess.STDOUT, env=AGENT_ENV) for i in instance_ids]
     try:
         wanted = {f"/virtualMachineScaleSets/{vmss}/virtualMachines/{i}" for i in instance_ids}
         deadline = time.monotonic() + 30

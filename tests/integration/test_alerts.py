@@ -69,7 +69,8 @@ def gateway(coordinator, tmp_path_factory):
     d = tmp_path_factory.mktemp("alerts")
     rules = d / "rules.json"
     rules.write_text(json.dumps(RULES))
-    g = Gateway(coordinator, d, "--alert-rules", str(rules), "--webhook-token", TOKEN)
+    (d / "webhook.token").write_text(TOKEN + "\n")
+    g = Gateway(coordinator, d, "--alert-rules", str(rules), "--webhook-token", f"file:{d / 'webhook.token'}")
     yield g
     g.stop()
 

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from fleetcap.coordinator.state import keys
-from fleetcap.coordinator.state.etcd_store import EtcdKV
+from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from tests.unit.test_store_contract import StoreContract
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,8 @@ class TestEtcdStore(StoreContract):
         suffixes = {name: getattr(keys, name)[len(keys.ROOT):] for name in ("ROOT", "CAPTURES", "INSTANCES", "AGENTS")}
         for name, suffix in suffixes.items():
             monkeypatch.setattr(keys, name, root + suffix)
-        self.endpoint = etcd_endpoint
+        self.etcd = etcd_endpoint
 
     async def make_kv(self):
-        return EtcdKV([self.endpoint])
+        tls = self.etcd.client_tls
+        return EtcdKV([self.etcd.endpoint], access=EtcdAccess(tls.ca, tls.cert, tls.key))

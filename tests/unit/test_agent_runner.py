@@ -9,17 +9,21 @@ import struct
 
 import dpkt
 
+from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.fleet.agents import AgentSessions
 from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer, add_fleet_servicer
+from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import Store
 from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.core import transport
+from fleetcap.core.auth import AuthFile, Role, new_token
 from fleetcap.core.integrity import sha256_file
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
+from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.replay_source import ReplaySourceFactory
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec
 from fleetcap.node_agent.journal import Journal, repair_pcap
@@ -60,7 +64,10 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
         storage = tmp_path / "storage"
         recorder = Recorder()
         service = CaptureService(store, recorder, {"local": LocalSink(str(storage))})
-        server = transport.aio_server()
+        token = new_token()  # no TLS here: the agent proves itself with a token of role agent
+        auth_file = str(tmp_path / "auth.toml")
+        AuthFile().with_token("agents", frozenset({Role.AGENT}), token).save(auth_file)
+        server = transport.aio_server([AuthInterceptor(Authenticator(auth_file), CoordinatorMetrics())])
         add_fleet_servicer(FleetServicer(service, AgentSessions(), agent_ttl_s=60, replica="r1"), server)
         socket_path = f"unix:{tmp_path}/fleet.sock"
         transport.add_listen(server, socket_path)
@@ -75,7 +82,8 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
             assert (start.upload, start.keep_local, start.time_limit_s) == (True, True, 1)
 
             reports: list[fleet_pb2.CaptureProgress] = []
-            settings = AgentSettings(identity=IDENT, capture_root=str(tmp_path / "root"))
+            settings = AgentSettings(identity=IDENT, capture_root=str(tmp_path / "root"),
+                                     credentials=transport.ClientCredentials(token=token))
             runner = CaptureRunner(settings, "replay0", data_stub=lambda: fleet_pb2_grpc.FleetStub(channel),
                                    exclude_tcp=[], on_report=lambda cap: reports.append(cap.progress()),
                                    open_source=ReplaySourceFactory(trace), addresses=lambda _: ["10.0.0.2"])  # the receiver
@@ -94,7 +102,7 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
             assert reports[-1].status.files[0].upload_complete  # the runner reported the commit
 
             # The journal brings the finished capture back as it was, after an agent restart.
-            again = Journal(settings.capture_root).recover("replay0")
+            again = Journal(CaptureRoot(settings.capture_root)).recover("replay0")
             assert list(again) == ["pc"]
             assert again["pc"].progress().status.packet_capture_status == Status.STOPPED
             assert again["pc"].progress().status.packets_captured == len(udp)
@@ -119,9 +127,9 @@ def test_a_capture_cut_by_an_agent_death_comes_back_as_agent_stopped_with_whole_
         f.write(struct.pack("<IIII", 1_700_000_005, 0, 60, 60) + b"\x00" * 20)
     start = fleet_pb2.StartCapture(capture_name="cut", capture_id="cut@1", file_path="/var/captures/cut.cap")
     running = ActiveCapture(start, str(path))
-    journal = Journal(str(root))
-    running.session = CaptureSession(CaptureSpec(name="cut", capture_id="cut@1", interface="x", path=str(path),
-                                                 expression=""))
+    journal = Journal(CaptureRoot(str(root)))
+    running.session = CaptureSession(CaptureSpec(name="cut", capture_id="cut@1", interface="x", root=str(root),
+                                                 path=str(path), expression=""))
     running.session.files = [CaptureFile(0, str(path), size=whole + 36)]
     running.session.counters.status = Status.RUNNING
     journal.write(running)
@@ -132,4 +140,51 @@ def test_a_capture_cut_by_an_agent_death_comes_back_as_agent_stopped_with_whole_
     assert (status.packet_capture_status, status.stop_reason, list(status.packet_capture_error)) == (
         Status.ERROR, StopReason.AGENT_STOPPED, [CaptureError.AGENT_STOPPED])
     assert (status.packets_captured, status.bytes_captured, os.path.getsize(path)) == (4, whole, whole)
-    assert repair_pcap(str(path)) == (4, whole)  # already whole: nothing more is cut
+    assert repair_pcap(CaptureRoot(str(root)), str(path)) == (4, whole)  # already whole: nothing more is cut
+
+
+def test_the_agent_refuses_a_start_outside_its_capture_root_and_writes_nothing_outside(tmp_path):
+    """A StartCapture from a hostile or confused coordinator: a path that escapes the root, a
+    symlink planted in the root, and limits past the documented maximums. Nothing is written
+    outside the root, and the refusal is reported under the capture's name."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "planted.cap").symlink_to(outside / "stolen.cap")  # dangling: a write through it lands outside
+    (root / "dir").symlink_to(outside)                         # a directory on the way is a link
+
+    async def body() -> None:
+        reports: list[pb.InstanceStatus] = []
+        runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
+                               data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
+                               on_report=lambda cap: reports.append(cap.progress().status),
+                               open_source=ReplaySourceFactory(str(tmp_path / "none.pcap")),
+                               addresses=lambda _: ["10.0.0.2"])
+        starts = {
+            "esc": fleet_pb2.StartCapture(capture_name="esc", capture_id="1", file_path="/var/captures/../../etc/x.cap"),
+            "big": fleet_pb2.StartCapture(capture_name="big", capture_id="2", file_path="/var/captures/b.cap",
+                                          time_limit_s=18001),
+            "bpf": fleet_pb2.StartCapture(capture_name="bpf", capture_id="3", file_path="/var/captures/c.cap",
+                                          bpf_filter="udp " * 1025),
+            "link": fleet_pb2.StartCapture(capture_name="link", capture_id="4", file_path="/var/captures/planted.cap"),
+            "dir": fleet_pb2.StartCapture(capture_name="dir", capture_id="5", file_path="/var/captures/dir/x.cap"),
+        }
+        for start in starts.values():
+            runner.start(start)
+        await until("every capture to end", lambda: all(
+            c.session is None or c.session.done.is_set() for c in runner.captures.values()) and len(runner.captures) == 5)
+        await asyncio.sleep(0)  # the last reports are delivered on the loop
+        by_name = {n: c.progress().status for n, c in runner.captures.items()}
+        assert {n: (s.packet_capture_status, list(s.packet_capture_error)) for n, s in by_name.items()} == {
+            "esc": (Status.ERROR, [CaptureError.CAPTURE_FAILED]), "big": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
+            "bpf": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
+            "link": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED]), "dir": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED])}
+        assert by_name["esc"].error_message == "the agent refused the capture: file path '/var/captures/../../etc/x.cap' " \
+                                               "must not contain '..' or NUL"
+        assert by_name["big"].error_message == "the agent refused the capture: time limit 18001 s is out of range"
+        assert "already exists; fleetcap never overwrites" in by_name["link"].error_message
+        assert list(outside.iterdir()) == []  # nothing was written through either link
+        await runner.shutdown()
+
+    write_trace(str(tmp_path / "none.pcap"), 1)
+    asyncio.run(body())

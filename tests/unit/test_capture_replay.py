@@ -58,7 +58,7 @@ def run(spec: CaptureSpec, trace: str, *, stop_after_s: float | None = None) -> 
 
 
 def spec(tmp_path, **kw) -> CaptureSpec:
-    base = dict(name="t", capture_id="t@1", interface="replay", path=str(tmp_path / "out.cap"),
+    base = dict(name="t", capture_id="t@1", interface="replay", root=str(tmp_path), path=str(tmp_path / "out.cap"),
                 expression="udp port 5001")
     base.update(kw)
     return CaptureSpec(**base)

@@ -82,8 +82,11 @@ def test_dispatch_progress_and_quota(tmp_path):
 def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
     """The hello carries the agent's state as it dialed; a report sent after the welcome is
     newer (here: its upload committed meanwhile) and must be what stays."""
+    from fleetcap.coordinator.api.auth import serve_as
     from fleetcap.coordinator.fleet.agents import AgentSessions
     from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer
+    from fleetcap.core.auth import Principal, Role
+    from fleetcap.core.naming import resource_id
 
     async def body():
         svc, _ = await setup(tmp_path)
@@ -104,10 +107,11 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
             await asyncio.Event().wait()  # the stream stays open
 
         class Context:
-            async def abort(self, code, details):
+            async def abort(self, code, details, trailing_metadata=()):
                 raise AssertionError(f"aborted: {code} {details}")
 
         servicer = FleetServicer(svc, AgentSessions(), agent_ttl_s=60, replica="r1")
+        serve_as(Principal("web_1", frozenset({Role.AGENT}), "certificate", agent_id=resource_id(ident)))
         stream = servicer.Connect(agent_messages(), Context())
         welcome = await stream.__anext__()
         assert welcome.HasField("welcome")

@@ -59,7 +59,10 @@ def test_zero_limits_are_kept_and_values_normalized():
      "only with continuousCapture"),
     (dict(filters=[pb.PacketCaptureFilter(protocol="TCP", local_port="1-2;3")]), "filters[0].localPort", "a range mixed with a list"),
     (dict(filters=[pb.PacketCaptureFilter(protocol="UDP"), pb.PacketCaptureFilter()]), "filters[1]", "cannot be all empty"),
-    (dict(bpf_filter="udp and and"), "bpfFilter", "libpcap rejects it"),
+    (dict(bpf_filter="udp " * 1100), "bpfFilter", "4400 characters; at most 4096"),
+    (dict(filters=[pb.PacketCaptureFilter(protocol="UDP")] * 33), "filters", "33 filters; at most 32"),
+    (dict(filters=[pb.PacketCaptureFilter(protocol="UDP", local_port="1;" * 600)]), "filters[0].localPort",
+     "1200 characters; at most 1024"),
 ])
 def test_every_invalid_field_is_named(kw, field, rule):
     with pytest.raises(InvalidArgument) as e:
@@ -126,3 +129,29 @@ def test_capture_names(name, ok):
         with pytest.raises(InvalidArgument) as e:
             validation.validate_name(name)
         assert e.value.field == "name"
+
+
+def test_filters_compile_in_a_worker_process_with_a_deadline():
+    """Rejections name the field; a compile past the deadline fails the create instead of
+    stalling the coordinator, and the worker is replaced for the next one."""
+    import asyncio
+
+    from fleetcap.coordinator.filter_compiler import FilterCompiler
+
+    async def body():
+        compiler = FilterCompiler()
+        try:
+            p = validation.validate(params(bpf_filter="udp and and"), storage_accounts=ACCOUNTS)
+            field, expression, meaning = validation.expressions_to_compile(p)[0]
+            with pytest.raises(InvalidArgument) as e:
+                await compiler.check(field, expression, meaning)
+            assert str(e.value) == "bpfFilter: libpcap rejects it: can't parse filter expression: syntax error"
+            await compiler.check("filters", "udp and port 53", "rejected")  # a good one passes
+            compiler.timeout_s = 0.000001
+            with pytest.raises(InvalidArgument, match=r"filters: too complex: libpcap did not compile it within"):
+                await compiler.check("filters", " or ".join(f"host 10.0.{i // 250}.{i % 250}" for i in range(300)), "x")
+            compiler.timeout_s = 30
+            await compiler.check("filters", "tcp port 80", "rejected")  # a new worker
+        finally:
+            compiler.close()
+    asyncio.run(body())

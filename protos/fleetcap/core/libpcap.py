@@ -63,6 +63,7 @@ def _load() -> ctypes.CDLL:
         "pcap_freecode": (None, [ctypes.POINTER(BpfProgram)]),
         "pcap_offline_filter": (I, [ctypes.POINTER(BpfProgram), ctypes.POINTER(PktHdr), P]),
         "pcap_dump_open": (P, [P, S]),
+        "pcap_dump_fopen": (P, [P, P]),
         "pcap_dump_flush": (I, [P]),
         "pcap_dump_close": (None, [P]),
         "pcap_dump_ftell64": (ctypes.c_int64, [P]),
@@ -79,6 +80,15 @@ def _load() -> ctypes.CDLL:
         f = getattr(lib, fn)
         f.restype, f.argtypes = restype, argtypes
     return lib
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, for fdopen: libpcap writes to a FILE * the caller opened safely."""
+    c = ctypes.CDLL(None, use_errno=True)
+    c.fdopen.restype, c.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
+    c.fclose.restype, c.fclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    return c
 
 
 @functools.cache
