@@ -18,6 +18,7 @@ the namespaces (which removes their veths).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import os
 import signal
@@ -38,6 +39,7 @@ AZURITE = os.path.join(ROOT, "node_modules", ".bin", "azurite-blob")
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_PORT = 10000
 BLOB_ACCOUNT = "blob1"
+SAS_ACCOUNT = "sas1"  # the same Azurite account, through an account SAS
 SUBNET = "10.77.0"
 HUB_IP = f"{SUBNET}.1"
 FLEET_PORT = 7770
@@ -171,13 +173,26 @@ class LocalFleet:
     def _spawn(self, namespace: str, args: Sequence[str], log_name: str) -> subprocess.Popen:
         log = open(self.log_path(log_name), "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level,
-                   AZURITE_CONNECTION_STRING=self.azurite_connection_string)
+                   AZURITE_CONNECTION_STRING=self.azurite_connection_string,
+                   AZURITE_SAS_CONNECTION_STRING=self.azurite_sas_connection_string if self.use_azurite else "")
         env.pop("FLEETCAP_TOKEN", None)  # each daemon proves itself with its own certificate
         cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "fleetcap", *args]
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         log.close()
         return proc
+
+    @property
+    def azurite_sas_connection_string(self) -> str:
+        """The same Azurite account through an account SAS: the form in which a SAS leaks if
+        anything prints a blob URL with its query."""
+        from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+        sas = generate_account_sas("devstoreaccount1", AZURITE_KEY, ResourceTypes(service=True, container=True,
+                                                                                 object=True),
+                                   AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True,
+                                                         create=True),
+                                   expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+        return f"BlobEndpoint=http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1;SharedAccessSignature={sas}"
 
     @property
     def azurite_connection_string(self) -> str:
@@ -262,7 +277,8 @@ class LocalFleet:
         run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "master", "br0")
 
     def start_coordinator(self, index: int = 0) -> None:
-        extra = ["--storage-account", f"{BLOB_ACCOUNT}=env:AZURITE_CONNECTION_STRING"] if self.use_azurite else []
+        extra = ["--storage-account", f"{BLOB_ACCOUNT}=env:AZURITE_CONNECTION_STRING",
+                 "--storage-account", f"{SAS_ACCOUNT}=env:AZURITE_SAS_CONNECTION_STRING"] if self.use_azurite else []
         if self.external_etcd:
             t = self.etcd_client_tls
             extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}", "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key]

@@ -23,6 +23,9 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Exponen
 from fleetcap.coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 
 log = logging.getLogger(__name__)
+# The Azure SDK logs every request and its headers at INFO: noise on a busy coordinator, and
+# URLs with (redacted) query strings. Its warnings and errors still come through.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 T = TypeVar("T")
 
 # 4 MiB blocks staged 3 at a time: 1 MiB blocks reached a third of upload_blob's rate in the
@@ -39,6 +42,12 @@ def block_id(offset: int) -> str:
 
 def block_offset(bid: str) -> int:
     return int(base64.b64decode(bid).decode())
+
+
+def public_url(url: str) -> str:
+    """A blob or account URL without its query: a SAS token (sig=...) is a credential, and a URL
+    shown in an API response, a log line or a metric must never carry one."""
+    return url.split("?", 1)[0]
 
 
 class BlobSink(Sink):
@@ -72,11 +81,11 @@ class BlobSink(Sink):
     kind = "AzureBlob"
 
     def endpoint(self) -> str:
-        return self.service.url.split("?", 1)[0]  # never a SAS token
+        return public_url(self.service.url)
 
     def uri(self, object_name: str) -> str:
         container, _, name = object_name.partition("/")
-        return self.service.get_blob_client(container, name).url
+        return public_url(self.service.get_blob_client(container, name).url)
 
     def open(self, object_name: str) -> BlobWriter:
         container = object_name.partition("/")[0]
@@ -115,7 +124,7 @@ class BlobWriter(ObjectWriter):
     def __init__(self, blob: BlobClient, *, on_container_missing: Callable[[], None] = lambda: None):
         self.blob = blob
         self._on_container_missing = on_container_missing
-        self.uri = blob.url
+        self.uri = public_url(blob.url)
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_STAGES, thread_name_prefix="stage")
         self._staged: dict[int, int] = {}   # offset -> length, blocks durably staged
         self._pending: dict[int, concurrent.futures.Future[int]] = {}

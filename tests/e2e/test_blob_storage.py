@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+import urllib.parse
 
 import pytest
 
@@ -39,7 +42,8 @@ def test_both_file_and_blob_with_azure_layout(fleet, client, tmp_path):
     # The accounts captures can name, and never the key in the connection string.
     accounts = [(a.name, a.kind, a.endpoint) for a in client.list_storage_accounts()]
     assert accounts[0][:2] == ("local", "Local") and accounts[0][2].startswith("file:///")
-    assert accounts[1:] == [("blob1", "AzureBlob", "http://127.0.0.1:10000/devstoreaccount1/")]
+    assert accounts[1:] == [("blob1", "AzureBlob", "http://127.0.0.1:10000/devstoreaccount1/"),
+                            ("sas1", "AzureBlob", "http://127.0.0.1:10000/devstoreaccount1/")]  # no SAS in it
     created = client.create(name="blob-both", target="web", target_type="AzureVMSS", resource_group="rg1",
                             include=["0", "1"], time_limit_in_seconds=4, storage_account="blob1",
                             file_path="/var/captures/both.cap", filters=[{"protocol": "UDP", "localPort": "6001"}])
@@ -119,3 +123,31 @@ def test_storage_down_past_the_retry_budget_keeps_the_local_file(fleet, client):
     assert not f.upload_complete
     local = os.path.join(fleet.instances[1].capture_root, f.file_path.removeprefix("/var/captures/"))
     assert pcaps.flows(pcaps.read(local).records) == expected(i0, 41020, i1, 6003, 25, 9)
+
+
+def test_a_sas_never_shows_in_output_logs_or_metrics(fleet, client, tmp_path):
+    """A storage account given as a SAS connection string: its signature appears in no API
+    response, CLI output or log line, although the SAS is what stores the file."""
+    i0, i1 = fleet.instances[:2]
+    client.create(name="sas-1", target="web", target_type="AzureVMSS", resource_group="rg1", include=["1"],
+                  time_limit_in_seconds=3, storage_account="sas1", filters=[{"protocol": "UDP", "localPort": "6004"}])
+    wait_running(client, "sas-1")
+    fleet.send_udp(i0, i1, dport=6004, sport=41030, count=5, size=PAYLOAD, tag=26)
+    final = client.wait(name="sas-1", timeout_s=60)
+    (inst,) = final.instances
+    f = inst.files[0]
+    assert (final.stop_reason, f.upload_complete, f.stored_sha256) == ("TimeExceeded", True, f.sha256)
+    assert BLOB_URL.match(f.storage_path), f.storage_path
+    outputs = []
+    for args in (["capture", "show", "-n", "sas-1"], ["capture", "show-status", "-n", "sas-1"], ["capture", "list"],
+                 ["storage-accounts", "list"]):
+        r = subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, *args],
+                           capture_output=True, text=True, env=fleet.cli_env())
+        assert r.returncode == 0, r.stderr
+        outputs.append(r.stdout + r.stderr)
+    assert "sas1" in outputs[3] and "devstoreaccount1" in outputs[3]
+    logs = [open(fleet.log_path(n), errors="replace").read() for n in ("coordinator", "agent-i0", "agent-i1")]
+    signature = re.search(r"sig=([^&;]+)", fleet.azurite_sas_connection_string).group(1)
+    for text in outputs + logs:
+        assert signature not in text and urllib.parse.unquote(signature) not in text
+        assert re.search(r"sig=(?!REDACTED)", text) is None and "SharedAccessSignature" not in text

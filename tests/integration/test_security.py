@@ -1,0 +1,396 @@
+"""Security, tried as an attacker would, on real processes on loopback: a coordinator serving
+TLS to token callers and mutual TLS to agents, with certificates and tokens made by
+`fleetcap tls`, and a real agent (vm1) capturing on lo."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import grpc.aio
+import pytest
+
+from deploy.localfleet import LocalFleet
+from fleetcap.clients import sdk
+from fleetcap.core import transport
+from fleetcap.core.transport import free_port
+from fleetcap.v1 import captures_pb2 as pb
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
+
+pytestmark = pytest.mark.integration
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def fleetcap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleetcap", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+class Secure:
+    """The deployment under attack: addresses, files and tokens."""
+
+    def __init__(self, d) -> None:
+        self.d = str(d)
+        self.ca = os.path.join(self.d, "ca", "ca.pem")
+        self.api = f"127.0.0.1:{free_port()}"
+        self.fleet = f"127.0.0.1:{free_port()}"
+        self.auth_file = os.path.join(self.d, "auth.toml")
+        self.tokens: dict[str, str] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def cert(self, *args: str) -> None:
+        r = fleetcap("tls", "cert", "create", "--ca", os.path.join(self.d, "ca"), *args)
+        assert r.returncode == 0, r.stderr
+
+    def token(self, name: str, role: str) -> str:
+        r = fleetcap("tls", "token", "create", "--name", name, "--role", role, "--auth-file", self.auth_file)
+        assert r.returncode == 0, r.stderr
+        self.tokens[name] = r.stdout.strip()
+        return self.tokens[name]
+
+    def client(self, token: str = "", **kw: str) -> sdk.Client:
+        return sdk.Client(self.api, tls_ca=self.ca, token=token, timeout_s=10, **kw)
+
+    def agent_channel(self, cert_dir: str, stem: str = "agent") -> grpc.aio.Channel:
+        return transport.aio_channel(self.fleet, credentials=transport.ClientCredentials(
+            tls_ca=self.ca, tls_cert=os.path.join(cert_dir, f"{stem}.pem"), tls_key=os.path.join(cert_dir, f"{stem}-key.pem")))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ambient_token():
+    """The suite's admin token (FLEETCAP_TOKEN) means nothing here; every caller says who it is."""
+    with pytest.MonkeyPatch.context() as m:
+        m.delenv("FLEETCAP_TOKEN", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root to open a capture handle")
+    s = Secure(tmp_path_factory.mktemp("secure"))
+    assert fleetcap("tls", "ca", "create", "--out", os.path.join(s.d, "ca")).returncode == 0
+    s.cert("--out", os.path.join(s.d, "coord"), "--coordinator")
+    s.cert("--out", os.path.join(s.d, "vm1"), "--agent", "--vm", "vm1", "-g", "rg1")
+    s.cert("--out", os.path.join(s.d, "vm2"), "--agent", "--vm", "vm2", "-g", "rg1")
+    s.cert("--out", os.path.join(s.d, "alice"), "--client", "alice", "--role", "contributor")
+    for name, role in (("viewer", "reader"), ("analyst", "data-reader"), ("ops", "contributor"), ("boss", "admin")):
+        s.token(name, role)
+    env = dict(os.environ)
+    env.pop("FLEETCAP_TOKEN", None)
+    coord_log = open(os.path.join(s.d, "coordinator.log"), "wb")
+    s.procs.append(subprocess.Popen(
+        [sys.executable, "-m", "fleetcap", "coordinator", "--listen", s.api, "--mtls-listen", s.fleet,
+         "--tls-cert", os.path.join(s.d, "coord", "coordinator.pem"),
+         "--tls-key", os.path.join(s.d, "coord", "coordinator-key.pem"), "--tls-client-ca", s.ca,
+         "--auth-file", s.auth_file, "--data-dir", os.path.join(s.d, "data"), "--agent-ttl", "5"],
+        cwd=ROOT, stdout=coord_log, stderr=coord_log, env=env))
+    agent_log = open(os.path.join(s.d, "agent.log"), "wb")
+    s.procs.append(subprocess.Popen(
+        [sys.executable, "-m", "fleetcap", "agent", "--coordinator", s.fleet, "--vm", "vm1", "-g", "rg1",
+         "--interface", "lo", "--capture-root", os.path.join(s.d, "captures"), "--tls-ca", s.ca,
+         "--tls-cert", os.path.join(s.d, "vm1", "agent.pem"), "--tls-key", os.path.join(s.d, "vm1", "agent-key.pem")],
+        cwd=ROOT, stdout=agent_log, stderr=agent_log, env=env))
+    try:
+        deadline = time.monotonic() + 30
+        with s.client(s.tokens["boss"]) as c:
+            while True:
+                try:
+                    if len(c.list_agents()) == 1:
+                        break
+                except sdk.FleetcapError:
+                    pass
+                assert time.monotonic() < deadline, open(os.path.join(s.d, "coordinator.log")).read()
+                time.sleep(0.2)
+        yield s
+    finally:
+        for p in reversed(s.procs):
+            LocalFleet.stop_process(p)
+
+
+def test_each_role_can_do_what_it_may_and_nothing_more(secure, tmp_path):
+    s = secure
+    with s.client() as anonymous:  # TLS, but no credential at all
+        for call in (anonymous.list, lambda: anonymous.get(name="x"),
+                     lambda: anonymous.create(name="anon", target="vm1", resource_group="rg1",
+                                              file_path="/var/captures/anon.cap")):
+            with pytest.raises(sdk.Unauthenticated):
+                call()
+    with s.client(s.tokens["ops"]) as ops:
+        ops.create(name="roles", target="vm1", resource_group="rg1", file_path="/var/captures/roles.cap",
+                   storage_account="local", time_limit_in_seconds=1, filters=[{"protocol": "UDP", "localPort": "9"}])
+        final = ops.wait(name="roles", timeout_s=30)
+        assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
+    with s.client(s.tokens["viewer"]) as viewer:
+        assert [c.name for c in viewer.list()] == ["roles"]
+        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Create; it needs the "
+                                                       "role contributor"):
+            viewer.create(name="nope", target="vm1", resource_group="rg1", file_path="/var/captures/nope.cap")
+        with pytest.raises(sdk.PermissionDenied, match="needs the role data-reader"):
+            viewer.download(name="roles", dest=str(tmp_path / "v"))
+    with s.client(s.tokens["analyst"]) as analyst:
+        [path] = analyst.download(name="roles", dest=str(tmp_path / "a"))
+        assert os.path.getsize(path) == final.instances[0].files[0].size_bytes
+        with pytest.raises(sdk.PermissionDenied, match="needs the role contributor"):
+            analyst.stop(name="roles")
+    with s.client(s.tokens["ops"]) as ops:
+        ops.stop(name="roles")
+        ops.delete(name="roles")
+    # A client certificate carries its role too (alice: contributor), on the mutual-TLS listener.
+    with sdk.Client(s.fleet, tls_ca=s.ca, tls_cert=os.path.join(s.d, "alice", "alice.pem"),
+                    tls_key=os.path.join(s.d, "alice", "alice-key.pem"), token="") as alice:
+        assert alice.list() == []
+    # The CLI's exit codes: 6 without a credential, 7 without the role.
+    env = dict(os.environ, FLEETCAP_TLS_CA=s.ca)
+    r = fleetcap("--coordinator", s.api, "capture", "list", env=env)
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (6, "fleetcap: UNAUTHENTICATED: no valid credential: present "
+                                                            "a client certificate from the trusted CA or a bearer token")
+    r = fleetcap("--coordinator", s.api, "capture", "delete", "-n", "x", env=dict(env, FLEETCAP_TOKEN=s.tokens["viewer"]))
+    assert r.returncode == 7, r.stderr
+    # A literal token on the command line is refused (it would show in ps): env: or file: only.
+    r = fleetcap("--coordinator", s.api, "--token", s.tokens["viewer"], "capture", "list", env=env)
+    assert r.returncode == 2 and "--token: give the secret as env:VARIABLE or file:PATH" in r.stderr
+    r = fleetcap("--coordinator", s.api, "--token", "env:MY_TOKEN", "capture", "list",
+                 env=dict(env, MY_TOKEN=s.tokens["viewer"]))
+    assert (r.returncode, r.stdout.strip()) == (0, "[]")
+
+
+def test_a_revoked_token_stops_working_after_sighup(secure):
+    s = secure
+    token = s.token("temp", "reader")
+    coordinator = s.procs[0]
+    coordinator.send_signal(signal.SIGHUP)  # loads the new token
+    deadline = time.monotonic() + 10
+    with s.client(token) as c:
+        while True:
+            try:
+                c.list()
+                break
+            except sdk.Unauthenticated:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        r = fleetcap("tls", "token", "revoke", "--name", "temp", "--auth-file", s.auth_file)
+        assert r.returncode == 0, r.stderr
+        c.list()  # still in force until the coordinator reloads
+        coordinator.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c.list()
+            except sdk.Unauthenticated:
+                break
+            assert time.monotonic() < deadline, "the revoked token still works"
+            time.sleep(0.1)
+    assert "name = \"temp\"" not in open(s.auth_file).read()
+
+
+def test_an_agent_speaks_only_for_itself(secure):
+    """vm2's certificate claiming vm1 is refused while the real vm1 keeps its stream; a client
+    certificate cannot connect as an agent; an upload for a capture not dispatched to the caller
+    is refused."""
+    s = secure
+
+    async def connect(channel: grpc.aio.Channel, vm: str) -> grpc.aio.AioRpcError | fleet_pb2.CoordinatorMessage:
+        call = fleet_pb2_grpc.FleetStub(channel).Connect()
+        await call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
+            identity=fleet_pb2.AgentIdentity(vm_name=vm, resource_group="rg1"), hostname="rogue")))
+        try:
+            return await call.read()
+        except grpc.aio.AioRpcError as e:
+            return e
+        finally:
+            call.cancel()
+
+    async def body() -> None:
+        vm2 = s.agent_channel(os.path.join(s.d, "vm2"))
+        alice = s.agent_channel(os.path.join(s.d, "alice"), "alice")
+        try:
+            refused = await connect(vm2, "vm1")
+            assert isinstance(refused, grpc.aio.AioRpcError)
+            assert (refused.code(), refused.details()) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the certificate of /subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/"
+                "vm2 cannot speak for /subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/"
+                "virtualMachines/vm1")
+            as_client = await connect(alice, "vm1")
+            assert isinstance(as_client, grpc.aio.AioRpcError)
+            assert as_client.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert as_client.details() == "certificate:alice (contributor) may not call Connect; it needs the role agent"
+            # An upload by vm2 (a real agent, for itself) into a capture that targets only vm1.
+            with s.client(s.tokens["ops"]) as ops:
+                created = ops.create(name="up", target="vm1", resource_group="rg1", storage_account="local",
+                                     file_path="/var/captures/up.cap", time_limit_in_seconds=2)
+                capture_id = f"{created.id}@{created.created_time}"
+                call = fleet_pb2_grpc.FleetStub(vm2).Upload()
+                await call.write(fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
+                    identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"), capture_name="up",
+                    capture_id=capture_id, file_path="/var/captures/up.cap")))
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call.read()
+                assert (e.value.code(), e.value.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                                               "this capture does not target that instance")
+                final = ops.wait(name="up", timeout_s=30)  # vm1 kept its stream: the capture ran there
+                assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
+                assert final.instances[0].files[0].upload_complete
+                ops.delete(name="up")
+        finally:
+            await vm2.close()
+            await alice.close()
+    asyncio.run(body())
+    log = open(os.path.join(s.d, "coordinator.log")).read()
+    assert "principal=certificate:web" not in log
+    assert "principal=certificate:vm2 method=Connect capture=- decision=allowed" in log
+
+
+def test_an_agent_refuses_a_coordinator_from_another_ca(secure, tmp_path):
+    s = secure
+    assert fleetcap("tls", "ca", "create", "--out", str(tmp_path / "other")).returncode == 0
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", s.fleet, "--vm", "vm9", "-g", "rg1",
+             "--interface", "lo", "--capture-root", str(tmp_path / "captures"),
+             "--tls-ca", str(tmp_path / "other" / "ca.pem"), "--tls-cert", os.path.join(s.d, "vm2", "agent.pem"),
+             "--tls-key", os.path.join(s.d, "vm2", "agent-key.pem")], cwd=ROOT, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while "control stream to" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        with s.client(s.tokens["boss"]) as c:
+            assert [a.id.rsplit("/", 1)[-1] for a in c.list_agents()] == ["vm1"]  # vm9 never registered
+    finally:
+        LocalFleet.stop_process(agent)
+    text = log_path.read_text()
+    assert f"control stream to {s.fleet}: UNAVAILABLE" in text
+    assert "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text.lower(), text
+
+
+def test_plaintext_beyond_loopback_is_refused_and_insecure_is_loud(tmp_path):
+    r = fleetcap("coordinator", "--listen", "0.0.0.0:0", "--store", "memory", "--data-dir", str(tmp_path))
+    assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
+        2, "fleetcap: error: --listen 0.0.0.0:0: not a local address, and there is no --tls-cert; give --tls-cert and "
+           "--tls-key (and --tls-client-ca for agents), or --insecure")
+    r = fleetcap("agent", "--coordinator", "192.0.2.1:7770", "--vm", "x", "--capture-root", str(tmp_path))
+    assert r.returncode == 2 and "192.0.2.1:7770 is not a local address: give --tls-ca" in r.stderr
+    r = fleetcap("coordinator", "--store", "memory", "--storage-account",
+                 "acct=DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "c2VjcmV0" not in r.stderr
+    assert "--storage-account acct: give the secret as env:VARIABLE or file:PATH" in r.stderr
+
+
+def test_a_huge_filter_is_refused_at_once_and_other_calls_are_answered(secure):
+    s = secure
+    huge = " or ".join(f"host 10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(1200))  # ~20 KB
+    assert len(huge) > 20_000
+
+    async def body() -> None:
+        async with sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["ops"]) as c:
+            async def slow_create() -> float:
+                t = time.monotonic()
+                with pytest.raises(sdk.InvalidCapture, match=r"bpfFilter: \d+ characters; at most 4096"):
+                    await c.create(name="huge", target="vm1", resource_group="rg1", bpf_filter=huge,
+                                   file_path="/var/captures/huge.cap")
+                return time.monotonic() - t
+
+            async def other_calls() -> list[float]:
+                out = []
+                for _ in range(5):
+                    t = time.monotonic()
+                    await c.list()
+                    out.append(time.monotonic() - t)
+                return out
+            create_s, others = await asyncio.gather(slow_create(), other_calls())
+            assert create_s < 15 and max(others) < 1, (create_s, others)
+            with pytest.raises(sdk.CaptureNotFound):
+                await c.get(name="huge")  # nothing was left behind
+    asyncio.run(body())
+
+
+def test_download_writes_only_under_dest_whatever_the_server_says(tmp_path):
+    """A hostile or spoofed coordinator names an instance '..' and a file '../../x': the
+    download refuses before writing anything."""
+    from fleetcap.v1 import captures_pb2_grpc
+
+    class Hostile(captures_pb2_grpc.PacketCapturesServicer):
+        async def GetStatus(self, request, context):
+            status = pb.PacketCaptureQueryStatusResult(name=request.name)
+            inst = status.instances.add(id="/x", instance_id="..")
+            inst.files.add(file_path="/var/captures/../../../../tmp/evil.cap", upload_complete=True)
+            return pb.GetPacketCaptureStatusResponse(status=status)
+
+    async def body() -> None:
+        server = grpc.aio.server()
+        captures_pb2_grpc.add_PacketCapturesServicer_to_server(Hostile(), server)
+        socket_path = f"unix:{tmp_path}/hostile.sock"
+        server.add_insecure_port(socket_path)
+        await server.start()
+        try:
+            async with sdk.AsyncClient(socket_path, token="t") as c:
+                with pytest.raises(sdk.UnsafeName, match="instance id '..' from the coordinator is not a plain file"):
+                    await c.download(name="x", dest=str(tmp_path / "dest"))
+        finally:
+            await server.stop(None)
+    asyncio.run(body())
+    assert not os.path.exists(tmp_path / "dest") or os.listdir(tmp_path / "dest") == []
+    assert not os.path.exists("/tmp/evil.cap")
+
+
+def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
+    """A test double of the coordinator sends a real agent process StartCaptures that escape
+    its capture root: by '..', through a planted symlink, through a symlinked directory, and with
+    limits past the documented maximums. Each is refused and reported; nothing lands outside."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "planted.cap").symlink_to(outside / "stolen.cap")
+    (root / "dir").symlink_to(outside)
+    starts = [fleet_pb2.StartCapture(capture_name=name, capture_id=f"{name}@1", file_path=path, time_limit_s=limit)
+              for name, path, limit in (("dotdot", "/var/captures/../../../" + str(outside)[1:] + "/a.cap", 5),
+                                        ("link", "/var/captures/planted.cap", 5),
+                                        ("dirlink", "/var/captures/dir/b.cap", 5),
+                                        ("forever", "/var/captures/c.cap", 10**9))]
+    reports: dict[str, pb.InstanceStatus] = {}
+
+    class Double(fleet_pb2_grpc.FleetServicer):
+        async def Connect(self, requests, context):
+            hello = await requests.__anext__()
+            assert hello.HasField("hello")
+            yield fleet_pb2.CoordinatorMessage(welcome=fleet_pb2.Welcome(instance_resource_id="x",
+                                                                         heartbeat_interval_ms=1000))
+            for start in starts:
+                yield fleet_pb2.CoordinatorMessage(start=start)
+            async for message in requests:
+                if message.HasField("progress"):
+                    reports[message.progress.capture_name] = message.progress.status
+                    if len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values()):
+                        return
+
+    async def body() -> None:
+        server = grpc.aio.server()
+        fleet_pb2_grpc.add_FleetServicer_to_server(Double(), server)
+        socket_path = f"unix:{tmp_path}/double.sock"
+        server.add_insecure_port(socket_path)
+        await server.start()
+        log = open(tmp_path / "agent.log", "wb")
+        agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", socket_path, "--vm", "vm1",  # noqa: ASYNC220 (started once, not awaited)
+                                  "--interface", "lo", "--capture-root", str(root)], cwd=ROOT, stdout=log, stderr=log,
+                                 env=dict(os.environ, FLEETCAP_TOKEN="t"))
+        try:
+            deadline = time.monotonic() + 30
+            while not (len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values())):
+                assert time.monotonic() < deadline, (reports, (tmp_path / "agent.log").read_text())
+                await asyncio.sleep(0.1)
+        finally:
+            LocalFleet.stop_process(agent)
+            await server.stop(None)
+    asyncio.run(body())
+    assert {name: (s.packet_capture_status, list(s.packet_capture_error)) for name, s in reports.items()} == {
+        "dotdot": ("Error", ["CaptureFailed"]), "link": ("Error", ["LocalFileFailed"]),
+        "dirlink": ("Error", ["LocalFileFailed"]), "forever": ("Error", ["CaptureFailed"])}
+    assert reports["forever"].error_message == "the agent refused the capture: time limit 1000000000 s is out of range"
+    assert list(outside.iterdir()) == []
