@@ -33,3 +33,41 @@ def test_every_flag_exists(path, command):
     assert flags, f"no flags found in {path}"
     unknown = flags - options_of(command)
     assert unknown == set(), f"{path} passes flags 'fleetcap {command}' does not have: {sorted(unknown)}"
+
+
+def manifests() -> list[dict]:
+    import yaml
+    docs = []
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_every_kubernetes_workload_is_locked_down():
+    workloads = {d["metadata"]["name"]: d for d in manifests() if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")}
+    assert sorted(workloads) == ["fleetcap-agent", "fleetcap-coordinator", "fleetcap-etcd"]
+    for name, w in workloads.items():
+        pod = w["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"]) == (True, False), name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["capabilities"].get("add", []) == (["NET_RAW", "NET_ADMIN"] if name == "fleetcap-agent" else [])
+        if name != "fleetcap-agent":
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+    etcd = " ".join(workloads["fleetcap-etcd"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "http://" not in etcd and "--client-cert-auth" in etcd and "--peer-client-cert-auth" in etcd
+    policies = {d["metadata"]["name"] for d in manifests() if d["kind"] == "NetworkPolicy"}
+    assert policies == {"fleetcap-coordinator", "fleetcap-etcd"}
+
+
+def test_no_unit_or_manifest_puts_a_secret_or_plaintext_on_a_command_line():
+    for path in sorted(DEPLOY.glob("*/*")):
+        text = path.read_text()
+        assert "AccountKey=" not in text and "SharedAccessSignature=" not in text and "Bearer " not in text, path
+        assert "--insecure" not in text, path
+        for flag in ("--storage-account", "--webhook-token", "--token"):
+            for value in re.findall(rf"{flag}[ =\"',]+([^ \"',\\]+)", text):
+                assert value.startswith(("env:", "file:")) or "=env:" in value or "=file:" in value, (path, value)
