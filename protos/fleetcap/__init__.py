@@ -1,14 +1,15 @@
 """fleetcap: packet capture across a fleet.
 
     import fleetcap
-    with fleetcap.Client("127.0.0.1:7770") as c:
+    with fleetcap.Client("127.0.0.1:7770", token=...) as c:   # or FLEETCAP_TOKEN
         c.create(name="pc1", target="web", target_type="AzureVMSS", storage_account="local")
         final = c.wait(name="pc1")
 
 `fleetcap.AsyncClient` is the asyncio twin. The generated protocol lives in `fleetcap.v1`.
 """
 _SDK_NAMES = ("Client", "AsyncClient", "FleetcapError", "InvalidCapture", "CaptureNotFound",
-              "CaptureAlreadyExists", "QuotaExceeded", "CoordinatorUnavailable")
+              "CaptureAlreadyExists", "QuotaExceeded", "CoordinatorUnavailable", "Unauthenticated",
+              "PermissionDenied", "UnsafeName")
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ import json
 import string
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,12 +19,20 @@ from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.core import auth, filters
 from fleetcap.v1 import captures_pb2 as pb
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same examples on every run, so CI is repeatable; a failure names its input.
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
                     max_leaves=20)
 FIELD_TEXT = st.text(alphabet=string.printable + "é\x00;-/:.", max_size=40)
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def integers_for(field) -> st.SearchStrategy[int]:
+    """Every value the protobuf field's type can hold."""
+    kind = {FD.CPPTYPE_INT32: (-(2**31), 2**31 - 1), FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+            FD.CPPTYPE_UINT32: (0, 2**32 - 1), FD.CPPTYPE_UINT64: (0, 2**64 - 1)}[field.cpp_type]
+    return st.integers(*kind)
 
 
 @st.composite
@@ -33,12 +42,12 @@ def capture_parameters(draw) -> pb.PacketCaptureParameters:
         bpf_filter=draw(st.text(max_size=60)), add_new_instances=draw(st.booleans()))
     for field in ("bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds"):
         if draw(st.booleans()):
-            setattr(p, field, draw(st.integers(min_value=0, max_value=2**32 - 1)))
+            setattr(p, field, draw(integers_for(p.DESCRIPTOR.fields_by_name[field])))
     if draw(st.booleans()):
         p.continuous_capture = draw(st.booleans())
         s = p.capture_settings
-        s.file_count, s.file_size_in_bytes = draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**32 - 1))
-        s.session_time_limit_in_seconds = draw(st.integers(0, 2**31 - 1))
+        for field in ("file_count", "file_size_in_bytes", "session_time_limit_in_seconds"):
+            setattr(s, field, draw(integers_for(s.DESCRIPTOR.fields_by_name[field])))
     loc = p.storage_location
     loc.storage_id, loc.storage_path = draw(st.sampled_from(["", "local", "nope", "a/b/local"])), draw(FIELD_TEXT)
     loc.file_path = draw(st.sampled_from(["", "/var/captures/a.cap", "/var/captures/../x.cap", draw(FIELD_TEXT)]))
