@@ -108,7 +108,8 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
         agents = [RunningAgent(channels[i], i) for i in range(n)]
         client_creds = dict(tls_ca=ca, token=TOKENS["admin"])
     else:  # agents share connections and prove themselves with a token of role agent
-        channels = [transport.aio_channel(address) for _ in range(max(1, n // 100))]
+        # 50 agents a connection, below the server's cap of concurrent streams per connection.
+        channels = [transport.aio_channel(address) for _ in range(-(-n // 50))]
         agents = [RunningAgent(channels[i % len(channels)], i, (("authorization", f"Bearer {TOKENS['agent']}"),))
                   for i in range(n)]
         client_creds = dict(token=TOKENS["admin"])

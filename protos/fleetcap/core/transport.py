@@ -40,8 +40,9 @@ _SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
     # Streams one connection may have open at once: an agent needs a control stream and a few
-    # uploads, a client a few watches; more is a caller hoarding the server.
-    ("grpc.max_concurrent_streams", 64),
+    # uploads, a client a few watches (a gateway, one per open portal view); more is a caller
+    # hoarding the server. Beyond it, new streams wait for one to end.
+    ("grpc.max_concurrent_streams", 128),
 ]
 
 
