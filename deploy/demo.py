@@ -72,9 +72,7 @@ def gateway_demo(fleet: LocalFleet) -> None:
         shown["instances"] = [f"{i['instanceId']}: {i['packetCaptureStatus']} {i['stopReason']} "
                               f"{i['packetsCaptured']} packets" for i in status["instances"]]
         print(json.dumps(shown, indent=2))
-        print("The web portal is served by the same process: while the fleet runs, "
-              f"`fleetcap --coordinator {fleet.api_address} gateway --listen 127.0.0.1:8080` "
-              "and open http://127.0.0.1:8080/")
+        print("The web portal is served by the same process (http://127.0.0.1:8080/ while a fleet runs).")
     finally:
         gw.terminate()
         gw.wait(10)
@@ -85,7 +83,9 @@ def main() -> int:
         raise SystemExit("make demo needs root: it creates network namespaces")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
-    banner("Starting a local fleet: etcd + coordinator in a hub namespace, 4 agents as scale set 'web'")
+    banner("Starting a local fleet: etcd + coordinator in a hub namespace, 4 agents as scale set 'web', "
+           "secure: agents on mutual TLS with a certificate each (demo-out/pki), etcd on TLS, every call "
+           "below with a bearer token")
     fleet = LocalFleet(4, vmss="web", resource_group="demo-rg", workdir=OUT, log_level="WARNING")
     senders: list[subprocess.Popen] = []
     try:
