@@ -26,6 +26,20 @@ class Deployment(str):
 
 
 
+def wait_agents(client: sdk.Client, count: int, log_path: str, timeout_s: float = 30) -> None:
+    """Until `count` agents are registered (the coordinator may still be starting); a failure
+    shows the coordinator's log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if len(client.list_agents()) == count:
+                return
+        except sdk.FleetcapError:
+            pass
+        assert time.monotonic() < deadline, open(log_path).read()
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     """A coordinator (embedded etcd) and agent vm1 (rg1) capturing on lo, both with /metrics."""
@@ -46,16 +60,8 @@ def coordinator(tmp_path_factory):
                               "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log,
                              env=AGENT_ENV)
     try:
-        deadline = time.monotonic() + 30
         with sdk.Client(dep, timeout_s=2) as c:
-            while True:
-                try:
-                    if len(c.list_agents()) == 1:
-                        break
-                except sdk.FleetcapError:
-                    pass
-                assert time.monotonic() < deadline, (d / "coordinator.log").read_text()
-                time.sleep(0.1)
+            wait_agents(c, 1, str(d / "coordinator.log"))
         yield dep
     finally:
         LocalFleet.stop_process(agent)

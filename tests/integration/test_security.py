@@ -20,6 +20,7 @@ from fleetcap.core import transport
 from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
+from tests.integration.conftest import wait_agents
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -96,16 +97,8 @@ def secure(tmp_path_factory):
          "--tls-cert", os.path.join(s.d, "vm1", "agent.pem"), "--tls-key", os.path.join(s.d, "vm1", "agent-key.pem")],
         cwd=ROOT, stdout=agent_log, stderr=agent_log, env=env))
     try:
-        deadline = time.monotonic() + 30
         with s.client(s.tokens["boss"]) as c:
-            while True:
-                try:
-                    if len(c.list_agents()) == 1:
-                        break
-                except sdk.FleetcapError:
-                    pass
-                assert time.monotonic() < deadline, open(os.path.join(s.d, "coordinator.log")).read()
-                time.sleep(0.2)
+            wait_agents(c, 1, os.path.join(s.d, "coordinator.log"))
         yield s
     finally:
         for p in reversed(s.procs):
