@@ -33,6 +33,9 @@ EXIT_BY_CODE = {
 }
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
 class UsageError(Exception):
     """Bad command-line input, reported with exit code 2."""
 
@@ -515,7 +518,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                    help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
                         f"default {transport.DEFAULT_ADDRESS})")
     p.add_argument("-o", "--output", choices=["json", "table", "tsv"], default="json")
-    p.add_argument("--log-level", default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO").upper(),
+                   help="DEBUG, INFO, WARNING or ERROR (env FLEETCAP_LOG_LEVEL)")
     add_credential_flags(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -104,3 +104,14 @@ def test_every_create_option_reaches_the_request():
     for client in (sdk.Client, sdk.AsyncClient):
         params = inspect.signature(client.create).parameters
         assert [p for p in params if p != "self"] == ["name", "target", "options"], client
+
+
+def test_a_bad_log_level_is_a_usage_error_not_a_traceback(capsys):
+    import pytest
+
+    from fleetcap.clients import cli
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser()[0].parse_args(["--log-level", "foo", "capture", "list"])
+    assert e.value.code == 2
+    assert "argument --log-level: invalid choice: 'FOO'" in capsys.readouterr().err
+    assert cli.build_parser()[0].parse_args(["--log-level", "debug", "capture", "list"]).log_level == "DEBUG"
