@@ -7,11 +7,22 @@ for the whole call.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+import time
 
 from fleetcap.core import libpcap
 from fleetcap.core.libpcap import PCAP_ERRBUF_SIZE, BpfProgram, PcapError, PcapStat, PktHdr, compile_into
 from fleetcap.node_agent.capture.pcap_writer import PcapWriter
+
+_SOL_SOCKET, _SO_ATTACH_FILTER = 1, 26  # Linux <asm-generic/socket.h>
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog: a classic BPF program for SO_ATTACH_FILTER (the same layout as
+    libpcap's struct bpf_program)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class LiveHandle(PcapWriter):
@@ -30,6 +41,7 @@ class LiveHandle(PcapWriter):
         if not self._p:
             raise PcapError(err.value.decode())
         self._dumper: int | None = None
+        self.filter_attached_at = 0.0
         self._lock = threading.Lock()  # guards _p against close() racing breakloop()
         self._lib.pcap_set_snaplen(self._p, snaplen)
         self._lib.pcap_set_promisc(self._p, 0)
@@ -45,11 +57,25 @@ class LiveHandle(PcapWriter):
         return int(self._p or 0)
 
     def set_filter(self, expression: str) -> None:
+        """Attaches the compiled filter to the socket itself, not through pcap_setfilter.
+
+        pcap_setfilter (TPACKET_V3) re-runs the filter in user space on the ring block that was
+        being filled when the filter was set, on records already cut to the snap length: a
+        filter that reads past the capture size (a UDP port with a 34-byte capture size) then
+        rejects every packet of that block, which on a quiet link is the whole start of the
+        capture. In the kernel the filter reads the whole packet, and its return value cuts
+        the record, as it should. What the ring took before the filter was attached is
+        unfiltered: `filter_attached_at` lets the session discard it (session.py)."""
         prog = BpfProgram()
         compile_into(self._p, prog, expression)
         try:
-            if self._lib.pcap_setfilter(self._p, ctypes.byref(prog)):
-                raise PcapError(self._lib.pcap_geterr(self._p).decode())
+            fprog = _SockFprog(prog.bf_len, prog.bf_insns)
+            fd = self._lib.pcap_fileno(self._p)
+            if libpcap.libc().setsockopt(fd, _SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.byref(fprog),
+                                         ctypes.sizeof(fprog)) != 0:
+                err = ctypes.get_errno()
+                raise PcapError(f"attaching the filter: {os.strerror(err)}")
+            self.filter_attached_at = time.time()
         finally:
             self._lib.pcap_freecode(ctypes.byref(prog))
 
@@ -73,9 +99,9 @@ class LiveHandle(PcapWriter):
             return rc, None, None
         return 1, hdr, data.value
 
-    def set_nonblocking(self) -> None:
+    def set_nonblocking(self, nonblocking: bool = True) -> None:
         err = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
-        if self._lib.pcap_setnonblock(self._p, 1, err) < 0:
+        if self._lib.pcap_setnonblock(self._p, int(nonblocking), err) < 0:
             raise PcapError(err.value.decode())
 
     def breakloop(self) -> None:

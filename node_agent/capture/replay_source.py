@@ -44,6 +44,7 @@ class ReplayHandle(PcapWriter):
         self._hdr = PktHdr()
         self._buf = ctypes.create_string_buffer(1)
         self.delivered = 0
+        self.filter_attached_at = 0.0  # the replay filters every packet itself: nothing to discard
 
     def _dump_handle(self) -> int:
         return int(self._dead or 0)
@@ -53,8 +54,8 @@ class ReplayHandle(PcapWriter):
         compile_into(self._dead, prog, expression)
         self._prog = prog
 
-    def set_nonblocking(self) -> None:
-        self._nonblocking = True
+    def set_nonblocking(self, nonblocking: bool = True) -> None:
+        self._nonblocking = nonblocking
 
     def breakloop(self) -> None:
         self._broken.set()

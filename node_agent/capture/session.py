@@ -187,6 +187,34 @@ class CaptureSession:
                 handle.breakloop()
         self.files.append(CaptureFile(0, first, size=handle.file_position()))
         self.counters.bytes = self.files[0].size
+        self._discard_unfiltered()
+
+    def _discard_unfiltered(self) -> None:
+        """The ring may hold packets from before the filter was attached, which nothing
+        filtered: they are dropped by their timestamp, and those from after it are kept. The
+        block being filled is handed over only after the read timeout, so that much is waited."""
+        handle = self._source()
+        since = handle.filter_attached_at
+        if not since:
+            return
+        handle.set_nonblocking(True)
+        time.sleep(READ_TIMEOUT_MS / 1000 * 1.5)
+        try:
+            while not self._stop_reason:
+                rc, hdr, data = handle.next_packet()
+                if rc != 1 or hdr is None or data is None:
+                    return
+                h = hdr.contents
+                if h.ts.tv_sec + h.ts.tv_usec / 1e6 < since:
+                    continue  # unfiltered: it came before the filter
+                room = self._room()
+                if room == -1 or PCAP_RECORD_HEADER + h.caplen <= room:
+                    handle.dump_one(hdr, data)
+                elif not self._full(hdr, data):
+                    return  # the byte limit: the capture ends here
+                self._written(1)
+        finally:
+            handle.set_nonblocking(False)
 
     def _create(self, path: str) -> int:
         try:

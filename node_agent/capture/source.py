@@ -16,6 +16,10 @@ from fleetcap.core.libpcap import PktHdr
 
 
 class CaptureSource(Protocol):
+    filter_attached_at: float
+    """Wall-clock time the filter took effect; packets stamped before it were not filtered and
+    are discarded (0: the source filters everything itself)."""
+
     def set_filter(self, expression: str) -> None:
         """Installs a libpcap filter expression; raises PcapError."""
 
@@ -40,7 +44,7 @@ class CaptureSource(Protocol):
     def dump_one(self, hdr: ctypes._Pointer[PktHdr], data: int) -> None:
         """Writes one packet taken with next_packet."""
 
-    def set_nonblocking(self) -> None: ...
+    def set_nonblocking(self, nonblocking: bool = True) -> None: ...
 
     def breakloop(self) -> None:
         """Wakes a blocked dispatch; safe from any thread."""

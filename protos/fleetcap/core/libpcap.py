@@ -63,6 +63,7 @@ def _load() -> ctypes.CDLL:
         "pcap_freecode": (None, [ctypes.POINTER(BpfProgram)]),
         "pcap_offline_filter": (I, [ctypes.POINTER(BpfProgram), ctypes.POINTER(PktHdr), P]),
         "pcap_dump_open": (P, [P, S]),
+        "pcap_fileno": (I, [P]),
         "pcap_dump_fopen": (P, [P, P]),
         "pcap_dump_flush": (I, [P]),
         "pcap_dump_close": (None, [P]),
@@ -88,6 +89,8 @@ def libc() -> ctypes.CDLL:
     c = ctypes.CDLL(None, use_errno=True)
     c.fdopen.restype, c.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
     c.fclose.restype, c.fclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    c.setsockopt.restype = ctypes.c_int
+    c.setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
     return c
 
 
