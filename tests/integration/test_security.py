@@ -4,6 +4,7 @@ TLS to token callers and mutual TLS to agents, with certificates and tokens made
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +30,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def fleetcap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fleetcap", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=env)
+
+
+@contextlib.asynccontextmanager
+async def serve_double(add_servicer, servicer, socket_path: str):
+    """A gRPC server in this process standing in for a real peer, on a unix socket."""
+    server = grpc.aio.server()
+    add_servicer(servicer, server)
+    server.add_insecure_port(socket_path)
+    await server.start()
+    try:
+        yield socket_path
+    finally:
+        await server.stop(None)
 
 
 class Secure:
@@ -317,17 +331,11 @@ def test_download_writes_only_under_dest_whatever_the_server_says(tmp_path):
             return pb.GetPacketCaptureStatusResponse(status=status)
 
     async def body() -> None:
-        server = grpc.aio.server()
-        captures_pb2_grpc.add_PacketCapturesServicer_to_server(Hostile(), server)
-        socket_path = f"unix:{tmp_path}/hostile.sock"
-        server.add_insecure_port(socket_path)
-        await server.start()
-        try:
+        async with serve_double(captures_pb2_grpc.add_PacketCapturesServicer_to_server, Hostile(),
+                               f"unix:{tmp_path}/hostile.sock") as socket_path:
             async with sdk.AsyncClient(socket_path, token="t") as c:
                 with pytest.raises(sdk.UnsafeName, match="instance id '..' from the coordinator is not a plain file"):
                     await c.download(name="x", dest=str(tmp_path / "dest"))
-        finally:
-            await server.stop(None)
     asyncio.run(body())
     assert not os.path.exists(tmp_path / "dest") or os.listdir(tmp_path / "dest") == []
     assert not os.path.exists("/tmp/evil.cap")
@@ -364,23 +372,20 @@ def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
                         return
 
     async def body() -> None:
-        server = grpc.aio.server()
-        fleet_pb2_grpc.add_FleetServicer_to_server(Double(), server)
-        socket_path = f"unix:{tmp_path}/double.sock"
-        server.add_insecure_port(socket_path)
-        await server.start()
-        log = open(tmp_path / "agent.log", "wb")
-        agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", socket_path, "--vm", "vm1",  # noqa: ASYNC220 (started once, not awaited)
-                                  "--interface", "lo", "--capture-root", str(root)], cwd=ROOT, stdout=log, stderr=log,
-                                 env=dict(os.environ, FLEETCAP_TOKEN="t"))
-        try:
-            deadline = time.monotonic() + 30
-            while not (len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values())):
-                assert time.monotonic() < deadline, (reports, (tmp_path / "agent.log").read_text())
-                await asyncio.sleep(0.1)
-        finally:
-            LocalFleet.stop_process(agent)
-            await server.stop(None)
+        async with serve_double(fleet_pb2_grpc.add_FleetServicer_to_server, Double(),
+                               f"unix:{tmp_path}/double.sock") as socket_path:
+            log = open(tmp_path / "agent.log", "wb")
+            agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", socket_path, "--vm", "vm1",  # noqa: ASYNC220 (started once, not awaited)
+                                      "--interface", "lo", "--capture-root", str(root)], cwd=ROOT, stdout=log, stderr=log,
+                                     env=dict(os.environ, FLEETCAP_TOKEN="t"))
+            try:
+                deadline = time.monotonic() + 30
+                while not (len(reports) == len(starts)
+                           and all(r.packet_capture_status == "Error" for r in reports.values())):
+                    assert time.monotonic() < deadline, (reports, (tmp_path / "agent.log").read_text())
+                    await asyncio.sleep(0.1)
+            finally:
+                LocalFleet.stop_process(agent)
     asyncio.run(body())
     assert {name: (s.packet_capture_status, list(s.packet_capture_error)) for name, s in reports.items()} == {
         "dotdot": ("Error", ["CaptureFailed"]), "link": ("Error", ["LocalFileFailed"]),
