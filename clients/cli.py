@@ -21,6 +21,8 @@ from fleetcap.core.auth import AuthFile as AuthFileT
 from fleetcap.core.auth import Role
 from fleetcap.core.vocabulary import Status, TargetType
 
+log = logging.getLogger(__name__)
+
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_EXISTS = 0, 1, 2, 3, 4
 EXIT_UNAUTHENTICATED, EXIT_DENIED = 6, 7
 EXIT_BY_CODE = {
@@ -361,7 +363,10 @@ def credentials(args: argparse.Namespace) -> transport.ClientCredentials:
 # -- daemons ----------------------------------------------------------------------------------
 
 def cmd_gateway(args) -> int:
-    from fleetcap.clients.rest import alerts, server
+    try:
+        from fleetcap.clients.rest import alerts, app, server
+    except ImportError as e:  # starlette or uvicorn missing: an agent-only install
+        raise UsageError(f"the gateway needs its extra: pip install 'fleetcap[gateway]' ({e.name} is missing)") from None
     if args.alert_rules:
         try:
             alerts.AlertRules.load(args.alert_rules)  # fail at start, naming the rule and field
@@ -369,8 +374,23 @@ def cmd_gateway(args) -> int:
             raise UsageError(f"--alert-rules: {e}") from None
     webhook_token = secret("--webhook-token", args.webhook_token) if args.webhook_token else \
         os.environ.get("FLEETCAP_WEBHOOK_TOKEN", "")
-    server.serve(args.coordinator or transport.DEFAULT_ADDRESS, args.listen, rules_path=args.alert_rules or "",
-                 webhook_token=webhook_token, credentials=credentials(args))
+    token = getattr(args, "token", "")
+    try:
+        own = transport.ClientCredentials.from_env(
+            tls_ca=getattr(args, "tls_ca", ""), tls_cert=args.client_cert or "", tls_key=args.client_key or "",
+            token=secret("--token", token) if token else "", insecure=getattr(args, "insecure", False))
+        settings = app.GatewaySettings(
+            coordinator=args.coordinator or transport.DEFAULT_ADDRESS, listen=args.listen,
+            tls_cert=args.tls_cert or "", tls_key=args.tls_key or "", public_hosts=tuple(args.public_host or ()),
+            webhook_token=webhook_token, alert_rules=args.alert_rules or "", credentials=own,
+            max_requests=args.max_requests, request_timeout_s=args.request_timeout,
+            idle_timeout_s=args.idle_timeout)
+        server.check(settings, insecure_listen=args.insecure_listen)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.insecure_listen and not settings.tls_cert:
+        log.warning("serving plain HTTP beyond loopback (--insecure-listen): bearer tokens cross the network in clear")
+    server.serve(settings)
     return EXIT_OK
 
 
@@ -389,8 +409,8 @@ def cmd_tls_cert_create(args: argparse.Namespace) -> int:
     kinds = [k for k in ("coordinator", "agent", "client", "gateway") if getattr(args, k)]
     if len(kinds) != 1:
         raise UsageError("give exactly one of --coordinator, --agent, --client NAME or --gateway NAME")
-    if kinds[0] != "coordinator" and (args.dns or args.ip):
-        raise UsageError("--dns and --ip go with --coordinator")
+    if kinds[0] not in ("coordinator", "gateway") and (args.dns or args.ip):
+        raise UsageError("--dns and --ip go with --coordinator or --gateway")
     if kinds[0] != "agent" and (args.vm or args.vmss or args.instance_id or args.resource_group or args.subscription):
         raise UsageError("--vm, --vmss, --instance-id, -g and --subscription go with --agent")
     if kinds[0] != "client" and args.role:
@@ -416,7 +436,7 @@ def cmd_tls_cert_create(args: argparse.Namespace) -> int:
         else:
             if not auth.NAME_RE.match(args.gateway):
                 raise UsageError(f"--gateway: '{args.gateway}' must match {auth.NAME_RE.pattern}")
-            issued = pki.issue_gateway(args.ca, args.out, name=args.gateway)
+            issued = pki.issue_gateway(args.ca, args.out, name=args.gateway, dns=args.dns or [], ips=args.ip or [])
     except (pki.PkiError, auth.AuthError) as e:
         raise UsageError(str(e)) from None
     print(f"wrote {issued.cert_path} and {issued.key_path}")
@@ -527,12 +547,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")
     gw.add_argument("--coordinator", default=argparse.SUPPRESS,
                     help="coordinator address(es), host:port or unix:/path (env FLEETCAP_COORDINATOR)")
-    gw.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT; default 127.0.0.1:8080")
+    gw.add_argument("--listen", default="127.0.0.1:8080",
+                    help="HOST:PORT, IPv6 as [ADDR]:PORT; default 127.0.0.1:8080")
+    gw.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; required beyond loopback)")
+    gw.add_argument("--tls-key", help="its private key (PEM)")
+    gw.add_argument("--public-host", action="append", metavar="NAME",
+                    help="a Host name clients use to reach the gateway (repeatable); other Host headers get 400")
+    gw.add_argument("--insecure-listen", action="store_true",
+                    help="allow plain HTTP beyond loopback (tokens then cross the network in clear)")
     gw.add_argument("--alert-rules", help="JSON rules mapping alerts to captures (docs/alerts.md)")
-    add_credential_flags(gw)
     gw.add_argument("--webhook-token", metavar="env:VAR|file:PATH",
-                    help="secret the webhooks require, as ?token= or a Bearer header (env FLEETCAP_WEBHOOK_TOKEN "
-                         "holds the token itself)")
+                    help="secret the webhooks require as Authorization: Bearer; required beyond loopback "
+                         "(env FLEETCAP_WEBHOOK_TOKEN holds the token itself)")
+    gw.add_argument("--tls-ca", default=argparse.SUPPRESS,
+                    help="CA (PEM) the coordinator's certificate chains to (env FLEETCAP_TLS_CA)")
+    gw.add_argument("--client-cert", help="the gateway's certificate for mutual TLS to the coordinator "
+                                          "(env FLEETCAP_TLS_CERT)")
+    gw.add_argument("--client-key", help="its private key (env FLEETCAP_TLS_KEY)")
+    gw.add_argument("--token", default=argparse.SUPPRESS, metavar="env:VAR|file:PATH",
+                    help="the gateway's own bearer token, used only by alert rules (env FLEETCAP_TOKEN); "
+                         "API calls carry their callers' tokens")
+    gw.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
+                    help="allow plaintext to a coordinator beyond loopback (never in production)")
+    gw.add_argument("--max-requests", type=int, default=256, help="requests served at once; more get 503")
+    gw.add_argument("--request-timeout", type=float, default=60.0,
+                    help="seconds from a request to the first byte of its response")
+    gw.add_argument("--idle-timeout", type=float, default=10.0,
+                    help="seconds a connection may stay open without sending a complete request")
     gw.set_defaults(func=cmd_gateway, daemon=True)
 
     _add_tls(sub)

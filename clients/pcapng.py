@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import BinaryIO
 
 PCAP_MAGIC_USEC = 0xA1B2C3D4
@@ -80,3 +80,118 @@ def merge(sources: Sequence[Source], out: BinaryIO) -> int:
 def _chain(paths: Sequence[str], index: int) -> Iterator[tuple[int, int, int, bytes]]:
     for p in paths:
         yield from _records(p, index)
+
+
+# -- streaming: the same merge over byte streams, in bounded memory ---------------------------------
+
+FLUSH_BYTES = 256 << 10
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSource:
+    """An instance whose pcap files arrive as byte streams (the gateway's /merged): each entry
+    of `files` opens one file's stream when the merge reaches it."""
+
+    name: str
+    description: str
+    files: Sequence[Callable[[], AsyncIterator[bytes]]]
+
+
+class _StreamRecords:
+    """The records of a chain of pcap files read from async byte streams; holds at most one
+    chunk and one record."""
+
+    def __init__(self, files: Sequence[Callable[[], AsyncIterator[bytes]]], index: int):
+        self._files = list(files)
+        self._index = index
+        self._buf = bytearray()
+        self._pos = 0
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._endian = "<"
+        self._nsec = False
+        self.linktype, self.snaplen = 1, 262144
+
+    async def _fill(self, n: int) -> bool:
+        """At least n unread bytes of the current file in the buffer; False at its end."""
+        while len(self._buf) - self._pos < n:
+            if self._chunks is None:
+                return False
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                return False
+            if self._pos > (1 << 20):
+                del self._buf[:self._pos]
+                self._pos = 0
+            self._buf += chunk
+        return True
+
+    async def _open_next(self) -> bool:
+        """Moves to the next file with a valid header; False when there is none."""
+        while self._files:
+            self._chunks = self._files.pop(0)().__aiter__()
+            self._buf, self._pos = bytearray(), 0
+            if not await self._fill(24):
+                continue
+            magic = struct.unpack_from("<I", self._buf, self._pos)[0]
+            self._endian = "<" if magic in (PCAP_MAGIC_USEC, PCAP_MAGIC_NSEC) else ">"
+            self._nsec = struct.unpack_from(self._endian + "I", self._buf, self._pos)[0] == PCAP_MAGIC_NSEC
+            self.snaplen, self.linktype = struct.unpack_from(self._endian + "II", self._buf, self._pos + 16)
+            self._pos += 24
+            return True
+        self._chunks = None
+        return False
+
+    async def start(self) -> None:
+        await self._open_next()
+
+    async def next(self) -> tuple[int, int, int, bytes] | None:
+        while self._chunks is not None:
+            if await self._fill(16):
+                sec, frac, caplen, origlen = struct.unpack_from(self._endian + "IIII", self._buf, self._pos)
+                if await self._fill(16 + caplen):
+                    start = self._pos + 16
+                    data = bytes(self._buf[start:start + caplen])
+                    self._pos = start + caplen
+                    return sec * 1_000_000 + (frac // 1000 if self._nsec else frac), self._index, origlen, data
+            await self._open_next()  # a file ended (or was cut mid-record): the next one
+        return None
+
+
+async def merge_stream(sources: Sequence[StreamSource]) -> AsyncIterator[bytes]:
+    """Yields the merged pcapng of `sources` as it is produced: the section and interface
+    headers as soon as every source's first file has begun, then the packets in time order.
+    Memory is one chunk and one record per source, plus up to FLUSH_BYTES of output."""
+    readers = [_StreamRecords(src.files, i) for i, src in enumerate(sources)]
+    for r in readers:
+        await r.start()
+    head = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    for src, r in zip(sources, readers):
+        opts = _option(2, src.name.encode()) + _option(3, src.description.encode()) + _option(0, b"")
+        head.append(_block(0x00000001, struct.pack("<HHI", r.linktype, 0, r.snaplen) + opts))
+    yield b"".join(head)
+    heap: list[tuple[int, int, int, bytes]] = []
+    for r in readers:
+        rec = await r.next()
+        if rec is not None:
+            heap.append(rec)
+    heapq.heapify(heap)
+    out: list[bytes] = []
+    size = 0
+    while heap:
+        ts, index, origlen, data = heap[0]
+        pad = (-len(data)) % 4
+        block = _block(0x00000006, struct.pack("<IIIII", index, ts >> 32, ts & 0xFFFFFFFF, len(data), origlen)
+                       + data + b"\0" * pad)
+        out.append(block)
+        size += len(block)
+        nxt = await readers[index].next()
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, nxt)
+        if size >= FLUSH_BYTES:
+            yield b"".join(out)
+            out, size = [], 0
+    if out:
+        yield b"".join(out)

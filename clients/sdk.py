@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import copy
 import dataclasses
 import os
 import threading
@@ -252,6 +253,31 @@ def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str) -> str:
     return os.path.join(dest.dest, merged)
 
 
+class _Link:
+    """The channel to one coordinator of a list of replicas, shared by a client and the
+    per-caller views made with `AsyncClient.as_caller`."""
+
+    def __init__(self, addresses: builtins.list[str], credentials: transport.ClientCredentials):
+        self.addresses = addresses
+        self.credentials = credentials
+        self.current = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.channel = transport.aio_channel(self.addresses[self.current % len(self.addresses)],
+                                             credentials=self.credentials)
+        self.stub = captures_pb2_grpc.PacketCapturesStub(self.channel)
+
+    async def next_replica(self) -> bool:
+        """Moves to the next coordinator address; False when there is only one."""
+        if len(self.addresses) < 2:
+            return False
+        await self.channel.close()
+        self.current += 1
+        self._connect()
+        return True
+
+
 class AsyncClient:
     """The asyncio client of one coordinator (or of its replicas): the one implementation of
     the SDK. `Client` runs it on a private event loop. Use `async with AsyncClient(...) as c:`."""
@@ -276,26 +302,32 @@ class AsyncClient:
         self._credentials = transport.ClientCredentials.from_env(
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure)
         self._metadata = self._credentials.metadata()
-        self._addresses = [a.strip() for a in self.address.split(",") if a.strip()]
-        self._current = 0
-        self._connect()
+        self._link = _Link([a.strip() for a in self.address.split(",") if a.strip()], self._credentials)
+        self._owner = True
 
-    def _connect(self) -> None:
-        self._channel = transport.aio_channel(self._addresses[self._current % len(self._addresses)],
-                                              credentials=self._credentials)
-        self._stub = captures_pb2_grpc.PacketCapturesStub(self._channel)
+    def as_caller(self, token: str) -> AsyncClient:
+        """A client for another caller over this one's connection: its calls carry `token` as
+        their bearer credential instead of this client's (a gateway acts as its callers). It
+        shares the channel; closing it does nothing."""
+        view = copy.copy(self)
+        view._metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {token}"),)
+        view._owner = False
+        return view
+
+    @property
+    def _addresses(self) -> builtins.list[str]:
+        return self._link.addresses
+
+    @property
+    def _stub(self) -> captures_pb2_grpc.PacketCapturesStub:
+        return self._link.stub
 
     async def _next_replica(self) -> bool:
-        """Moves to the next coordinator address; False when there is only one."""
-        if len(self._addresses) < 2:
-            return False
-        await self._channel.close()
-        self._current += 1
-        self._connect()
-        return True
+        return await self._link.next_replica()
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owner:
+            await self._link.channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

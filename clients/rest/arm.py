@@ -6,7 +6,11 @@ plus fleetcap's per-instance breakdown (`instances`). Errors are `{"error": {"co
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import json
+import re
 from typing import Any
 
 import grpc
@@ -23,6 +27,7 @@ class HttpError(Exception):
     status: int
     code: str
     message: str
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -31,6 +36,8 @@ class HttpError(Exception):
 # gRPC status → (HTTP status, Azure-style error code). Quota: 429, because retrying once other
 # captures have ended is the right reaction; Azure documents no code for it.
 HTTP_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.UNAUTHENTICATED: (401, "AuthenticationFailed"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "AuthorizationFailed"),
     grpc.StatusCode.INVALID_ARGUMENT: (400, "InvalidParameter"),
     grpc.StatusCode.NOT_FOUND: (404, "ResourceNotFound"),
     grpc.StatusCode.ALREADY_EXISTS: (409, "PacketCaptureExistingAlready"),
@@ -42,7 +49,48 @@ HTTP_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
 
 def from_sdk_error(e: sdk.FleetcapError) -> HttpError:
     status, code = HTTP_BY_CODE.get(e.code, (500, "InternalServerError"))
-    return HttpError(status, code, e.message)
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+    return HttpError(status, code, e.message, headers)
+
+
+# -- long-running operations ---------------------------------------------------------------------
+#
+# ARM answers a create with Azure-AsyncOperation, and a delete with Location, each naming an
+# operation to poll. fleetcap's operations finish (or, for a create, reach Running) on their
+# own, so an operation id needs no state: it is the kind and the capture name, encoded. Reading
+# it goes through the caller's own credential like any other call, so a made-up id gets
+# nothing a GET of the capture would not give.
+
+LOCATION = "local"
+OPERATION_KINDS = ("create", "delete")
+OPERATION_PATH = re.compile(r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/locations/([^/]+)/"
+                            r"(operations|operationResults)/([A-Za-z0-9_-]{1,400})/?$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    kind: str   # one of OPERATION_KINDS
+    name: str   # the capture's
+
+    def id(self) -> str:
+        raw = json.dumps([self.kind, self.name], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def url(self, base_url: str, subscription: str, results: bool) -> str:
+        leaf = "operationResults" if results else "operations"
+        return (f"{base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{LOCATION}/"
+                f"{leaf}/{self.id()}?api-version=2024-05-01")
+
+    @classmethod
+    def parse(cls, op_id: str) -> Operation:
+        """Raises HttpError 404 for an id this gateway did not make."""
+        try:
+            kind, name = json.loads(base64.urlsafe_b64decode(op_id + "=" * (-len(op_id) % 4)))
+            if kind in OPERATION_KINDS and isinstance(name, str) and name:
+                return cls(kind, name)
+        except (binascii.Error, ValueError, TypeError):
+            pass
+        raise HttpError(404, "OperationNotFound", f"no operation '{op_id[:80]}'")
 
 
 def resource(capture: pb.PacketCaptureResult) -> dict[str, Any]:

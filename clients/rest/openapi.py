@@ -119,7 +119,10 @@ def document(example_target: str = "") -> dict[str, Any]:
                "schema": {"type": "string", "pattern": "^[^/]+$"}, "example": EXAMPLE_NAME}
     base = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
             "Microsoft.Network/networkWatchers/{networkWatcherName}/packetCaptures")
-    errors = {code: _error() for code in ("400", "404", "409", "429", "503")}
+    # Every call: 401 without a valid bearer token, 403 without the role, 503 when the
+    # coordinator is down; PUT and POST: 415 for a body that is not application/json.
+    common = {code: _error() for code in ("401", "403", "503")}
+    errors = {code: _error() for code in ("400", "404", "409", "413", "415", "429")} | common
     return {
         "openapi": "3.0.3",
         "info": {"title": "fleetcap packet captures (ARM-shaped)", "version": "2024-05-01",
@@ -127,7 +130,7 @@ def document(example_target: str = "") -> dict[str, Any]:
         "paths": {
             base: {"get": {"operationId": "PacketCaptures_List", "parameters": params + [api_version],
                            "responses": {"200": _json("#/components/schemas/PacketCaptureListResult", "all captures"),
-                                         "503": _error()}}},
+                                         **common}}},
             base + "/{packetCaptureName}": {
                 "put": {"operationId": "PacketCaptures_Create", "parameters": params + [pc_name, api_version],
                         "requestBody": {"required": True, "content": {"application/json": {
@@ -137,20 +140,25 @@ def document(example_target: str = "") -> dict[str, Any]:
                                       **errors}},
                 "get": {"operationId": "PacketCaptures_Get", "parameters": params + [pc_name, api_version],
                         "responses": {"200": _json("#/components/schemas/PacketCaptureResult", "the capture"),
-                                      "404": _error(), "503": _error()}},
+                                      "404": _error(), **common}},
                 "delete": {"operationId": "PacketCaptures_Delete", "parameters": params + [pc_name, api_version],
-                           "responses": {"202": {"description": "deleted (stopped first; files are kept)"},
-                                         "204": {"description": "there was no such capture"}, "503": _error()}},
+                           "responses": {"202": {"description": "deleted (stopped first; files are kept); "
+                                                                 "Location names the operation"},
+                                         "204": {"description": "there was no such capture"}, **common}},
             },
             base + "/{packetCaptureName}/stop": {
                 "post": {"operationId": "PacketCaptures_Stop", "parameters": params + [pc_name, api_version],
                          "responses": {"200": {"description": "stopped (idempotent)"}, "404": _error(),
-                                       "503": _error()}}},
+                                       "413": _error(), "415": _error(), **common}}},
             base + "/{packetCaptureName}/queryStatus": {
                 "post": {"operationId": "PacketCaptures_GetStatus", "parameters": params + [pc_name, api_version],
                          "responses": {"200": _json("#/components/schemas/PacketCaptureQueryStatusResult",
                                                     "status, with fleetcap's per-instance breakdown"),
-                                       "404": _error(), "503": _error()}}},
+                                       "404": _error(), "413": _error(), "415": _error(), **common}}},
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "a fleetcap token, or an OIDC token the "
+                                                                     "coordinator accepts"}}},
+        "security": [{"bearer": []}],
     }

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -13,8 +14,10 @@ import urllib.request
 from typing import Any
 
 from deploy.localfleet import LocalFleet
+from fleetcap.core import pki
+from fleetcap.core.auth import Role
 from fleetcap.core.transport import free_port
-from tests.conftest import AGENT_ENV
+from tests.conftest import AGENT_ENV, TOKENS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARM = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
@@ -22,22 +25,41 @@ ARM = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/Netwo
 
 
 class Gateway:
-    def __init__(self, coordinator: str, workdir, *extra: str):
+    """`fleetcap gateway` on a free loopback port, over HTTPS with a CA of its own (`ca`), or
+    over plain HTTP with tls=False. `call` sends the admin token unless told otherwise."""
+
+    def __init__(self, coordinator: str, workdir, *extra: str, tls: bool = True, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None):
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(str(workdir), f"gateway-{self.port}.log")
+        self.workdir = str(workdir)
+        self.tls = tls
+        shown = f"[{host}]" if ":" in host else host
+        self.base = f"{'https' if tls else 'http'}://{shown}:{self.port}"
+        self.log_path = os.path.join(self.workdir, f"gateway-{self.port}.log")
+        args = []
+        if tls:
+            pki_dir = os.path.join(self.workdir, f"gw-pki-{self.port}")
+            pki.create_ca(os.path.join(pki_dir, "ca"))
+            issued = pki.issue_gateway(os.path.join(pki_dir, "ca"), pki_dir, name="gateway")
+            self.ca = os.path.join(pki_dir, "ca", "ca.pem")
+            self.cert = issued.cert_path
+            args = ["--tls-cert", issued.cert_path, "--tls-key", issued.key_path]
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway",
-                                      "--listen", f"127.0.0.1:{self.port}", *extra], cwd=ROOT, stdout=log, stderr=log)
+                                      "--listen", f"{shown}:{self.port}", *args, *extra], cwd=ROOT, stdout=log,
+                                     stderr=log, env=env)
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                socket.create_connection((host, self.port), 0.5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("gateway did not start: " + open(self.log_path).read()) from None
                 time.sleep(0.1)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca) if self.tls else None
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -46,15 +68,24 @@ class Gateway:
     def stop(self) -> None:
         LocalFleet.stop_process(self.proc)
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None, *,
+                token: str | None = TOKENS[Role.ADMIN], headers: dict[str, str] | None = None,
+                timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body bytes) of one call."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        h = {"Content-Type": "application/json"} if data is not None else {}
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                status, payload = r.status, r.read()
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as r:
+                return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as e:
-            status, payload = e.code, e.read()
+            return e.code, dict(e.headers), e.read()
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, **options: Any) -> tuple[int, Any]:
+        status, _, payload = self.request(method, path, body, raw, **options)
         return status, (json.loads(payload) if payload and payload[:1] in (b"{", b"[") else payload)
 
 

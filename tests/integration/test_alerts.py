@@ -8,6 +8,8 @@ import json
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.core.auth import Role
+from tests.conftest import TOKENS
 from tests.integration.gateway_support import Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration
@@ -76,7 +78,7 @@ def gateway(coordinator, tmp_path_factory):
 
 
 def post(gateway, path: str, payload) -> tuple[int, dict]:
-    return gateway.call("POST", f"{path}?token={TOKEN}", payload)
+    return gateway.call("POST", path, payload, token=TOKEN)
 
 
 def alert_captures(client: sdk.Client, prefix: str) -> list:
@@ -152,9 +154,19 @@ def test_alertmanager_repeats_leave_one_capture(gateway, coordinator):
         c.delete(name="am-vm1")
 
 
-def test_webhooks_check_the_token_and_the_payload(gateway):
-    status, err = gateway.call("POST", "/webhooks/alertmanager", ALERTMANAGER)
-    assert status == 401 and err["error"]["code"] == "Unauthorized"
+def test_webhooks_check_the_token_and_the_payload(gateway, coordinator):
+    # No token, a wrong one, a fleetcap API token, the right one in the URL: 401 each time.
+    for token, query in ((None, ""), (TOKEN + "x", ""), (TOKENS[Role.ADMIN], ""), (None, f"?token={TOKEN}")):
+        status, err = gateway.call("POST", "/webhooks/alertmanager" + query, ALERTMANAGER, token=token)
+        assert (status, err["error"]["code"]) == (401, "Unauthorized"), (token, query)
+    # A body a browser could send cross-site without asking (text/plain, a form): 415, even
+    # with the token.
+    for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, err = gateway.call("POST", "/webhooks/alertmanager", raw=json.dumps(ALERTMANAGER).encode(),
+                                   token=TOKEN, headers={"Content-Type": media})
+        assert (status, err["error"]["code"]) == (415, "UnsupportedMediaType"), media
+    with sdk.Client(coordinator) as c:
+        assert alert_captures(c, "am-") == []
     status, err = post(gateway, "/webhooks/azure-monitor", {"schemaId": "azureMonitorCommonAlertSchema"})
     assert (status, err["error"]["message"]) == (400, "data: required; not an Azure Monitor alert payload")
     status, err = post(gateway, "/webhooks/alertmanager", {"alerts": "x"})

@@ -1,22 +1,25 @@
 """The web portal in headless Chromium (Debian's chromium + chromedriver, driven by Selenium),
-against a real gateway, coordinator and agent: the "+ Add" flow with a rejected then a good
-request, live status, the per-instance view, download and delete. A screenshot of the list is
-kept in test-artifacts/portal.png."""
+over HTTPS, against a real gateway, coordinator and agent: sign-in with a token, the "+ Add"
+flow with a rejected then a good request, live status and charts from the status stream, the
+per-instance view, downloads and delete. Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
 import time
-import urllib.request
 
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.core.auth import Role
+from tests.conftest import TOKENS
 from tests.integration.gateway_support import ROOT, Gateway, scale_set_agents
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+os.makedirs(ARTIFACTS, exist_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,23 @@ def scale_set(coordinator, tmp_path_factory):
         yield
 
 
+def spki_pin(cert_path: str) -> str:
+    """Chromium's pin of a certificate's key: it trusts exactly the gateway's key, nothing else."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    with open(cert_path, "rb") as f:
+        key = x509.load_pem_x509_certificate(f.read()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, gateway, downloads):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
@@ -43,10 +61,12 @@ def browser(tmp_path_factory):
     opts.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+                 "--window-size=1500,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+                 f"--ignore-certificate-errors-spki-list={spki_pin(gateway.cert)}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     try:
         yield driver
     finally:
@@ -66,23 +86,52 @@ def wait_for(fn, timeout=30.0, what="condition"):
         time.sleep(0.2)
 
 
+def sign_in(b, gateway, token=TOKENS[Role.ADMIN]):
+    """Loads the portal and signs in with `token` if it asks for one."""
+    from selenium.webdriver.common.by import By
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    b.get(gateway.base + "/")
+    wait_for(lambda: find("#signin-view").is_displayed() or find("#list-view").is_displayed(), what="the portal")
+    if find("#signin-view").is_displayed():
+        find("#token").send_keys(token)
+        find("#signin").click()
+    wait_for(lambda: find("#list-view").is_displayed(), what="the list after sign-in")
+
+
+def downloaded(directory, name: str) -> bytes:
+    path = os.path.join(str(directory), name)
+    wait_for(lambda: os.path.exists(path) and not os.path.exists(path + ".crdownload"), what=f"download of {name}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def open_add_form(b, gateway):
     """Loads the portal, clicks "+ Add" and returns a CSS finder for the page."""
     from selenium.webdriver.common.by import By
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
-    b.get(gateway.base + "/")
+    sign_in(b, gateway)
     wait_for(lambda: find("#add").is_displayed(), what="the list")
     find("#add").click()
     wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
     return find
 
 
-def test_add_flow_live_status_instances_download_delete(browser, gateway, coordinator):
+def test_add_flow_live_status_instances_download_delete(browser, gateway, coordinator, downloads):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     b = browser
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    # Without a token the portal asks for one, and the API refuses the anonymous.
     b.get(gateway.base + "/")
+    wait_for(lambda: find("#signin-view").is_displayed(), what="the sign-in form")
+    b.save_screenshot(os.path.join(ARTIFACTS, "portal-signin.png"))
+    find("#token").send_keys("fct_not-a-token")
+    find("#signin").click()
+    banner = wait_for(lambda: find("#signin-view").is_displayed() and find("#banner").text, what="the 401 banner")
+    assert banner.startswith("AuthenticationFailed: "), banner
+    b.execute_script("sessionStorage.clear()")
+    assert b.get_cookies() == []  # nothing ambient: the credential is never a cookie
+    sign_in(b, gateway)
     wait_for(lambda: find("#empty").is_displayed(), what="the empty list")
 
     # + Add → basic details: the VM is offered and the name has a default.
@@ -124,7 +173,6 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     row = lambda: find("tr[data-name=portal-1]")
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped", what="Stopped")
     assert row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TimeExceeded"
-    os.makedirs(ARTIFACTS, exist_ok=True)
     b.save_screenshot(os.path.join(ARTIFACTS, "portal.png"))
 
     with sdk.Client(coordinator) as c:
@@ -140,25 +188,25 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     wait_for(lambda: find("#detail-status").text == "Stopped (TimeExceeded)", what="detail status")
     inst = find("#instances tr[data-instance]")
     assert inst.find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped"
-    link = wait_for(lambda: find("#instances tr[data-instance] a"), what="the file link").get_attribute("href")
-    with urllib.request.urlopen(link, timeout=30) as r:
-        data = r.read()
+    wait_for(lambda: find("#instances tr[data-instance] [data-action=file]"), what="the file button").click()
+    data = downloaded(downloads, "portal-1_vm1_portal-1.cap")
     assert hashlib.sha256(data).hexdigest() == final.instances[0].files[0].sha256
     b.save_screenshot(os.path.join(ARTIFACTS, "portal-instances.png"))
 
     # Download (one pcapng for the capture), then delete from the list.
     find("#back").click()
-    href = wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]")).get_attribute("href")
-    with urllib.request.urlopen(href, timeout=30) as r:
-        assert r.read(4) == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]")).click()
+    assert downloaded(downloads, "portal-1.pcapng")[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True, what="delete")
     b.switch_to.alert.accept()
     wait_for(lambda: find("#banner").text == "Deleted portal-1", what="the delete banner")
     wait_for(lambda: find("#empty").is_displayed(), what="the empty list again")
     with sdk.Client(coordinator) as c, pytest.raises(sdk.CaptureNotFound):
         c.get(name="portal-1")
+    # The only errors the console may hold are the refused requests this test made on purpose
+    # (the bad token's 401s, the out-of-range time limit's 400).
     severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
-              and "400" not in e["message"]]
+              and " 400 " not in e["message"] and " 401 " not in e["message"]]
     assert severe == []
 
 

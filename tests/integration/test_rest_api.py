@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from fleetcap.core.auth import Role
+from tests.conftest import TOKENS
 from tests.integration.gateway_support import ARM, ROOT, Gateway
 
 pytestmark = pytest.mark.integration
@@ -111,13 +113,15 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(gateway, tmp_path):
     r = subprocess.run([st, "run", f"{gateway.base}/openapi.json", "--checks",
                         "not_a_server_error,status_code_conformance,content_type_conformance,"
                         "response_schema_conformance", "--max-examples", "40", "--workers", "1",
-                        "--phases", "examples,coverage,fuzzing", "--seed", "1", "--suppress-health-check", "all"],
+                        "--phases", "examples,coverage,fuzzing", "--seed", "1", "--suppress-health-check", "all",
+                        "--tls-verify", gateway.ca, "-H", f"Authorization: Bearer {TOKENS[Role.ADMIN]}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "Traceback" not in gateway.log()
     # The served document's example (a capture of the connected VM) took schemathesis past the
     # error paths: real resources were created and read, and their bodies matched the schema.
     status, metrics = gateway.call("GET", "/metrics")
+    assert status == 200, metrics
     counts = dict(line.rsplit(" ", 1) for line in metrics.decode().splitlines() if not line.startswith("#"))
     assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="201"}'])) >= 1, metrics
     assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="200"}'])) >= 1

@@ -5,6 +5,11 @@ const ARM = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Micr
             "networkWatchers/NetworkWatcher_local/packetCaptures";
 const API = "?api-version=2024-05-01";
 const POLL_MS = 2000;
+const PAGE = 50;            // instances per page of the per-instance table
+const HISTORY = 120;        // samples kept per instance for the charts
+const TOP = 5;              // instances drawn in the charts (by current packet rate)
+const COLOURS = ["#0078d4", "#d83b01", "#107c10", "#8764b8", "#c19c00", "#323130"];
+const TOKEN_KEY = "fleetcap-token";
 const $ = (sel) => document.querySelector(sel);
 
 let agents = [];
@@ -12,7 +17,20 @@ let nameEdited = false;
 let detailName = null;
 let timer = null;
 let lastList = "";
-let lastDetail = "";
+let stream = null;          // the AbortController of the detail view's status stream
+let series = new Map();     // instance id -> [{t, packets, bytes}], the last HISTORY samples
+let lastStatus = null;
+let capture = null;
+let page = 0;
+
+// The credential lives in this tab's sessionStorage and travels only in the Authorization
+// header: never a cookie, so a page on another site has nothing it could make the browser send.
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+function authorised(init) {
+  init.headers = Object.assign(init.headers || {}, { Authorization: `Bearer ${token()}` });
+  return init;
+}
 
 async function api(method, path, body) {
   const init = { method, headers: {} };
@@ -20,14 +38,47 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  const r = await fetch(path, init);
+  const r = await fetch(path, authorised(init));
   const text = await r.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
   if (!r.ok) {
-    const e = (data && data.error) || { code: String(r.status), message: r.statusText };
+    const e = (data && data.error) || { code: String(r.status), message: r.statusText || text };
+    if (r.status === 401) signIn(`${e.code}: ${e.message}`);  // the sign-in form says why
     throw Object.assign(new Error(e.message), { code: e.code, status: r.status });
   }
   return data;
+}
+
+// A download with the credential in a header: fetched, then handed to the browser as a file.
+async function download(path, fallbackName) {
+  try {
+    const r = await fetch(path, authorised({ method: "GET" }));
+    if (!r.ok) {
+      const e = ((await r.json().catch(() => null)) || {}).error || { code: String(r.status), message: r.statusText };
+      throw Object.assign(new Error(e.message), { code: e.code });
+    }
+    const m = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a", { href: url, download: m ? m[1] : fallbackName });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    banner(`Downloaded ${m ? m[1] : fallbackName}`, true);
+  } catch (e) {
+    banner(`Download failed: ${e.code}: ${e.message}`);
+  }
+}
+
+function signIn(why) {
+  for (const v of ["list", "detail", "add"]) $(`#${v}-view`).hidden = true;
+  clearTimeout(timer);
+  stopStream();
+  $("#signin-view").hidden = false;
+  $("#signout").hidden = true;
+  banner(why || "");
+  $("#token").focus();
 }
 
 function banner(text, ok) {
@@ -60,11 +111,15 @@ const fmt = (n) => Number(n || 0).toLocaleString("en-US");
 const sum = (xs, f) => xs.reduce((a, x) => a + Number(x[f] || 0), 0);
 
 function show(view) {
+  if (!token()) return signIn("");
+  $("#signin-view").hidden = true;
+  $("#signout").hidden = false;
   for (const v of ["list", "detail", "add"]) $(`#${v}-view`).hidden = v !== view;
   clearTimeout(timer);
-  lastList = lastDetail = "";
+  stopStream();
+  lastList = "";
   if (view === "list") refreshList();
-  if (view === "detail") refreshDetail();
+  if (view === "detail") openDetail();
 }
 
 // -- the list -------------------------------------------------------------------------------------
@@ -84,7 +139,7 @@ async function refreshList() {
     $("#empty").hidden = list.length > 0;
     $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
-    banner(`Could not list captures: ${e.code}: ${e.message}`);
+    if (e.status !== 401) banner(`Could not list captures: ${e.code}: ${e.message}`);
   }
   if (!$("#list-view").hidden) timer = setTimeout(refreshList, POLL_MS);
 }
@@ -109,7 +164,8 @@ function captureRow(c, s) {
       el("button", { "data-action": "delete", onclick: () => {
         if (confirm(`Delete packet capture ${name}? Its files are kept.`)) act("DELETE", `${ARM}/${encodeURIComponent(name)}`, `Deleted ${name}`);
       } }, "Delete"),
-      el("a", { href: `/fleetcap/v1/captures/${encodeURIComponent(name)}/merged`, "data-action": "download" },
+      el("button", { "data-action": "download",
+                     onclick: () => download(`/fleetcap/v1/captures/${encodeURIComponent(name)}/merged`, `${name}.pcapng`) },
         "Download")));
 }
 
@@ -118,50 +174,201 @@ async function act(method, path, done) {
     await api(method, path + API);
     banner(done, true);
   } catch (e) {
-    banner(`${e.code}: ${e.message}`);
+    if (e.status !== 401) banner(`${e.code}: ${e.message}`);
   }
-  refreshList();
+  if (token()) refreshList();
 }
 
-// -- one capture, per instance ----------------------------------------------------------------------
+// -- one capture, per instance: the status stream, the charts, a paged table -------------------------
 
-async function refreshDetail() {
-  clearTimeout(timer);
+function stopStream() {
+  if (stream) stream.abort();
+  stream = null;
+}
+
+async function openDetail() {
   const name = detailName;
+  series = new Map();
+  lastStatus = null;
+  page = 0;
+  $("#detail-name").textContent = name;
   try {
-    const [c, s] = await Promise.all([api("GET", `${ARM}/${encodeURIComponent(name)}${API}`),
-                                      api("POST", `${ARM}/${encodeURIComponent(name)}/queryStatus${API}`)]);
-    const signature = JSON.stringify([c, s]);
-    if (signature === lastDetail) throw null;  // nothing changed: keep the page as it is
-    lastDetail = signature;
-    $("#detail-name").textContent = name;
-    const pill = $("#detail-status");
-    pill.textContent = s.packetCaptureStatus + (s.stopReason ? ` (${s.stopReason})` : "");
-    pill.className = `pill ${s.packetCaptureStatus}`;
-    const p = c.properties;
-    const props = [["Target", p.target], ["Target type", p.targetType], ["Storage", p.storageLocation.storagePath || "—"],
-                   ["File path", p.storageLocation.filePath || p.storageLocation.localPath || "—"],
-                   ["Bytes per packet", p.bytesToCapturePerPacket], ["Bytes per session", fmt(p.totalBytesPerSession)],
-                   ["Time limit (s)", p.timeLimitInSeconds],
-                   ["Filters", p.filters.map((f) => `${f.protocol} local ${f.localIPAddress || "*"}:${f.localPort || "*"} ↔ remote ${f.remoteIPAddress || "*"}:${f.remotePort || "*"}`).join("; ") || "none"]];
-    $("#detail-props").replaceChildren(...props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-    $("#instances tbody").replaceChildren(...s.instances.map((i) => el("tr", { "data-instance": i.instanceId },
-      el("td", {}, shortName(i.id)),
-      el("td", { "data-field": "status" }, i.packetCaptureStatus),
-      el("td", { "data-field": "stopReason" }, i.stopReason),
-      el("td", {}, (i.packetCaptureError || []).join(", ") + (i.errorMessage ? ` — ${i.errorMessage}` : "")),
-      el("td", { class: "num", "data-field": "packets" }, fmt(i.packetsCaptured)),
-      el("td", { class: "num" }, fmt(i.bytesCaptured)),
-      el("td", { class: "num" }, fmt(i.kernelDrops)),
-      el("td", {}, i.captureStartTime), el("td", {}, i.captureStopTime),
-      el("td", {}, ...i.files.map((f) => f.uploadComplete
-        ? el("a", { href: `/fleetcap/v1/captures/${encodeURIComponent(name)}/files?instance=${encodeURIComponent(i.instanceId)}&file=${encodeURIComponent(f.filePath)}` },
-             f.filePath.split("/").pop() + " ")
-        : el("span", {}, `${f.filePath.split("/").pop()} (${fmt(f.uploadedBytes)}/${fmt(f.sizeBytes)} stored) `))))));
+    capture = await api("GET", `${ARM}/${encodeURIComponent(name)}${API}`);
   } catch (e) {
-    if (e) banner(`${e.code}: ${e.message}`);
+    banner(`${e.code}: ${e.message}`);
+    return;
   }
-  if (!$("#detail-view").hidden) timer = setTimeout(refreshDetail, POLL_MS);
+  drawProps();
+  follow(name);
+}
+
+// The server-sent events of /events, read with fetch so that the credential stays in a header.
+async function follow(name) {
+  const controller = new AbortController();
+  stream = controller;
+  try {
+    const r = await fetch(`/fleetcap/v1/captures/${encodeURIComponent(name)}/events`,
+                          authorised({ signal: controller.signal }));
+    if (!r.ok) {
+      const e = ((await r.json().catch(() => null)) || {}).error || { code: String(r.status), message: r.statusText };
+      if (r.status === 401) signIn(`${e.code}: ${e.message}`);
+      throw Object.assign(new Error(e.message), { code: e.code });
+    }
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const kind = (/^event: (.*)$/m.exec(event) || [])[1] || "message";
+        const data = event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (kind === "message" && data) onStatus(JSON.parse(data));
+        if (kind === "error" && data) banner(JSON.parse(data).error.message);
+      }
+    }
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    banner(`${e.code || "StreamFailed"}: ${e.message}`);
+  }
+  // The stream ended (the capture finished, or the gateway went away): stay current slowly.
+  if (stream === controller && !$("#detail-view").hidden) timer = setTimeout(() => follow(name), POLL_MS * 2);
+}
+
+function onStatus(s) {
+  const now = Date.now() / 1000;
+  lastStatus = s;
+  for (const i of s.instances) {
+    const points = series.get(i.id) || [];
+    points.push({ t: now, packets: Number(i.packetsCaptured || 0), bytes: Number(i.bytesCaptured || 0) });
+    if (points.length > HISTORY) points.shift();
+    series.set(i.id, points);
+  }
+  const pill = $("#detail-status");
+  pill.textContent = s.packetCaptureStatus + (s.stopReason ? ` (${s.stopReason})` : "");
+  pill.className = `pill ${s.packetCaptureStatus}`;
+  drawTable();
+  drawCharts();
+}
+
+// Rate over the last two samples of an instance (0 until there are two).
+function rate(points, field) {
+  if (points.length < 2) return 0;
+  const a = points[points.length - 2], b = points[points.length - 1];
+  return b.t > a.t ? Math.max(0, (b[field] - a[field]) / (b.t - a.t)) : 0;
+}
+
+function drawProps() {
+  const p = capture.properties;
+  const props = [["Target", p.target], ["Target type", p.targetType], ["Storage", p.storageLocation.storagePath || "—"],
+                 ["File path", p.storageLocation.filePath || p.storageLocation.localPath || "—"],
+                 ["Bytes per packet", p.bytesToCapturePerPacket], ["Bytes per session", fmt(p.totalBytesPerSession)],
+                 ["Time limit (s)", p.timeLimitInSeconds],
+                 ["Filters", p.filters.map((f) => `${f.protocol} local ${f.localIPAddress || "*"}:${f.localPort || "*"} ↔ remote ${f.remoteIPAddress || "*"}:${f.remotePort || "*"}`).join("; ") || "none"]];
+  $("#detail-props").replaceChildren(...props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function drawTable() {
+  const s = lastStatus;
+  if (!s) return;
+  const name = detailName;
+  const limit = Number(capture.properties.totalBytesPerSession || 0);
+  const needle = $("#instance-filter").value.trim().toLowerCase();
+  const shown = s.instances.filter((i) => !needle || shortName(i.id).toLowerCase().includes(needle)
+                                            || i.packetCaptureStatus.toLowerCase().includes(needle));
+  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+  page = Math.min(page, pages - 1);
+  $("#page-info").textContent = `page ${page + 1} of ${pages}`;
+  $("#page-prev").disabled = page === 0;
+  $("#page-next").disabled = page >= pages - 1;
+  $("#instance-count").textContent = `(${fmt(s.instances.length)}${needle ? `, ${fmt(shown.length)} shown` : ""})`;
+  $("#instances tbody").replaceChildren(...shown.slice(page * PAGE, (page + 1) * PAGE).map((i) => el("tr", { "data-instance": i.instanceId },
+    el("td", {}, shortName(i.id)),
+    el("td", { "data-field": "status" }, i.packetCaptureStatus),
+    el("td", { "data-field": "stopReason" }, i.stopReason),
+    el("td", {}, (i.packetCaptureError || []).join(", ") + (i.errorMessage ? ` — ${i.errorMessage}` : "")),
+    el("td", { class: "num", "data-field": "packets" }, fmt(i.packetsCaptured)),
+    el("td", { class: "num", "data-field": "bytes" }, fmt(i.bytesCaptured)),
+    el("td", {}, limit ? el("meter", { min: "0", max: String(limit), value: String(Number(i.bytesCaptured || 0)),
+                                       title: `${fmt(i.bytesCaptured)} of ${fmt(limit)} bytes`, "data-field": "limit" }) : "—"),
+    el("td", { class: "num", "data-field": "rate" }, fmt(Math.round(rate(series.get(i.id) || [], "packets")))),
+    el("td", { class: "num" }, fmt(i.kernelDrops)),
+    el("td", {}, i.captureStartTime), el("td", {}, i.captureStopTime),
+    el("td", {}, ...i.files.map((f) => f.uploadComplete
+      ? el("button", { class: "link", "data-action": "file",
+                       onclick: () => download(`/fleetcap/v1/captures/${encodeURIComponent(name)}/files?instance=${encodeURIComponent(i.instanceId)}&file=${encodeURIComponent(f.filePath)}`,
+                                               f.filePath.split("/").pop()) },
+           f.filePath.split("/").pop())
+      : el("span", {}, `${f.filePath.split("/").pop()} (${fmt(f.uploadedBytes)}/${fmt(f.sizeBytes)} stored) `))))));
+}
+
+// One chart for the busiest instances, whatever the scale set's size: the TOP instances by
+// current packet rate, plus the total across every instance.
+function drawCharts() {
+  const ranked = [...series.entries()].sort((a, b) => rate(b[1], "packets") - rate(a[1], "packets")).slice(0, TOP);
+  const total = totalSeries();
+  const lines = [...ranked.map(([id, points]) => ({ label: shortName(id), points })), { label: "total", points: total }];
+  for (const [canvas, field] of [["#chart-packets", "packets"], ["#chart-bytes", "bytes"]]) {
+    drawChart($(canvas), lines.map((l) => ({ label: l.label, values: rates(l.points, field) })));
+  }
+  $("#chart-legend").replaceChildren(...lines.map((l, k) =>
+    el("span", { class: `c${k === lines.length - 1 ? 5 : k}` }, `${l.label}: ${fmt(Math.round(rate(l.points, "packets")))} pkt/s`)));
+}
+
+function totalSeries() {
+  const all = [...series.values()];
+  const n = Math.max(0, ...all.map((p) => p.length));
+  const out = [];
+  for (let k = 0; k < n; k++) {
+    const at = all.map((p) => p[p.length - n + k]).filter(Boolean);
+    if (at.length) out.push({ t: at[0].t, packets: sum(at, "packets"), bytes: sum(at, "bytes") });
+  }
+  return out;
+}
+
+function rates(points, field) {
+  const out = [];
+  for (let k = 1; k < points.length; k++) {
+    const a = points[k - 1], b = points[k];
+    out.push({ t: b.t, v: b.t > a.t ? Math.max(0, (b[field] - a[field]) / (b.t - a.t)) : 0 });
+  }
+  return out;
+}
+
+function drawChart(canvas, lines) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 40;
+  ctx.clearRect(0, 0, w, h);
+  const pts = lines.flatMap((l) => l.values);
+  const tMax = Math.max(0, ...pts.map((p) => p.t));
+  const tMin = Math.min(tMax - 1, ...pts.map((p) => p.t));
+  const vMax = Math.max(1, ...pts.map((p) => p.v));
+  ctx.strokeStyle = "#c8c6c4";
+  ctx.fillStyle = "#605e5c";
+  ctx.font = "11px sans-serif";
+  ctx.beginPath();
+  ctx.moveTo(pad, 8);
+  ctx.lineTo(pad, h - 20);
+  ctx.lineTo(w - 8, h - 20);
+  ctx.stroke();
+  ctx.fillText(fmt(Math.round(vMax)), 2, 14);
+  ctx.fillText("0", 2, h - 22);
+  ctx.fillText(`${Math.round(tMax - tMin)} s`, w - 40, h - 6);
+  lines.forEach((l, k) => {
+    ctx.strokeStyle = COLOURS[k === lines.length - 1 ? 5 : k];
+    ctx.lineWidth = k === lines.length - 1 ? 2 : 1.5;
+    ctx.beginPath();
+    l.values.forEach((p, j) => {
+      const x = pad + ((p.t - tMin) / (tMax - tMin || 1)) * (w - pad - 8);
+      const y = h - 20 - (p.v / vMax) * (h - 28);
+      if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  });
 }
 
 // -- + Add ------------------------------------------------------------------------------------------
@@ -285,7 +492,7 @@ async function openAdd() {
     agents = (await api("GET", "/fleetcap/v1/agents")).value;
     accounts = (await api("GET", "/fleetcap/v1/storage-accounts")).value;
   } catch (e) {
-    banner(`Could not list targets and storage accounts: ${e.code}: ${e.message}`);
+    if (e.status !== 401) banner(`Could not list targets and storage accounts: ${e.code}: ${e.message}`);
     return;
   }
   $("#f-account").replaceChildren(...accounts.map((a) =>
@@ -313,6 +520,19 @@ async function submitAdd(ev) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = $("#token").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("#token").value = "";
+    banner("");
+    show("list");
+  });
+  $("#signout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); signIn("Signed out"); });
+  $("#page-prev").addEventListener("click", () => { page -= 1; drawTable(); });
+  $("#page-next").addEventListener("click", () => { page += 1; drawTable(); });
+  $("#instance-filter").addEventListener("input", () => { page = 0; drawTable(); });
   $("#add").addEventListener("click", openAdd);
   $("#refresh").addEventListener("click", refreshList);
   $("#back").addEventListener("click", () => show("list"));

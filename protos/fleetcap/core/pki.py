@@ -134,8 +134,11 @@ def issue_client(ca_dir: str, out_dir: str, *, name: str, roles: Sequence[Role])
     return issue(ca_dir, out_dir, file_stem=name, common_name=name, organizations=[str(r) for r in roles])
 
 
-def issue_gateway(ca_dir: str, out_dir: str, *, name: str) -> Issued:
-    return issue(ca_dir, out_dir, file_stem=name, common_name=name, organizations=[GATEWAY_ORG])
+def issue_gateway(ca_dir: str, out_dir: str, *, name: str, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> Issued:
+    """One certificate for both of a gateway's ends: its HTTPS listener (server, with the names
+    clients reach it by, loopback included) and mutual TLS to the coordinator (client, no role)."""
+    return issue(ca_dir, out_dir, file_stem=name, common_name=name, organizations=[GATEWAY_ORG],
+                 dns=["localhost", *dns], ips=["127.0.0.1", "::1", *ips], server=True)
 
 
 @dataclasses.dataclass(frozen=True)
