@@ -70,8 +70,8 @@ class Gateway:
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None, *,
                 token: str | None = TOKENS[Role.ADMIN], headers: dict[str, str] | None = None,
-                timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, body bytes) of one call."""
+                timeout: float = 30) -> tuple[int, Any, bytes]:
+        """(status, headers (case-insensitive), body bytes) of one call."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         h = {"Content-Type": "application/json"} if data is not None else {}
         if token:
@@ -80,9 +80,9 @@ class Gateway:
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as r:
-                return r.status, dict(r.headers), r.read()
+                return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, e.headers, e.read()
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, **options: Any) -> tuple[int, Any]:
         status, _, payload = self.request(method, path, body, raw, **options)
