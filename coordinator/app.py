@@ -9,6 +9,7 @@ import socket
 
 from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.api.capture_servicer import CaptureServicer
+from fleetcap.coordinator.api.oidc import OidcVerifier
 from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.fleet.agents import AgentSessions
 from fleetcap.coordinator.fleet.dispatch import dispatch_by_watch
@@ -59,7 +60,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     metrics = CoordinatorMetrics()
-    authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert))
+    oidc = OidcVerifier(settings.oidc) if settings.oidc.enabled else None
+    authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert), oidc=oidc)
     server = transport.aio_server([AuthInterceptor(authenticator, metrics)])
     captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
     add_fleet_servicer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fleetcap.coordinator.api.oidc import OidcSettings
 from fleetcap.core.naming import DEFAULT_SUBSCRIPTION
 from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls
 
@@ -54,6 +55,8 @@ class CoordinatorSettings:
     """CA that client and agent certificates must chain to; agents must present one."""
     auth_file: str = ""
     """TOML file of bearer tokens (SHA-256 only) and revoked certificate names; reloaded on SIGHUP."""
+    oidc: OidcSettings = OidcSettings()
+    """OpenID Connect bearer tokens (Entra ID, Keycloak); off unless an issuer is set."""
     insecure: bool = False
     """Allow plaintext listeners beyond loopback (logged as a warning at every start)."""
     etcd_ca: str = ""

@@ -1,7 +1,8 @@
 """Authentication and authorisation: the one enforcement point, a server interceptor.
 
 Every call is authenticated before any of its work starts: a bearer token (checked against the
-auth file's hashes, in constant time) or else the TLS client certificate (its roles are its O
+auth file's hashes, in constant time, or, when it is a JWT and OIDC is configured, by
+api/oidc.py) or else the TLS client certificate (its roles are its O
 entries; fleetcap.core.auth documents the encoding). The method's role comes from one table;
 a caller without a credential gets UNAUTHENTICATED, one without the role PERMISSION_DENIED. Each
 decision is one audit log line and a metric. The principal travels to the servicer in a context
@@ -9,6 +10,7 @@ variable, so the fleet service can bind an agent to its own identity.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -18,6 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from fleetcap.coordinator.api.oidc import OidcVerifier
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.core import pki
 from fleetcap.core.auth import AuthError, AuthFile, Principal, Role, agent_id_from_uri, parse_roles
@@ -57,9 +60,10 @@ class Authenticator:
     """Turns a call's credentials into a Principal. The auth file is reloaded on SIGHUP
     (`reload`); a reload that fails keeps the previous file and logs why."""
 
-    def __init__(self, auth_file: str = "", *, tls: bool = False):
+    def __init__(self, auth_file: str = "", *, tls: bool = False, oidc: OidcVerifier | None = None):
         self.path = auth_file
         self.tls = tls
+        self.oidc = oidc
         self.file = AuthFile.load(auth_file) if auth_file else AuthFile()
 
     def reload(self) -> None:
@@ -71,6 +75,14 @@ class Authenticator:
                      len(self.file.tokens), len(self.file.revoked_certificates))
         except (OSError, AuthError) as e:
             log.error("auth file %s not reloaded, the previous one stays in force: %s", self.path, e)
+
+    async def authenticate_call(self, metadata: Any, auth_context: Mapping[str, Iterable[bytes]]) -> Principal | None:
+        """As `authenticate`, with OIDC: a JWT is checked off the event loop (it may fetch the JWKS)."""
+        if self.oidc is not None:
+            token = _bearer(metadata)
+            if token and OidcVerifier.looks_like_jwt(token):
+                return await asyncio.to_thread(self.oidc.principal, token)
+        return self.authenticate(metadata, auth_context)
 
     def authenticate(self, metadata: Any, auth_context: Mapping[str, Iterable[bytes]]) -> Principal | None:
         for key, value in metadata or ():
@@ -89,6 +101,15 @@ class Authenticator:
         if Role.AGENT in roles and len(agent_ids) != 1:
             roles = roles - {Role.AGENT}  # an agent certificate must name exactly one instance
         return Principal(identity.common_name, roles, "certificate", agent_ids[0] if agent_ids else "")
+
+
+def _bearer(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION_KEY:
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
 
 
 class _RateLimit:
@@ -122,7 +143,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """Authenticates and authorises one call, logs the decision, or aborts it."""
         short = method.rsplit("/", 1)[-1]
         needed = METHOD_ROLES.get(method)
-        principal = self.authenticator.authenticate(context.invocation_metadata(), context.auth_context())
+        principal = await self.authenticator.authenticate_call(context.invocation_metadata(), context.auth_context())
         capture = _capture_of(request)
         if principal is None:
             decision, code, message = "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, \

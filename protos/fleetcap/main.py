@@ -48,7 +48,17 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         if not args.tls_cert and not transport.is_local(address) and not args.insecure:
             raise cli.UsageError(f"--listen {address}: not a local address, and there is no --tls-cert; give "
                                  "--tls-cert and --tls-key (and --tls-client-ca for agents), or --insecure")
+    from fleetcap.coordinator.api import oidc
+    try:
+        oidc_settings = oidc.OidcSettings(issuer=args.oidc_issuer, audience=args.oidc_audience, jwks=args.oidc_jwks,
+                                          roles_claim=args.oidc_roles_claim,
+                                          role_map=oidc.parse_role_map(args.oidc_role))
+        if oidc_settings.enabled or args.oidc_audience or args.oidc_jwks:
+            oidc.OidcVerifier(oidc_settings)  # refuse unusable settings now, naming the flag
+    except oidc.OidcError as e:
+        raise cli.UsageError(str(e)) from None
     settings = CoordinatorSettings(
+        oidc=oidc_settings,
         storage_accounts=storage_accounts(args.storage_account or []),
         listen=tuple(args.listen or ([] if args.mtls_listen else _COORDINATOR.listen)),
         mtls_listen=tuple(args.mtls_listen or ()),
@@ -118,6 +128,15 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "(fleetcap tls token create)")
     c.add_argument("--insecure", action="store_true",
                    help="allow plaintext listeners beyond loopback (never in production)")
+    c.add_argument("--oidc-issuer", default="", help="accept OpenID Connect bearer tokens from this issuer "
+                                                     "(its 'iss', e.g. https://login.microsoftonline.com/TENANT/v2.0)")
+    c.add_argument("--oidc-audience", default="", help="the 'aud' those tokens must carry (e.g. api://fleetcap)")
+    c.add_argument("--oidc-jwks", default="", help="the issuer's signing keys: a JWKS URL (https) or file")
+    c.add_argument("--oidc-roles-claim", default="roles",
+                   help="claim holding the caller's roles, a dotted path (Keycloak: realm_access.roles); default roles")
+    c.add_argument("--oidc-role", action="append", default=[], metavar="VALUE=ROLE",
+                   help="map a claim value to a role (repeatable), e.g. FleetCap.Operator=contributor; a value "
+                        "that is a role's name grants it as is")
     c.add_argument("--etcd-ca", default=_COORDINATOR.etcd_ca, help="CA of an external etcd; set, etcd is reached over TLS")
     c.add_argument("--etcd-cert", default=_COORDINATOR.etcd_cert, help="client certificate for an external etcd")
     c.add_argument("--etcd-key", default=_COORDINATOR.etcd_key,
