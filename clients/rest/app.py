@@ -65,6 +65,7 @@ _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 KEEPALIVE_S = 15.0   # a comment on the event stream when nothing changed, so proxies keep it open
+EVENT_INTERVAL_S = 1.0  # at most one status event a second: a 1,000-instance status is ~300 KB of JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,12 +545,17 @@ async def events_endpoint(gateway: Gateway, request: Request) -> Response:
 
 
 async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[bytes]:
+    """The coordinator's watch waits while this stream does not read it, and then sends the
+    status as it is: pausing between events throttles them without queueing stale ones."""
+    loop = asyncio.get_running_loop()
     yield b"data: " + json.dumps(arm.status(first)).encode() + b"\n\n"
+    sent = loop.time()
     watch = c.watch(name=name).__aiter__()
     pending: asyncio.Task[Any] | None = None
     try:
         while True:
             if pending is None:
+                await asyncio.sleep(max(0.0, sent + EVENT_INTERVAL_S - loop.time()))
                 pending = asyncio.ensure_future(anext(watch))
             done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_S)
             if not done:
@@ -565,6 +571,7 @@ async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[by
                 yield b"event: error\ndata: " + json.dumps(arm.from_sdk_error(e).body()).encode() + b"\n\n"
                 return
             yield b"data: " + json.dumps(arm.status(status)).encode() + b"\n\n"
+            sent = loop.time()
     finally:
         if pending is not None:
             pending.cancel()

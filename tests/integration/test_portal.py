@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from deploy.simagents import SimulatedScaleSet
 from fleetcap.clients import sdk
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
@@ -242,3 +243,81 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     assert [(i.instance_id, i.packet_capture_status, i.stop_reason) for i in status.instances] == \
         [("1", "Stopped", "StoppedByUser")]
     assert cap.properties.storage_location.storage_id == "local" and cap.properties.time_limit_in_seconds == 18000
+
+
+BIG = 120          # instances: three pages of the per-instance table
+BUSY = {115: 1000, 116: 2000, 117: 4000, 118: 8000, 119: 16000}  # packets/s; the others are idle
+
+
+@pytest.fixture(scope="module")
+def big_scale_set(coordinator):
+    with SimulatedScaleSet(coordinator, TOKENS[Role.AGENT], "big", BIG, rate=0, rates=BUSY):
+        yield
+
+
+def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway, coordinator, big_scale_set):
+    """120 simulated instances, five of them busy and reporting progress every second: the table
+    shows 50 a page, a filter finds one, and the live charts draw the five busiest instances and
+    the total, named in order in the legend."""
+    from selenium.webdriver.common.by import By
+    b = browser
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    with sdk.Client(coordinator) as c:
+        c.create(name="portal-big", target="big", target_type="AzureVMSS", resource_group="rg1",
+                 storage_account="local", time_limit_in_seconds=120)
+    try:
+        sign_in(b, gateway)
+        wait_for(lambda: find("tr[data-name=portal-big] [data-action=open]"), what="the row").click()
+        wait_for(lambda: find("#instance-count").text == f"({BIG})", what="the instance count")
+        wait_for(lambda: find("#page-info").text == "page 1 of 3", what="three pages")
+        # Read in one script: the table is redrawn as the status stream moves on.
+        shown = lambda: b.execute_script(
+            "return [...document.querySelectorAll('#instances tbody tr')].map((r) => r.dataset.instance)")
+        seen = set()
+        for page in range(3):
+            rows = shown()
+            assert len(rows) == (50 if page < 2 else 20)
+            seen |= set(rows)
+            if page < 2:
+                find("#page-next").click()
+                wait_for(lambda p=page: find("#page-info").text == f"page {p + 2} of 3", what="the next page")
+        assert seen == {str(i) for i in range(BIG)}
+        assert not find("#page-next").is_enabled()
+
+        # The legend names the five busiest, busiest first, once a few seconds of rates exist.
+        expected = ["big_119", "big_118", "big_117", "big_116", "big_115", "total"]
+        legend = lambda: [s.text.split(":")[0] for s in b.find_elements(By.CSS_SELECTOR, "#chart-legend span")]
+        try:
+            wait_for(lambda: legend() == expected and find("#chart-legend span").text != "big_119: 0 pkt/s",
+                     timeout=40, what=f"the legend {expected}")
+        except AssertionError:
+            b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
+            raise AssertionError(f"legend {[s.text for s in b.find_elements(By.CSS_SELECTOR, '#chart-legend span')]}")
+        # 16,000 packets a second, as the browser measures it over a few seconds of reports.
+        top = lambda: int(find("#chart-legend span").text.split(": ")[1].split(" ")[0].replace(",", ""))
+        wait_for(lambda: 12000 <= top() <= 20000, timeout=30, what="the top rate to settle near 16,000/s")
+        # The busiest instance's line (its colour, #0078d4) is drawn across the chart as samples come.
+        painted = lambda: b.execute_script("""
+            const c = document.querySelector('#chart-packets');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const xs = new Set();
+            for (let i = 0; i < d.length; i += 4) {
+              if (d[i + 3] > 200 && d[i] < 40 && Math.abs(d[i + 1] - 120) < 40 && d[i + 2] > 170) xs.add((i / 4) % c.width);
+            }
+            return xs.size;""")
+        wait_for(lambda: painted() > 200, timeout=30, what="the busiest instance's line across the chart")
+
+        find("#instance-filter").send_keys("big_119")
+        wait_for(lambda: shown() == ["119"], what="one row")
+        assert find("#instance-count").text == f"({BIG}, 1 shown)"
+        assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") \
+            == "1073741824"
+        b.execute_script("window.scrollTo(0, 0)")
+        b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts.png"))
+        find("#instance-filter").clear()
+        find("#back").click()
+    finally:
+        with sdk.Client(coordinator) as c:
+            c.delete(name="portal-big")
+    severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert severe == []

@@ -17,6 +17,7 @@ let nameEdited = false;
 let detailName = null;
 let timer = null;
 let lastList = "";
+let lastTable = "";
 let stream = null;          // the AbortController of the detail view's status stream
 let series = new Map();     // instance id -> [{t, packets, bytes}], the last HISTORY samples
 let lastStatus = null;
@@ -190,6 +191,7 @@ async function openDetail() {
   const name = detailName;
   series = new Map();
   lastStatus = null;
+  lastTable = "";
   page = 0;
   $("#detail-name").textContent = name;
   try {
@@ -239,14 +241,23 @@ async function follow(name) {
   if (stream === controller && !$("#detail-view").hidden) timer = setTimeout(() => follow(name), POLL_MS * 2);
 }
 
+const WINDOW_S = 3;  // rates are taken over at least this many seconds of samples
+const TOTAL = "";    // the series key of the sum over every instance
+
 function onStatus(s) {
   const now = Date.now() / 1000;
   lastStatus = s;
-  for (const i of s.instances) {
-    const points = series.get(i.id) || [];
-    points.push({ t: now, packets: Number(i.packetsCaptured || 0), bytes: Number(i.bytesCaptured || 0) });
-    if (points.length > HISTORY) points.shift();
-    series.set(i.id, points);
+  const rows = [...s.instances.map((i) => [i.id, Number(i.packetsCaptured || 0), Number(i.bytesCaptured || 0)]),
+                [TOTAL, sum(s.instances, "packetsCaptured"), sum(s.instances, "bytesCaptured")]];
+  for (const [id, packets, bytes] of rows) {
+    const points = series.get(id) || [];
+    const last = points[points.length - 1];
+    // A sample when the counters moved, or once a second: an instance that went quiet drops to 0.
+    if (!last || last.packets !== packets || last.bytes !== bytes || now - last.t >= 1) {
+      points.push({ t: now, packets, bytes });
+      if (points.length > HISTORY) points.shift();
+    }
+    series.set(id, points);
   }
   const pill = $("#detail-status");
   pill.textContent = s.packetCaptureStatus + (s.stopReason ? ` (${s.stopReason})` : "");
@@ -255,12 +266,18 @@ function onStatus(s) {
   drawCharts();
 }
 
-// Rate over the last two samples of an instance (0 until there are two).
-function rate(points, field) {
-  if (points.length < 2) return 0;
-  const a = points[points.length - 2], b = points[points.length - 1];
+// The rate at sample k: from the latest sample at least WINDOW_S before it (else the first),
+// so that one-second progress reports read as a steady rate.
+function rateAt(points, k, field) {
+  if (k < 1 || points[k].t - points[0].t < WINDOW_S) return 0;  // not yet a window's worth
+  const b = points[k];
+  let j = k - 1;
+  while (j > 0 && b.t - points[j].t < WINDOW_S) j--;
+  const a = points[j];
   return b.t > a.t ? Math.max(0, (b[field] - a[field]) / (b.t - a.t)) : 0;
 }
+
+const rate = (points, field) => rateAt(points, points.length - 1, field);
 
 function drawProps() {
   const p = capture.properties;
@@ -286,7 +303,12 @@ function drawTable() {
   $("#page-prev").disabled = page === 0;
   $("#page-next").disabled = page >= pages - 1;
   $("#instance-count").textContent = `(${fmt(s.instances.length)}${needle ? `, ${fmt(shown.length)} shown` : ""})`;
-  $("#instances tbody").replaceChildren(...shown.slice(page * PAGE, (page + 1) * PAGE).map((i) => el("tr", { "data-instance": i.instanceId },
+  const visible = shown.slice(page * PAGE, (page + 1) * PAGE);
+  // Redraw only on a change, so that a button is never replaced under the user's pointer.
+  const signature = JSON.stringify([limit, visible, visible.map((i) => Math.round(rate(series.get(i.id) || [], "packets")))]);
+  if (signature === lastTable) return;
+  lastTable = signature;
+  $("#instances tbody").replaceChildren(...visible.map((i) => el("tr", { "data-instance": i.instanceId },
     el("td", {}, shortName(i.id)),
     el("td", { "data-field": "status" }, i.packetCaptureStatus),
     el("td", { "data-field": "stopReason" }, i.stopReason),
@@ -309,8 +331,8 @@ function drawTable() {
 // One chart for the busiest instances, whatever the scale set's size: the TOP instances by
 // current packet rate, plus the total across every instance.
 function drawCharts() {
-  const ranked = [...series.entries()].sort((a, b) => rate(b[1], "packets") - rate(a[1], "packets")).slice(0, TOP);
-  const total = totalSeries();
+  const ranked = [...series.entries()].filter(([id]) => id !== TOTAL).sort((a, b) => rate(b[1], "packets") - rate(a[1], "packets")).slice(0, TOP);
+  const total = series.get(TOTAL) || [];
   const lines = [...ranked.map(([id, points]) => ({ label: shortName(id), points })), { label: "total", points: total }];
   for (const [canvas, field] of [["#chart-packets", "packets"], ["#chart-bytes", "bytes"]]) {
     drawChart($(canvas), lines.map((l) => ({ label: l.label, values: rates(l.points, field) })));
@@ -319,22 +341,10 @@ function drawCharts() {
     el("span", { class: `c${k === lines.length - 1 ? 5 : k}` }, `${l.label}: ${fmt(Math.round(rate(l.points, "packets")))} pkt/s`)));
 }
 
-function totalSeries() {
-  const all = [...series.values()];
-  const n = Math.max(0, ...all.map((p) => p.length));
-  const out = [];
-  for (let k = 0; k < n; k++) {
-    const at = all.map((p) => p[p.length - n + k]).filter(Boolean);
-    if (at.length) out.push({ t: at[0].t, packets: sum(at, "packets"), bytes: sum(at, "bytes") });
-  }
-  return out;
-}
-
 function rates(points, field) {
   const out = [];
   for (let k = 1; k < points.length; k++) {
-    const a = points[k - 1], b = points[k];
-    out.push({ t: b.t, v: b.t > a.t ? Math.max(0, (b[field] - a[field]) / (b.t - a.t)) : 0 });
+    if (points[k].t - points[0].t >= WINDOW_S) out.push({ t: points[k].t, v: rateAt(points, k, field) });
   }
   return out;
 }
