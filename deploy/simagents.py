@@ -48,11 +48,13 @@ class _Instance:
             tick += 1
             await self.progress(start, "Running", tick * self.rate)
 
-    async def run(self, connected: list[int]) -> None:
+    async def run(self, connected: list[int], total: int, ready: asyncio.Event) -> None:
         await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
             identity=self.identity, hostname="simulated", interface="lo", addresses=["127.0.0.1"])))
         welcome = await self.call.read()
         connected[0] += 1
+        if connected[0] == total:
+            ready.set()
         beat = asyncio.ensure_future(self._heartbeat(welcome.welcome.heartbeat_interval_ms / 1000))
         starts: dict[str, fleet_pb2.StartCapture] = {}
         try:
@@ -92,24 +94,20 @@ class SimulatedScaleSet:
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: list[Any] = []
 
-    async def _start(self) -> list[int]:
+    async def _start(self) -> asyncio.Event:
         metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {self.token}"),)
         self._channels = [transport.aio_channel(self.address)
                           for _ in range(-(-self.count // AGENTS_PER_CONNECTION))]
         instances = [_Instance(self._channels[i // AGENTS_PER_CONNECTION], metadata, self.vmss, self.resource_group,
                                i, self.rates[i]) for i in range(self.count)]
-        connected = [0]
-        self._tasks = [asyncio.ensure_future(x.run(connected)) for x in instances]
-        return connected
+        connected, ready = [0], asyncio.Event()
+        self._tasks = [asyncio.ensure_future(x.run(connected, self.count, ready)) for x in instances]
+        return ready
 
     def __enter__(self) -> SimulatedScaleSet:
         self._thread.start()
-        connected = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
-
-        async def wait_all() -> None:
-            while connected[0] < self.count:
-                await asyncio.sleep(0.05)
-        asyncio.run_coroutine_threadsafe(asyncio.wait_for(wait_all(), 60), self._loop).result()
+        ready = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        asyncio.run_coroutine_threadsafe(asyncio.wait_for(ready.wait(), 60), self._loop).result()
         return self
 
     def __exit__(self, *exc: object) -> None:

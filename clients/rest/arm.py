@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import json
 import re
+import urllib.parse
 from typing import Any
 
 import grpc
@@ -78,6 +79,7 @@ class Operation:
 
     def url(self, base_url: str, subscription: str, results: bool) -> str:
         leaf = "operationResults" if results else "operations"
+        subscription = urllib.parse.quote(subscription, safe="")  # a header holds ASCII only
         return (f"{base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{LOCATION}/"
                 f"{leaf}/{self.id()}?api-version=2024-05-01")
 

@@ -111,12 +111,13 @@ def document(example_target: str = "") -> dict[str, Any]:
         "properties": {"error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
                                  "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
 
-    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
+    segment = "^[^/\\u0000-\\u001f\\u007f]+$"  # a path segment: no slash, no control character
+    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "pattern": segment}}
               for n in ("subscriptionId", "resourceGroupName", "networkWatcherName")]
     api_version = {"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "accepted and ignored; fleetcap serves the 2024-05-01 shape"}
     pc_name = {"name": "packetCaptureName", "in": "path", "required": True,
-               "schema": {"type": "string", "pattern": "^[^/]+$"}, "example": EXAMPLE_NAME}
+               "schema": {"type": "string", "pattern": segment}, "example": EXAMPLE_NAME}
     base = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
             "Microsoft.Network/networkWatchers/{networkWatcherName}/packetCaptures")
     # Every call: 401 without a valid bearer token, 403 without the role, 503 when the

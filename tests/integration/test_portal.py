@@ -189,14 +189,15 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     wait_for(lambda: find("#detail-status").text == "Stopped (TimeExceeded)", what="detail status")
     inst = find("#instances tr[data-instance]")
     assert inst.find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped"
-    wait_for(lambda: find("#instances tr[data-instance] [data-action=file]"), what="the file button").click()
+    wait_for(lambda: find("#instances tr[data-instance] [data-action=file]").click() or True, what="the file button")
     data = downloaded(downloads, "portal-1_vm1_portal-1.cap")
     assert hashlib.sha256(data).hexdigest() == final.instances[0].files[0].sha256
     b.save_screenshot(os.path.join(ARTIFACTS, "portal-instances.png"))
 
     # Download (one pcapng for the capture), then delete from the list.
     find("#back").click()
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]")).click()
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]").click() or True,
+             what="the download button")  # clicked again if the list was redrawn under it
     assert downloaded(downloads, "portal-1.pcapng")[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True, what="delete")
     b.switch_to.alert.accept()
@@ -261,6 +262,7 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
     the total, named in order in the legend."""
     from selenium.webdriver.common.by import By
     b = browser
+    b.get_log("browser")  # this test's console only
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     with sdk.Client(coordinator) as c:
         c.create(name="portal-big", target="big", target_type="AzureVMSS", resource_group="rg1",
@@ -292,7 +294,8 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
                      timeout=40, what=f"the legend {expected}")
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
-            raise AssertionError(f"legend {[s.text for s in b.find_elements(By.CSS_SELECTOR, '#chart-legend span')]}")
+            shown_legend = [s.text for s in b.find_elements(By.CSS_SELECTOR, "#chart-legend span")]
+            raise AssertionError(f"legend {shown_legend}") from None
         # 16,000 packets a second, as the browser measures it over a few seconds of reports.
         top = lambda: int(find("#chart-legend span").text.split(": ")[1].split(" ")[0].replace(",", ""))
         wait_for(lambda: 12000 <= top() <= 20000, timeout=30, what="the top rate to settle near 16,000/s")
