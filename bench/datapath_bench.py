@@ -133,7 +133,7 @@ class LightAgent:
 
     async def upload(self, path: str, size: int, sha: str) -> float:
         msg = await self.call.read()
-        start = msg.start
+        start = self.start = msg.start
         u = Uploader(fleet_pb2_grpc.FleetStub(self.data), fleet_pb2.UploadOpen(
             identity=self.identity, capture_name=start.capture_name, capture_id=start.capture_id,
             file_path=start.file_path), path, lambda: (size, sha), lambda: None, metadata=self.creds.metadata())

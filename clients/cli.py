@@ -495,8 +495,8 @@ def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
     ce.add_argument("--ca", required=True, help="directory holding ca.pem and ca-key.pem")
     ce.add_argument("--out", required=True, help="directory to write into")
     ce.add_argument("--coordinator", action="store_true", help="a coordinator's server certificate")
-    ce.add_argument("--dns", action="append", help="coordinator: a DNS name it is reached by (repeatable)")
-    ce.add_argument("--ip", action="append", help="coordinator: an IP address it is reached by (repeatable)")
+    ce.add_argument("--dns", action="append", help="coordinator or gateway: a DNS name it is reached by (repeatable)")
+    ce.add_argument("--ip", action="append", help="coordinator or gateway: an IP address it is reached by (repeatable)")
     ce.add_argument("--agent", action="store_true", help="an agent's certificate, bound to its instance")
     ce.add_argument("--vm", help="agent: its VM name")
     ce.add_argument("--vmss", help="agent: its scale set")
@@ -505,7 +505,8 @@ def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
     ce.add_argument("--subscription", help="agent: its subscription")
     ce.add_argument("--client", metavar="NAME", help="a client's certificate (CLI, SDK, scripts)")
     ce.add_argument("--role", action="append", help="client: a role it has (repeatable): " + ", ".join(Role))
-    ce.add_argument("--gateway", metavar="NAME", help="a gateway's certificate (it forwards its callers' tokens)")
+    ce.add_argument("--gateway", metavar="NAME", help="a gateway's certificate: its HTTPS listener and its mutual TLS "
+                                                      "to the coordinator (it forwards its callers' tokens)")
     ce.set_defaults(func=cmd_tls_cert_create, daemon=True)
     token = kinds.add_parser("token", help="bearer tokens").add_subparsers(dest="verb", required=True,
                                                                            parser_class=_Parser)

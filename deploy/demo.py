@@ -57,10 +57,11 @@ def gateway_demo(fleet: LocalFleet) -> None:
         url = (f"http://127.0.0.1:{port}/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/"
                f"Microsoft.Network/networkWatchers/NetworkWatcher_local/packetCaptures/{NAME}/queryStatus"
                "?api-version=2024-05-01")
-        print(f"$ curl -X POST '{url}'")
+        print(f"$ curl -X POST -H \"Authorization: Bearer $FLEETCAP_TOKEN\" '{url}'")
+        request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {fleet.token}"})
         for _ in range(50):
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10) as r:
+                with urllib.request.urlopen(request, timeout=10) as r:
                     status = json.loads(r.read())
                 break
             except OSError:
@@ -72,7 +73,7 @@ def gateway_demo(fleet: LocalFleet) -> None:
         shown["instances"] = [f"{i['instanceId']}: {i['packetCaptureStatus']} {i['stopReason']} "
                               f"{i['packetsCaptured']} packets" for i in status["instances"]]
         print(json.dumps(shown, indent=2))
-        print("The web portal is served by the same process (http://127.0.0.1:8080/ while a fleet runs).")
+        print("The web portal is served by the same process; it asks for a token and sends it as a header.")
     finally:
         gw.terminate()
         gw.wait(10)

@@ -1,5 +1,7 @@
 """Serves the gateway (app.py) with uvicorn: HTTPS when given a certificate, IPv4 or IPv6,
-idle connections closed, a graceful shutdown on SIGTERM and SIGINT."""
+idle connections closed, a graceful shutdown on SIGTERM and SIGINT. uvloop and httptools (the
+gateway extra installs both) when present: they serve a download with half the CPU of asyncio
+and h11 (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,16 +19,19 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 10
 
 
-class IdleTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol, which also closes a connection that has not sent a complete
+class _IdleTimeout:
+    """For uvicorn's HTTP protocols: also close a connection that has not sent a complete
     request within `idle_timeout_s` of opening or of its last response (uvicorn itself times
     out only an idle keep-alive, and a byte every few seconds would hold that open)."""
 
     idle_timeout_s = 10.0
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
     _request_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def _arm(self) -> None:
@@ -44,35 +49,48 @@ class IdleTimeoutProtocol(H11Protocol):
     def _expired(self) -> None:
         self._request_deadline = None
         if self._waiting() and not self.transport.is_closing():
-            self.timeout_keep_alive_handler()
+            self.timeout_keep_alive_handler()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         if not self._waiting():
             self._disarm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing():
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class H11IdleProtocol(_IdleTimeout, H11Protocol):  # type: ignore[misc]
+    pass
+
+
+def _protocol() -> type[asyncio.Protocol]:
+    """httptools (C, faster) when it is installed, else h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return H11IdleProtocol
+    return type("HttpToolsIdleProtocol", (_IdleTimeout, HttpToolsProtocol), {})
 
 
 def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
     host, port = listen_host_port(settings.listen)
-    protocol = type("GatewayProtocol", (IdleTimeoutProtocol,), {"idle_timeout_s": settings.idle_timeout_s})
+    protocol = type("GatewayProtocol", (_protocol(),), {"idle_timeout_s": settings.idle_timeout_s})
     tls: dict[str, Any] = {}
     if settings.tls_cert:
         tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key,
                "ssl_version": ssl.PROTOCOL_TLS_SERVER}
     return uvicorn.Config(
-        create_app(settings), host=host, port=port, http=protocol, ws="none", lifespan="on", loop="asyncio",
+        create_app(settings), host=host, port=port, http=protocol, ws="none", lifespan="on", loop="auto",
         timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=2048,
         server_header=False, date_header=True, proxy_headers=False, access_log=False, log_config=None,
-        h11_max_incomplete_event_size=16 * 1024, **tls)
+        h11_max_incomplete_event_size=16 * 1024, **tls)  # (httptools: llhttp's own header limit)
 
 
 def check(settings: GatewaySettings, *, insecure_listen: bool) -> None:
