@@ -317,9 +317,8 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
             == "1073741824"
         b.execute_script("window.scrollTo(0, 0)")
         b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts.png"))
-        find("#instance-filter").clear()
-        find("#back").click()
     finally:
+        b.get("about:blank")  # leave the page before the capture goes, or its next poll finds a 404
         with sdk.Client(coordinator) as c:
             c.delete(name="portal-big")
     severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
