@@ -246,8 +246,10 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     assert cap.properties.storage_location.storage_id == "local" and cap.properties.time_limit_in_seconds == 18000
 
 
-BIG = 120          # instances: three pages of the per-instance table
-BUSY = {115: 1000, 116: 2000, 117: 4000, 118: 8000, 119: 16000}  # packets/s; the others are idle
+# Instances: three pages of the per-instance table. FLEETCAP_PORTAL_INSTANCES=N runs the same test
+# with N (at 1,000 today one coordinator registers the simulated agents too slowly: the scale issue).
+BIG = int(os.environ.get("FLEETCAP_PORTAL_INSTANCES", "120"))
+BUSY = {BIG - 5: 1000, BIG - 4: 2000, BIG - 3: 4000, BIG - 2: 8000, BIG - 1: 16000}  # packets/s; others idle
 
 
 @pytest.fixture(scope="module")
@@ -287,10 +289,10 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         assert not find("#page-next").is_enabled()
 
         # The legend names the five busiest, busiest first, once a few seconds of rates exist.
-        expected = ["big_119", "big_118", "big_117", "big_116", "big_115", "total"]
+        expected = [f"big_{BIG - k}" for k in range(1, 6)] + ["total"]
         legend = lambda: [s.text.split(":")[0] for s in b.find_elements(By.CSS_SELECTOR, "#chart-legend span")]
         try:
-            wait_for(lambda: legend() == expected and find("#chart-legend span").text != "big_119: 0 pkt/s",
+            wait_for(lambda: legend() == expected and find("#chart-legend span").text != f"big_{BIG - 1}: 0 pkt/s",
                      timeout=40, what=f"the legend {expected}")
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
@@ -310,8 +312,8 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
             return xs.size;""")
         wait_for(lambda: painted() > 200, timeout=30, what="the busiest instance's line across the chart")
 
-        find("#instance-filter").send_keys("big_119")
-        wait_for(lambda: shown() == ["119"], what="one row")
+        find("#instance-filter").send_keys(f"big_{BIG - 1}")
+        wait_for(lambda: shown() == [str(BIG - 1)], what="one row")
         assert find("#instance-count").text == f"({BIG}, 1 shown)"
         assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") \
             == "1073741824"
