@@ -9,6 +9,7 @@ import socket
 
 from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.api.capture_servicer import CaptureServicer
+from fleetcap.coordinator.api.health import Health
 from fleetcap.coordinator.api.oidc import OidcVerifier
 from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.fleet.agents import AgentSessions
@@ -64,6 +65,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert), oidc=oidc)
     server = transport.aio_server([AuthInterceptor(authenticator, metrics)])
     captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
+    health = Health(store)
+    health.add_to(server)
     add_fleet_servicer(
         FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics), server)
     # A unix socket is local IPC, guarded by its file's permissions: plaintext (callers still
@@ -82,6 +85,9 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         log.warning("--insecure: plaintext is allowed beyond loopback; anyone on the network path can read and "
                     "forge this coordinator's traffic")
     await server.start()
+    health.start()
+    if settings.health_listen:
+        await health.serve_plain(settings.health_listen)
     metrics_server = None
     if settings.metrics_listen:
         metrics_server = await serve_http(metrics.registry, settings.metrics_listen,
@@ -103,6 +109,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         await stop.wait()
     finally:
         log.info("shutting down")
+        await health.stop()  # probes see NOT_SERVING while in-flight calls finish
         for t in tasks:
             t.cancel()
         if metrics_server is not None:

@@ -47,6 +47,8 @@ class CoordinatorSettings:
     service: ServiceConfig = ServiceConfig()
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
+    health_listen: str = ""
+    """HOST:PORT of a plaintext gRPC server with only the health service (kubelet probes); empty = none."""
     tls_cert: str = ""
     """PEM certificate every listener serves TLS with; empty = plaintext, local addresses only."""
     tls_key: str = ""

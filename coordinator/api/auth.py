@@ -37,7 +37,13 @@ METHOD_ROLES: dict[str, Role] = {
     **{_API + m: Role.CONTRIBUTOR for m in ("Create", "Stop", "Delete")},
     _FLEET + "Connect": Role.AGENT,
     _FLEET + "Upload": Role.AGENT,
+    # Server reflection describes the API (grpcurl, Postman): a reader's.
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READER,
 }
+# Health checks say SERVING or NOT_SERVING and nothing else: probes and load balancers call them
+# without a credential.
+PUBLIC_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+                            "/grpc.health.v1.Health/List"})
 # Creates per principal: a burst of CREATE_BURST, refilled at CREATE_PER_S. Generous for any
 # operator or alert rule; it bounds what one leaked token can make the fleet do.
 CREATE_BURST, CREATE_PER_S = 30, 5.0
@@ -171,8 +177,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
-        if handler is None:
-            return None
+        if handler is None or details.method in PUBLIC_METHODS:
+            return handler
         method = details.method
         admit = self._admit
 

@@ -130,6 +130,10 @@ class Store:
     async def close(self) -> None:
         await self.kv.close()
 
+    async def ping(self) -> None:
+        """One cheap read; raises if the store does not answer (health checks)."""
+        await self.kv.get(keys.LEADER)
+
     # -- captures ------------------------------------------------------------------------
 
     async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> None:

@@ -65,7 +65,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         etcd=tuple(e for e in (args.etcd or "").split(",") if e),
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir,
         agent_ttl_s=args.agent_ttl, service=ServiceConfig(max_captures=args.max_captures),
-        metrics_listen=args.metrics_listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        metrics_listen=args.metrics_listen, health_listen=args.health_listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_file=args.auth_file, insecure=args.insecure,
         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
         etcd_username=os.environ.get("ETCD_USERNAME", ""), etcd_password=os.environ.get("ETCD_PASSWORD", ""))
@@ -119,6 +119,9 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "connection string comes from $AZURE_STORAGE_CONNECTION_STRING")
     c.add_argument("--metrics-listen", metavar="HOST:PORT", default=_COORDINATOR.metrics_listen,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    c.add_argument("--health-listen", metavar="HOST:PORT", default=_COORDINATOR.health_listen,
+                   help="also serve gRPC health checks alone, in plaintext, here (Kubernetes gRPC probes); the "
+                        "main listeners serve them too")
     c.add_argument("--tls-cert", default=_COORDINATOR.tls_cert, help="certificate (PEM) every listener serves TLS with")
     c.add_argument("--tls-key", default=_COORDINATOR.tls_key, help="its private key (PEM)")
     c.add_argument("--tls-client-ca", default=_COORDINATOR.tls_client_ca,

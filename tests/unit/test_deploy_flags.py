@@ -57,6 +57,13 @@ def test_every_kubernetes_workload_is_locked_down():
             assert sc["capabilities"].get("add", []) == (["NET_RAW", "NET_ADMIN"] if name == "fleetcap-agent" else [])
         if name != "fleetcap-agent":
             assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for c in pod["containers"]:
+            assert set(c["resources"]) == {"requests", "limits"}, name
+            assert set(c["resources"]["limits"]) == {"cpu", "memory"}, name
+    coordinator = workloads["fleetcap-coordinator"]["spec"]["template"]["spec"]["containers"][0]
+    health_port = int(coordinator["args"][coordinator["args"].index("--health-listen") + 1].rsplit(":", 1)[1])
+    assert coordinator["readinessProbe"]["grpc"] == {"port": health_port, "service": "fleetcap.v1.PacketCaptures"}
+    assert coordinator["livenessProbe"]["grpc"] == {"port": health_port}
     etcd = " ".join(workloads["fleetcap-etcd"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "http://" not in etcd and "--client-cert-auth" in etcd and "--peer-client-cert-auth" in etcd
     policies = {d["metadata"]["name"] for d in manifests() if d["kind"] == "NetworkPolicy"}
