@@ -662,11 +662,47 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
 
 
+_LOCAL_GLOBALS = ("-o", "--log-level")  # the global options that also mean something to a daemon
+
+
+def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Lets the global options come anywhere on the line, as az's do: `fleetcap capture
+    show-status -n pc1 -o table` as well as `fleetcap -o table capture show-status -n pc1`. Each
+    subcommand gets a copy of them whose default is SUPPRESS, so a value given after the verb
+    wins and an absent one leaves the global default alone. Daemons and local commands get only
+    the output and log options (a coordinator's --token would mean nothing); an option a
+    subcommand has of its own (the gateway's --tls-cert) is left to it."""
+    if getattr(parser, "_globals_anywhere", False):
+        return parser
+    globals_ = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+    def visit(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in set(action.choices.values()):
+                    local_only = child.get_default("daemon") is True
+                    for g in globals_:
+                        if local_only and not set(g.option_strings) & set(_LOCAL_GLOBALS):
+                            continue
+                        if set(g.option_strings) & set(child._option_string_actions):
+                            continue
+                        if isinstance(g, argparse._StoreTrueAction):
+                            child.add_argument(*g.option_strings, dest=g.dest, action="store_true",
+                                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                        else:
+                            child.add_argument(*g.option_strings, dest=g.dest, type=g.type, choices=g.choices,
+                                               metavar=g.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                    visit(child)
+    visit(parser)
+    parser._globals_anywhere = True  # type: ignore[attr-defined]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
-    args = (parser or build_parser()[0]).parse_args(argv)
+    args = globals_anywhere(parser or build_parser()[0]).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

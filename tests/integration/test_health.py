@@ -34,6 +34,10 @@ def coordinator(tmp_path_factory):
                              "--auth-file", write_auth_file(str(d / "auth.toml")), "--data-dir", str(d / "data"),
                              "--health-listen", f"127.0.0.1:{health_port}"],
                             cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(f"{d}/api.sock"):  # the API socket is made once the coordinator serves
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
     yield f"unix:{d}/api.sock", f"127.0.0.1:{health_port}", proc, log_path
     LocalFleet.stop_process(proc)
 
@@ -84,6 +88,7 @@ def reflected_services(address: str, token: str | None) -> list[str]:
 
 def test_reflection_lists_the_services_to_a_reader(coordinator):
     api, _, _, _ = coordinator
+    wait_status(api, SERVING)
     assert reflected_services(api, TOKENS[Role.READER]) == [
         "fleetcap.v1.Fleet", "fleetcap.v1.PacketCaptures", "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection"]

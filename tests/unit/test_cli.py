@@ -115,3 +115,32 @@ def test_a_bad_log_level_is_a_usage_error_not_a_traceback(capsys):
     assert e.value.code == 2
     assert "argument --log-level: invalid choice: 'FOO'" in capsys.readouterr().err
     assert cli.build_parser()[0].parse_args(["--log-level", "debug", "capture", "list"]).log_level == "DEBUG"
+
+
+# -- global options anywhere, as az's ----------------------------------------------------------------
+
+def _parse(*argv: str):
+    from fleetcap.clients.cli import globals_anywhere
+    from fleetcap.main import build_parser
+    return globals_anywhere(build_parser()).parse_args(list(argv))
+
+
+def test_global_options_come_before_or_after_the_verb():
+    assert _parse("capture", "show-status", "-n", "pc1", "-o", "table").output == "table"
+    assert _parse("-o", "table", "capture", "show-status", "-n", "pc1").output == "table"
+    assert _parse("capture", "show-status", "-n", "pc1").output == "json"
+    assert _parse("agents", "list", "-o", "tsv").output == "tsv"
+    args = _parse("capture", "list", "--coordinator", "unix:/x.sock", "--log-level", "debug", "--insecure")
+    assert (args.coordinator, args.log_level, args.insecure) == ("unix:/x.sock", "DEBUG", True)
+    # After the verb wins over before it, as the last word on a line does.
+    assert _parse("-o", "json", "capture", "list", "-o", "tsv").output == "tsv"
+
+
+def test_daemons_take_only_the_output_and_log_options_and_keep_their_own():
+    args = _parse("coordinator", "--log-level", "warning")
+    assert args.log_level == "WARNING"
+    gw = _parse("gateway", "--tls-cert", "gw.pem", "--tls-key", "gw-key.pem")
+    assert (gw.tls_cert, gw.tls_key) == ("gw.pem", "gw-key.pem")  # the gateway's own HTTPS certificate
+    with pytest.raises(SystemExit) as e:
+        _parse("coordinator", "--token", "env:X")  # a client's credential means nothing to a coordinator
+    assert e.value.code == 2
