@@ -96,7 +96,7 @@ class SimulatedScaleSet:
 
     async def _start(self) -> asyncio.Event:
         metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {self.token}"),)
-        self._channels = [transport.aio_channel(self.address)
+        self._channels = [transport.aio_channel(self.address, dedicated=True)
                           for _ in range(-(-self.count // AGENTS_PER_CONNECTION))]
         instances = [_Instance(self._channels[i // AGENTS_PER_CONNECTION], metadata, self.vmss, self.resource_group,
                                i, self.rates[i]) for i in range(self.count)]

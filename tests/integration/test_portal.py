@@ -247,7 +247,7 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
 
 
 # Instances: three pages of the per-instance table. FLEETCAP_PORTAL_INSTANCES=N runs the same test
-# with N (at 1,000 today one coordinator registers the simulated agents too slowly: the scale issue).
+# with N; at 1,000 the coordinator itself does not keep up yet (docs/rest-api.md; the scale issue).
 BIG = int(os.environ.get("FLEETCAP_PORTAL_INSTANCES", "120"))
 BUSY = {BIG - 5: 1000, BIG - 4: 2000, BIG - 3: 4000, BIG - 2: 8000, BIG - 1: 16000}  # packets/s; others idle
 
@@ -272,19 +272,24 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
     try:
         sign_in(b, gateway)
         wait_for(lambda: find("tr[data-name=portal-big] [data-action=open]"), what="the row").click()
-        wait_for(lambda: find("#instance-count").text == f"({BIG})", what="the instance count")
-        wait_for(lambda: find("#page-info").text == "page 1 of 3", what="three pages")
+        try:
+            wait_for(lambda: find("#instance-count").text == f"({BIG:,})", what="the instance count")
+        except AssertionError:
+            b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
+            raise AssertionError(f"count {find('#instance-count').text!r}, banner {find('#banner').text!r}") from None
+        pages = -(-BIG // 50)
+        wait_for(lambda: find("#page-info").text == f"page 1 of {pages}", what=f"{pages} pages")
         # Read in one script: the table is redrawn as the status stream moves on.
         shown = lambda: b.execute_script(
             "return [...document.querySelectorAll('#instances tbody tr')].map((r) => r.dataset.instance)")
         seen = set()
-        for page in range(3):
+        for page in range(pages):
             rows = shown()
-            assert len(rows) == (50 if page < 2 else 20)
+            assert len(rows) == (50 if page < pages - 1 else BIG - 50 * (pages - 1))
             seen |= set(rows)
-            if page < 2:
+            if page < pages - 1:
                 find("#page-next").click()
-                wait_for(lambda p=page: find("#page-info").text == f"page {p + 2} of 3", what="the next page")
+                wait_for(lambda p=page: find("#page-info").text == f"page {p + 2} of {pages}", what="the next page")
         assert seen == {str(i) for i in range(BIG)}
         assert not find("#page-next").is_enabled()
 
@@ -300,7 +305,11 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
             raise AssertionError(f"legend {shown_legend}") from None
         # 16,000 packets a second, as the browser measures it over a few seconds of reports.
         top = lambda: int(find("#chart-legend span").text.split(": ")[1].split(" ")[0].replace(",", ""))
-        wait_for(lambda: 12000 <= top() <= 20000, timeout=30, what="the top rate to settle near 16,000/s")
+        try:
+            wait_for(lambda: 12000 <= top() <= 20000, timeout=30, what="the top rate to settle near 16,000/s")
+        except AssertionError:
+            b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
+            raise AssertionError(f"legend {find('#chart-legend').text!r}") from None
         # The busiest instance's line (its colour, #0078d4) is drawn across the chart as samples come.
         painted = lambda: b.execute_script("""
             const c = document.querySelector('#chart-packets');
@@ -314,7 +323,7 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
 
         find("#instance-filter").send_keys(f"big_{BIG - 1}")
         wait_for(lambda: shown() == [str(BIG - 1)], what="one row")
-        assert find("#instance-count").text == f"({BIG}, 1 shown)"
+        assert find("#instance-count").text == f"({BIG:,}, 1 shown)"
         assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") \
             == "1073741824"
         b.execute_script("window.scrollTo(0, 0)")
