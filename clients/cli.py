@@ -42,6 +42,14 @@ class UsageError(Exception):
     """Bad command-line input, reported with exit code 2."""
 
 
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("fleetcap")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 as well; keep its usage line
         self.print_usage(sys.stderr)
@@ -51,12 +59,48 @@ class _Parser(argparse.ArgumentParser):
 
 # -- output -----------------------------------------------------------------------------------
 
-def _emit(data: Any, output: str, table: list[tuple[str, str]] | None = None) -> None:
-    """json: the whole object. table: the table's columns under a header. tsv: as az, the same
-    columns without a header, tab-separated, for `cut` and shell loops."""
-    if output == "json" or table is None:
-        print(json.dumps(data, indent=2))
+OUTPUTS = ("json", "jsonc", "yaml", "yamlc", "table", "tsv", "none")
+
+
+class QueryError(ValueError):
+    """--query is not valid JMESPath."""
+
+
+def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | None = None) -> None:
+    """Prints a result as az does. json/jsonc (colored on a terminal) and yaml/yamlc: the whole
+    object. table: the table's columns under a header; tsv: the same columns without a header,
+    tab-separated, for `cut` and shell loops. none: nothing. --query (JMESPath) is applied first;
+    a table of a query's result takes its columns from the result."""
+    output, query = args.output, getattr(args, "query", None)
+    if query:
+        import jmespath
+        import jmespath.exceptions
+        try:
+            data = jmespath.search(query, data)
+        except jmespath.exceptions.JMESPathError as e:
+            raise QueryError(f"--query: {e}") from None
+        table = _query_table(data) if output in ("table", "tsv") else None
+    if output == "none":
         return
+    if output in ("json", "jsonc") or (table is None and output in ("table", "tsv")):
+        text = json.dumps(data, indent=2)
+        if output == "jsonc" and sys.stdout.isatty():
+            from rich.console import Console
+            Console().print_json(text)
+        else:
+            print(text)
+        return
+    if output in ("yaml", "yamlc"):
+        import yaml
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        if output == "yamlc" and sys.stdout.isatty():
+            from rich.console import Console
+            from rich.syntax import Syntax
+            Console().print(Syntax(text, "yaml"))
+        else:
+            print(text, end="")
+        return
+    assert table is not None
     rows = data if isinstance(data, list) else [data]
     if output == "tsv":
         for r in rows:
@@ -70,7 +114,18 @@ def _emit(data: Any, output: str, table: list[tuple[str, str]] | None = None) ->
         print("  ".join(vals[i].ljust(w) for (_, vals), w in zip(cols, widths)).rstrip())
 
 
+def _query_table(data: Any) -> list[tuple[str, str]]:
+    """The columns of a query's result, as az's table: a dict's (or the first dict's) keys, or one
+    column "Result" for scalars."""
+    first = data[0] if isinstance(data, list) and data else data
+    if isinstance(first, dict):
+        return [(k[:1].upper() + k[1:], k) for k in first]
+    return [("Result", "")]
+
+
 def _get(d: Any, path: str) -> Any:
+    if not path:  # a scalar row (a query's result)
+        return d
     for part in path.split("."):
         d = d.get(part, "") if isinstance(d, dict) else ""
     return d
@@ -82,18 +137,18 @@ STATUS_TABLE = [("Instance", "instanceId"), ("Status", "packetCaptureStatus"), (
                 ("Packets", "packetsCaptured"), ("Bytes", "bytesCaptured"), ("Drops", "kernelDrops")]
 
 
-def _status_out(status, output: str) -> None:
+def _status_out(status, args: argparse.Namespace) -> None:
+    """The whole status for json, yaml and --query; per instance for table (under a summary
+    line) and tsv."""
     d = sdk.to_dict(status)
-    if output == "json":
-        _emit(d, output)
+    if getattr(args, "query", None) or args.output not in ("table", "tsv"):
+        _emit(d, args)
         return
-    if output == "tsv":
-        _emit(d.get("instances", []), output, STATUS_TABLE)
-        return
-    print(f"{d['name']}: {d['packetCaptureStatus']}"
-          + (f" ({d['stopReason']})" if d.get("stopReason") else "")
-          + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else ""))
-    _emit(d.get("instances", []), output, STATUS_TABLE)
+    if args.output == "table":
+        print(f"{d['name']}: {d['packetCaptureStatus']}"
+              + (f" ({d['stopReason']})" if d.get("stopReason") else "")
+              + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else ""))
+    _emit(d.get("instances", []), args, STATUS_TABLE)
 
 
 # -- capture verbs ----------------------------------------------------------------------------
@@ -187,17 +242,17 @@ def cmd_create(client: sdk.Client, args) -> int:
         continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
         local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
         session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances)
-    _emit(sdk.to_dict(capture), args.output, CAPTURE_TABLE)
+    _emit(sdk.to_dict(capture), args, CAPTURE_TABLE)
     return EXIT_OK
 
 
 def cmd_show(client: sdk.Client, args) -> int:
-    _emit(sdk.to_dict(client.get(name=args.name)), args.output, CAPTURE_TABLE)
+    _emit(sdk.to_dict(client.get(name=args.name)), args, CAPTURE_TABLE)
     return EXIT_OK
 
 
 def cmd_list(client: sdk.Client, args) -> int:
-    _emit([sdk.to_dict(c) for c in client.list()], args.output, CAPTURE_TABLE)
+    _emit([sdk.to_dict(c) for c in client.list()], args, CAPTURE_TABLE)
     return EXIT_OK
 
 
@@ -212,7 +267,7 @@ def cmd_delete(client: sdk.Client, args) -> int:
 
 
 def cmd_show_status(client: sdk.Client, args) -> int:
-    _status_out(client.get_status(name=args.name), args.output)
+    _status_out(client.get_status(name=args.name), args)
     return EXIT_OK
 
 
@@ -224,7 +279,7 @@ def cmd_wait(client: sdk.Client, args) -> int:
                      for i in status.instances]
             print(f"[{status.packet_capture_status}] " + "  ".join(parts), file=sys.stderr, flush=True)
     final = client.wait(name=args.name, timeout_s=args.timeout)
-    _status_out(final, args.output)
+    _status_out(final, args)
     return EXIT_OK if final.packet_capture_status == Status.STOPPED else EXIT_ERROR
 
 
@@ -274,10 +329,10 @@ def cmd_watch(client: sdk.Client, args) -> int:
 
 def cmd_download(client: sdk.Client, args) -> int:
     paths = client.download(name=args.name, dest=args.dest, merge=args.merge)
-    if args.output == "json":
-        _emit({"files": paths}, "json")
-    else:
+    if args.output in ("table", "tsv") and not getattr(args, "query", None):
         print("\n".join(paths))
+    else:
+        _emit({"files": paths}, args)
     if not paths:
         print("fleetcap: no stored files (a file-only capture keeps its files on the instances)", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -303,7 +358,7 @@ AGENT_TABLE = [("Id", "id"), ("Hostname", "hostname"), ("Interface", "interface"
 
 
 def cmd_agents_list(client: sdk.Client, args) -> int:
-    _emit([sdk.to_dict(a) for a in client.list_agents()], args.output, AGENT_TABLE)
+    _emit([sdk.to_dict(a) for a in client.list_agents()], args, AGENT_TABLE)
     return EXIT_OK
 
 
@@ -311,7 +366,7 @@ ACCOUNT_TABLE = [("Name", "name"), ("Kind", "kind"), ("Endpoint", "endpoint")]
 
 
 def cmd_storage_accounts_list(client: sdk.Client, args) -> int:
-    _emit([sdk.to_dict(a) for a in client.list_storage_accounts()], args.output, ACCOUNT_TABLE)
+    _emit([sdk.to_dict(a) for a in client.list_storage_accounts()], args, ACCOUNT_TABLE)
     return EXIT_OK
 
 
@@ -538,7 +593,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--coordinator", default=os.environ.get("FLEETCAP_COORDINATOR"),
                    help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
                         f"default {transport.DEFAULT_ADDRESS})")
-    p.add_argument("-o", "--output", choices=["json", "table", "tsv"], default="json")
+    p.add_argument("-o", "--output", choices=OUTPUTS, default="json",
+                   help="json (default), jsonc (colored), yaml, yamlc, table, tsv or none, as az's")
+    p.add_argument("--query", metavar="JMESPATH", help="a JMESPath query applied to the result, as az's "
+                                                        "(e.g. \"instances[?packetsCaptured > `0`].instanceId\")")
+    p.add_argument("--only-show-errors", action="store_true", help="log errors only (no warnings), as az's")
+    p.add_argument("--subscription", help="accepted on every command, as az's; a deployment is one subscription "
+                                          "(create takes it as the capture's)")
+    p.add_argument("--version", action="version", version=f"fleetcap {_version()}")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                    default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO").upper(),
                    help="DEBUG, INFO, WARNING or ERROR (env FLEETCAP_LOG_LEVEL)")
@@ -662,7 +724,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
 
 
-_LOCAL_GLOBALS = ("-o", "--log-level")  # the global options that also mean something to a daemon
+_LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors")  # the global options that also mean something to a daemon
 
 
 def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -674,7 +736,8 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     subcommand has of its own (the gateway's --tls-cert) is left to it."""
     if getattr(parser, "_globals_anywhere", False):
         return parser
-    globals_ = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    globals_ = [a for a in parser._actions if a.option_strings and a.dest != "help"
+                and not isinstance(a, argparse._VersionAction)]
 
     def visit(p: argparse.ArgumentParser) -> None:
         for action in p._actions:
@@ -686,7 +749,7 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                             continue
                         if set(g.option_strings) & set(child._option_string_actions):
                             continue
-                        if isinstance(g, argparse._StoreTrueAction):
+                        if isinstance(g, argparse._StoreTrueAction | argparse._StoreConstAction):
                             child.add_argument(*g.option_strings, dest=g.dest, action="store_true",
                                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
                         else:
@@ -703,7 +766,8 @@ def main(argv: Sequence[str] | None = None,
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
     args = globals_anywhere(parser or build_parser()[0]).parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    level = "ERROR" if getattr(args, "only_show_errors", False) else args.log_level.upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "daemon", False):
@@ -721,6 +785,9 @@ def main(argv: Sequence[str] | None = None,
     except TimeoutError as e:
         print(f"fleetcap: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except QueryError as e:
+        print(f"fleetcap: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
     except ValueError as e:  # credentials that cannot be used (a file, plaintext beyond loopback)
         print(f"fleetcap: error: {e}", file=sys.stderr)
         return EXIT_INVALID

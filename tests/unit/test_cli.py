@@ -1,6 +1,7 @@
 """The CLI's az-compatible parsing and its progress rendering, without a server."""
 from __future__ import annotations
 
+import argparse
 import datetime
 
 import pytest
@@ -48,7 +49,8 @@ def test_az_watcher_flags_are_accepted(verb):
 
 
 def test_tsv_prints_the_table_columns_without_header(capsys):
-    cli._emit([{"name": "a", "properties": {"target": "t1"}}, {"name": "b"}], "tsv", [("N", "name"), ("T", "properties.target")])
+    cli._emit([{"name": "a", "properties": {"target": "t1"}}, {"name": "b"}], argparse.Namespace(output="tsv"),
+              [("N", "name"), ("T", "properties.target")])
     assert capsys.readouterr().out == "a\tt1\nb\t\n"
 
 
@@ -144,3 +146,53 @@ def test_daemons_take_only_the_output_and_log_options_and_keep_their_own():
     with pytest.raises(SystemExit) as e:
         _parse("coordinator", "--token", "env:X")  # a client's credential means nothing to a coordinator
     assert e.value.code == 2
+
+
+# -- az's output options: -o json|jsonc|yaml|yamlc|table|tsv|none and --query ---------------------------
+
+CAPTURES = [{"name": "pc1", "properties": {"target": "/x/vm1", "targetType": "AzureVM"}, "createdTime": "t1",
+             "provisioningState": "Succeeded"},
+            {"name": "pc2", "properties": {"target": "/x/web", "targetType": "AzureVMSS"}, "createdTime": "t2",
+             "provisioningState": "Succeeded"}]
+
+
+def _out(capsys, *argv: str, data=CAPTURES) -> str:
+    from fleetcap.clients import cli
+    args = _parse("capture", "list", *argv)
+    cli._emit(data, args, cli.CAPTURE_TABLE)
+    return capsys.readouterr().out
+
+
+def test_output_formats(capsys):
+    import json as _json
+    assert _json.loads(_out(capsys)) == CAPTURES
+    assert _json.loads(_out(capsys, "-o", "jsonc")) == CAPTURES  # not a terminal: plain JSON
+    assert _out(capsys, "-o", "yaml").startswith("- name: pc1\n  properties:\n    target: /x/vm1\n")
+    assert _out(capsys, "-o", "none") == ""
+    assert _out(capsys, "-o", "tsv") == "pc1\t/x/vm1\tAzureVM\tt1\tSucceeded\npc2\t/x/web\tAzureVMSS\tt2\tSucceeded\n"
+    assert _out(capsys, "-o", "table").splitlines()[0].split() == ["Name", "Target", "Type", "Created", "State"]
+
+
+def test_query_is_jmespath_and_shapes_the_table(capsys):
+    import json as _json
+    assert _json.loads(_out(capsys, "--query", "[].name")) == ["pc1", "pc2"]
+    assert _out(capsys, "-o", "tsv", "--query", "[?properties.targetType=='AzureVMSS'].name") == "pc2\n"
+    table = _out(capsys, "-o", "table", "--query", "[].{name: name, kind: properties.targetType}").splitlines()
+    assert [line.split() for line in table] == [["Name", "Kind"], ["----", "---------"], ["pc1", "AzureVM"],
+                                                ["pc2", "AzureVMSS"]]
+    assert _out(capsys, "-o", "yaml", "--query", "length(@)") == "2\n...\n"
+
+
+def test_a_bad_query_names_the_option():
+    from fleetcap.clients import cli
+    with pytest.raises(cli.QueryError, match=r"^--query: "):
+        cli._emit(CAPTURES, _parse("capture", "list", "--query", "[?name=="), cli.CAPTURE_TABLE)
+
+
+def test_version_only_show_errors_and_subscription_anywhere(capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse("--version")
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("fleetcap ")
+    assert _parse("capture", "show-status", "-n", "pc1", "--only-show-errors").only_show_errors is True
+    assert _parse("capture", "show-status", "-n", "pc1", "--subscription", "s1").subscription == "s1"
+    assert _parse("coordinator", "--only-show-errors").only_show_errors is True
