@@ -32,6 +32,11 @@ from fleetcap.core.metrics import serve_http
 from fleetcap.v1 import captures_pb2_grpc
 
 log = logging.getLogger(__name__)
+STORE_STARTUP_S = 15.0
+
+
+class StoreUnreachable(RuntimeError):
+    """The coordinator's store did not answer at start; the message names the flag."""
 
 
 async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = None) -> None:
@@ -51,6 +56,13 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
             log.info("embedded etcd at https://%s (client certificates only)", embedded.endpoint)
         kv = EtcdKV(endpoints, access=access)
     store = Store(kv)
+    try:  # a coordinator that cannot reach its store says so and stops, rather than serving errors
+        await asyncio.wait_for(store.ping(), STORE_STARTUP_S)
+    except Exception as e:
+        await store.close()
+        where = f"--etcd {','.join(settings.etcd)}" if settings.etcd else "the embedded etcd"
+        detail = f" ({e})" if str(e) else ""
+        raise StoreUnreachable(f"{where}: etcd does not answer after {STORE_STARTUP_S:g} s{detail}") from None
     sessions = AgentSessions()
     sinks: dict[str, Sink] = {LOCAL_ACCOUNT: LocalSink(settings.local_storage_dir)}
     for name, connection_string in settings.storage_accounts:

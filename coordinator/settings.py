@@ -85,3 +85,43 @@ class CoordinatorSettings:
     @property
     def local_storage_dir(self) -> str:
         return self.storage_dir or f"{self.data_dir.rstrip('/')}/storage"
+
+
+def parse_etcd_endpoints(value: str, *, tls: bool) -> tuple[str, ...]:
+    """--etcd as etcd and etcdctl take it: a comma list of `host:port`, `host` (port 2379),
+    `http://host:port` or `https://host:port`, IPv6 as `[addr]:port`. Returns host:port strings.
+    https:// needs TLS (--etcd-ca) and http:// refuses it, so that a scheme never silently means
+    the other. Raises ValueError naming --etcd and the rule."""
+    endpoints = []
+    schemes = set()
+    for raw in (v.strip() for v in value.split(",")):
+        if not raw:
+            continue
+        scheme, sep, rest = raw.partition("://")
+        if not sep:
+            scheme, rest = "", raw
+        elif scheme not in ("http", "https"):
+            raise ValueError(f"--etcd: '{raw}': the scheme must be http:// or https://")
+        schemes.add(scheme)
+        rest = rest.rstrip("/")
+        if "/" in rest or "@" in rest or not rest:
+            raise ValueError(f"--etcd: '{raw}' is not host:port or a URL of one (no path, no user)")
+        if rest.startswith("["):
+            host, _, port = rest[1:].partition("]")
+            port = port.removeprefix(":")
+        elif rest.count(":") > 1:
+            raise ValueError(f"--etcd: '{raw}': write an IPv6 address as [addr]:port")
+        else:
+            host, _, port = rest.partition(":")
+        port = port or "2379"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--etcd: '{raw}' is not host:port")
+        endpoints.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if not endpoints:
+        raise ValueError("--etcd: give at least one endpoint")
+    if "https" in schemes and not tls:
+        raise ValueError("--etcd: https:// endpoints need --etcd-ca (the CA of etcd's certificate)")
+    if "http" in schemes and tls:
+        raise ValueError("--etcd: http:// is plaintext, but --etcd-ca asks for TLS; write https://")
+    return tuple(endpoints)
+

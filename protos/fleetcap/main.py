@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetcap.clients import cli
-from fleetcap.coordinator.settings import CoordinatorSettings, ServiceConfig
+from fleetcap.coordinator.settings import CoordinatorSettings, ServiceConfig, parse_etcd_endpoints
 from fleetcap.core import transport
 from fleetcap.node_agent.settings import AgentSettings
 from fleetcap.v1 import fleet_pb2
@@ -57,19 +57,27 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             oidc.OidcVerifier(oidc_settings)  # refuse unusable settings now, naming the flag
     except oidc.OidcError as e:
         raise cli.UsageError(str(e)) from None
+    try:
+        etcd = parse_etcd_endpoints(args.etcd, tls=bool(args.etcd_ca)) if args.etcd else ()
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
     settings = CoordinatorSettings(
         oidc=oidc_settings,
         storage_accounts=storage_accounts(args.storage_account or []),
         listen=tuple(args.listen or ([] if args.mtls_listen else _COORDINATOR.listen)),
         mtls_listen=tuple(args.mtls_listen or ()),
-        etcd=tuple(e for e in (args.etcd or "").split(",") if e),
+        etcd=etcd,
         store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir,
         agent_ttl_s=args.agent_ttl, service=ServiceConfig(max_captures=args.max_captures),
         metrics_listen=args.metrics_listen, health_listen=args.health_listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_file=args.auth_file, insecure=args.insecure,
         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
         etcd_username=os.environ.get("ETCD_USERNAME", ""), etcd_password=os.environ.get("ETCD_PASSWORD", ""))
-    asyncio.run(app.serve(settings))
+    try:
+        asyncio.run(app.serve(settings))
+    except app.StoreUnreachable as e:
+        print(f"fleetcap: error: {e}", file=sys.stderr)
+        return cli.EXIT_ERROR
     return cli.EXIT_OK
 
 
@@ -105,7 +113,8 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--mtls-listen", action="append",
                    help="address served with mutual TLS (repeatable): agents dial it, and clients with certificates "
                         "may; needs --tls-cert, --tls-key and --tls-client-ca")
-    c.add_argument("--etcd", help="etcd endpoints host:port[,host:port...]; default: start an embedded etcd")
+    c.add_argument("--etcd", help="etcd endpoints as etcdctl takes them: host:port or http(s)://host:port, "
+                                  "comma-separated; default: start an embedded etcd")
     c.add_argument("--store", choices=["etcd", "memory"], default=_COORDINATOR.store)
     c.add_argument("--data-dir", default=_COORDINATOR.data_dir)
     c.add_argument("--storage-dir", default=_COORDINATOR.storage_dir,
