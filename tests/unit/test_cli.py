@@ -196,3 +196,16 @@ def test_version_only_show_errors_and_subscription_anywhere(capsys):
     assert _parse("capture", "show-status", "-n", "pc1", "--only-show-errors").only_show_errors is True
     assert _parse("capture", "show-status", "-n", "pc1", "--subscription", "s1").subscription == "s1"
     assert _parse("coordinator", "--only-show-errors").only_show_errors is True
+
+
+def test_json_logs_are_one_object_a_line():
+    import json as _json
+    import logging
+
+    from fleetcap.clients.cli import JsonLogFormatter
+    record = logging.LogRecord("fleetcap.x", logging.WARNING, __file__, 1, "capture %s: %d drops", ("pc1", 3), None)
+    record.created = 1796227200.25
+    assert _json.loads(JsonLogFormatter().format(record)) == {
+        "time": "2026-12-02T16:00:00.250Z", "level": "WARNING", "logger": "fleetcap.x", "message": "capture pc1: 3 drops"}
+    assert _parse("coordinator", "--log-format", "json").log_format == "json"
+    assert _parse("capture", "list", "--log-format", "json").log_format == "json"
