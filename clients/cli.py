@@ -285,7 +285,59 @@ def cmd_show_status(client: sdk.Client, args) -> int:
     return EXIT_OK
 
 
+_WAIT_CONDITIONS = ("created", "updated", "exists", "deleted")
+WAIT_INTERVAL_S = 30.0
+
+
+def _wait_for_condition(client: sdk.Client, args) -> int:
+    """az's generic wait: poll every --interval seconds (az's default 30) until the capture is
+    created (or updated: provisioningState Succeeded), exists, is deleted, or --custom's JMESPath
+    is true of the resource (plus `status`, its queryStatus); --timeout (az's default 3600) ends
+    the wait with exit 1. Prints nothing on success, as az does."""
+    import time
+    condition = next((c for c in _WAIT_CONDITIONS if getattr(args, c)), "custom")
+    if args.custom:
+        import jmespath
+        import jmespath.exceptions
+        try:
+            query = jmespath.compile(args.custom)
+        except jmespath.exceptions.JMESPathError as e:
+            raise UsageError(f"--custom: {e}") from None
+    timeout = args.timeout if args.timeout is not None else 3600.0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            resource = sdk.to_dict(client.get(name=args.name))
+        except sdk.CaptureNotFound:
+            resource = None
+        if condition == "deleted":
+            done = resource is None
+        elif condition == "exists":
+            done = resource is not None
+        elif condition in ("created", "updated"):
+            done = resource is not None and resource.get("provisioningState") == "Succeeded"
+        else:
+            done = resource is not None and bool(query.search(
+                dict(resource, status=sdk.to_dict(client.get_status(name=args.name)))))
+        if done:
+            return EXIT_OK
+        if time.monotonic() + args.interval > deadline:
+            what = f"--custom {args.custom}" if condition == "custom" else f"--{condition}"
+            print(f"fleetcap: capture '{args.name}': {what} not met after {timeout:g}s", file=sys.stderr)
+            return EXIT_ERROR
+        time.sleep(args.interval)
+
+
 def cmd_wait(client: sdk.Client, args) -> int:
+    conditions = [c for c in _WAIT_CONDITIONS if getattr(args, c)] + (["custom"] if args.custom else [])
+    if len(conditions) > 1:
+        raise UsageError("give one of --created, --updated, --exists, --deleted or --custom")
+    if conditions:
+        if args.progress:
+            raise UsageError("--progress goes with waiting for the capture to finish, not with a condition")
+        return _wait_for_condition(client, args)
+    if args.interval != WAIT_INTERVAL_S:
+        raise UsageError("--interval goes with --created, --updated, --exists, --deleted or --custom")
     if args.progress:
         for status in client.watch(name=args.name):
             parts = [f"{i.instance_id}:{i.packet_capture_status}/{i.packets_captured}p/{i.bytes_captured}B"
@@ -731,10 +783,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     wa.add_argument("--name", "-n", required=True)
     wa.add_argument("--timeout", type=float, help="seconds")
     wa.set_defaults(func=cmd_watch)
-    w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored")
+    w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored, or, with az's "
+                                      "condition flags, until it is created, exists, is deleted or a query holds",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n  fleetcap capture wait -n pc1 --progress\n"
+                                "  fleetcap capture wait -n pc1 --created --interval 2\n"
+                                "  fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" "
+                                "--interval 1 --timeout 60")
     w.add_argument("--name", "-n", "--packet-capture-name", required=True)
     _az_ignored(w)
-    w.add_argument("--timeout", type=float, help="seconds")
+    w.add_argument("--timeout", type=float, help="seconds (with a condition flag, az's default: 3600)")
+    for condition in ("created", "updated", "exists", "deleted"):
+        w.add_argument(f"--{condition}", action="store_true", help=f"wait until the capture is {condition}"
+                       + (" (provisioningState Succeeded)" if condition in ("created", "updated") else ""))
+    w.add_argument("--custom", metavar="JMESPATH", help="wait until this query on the capture (with its queryStatus "
+                                                        "as `status`) is true")
+    w.add_argument("--interval", type=float, default=WAIT_INTERVAL_S,
+                   help=f"seconds between checks with a condition flag (az's default: {WAIT_INTERVAL_S:g})")
     w.add_argument("--progress", action="store_true", help="print live progress to stderr")
     w.set_defaults(func=cmd_wait)
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser

@@ -52,3 +52,28 @@ def test_storage_accounts_list(coordinator):
     r = cli(coordinator, "-o", "tsv", "storage-accounts", "list")
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"local\tLocal\tfile://{os.path.join(coordinator.dir, 'data', 'storage')}\n"
+
+
+def test_az_wait_conditions(coordinator):
+    fast = ("--interval", "0.2", "--timeout", "20")
+    r = cli(coordinator, "capture", "create", "-n", "wc-1", "--vm", "vm1", "-g", "rg1", "--storage-account", "local",
+            "--time-limit", "60", "--filters", '[{"protocol": "UDP", "localPort": "9"}]')
+    assert r.returncode == 0, r.stderr
+    for condition in (["--created"], ["--exists"], ["--updated"],
+                      ["--custom", "status.packetCaptureStatus=='Running'"]):
+        r = cli(coordinator, "capture", "wait", "-n", "wc-1", *condition, *fast)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), (condition, r.stderr)
+    r = cli(coordinator, "capture", "wait", "-n", "wc-1", "--custom", "status.packetCaptureStatus=='Nope'",
+            "--interval", "0.2", "--timeout", "1")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "fleetcap: capture 'wc-1': --custom status.packetCaptureStatus=='Nope' not met after 1s"
+    r = cli(coordinator, "capture", "wait", "-n", "wc-1", "--deleted", "--interval", "0.2", "--timeout", "1")
+    assert (r.returncode, r.stderr.strip()) == (1, "fleetcap: capture 'wc-1': --deleted not met after 1s")
+    for bad, message in ((["--created", "--deleted"], "give one of --created, --updated, --exists, --deleted or --custom"),
+                         (["--interval", "1"], "--interval goes with --created"),
+                         (["--custom", "[?"], "--custom: ")):
+        r = cli(coordinator, "capture", "wait", "-n", "wc-1", *bad)
+        assert r.returncode == 2 and r.stderr.startswith(f"fleetcap: error: {message}"), (bad, r.stderr)
+    assert cli(coordinator, "capture", "delete", "-n", "wc-1").returncode == 0
+    r = cli(coordinator, "capture", "wait", "-n", "wc-1", "--deleted", *fast)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
