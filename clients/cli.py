@@ -805,7 +805,60 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
 
 
-_LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors", "--log-format")  # the global options that also mean something to a daemon
+_LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors", "--log-format")
+
+# Examples shown by every command's --help; tests/unit/test_cli_docs.py parses each one.
+EXAMPLES: dict[str, list[str]] = {
+    "gateway": ["fleetcap --coordinator coord.example:7770 --tls-ca ca/ca.pem gateway --listen [::]:8443 "
+                "--tls-cert certs/gw1.pem --tls-key certs/gw1-key.pem --public-host gw.example "
+                "--webhook-token file:/etc/fleetcap/webhook.token"],
+    "tls ca create": ["fleetcap tls ca create --out ca"],
+    "tls cert create": ["fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example",
+                        "fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1",
+                        "fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
+                        "fleetcap tls cert create --ca ca --out certs --gateway gw1 --dns gw.example"],
+    "tls token create": ["fleetcap tls token create --name ops --role contributor --auth-file auth.toml"],
+    "tls token revoke": ["fleetcap tls token revoke --name ops --auth-file auth.toml"],
+    "agents list": ["fleetcap agents list -o table"],
+    "storage-accounts list": ["fleetcap storage-accounts list -o table"],
+    "capture create": [
+        "fleetcap capture create -n pc1 -g rg1 --vm vm1 --file-path /var/captures/pc1.cap --time-limit 60",
+        "fleetcap capture create -n pc2 -g rg1 --target web --target-type AzureVMSS --include 0 3 "
+        "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'"],
+    "capture show": ["fleetcap capture show -n pc1 -o yaml"],
+    "capture stop": ["fleetcap capture stop -n pc1"],
+    "capture delete": ["fleetcap capture delete -n pc1"],
+    "capture show-status": ["fleetcap capture show-status -n pc1 -o table",
+                            "fleetcap capture show-status -n pc1 --query \"instances[?kernelDrops > `0`].instanceId\""],
+    "capture query-status": ["fleetcap capture query-status --packet-capture-name pc1"],
+    "capture list": ["fleetcap capture list -o table", "fleetcap capture list --query \"[].name\" -o tsv"],
+    "capture download": ["fleetcap capture download -n pc1 --dest ./pc1 --merge"],
+    "capture follow": ["fleetcap capture follow -n pc1 --instance-id 3 | wireshark -k -i -"],
+    "capture watch": ["fleetcap capture watch -n pc1"],
+    "capture wait": ["fleetcap capture wait -n pc1 --progress",
+                     "fleetcap capture wait -n pc1 --created --interval 2",
+                     "fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" --interval 1 "
+                     "--timeout 60"],
+    "coordinator": ["fleetcap coordinator --listen 0.0.0.0:7770 --mtls-listen 0.0.0.0:7771 --tls-cert certs/coordinator.pem "
+                    "--tls-key certs/coordinator-key.pem --tls-client-ca ca/ca.pem --auth-file auth.toml"],
+    "agent": ["fleetcap agent --coordinator coord.example:7771 --vmss web --instance-id 3 -g rg1 --tls-ca ca/ca.pem "
+              "--tls-cert certs/agent.pem --tls-key certs/agent-key.pem"],
+}
+
+
+def with_examples(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Puts EXAMPLES in each command's --help."""
+    def visit(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    key = " ".join((*path, name))
+                    if key in EXAMPLES:
+                        child.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[key])
+                        child.formatter_class = argparse.RawDescriptionHelpFormatter
+                    visit(child, (*path, name))
+    visit(parser, ())
+    return parser  # the global options that also mean something to a daemon
 
 
 def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -846,7 +899,7 @@ def main(argv: Sequence[str] | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
-    args = globals_anywhere(parser or build_parser()[0]).parse_args(argv)
+    args = with_examples(globals_anywhere(parser or build_parser()[0])).parse_args(argv)
     level = "ERROR" if getattr(args, "only_show_errors", False) else args.log_level.upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if args.log_format == "json"
