@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-APT_PACKAGES := etcd-server etcd-client tcpdump tshark iproute2 libpcap0.8 chromium chromium-driver
+APT_PACKAGES := etcd-server etcd-client tcpdump tshark iproute2 libpcap0.8 chromium chromium-driver systemd
 STAMP := .venv/.fleetcap-installed
 # The installed layout (fleetcap.core, fleetcap.coordinator, ...) as a tree of links, for the
 # tools that read packages from the file system rather than import them (import-linter, mypy).

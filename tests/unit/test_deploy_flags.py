@@ -66,6 +66,15 @@ def test_every_kubernetes_workload_is_locked_down():
     assert coordinator["livenessProbe"]["grpc"] == {"port": health_port}
     etcd = " ".join(workloads["fleetcap-etcd"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "http://" not in etcd and "--client-cert-auth" in etcd and "--peer-client-cert-auth" in etcd
+    # The replicas share the local storage account's directory (docs/operations.md).
+    storage_dir = coordinator["args"][coordinator["args"].index("--storage-dir") + 1]
+    mount = next(m for m in coordinator["volumeMounts"] if m["mountPath"] == storage_dir)
+    volumes = workloads["fleetcap-coordinator"]["spec"]["template"]["spec"]["volumes"]
+    claim = next(v for v in volumes if v["name"] == mount["name"])["persistentVolumeClaim"]["claimName"]
+    pvc = next(d for d in manifests() if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert [d["metadata"]["name"] for d in manifests() if d["kind"] == "Namespace"] == ["fleetcap"]
+    assert {d["metadata"].get("namespace") for d in manifests() if d["kind"] != "Namespace"} == {"fleetcap"}
     policies = {d["metadata"]["name"] for d in manifests() if d["kind"] == "NetworkPolicy"}
     assert policies == {"fleetcap-coordinator", "fleetcap-etcd"}
 
@@ -78,3 +87,22 @@ def test_no_unit_or_manifest_puts_a_secret_or_plaintext_on_a_command_line():
         for flag in ("--storage-account", "--webhook-token", "--token"):
             for value in re.findall(rf"{flag}[ =\"',]+([^ \"',\\]+)", text):
                 assert value.startswith(("env:", "file:")) or "=env:" in value or "=file:" in value, (path, value)
+
+
+def test_systemd_units_verify(tmp_path):
+    """`systemd-analyze verify` accepts every unit as shipped (with the fleetcap path pointed at
+    this checkout's, since /opt/fleetcap does not exist here)."""
+    import shutil
+    import subprocess
+    import sys
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian's systemd) is needed; run make setup"
+    fleetcap = str(pathlib.Path(sys.executable).with_name("fleetcap"))
+    units = []
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace("/opt/fleetcap/.venv/bin/fleetcap", fleetcap))
+        units.append(str(copy))
+    assert len(units) == 4
+    r = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
