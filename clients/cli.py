@@ -895,11 +895,57 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
+def _completion_client(parsed: argparse.Namespace) -> sdk.Client:
+    creds = credentials(parsed)
+    return sdk.Client(getattr(parsed, "coordinator", None), timeout_s=2, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert,
+                      tls_key=creds.tls_key, token=creds.token, insecure=creds.insecure)
+
+
+def _complete_capture_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of --name: the coordinator's captures (none when it does not answer)."""
+    try:
+        with _completion_client(parsed_args) as c:
+            return [x.name for x in c.list() if x.name.startswith(prefix)]
+    except (sdk.FleetcapError, ValueError, UsageError):
+        return []
+
+
+def _complete_instance_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of --instance-id: the instances of the capture named on the line."""
+    try:
+        with _completion_client(parsed_args) as c:
+            status = c.get_status(name=parsed_args.name)
+        return [i.instance_id for i in status.instances if i.instance_id.startswith(prefix)]
+    except (sdk.FleetcapError, ValueError, UsageError, AttributeError):
+        return []
+
+
+def with_completion(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """argcomplete's completers: verbs and flags from the parser, capture names and instance ids
+    from the coordinator. Only when the shell asks (`_ARGCOMPLETE` set), then it exits."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return parser
+    import argcomplete
+
+    def visit(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in set(action.choices.values()):
+                    visit(child)
+            elif action.dest == "name" and "--name" in action.option_strings:
+                action.completer = _complete_capture_names  # type: ignore[attr-defined]
+            elif action.dest == "instance_id" and p.get_default("daemon") is not True:
+                action.completer = _complete_instance_ids  # type: ignore[attr-defined]
+    visit(parser)
+    argcomplete.autocomplete(parser)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
-    args = with_examples(globals_anywhere(parser or build_parser()[0])).parse_args(argv)
+    args = with_completion(with_examples(globals_anywhere(parser or build_parser()[0]))).parse_args(argv)
     level = "ERROR" if getattr(args, "only_show_errors", False) else args.log_level.upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if args.log_format == "json"

@@ -77,3 +77,30 @@ def test_az_wait_conditions(coordinator):
     assert cli(coordinator, "capture", "delete", "-n", "wc-1").returncode == 0
     r = cli(coordinator, "capture", "wait", "-n", "wc-1", "--deleted", *fast)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def complete(line: str, tmp_path) -> list[str]:
+    """What the shell gets from argcomplete for `line` (the cursor at its end)."""
+    out = tmp_path / "completions"
+    env = dict(os.environ, _ARGCOMPLETE="1", COMP_LINE=line, COMP_POINT=str(len(line)),
+               _ARGCOMPLETE_STDOUT_FILENAME=str(out))
+    r = subprocess.run([sys.executable, "-m", "fleetcap"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return sorted(x.strip() for x in out.read_text().split("\v") if x.strip())
+
+
+def test_shell_completion_of_verbs_flags_names_and_instances(coordinator, tmp_path):
+    assert complete("fleetcap capture sh", tmp_path) == ["show", "show-status"]
+    assert "--file-path" in complete("fleetcap capture create --fi", tmp_path)
+    r = cli(coordinator, "capture", "create", "-n", "cmp-1", "--vm", "vm1", "-g", "rg1", "--storage-account", "local",
+            "--time-limit", "60")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert complete(f"fleetcap --coordinator {coordinator} capture show -n cmp", tmp_path) == ["cmp-1"]
+        assert complete(f"fleetcap capture follow --coordinator {coordinator} -n cmp-1 --instance-id ", tmp_path) == \
+            ["vm1"]
+        # A coordinator that does not answer: no names, no error, no wait beyond the call's deadline.
+        assert complete(f"fleetcap --coordinator unix:{tmp_path}/none.sock capture show -n cmp", tmp_path) == []
+    finally:
+        assert cli(coordinator, "capture", "delete", "-n", "cmp-1").returncode == 0
