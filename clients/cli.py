@@ -338,7 +338,9 @@ def cmd_wait(client: sdk.Client, args) -> int:
         return _wait_for_condition(client, args)
     if args.interval != WAIT_INTERVAL_S:
         raise UsageError("--interval goes with --created, --updated, --exists, --deleted or --custom")
-    if args.progress:
+    if args.progress and sys.stderr.isatty():  # the live table, on stderr so stdout stays the result
+        _watch_live(client.get(name=args.name), _status_feed(client, args.name, args.timeout), stream=sys.stderr)
+    elif args.progress:
         for status in client.watch(name=args.name):
             parts = [f"{i.instance_id}:{i.packet_capture_status}/{i.packets_captured}p/{i.bytes_captured}B"
                      + (f"/up {i.files[0].uploaded_bytes}B" if i.files and i.files[0].storage_path else "")
@@ -352,44 +354,70 @@ def cmd_wait(client: sdk.Client, args) -> int:
 def cmd_watch(client: sdk.Client, args) -> int:
     """Live per-instance progress until the capture has settled. On a terminal the block is
     redrawn in place every second (the time bars move); otherwise a block per change."""
-    import queue
-    import threading
 
     from fleetcap.clients import progress
     capture = client.get(name=args.name)
+    updates = _status_feed(client, args.name, args.timeout)
+    if sys.stdout.isatty():
+        _watch_live(capture, updates)
+    else:  # piped: a plain block per change
+        shown = None
+        while (item := updates.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            lines = progress.render(capture, item, datetime.datetime.now(datetime.UTC))
+            if lines != shown:  # a change the bars show
+                shown = lines
+                sys.stdout.write("\n".join(lines) + "\n\n")
+                sys.stdout.flush()
+    final = client.get_status(name=args.name)
+    return EXIT_OK if final.packet_capture_status == Status.STOPPED and not final.packet_capture_error else EXIT_ERROR
+
+
+def _status_feed(client: sdk.Client, name: str, timeout_s: float | None):
+    """A queue that a thread fills with the capture's statuses as they change, then None (or the
+    exception that ended the watch)."""
+    import queue
+    import threading
     updates: queue.Queue = queue.Queue()
 
     def follow() -> None:
         try:
-            for status in client.watch(name=args.name, timeout_s=args.timeout):
+            for status in client.watch(name=name, timeout_s=timeout_s):
                 updates.put(status)
             updates.put(None)
         except (sdk.FleetcapError, TimeoutError) as e:
             updates.put(e)
     threading.Thread(target=follow, daemon=True).start()
-    tty = sys.stdout.isatty()
-    status, drawn, shown = None, 0, None
-    while True:
-        try:
-            item = updates.get(timeout=1.0 if tty else None)
-        except queue.Empty:
-            item = status  # redraw: the clock moved
-        if item is None:
-            break
-        if isinstance(item, Exception):
-            raise item
-        status = item
-        lines = progress.render(capture, status, datetime.datetime.now(datetime.UTC))
-        if lines == shown:
-            continue  # a change the bars do not show
-        shown = lines
-        if tty and drawn:
-            sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
-        sys.stdout.write("\n".join(lines) + "\n" + ("" if tty else "\n"))
-        sys.stdout.flush()
-        drawn = len(lines)
-    final = client.get_status(name=args.name)
-    return EXIT_OK if final.packet_capture_status == Status.STOPPED and not final.packet_capture_error else EXIT_ERROR
+    return updates
+
+
+def _watch_live(capture, updates, stream=None) -> None:
+    """The terminal view: rich redraws a table that fits the terminal's width in place, twice a
+    second, with each instance's rates and a total row, until the capture has settled."""
+    import queue
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from fleetcap.clients import progress
+    rates = progress.Rates()
+    status = None
+    console = Console(file=stream) if stream is not None else Console()
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        while True:
+            try:
+                item = updates.get(timeout=1.0)
+            except queue.Empty:
+                item = status  # redraw: the clock and the time bars moved
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            status = item
+            rates.update(status, time.monotonic())
+            live.update(progress.table(capture, status, datetime.datetime.now(datetime.UTC), rates, console.width))
 
 
 def cmd_download(client: sdk.Client, args) -> int:

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -104,3 +105,71 @@ def test_shell_completion_of_verbs_flags_names_and_instances(coordinator, tmp_pa
         assert complete(f"fleetcap --coordinator unix:{tmp_path}/none.sock capture show -n cmp", tmp_path) == []
     finally:
         assert cli(coordinator, "capture", "delete", "-n", "cmp-1").returncode == 0
+
+
+def run_in_terminal(argv: list[str], columns: int, rows: int = 40, timeout: float = 60) -> str:
+    """argv's output as a terminal of `columns` columns shows it (a pty), escape sequences removed."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, env=dict(env, TERM="xterm"),
+                            close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;]*[ABFK]", "\n", text)  # cursor moves and line erases: a new line on screen
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text), proc.returncode
+
+
+def test_watch_on_a_terminal_fits_its_width(coordinator):
+    r = cli(coordinator, "capture", "create", "-n", "tty-1", "--vm", "vm1", "-g", "rg1", "--storage-account", "local",
+            "--time-limit", "3", "--capture-limit", "1000000", "--filters", '[{"protocol": "UDP", "localPort": "9"}]')
+    assert r.returncode == 0, r.stderr
+    try:
+        text, code = run_in_terminal([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "capture",
+                                      "watch", "-n", "tty-1", "--timeout", "30"], columns=100)
+        assert code == 0, text[-3000:]
+        lines = [line for line in text.split("\n") if line.strip()]
+        assert max(len(line) for line in lines) <= 100, [line for line in lines if len(line) > 100]
+        assert "tty-1: Stopped (TimeExceeded)" in text
+        assert any(line.split()[:3] == ["Total", "1", "instance"] for line in lines), text[-2000:]
+        assert any(line.split()[:2] == ["Instance", "Status"] and "Pkt/s" in line for line in lines)
+    finally:
+        cli(coordinator, "capture", "delete", "-n", "tty-1")
+    # wait --progress draws the same table, on the terminal's stderr; a wide terminal gets the
+    # stored bytes and the reason too.
+    r = cli(coordinator, "capture", "create", "-n", "tty-2", "--vm", "vm1", "-g", "rg1", "--storage-account", "local",
+            "--time-limit", "2", "--filters", '[{"protocol": "UDP", "localPort": "9"}]')
+    assert r.returncode == 0, r.stderr
+    try:
+        text, code = run_in_terminal([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "capture",
+                                      "wait", "-n", "tty-2", "--progress", "--timeout", "30"], columns=160)
+        assert code == 0, text[-3000:]
+        lines = [line for line in text.split("\n") if line.strip()]
+        lines = lines[:lines.index("{")]  # the table on stderr; then the result, JSON, on stdout
+        assert max(len(line) for line in lines) <= 160
+        assert any(line.split()[:2] == ["Instance", "Status"] and "Stored" in line and "Reason" in line
+                   for line in lines), text[-2000:]
+        assert any(line.split()[:3] == ["Total", "1", "instance"] for line in lines)
+        assert any("TimeExceeded" in line for line in lines)
+    finally:
+        cli(coordinator, "capture", "delete", "-n", "tty-2")
