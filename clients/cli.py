@@ -697,6 +697,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--subscription", help="accepted on every command, as az's; a deployment is one subscription "
                                           "(create takes it as the capture's)")
     p.add_argument("--version", action="version", version=f"fleetcap {_version()}")
+    p.add_argument("--config", metavar="FILE", help="TOML defaults for any flag: top-level keys for the global flags, "
+                                                   "a table per command ([coordinator], [agent], [gateway], "
+                                                   "[capture.create]); the command line wins (env FLEETCAP_CONFIG)")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                    default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO").upper(),
                    help="DEBUG, INFO, WARNING or ERROR (env FLEETCAP_LOG_LEVEL)")
@@ -833,7 +836,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
 
 
-_LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors", "--log-format")
+_LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors", "--log-format", "--config")
 
 # Examples shown by every command's --help; tests/unit/test_cli_docs.py parses each one.
 EXAMPLES: dict[str, list[str]] = {
@@ -923,6 +926,74 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
+def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Defaults from a TOML file (`--config FILE` anywhere on the line, or $FLEETCAP_CONFIG): the
+    global flags at the top level or in `[global]` (the client's `coordinator` address must go
+    there, since `[coordinator]` is the daemon's table), and a table per command for its flags,
+    each key a flag's name without its dashes (`[coordinator]`, `[agent]`, `[capture.create]`).
+    The command line wins over the file. Secrets stay `env:` or `file:` references, as on the
+    command line. Raises UsageError naming the file, the table and the key."""
+    import tomllib
+    path = os.environ.get("FLEETCAP_CONFIG", "")
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"--config: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--config: {path} is not valid TOML ({e})") from None
+
+    def apply(p: argparse.ArgumentParser, table: dict[str, Any], where: str) -> None:
+        children = next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+        defaults: dict[str, Any] = {}
+        for key, value in table.items():
+            here = f"{path}: {where}{key}"
+            if isinstance(value, dict) and key == "global" and not where:
+                apply(p, value, "global.")  # the global flags (a table, since `coordinator` is also a command)
+                continue
+            if isinstance(value, dict):
+                if key not in children:
+                    raise UsageError(f"--config: {here}: no command '{key}' here")
+                apply(children[key], value, f"{where}{key}.")
+                continue
+            action = p._option_string_actions.get(f"--{key}")
+            if action is None or action.dest in ("help", "config") or isinstance(action, argparse._VersionAction):
+                raise UsageError(f"--config: {here}: not a flag of this command")
+            defaults[action.dest] = _config_value(action, value, here)
+        p.set_defaults(**defaults)
+    apply(parser, doc, "")
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    if isinstance(action, argparse._StoreConstAction):  # store_true and its kind
+        if not isinstance(value, bool):
+            raise UsageError(f"--config: {where}: must be true or false")
+        return action.const if value else action.default
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+    values = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        raise UsageError(f"--config: {where}: takes one value, not a list")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise UsageError(f"--config: {where}: must be a string or a number")
+        try:
+            converted = action.type(str(v)) if callable(action.type) else str(v)
+        except (TypeError, ValueError):
+            raise UsageError(f"--config: {where}: '{v}' is not valid") from None
+        if action.choices is not None and converted not in action.choices:
+            raise UsageError(f"--config: {where}: '{v}' is not one of {', '.join(map(str, action.choices))}")
+        out.append(converted)
+    return out if many else out[0]
+
+
 def _completion_client(parsed: argparse.Namespace) -> sdk.Client:
     creds = credentials(parsed)
     return sdk.Client(getattr(parsed, "coordinator", None), timeout_s=2, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert,
@@ -973,7 +1044,13 @@ def main(argv: Sequence[str] | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
-    args = with_completion(with_examples(globals_anywhere(parser or build_parser()[0]))).parse_args(argv)
+    parser = with_examples(globals_anywhere(parser or build_parser()[0]))
+    try:
+        apply_config(parser, list(sys.argv[1:] if argv is None else argv))
+    except UsageError as e:
+        print(f"fleetcap: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    args = with_completion(parser).parse_args(argv)
     level = "ERROR" if getattr(args, "only_show_errors", False) else args.log_level.upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if args.log_format == "json"

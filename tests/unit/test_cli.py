@@ -209,3 +209,63 @@ def test_json_logs_are_one_object_a_line():
         "time": "2026-12-02T16:00:00.250Z", "level": "WARNING", "logger": "fleetcap.x", "message": "capture pc1: 3 drops"}
     assert _parse("coordinator", "--log-format", "json").log_format == "json"
     assert _parse("capture", "list", "--log-format", "json").log_format == "json"
+
+
+# -- --config FILE ---------------------------------------------------------------------------------
+
+def _with_config(tmp_path, text: str, *argv: str):
+    from fleetcap.clients.cli import apply_config, globals_anywhere
+    from fleetcap.main import build_parser
+    path = tmp_path / "fleetcap.toml"
+    path.write_text(text)
+    parser = globals_anywhere(build_parser())
+    apply_config(parser, ["--config", str(path), *argv])
+    return parser.parse_args(["--config", str(path), *argv])
+
+
+def test_a_config_file_sets_any_flag_and_the_command_line_wins(tmp_path):
+    text = """
+log-level = "warning"
+output = "table"
+[coordinator]
+listen = ["unix:/run/fleetcap/api.sock", "0.0.0.0:7770"]
+auth-file = "/etc/fleetcap/auth.toml"
+agent-ttl = 20
+insecure = false
+[gateway]
+listen = "[::]:8443"
+webhook-token = "file:/etc/fleetcap/webhook.token"
+[capture.create]
+time-limit = 300
+"""
+    c = _with_config(tmp_path, text, "coordinator")
+    assert (c.listen, c.auth_file, c.agent_ttl, c.insecure, c.log_level) == (
+        ["unix:/run/fleetcap/api.sock", "0.0.0.0:7770"], "/etc/fleetcap/auth.toml", 20, False, "WARNING")
+    assert _with_config(tmp_path, text, "coordinator", "--agent-ttl", "5").agent_ttl == 5
+    g = _with_config(tmp_path, text, "gateway")
+    assert (g.listen, g.webhook_token) == ("[::]:8443", "file:/etc/fleetcap/webhook.token")
+    cr = _with_config(tmp_path, text, "capture", "create", "-n", "pc1", "--vm", "vm1")
+    assert (cr.time_limit, cr.output) == (300, "table")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[coordinator]\nlisen = ['x']\n", "[coordinator].lisen: not a flag of this command"),
+    ("[coordinator]\nagent-ttl = 'soon'\n", "coordinator.agent-ttl: 'soon' is not valid"),
+    ("[coordinator]\ninsecure = 'yes'\n", "coordinator.insecure: must be true or false"),
+    ("[coordinator]\nauth-file = ['a', 'b']\n", "coordinator.auth-file: takes one value, not a list"),
+    ("output = 'xml'\n", "output: 'xml' is not one of json"),
+    ("[nothing]\nx = 1\n", "nothing: no command 'nothing' here"),
+    ("[global]\nvm = 'vm1'\n", "global.vm: not a flag of this command"),
+    ("listen = \n", "is not valid TOML"),
+])
+def test_a_bad_config_names_the_file_the_table_and_the_key(tmp_path, text, message):
+    from fleetcap.clients.cli import UsageError
+    with pytest.raises(UsageError) as e:
+        _with_config(tmp_path, text, "coordinator")
+    assert str(e.value).startswith("--config: ") and message.replace("[coordinator].", "coordinator.") in str(e.value)
+
+
+def test_a_missing_config_file_is_exit_2(tmp_path, capsys):
+    from fleetcap.main import main
+    assert main(["--config", str(tmp_path / "none.toml"), "capture", "list"]) == 2
+    assert capsys.readouterr().err.startswith(f"fleetcap: error: --config: cannot read {tmp_path}/none.toml")

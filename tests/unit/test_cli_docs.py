@@ -88,3 +88,20 @@ def test_every_command_has_examples_and_each_one_parses():
             for word in key.split():
                 command = subparsers(command)[word]
             assert args.func is command.get_default("func"), example  # it runs the command it illustrates
+
+
+def test_the_config_example_in_the_doc_applies(tmp_path):
+    from fleetcap.clients.cli import apply_config
+    example = section("The `fleetcap` command") if "## The `fleetcap` command" in DOC else DOC
+    toml = re.search(r"```toml\n(.*?)```", example, re.S).group(1)
+    (tmp_path / "f.toml").write_text(toml)
+    argv = ["--config", str(tmp_path / "f.toml")]
+    parser = globals_anywhere(build_parser())
+    apply_config(parser, argv)
+    agent = parser.parse_args([*argv, "agent"])
+    assert (agent.coordinator, agent.vmss, agent.instance_id, agent.tls_ca) == (
+        "coord.example:7771", "web", "3", "/etc/fleetcap/tls/ca.pem")
+    coord = parser.parse_args([*argv, "coordinator"])
+    assert coord.etcd == "https://10.0.0.11:2379,https://10.0.0.12:2379" and coord.log_format == "json"
+    create = parser.parse_args([*argv, "capture", "create", "-n", "pc1", "--vm", "vm1"])
+    assert (create.time_limit, create.coordinator) == (300, "coord.example:7770")
