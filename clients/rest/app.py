@@ -177,20 +177,14 @@ class Hardening:
             if message["type"] == "http.response.start":
                 started = True
                 deadline.reschedule(None)  # the response has begun: from now on only writes are timed
-                headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
-                            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                            (b"cache-control", b"no-store")]
-                if self.tls:
-                    headers.append((b"strict-transport-security", b"max-age=31536000"))
-                message = {**message, "headers": headers}
+                message = self._secured(message)
             async with asyncio.timeout(self.settings.send_timeout_s):
                 await send(message)
 
         if self._slots.locked():
             response = _error_response(arm.HttpError(503, "ServiceUnavailable", "the gateway is busy; retry shortly",
                                                      {"Retry-After": "1"}))
-            await response(scope, receive, guarded_send_unlimited(send))
+            await response(scope, receive, self._untimed(send))
             return
         async with self._slots:
             try:
@@ -201,17 +195,22 @@ class Hardening:
                     log.warning("%s %s: the client stopped reading; connection closed", scope["method"], scope["path"])
                     return
                 await _error_response(arm.HttpError(504, "GatewayTimeout", "the request took too long"))(
-                    scope, receive, guarded_send_unlimited(send))
+                    scope, receive, self._untimed(send))
 
+    def _secured(self, start: Message) -> Message:
+        """A response start with the security headers every response carries."""
+        headers = [*start.get("headers", []), (b"content-security-policy", CSP.encode()),
+                   (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                   (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
+        if self.tls:
+            headers.append((b"strict-transport-security", b"max-age=31536000"))
+        return {**start, "headers": headers}
 
-def guarded_send_unlimited(send: Send) -> Send:
-    async def with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (b"x-frame-options", b"DENY"),
-                                              (b"x-content-type-options", b"nosniff"),
-                                              (b"content-security-policy", CSP.encode())]}
-        await send(message)
-    return with_headers
+    def _untimed(self, send: Send) -> Send:
+        """`send` with the security headers and no timeout: the gateway's own 503 and 504."""
+        async def secured(message: Message) -> None:
+            await send(self._secured(message) if message["type"] == "http.response.start" else message)
+        return secured
 
 
 def _error_response(e: arm.HttpError) -> JSONResponse:
