@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
 	@test -x node_modules/.bin/azurite-blob || npm install --no-save --no-audit --no-fund azurite@3.35.0
+	@# promtool (checks deploy/prometheus): taken out of Debian's prometheus package without
+	@# installing it, so that no Prometheus daemon is set up or started on this machine.
+	@test -x .venv/bin/promtool || { mkdir -p build/prometheus && cd build/prometheus && \
+	  { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
+	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../../.venv/bin/promtool && rm -rf root; }
 	@touch $(STAMP)
 
 protos: setup

@@ -73,6 +73,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     metrics = CoordinatorMetrics()
+    service.on_first_report = metrics.fanout.observe
+    metrics.storage_accounts(sinks)
     oidc = OidcVerifier(settings.oidc) if settings.oidc.enabled else None
     authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert), oidc=oidc)
     server = transport.aio_server([AuthInterceptor(authenticator, metrics)])

@@ -11,7 +11,7 @@ import builtins
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 from fleetcap.coordinator import status as st
@@ -94,6 +94,8 @@ class CaptureService:
         self.config = config or ServiceConfig()
         self.filters = filters or FilterCompiler()
         self._last_created = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self.on_first_report: Callable[[float], None] = lambda seconds: None
+        """Called with the seconds from a capture's creation to an instance's first report (metrics)."""
 
     # -- public API ----------------------------------------------------------------------
 
@@ -352,9 +354,12 @@ class CaptureService:
             log.warning("progress for capture %s from %s, which it does not target", name, instance_key)
             return
         new = progress.status
+        first_report = False
 
         def apply(rec: state_pb2.InstanceRecord) -> bool:
+            nonlocal first_report
             old = rec.status
+            first_report = False
             try:
                 st.check_transition(old.packet_capture_status, new.packet_capture_status, old.packet_capture_error)
             except st.IllegalTransition as e:
@@ -371,10 +376,14 @@ class CaptureService:
                     return False
             if merged == old:
                 return False
+            first_report = old.packet_capture_status == Status.NOT_STARTED != merged.packet_capture_status
             rec.status.CopyFrom(merged)
             return True
 
         await self.store.update_instance(name, instance_key, apply)
+        if first_report:
+            created = parse_rfc3339(record.resource.created_time)
+            self.on_first_report((dt.datetime.now(dt.UTC) - created).total_seconds())
 
     async def agent_connected(self, instance_key: str, hello: fleet_pb2.AgentHello) -> None:
         """Reconciles an agent that (re)connected: applies what it reports, starts what it

@@ -10,10 +10,10 @@ import asyncio
 import logging
 import signal
 
-from fleetcap.core.metrics import Registry, serve_http
+from fleetcap.core.metrics import serve_http
 from fleetcap.node_agent.control import ControlLoop, Coordinators
 from fleetcap.node_agent.host import coordinator_endpoints, default_interface
-from fleetcap.node_agent.metrics import metric_families
+from fleetcap.node_agent.metrics import agent_registry
 from fleetcap.node_agent.runner import CaptureRunner
 from fleetcap.node_agent.settings import AgentSettings
 
@@ -33,9 +33,7 @@ async def serve(settings: AgentSettings) -> None:
                            on_report=lambda cap: control.report(cap) if control else None)
     control = ControlLoop(settings.identity, coordinators, runner)
     if settings.metrics_listen:
-        registry = Registry()
-        registry.collector(lambda: metric_families(runner))
-        await serve_http(registry, settings.metrics_listen)
+        await serve_http(agent_registry(runner), settings.metrics_listen)
     print(f"fleetcap agent on {interface} dialing {settings.coordinator}", flush=True)
     runner.recover()
     try:

@@ -28,10 +28,12 @@ import json
 import logging
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -47,7 +49,7 @@ from fleetcap.clients import pcapng, sdk
 from fleetcap.clients.rest import arm, openapi
 from fleetcap.clients.rest.alerts import AlertRules, handle_alertmanager, handle_azure_monitor
 from fleetcap.core import transport
-from fleetcap.core.metrics import Registry
+from fleetcap.core.metrics import FAST_BUCKETS, exposition, new_registry
 from fleetcap.core.naming import instance_name
 from fleetcap.core.vocabulary import Status
 
@@ -110,9 +112,13 @@ class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.rules = AlertRules.load(settings.alert_rules) if settings.alert_rules else AlertRules([])
-        self.metrics = Registry()
-        self.requests = self.metrics.counter("fleetcap_gateway_requests_total", "HTTP requests by route and status",
-                                             ("route", "code"))
+        self.metrics = new_registry("gateway")
+        self.requests = Counter("fleetcap_gateway_requests", "HTTP requests by route and status", ("route", "code"),
+                                registry=self.metrics)
+        self.latency = Histogram("fleetcap_gateway_request_duration_seconds",
+                                 "Time to answer an HTTP request, by route, up to the start of the response "
+                                 "(a download's or event stream's first byte)", ("route",),
+                                 buckets=FAST_BUCKETS, registry=self.metrics)
         self.alert_lock = asyncio.Lock()  # one alert flow at a time: delete, quota check, create
         self._client: sdk.AsyncClient | None = None
         self._alert_client: sdk.Client | None = None
@@ -232,7 +238,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     def route(name: str, handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
-            status = 500
+            status, started = 500, time.perf_counter()
             try:
                 response = await handler(gateway, request)
                 status = response.status_code
@@ -245,7 +251,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 status = err.status
                 return _error_response(err)
             finally:
-                gateway.requests.inc(name, str(status))
+                gateway.requests.labels(name, str(status)).inc()
+                gateway.latency.labels(name).observe(time.perf_counter() - started)
         return endpoint
 
     methods = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE"]
@@ -402,7 +409,8 @@ async def openapi_endpoint(gateway: Gateway, request: Request) -> Response:
 async def metrics_endpoint(gateway: Gateway, request: Request) -> Response:
     _need(request, "GET", "HEAD")
     await gateway.caller(request).list_storage_accounts()  # the caller's token must hold a role (reader)
-    return Response(gateway.metrics.render(), 200, media_type="text/plain; version=0.0.4")
+    body, content_type = exposition(gateway.metrics, request.headers.get("accept", ""))
+    return Response(body, 200, media_type=content_type)
 
 
 async def not_found(gateway: Gateway, request: Request) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -24,15 +25,16 @@ Unary = Callable[["CaptureServicer", Req, Context], Awaitable[Resp]]
 
 
 def _mapped(method: Unary[Req, Resp]) -> Unary[Req, Resp]:
-    """Counts the call and maps its failure to a status code (status_codes.py)."""
+    """Counts and times the call and maps its failure to a status code (status_codes.py)."""
     @functools.wraps(method)
     async def wrapper(self: CaptureServicer, request: Req, context: Context) -> Resp:
+        started = time.perf_counter()
         try:
             response = await method(self, request, context)
         except Exception as e:  # every failure leaves as a status code, never a traceback
-            self.metrics.api_call(method.__name__, status_codes.status_for(e)[0].name)
+            self.metrics.api_call(method.__name__, status_codes.status_for(e)[0].name, time.perf_counter() - started)
             await status_codes.abort(context, e)
-        self.metrics.api_call(method.__name__, "OK")
+        self.metrics.api_call(method.__name__, "OK", time.perf_counter() - started)
         return response
     return wrapper
 

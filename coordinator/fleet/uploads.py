@@ -121,6 +121,7 @@ class Uploads:
             raise DataLoss(f"storage: {e}") from None
         except SinkError as e:
             log.warning("upload to %s: %s", object_name, e)
+            self.metrics.storage_failures.labels(account).inc()
             raise StorageFailed(f"storage: {e}") from None
         finally:
             pump.cancel()
@@ -136,6 +137,7 @@ class Uploads:
             yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                            stored_sha256=done.sha256)
             return
+        opened = time.monotonic()
         durable = await asyncio.to_thread(writer.open, op.restart)
         received, unflushed_since = durable, None
         yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
@@ -167,9 +169,12 @@ class Uploads:
                 if self._newest.get(object_name) is not token:
                     raise Superseded("a newer upload stream took over this file")
                 if isinstance(req, fleet_pb2.UploadRequest) and req.HasField("finish"):
+                    committing = time.monotonic()
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
+                    self.metrics.commit_duration.labels(account).observe(time.monotonic() - committing)
+                    self.metrics.upload_duration.labels(account).observe(time.monotonic() - opened)
                     if done.size > durable:
-                        self.metrics.storage_written.inc(account, amount=done.size - durable)
+                        self.metrics.storage_written.labels(account).inc(done.size - durable)
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
                     await asyncio.to_thread(_trim_ring, record, op, sink)
                     yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
@@ -196,7 +201,7 @@ class Uploads:
                     unflushed_since = None if new == received else time.monotonic()
                 if new != durable:
                     if new > durable:
-                        self.metrics.storage_written.inc(account, amount=new - durable)
+                        self.metrics.storage_written.labels(account).inc(new - durable)
                     durable = new
                     yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
         finally:

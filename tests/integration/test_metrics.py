@@ -10,18 +10,24 @@ import urllib.request
 import pytest
 
 from fleetcap.clients import sdk
+from tests.metrics_doc import documented, served
 
 pytestmark = pytest.mark.integration
 
 
+def exposition(address: str, accept: str = "") -> tuple[str, str]:
+    request = urllib.request.Request(f"http://{address}/metrics", headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.headers["Content-Type"], r.read().decode()
+
+
 def scrape(address: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = r.read().decode()
+    content_type, text = exposition(address)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     samples = {}
     for line in text.splitlines():
         if line.startswith("#"):
-            assert re.match(r"^# (HELP|TYPE) fleetcap_[a-z_]+ ", line), line
+            assert re.match(r"^# (HELP|TYPE) (fleetcap|process|python)_[a-z_]+ ", line), line
             continue
         name, value = line.rsplit(" ", 1)
         samples[name] = float(value)
@@ -72,7 +78,32 @@ def test_metrics_follow_a_capture(coordinator):
     assert coord["fleetcap_upload_lag_bytes"] == 0
     assert coord['fleetcap_storage_written_bytes_total{account="local"}'] == inst.bytes_captured
     assert coord["fleetcap_stored_bytes"] == inst.bytes_captured
-    assert coord['fleetcap_api_requests_total{method="Create",code="OK"}'] == 1
-    assert coord['fleetcap_api_errors_total{method="Get",code="NOT_FOUND"}'] == 1
-    assert coord['fleetcap_api_requests_total{method="Get",code="NOT_FOUND"}'] == 1
-    assert 'fleetcap_api_errors_total{method="Create",code="OK"}' not in coord
+    assert coord['fleetcap_api_requests_total{code="OK",method="Create"}'] == 1
+    assert coord['fleetcap_api_errors_total{code="NOT_FOUND",method="Get"}'] == 1
+    assert coord['fleetcap_api_requests_total{code="NOT_FOUND",method="Get"}'] == 1
+    assert 'fleetcap_api_errors_total{code="OK",method="Create"}' not in coord
+    # The histograms: one Create call, one instance reaching Running, one file uploaded.
+    assert coord['fleetcap_api_request_duration_seconds_count{method="Create"}'] == 1
+    assert 0 < coord['fleetcap_api_request_duration_seconds_sum{method="Create"}'] < 10
+    assert coord["fleetcap_fanout_duration_seconds_count"] == 1
+    assert 0 < coord["fleetcap_fanout_duration_seconds_sum"] < 10
+    assert coord['fleetcap_upload_duration_seconds_count{account="local"}'] == 1
+    assert coord['fleetcap_storage_commit_duration_seconds_count{account="local"}'] == 1
+    assert coord['fleetcap_upload_duration_seconds_bucket{account="local",le="+Inf"}'] == 1
+    # Each daemon's own CPU and memory, and what it runs.
+    for daemon, figures in (("coordinator", coord), ("agent", agent)):
+        assert figures["process_resident_memory_bytes"] > 10 << 20
+        assert figures["process_cpu_seconds_total"] > 0
+        [build] = [k for k in figures if k.startswith("fleetcap_build_info{")]
+        assert f'component="{daemon}"' in build and figures[build] == 1
+    # docs/operations.md lists every fleetcap_ metric these daemons serve, with its type and
+    # labels (every labelled series has samples by now, so the labels are compared too).
+    got = served(exposition(coordinator.coordinator_metrics)[1]) | served(exposition(coordinator.agent_metrics)[1])
+    assert got == {k: v for k, v in documented().items() if not k.startswith("fleetcap_gateway_")}
+
+
+def test_openmetrics_on_request(coordinator):
+    content_type, text = exposition(coordinator.coordinator_metrics, "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert text.endswith("# EOF\n") and "# TYPE fleetcap_api_requests counter" in text
+

@@ -13,6 +13,7 @@ import pytest
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import ARM, ROOT, Gateway
+from tests.metrics_doc import documented, served
 
 pytestmark = pytest.mark.integration
 API = "?api-version=2024-05-01"
@@ -123,8 +124,12 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(gateway, tmp_path):
     status, metrics = gateway.call("GET", "/metrics")
     assert status == 200, metrics
     counts = dict(line.rsplit(" ", 1) for line in metrics.decode().splitlines() if not line.startswith("#"))
-    assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="201"}'])) >= 1, metrics
-    assert int(float(counts['fleetcap_gateway_requests_total{route="arm",code="200"}'])) >= 1
+    assert int(float(counts['fleetcap_gateway_requests_total{code="201",route="arm"}'])) >= 1, metrics
+    assert int(float(counts['fleetcap_gateway_requests_total{code="200",route="arm"}'])) >= 1
+    assert int(float(counts['fleetcap_gateway_request_duration_seconds_count{route="arm"}'])) >= 2
+    # docs/operations.md lists the gateway's metrics with their types and labels.
+    assert served(metrics.decode(), "fleetcap_gateway_") == documented("fleetcap_gateway_")
+    assert 'fleetcap_build_info{component="gateway"' in metrics.decode()
 
 
 def test_coordinator_down_is_503_in_azure_shape(tmp_path):
