@@ -43,6 +43,25 @@ class UsageError(Exception):
     """Bad command-line input, reported with exit code 2."""
 
 
+CLI_EXTRA = "pip install 'fleetcap[cli]'"
+
+
+def optional(module: str, what: str) -> Any:
+    """Imports a package of an extra (the CLI's: rich, jmespath, PyYAML, argcomplete,
+    cryptography), or says which extra brings it: `pip install fleetcap` alone is the agent and
+    the SDK, and an agent host carries nothing it does not import."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{what} needs {module.split('.')[0]}, which this install lacks: {CLI_EXTRA}") from None
+
+
+def has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object a line: time (RFC 3339, UTC), level, logger, message, and the exception's
     text when there is one."""
@@ -87,8 +106,8 @@ def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | No
     a table of a query's result takes its columns from the result."""
     output, query = args.output, getattr(args, "query", None)
     if query:
-        import jmespath
-        import jmespath.exceptions
+        jmespath = optional("jmespath", "--query")
+        optional("jmespath.exceptions", "--query")
         try:
             data = jmespath.search(query, data)
         except jmespath.exceptions.JMESPathError as e:
@@ -98,16 +117,16 @@ def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | No
         return
     if output in ("json", "jsonc") or (table is None and output in ("table", "tsv")):
         text = json.dumps(data, indent=2)
-        if output == "jsonc" and sys.stdout.isatty():
+        if output == "jsonc" and sys.stdout.isatty() and has("rich"):
             from rich.console import Console
             Console().print_json(text)
         else:
             print(text)
         return
     if output in ("yaml", "yamlc"):
-        import yaml
+        yaml = optional("yaml", f"-o {output}")
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-        if output == "yamlc" and sys.stdout.isatty():
+        if output == "yamlc" and sys.stdout.isatty() and has("rich"):
             from rich.console import Console
             from rich.syntax import Syntax
             Console().print(Syntax(text, "yaml"))
@@ -297,8 +316,8 @@ def _wait_for_condition(client: sdk.Client, args) -> int:
     import time
     condition = next((c for c in _WAIT_CONDITIONS if getattr(args, c)), "custom")
     if args.custom:
-        import jmespath
-        import jmespath.exceptions
+        jmespath = optional("jmespath", "--custom")
+        optional("jmespath.exceptions", "--custom")
         try:
             query = jmespath.compile(args.custom)
         except jmespath.exceptions.JMESPathError as e:
@@ -338,7 +357,7 @@ def cmd_wait(client: sdk.Client, args) -> int:
         return _wait_for_condition(client, args)
     if args.interval != WAIT_INTERVAL_S:
         raise UsageError("--interval goes with --created, --updated, --exists, --deleted or --custom")
-    if args.progress and sys.stderr.isatty():  # the live table, on stderr so stdout stays the result
+    if args.progress and sys.stderr.isatty() and has("rich"):  # the live table, on stderr: stdout is the result
         _watch_live(client.get(name=args.name), _status_feed(client, args.name, args.timeout), stream=sys.stderr)
     elif args.progress:
         for status in client.watch(name=args.name):
@@ -358,7 +377,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
     from fleetcap.clients import progress
     capture = client.get(name=args.name)
     updates = _status_feed(client, args.name, args.timeout)
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and has("rich"):  # without the cli extra, the plain blocks below
         _watch_live(capture, updates)
     else:  # piped: a plain block per change
         shown = None
@@ -545,6 +564,7 @@ def cmd_gateway(args) -> int:
 # -- tls: the PKI helper ----------------------------------------------------------------------
 
 def cmd_tls_ca_create(args: argparse.Namespace) -> int:
+    optional("cryptography", "fleetcap tls")
     from fleetcap.core import pki
     issued = pki.create_ca(args.out)
     print(f"wrote {issued.cert_path} and {issued.key_path} (keep the key offline; give agents and clients ca.pem)")
@@ -552,6 +572,7 @@ def cmd_tls_ca_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tls_cert_create(args: argparse.Namespace) -> int:
+    optional("cryptography", "fleetcap tls")
     from fleetcap.core import auth, naming, pki
     from fleetcap.v1 import fleet_pb2
     kinds = [k for k in ("coordinator", "agent", "client", "gateway") if getattr(args, k)]
@@ -1022,7 +1043,7 @@ def _complete_instance_ids(prefix: str, parsed_args: argparse.Namespace, **_: An
 def with_completion(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """argcomplete's completers: verbs and flags from the parser, capture names and instance ids
     from the coordinator. Only when the shell asks (`_ARGCOMPLETE` set), then it exits."""
-    if "_ARGCOMPLETE" not in os.environ:
+    if "_ARGCOMPLETE" not in os.environ or not has("argcomplete"):
         return parser
     import argcomplete
 
@@ -1059,6 +1080,11 @@ def main(argv: Sequence[str] | None = None,
     try:
         if getattr(args, "daemon", False):
             return args.func(args)
+        # The output's packages before any call: a create must not succeed and then fail to print.
+        if getattr(args, "output", "json") in ("yaml", "yamlc"):
+            optional("yaml", f"-o {args.output}")
+        if getattr(args, "query", None):
+            optional("jmespath", "--query")
         creds = credentials(args)
         with sdk.Client(args.coordinator, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert, tls_key=creds.tls_key,
                         token=creds.token, insecure=creds.insecure) as client:

@@ -7,11 +7,13 @@ captures the time bar is the session time limit and the byte figure is the file 
 from __future__ import annotations
 
 import datetime
-
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from fleetcap.core.naming import instance_name, parse_rfc3339
 from fleetcap.v1 import captures_pb2 as pb
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 BAR_WIDTH = 20
 
@@ -121,6 +123,7 @@ def table(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusRe
     title = f"{status.name}: {status.packet_capture_status}" + (f" ({status.stop_reason})" if status.stop_reason else "")
     if status.packet_capture_error:
         title += f" errors: {', '.join(status.packet_capture_error)}"
+    from rich.table import Table  # the `cli` extra; render() works without it
     t = Table(title=title, title_justify="left", show_footer=True, box=None, padding=(0, 2, 0, 0), pad_edge=False)
     columns = [("Instance", "left"), ("Status", "left"), ("Packets", "right"), ("Pkt/s", "right"), ("Bytes", "left")]
     columns += [("B/s", "right")] if wide else []

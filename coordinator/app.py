@@ -24,7 +24,6 @@ from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import KVBackend, Store
-from fleetcap.coordinator.storage.blob_sink import BlobSink
 from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import Sink
 from fleetcap.core import transport
@@ -65,8 +64,11 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         raise StoreUnreachable(f"{where}: etcd does not answer after {STORE_STARTUP_S:g} s{detail}") from None
     sessions = AgentSessions()
     sinks: dict[str, Sink] = {LOCAL_ACCOUNT: LocalSink(settings.local_storage_dir)}
-    for name, connection_string in settings.storage_accounts:
-        sinks[name] = BlobSink(connection_string)
+    if settings.storage_accounts:
+        # The `azure` extra: imported only by a coordinator that has Blob accounts.
+        from fleetcap.coordinator.storage.blob_sink import BlobSink
+        for name, connection_string in settings.storage_accounts:
+            sinks[name] = BlobSink(connection_string)
     filters = FilterCompiler()
     await filters.start()
     service = CaptureService(store, sessions, sinks, settings.service, filters)

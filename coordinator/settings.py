@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from fleetcap.coordinator.api.oidc import OidcSettings
 from fleetcap.core.naming import DEFAULT_SUBSCRIPTION
 from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls
+
+
+@dataclasses.dataclass(frozen=True)
+class OidcSettings:
+    """OpenID Connect bearer tokens the coordinator accepts (api/oidc.py verifies them)."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks: str = ""                     # an https:// URL (http:// only on loopback), or a JWKS file
+    roles_claim: str = "roles"
+    role_map: tuple[tuple[str, str], ...] = ()   # (claim value, role)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
 
 LOCAL_ACCOUNT = "local"
 """The built-in storage account: a directory on the coordinator."""

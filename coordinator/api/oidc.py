@@ -11,7 +11,6 @@ agent role: agents prove who they are with certificates.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 import jwt
 
+from fleetcap.coordinator.settings import OidcSettings
 from fleetcap.core import transport
 from fleetcap.core.auth import Principal, Role
 
@@ -32,19 +32,6 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@-]+")
 
 class OidcError(ValueError):
     """OIDC settings that cannot be used; the message names the flag."""
-
-
-@dataclasses.dataclass(frozen=True)
-class OidcSettings:
-    issuer: str = ""
-    audience: str = ""
-    jwks: str = ""                     # an https:// URL (http:// only on loopback), or a JWKS file
-    roles_claim: str = "roles"
-    role_map: tuple[tuple[str, str], ...] = ()   # (claim value, role)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.issuer)
 
 
 def parse_role_map(values: list[str]) -> tuple[tuple[str, str], ...]:

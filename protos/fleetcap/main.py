@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 
 from fleetcap.clients import cli
-from fleetcap.coordinator.settings import CoordinatorSettings, ServiceConfig, parse_etcd_endpoints
+from fleetcap.coordinator.settings import CoordinatorSettings, OidcSettings, ServiceConfig, parse_etcd_endpoints
 from fleetcap.core import transport
 from fleetcap.node_agent.settings import AgentSettings
 from fleetcap.v1 import fleet_pb2
@@ -38,7 +39,27 @@ def storage_accounts(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Refuses, naming the extra to install, a command whose packages this install lacks: an
+    agent install (`pip install fleetcap`) has only what the agent imports."""
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found:
+            missing.append(module)
+    if missing:
+        raise cli.UsageError(f"{what} needs {', '.join(missing)}, which this install lacks: "
+                             f"pip install 'fleetcap[{extra}]'")
+
+
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    require_extra("coordinator", "fleetcap coordinator", "aetcd", "jwt", "grpc_health", "grpc_reflection",
+                  "cryptography")
+    if args.storage_account:
+        require_extra("azure", "--storage-account (Azure Blob storage)", "azure.storage.blob")
     from fleetcap.coordinator import app
     if bool(args.tls_cert) != bool(args.tls_key):
         raise cli.UsageError("--tls-cert and --tls-key go together")
@@ -50,7 +71,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
                                  "--tls-cert and --tls-key (and --tls-client-ca for agents), or --insecure")
     from fleetcap.coordinator.api import oidc
     try:
-        oidc_settings = oidc.OidcSettings(issuer=args.oidc_issuer, audience=args.oidc_audience, jwks=args.oidc_jwks,
+        oidc_settings = OidcSettings(issuer=args.oidc_issuer, audience=args.oidc_audience, jwks=args.oidc_jwks,
                                           roles_claim=args.oidc_roles_claim,
                                           role_map=oidc.parse_role_map(args.oidc_role))
         if oidc_settings.enabled or args.oidc_audience or args.oidc_jwks:
