@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml Makefile
 	@test -x .venv/bin/promtool || { mkdir -p build/prometheus && cd build/prometheus && \
 	  { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
 	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../../.venv/bin/promtool && rm -rf root; }
+	@# kubectl (renders deploy/kubernetes with its built-in kustomize; no cluster), the same way.
+	@test -x .venv/bin/kubectl || { mkdir -p build/kubectl && cd build/kubectl && \
+	  { apt-get download kubernetes-client >/dev/null 2>&1 || { apt-get update -qq && apt-get download kubernetes-client >/dev/null; }; } && \
+	  dpkg-deb -x kubernetes-client_*.deb root && cp root/usr/bin/kubectl ../../.venv/bin/kubectl && rm -rf root; }
 	@touch $(STAMP)
 
 protos: setup

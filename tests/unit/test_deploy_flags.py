@@ -1,6 +1,7 @@
 """Every flag that the systemd units and Kubernetes manifests pass to fleetcap exists in the CLI."""
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 
@@ -39,7 +40,8 @@ def manifests() -> list[dict]:
     import yaml
     docs = []
     for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
 
 
@@ -106,3 +108,37 @@ def test_systemd_units_verify(tmp_path):
     assert len(units) == 4
     r = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+def kustomize(directory: pathlib.Path) -> list[dict]:
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+    kubectl = shutil.which("kubectl", path=str(pathlib.Path(sys.executable).parent))
+    assert kubectl, "kubectl comes with `make setup` (from Debian's kubernetes-client package, into .venv/bin)"
+    r = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def test_the_kustomize_base_renders_every_manifest():
+    rendered = kustomize(DEPLOY / "kubernetes")
+    key = lambda d: (d["kind"], d["metadata"]["name"])
+    assert sorted(map(key, rendered)) == sorted(map(key, manifests()))
+    # Unchanged but for the image tag the base pins.
+    by_key = {key(d): d for d in manifests()}
+    for doc in rendered:
+        assert doc == by_key[key(doc)], key(doc)
+
+
+def test_an_overlay_sets_the_image_and_keeps_the_rest(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text(
+        f"bases: [{os.path.relpath(DEPLOY / 'kubernetes', tmp_path)}]\n"  # kubectl 1.20's kustomize; newer ones also take resources:
+        "images: [{name: fleetcap, newName: registry.example/fleetcap, newTag: 0.2.0}]\n")
+    rendered = kustomize(tmp_path)
+    images = sorted({c["image"] for d in rendered if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
+                     for c in d["spec"]["template"]["spec"]["containers"]})
+    assert images == ["quay.io/coreos/etcd:v3.4.23", "registry.example/fleetcap:0.2.0"]
+    assert len(rendered) == len(manifests())
