@@ -440,13 +440,26 @@ def _watch_live(capture, updates, stream=None) -> None:
 
 
 def cmd_download(client: sdk.Client, args) -> int:
-    paths = client.download(name=args.name, dest=args.dest, merge=args.merge)
+    """Every instance's files, from storage or, for a file-only capture, from the instances.
+    What could not be had is named per file on stderr (and in `missing`), and the exit code is
+    then 1: the other files are written (and merged) all the same."""
+    missing: list[tuple[str, str, sdk.FleetcapError]] = []
+    try:
+        paths = client.download(name=args.name, dest=args.dest, merge=args.merge)
+    except sdk.IncompleteDownload as e:
+        paths, missing = e.written, e.missing
     if args.output in ("table", "tsv") and not getattr(args, "query", None):
         print("\n".join(paths))
     else:
-        _emit({"files": paths}, args)
+        _emit({"files": paths, "missing": [{"instanceId": i, "filePath": p, "code": e.code.name, "message": e.message}
+                                           for i, p, e in missing]}, args)
+    for instance_id, path, error in missing:
+        print(f"fleetcap: instance {instance_id}: {path} not downloaded: {error.code.name}: {error.message}",
+              file=sys.stderr)
+    if missing:
+        return EXIT_ERROR
     if not paths:
-        print("fleetcap: no stored files (a file-only capture keeps its files on the instances)", file=sys.stderr)
+        print("fleetcap: the capture has no files yet", file=sys.stderr)
         return EXIT_NOT_FOUND
     return EXIT_OK
 

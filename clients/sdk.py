@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import copy
 import dataclasses
 import os
@@ -67,6 +68,17 @@ class Unauthenticated(FleetcapError):
 
 class PermissionDenied(FleetcapError):
     """PERMISSION_DENIED: the caller's role does not allow the call."""
+
+
+class IncompleteDownload(FleetcapError):
+    """A download wrote what it could, but some files could not be had (an instance offline, a
+    file still being written). `written` lists the paths written; `missing` has one
+    (instance id, file path, error) per file that is not there. `code` is the first error's."""
+
+    def __init__(self, written: builtins.list[str], missing: builtins.list[tuple[str, str, FleetcapError]]):
+        super().__init__(missing[0][2].code, "; ".join(f"instance {i}: {path}: {e.message}" for i, path, e in missing))
+        self.written = written
+        self.missing = missing
 
 
 ERROR_BY_CODE: dict[grpc.StatusCode, type[FleetcapError]] = {
@@ -191,12 +203,20 @@ class _Download:
         return os.path.join(dest, self.instance_id, self.file_name)
 
 
+def downloadable(inst: pb.InstanceStatus, f: pb.CaptureFile) -> bool:
+    """Whether a download takes this file: every stored file, and every file that only its
+    instance holds (a capture without a storage account, or an upload that failed), which the
+    coordinator fetches from the instance's agent. A stored capture's file still uploading is
+    left for later."""
+    return f.upload_complete or not f.storage_path or "StorageFailed" in inst.packet_capture_error
+
+
 def _download_plan(status: pb.PacketCaptureQueryStatusResult) -> builtins.list[_Download]:
-    """The stored files of a capture and where each goes: dest/<instance id>/<file name>. Raises
+    """The files of a capture and where each goes: dest/<instance id>/<file name>. Raises
     UnsafeName before anything is written if the server sent a name that is not plain."""
     return [_Download(_safe_name(inst.instance_id, "instance id"), inst.id, f.file_path,
                       _safe_name(os.path.basename(f.file_path), "file name"))
-            for inst in status.instances for f in inst.files if f.upload_complete]
+            for inst in status.instances for f in inst.files if downloadable(inst, f)]
 
 
 class _DestDir:
@@ -439,11 +459,15 @@ class AsyncClient:
                 raise TimeoutError(f"capture '{name}' did not finish in {timeout_s}s")
 
     async def download(self, *, name: str, dest: str, merge: bool = False) -> builtins.list[str]:
-        """Fetches every instance's stored files into dest/<instance id>/. With merge, also
-        writes dest/<name>.pcapng: one time-ordered trace, one interface per instance.
-        Returns the paths written. Raises: CaptureNotFound."""
+        """Fetches every instance's files into dest/<instance id>/: the stored ones from storage,
+        and those only an instance holds (a capture without a storage account) from its agent,
+        through the coordinator. With merge, also writes dest/<name>.pcapng: one time-ordered
+        trace, one interface per instance. Returns the paths written. Raises: CaptureNotFound;
+        IncompleteDownload when some files could not be had (the others are written, and merged)."""
         plan = _download_plan(await self.get_status(name=name))
         target = _DestDir(dest)
+        done: builtins.list[_Download] = []
+        missing: builtins.list[tuple[str, str, FleetcapError]] = []
         try:
             for item in plan:
                 dir_fd = target.subdir(item.instance_id)
@@ -453,11 +477,20 @@ class AsyncClient:
                                                          file_path=item.file_path):
                             out.write(data)
                     _DestDir.commit(dir_fd, item.file_name)
+                    done.append(item)
+                except (InvalidCapture, CaptureNotFound, Unauthenticated, PermissionDenied):
+                    raise  # the capture or the caller, not this file: nothing else would work either
+                except FleetcapError as e:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(item.file_name + ".part", dir_fd=dir_fd)
+                    missing.append((item.instance_id, item.file_path, e))
                 finally:
                     os.close(dir_fd)
-            written = [item.path(dest) for item in plan]
-            if merge and plan:
-                written.append(_merge(plan, target, name))
+            written = [item.path(dest) for item in done]
+            if merge and done:
+                written.append(_merge(done, target, name))
+            if missing:
+                raise IncompleteDownload(written, missing)
             return written
         finally:
             target.close()

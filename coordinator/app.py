@@ -72,6 +72,10 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     filters = FilterCompiler()
     await filters.start()
     service = CaptureService(store, sessions, sinks, settings.service, filters)
+    if service.instance_files is not None:
+        swept = await service.instance_files.sweep()
+        if swept:
+            log.info("removed %d fetched copies left by interrupted downloads", swept)
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     metrics = CoordinatorMetrics()

@@ -16,11 +16,13 @@ from typing import Protocol
 
 from fleetcap.coordinator import status as st
 from fleetcap.coordinator import targets, validation
-from fleetcap.coordinator.errors import AlreadyExists, FleetcapError, NotFound, ResourceExhausted
+from fleetcap.coordinator.errors import AlreadyExists, FailedPrecondition, FleetcapError, NotFound, ResourceExhausted
+from fleetcap.coordinator.fetch import InstanceFiles
 from fleetcap.coordinator.filter_compiler import FilterCompiler
-from fleetcap.coordinator.settings import ServiceConfig
+from fleetcap.coordinator.settings import LOCAL_ACCOUNT, ServiceConfig
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.store import Store, WatchKind
+from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import Sink
 from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_rfc3339, resource_id, rfc3339, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
@@ -85,6 +87,11 @@ def new_etag() -> str:
     return f'W/"{uuid.uuid4()}"'
 
 
+def _kept_on_instance(status: captures_pb2.InstanceStatus) -> bool:
+    """A capture with a storage account whose upload failed: the file stays on the instance."""
+    return CaptureError.STORAGE_FAILED in status.packet_capture_error
+
+
 class CaptureService:
     def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
                  config: ServiceConfig | None = None, filters: FilterCompiler | None = None):
@@ -94,6 +101,9 @@ class CaptureService:
         self.config = config or ServiceConfig()
         self.filters = filters or FilterCompiler()
         self._last_created = dt.datetime.min.replace(tzinfo=dt.UTC)
+        local = sinks.get(LOCAL_ACCOUNT)
+        # Files only an instance holds are fetched through the local account's fetch area.
+        self.instance_files = InstanceFiles(store, local, dispatcher) if isinstance(local, LocalSink) else None
         self.on_first_report: Callable[[float], None] = lambda seconds: None
         """Called with the seconds from a capture's creation to an instance's first report (metrics)."""
 
@@ -266,10 +276,21 @@ class CaptureService:
         inst = next((i for i in await self.store.get_instances(name) if i.status.instance_id == instance_id), None)
         if inst is None:
             raise NotFound(f"instance_id: capture '{name}' has no instance '{instance_id}'")
-        if not account:
-            raise NotFound(f"capture '{name}' has no storage account: its files are only on the instances "
-                           f"({', '.join(f.file_path for f in inst.status.files)})")
         files = list(inst.status.files)
+        if not account or _kept_on_instance(inst.status):
+            # Only the instance holds it: its agent sends it (fetch.py).
+            wanted = next((f for f in files if f.file_path == file_path), None) if file_path else \
+                (files[-1] if files else None)
+            if wanted is None:
+                raise NotFound(f"file_path: instance '{instance_id}' of capture '{name}' has no file "
+                               f"'{file_path}'" if file_path else f"instance '{instance_id}' of capture '{name}' "
+                               "has no file yet")
+            if self.instance_files is None:
+                raise FailedPrecondition(f"{wanted.file_path} is only on instance '{instance_id}', and this "
+                                         "coordinator has no local storage to fetch it through")
+            async for item in self.instance_files.read(record, inst, wanted, session_id(record), offset, follow):
+                yield item
+            return
         if not file_path and not files and follow:
             file_path = ring_file_path(record.local_path, 0, record.resource.properties.HasField("continuous_capture"))
         chosen = next((f for f in files if f.file_path == file_path), None) if file_path else (files[-1] if files else None)

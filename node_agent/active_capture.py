@@ -23,6 +23,7 @@ class ActiveCapture:
         self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
         self.removed: set[int] = set()  # files removed after a verified upload (storage only)
         self.hashing: set[int] = set()
+        self.fetches: dict[str, asyncio.Future[object]] = {}  # fetch id -> its upload, for downloads
 
     def api_path(self, index: int) -> str:
         return ring_file_path(self.start.file_path, index, self.start.continuous)

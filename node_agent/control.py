@@ -158,3 +158,5 @@ class ControlLoop:
                 self.runner.start(message.start)
             elif message.HasField("stop"):
                 self.runner.stop(message.stop)
+            elif message.HasField("fetch"):
+                self.runner.fetch(message.fetch)

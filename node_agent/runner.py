@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import subprocess
 from collections.abc import Callable
 
@@ -24,6 +25,9 @@ from fleetcap.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
 
+# Downloads this agent serves at once (FetchFile); more are refused until one ends.
+MAX_FETCHES = 4
+FETCH_ID = re.compile(r"[0-9a-f]{32}")
 # How long shutdown waits for each capture thread to write what its ring still holds.
 SHUTDOWN_JOIN_S = 5.0
 
@@ -132,6 +136,38 @@ class CaptureRunner:
         if cap and cap.start.capture_id == stop.capture_id and cap.session:
             log.info("capture %s: stop requested (%s)", stop.capture_name, stop.reason)
             cap.session.stop(stop.reason or StopReason.STOPPED_BY_USER)
+
+    def fetch(self, fetch: fleet_pb2.FetchFile) -> None:
+        """Sends one file of a capture this agent holds for a download (the capture has no
+        storage account, or its upload failed), through the ordinary upload path into the
+        coordinator's fetch area. The agent trusts nothing it is sent: the capture, its session
+        id and the file must be its own, the fetch id well formed, and at most MAX_FETCHES run at
+        once; anything else is refused in the log."""
+        cap = self.captures.get(fetch.capture_name)
+        index = next((f.index for f in list(cap.session.files) if cap.api_path(f.index) == fetch.file_path), None) \
+            if cap is not None and cap.session is not None and cap.start.capture_id == fetch.capture_id else None
+        if cap is None or index is None or not FETCH_ID.fullmatch(fetch.fetch_id):
+            log.warning("FetchFile refused: no file %s of capture %s here (or a malformed fetch id)",
+                        fetch.file_path[:200], fetch.capture_name[:100])
+            return
+        if fetch.fetch_id in cap.fetches or index in cap.removed:
+            return  # a repeated request (both replicas may send it), or a file no longer here
+        running = sum(1 for c in self.captures.values() for t in c.fetches.values() if not t.done())
+        if running >= MAX_FETCHES:
+            log.warning("FetchFile for %s of capture %s refused: %d downloads already running",
+                        fetch.file_path, fetch.capture_name, running)
+            return
+        path = next(f.path for f in cap.session.files if f.index == index)  # type: ignore[union-attr]
+        u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
+            identity=self.settings.identity, capture_name=fetch.capture_name, capture_id=fetch.capture_id,
+            file_path=fetch.file_path, fetch_id=fetch.fetch_id),
+            path, functools.partial(cap.file_final, index), lambda: None,
+            storage_retry_s=self.settings.storage_retry_s, metadata=self.settings.credentials.metadata(),
+            open_read=self.root.open_read)
+        log.info("capture %s: sending %s for a download (%s)", fetch.capture_name, path, fetch.fetch_id)
+        task: asyncio.Future[object] = asyncio.ensure_future(u.run())
+        cap.fetches[fetch.fetch_id] = task
+        task.add_done_callback(lambda _: cap.fetches.pop(fetch.fetch_id, None))
 
     def changed(self, name: str) -> None:
         """A capture changed state: bring its files, uploads and journal in step, and report it."""

@@ -448,7 +448,7 @@ async def file_endpoint(gateway: Gateway, request: Request) -> Response:
     wanted = request.query_params.get("file", "")
     status = await c.get_status(name=name)
     found = [(inst, f) for inst in status.instances for f in inst.files
-             if instance in (inst.instance_id, inst.id, instance_name(inst.id)) and f.upload_complete
+             if instance in (inst.instance_id, inst.id, instance_name(inst.id)) and sdk.downloadable(inst, f)
              and (not wanted or f.file_path == wanted)]
     if not found:
         raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no stored file"
@@ -511,19 +511,26 @@ async def merged_endpoint(gateway: Gateway, request: Request) -> Response:
     name = request.path_params["name"]
     c = gateway.caller(request)
     status = await c.get_status(name=name)
-    sources = []
+    sources, offline = [], []
+    connected = {a.id.lower() for a in await c.list_agents()}
     for inst in status.instances:
-        files = [f.file_path for f in inst.files if f.upload_complete]
+        files = [f.file_path for f in inst.files if sdk.downloadable(inst, f)]
+        if files and any(not f.upload_complete for f in inst.files) and inst.id.lower() not in connected:
+            offline.append(inst.instance_id)  # only the instance holds them, and its agent is away
+            continue
         if files:
             sources.append(pcapng.StreamSource(
                 name=instance_name(inst.id), description=inst.id,
                 files=[_opener(c, name, inst.instance_id, path) for path in files]))
     if not sources:
-        raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no stored files yet")
+        raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no files to merge yet" +
+                            (f" (instances offline: {', '.join(offline)})" if offline else ""))
     stream = pcapng.merge_stream(sources)
     first = await anext(stream)  # every instance's first read has begun: errors surface before the headers
-    return StreamingResponse(_chain(first, stream, name), 200, media_type="application/x-pcapng",
-                             headers={"Content-Disposition": attachment(name + ".pcapng")})
+    headers = {"Content-Disposition": attachment(name + ".pcapng")}
+    if offline:  # merged without them; the header names them
+        headers["Fleetcap-Missing-Instances"] = ",".join(offline)
+    return StreamingResponse(_chain(first, stream, name), 200, media_type="application/x-pcapng", headers=headers)
 
 
 def _opener(c: sdk.AsyncClient, name: str, instance_id: str, path: str) -> Callable[[], AsyncIterator[bytes]]:

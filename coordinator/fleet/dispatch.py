@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from fleetcap.coordinator.fleet.agents import AgentSessions
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.core.vocabulary import Status
+from fleetcap.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,29 @@ async def _follow_captures(store: Store, service: CaptureService, sessions: Agen
                 service.start_instance(record, inst)
 
 
-async def dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
-    """Runs for ever, watching again after an interruption."""
+async def _follow_fetches(store: Store, sessions: AgentSessions) -> None:
+    # A download on any replica asks for a file that only its instance holds (fetch.py): the
+    # replica holding that agent's control stream passes the request on. The agent ignores a
+    # fetch it already serves, so the downloading replica may also have sent it at once.
+    async for fetch in store.watch_fetches():
+        if fetch is not None:
+            sessions.send(fetch.instance_key, fleet_pb2.CoordinatorMessage(fetch=fleet_pb2.FetchFile(
+                capture_name=fetch.capture_name, capture_id=fetch.capture_id, file_path=fetch.file_path,
+                fetch_id=fetch.fetch_id)))
+
+
+async def _forever(what: str, follow: Callable[[], Awaitable[None]]) -> None:
     while True:
         try:
-            await _follow_captures(store, service, sessions)
+            await follow()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # etcd restarting: watch again
-            log.warning("dispatch watch interrupted (%s); watching again", e)
+            log.warning("%s watch interrupted (%s); watching again", what, e)
             await asyncio.sleep(REWATCH_S)
+
+
+async def dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
+    """Runs for ever, watching again after an interruption."""
+    await asyncio.gather(_forever("dispatch", lambda: _follow_captures(store, service, sessions)),
+                         _forever("fetch", lambda: _follow_fetches(store, sessions)))

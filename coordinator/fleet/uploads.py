@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -23,9 +24,11 @@ from fleetcap.coordinator.errors import (
     StorageFailed,
     Superseded,
 )
+from fleetcap.coordinator.fetch import fetch_object
 from fleetcap.coordinator.fleet.agents import check_caller, check_identity
 from fleetcap.coordinator.fleet.wire import ChunkRequest
 from fleetcap.coordinator.metrics import CoordinatorMetrics
+from fleetcap.coordinator.settings import LOCAL_ACCOUNT
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 from fleetcap.core.auth import Principal
@@ -40,6 +43,8 @@ FLUSH_IDLE_S = 1.0
 MAX_UNFLUSHED_S = 2.0
 # Requests read ahead of the sink: bounded, so a slow sink slows the agent (gRPC flow control).
 READ_AHEAD = 4
+FETCH_ID = re.compile(r"[0-9a-f]{32}")
+FETCH_CHECK_S = 2.0  # how often a fetch's upload checks that its download still runs
 _END = object()
 
 
@@ -92,12 +97,27 @@ class Uploads:
         record = await self.service.store.get_capture(op.capture_name)
         if record is None or op.capture_id != svc.session_id(record):
             raise NotFound(f"packet capture '{op.capture_name}' not found")
+        if keys.instance_key(op.identity) not in record.instance_keys:
+            raise PermissionDenied("this capture does not target that instance")
+        if op.fetch_id:
+            return record, LOCAL_ACCOUNT, *await self._resolve_fetch(op)
         account = record.resource.properties.storage_location.storage_id
         if not account:
             raise FailedPrecondition("this capture has no storage account")
-        if keys.instance_key(op.identity) not in record.instance_keys:
-            raise PermissionDenied("this capture does not target that instance")
         return record, account, self.service.sinks[account], svc.object_name(record, op.identity, op.file_path)
+
+    async def _resolve_fetch(self, op: fleet_pb2.UploadOpen) -> tuple[Sink, str]:
+        """A file sent for a download (fetch.py): accepted only while the download's fetch record
+        exists, and only for the very file and instance it names."""
+        fetch = await self.service.store.get_fetch(op.fetch_id) if FETCH_ID.fullmatch(op.fetch_id) else None
+        if fetch is None:
+            raise NotFound(f"fetch '{op.fetch_id[:40]}' not found (its download has ended)")
+        if (fetch.instance_key, fetch.capture_name, fetch.capture_id, fetch.file_path) != (
+                keys.instance_key(op.identity), op.capture_name, op.capture_id, op.file_path):
+            raise PermissionDenied("the fetch names another file, capture or instance")
+        if self.service.instance_files is None:
+            raise FailedPrecondition("this coordinator has no local storage to fetch files through")
+        return self.service.instance_files.sink, fetch_object(op.fetch_id)
 
     async def receive(self, first: fleet_pb2.UploadRequest | ChunkRequest,
                       requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest],
@@ -137,7 +157,7 @@ class Uploads:
             yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                            stored_sha256=done.sha256)
             return
-        opened = time.monotonic()
+        opened = fetch_checked = time.monotonic()
         durable = await asyncio.to_thread(writer.open, op.restart)
         received, unflushed_since = durable, None
         yield fleet_pb2.UploadResponse(acked_offset=durable, storage_path=writer.uri)
@@ -169,6 +189,8 @@ class Uploads:
                 if self._newest.get(object_name) is not token:
                     raise Superseded("a newer upload stream took over this file")
                 if isinstance(req, fleet_pb2.UploadRequest) and req.HasField("finish"):
+                    if op.fetch_id and await self.service.store.get_fetch(op.fetch_id) is None:
+                        raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
                     committing = time.monotonic()
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
                     self.metrics.commit_duration.labels(account).observe(time.monotonic() - committing)
@@ -176,11 +198,17 @@ class Uploads:
                     if done.size > durable:
                         self.metrics.storage_written.labels(account).inc(done.size - durable)
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
-                    await asyncio.to_thread(_trim_ring, record, op, sink)
+                    if not op.fetch_id:
+                        await asyncio.to_thread(_trim_ring, record, op, sink)
                     yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                                    stored_sha256=done.sha256)
                     return
                 if isinstance(req, (fleet_pb2.UploadRequest, ChunkRequest)) and req.HasField("chunk"):
+                    if op.fetch_id and time.monotonic() - fetch_checked > FETCH_CHECK_S:
+                        # A download that ended (its reader went away) stops its fetch here.
+                        if await self.service.store.get_fetch(op.fetch_id) is None:
+                            raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
+                        fetch_checked = time.monotonic()
                     c = req.chunk
                     data = c.data  # a memoryview (wire.py), or protobuf's copy: taken once
                     if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c.crc32):

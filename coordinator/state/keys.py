@@ -4,6 +4,7 @@
     /fleetcap/v1/instances/{capture}/{instance_key}    InstanceRecord (JSON)
     /fleetcap/v1/agents/{instance_key}                 AgentRecord (JSON), tied to the agent's lease
     /fleetcap/v1/leader                                the leading replica's name, tied to its lease
+    /fleetcap/v1/fetches/{fetch_id}                    FetchRecord (JSON), tied to the downloading replica's lease
 
 An instance key names a VM or scale-set instance, lower-cased as Azure names are
 case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
@@ -19,6 +20,7 @@ CAPTURES = ROOT + "captures/"
 INSTANCES = ROOT + "instances/"
 AGENTS = ROOT + "agents/"
 LEADER = ROOT + "leader"
+FETCHES = ROOT + "fetches/"
 
 
 
@@ -32,6 +34,10 @@ def instances_of(name: str) -> str:
 
 def instance(name: str, instance_key: str) -> str:
     return instances_of(name) + instance_key
+
+
+def fetch(fetch_id: str) -> str:
+    return FETCHES + fetch_id
 
 
 def agent(instance_key: str) -> str:

@@ -225,6 +225,36 @@ class Store:
         return {keys.instance_key_of(kv.key): decode(state_pb2.AgentRecord, kv.value)
                 for kv in await self.kv.get_prefix(keys.AGENTS)}
 
+    # -- fetches (a download's request for a file that only its instance holds) ---------
+
+    async def put_fetch(self, record: state_pb2.FetchRecord, ttl_s: int) -> int:
+        """Writes the fetch under a new lease and returns it; keep it alive with refresh_agent."""
+        lease = await self.kv.grant_lease(ttl_s)
+        key = keys.fetch(record.fetch_id)
+        if not await self.kv.put_if([(key, encode(record))], {key: 0}, lease=lease):
+            await self.kv.revoke_lease(lease)
+            raise Conflict(f"fetch {record.fetch_id} exists")
+        return lease
+
+    async def get_fetch(self, fetch_id: str) -> state_pb2.FetchRecord | None:
+        kv = await self.kv.get(keys.fetch(fetch_id))
+        return decode(state_pb2.FetchRecord, kv.value) if kv else None
+
+    async def end_fetch(self, fetch_id: str, lease: int) -> None:
+        await self.kv.delete(keys.fetch(fetch_id))
+        await self.kv.revoke_lease(lease)
+
+    async def list_fetches(self) -> list[str]:
+        return [kv.key[len(keys.FETCHES):] for kv in await self.kv.get_prefix(keys.FETCHES)]
+
+    async def watch_fetches(self) -> AsyncIterator[state_pb2.FetchRecord | None]:
+        """Fetches as they are written (None for READY; deletions are not reported)."""
+        async for event in self.kv.watch_prefix(keys.FETCHES):
+            if event.kind == WatchKind.READY:
+                yield None
+            elif event.kind == WatchKind.PUT:
+                yield decode(state_pb2.FetchRecord, event.value)
+
     # -- leadership ----------------------------------------------------------------------
 
     async def try_lead(self, replica: str, ttl_s: int) -> int:

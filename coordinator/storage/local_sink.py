@@ -45,6 +45,16 @@ class LocalSink(Sink):
             except FileNotFoundError:
                 pass
 
+    def committed_size(self, object_name: str) -> int | None:
+        """The size of a committed object; None while it is being written or absent."""
+        path = self.path(object_name)
+        if os.path.exists(path + ".partial"):
+            return None
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
     def open(self, object_name: str) -> LocalWriter:
         return LocalWriter(self.path(object_name))
 

@@ -9,7 +9,7 @@
 """
 _SDK_NAMES = ("Client", "AsyncClient", "FleetcapError", "InvalidCapture", "CaptureNotFound",
               "CaptureAlreadyExists", "QuotaExceeded", "CoordinatorUnavailable", "Unauthenticated",
-              "PermissionDenied", "UnsafeName")
+              "PermissionDenied", "UnsafeName", "IncompleteDownload")
 
 
 def __getattr__(name: str):

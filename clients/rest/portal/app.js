@@ -320,12 +320,18 @@ function drawTable() {
     el("td", { class: "num", "data-field": "rate" }, fmt(Math.round(rate(series.get(i.id) || [], "packets")))),
     el("td", { class: "num" }, fmt(i.kernelDrops)),
     el("td", {}, i.captureStartTime), el("td", {}, i.captureStopTime),
-    el("td", {}, ...i.files.map((f) => f.uploadComplete
+    el("td", {}, ...i.files.map((f) => downloadable(i, f)
       ? el("button", { class: "link", "data-action": "file",
                        onclick: () => download(`/fleetcap/v1/captures/${encodeURIComponent(name)}/files?instance=${encodeURIComponent(i.instanceId)}&file=${encodeURIComponent(f.filePath)}`,
                                                f.filePath.split("/").pop()) },
            f.filePath.split("/").pop())
       : el("span", {}, `${f.filePath.split("/").pop()} (${fmt(f.uploadedBytes)}/${fmt(f.sizeBytes)} stored) `))))));
+}
+
+// As the SDK's downloadable(): stored files, and files that only their instance holds (no
+// storage account, or a failed upload), which the coordinator fetches from the instance.
+function downloadable(i, f) {
+  return f.uploadComplete || !f.storagePath || (i.packetCaptureError || []).includes("StorageFailed");
 }
 
 // One chart for the busiest instances, whatever the scale set's size: the TOP instances by

@@ -109,29 +109,45 @@ class StopCapture(_message.Message):
     reason: str
     def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class FetchFile(_message.Message):
+    __slots__ = ("capture_name", "capture_id", "file_path", "fetch_id")
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    FETCH_ID_FIELD_NUMBER: _ClassVar[int]
+    capture_name: str
+    capture_id: str
+    file_path: str
+    fetch_id: str
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., fetch_id: _Optional[str] = ...) -> None: ...
+
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "stop")
+    __slots__ = ("welcome", "start", "stop", "fetch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    FETCH_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartCapture
     stop: StopCapture
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ...) -> None: ...
+    fetch: FetchFile
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ...) -> None: ...
 
 class UploadOpen(_message.Message):
-    __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart")
+    __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart", "fetch_id")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
+    FETCH_ID_FIELD_NUMBER: _ClassVar[int]
     identity: AgentIdentity
     capture_name: str
     capture_id: str
     file_path: str
     restart: bool
-    def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
+    fetch_id: str
+    def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., restart: _Optional[bool] = ..., fetch_id: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("offset", "data", "crc32")

@@ -47,3 +47,17 @@ class AgentRecord(_message.Message):
     connected_time: str
     coordinator: str
     def __init__(self, identity: _Optional[_Union[_fleet_pb2.AgentIdentity, _Mapping]] = ..., hostname: _Optional[str] = ..., interface: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., connected_time: _Optional[str] = ..., coordinator: _Optional[str] = ...) -> None: ...
+
+class FetchRecord(_message.Message):
+    __slots__ = ("fetch_id", "capture_name", "capture_id", "instance_key", "file_path")
+    FETCH_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    fetch_id: str
+    capture_name: str
+    capture_id: str
+    instance_key: str
+    file_path: str
+    def __init__(self, fetch_id: _Optional[str] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., instance_key: _Optional[str] = ..., file_path: _Optional[str] = ...) -> None: ...

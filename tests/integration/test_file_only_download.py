@@ -1,0 +1,271 @@
+"""Downloading a File-only capture (a --file-path and no storage account, Azure's default): the
+coordinator asks each instance's agent for its file over the fleet channel and streams it
+(chunk CRC-32s, then the SHA-256 the agent reported), keeping nothing in storage afterwards. An
+offline instance is named, and the other instances' files still download. A real coordinator
+(embedded etcd) and two real agents, instances 0 and 1 of scale set `web`, capturing on lo."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+
+from deploy.localfleet import LocalFleet
+from fleetcap.clients import sdk
+from fleetcap.core.auth import Role
+from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
+from tests import pcaps
+from tests.conftest import AGENT_ENV, TOKENS, write_auth_file
+from tests.integration.conftest import ROOT, wait_agents
+from tests.integration.gateway_support import Gateway
+
+pytestmark = pytest.mark.integration
+
+PAYLOAD = 100
+RECORD = 16 + 14 + 20 + 8 + PAYLOAD  # pcap record header, Ethernet, IPv4, UDP, payload
+
+
+class Fleet:
+    def __init__(self, d):
+        self.dir = d
+        self.api = f"unix:{d}/api.sock"
+        self.storage = d / "data" / "storage"
+        self.agents: dict[str, subprocess.Popen] = {}
+        logs = open(d / "coordinator.log", "wb")
+        self.coordinator = subprocess.Popen(
+            [sys.executable, "-m", "fleetcap", "coordinator", "--listen", self.api, "--auth-file",
+             write_auth_file(str(d / "auth.toml")), "--data-dir", str(d / "data"), "--agent-ttl", "3"],
+            cwd=ROOT, stdout=logs, stderr=logs)
+
+    def root(self, instance: str):
+        return self.dir / f"captures-{instance}"
+
+    def start_agent(self, instance: str) -> None:
+        log = open(self.dir / f"agent-{instance}.log", "ab")
+        self.agents[instance] = subprocess.Popen(
+            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", self.api, "--vmss", "web", "--instance-id",
+             instance, "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(self.root(instance))],
+            cwd=ROOT, stdout=log, stderr=log, env=AGENT_ENV)
+
+    def stop_agent(self, instance: str) -> None:
+        LocalFleet.stop_process(self.agents.pop(instance))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", self.api, *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    def close(self) -> None:
+        for instance in list(self.agents):
+            self.stop_agent(instance)
+        LocalFleet.stop_process(self.coordinator)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the agents need root to open a capture handle")
+    f = Fleet(tmp_path_factory.mktemp("fileonly"))
+    try:
+        f.start_agent("0")
+        f.start_agent("1")
+        with sdk.Client(f.api, timeout_s=5) as c:
+            wait_agents(c, 2, str(f.dir / "coordinator.log"))
+        yield f
+    finally:
+        f.close()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def send(port: int, count: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(count):
+            s.sendto(bytes([i]) * PAYLOAD, ("127.0.0.1", port))
+
+
+def capture(client: sdk.Client, name: str, port: int, time_limit: int = 3) -> None:
+    client.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1",
+                  file_path=f"/var/captures/{name}.cap", time_limit_in_seconds=time_limit,
+                  filters=[{"protocol": "UDP", "localPort": str(port)}])
+    deadline = time.monotonic() + 15
+    while client.get_status(name=name).packet_capture_status != "Running" or \
+            any(i.packet_capture_status != "Running" for i in client.get_status(name=name).instances):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
+def local_file(fleet: Fleet, instance: str, name: str) -> bytes:
+    return (fleet.root(instance) / f"{name}.cap").read_bytes()
+
+
+def fetch_area_empty(fleet: Fleet) -> bool:
+    area = fleet.storage / "fleetcap-fetch"
+    return not area.exists() or os.listdir(area) == []
+
+
+def captured(fleet: Fleet, name: str, count: int, time_limit: int = 3) -> tuple[int, object]:
+    """A finished capture of `count` datagrams to a port of its own: (port, final status)."""
+    port = free_udp_port()
+    with sdk.Client(fleet.api) as c:
+        capture(c, name, port, time_limit)
+        send(port, count)
+        return port, c.wait(name=name, timeout_s=30)
+
+
+def test_download_fetches_every_instance_file_byte_for_byte_and_keeps_nothing(fleet, tmp_path):
+    port, final = captured(fleet, "fo-1", 5)
+    assert [(i.instance_id, i.packets_captured) for i in final.instances] == [("0", 5), ("1", 5)]
+    assert all(not f.storage_path and not f.upload_complete for i in final.instances for f in i.files)
+
+    r = fleet.cli("capture", "download", "--name", "fo-1", "--dest", str(tmp_path / "dl"), "--merge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["missing"] == []
+    assert out["files"] == [str(tmp_path / "dl" / "0" / "fo-1.cap"), str(tmp_path / "dl" / "1" / "fo-1.cap"),
+                            str(tmp_path / "dl" / "fo-1.pcapng")]
+    for inst in final.instances:
+        got = (tmp_path / "dl" / inst.instance_id / "fo-1.cap").read_bytes()
+        assert got == local_file(fleet, inst.instance_id, "fo-1")
+        assert hashlib.sha256(got).hexdigest() == inst.files[0].sha256
+        records = pcaps.read(str(tmp_path / "dl" / inst.instance_id / "fo-1.cap")).records
+        assert [(r.dport, r.wirelen) for r in records] == [(port, RECORD - 16)] * 5
+        assert len(got) == 24 + 5 * RECORD
+    # The merged pcapng: one interface per instance, five packets on each.
+    t = subprocess.run(["tshark", "-r", str(tmp_path / "dl" / "fo-1.pcapng"), "-T", "fields", "-e",
+                        "frame.interface_id", "-e", "udp.dstport"], capture_output=True, text=True, timeout=60)
+    assert t.returncode == 0, t.stderr
+    assert sorted(t.stdout.split("\n")[:-1]) == [f"0\t{port}"] * 5 + [f"1\t{port}"] * 5
+    # Nothing is kept: the fetch area is empty once the download has ended.
+    assert fetch_area_empty(fleet)
+
+
+def test_an_offline_instance_is_named_and_the_others_still_download(fleet, tmp_path):
+    captured(fleet, "fo-2", 3)
+    with sdk.Client(fleet.api) as c:
+        fleet.stop_agent("1")
+        deadline = time.monotonic() + 15
+        while len(c.list_agents()) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    try:
+        r = fleet.cli("capture", "download", "--name", "fo-2", "--dest", str(tmp_path / "dl"))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr == ("fleetcap: instance 1: /var/captures/fo-2.cap not downloaded: FAILED_PRECONDITION: "
+                            "instance '1' is offline: /var/captures/fo-2.cap stays on it until its agent "
+                            "reconnects\n")
+        out = json.loads(r.stdout)
+        assert out["files"] == [str(tmp_path / "dl" / "0" / "fo-2.cap")]
+        assert [(m["instanceId"], m["code"]) for m in out["missing"]] == [("1", "FAILED_PRECONDITION")]
+        assert (tmp_path / "dl" / "0" / "fo-2.cap").read_bytes() == local_file(fleet, "0", "fo-2")
+        assert sorted(os.listdir(tmp_path / "dl" / "1")) == []  # no partial file left behind
+    finally:
+        fleet.start_agent("1")
+    with sdk.Client(fleet.api) as c:
+        wait_agents(c, 2, str(fleet.dir / "coordinator.log"))
+    # Back online (the agent reloads its journal), its file downloads.
+    r = fleet.cli("capture", "download", "--name", "fo-2", "--dest", str(tmp_path / "dl2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "dl2" / "1" / "fo-2.cap").read_bytes() == local_file(fleet, "1", "fo-2")
+    assert len(local_file(fleet, "1", "fo-2")) == 24 + 3 * RECORD
+    assert fetch_area_empty(fleet)
+
+
+def test_follow_streams_a_running_file_only_capture(fleet):
+    port = free_udp_port()
+    got = bytearray()
+    with sdk.Client(fleet.api) as c:
+        capture(c, "fo-3", port, time_limit=4)
+        errors: list[BaseException] = []
+
+        def follow() -> None:
+            try:
+                for data in c.read_file(name="fo-3", instance_id="0", follow=True):
+                    got.extend(data)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        reader = threading.Thread(target=follow)
+        reader.start()
+        for _ in range(4):
+            send(port, 2)
+            time.sleep(0.5)
+        final = c.wait(name="fo-3", timeout_s=30)
+        reader.join(30)
+        assert not reader.is_alive() and errors == []
+    inst = final.instances[0]
+    assert inst.packets_captured == 8
+    assert bytes(got) == local_file(fleet, "0", "fo-3")
+    assert hashlib.sha256(got).hexdigest() == inst.files[0].sha256
+    assert fetch_area_empty(fleet)
+
+
+def test_a_running_file_is_refused_without_follow(fleet):
+    port = free_udp_port()
+    with sdk.Client(fleet.api) as c:
+        capture(c, "fo-4", port, time_limit=5)
+        with pytest.raises(sdk.FleetcapError) as e:
+            list(c.read_file(name="fo-4", instance_id="0"))
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.message == ("instance '0': /var/captures/fo-4.cap is still being written; follow it with "
+                                   "`fleetcap capture follow`, or download it once the capture has stopped there")
+        c.stop(name="fo-4")
+
+
+def test_an_agent_cannot_upload_into_the_fetch_area_uninvited(fleet):
+    """An Upload naming a fetch that no download asked for, or a malformed one, is NOT_FOUND:
+    an agent cannot write into the coordinator's storage by choosing a fetch id."""
+    with sdk.Client(fleet.api) as c:
+        capture(c, "fo-5", free_udp_port(), time_limit=1)
+        status = c.wait(name="fo-5", timeout_s=30)
+    ch = grpc.insecure_channel(fleet.api)  # a unix socket: local IPC, plaintext, the agent's token
+    stub = fleet_pb2_grpc.FleetStub(ch)
+    identity = fleet_pb2.AgentIdentity(resource_group="rg1", vmss_name="web", instance_id="0")
+    with sdk.Client(fleet.api) as c:
+        resource = c.get(name="fo-5")
+    session = f"{resource.id}@{resource.created_time}"
+    try:
+        for fetch_id in ("0" * 32, "../../../etc/passwd", "A" * 32):
+            call = stub.Upload(iter([fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
+                identity=identity, capture_name="fo-5", capture_id=session, file_path="/var/captures/fo-5.cap",
+                fetch_id=fetch_id))]), metadata=(("authorization", f"Bearer {TOKENS[Role.AGENT]}"),))
+            with pytest.raises(grpc.RpcError) as e:
+                list(call)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+            assert e.value.details() == f"fetch '{fetch_id[:40]}' not found (its download has ended)"
+    finally:
+        ch.close()
+    assert status.instances[0].packet_capture_status == "Stopped"
+    assert fetch_area_empty(fleet)
+
+
+def test_the_gateway_serves_a_file_only_capture(fleet, tmp_path):
+    captured(fleet, "fo-6", 4)
+    g = Gateway(fleet.api, tmp_path)
+    try:
+        status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/files?instance=1")
+        assert status == 200, body[:500]
+        assert body == local_file(fleet, "1", "fo-6")
+        assert headers["ETag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+        status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/files?instance=0",
+                                          headers={"Range": "bytes=24-"})
+        assert status == 206 and body == local_file(fleet, "0", "fo-6")[24:]
+        status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/merged")
+        assert status == 200 and "Fleetcap-Missing-Instances" not in headers
+        (tmp_path / "m.pcapng").write_bytes(body)
+        t = subprocess.run(["tshark", "-r", str(tmp_path / "m.pcapng"), "-T", "fields", "-e", "frame.interface_id"],
+                           capture_output=True, text=True, timeout=60)
+        assert sorted(t.stdout.split()) == ["0"] * 4 + ["1"] * 4
+    finally:
+        g.stop()
+    assert fetch_area_empty(fleet)
