@@ -188,3 +188,65 @@ def test_the_agent_refuses_a_start_outside_its_capture_root_and_writes_nothing_o
 
     write_trace(str(tmp_path / "none.pcap"), 1)
     asyncio.run(body())
+
+
+def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path):
+    """FetchFile from a hostile or confused coordinator: another capture, another session of the
+    same name, a file the capture does not have, a path outside the root, a malformed fetch id.
+    Each is refused and no upload starts; the one that names its own file starts exactly one
+    upload, however often it is repeated; a fifth download at once is refused."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "pc.cap").write_bytes(b"x" * 40)
+    opened: list[fleet_pb2.UploadOpen] = []
+
+    class Stub:  # records what the runner would send, and ends every upload there
+        def Upload(self, metadata=()):  # noqa: N802 - gRPC's name
+            class Call:
+                async def write(self, request):
+                    opened.append(request.open)
+
+                async def read(self):
+                    return fleet_pb2.UploadResponse(committed=True, acked_offset=40)
+
+                def cancel(self):
+                    pass
+            return Call()
+
+    async def body() -> None:
+        runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
+                               data_stub=lambda: Stub(), exclude_tcp=[],  # type: ignore[arg-type,return-value]
+                               on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
+        start = fleet_pb2.StartCapture(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
+                                       keep_local=True)
+        cap = ActiveCapture(start, str(root / "pc.cap"))
+        cap.session = CaptureSession(CaptureSpec(name="pc", capture_id="s1", interface="replay0", root=str(root),
+                                                 path=str(root / "pc.cap"), expression=""))
+        cap.session.files = [CaptureFile(index=0, path=str(root / "pc.cap"), size=40, sha256="ab", closed=True)]
+        runner.captures["pc"] = cap
+        good = "0123456789abcdef" * 2
+        refused = [
+            fleet_pb2.FetchFile(capture_name="other", capture_id="s1", file_path="/var/captures/pc.cap", fetch_id=good),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s0", file_path="/var/captures/pc.cap", fetch_id=good),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/x.cap", fetch_id=good),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/../../etc/shadow",
+                                fetch_id=good),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
+                                fetch_id="../" + good[3:]),
+        ]
+        for fetch in refused:
+            runner.fetch(fetch)
+        assert cap.fetches == {}
+        ok = fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap", fetch_id=good)
+        runner.fetch(ok)
+        runner.fetch(ok)  # both replicas may send it
+        assert list(cap.fetches) == [good]
+        await until("the upload to end", lambda: cap.fetches == {})
+        assert [(o.capture_name, o.capture_id, o.file_path, o.fetch_id) for o in opened] == [
+            ("pc", "s1", "/var/captures/pc.cap", good)]
+        # At most MAX_FETCHES at once: hold four, and the fifth is refused.
+        cap.fetches.update({f"{i:032x}": asyncio.get_running_loop().create_future() for i in range(4)})
+        runner.fetch(fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
+                                         fetch_id="f" * 32))
+        assert "f" * 32 not in cap.fetches
+    asyncio.run(body())
