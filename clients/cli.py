@@ -285,7 +285,24 @@ def cmd_show(client: sdk.Client, args) -> int:
 
 
 def cmd_list(client: sdk.Client, args) -> int:
-    _emit([sdk.to_dict(c) for c in client.list()], args, CAPTURE_TABLE)
+    """Every capture; with az's paging flags, at most --max-items of them from --next-token on,
+    and the token to continue with on stderr (stdout stays the list)."""
+    if args.max_items is None and not args.next_token:
+        _emit([sdk.to_dict(c) for c in client.list()], args, CAPTURE_TABLE)
+        return EXIT_OK
+    if args.max_items is not None and args.max_items < 1:
+        raise UsageError("--max-items: must be at least 1")
+    wanted = args.max_items if args.max_items is not None else float("inf")
+    items: list = []
+    token = args.next_token or ""
+    while len(items) < wanted:
+        page, token = client.list_page(page_size=int(min(wanted - len(items), sdk.LIST_PAGE_SIZE)), page_token=token)
+        items.extend(page)
+        if not token:
+            break
+    _emit([sdk.to_dict(c) for c in items], args, CAPTURE_TABLE)
+    if token:
+        print(f"fleetcap: more captures follow; continue with --next-token {token}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -831,6 +848,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
         _az_ignored(v)
         v.set_defaults(func=func)
     ls = verbs.add_parser("list", help="list captures")
+    ls.add_argument("--max-items", type=int, metavar="N",
+                    help="at most N captures; the token to continue with goes to stderr (az's paging)")
+    ls.add_argument("--next-token", metavar="TOKEN", help="continue a listing where --max-items stopped")
     _az_ignored(ls)
     ls.set_defaults(func=cmd_list)
     d = verbs.add_parser("download", help="fetch every instance's stored files")
@@ -896,7 +916,8 @@ EXAMPLES: dict[str, list[str]] = {
     "capture show-status": ["fleetcap capture show-status -n pc1 -o table",
                             "fleetcap capture show-status -n pc1 --query \"instances[?kernelDrops > `0`].instanceId\""],
     "capture query-status": ["fleetcap capture query-status --packet-capture-name pc1"],
-    "capture list": ["fleetcap capture list -o table", "fleetcap capture list --query \"[].name\" -o tsv"],
+    "capture list": ["fleetcap capture list -o table", "fleetcap capture list --query \"[].name\" -o tsv",
+                     "fleetcap capture list --max-items 100 -o table"],
     "capture download": ["fleetcap capture download -n pc1 --dest ./pc1 --merge"],
     "capture follow": ["fleetcap capture follow -n pc1 --instance-id 3 | wireshark -k -i -"],
     "capture watch": ["fleetcap capture watch -n pc1"],

@@ -70,6 +70,10 @@ class PermissionDenied(FleetcapError):
     """PERMISSION_DENIED: the caller's role does not allow the call."""
 
 
+LIST_PAGE_SIZE = 1000
+"""Captures per List call when `list()` fetches them all (the coordinator's largest page)."""
+
+
 class IncompleteDownload(FleetcapError):
     """A download wrote what it could, but some files could not be had (an instance offline, a
     file still being written). `written` lists the paths written; `missing` has one
@@ -389,7 +393,21 @@ class AsyncClient:
         return (await self._call("Get", pb.GetPacketCaptureRequest(name=name))).capture
 
     async def list(self) -> builtins.list[pb.PacketCaptureResult]:
-        return builtins.list((await self._call("List", pb.ListPacketCapturesRequest())).value)
+        """Every capture, in name order (fetched LIST_PAGE_SIZE at a time)."""
+        out: builtins.list[pb.PacketCaptureResult] = []
+        token = ""
+        while True:
+            page, token = await self.list_page(page_size=LIST_PAGE_SIZE, page_token=token)
+            out.extend(page)
+            if not token:
+                return out
+
+    async def list_page(self, *, page_size: int = 100,
+                        page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
+        """One page of captures in name order (page_size 1 to 1000), and the token of the next
+        page ("" after the last). Raises: InvalidCapture (a page_token this service did not issue)."""
+        r = await self._call("List", pb.ListPacketCapturesRequest(page_size=page_size, page_token=page_token))
+        return builtins.list(r.value), r.next_page_token
 
     async def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
@@ -571,7 +589,13 @@ class Client:
         return self._run(self._async.get(name=name))
 
     def list(self) -> builtins.list[pb.PacketCaptureResult]:
+        """As `AsyncClient.list`."""
         return self._run(self._async.list())
+
+    def list_page(self, *, page_size: int = 100,
+                  page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
+        """As `AsyncClient.list_page`."""
+        return self._run(self._async.list_page(page_size=page_size, page_token=page_token))
 
     def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""

@@ -7,6 +7,7 @@ aggregates the status clients see.
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import datetime as dt
 import logging
@@ -16,7 +17,14 @@ from typing import Protocol
 
 from fleetcap.coordinator import status as st
 from fleetcap.coordinator import targets, validation
-from fleetcap.coordinator.errors import AlreadyExists, FailedPrecondition, FleetcapError, NotFound, ResourceExhausted
+from fleetcap.coordinator.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FleetcapError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from fleetcap.coordinator.fetch import InstanceFiles
 from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, ServiceConfig
@@ -24,6 +32,7 @@ from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import Sink
+from fleetcap.core import limits
 from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_rfc3339, resource_id, rfc3339, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
@@ -85,6 +94,30 @@ def session_id(record: state_pb2.CaptureRecord) -> str:
 
 def new_etag() -> str:
     return f'W/"{uuid.uuid4()}"'
+
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+_TOKEN_PREFIX = "after:"
+
+
+def _page_token(last_name: str) -> str:
+    """Opaque to clients: the last name of the page. (A made-up token only moves where a
+    listing starts; it reaches nothing the caller may not list.)"""
+    return base64.urlsafe_b64encode((_TOKEN_PREFIX + last_name).encode()).decode().rstrip("=")
+
+
+def _page_after(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    name = text.removeprefix(_TOKEN_PREFIX)
+    if not text.startswith(_TOKEN_PREFIX) or not limits.CAPTURE_NAME_RE.match(name) or len(token) > 200:
+        raise InvalidArgument("page_token", "is not a token this service issued (pass next_page_token as it came)")
+    return name
 
 
 def _kept_on_instance(status: captures_pb2.InstanceStatus) -> bool:
@@ -176,8 +209,16 @@ class CaptureService:
     async def get(self, name: str) -> captures_pb2.PacketCaptureResult:
         return (await self._record(name)).resource
 
-    async def list(self) -> list[captures_pb2.PacketCaptureResult]:
-        return [c.resource for c in await self.store.list_captures()]
+    async def list(self, page_size: int = 0, page_token: str = "") -> tuple[list[captures_pb2.PacketCaptureResult], str]:
+        """Captures in name order, a page at a time: (captures, the next page's token or "").
+        page_size 0 without a token is every capture at once (the API before paging)."""
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be from 1 to {MAX_PAGE_SIZE} (0: every capture at once)")
+        after = _page_after(page_token)
+        if page_size == 0 and not after:
+            return [c.resource for c in await self.store.list_captures()], ""
+        records, more = await self.store.list_captures_page(after, page_size or DEFAULT_PAGE_SIZE)
+        return [c.resource for c in records], _page_token(records[-1].resource.name) if more and records else ""
 
     async def stop(self, name: str, reason: str = StopReason.STOPPED_BY_USER) -> None:
         def mark(rec: state_pb2.CaptureRecord) -> bool:

@@ -326,6 +326,28 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 # -- ARM ------------------------------------------------------------------------------------------------
 
+LIST_PAGE_SIZE = 100
+"""Captures per page of the ARM list when the caller gives no $top; its nextLink has the rest."""
+
+
+async def _list_page(c: sdk.AsyncClient, request: Request) -> Response:
+    """A page of the ARM list, as ARM pages: `value`, and `nextLink` (the same URL with a
+    `$skipToken`) while more follow. Azure's SDKs follow nextLink by themselves."""
+    q = request.query_params
+    top_text = q.get("$top", str(LIST_PAGE_SIZE))
+    if not top_text.isdigit() or not 1 <= int(top_text) <= sdk.LIST_PAGE_SIZE:
+        raise arm.HttpError(400, "InvalidParameter", f"$top: must be a whole number from 1 to {sdk.LIST_PAGE_SIZE}")
+    try:
+        page, token = await c.list_page(page_size=int(top_text), page_token=q.get("$skipToken", ""))
+    except sdk.InvalidCapture:
+        raise arm.HttpError(400, "InvalidParameter", "$skipToken: is not a token this service issued "
+                                                     "(follow nextLink as it came)") from None
+    body: dict[str, Any] = {"value": [arm.resource(x) for x in page]}
+    if token:
+        kept = [(k, v) for k, v in q.multi_items() if k != "$skipToken"]
+        body["nextLink"] = str(request.url.replace(query=urllib.parse.urlencode(kept + [("$skipToken", token)])))
+    return _json(200, body)
+
 async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
     path = request.url.path
     m = _ARM.match(path)
@@ -342,7 +364,7 @@ async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
     base = str(request.base_url).rstrip("/")
     if name is None:
         _need(request, "GET")
-        return _json(200, {"value": [arm.resource(x) for x in await c.list()]})
+        return await _list_page(c, request)
     if action == "stop":
         _need(request, "POST")
         await _no_body(request)

@@ -103,7 +103,8 @@ def document(example_target: str = "") -> dict[str, Any]:
                                       "properties": {"createdAt": {"type": "string"}}}}}
     schemas["PacketCaptureListResult"] = {
         "type": "object", "required": ["value"], "additionalProperties": False,
-        "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/PacketCaptureResult"}}}}
+        "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/PacketCaptureResult"}},
+                       "nextLink": {"type": "string", "description": "the next page's URL; absent on the last page"}}}
     for d in _messages(pb.PacketCaptureQueryStatusResult.DESCRIPTOR):  # type: ignore[arg-type]
         schemas[d.name] = message_schema(d, response=True)
     schemas["ErrorResponse"] = {
@@ -116,6 +117,11 @@ def document(example_target: str = "") -> dict[str, Any]:
               for n in ("subscriptionId", "resourceGroupName", "networkWatcherName")]
     api_version = {"name": "api-version", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "accepted and ignored; fleetcap serves the 2024-05-01 shape"}
+    top = {"name": "$top", "in": "query", "required": False,
+           "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+           "description": "captures per page"}
+    skip = {"name": "$skipToken", "in": "query", "required": False, "schema": {"type": "string"},
+            "description": "where the previous page's nextLink left off"}
     pc_name = {"name": "packetCaptureName", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": segment}, "example": EXAMPLE_NAME}
     base = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
@@ -129,9 +135,11 @@ def document(example_target: str = "") -> dict[str, Any]:
         "info": {"title": "fleetcap packet captures (ARM-shaped)", "version": "2024-05-01",
                  "description": "Azure Network Watcher's packetCaptures REST API, served by fleetcap."},
         "paths": {
-            base: {"get": {"operationId": "PacketCaptures_List", "parameters": params + [api_version],
-                           "responses": {"200": _json("#/components/schemas/PacketCaptureListResult", "all captures"),
-                                         **common}}},
+            base: {"get": {"operationId": "PacketCaptures_List", "parameters": params + [api_version, top, skip],
+                           "x-ms-pageable": {"nextLinkName": "nextLink"},
+                           "responses": {"200": _json("#/components/schemas/PacketCaptureListResult",
+                                                      "a page of captures in name order"),
+                                         "400": _error(), **common}}},
             base + "/{packetCaptureName}": {
                 "put": {"operationId": "PacketCaptures_Create", "parameters": params + [pc_name, api_version],
                         "requestBody": {"required": True, "content": {"application/json": {

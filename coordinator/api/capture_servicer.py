@@ -56,7 +56,8 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
 
     @_mapped
     async def List(self, request: pb.ListPacketCapturesRequest, context: Context) -> pb.ListPacketCapturesResponse:
-        return pb.ListPacketCapturesResponse(value=await self.service.list())
+        value, token = await self.service.list(request.page_size, request.page_token)
+        return pb.ListPacketCapturesResponse(value=value, next_page_token=token)
 
     @_mapped
     async def Stop(self, request: pb.StopPacketCaptureRequest, context: Context) -> pb.StopPacketCaptureResponse:

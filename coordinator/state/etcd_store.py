@@ -18,6 +18,7 @@ import aetcd.watcher
 import grpc
 import grpc.aio
 from aetcd import rpc
+from aetcd.utils import prefix_range_end
 
 from fleetcap.coordinator.errors import StoreUnavailable
 from fleetcap.coordinator.state.store import KV, KVBackend, WatchEvent, WatchKind
@@ -30,6 +31,16 @@ _RETRYABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.Connectio
 
 def _b(s: str) -> bytes:
     return s.encode()
+
+
+@aetcd.client._handle_errors  # type: ignore[untyped-decorator]
+async def _range(client: aetcd.Client, start: bytes, end: bytes, limit: int) -> Any:
+    """A range read with a limit, which aetcd 1.0.0's get_range does not pass on (its own
+    request builder, then etcd's Range)."""
+    await client.connect()
+    request = rpc.RangeRequest(key=start, range_end=end, limit=limit, sort_order=rpc.RangeRequest.ASCEND,
+                               sort_target=rpc.RangeRequest.KEY)
+    return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
 
 
 class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type information
@@ -147,6 +158,11 @@ class EtcdKV(KVBackend):
     async def get_prefix(self, prefix: str) -> list[KV]:
         r = await self._call(lambda c: c.get_prefix(_b(prefix)))
         return [KV(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.kvs]
+
+    async def get_page(self, prefix: str, after: str, limit: int) -> tuple[list[KV], bool]:
+        start = _b(prefix + after) + b"\0" if after else _b(prefix)
+        r = await self._call(lambda c: _range(c, start, prefix_range_end(_b(prefix)), limit))
+        return [KV(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.kvs], bool(r.more)
 
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         async def txn(c: aetcd.Client) -> bool:

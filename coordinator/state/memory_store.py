@@ -35,6 +35,10 @@ class MemoryKV(KVBackend):
     async def get_prefix(self, prefix: str) -> list[KV]:
         return [KV(k, v, r) for k, (v, r, _) in sorted(self._data.items()) if k.startswith(prefix)]
 
+    async def get_page(self, prefix: str, after: str, limit: int) -> tuple[list[KV], bool]:
+        keys = [k for k in sorted(self._data) if k.startswith(prefix) and (not after or k > prefix + after)]
+        return [KV(k, self._data[k][0], self._data[k][1]) for k in keys[:limit]], len(keys) > limit
+
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         for key, rev in expect.items():
             current = self._data.get(key)

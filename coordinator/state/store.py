@@ -82,6 +82,12 @@ class KVBackend(abc.ABC):
     async def get_prefix(self, prefix: str) -> list[KV]: ...
 
     @abc.abstractmethod
+    async def get_page(self, prefix: str, after: str, limit: int) -> tuple[list[KV], bool]:
+        """Up to `limit` keys under prefix, in key order, from the first key after
+        prefix + after ("" = from the start); and whether more follow."""
+        ...
+
+    @abc.abstractmethod
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         """Writes every put iff each key in `expect` has that mod revision (0 = absent)."""
 
@@ -160,6 +166,11 @@ class Store:
 
     async def list_captures(self) -> list[state_pb2.CaptureRecord]:
         return [decode(state_pb2.CaptureRecord, kv.value) for kv in await self.kv.get_prefix(keys.CAPTURES)]
+
+    async def list_captures_page(self, after: str, limit: int) -> tuple[list[state_pb2.CaptureRecord], bool]:
+        """Up to `limit` captures by name, from the first after `after`; and whether more follow."""
+        kvs, more = await self.kv.get_page(keys.CAPTURES, after, limit)
+        return [decode(state_pb2.CaptureRecord, kv.value) for kv in kvs], more
 
     async def update_capture(self, name: str, change: Callable[[state_pb2.CaptureRecord], bool]) -> state_pb2.CaptureRecord:
         """Applies `change` (which edits the record in place and returns whether it changed

@@ -48,6 +48,22 @@ class StoreContract:
             assert await s.get_capture("c1") is None and await s.get_instances("c1") == []
         self.run(body)
 
+    def test_captures_page_in_name_order_without_a_prefix_neighbour(self):
+        async def body(s: Store):
+            for name in ("b", "a", "ab", "c"):
+                rec, insts = capture(name, f"k/{name}")
+                await s.create_capture(rec, insts)
+            page, more = await s.list_captures_page("", 2)
+            assert ([c.resource.name for c in page], more) == (["a", "ab"], True)
+            page, more = await s.list_captures_page("ab", 2)
+            assert ([c.resource.name for c in page], more) == (["b", "c"], False)
+            page, more = await s.list_captures_page("a", 1)  # strictly after "a": "ab" is next
+            assert ([c.resource.name for c in page], more) == (["ab"], True)
+            assert await s.list_captures_page("c", 5) == ([], False)
+            # Instance records (another prefix) never show as captures.
+            assert [c.resource.name for c in (await s.list_captures_page("", 10))[0]] == ["a", "ab", "b", "c"]
+        self.run(body)
+
     def test_duplicate_name_fails_and_changes_nothing(self):
         async def body(s: Store):
             rec, insts = capture("dup", "k/0")

@@ -125,10 +125,22 @@ function show(view) {
 
 // -- the list -------------------------------------------------------------------------------------
 
+// Every capture: the list comes in pages (ARM's nextLink), 1,000 to a page.
+async function listAll() {
+  let page = await api("GET", `${ARM}${API}&$top=1000`);
+  const all = [...page.value];
+  while (page.nextLink) {
+    const next = new URL(page.nextLink);  // same origin: only its path and query are used
+    page = await api("GET", next.pathname + next.search);
+    all.push(...page.value);
+  }
+  return all;
+}
+
 async function refreshList() {
   clearTimeout(timer);
   try {
-    const list = (await api("GET", ARM + API)).value;
+    const list = await listAll();
     const statuses = await Promise.all(list.map((c) =>
       api("POST", `${ARM}/${encodeURIComponent(c.name)}/queryStatus${API}`).catch(() => null)));
     // Redraw only on a change, so that a row is never replaced under the user's pointer.

@@ -191,14 +191,20 @@ class GetPacketCaptureResponse(_message.Message):
     def __init__(self, capture: _Optional[_Union[PacketCaptureResult, _Mapping]] = ...) -> None: ...
 
 class ListPacketCapturesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPacketCapturesResponse(_message.Message):
-    __slots__ = ("value",)
+    __slots__ = ("value", "next_page_token")
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     value: _containers.RepeatedCompositeFieldContainer[PacketCaptureResult]
-    def __init__(self, value: _Optional[_Iterable[_Union[PacketCaptureResult, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, value: _Optional[_Iterable[_Union[PacketCaptureResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StopPacketCaptureRequest(_message.Message):
     __slots__ = ("name",)
