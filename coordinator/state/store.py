@@ -129,12 +129,29 @@ def decode(cls: type[M], data: bytes) -> M:
     return message
 
 
+SCAN_PAGE = 500
+"""Keys per read when the store reads a whole prefix."""
+
+
 class Store:
     def __init__(self, kv: KVBackend):
         self.kv = kv
 
     async def close(self) -> None:
         await self.kv.close()
+
+    async def _scan(self, prefix: str) -> list[KV]:
+        """Every key under a prefix, read SCAN_PAGE keys at a time: one read of a large prefix
+        (10,000 captures, or the instances of several full-size scale sets) would outgrow a gRPC
+        message, and etcd answers smaller reads without holding up its other clients."""
+        out: list[KV] = []
+        after = ""
+        while True:
+            page, more = await self.kv.get_page(prefix, after, SCAN_PAGE)
+            out.extend(page)
+            if not more or not page:
+                return out
+            after = page[-1].key[len(prefix):]
 
     async def ping(self) -> None:
         """One cheap read; raises if the store does not answer (health checks)."""
@@ -165,7 +182,7 @@ class Store:
         return decode(state_pb2.CaptureRecord, kv.value) if kv else None
 
     async def list_captures(self) -> list[state_pb2.CaptureRecord]:
-        return [decode(state_pb2.CaptureRecord, kv.value) for kv in await self.kv.get_prefix(keys.CAPTURES)]
+        return [decode(state_pb2.CaptureRecord, kv.value) for kv in await self._scan(keys.CAPTURES)]
 
     async def list_captures_page(self, after: str, limit: int) -> tuple[list[state_pb2.CaptureRecord], bool]:
         """Up to `limit` captures by name, from the first after `after`; and whether more follow."""
@@ -184,7 +201,7 @@ class Store:
     # -- instances -----------------------------------------------------------------------
 
     async def get_instances(self, name: str) -> list[state_pb2.InstanceRecord]:
-        return [decode(state_pb2.InstanceRecord, kv.value) for kv in await self.kv.get_prefix(keys.instances_of(name))]
+        return [decode(state_pb2.InstanceRecord, kv.value) for kv in await self._scan(keys.instances_of(name))]
 
     async def put_instance(self, name: str, record: state_pb2.InstanceRecord) -> None:
         """Adds an instance to an existing capture (addNewInstances); never overwrites one."""
@@ -194,7 +211,7 @@ class Store:
     async def running_captures(self) -> set[str]:
         """Names of captures with an instance not yet Stopped or in Error (one range read)."""
         running = set()
-        for kv in await self.kv.get_prefix(keys.INSTANCES):
+        for kv in await self._scan(keys.INSTANCES):
             status = decode(state_pb2.InstanceRecord, kv.value).status.packet_capture_status
             if not is_terminal(status):
                 running.add(keys.capture_name_of_instance(kv.key))
@@ -234,7 +251,7 @@ class Store:
 
     async def list_agents(self) -> dict[str, state_pb2.AgentRecord]:
         return {keys.instance_key_of(kv.key): decode(state_pb2.AgentRecord, kv.value)
-                for kv in await self.kv.get_prefix(keys.AGENTS)}
+                for kv in await self._scan(keys.AGENTS)}
 
     # -- fetches (a download's request for a file that only its instance holds) ---------
 
@@ -256,7 +273,7 @@ class Store:
         await self.kv.revoke_lease(lease)
 
     async def list_fetches(self) -> list[str]:
-        return [kv.key[len(keys.FETCHES):] for kv in await self.kv.get_prefix(keys.FETCHES)]
+        return [kv.key[len(keys.FETCHES):] for kv in await self._scan(keys.FETCHES)]
 
     async def watch_fetches(self) -> AsyncIterator[state_pb2.FetchRecord | None]:
         """Fetches as they are written (None for READY; deletions are not reported)."""

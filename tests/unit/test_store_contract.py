@@ -8,6 +8,7 @@ import pytest
 
 from fleetcap.coordinator.errors import AlreadyExists, NotFound
 from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state import store as store_module
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.v1 import captures_pb2 as pb
@@ -48,7 +49,8 @@ class StoreContract:
             assert await s.get_capture("c1") is None and await s.get_instances("c1") == []
         self.run(body)
 
-    def test_captures_page_in_name_order_without_a_prefix_neighbour(self):
+    def test_captures_page_in_name_order_without_a_prefix_neighbour(self, monkeypatch):
+        monkeypatch.setattr(store_module, "SCAN_PAGE", 3)  # whole-prefix reads page too: 4 captures, 2 reads
         async def body(s: Store):
             for name in ("b", "a", "ab", "c"):
                 rec, insts = capture(name, f"k/{name}")
@@ -62,6 +64,8 @@ class StoreContract:
             assert await s.list_captures_page("c", 5) == ([], False)
             # Instance records (another prefix) never show as captures.
             assert [c.resource.name for c in (await s.list_captures_page("", 10))[0]] == ["a", "ab", "b", "c"]
+            assert [c.resource.name for c in await s.list_captures()] == ["a", "ab", "b", "c"]
+            assert await s.running_captures() == {"a", "ab", "b", "c"}
         self.run(body)
 
     def test_duplicate_name_fails_and_changes_nothing(self):
