@@ -109,7 +109,7 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
         client_creds = dict(tls_ca=ca, token=TOKENS["admin"])
     else:  # agents share connections and prove themselves with a token of role agent
         # 50 agents a connection, below the server's cap of concurrent streams per connection.
-        channels = [transport.aio_channel(address) for _ in range(-(-n // 50))]
+        channels = [transport.aio_channel(address, dedicated=True) for _ in range(-(-n // 50))]
         agents = [RunningAgent(channels[i % len(channels)], i, (("authorization", f"Bearer {TOKENS['agent']}"),))
                   for i in range(n)]
         client_creds = dict(token=TOKENS["admin"])

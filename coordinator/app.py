@@ -87,8 +87,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
     health = Health(store)
     health.add_to(server)
-    add_fleet_servicer(
-        FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics), server)
+    fleet = FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics)
+    add_fleet_servicer(fleet, server)
     # A unix socket is local IPC, guarded by its file's permissions: plaintext (callers still
     # bring a token). TCP listeners speak TLS when there is a certificate.
     listeners = [(a, None if a.startswith("unix:") else settings.server_tls) for a in settings.listen] + \
@@ -121,7 +121,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     leading = asyncio.Event()
     tasks = [asyncio.ensure_future(watch_agent_expiry(store, service, sessions, leading)),
              asyncio.ensure_future(lead(store, service, replica, leading, settings.agent_ttl_s)),
-             asyncio.ensure_future(dispatch_by_watch(store, service, sessions))]
+             asyncio.ensure_future(dispatch_by_watch(store, service, sessions)),
+             asyncio.ensure_future(fleet.presence.run(sessions.silent))]
     if ready:
         ready.set()
     print(f"fleetcap coordinator ready on {', '.join(a for a, _ in listeners)}", flush=True)

@@ -9,11 +9,12 @@ import asyncio
 import logging
 
 from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied
+from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state import keys
 from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
-from fleetcap.v1 import fleet_pb2, state_pb2
+from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,28 @@ log = logging.getLogger(__name__)
 # more often than every 200 ms.
 HEARTBEATS_PER_TTL = 4
 MIN_HEARTBEAT_MS = 200
+# Progress that only moves counters (packets, bytes, drops, stored bytes) is written to etcd at
+# most once per this many seconds per instance, and less often when many agents share this
+# replica: at most COUNTER_WRITES_PER_S such writes a second in all. A change of state (status,
+# stop reason, errors, a file opened, closed, hashed or stored) is written at once.
+MIN_PERSIST_S = 1.0
+COUNTER_WRITES_PER_S = 200
+
+
+def counters_only(old: fleet_pb2.CaptureProgress | None, new: fleet_pb2.CaptureProgress) -> bool:
+    """Whether `new` differs from `old` in its counters alone."""
+    if old is None or (old.capture_name, old.capture_id) != (new.capture_name, new.capture_id):
+        return False
+    return _without_counters(old.status) == _without_counters(new.status)
+
+
+def _without_counters(status: captures_pb2.InstanceStatus) -> captures_pb2.InstanceStatus:
+    s = captures_pb2.InstanceStatus()
+    s.CopyFrom(status)
+    s.packets_captured = s.bytes_captured = s.kernel_drops = s.interface_drops = 0
+    for f in s.files:
+        f.size_bytes = f.uploaded_bytes = 0
+    return s
 
 
 def check_identity(ident: fleet_pb2.AgentIdentity) -> None:
@@ -51,6 +74,8 @@ class AgentSession:
     def __init__(self, instance_key: str):
         self.instance_key = instance_key
         self.queue: asyncio.Queue[fleet_pb2.CoordinatorMessage | None] = asyncio.Queue()
+        self.last_seen = asyncio.get_running_loop().time()
+        self.silenced = False  # closed for a whole TTL of silence (presence.py)
 
     def close(self) -> None:
         self.queue.put_nowait(None)
@@ -76,6 +101,23 @@ class AgentSessions:
     def connected(self, instance_key: str) -> bool:
         return instance_key in self._by_key
 
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def silent(self, ttl_s: float) -> list[str]:
+        """Closes the streams of agents that sent nothing for ttl_s seconds (a network cut the
+        stream has not noticed); returns their keys."""
+        now = asyncio.get_running_loop().time()
+        gone = [s for s in self._by_key.values() if now - s.last_seen > ttl_s]
+        for s in gone:
+            s.silenced = True
+            self.close(s.instance_key)
+        return [s.instance_key for s in gone]
+
+    def persist_interval(self) -> float:
+        """Seconds between counter-only progress writes of one instance (see COUNTER_WRITES_PER_S)."""
+        return max(MIN_PERSIST_S, len(self._by_key) / COUNTER_WRITES_PER_S)
+
     def close(self, instance_key: str) -> None:
         session = self._by_key.pop(instance_key, None)
         if session is not None:
@@ -97,14 +139,22 @@ class ControlSession:
     bad identity and StoreUnavailable when etcd cannot register it.
     """
 
-    def __init__(self, service: CaptureService, sessions: AgentSessions, *, agent_ttl_s: int, replica: str):
+    def __init__(self, service: CaptureService, sessions: AgentSessions, presence: Presence, *, agent_ttl_s: int,
+                 replica: str):
         self.service = service
         self.sessions = sessions
+        self.presence = presence
         self.agent_ttl_s = agent_ttl_s
         self.replica = replica
         self.session: AgentSession | None = None
         self._record = state_pb2.AgentRecord()
-        self._lease = 0
+        # Progress is applied by one writer task, apart from the stream's reading: a slow etcd
+        # delays reports (the newest per capture replaces an older one still waiting), never
+        # heartbeats, so a live agent is never expired for it.
+        self._pending: dict[str, fleet_pb2.CaptureProgress] = {}
+        self._written: dict[str, tuple[float, fleet_pb2.CaptureProgress]] = {}
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def instance_key(self) -> str:
@@ -117,7 +167,7 @@ class ControlSession:
         self._record = state_pb2.AgentRecord(identity=hello.identity, hostname=hello.hostname,
                                              interface=hello.interface, addresses=hello.addresses,
                                              connected_time=utc_now(), coordinator=self.replica)
-        self._lease = await self.service.store.register_agent(key, self._record, self.agent_ttl_s)
+        await self.presence.register(key, self._record)
         self.session = AgentSession(key)
         self.sessions.attach(self.session)
         log.info("agent %s connected (%s, %s)", key, hello.hostname, ", ".join(hello.addresses))
@@ -133,18 +183,63 @@ class ControlSession:
     async def handle(self, message: fleet_pb2.AgentMessage) -> None:
         """Applies one message from the agent; a failure is logged, the stream goes on."""
         key = self.instance_key
+        if self.session is not None:
+            self.session.last_seen = asyncio.get_running_loop().time()  # a heartbeat is just this
         try:
-            if message.HasField("heartbeat"):
-                if not await self.service.store.refresh_agent(self._lease):
-                    log.warning("agent %s: lease expired while connected; registering again", key)
-                    self._lease = await self.service.store.register_agent(key, self._record, self.agent_ttl_s)
-            elif message.HasField("progress"):
-                await self.service.apply_progress(key, message.progress)
+            if message.HasField("progress"):
+                self._pending[message.progress.capture_name] = message.progress
+                self._wake.set()
+                if self._writer is None:
+                    self._writer = asyncio.ensure_future(self._write_progress())
         except FleetcapError as e:
             log.warning("agent %s: could not apply %s: %s", key, message.WhichOneof("body"), e)
 
+    async def _write_progress(self) -> None:
+        """Applies the newest report of each capture: a change of state at once, counters at
+        most every sessions.persist_interval() seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            next_due = None
+            for name, progress in list(self._pending.items()):
+                last = self._written.get(name)
+                due = last[0] + self.sessions.persist_interval() if last else 0.0
+                if counters_only(last[1] if last else None, progress) and loop.time() < due:
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
+                del self._pending[name]
+                try:
+                    await self.service.apply_progress(self.instance_key, progress)
+                    self._written[name] = (loop.time(), progress)
+                except FleetcapError as e:
+                    log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
+                except Exception:  # never lose the writer to one bad report
+                    log.exception("agent %s: progress of %s", self.instance_key, name)
+            if next_due is not None:
+                loop.call_at(next_due, self._wake.set)
+
+    async def flush(self) -> None:
+        """Writes every report still waiting (the stream ended): the last word of an agent that
+        goes away is never lost to the counter rate."""
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        for name, progress in list(self._pending.items()):
+            del self._pending[name]
+            try:
+                await self.service.apply_progress(self.instance_key, progress)
+            except FleetcapError as e:
+                log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
+
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
         if self.session is not None:
             self.session.close()
             self.sessions.detach(self.session)
+            # A cut agent was silent for a whole TTL already; one that hung up gets a TTL to return.
+            self.presence.release(self.session.instance_key, self._record,
+                                  after_s=0 if self.session.silenced else self.agent_ttl_s)
             log.info("agent %s disconnected", self.session.instance_key)

@@ -1,4 +1,5 @@
-"""Agent expiry: an agent record deleted by its lease means the agent is gone."""
+"""Agent expiry: an agent record removed (its replica judged it gone, or the replica's lease
+expired with the replica) means the agent is gone (presence.py)."""
 from __future__ import annotations
 
 import asyncio

@@ -24,6 +24,7 @@ from fleetcap.coordinator.api.status_codes import Context
 from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.coordinator.fleet import wire
 from fleetcap.coordinator.fleet.agents import AgentSessions, ControlSession
+from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.fleet.uploads import Uploads
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
@@ -36,6 +37,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                  metrics: CoordinatorMetrics | None = None):
         self.service = service
         self.sessions = sessions
+        self.presence = Presence(service.store, agent_ttl_s)
         self.agent_ttl_s = agent_ttl_s
         self.replica = replica
         self.uploads = Uploads(service, metrics or CoordinatorMetrics())
@@ -46,7 +48,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
-        control = ControlSession(self.service, self.sessions, agent_ttl_s=self.agent_ttl_s, replica=self.replica)
+        control = ControlSession(self.service, self.sessions, self.presence, agent_ttl_s=self.agent_ttl_s,
+                                 replica=self.replica)
         reader: asyncio.Future[None] | None = None
         try:
             try:
@@ -73,6 +76,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
+            await asyncio.shield(control.flush())  # the reports still waiting for the counter rate
             if control.session is not None:
                 control.session.close()
 

@@ -178,6 +178,13 @@ class EtcdKV(KVBackend):
     async def delete(self, key: str) -> None:
         await self._call(lambda c: c.delete(_b(key)))
 
+    async def delete_if(self, key: str, mod_revision: int) -> bool:
+        async def txn(c: aetcd.Client) -> bool:
+            ok, _ = await c.transaction(compare=[c.transactions.mod(_b(key)) == mod_revision],
+                                        success=[c.transactions.delete(_b(key))], failure=[])
+            return bool(ok)
+        return await self._call(txn)
+
     async def grant_lease(self, ttl_s: int) -> int:
         lease = await self._call(lambda c: c.lease(ttl_s))
         return int(lease.id)

@@ -61,6 +61,13 @@ class MemoryKV(KVBackend):
             self._revision += 1
             self._emit(WatchKind.DELETE, key, b"")
 
+    async def delete_if(self, key: str, mod_revision: int) -> bool:
+        current = self._data.get(key)
+        if current is None or current[1] != mod_revision:
+            return False
+        await self.delete(key)
+        return True
+
     async def grant_lease(self, ttl_s: int) -> int:
         lease = self._next_lease
         self._next_lease += 1

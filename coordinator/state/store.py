@@ -98,6 +98,10 @@ class KVBackend(abc.ABC):
     async def delete(self, key: str) -> None: ...
 
     @abc.abstractmethod
+    async def delete_if(self, key: str, mod_revision: int) -> bool:
+        """Deletes the key iff it still has that mod revision."""
+
+    @abc.abstractmethod
     async def grant_lease(self, ttl_s: int) -> int: ...
 
     @abc.abstractmethod
@@ -248,6 +252,27 @@ class Store:
 
     async def refresh_agent(self, lease: int) -> bool:
         return await self.kv.refresh_lease(lease)
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        return await self.kv.grant_lease(ttl_s)
+
+    async def put_agent(self, instance_key: str, record: state_pb2.AgentRecord, lease: int) -> None:
+        """Writes the agent record under a lease the caller holds (its replica's), replacing a
+        record left by an earlier connection of the same agent."""
+        key = keys.agent(instance_key)
+        while True:
+            old = await self.kv.get(key)
+            if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
+                return
+
+    async def remove_agent(self, instance_key: str, record: state_pb2.AgentRecord) -> bool:
+        """Deletes the agent record iff it is still `record` (the agent has not registered again,
+        here or with another replica). Returns whether it did."""
+        key = keys.agent(instance_key)
+        kv = await self.kv.get(key)
+        if kv is None or decode(state_pb2.AgentRecord, kv.value) != record:
+            return False
+        return await self.kv.delete_if(key, kv.mod_revision)
 
     async def list_agents(self) -> dict[str, state_pb2.AgentRecord]:
         return {keys.instance_key_of(kv.key): decode(state_pb2.AgentRecord, kv.value)
