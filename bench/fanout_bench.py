@@ -97,7 +97,7 @@ def cpu_s(pid: int) -> float:
 
 
 async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs: int, etcd: EmbeddedEtcd,
-                  work: str, tls: bool) -> dict:
+                  work: str, tls: bool, load_s: int = 30) -> dict:
     etcd_tls = etcd.client_tls
     store = Store(EtcdKV([etcd.endpoint], access=EtcdAccess(etcd_tls.ca, etcd_tls.cert, etcd_tls.key)))
     if tls:  # each agent its own certificate, so its own connection, as on a real fleet
@@ -137,7 +137,7 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
                 raise RuntimeError("watch ended early")
             latencies.append(await asyncio.to_thread(all_running))
             await asyncio.to_thread(c.delete, name=name)
-    # One capture left running on all N; every agent reports once a second for 10 s.
+    # One capture left running on all N; every agent reports once a second for load_s seconds.
     with sdk.Client(address, **client_creds) as c:
         await asyncio.to_thread(c.create, name=f"load{n}", target="big", target_type="AzureVMSS",
                                 resource_group="bench", file_path="/var/captures/l.cap", time_limit_in_seconds=0)
@@ -151,7 +151,7 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
     counter = asyncio.ensure_future(count_writes())
     await asyncio.sleep(0.5)
     cpu0, t0 = cpu_s(coord_pid), time.monotonic()
-    await asyncio.gather(*(a.report(10, 500_000) for a in agents))
+    await asyncio.gather(*(a.report(load_s, 500_000) for a in agents))
     elapsed = time.monotonic() - t0
     load_cpu = (cpu_s(coord_pid) - cpu0) / elapsed
     await asyncio.sleep(1)
@@ -173,6 +173,8 @@ def main() -> int:
     p.add_argument("--tls", action="store_true",
                    help="the secure configuration: clients over TLS with a token, agents over mutual TLS, one "
                         "certificate each")
+    p.add_argument("--load-seconds", type=int, default=30,
+                   help="how long every agent reports progress for the CPU and etcd-write figures")
     a = p.parse_args()
     for n in a.agents:
         work = tempfile.mkdtemp(prefix="fleetcap-fan-")
@@ -202,7 +204,7 @@ def main() -> int:
         try:
             wait_port(port, coord, "coordinator")
             r = asyncio.run(measure(f"127.0.0.1:{port}", f"127.0.0.1:{agent_port}", coord.pid, n, a.runs, etcd, work,
-                                    a.tls))
+                                    a.tls, a.load_seconds))
             print(f"{'TLS ' if a.tls else ''}{n:5d} agents: create → all Running "
                   f"p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
                   f"({a.runs} runs); coordinator idle with {n} agents: CPU {r['idle_cpu'] * 100:.1f} % of a core, "

@@ -27,7 +27,7 @@ MIN_HEARTBEAT_MS = 200
 # replica: at most COUNTER_WRITES_PER_S such writes a second in all. A change of state (status,
 # stop reason, errors, a file opened, closed, hashed or stored) is written at once.
 MIN_PERSIST_S = 1.0
-COUNTER_WRITES_PER_S = 200
+COUNTER_WRITES_PER_S = 150
 
 
 def counters_only(old: fleet_pb2.CaptureProgress | None, new: fleet_pb2.CaptureProgress) -> bool:
