@@ -138,6 +138,9 @@ class CaptureService:
         # Files only an instance holds are fetched through the local account's fetch area.
         self.instance_files = InstanceFiles(store, local, dispatcher) if isinstance(local, LocalSink) else None
         self.on_first_report: Callable[[float], None] = lambda seconds: None
+        self._reports: builtins.list[tuple[str, fleet_pb2.CaptureProgress, asyncio.Future[None]]] = []
+        self._reports_waiting = asyncio.Event()
+        self._report_writer: asyncio.Future[None] | None = None
         """Called with the seconds from a capture's creation to an instance's first report (metrics)."""
 
     # -- public API ----------------------------------------------------------------------
@@ -406,22 +409,72 @@ class CaptureService:
         await self.store.update_instance(name, instance_key, finish)
 
     async def apply_progress(self, instance_key: str, progress: fleet_pb2.CaptureProgress) -> None:
-        """Applies an agent's report to its instance record, under the state machine."""
-        name = progress.capture_name
-        record = await self.store.get_capture(name)
-        if record is None or progress.capture_id != session_id(record):
-            log.info("progress for unknown or deleted capture %s from %s ignored", name, instance_key)
-            return
-        if instance_key not in record.instance_keys:
-            log.warning("progress for capture %s from %s, which it does not target", name, instance_key)
-            return
-        new = progress.status
-        first_report = False
+        """Applies an agent's report to its instance record, under the state machine. Reports
+        that arrive together (from many agents) are applied together: one read of each capture
+        record and few etcd transactions for all of them (Store.update_instances)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        writer = self._report_writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:  # (tests run several loops)
+            self._reports = [r for r in self._reports if r[2].get_loop() is loop]
+            self._reports_waiting = asyncio.Event()
+            self._report_writer = asyncio.ensure_future(self._write_reports(self._reports_waiting))
+        self._reports.append((instance_key, progress, done))
+        self._reports_waiting.set()
+        await done
+
+    async def _write_reports(self, waiting: asyncio.Event) -> None:
+        while True:
+            await waiting.wait()
+            waiting.clear()
+            batch, self._reports = self._reports, []
+            if not batch:
+                continue
+            try:
+                await self._apply_reports(batch)
+            except Exception as e:  # etcd unreachable: every report of the batch fails with it
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+
+    async def _apply_reports(self, batch: builtins.list[tuple[str, fleet_pb2.CaptureProgress, asyncio.Future[None]]]) -> None:
+        names = sorted({p.capture_name for _, p, _ in batch})
+        records = dict(zip(names, await asyncio.gather(*(self.store.get_capture(n) for n in names))))
+        items: builtins.list[tuple[str, str, Callable[[state_pb2.InstanceRecord], bool]]] = []
+        waiting: builtins.list[tuple[state_pb2.CaptureRecord, builtins.list[bool], asyncio.Future[None]]] = []
+        for instance_key, progress, done in batch:
+            record = records[progress.capture_name]
+            if record is None or progress.capture_id != session_id(record):
+                log.info("progress for unknown or deleted capture %s from %s ignored", progress.capture_name, instance_key)
+                done.set_result(None)
+            elif instance_key not in record.instance_keys:
+                log.warning("progress for capture %s from %s, which it does not target", progress.capture_name,
+                            instance_key)
+                done.set_result(None)
+            else:
+                first_report = [False]
+                items.append((record.resource.name, instance_key,
+                              self._report_change(record, instance_key, progress, first_report)))
+                waiting.append((record, first_report, done))
+        results = await self.store.update_instances(items) if items else []
+        for (record, first_report, done), result in zip(waiting, results):
+            if isinstance(result, Exception):
+                done.set_exception(result)
+                continue
+            if first_report[0]:
+                created = parse_rfc3339(record.resource.created_time)
+                self.on_first_report((dt.datetime.now(dt.UTC) - created).total_seconds())
+            done.set_result(None)
+
+    def _report_change(self, record: state_pb2.CaptureRecord, instance_key: str, progress: fleet_pb2.CaptureProgress,
+                       first_report: builtins.list[bool]) -> Callable[[state_pb2.InstanceRecord], bool]:
+        """The change one report makes to its instance record, for Store.update_instances;
+        first_report[0] tells whether it was the instance's first (for the fan-out metric)."""
+        name, new = record.resource.name, progress.status
 
         def apply(rec: state_pb2.InstanceRecord) -> bool:
-            nonlocal first_report
             old = rec.status
-            first_report = False
+            first_report[0] = False
             try:
                 st.check_transition(old.packet_capture_status, new.packet_capture_status, old.packet_capture_error)
             except st.IllegalTransition as e:
@@ -438,14 +491,10 @@ class CaptureService:
                     return False
             if merged == old:
                 return False
-            first_report = old.packet_capture_status == Status.NOT_STARTED != merged.packet_capture_status
+            first_report[0] = old.packet_capture_status == Status.NOT_STARTED != merged.packet_capture_status
             rec.status.CopyFrom(merged)
             return True
-
-        await self.store.update_instance(name, instance_key, apply)
-        if first_report:
-            created = parse_rfc3339(record.resource.created_time)
-            self.on_first_report((dt.datetime.now(dt.UTC) - created).total_seconds())
+        return apply
 
     async def agent_connected(self, instance_key: str, hello: fleet_pb2.AgentHello) -> None:
         """Reconciles an agent that (re)connected: applies what it reports, starts what it

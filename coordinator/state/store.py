@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import abc
+import asyncio
 import collections
 import dataclasses
 import enum
@@ -25,7 +26,7 @@ from typing import TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from fleetcap.coordinator.errors import AlreadyExists, Conflict, NotFound
+from fleetcap.coordinator.errors import AlreadyExists, Conflict, FleetcapError, NotFound
 from fleetcap.coordinator.state import keys
 from fleetcap.core.vocabulary import is_terminal
 from fleetcap.v1 import state_pb2
@@ -134,6 +135,10 @@ def decode(cls: type[M], data: bytes) -> M:
     return message
 
 
+UPDATE_BATCH = 64
+"""Keys per transaction of update_instances (a put and a compare each: under etcd's 128 operations)."""
+RANGE_READ_FROM = 16
+"""update_instances reads a capture's instances in one range when more than this many change."""
 DECODED_CACHE = 100_000
 """Decoded records kept (least recently used go first): every record of a full deployment."""
 SCAN_PAGE = 500
@@ -248,6 +253,61 @@ class Store:
                               change: Callable[[state_pb2.InstanceRecord], bool]) -> state_pb2.InstanceRecord:
         return await self._update(keys.instance(name, instance_key), state_pb2.InstanceRecord, change,
                                   f"instance '{instance_key}' of packet capture '{name}'")
+
+    async def update_instances(
+            self, items: list[tuple[str, str, Callable[[state_pb2.InstanceRecord], bool]]],
+    ) -> list[state_pb2.InstanceRecord | FleetcapError | Conflict]:
+        """Applies many (capture, instance key, change) at once, with few etcd calls: the
+        records of a capture are read in one range when many of them change, and the changed
+        ones written in transactions of up to UPDATE_BATCH keys, each guarded by every key's
+        mod revision. A transaction that loses a race is applied again key by key (as
+        update_instance). Changes of one key apply in order. Returns, per item, its record or
+        the error (NotFound, Conflict)."""
+        results: list[state_pb2.InstanceRecord | FleetcapError | Conflict | None] = [None] * len(items)
+        by_key: dict[str, list[int]] = {}
+        for i, (name, instance_key, _) in enumerate(items):
+            by_key.setdefault(keys.instance(name, instance_key), []).append(i)
+        found: dict[str, KV] = {}
+        by_capture: dict[str, list[str]] = {}
+        for key, idxs in by_key.items():
+            by_capture.setdefault(items[idxs[0]][0], []).append(key)
+        for name, wanted in by_capture.items():
+            if len(wanted) > RANGE_READ_FROM:
+                want = set(wanted)
+                found.update({kv.key: kv for kv in await self._scan(keys.instances_of(name)) if kv.key in want})
+            else:
+                for kv in await asyncio.gather(*(self.kv.get(k) for k in wanted)):
+                    if kv is not None:
+                        found[kv.key] = kv
+        changed: list[tuple[str, list[int], state_pb2.InstanceRecord, int]] = []
+        for key, idxs in by_key.items():
+            kv = found.get(key)
+            if kv is None:
+                for i in idxs:
+                    results[i] = NotFound(f"instance '{items[i][1]}' of packet capture '{items[i][0]}' not found")
+                continue
+            record = self._decode(state_pb2.InstanceRecord, kv)
+            if any([items[i][2](record) for i in idxs]):  # every change runs, in order
+                changed.append((key, idxs, record, kv.mod_revision))
+            else:
+                for i in idxs:
+                    results[i] = record
+        for start in range(0, len(changed), UPDATE_BATCH):
+            batch = changed[start:start + UPDATE_BATCH]
+            if await self.kv.put_if([(k, encode(r)) for k, _, r, _ in batch], {k: rev for k, _, _, rev in batch}):
+                for _, idxs, record, _ in batch:
+                    for i in idxs:
+                        results[i] = record
+                continue
+            for key, idxs, _, _ in batch:  # lost a race: key by key, each change on a fresh read
+                for i in idxs:
+                    name, instance_key, change = items[i]
+                    try:
+                        results[i] = await self._update(key, state_pb2.InstanceRecord, change,
+                                                        f"instance '{instance_key}' of packet capture '{name}'")
+                    except (FleetcapError, Conflict) as e:
+                        results[i] = e
+        return [r if r is not None else Conflict("not applied") for r in results]
 
     async def _update(self, key: str, cls: type[M], change: Callable[[M], bool], what: str) -> M:
         for _ in range(CAS_ATTEMPTS):
