@@ -14,6 +14,8 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 
+import google_crc32c
+
 from fleetcap.coordinator import service as svc
 from fleetcap.coordinator.errors import (
     DataLoss,
@@ -26,7 +28,7 @@ from fleetcap.coordinator.errors import (
 )
 from fleetcap.coordinator.fetch import fetch_object
 from fleetcap.coordinator.fleet.agents import check_caller, check_identity
-from fleetcap.coordinator.fleet.wire import ChunkRequest
+from fleetcap.coordinator.fleet.wire import ChunkRequest, ChunkView
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT
 from fleetcap.coordinator.state import keys
@@ -59,10 +61,15 @@ async def _pump(requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest],
     await queue.put(_END)
 
 
-def _write_checked(writer: ObjectWriter, offset: int, data: bytes | memoryview, crc32: int) -> bool:
-    """Checks a chunk's CRC-32 and writes it, off the event loop (both release the GIL).
-    False, with nothing written, on a mismatch."""
-    if zlib.crc32(data) != crc32:
+def _write_checked(writer: ObjectWriter, offset: int, data: bytes | memoryview, chunk: ChunkView | fleet_pb2.UploadChunk) -> bool:
+    """Checks a chunk's CRC-32C (or, from an older agent, its zlib CRC-32) and writes it, off
+    the event loop. False, with nothing written, on a mismatch."""
+    if chunk.HasField("crc32c"):
+        # google-crc32c takes bytes only: the copy (30 ms a GiB) and the hardware CRC (80 ms)
+        # cost a third of zlib's CRC-32 (380 ms) on the view.
+        if google_crc32c.value(bytes(data)) != chunk.crc32c:
+            return False
+    elif zlib.crc32(data) != chunk.crc32:
         return False
     writer.write(offset, data)
     return True
@@ -211,8 +218,8 @@ class Uploads:
                         fetch_checked = time.monotonic()
                     c = req.chunk
                     data = c.data  # a memoryview (wire.py), or protobuf's copy: taken once
-                    if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c.crc32):
-                        raise DataLoss(f"chunk at offset {c.offset}: CRC-32 mismatch")
+                    if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c):
+                        raise DataLoss(f"chunk at offset {c.offset}: CRC mismatch")
                     new = writer.durable_size()
                     received = c.offset + len(data)
                     unflushed_since = unflushed_since or time.monotonic()

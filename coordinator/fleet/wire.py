@@ -14,10 +14,17 @@ _CHUNK_TAG = (2 << 3) | 2  # UploadRequest.chunk: field 2, length-delimited
 
 
 class ChunkView:
-    __slots__ = ("offset", "data", "crc32")
+    __slots__ = ("offset", "data", "crc32", "_crc32c")
 
-    def __init__(self, offset: int, data: memoryview, crc32: int):
-        self.offset, self.data, self.crc32 = offset, data, crc32
+    def __init__(self, offset: int, data: memoryview, crc32: int, crc32c: int | None = None):
+        self.offset, self.data, self.crc32, self._crc32c = offset, data, crc32, crc32c
+
+    @property
+    def crc32c(self) -> int:
+        return self._crc32c or 0
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 (protobuf's name)
+        return name == "crc32c" and self._crc32c is not None
 
 
 class ChunkRequest:
@@ -52,15 +59,18 @@ def _chunk(buf: memoryview) -> ChunkRequest | None:
     if pos + length != len(buf):
         return None  # more than the one field: protobuf knows what to do
     offset, data, crc32, end = 0, buf[0:0], 0, len(buf)
+    crc32c: int | None = None
     while pos < end:
         key, pos = _varint(buf, pos)
         field, wire_type = key >> 3, key & 7
-        if field in (1, 3) and wire_type == 0:
+        if field in (1, 3, 4) and wire_type == 0:
             value, pos = _varint(buf, pos)
             if field == 1:
                 offset = value - (1 << 64) if value >= 1 << 63 else value  # int64
-            else:
+            elif field == 3:
                 crc32 = value & 0xFFFFFFFF  # uint32
+            else:
+                crc32c = value & 0xFFFFFFFF
         elif field == 2 and wire_type == 2:
             n, pos = _varint(buf, pos)
             if pos + n > end:
@@ -68,7 +78,7 @@ def _chunk(buf: memoryview) -> ChunkRequest | None:
             data, pos = buf[pos:pos + n], pos + n
         else:
             return None
-    return ChunkRequest(ChunkView(offset, data, crc32))
+    return ChunkRequest(ChunkView(offset, data, crc32, crc32c))
 
 
 def decode_upload_request(raw: bytes) -> fleet_pb2.UploadRequest | ChunkRequest:

@@ -22,7 +22,7 @@ from tests.integration.conftest import ROOT, wait_agents
 pytestmark = pytest.mark.integration
 
 # What the agent imports, and what those packages require (grpcio: typing-extensions).
-AGENT_DISTRIBUTIONS = {"fleetcap", "grpcio", "protobuf", "prometheus-client", "typing-extensions"}
+AGENT_DISTRIBUTIONS = {"fleetcap", "grpcio", "protobuf", "prometheus-client", "typing-extensions", "google-crc32c"}
 # Never on an agent-only install.
 OTHER_EXTRAS = {"aetcd", "azure-storage-blob", "pyjwt", "cryptography", "grpcio-health-checking",
                 "grpcio-reflection", "starlette", "uvicorn", "rich", "jmespath", "pyyaml", "argcomplete"}
@@ -144,4 +144,4 @@ def test_the_wheel_declares_its_extras_licence_and_urls(wheel):
     # The base requirements are the agent's alone.
     base = {v.split(">")[0].split("=")[0].split("<")[0].strip() for k, v in headers
             if k == "Requires-Dist" and "extra ==" not in v}
-    assert base == {"grpcio", "protobuf", "prometheus_client"}
+    assert base == {"grpcio", "protobuf", "prometheus_client", "google-crc32c"}

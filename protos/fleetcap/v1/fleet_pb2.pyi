@@ -150,14 +150,16 @@ class UploadOpen(_message.Message):
     def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., restart: _Optional[bool] = ..., fetch_id: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("offset", "data", "crc32")
+    __slots__ = ("offset", "data", "crc32", "crc32c")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
     offset: int
     data: bytes
     crc32: int
-    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
+    crc32c: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., crc32c: _Optional[int] = ...) -> None: ...
 
 class UploadFinish(_message.Message):
     __slots__ = ("size_bytes", "sha256")
