@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import collections
 import datetime as dt
 import logging
 import uuid
@@ -96,6 +97,8 @@ def new_etag() -> str:
     return f'W/"{uuid.uuid4()}"'
 
 
+DISPATCHED_KEPT = 1000
+"""Captures this replica remembers having dispatched itself (dispatched_here)."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 _TOKEN_PREFIX = "after:"
@@ -138,6 +141,7 @@ class CaptureService:
         # Files only an instance holds are fetched through the local account's fetch area.
         self.instance_files = InstanceFiles(store, local, dispatcher) if isinstance(local, LocalSink) else None
         self.on_first_report: Callable[[float], None] = lambda seconds: None
+        self._dispatched: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._reports: builtins.list[tuple[str, fleet_pb2.CaptureProgress, asyncio.Future[None]]] = []
         self._reports_waiting = asyncio.Event()
         self._report_writer: asyncio.Future[None] | None = None
@@ -207,7 +211,15 @@ class CaptureService:
         log.info("capture %s created on %d instance(s) of %s", name, len(instances), p.target)
         for inst in instances:
             self._start(record, inst)
+        self._dispatched[session_id(record)] = None
+        while len(self._dispatched) > DISPATCHED_KEPT:
+            self._dispatched.popitem(last=False)
         return record.resource
+
+    def dispatched_here(self, record: state_pb2.CaptureRecord) -> bool:
+        """Whether this replica created the capture and so already sent its starts to the agents
+        connected here (the dispatch watch need not read its instances again)."""
+        return session_id(record) in self._dispatched
 
     async def get(self, name: str) -> captures_pb2.PacketCaptureResult:
         return (await self._record(name)).resource

@@ -139,7 +139,7 @@ def document(example_target: str = "") -> dict[str, Any]:
                            "x-ms-pageable": {"nextLinkName": "nextLink"},
                            "responses": {"200": _json("#/components/schemas/PacketCaptureListResult",
                                                       "a page of captures in name order"),
-                                         "400": _error(), **common}}},
+                                         "400": _error(), "404": _error(), **common}}},
             base + "/{packetCaptureName}": {
                 "put": {"operationId": "PacketCaptures_Create", "parameters": params + [pc_name, api_version],
                         "requestBody": {"required": True, "content": {"application/json": {

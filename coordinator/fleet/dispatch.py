@@ -31,6 +31,8 @@ async def _follow_captures(store: Store, service: CaptureService, sessions: Agen
         if record.stop_requested:
             await service.send_stops(record)
             continue
+        if service.dispatched_here(record):
+            continue  # its create sent the starts; an agent that connected since is started on its hello
         for inst in await store.get_instances(record.resource.name):
             if inst.status.packet_capture_status == Status.NOT_STARTED and sessions.connected(inst.instance_key):
                 service.start_instance(record, inst)
