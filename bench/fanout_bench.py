@@ -149,6 +149,17 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
             if event.kind == "PUT":
                 writes[0] += 1
     counter = asyncio.ensure_future(count_writes())
+    churn = {"agent registrations": 0, "agent removals": 0, "leader changes": 0}
+
+    async def count_churn(prefix: str) -> None:
+        async for event in store.watch(prefix):
+            if prefix == keys.LEADER and event.kind == "PUT":
+                churn["leader changes"] += 1
+            elif prefix == keys.AGENTS and event.kind == "PUT":
+                churn["agent registrations"] += 1
+            elif prefix == keys.AGENTS and event.kind == "DELETE":
+                churn["agent removals"] += 1
+    churners = [asyncio.ensure_future(count_churn(keys.AGENTS)), asyncio.ensure_future(count_churn(keys.LEADER))]
     await asyncio.sleep(0.5)
     cpu0, t0 = cpu_s(coord_pid), time.monotonic()
     await asyncio.gather(*(a.report(load_s, 500_000) for a in agents))
@@ -156,6 +167,8 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
     load_cpu = (cpu_s(coord_pid) - cpu0) / elapsed
     await asyncio.sleep(1)
     counter.cancel()
+    for c in churners:
+        c.cancel()
     for t in tasks:
         t.cancel()
     for ch in channels:
@@ -163,7 +176,7 @@ async def measure(address: str, agent_address: str, coord_pid: int, n: int, runs
     latencies.sort()
     return {"n": n, "p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
             "idle_cpu": idle_cpu, "rss_before": rss0, "rss_idle": idle_rss, "load_cpu": load_cpu,
-            "writes_per_instance_s": writes[0] / n / elapsed, "rss_load": rss_mb(coord_pid)}
+            "writes_per_instance_s": writes[0] / n / elapsed, "rss_load": rss_mb(coord_pid), "churn": churn}
 
 
 def main() -> int:
@@ -210,7 +223,8 @@ def main() -> int:
                   f"({a.runs} runs); coordinator idle with {n} agents: CPU {r['idle_cpu'] * 100:.1f} % of a core, "
                   f"RSS {r['rss_idle']:.0f} MiB; all {n} reporting progress of a 500k pps capture: coordinator CPU "
                   f"{r['load_cpu'] * 100:.1f} % of a core, RSS {r['rss_load']:.0f} MiB, "
-                  f"{r['writes_per_instance_s']:.2f} etcd writes per instance per second", flush=True)
+                  f"{r['writes_per_instance_s']:.2f} etcd writes per instance per second; during those "
+                  f"{a.load_seconds} s: " + ", ".join(f"{v} {k}" for k, v in r["churn"].items()), flush=True)
         finally:
             coord.terminate()
             coord.wait(15)
