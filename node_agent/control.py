@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 
 import grpc
@@ -27,6 +28,12 @@ VERSION = "0.1.0"
 PROGRESS_INTERVAL_S = 1.0
 # A restarted coordinator is found within 2 s; a dead one costs a connection attempt per 2 s.
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 2.0
+
+
+def jittered(delay: float, rng: random.Random) -> float:
+    """The wait before a reconnect: the backoff's delay spread uniformly over [delay/2, 3·delay/2],
+    so that a fleet whose coordinator went away does not come back in one burst."""
+    return delay * rng.uniform(0.5, 1.5)
 ControlCall = grpc.aio.StreamStreamCall[fleet_pb2.AgentMessage, fleet_pb2.CoordinatorMessage]
 
 
@@ -68,6 +75,7 @@ class ControlLoop:
         self.runner = runner
         self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
         self._dirty: set[str] = set()
+        self._rng = random.Random()
 
     def report(self, cap: ActiveCapture) -> None:
         """Sends a capture's progress now, and again on the next tick, in case this stream was
@@ -82,10 +90,11 @@ class ControlLoop:
             if stop.is_set():
                 break
             delay = RECONNECT_MIN_S if connected else min(delay * 2, RECONNECT_MAX_S)
+            wait = jittered(delay, self._rng)
             self.coordinators.next()  # the next replica, if there are several
-            log.info("reconnecting to %s in %.1fs", self.coordinators.current, delay)
+            log.info("reconnecting to %s in %.1fs", self.coordinators.current, wait)
             try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
                 pass
 

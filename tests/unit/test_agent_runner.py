@@ -250,3 +250,18 @@ def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path)
                                          fetch_id="f" * 32))
         assert "f" * 32 not in cap.fetches
     asyncio.run(body())
+
+
+def test_reconnects_are_spread_over_half_to_one_and_a_half_delays():
+    import random
+
+    from fleetcap.node_agent.control import RECONNECT_MAX_S, RECONNECT_MIN_S, jittered
+    rng = random.Random(7)
+    for delay in (RECONNECT_MIN_S, 1.0, RECONNECT_MAX_S):
+        waits = [jittered(delay, rng) for _ in range(2000)]
+        assert delay * 0.5 <= min(waits) < delay * 0.55 and delay * 1.45 < max(waits) <= delay * 1.5
+        # A thousand agents cut at once come back spread out: no tenth of the range holds more than 15 %.
+        buckets = [0] * 10
+        for w in waits:
+            buckets[min(9, int((w / delay - 0.5) * 10))] += 1
+        assert max(buckets) < 0.15 * len(waits)
