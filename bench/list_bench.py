@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from bench.datapath_bench import ROOT, wait_port
+from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
@@ -127,9 +128,7 @@ def main() -> int:
         print(f"GetStatus of a capture of {a.instances} instances: p50 {p(status, .5):.1f} ms, "
               f"p99 {p(status, .99):.1f} ms ({a.calls} calls)")
     finally:
-        if coord is not None:
-            coord.terminate()
-            coord.wait(15)
+        LocalFleet.stop_process(coord, timeout_s=15)
         etcd.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0

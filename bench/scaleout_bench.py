@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from bench.datapath_bench import ROOT, TOKENS, Deployment, cpu_s, fleetcap_uploads, make_file, wait_port
+from deploy.localfleet import LocalFleet
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 from fleetcap.core.auth import AuthFile, Role
 from fleetcap.core.transport import free_port
@@ -98,11 +99,7 @@ def main() -> int:
         return 0
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            LocalFleet.stop_process(proc, timeout_s=15)
         etcd.stop()
         shutil.rmtree(work, ignore_errors=True)
 
