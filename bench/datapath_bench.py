@@ -41,6 +41,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 
+def save_auth(path: str) -> str:
+    """An auth file with the benchmark's admin and agent tokens (TOKENS)."""
+    auth = AuthFile()
+    for role in ("admin", "agent"):
+        auth = auth.with_token(role, frozenset({Role(role)}), TOKENS[role])
+    auth.save(path)
+    return path
+
+
 def make_file(path: str, size: int) -> str:
     block = os.urandom(16 << 20)
     h = hashlib.sha256()
@@ -199,10 +208,7 @@ def main() -> int:
         big = os.path.join(work, "big.cap")
         sha = make_file(big, size)
         az_port, api_port, raw_port, tls_api_port, tls_agent_port = (free_port() for _ in range(5))
-        auth = AuthFile()
-        for role in ("admin", "agent"):
-            auth = auth.with_token(role, frozenset({Role(role)}), TOKENS[role])
-        auth.save(os.path.join(work, "auth.toml"))
+        save_auth(os.path.join(work, "auth.toml"))
         ca = os.path.join(work, "pki", "ca")
         pki.create_ca(ca)
         pki.issue_coordinator(ca, os.path.join(work, "pki"), dns=[], ips=[])

@@ -22,10 +22,9 @@ import sys
 import tempfile
 import time
 
-from bench.datapath_bench import ROOT, TOKENS, Deployment, cpu_s, fleetcap_uploads, make_file, wait_port
+from bench.datapath_bench import ROOT, Deployment, cpu_s, fleetcap_uploads, make_file, save_auth, wait_port
 from deploy.localfleet import LocalFleet
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
-from fleetcap.core.auth import AuthFile, Role
 from fleetcap.core.transport import free_port
 
 
@@ -41,10 +40,7 @@ def main() -> int:
     etcd = EmbeddedEtcd(os.path.join(work, "etcd")).start()
     try:
         t = etcd.client_tls
-        auth = AuthFile()
-        for role in ("admin", "agent"):
-            auth = auth.with_token(role, frozenset({Role(role)}), TOKENS[role])
-        auth.save(os.path.join(work, "auth.toml"))
+        save_auth(os.path.join(work, "auth.toml"))
         ports = [free_port() for _ in range(2)]
         for i, port in enumerate(ports):
             procs.append(subprocess.Popen(

@@ -46,9 +46,10 @@ def fetch_object(fetch_id: str) -> str:
 
 
 class Dispatcher(Protocol):
-    """What this module needs of the agent sessions (fleet/agents.py)."""
+    """The agent sessions (fleet/agents.py), as the capture service and this module use them."""
 
-    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool: ...
+    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
+        """Queues a message to the agent of that instance; False if it is not connected here."""
 
 
 class InstanceFiles:
@@ -140,7 +141,7 @@ class InstanceFiles:
         while True:
             await asyncio.sleep(FETCH_TTL_S / 3)
             with contextlib.suppress(Exception):
-                await self.store.refresh_agent(lease)
+                await self.store.refresh_lease(lease)
 
     async def sweep(self) -> int:
         """Removes fetched copies whose fetch record is gone (a replica died mid-download);

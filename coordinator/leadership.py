@@ -37,7 +37,7 @@ async def lead(store: Store, service: CaptureService, replica: str, leading: asy
             asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS,
                                                   lambda: asyncio.ensure_future(_reconcile(service)))
             while True:  # keep the lease alive, three refreshes per TTL
-                if not await store.refresh_agent(lease):
+                if not await store.refresh_lease(lease):
                     break
                 await asyncio.sleep(LEADER_TTL_S / 3)
             log.warning("%s lost the leadership", replica)

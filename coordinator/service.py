@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
 
 from fleetcap.coordinator import status as st
 from fleetcap.coordinator import targets, validation
@@ -26,7 +25,7 @@ from fleetcap.coordinator.errors import (
     NotFound,
     ResourceExhausted,
 )
-from fleetcap.coordinator.fetch import InstanceFiles
+from fleetcap.coordinator.fetch import Dispatcher, InstanceFiles
 from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, ServiceConfig
 from fleetcap.coordinator.state import keys
@@ -42,11 +41,6 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 FOLLOW_POLL_S = 0.5
-
-
-class Dispatcher(Protocol):
-    def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
-        """Queues a message to the agent of that instance; False if it is not connected here."""
 
 
 def blob_name(identity: fleet_pb2.AgentIdentity, created: dt.datetime) -> str:

@@ -82,7 +82,7 @@ class Presence:
                 log.warning("agent %s: silent for %d s; its stream is closed", key, self.ttl_s)
             try:
                 lease = await self._current_lease()
-                if not await self.store.refresh_agent(lease):
+                if not await self.store.refresh_lease(lease):
                     await self._renew_lost_lease()
             except asyncio.CancelledError:
                 raise

@@ -333,7 +333,7 @@ class Store:
             if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
                 return lease
 
-    async def refresh_agent(self, lease: int) -> bool:
+    async def refresh_lease(self, lease: int) -> bool:
         return await self.kv.refresh_lease(lease)
 
     async def grant_lease(self, ttl_s: int) -> int:
@@ -364,7 +364,7 @@ class Store:
     # -- fetches (a download's request for a file that only its instance holds) ---------
 
     async def put_fetch(self, record: state_pb2.FetchRecord, ttl_s: int) -> int:
-        """Writes the fetch under a new lease and returns it; keep it alive with refresh_agent."""
+        """Writes the fetch under a new lease and returns it; keep it alive with refresh_lease."""
         lease = await self.kv.grant_lease(ttl_s)
         key = keys.fetch(record.fetch_id)
         if not await self.kv.put_if([(key, encode(record))], {key: 0}, lease=lease):
@@ -395,7 +395,7 @@ class Store:
 
     async def try_lead(self, replica: str, ttl_s: int) -> int:
         """Becomes the leader if nobody is; returns the leadership's lease (0 if another leads).
-        The leader keeps the lease alive with refresh_agent(lease); when it dies, the key goes
+        The leader keeps the lease alive with refresh_lease(lease); when it dies, the key goes
         with its lease and the other replicas try again."""
         lease = await self.kv.grant_lease(ttl_s)
         if await self.kv.put_if([(keys.LEADER, replica.encode())], {keys.LEADER: 0}, lease=lease):

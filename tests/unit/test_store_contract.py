@@ -135,12 +135,12 @@ class StoreContract:
             lease = await s.register_agent(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
             for _ in range(4):
                 await asyncio.sleep(0.4)
-                assert await s.refresh_agent(lease)
+                assert await s.refresh_lease(lease)
             assert list(await s.list_agents()) == [key]
             await asyncio.wait_for(watcher, timeout=10)  # stops refreshing: the lease expires
             assert events == [(WatchKind.PUT, key), (WatchKind.DELETE, key)]
             assert await s.list_agents() == {}
-            assert not await s.refresh_agent(lease)
+            assert not await s.refresh_lease(lease)
         self.run(body)
 
     def test_reregistering_moves_the_record_to_the_new_lease(self):
