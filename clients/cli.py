@@ -274,8 +274,14 @@ def cmd_create(client: sdk.Client, args) -> int:
         filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "",
         continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
         local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
-        session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances)
+        session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances,
+        standby_in_seconds=args.standby, standby_bytes=args.standby_bytes)
     _emit(sdk.to_dict(capture), args, CAPTURE_TABLE)
+    return EXIT_OK
+
+
+def cmd_trigger(client: sdk.Client, args) -> int:
+    _status_out(client.trigger(name=args.name, after_in_seconds=args.after, note=args.note or ""), args)
     return EXIT_OK
 
 
@@ -838,7 +844,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     cr.add_argument("--file-count", type=int, help="continuous capture: files kept; default 10")
     cr.add_argument("--file-size", type=int, help="continuous capture: bytes per file; default 104857600")
     cr.add_argument("--session-time-limit", type=int, help="continuous capture: seconds; default 86400")
+    cr.add_argument("--standby", type=int, metavar="SECONDS",
+                    help="flight recorder (fleetcap extension): arm every instance to keep the last SECONDS of "
+                         "matching packets (1..3600), storing nothing until `capture trigger`; the time limit then "
+                         "bounds the armed period")
+    cr.add_argument("--standby-bytes", type=int, metavar="BYTES",
+                    help="flight recorder: the ring's size on each instance; default 104857600, at least 8388608")
     cr.set_defaults(func=cmd_create)
+    tr = verbs.add_parser("trigger", help="flight recorder: keep the armed window on every instance, record --after "
+                                          "seconds more, then store the files")
+    tr.add_argument("--name", "-n", "--packet-capture-name", required=True)
+    tr.add_argument("--after", type=int, default=0, metavar="SECONDS", help="seconds to record after the trigger; "
+                                                                            "default 0")
+    tr.add_argument("--note", help="free text kept with the trigger's source, e.g. an incident id")
+    _az_ignored(tr)
+    tr.set_defaults(func=cmd_trigger)
     for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
                                  ("delete", cmd_delete, "delete a capture (files are kept)"),
                                  ("show-status", cmd_show_status, "status, with a per-instance breakdown"),
@@ -909,7 +929,10 @@ EXAMPLES: dict[str, list[str]] = {
     "capture create": [
         "fleetcap capture create -n pc1 -g rg1 --vm vm1 --file-path /var/captures/pc1.cap --time-limit 60",
         "fleetcap capture create -n pc2 -g rg1 --target web --target-type AzureVMSS --include 0 3 "
-        "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'"],
+        "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'",
+        "fleetcap capture create -n rec1 -g rg1 --target web --target-type AzureVMSS --storage-account local "
+        "--standby 300 --time-limit 0"],
+    "capture trigger": ["fleetcap capture trigger -n rec1 --after 30 --note INC-4711"],
     "capture show": ["fleetcap capture show -n pc1 -o yaml"],
     "capture stop": ["fleetcap capture stop -n pc1"],
     "capture delete": ["fleetcap capture delete -n pc1"],

@@ -158,6 +158,8 @@ class CreateOptions(TypedDict, total=False):
     file_size_in_bytes: int | None        # continuous: bytes per file (100 MiB)
     session_time_limit_in_seconds: int | None  # continuous: seconds (86400)
     add_new_instances: bool               # scale sets: instances that join are captured too
+    standby_in_seconds: int | None        # flight recorder: seconds kept while armed (extension)
+    standby_bytes: int | None             # flight recorder: the ring's bytes per instance (100 MiB)
 
 
 def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.CreatePacketCaptureRequest:
@@ -173,7 +175,7 @@ def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) 
                  for i, f in enumerate(o.get("filters", ()))],
         bpf_filter=o.get("bpf_filter", ""), add_new_instances=o.get("add_new_instances", False))
     for key in ("bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds",
-                "continuous_capture"):
+                "continuous_capture", "standby_in_seconds", "standby_bytes"):
         value = o.get(key)
         if value is not None:
             setattr(params, key, value)
@@ -413,6 +415,17 @@ class AsyncClient:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
         await self._call("Stop", pb.StopPacketCaptureRequest(name=name))
 
+    async def trigger(self, *, name: str, after_in_seconds: int = 0, note: str = "") -> pb.PacketCaptureQueryStatusResult:
+        """Freezes a flight recorder's window on every instance at once, records `after_in_seconds`
+        more, then stores the files like any capture. Idempotent: a second trigger returns the first.
+
+        Args: name; after_in_seconds (0..18000); note, free text kept with the trigger's source.
+        Returns: the status with trigger_time and trigger_source set.
+        Raises: CaptureNotFound, InvalidCapture, FailedPrecondition (no standby, or stopped).
+        """
+        return (await self._call("Trigger", pb.TriggerPacketCaptureRequest(
+            name=name, after_in_seconds=after_in_seconds, note=note))).status
+
     async def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
         await self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
@@ -600,6 +613,10 @@ class Client:
     def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
         self._run(self._async.stop(name=name))
+
+    def trigger(self, *, name: str, after_in_seconds: int = 0, note: str = "") -> pb.PacketCaptureQueryStatusResult:
+        """As `AsyncClient.trigger`."""
+        return self._run(self._async.trigger(name=name, after_in_seconds=after_in_seconds, note=note))
 
     def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""

@@ -192,7 +192,7 @@ class CaptureService:
             ident = agent.identity
             status = captures_pb2.InstanceStatus(id=resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
                                                  packet_capture_status=Status.NOT_STARTED)
-            if not continuous:  # a ring's files are reported as they open
+            if not continuous and not p.standby_in_seconds:  # a ring's files are reported as they open
                 status.files.add(file_path=local_path, storage_path=self.storage_uri(record, ident, local_path))
             instances.append(state_pb2.InstanceRecord(instance_key=key, identity=ident, status=status))
         if loc.storage_id:
@@ -254,6 +254,47 @@ class CaptureService:
             present = await self.store.list_agents() if present is None else present
             if inst.instance_key not in present:  # no replica has its agent: it will never start
                 await self._finish_unstarted(name, inst.instance_key, record.stop_requested)
+
+    async def trigger(self, name: str, *, after_s: int, source: str, note: str = "") -> captures_pb2.PacketCaptureQueryStatusResult:
+        """Freezes a flight recorder's window on every instance at once: the trigger's time is
+        taken here, once, and every agent keeps the packets from that time minus the window.
+        Idempotent: a second trigger changes nothing and the status shows the first."""
+        after_s = validation.validate_trigger(after_s, note)
+        record = await self._record(name)
+        if not record.resource.properties.standby_in_seconds:
+            raise FailedPrecondition(f"packet capture '{name}' is not a flight recorder: create it with "
+                                     "standbyInSeconds to trigger it")
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        full_source = f"{source} ({note})" if note else source
+
+        def mark(rec: state_pb2.CaptureRecord) -> bool:
+            if rec.trigger_time:
+                return False
+            if rec.stop_requested:
+                raise FailedPrecondition(f"packet capture '{name}' was stopped before a trigger; its window is gone")
+            rec.trigger_time, rec.trigger_source, rec.trigger_after_s = stamp, full_source, after_s
+            rec.resource.etag = new_etag()
+            return True
+        record = await self.store.update_capture(name, mark)
+        if record.trigger_time == stamp:
+            log.info("capture %s triggered by %s, %d s after", name, full_source, after_s)
+        await self.send_triggers(record)
+        return st.aggregate(record, await self.store.get_instances(name))
+
+    def trigger_message(self, record: state_pb2.CaptureRecord) -> fleet_pb2.CoordinatorMessage:
+        at = parse_rfc3339(record.trigger_time)
+        return fleet_pb2.CoordinatorMessage(trigger=fleet_pb2.TriggerCapture(
+            capture_name=record.resource.name, capture_id=session_id(record),
+            trigger_time_ms=round(at.timestamp() * 1000), after_s=record.trigger_after_s,
+            source=record.trigger_source))
+
+    async def send_triggers(self, record: state_pb2.CaptureRecord) -> None:
+        """Sends the trigger to every armed instance whose agent is connected here (agents
+        ignore a repeated one, so every replica may send it)."""
+        message = self.trigger_message(record)
+        for inst in await self.store.get_instances(record.resource.name):
+            if not st.is_final(inst.status):
+                self.dispatcher.send(inst.instance_key, message)
 
     async def delete(self, name: str) -> None:
         record = await self._record(name)
@@ -397,7 +438,8 @@ class CaptureService:
             keep_local=bool(p.storage_location.file_path or p.storage_location.local_path),
             continuous=continuous,
             file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
-            file_count=p.capture_settings.file_count if continuous else 0))
+            file_count=p.capture_settings.file_count if continuous else 0,
+            standby_s=p.standby_in_seconds, standby_bytes=p.standby_bytes if p.standby_in_seconds else 0))
 
     def start_instance(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
         return self._start(record, inst)
@@ -520,11 +562,15 @@ class CaptureService:
                 if record.stop_requested:
                     self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
                         capture_name=name, capture_id=reported[name].capture_id, reason=record.stop_requested)))
+                elif record.trigger_time:
+                    self.dispatcher.send(instance_key, self.trigger_message(record))
             elif inst.status.packet_capture_status == Status.NOT_STARTED:
                 if record.stop_requested:
                     await self._finish_unstarted(name, instance_key, record.stop_requested)
                 else:
                     self._start(record, inst)
+                    if record.trigger_time:  # armed late: it keeps what it can of the window
+                        self.dispatcher.send(instance_key, self.trigger_message(record))
             else:
                 await self.fail_instance(name, instance_key, CaptureError.AGENT_STOPPED,
                                          "the agent restarted and has no record of this capture")

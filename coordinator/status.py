@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
+from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_active, is_terminal
 from fleetcap.v1 import captures_pb2, state_pb2
 
 # Allowed moves of one instance's packetCaptureStatus. Progress within a state is allowed
 # (Running → Running); nothing leaves Error, and Stopped may only turn into Error (an upload
 # that fails after the capture ended).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.NOT_STARTED: frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STOPPED, Status.ERROR}),
+    Status.NOT_STARTED: frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STANDBY, Status.TRIGGERED,
+                                   Status.STOPPED, Status.ERROR}),
     Status.RUNNING: frozenset({Status.RUNNING, Status.STOPPED, Status.ERROR}),
+    # A flight recorder: armed, then triggered (or stopped while armed, storing nothing).
+    Status.STANDBY: frozenset({Status.STANDBY, Status.TRIGGERED, Status.STOPPED, Status.ERROR}),
+    Status.TRIGGERED: frozenset({Status.TRIGGERED, Status.STOPPED, Status.ERROR}),
     Status.STOPPED: frozenset({Status.STOPPED, Status.ERROR}),
     Status.ERROR: frozenset({Status.ERROR}),
 }
@@ -43,6 +47,8 @@ def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
         return False
     if status.packet_capture_status == Status.ERROR or not upload:
         return True
+    if not status.files:  # a flight recorder stopped while armed: it stored nothing, by design
+        return True
     return bool(status.files) and all(f.upload_complete for f in status.files)
 
 
@@ -57,10 +63,14 @@ def aggregate(capture: state_pb2.CaptureRecord,
     out.capture_start_time = starts[0] if starts else ""
     if not kinds:
         out.packet_capture_status = Status.UNKNOWN
-    elif all(k == Status.NOT_STARTED for k in kinds):
-        out.packet_capture_status = Status.NOT_STARTED
-    elif any(k in (Status.RUNNING, Status.NOT_STARTED) for k in kinds):
-        out.packet_capture_status = Status.RUNNING
+    elif any(is_active(k) for k in kinds):
+        # A flight recorder is Triggered from its trigger on, Standby while any instance is armed.
+        if capture.trigger_time or Status.TRIGGERED in kinds:
+            out.packet_capture_status = Status.TRIGGERED
+        elif all(k == Status.NOT_STARTED for k in kinds):
+            out.packet_capture_status = Status.NOT_STARTED
+        else:
+            out.packet_capture_status = Status.STANDBY if Status.STANDBY in kinds else Status.RUNNING
     elif all(k == Status.ERROR for k in kinds):
         out.packet_capture_status = Status.ERROR
     else:
@@ -69,6 +79,8 @@ def aggregate(capture: state_pb2.CaptureRecord,
     for s in statuses:
         errors += [e for e in s.packet_capture_error if e not in errors]
     out.packet_capture_error.extend(errors)
+    out.trigger_time, out.trigger_source = capture.trigger_time, capture.trigger_source
+    out.trigger_after_seconds = capture.trigger_after_s
     if is_terminal(out.packet_capture_status):
         if capture.stop_requested:
             out.stop_reason = capture.stop_requested

@@ -14,14 +14,18 @@ from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.core import filters
 from fleetcap.core.limits import (
     CAPTURE_NAME_RE,
+    DEFAULT_STANDBY_BYTES,
     MAX_BPF_CHARS,
     MAX_FILE_COUNT,
     MAX_FILTER_FIELD_CHARS,
     MAX_FILTERS,
     MAX_SCOPE_ENTRIES,
     MAX_SESSION_S,
+    MAX_STANDBY_S,
     MAX_TIME_LIMIT_S,
+    MAX_TRIGGER_NOTE_CHARS,
     MIN_FILE_SIZE,
+    MIN_STANDBY_BYTES,
     MIN_TOTAL_BYTES,
     U32_MAX,
     capture_path_problem,
@@ -81,6 +85,29 @@ def _validate_continuous(p: captures_pb2.PacketCaptureParameters) -> None:
     s.session_time_limit_in_seconds = _range("captureSettings.sessionTimeLimitInSeconds",
                                              s.session_time_limit_in_seconds, 0, MAX_SESSION_S) or DEFAULT_SESSION_S
     p.continuous_capture = True
+
+
+def _validate_standby(p: captures_pb2.PacketCaptureParameters) -> None:
+    """The flight recorder (fleetcap's): a window in seconds and a ring size; not a ring of files."""
+    if not p.standby_in_seconds:
+        if p.HasField("standby_bytes"):
+            raise InvalidArgument("standbyBytes", "needs standbyInSeconds")
+        p.ClearField("standby_in_seconds")
+        return
+    _range("standbyInSeconds", p.standby_in_seconds, 1, MAX_STANDBY_S)
+    if p.continuous_capture or p.HasField("continuous_capture"):
+        raise InvalidArgument("standbyInSeconds", "is not supported with continuousCapture: the flight recorder "
+                                                  "keeps its own ring")
+    ring = p.standby_bytes if p.HasField("standby_bytes") and p.standby_bytes else DEFAULT_STANDBY_BYTES
+    p.standby_bytes = _range("standbyBytes", ring, MIN_STANDBY_BYTES, U32_MAX)
+
+
+def validate_trigger(after_s: int, note: str) -> int:
+    """A trigger's seconds after (the range of timeLimitInSeconds) and its note."""
+    _range("afterInSeconds", after_s, 0, MAX_TIME_LIMIT_S)
+    if len(note) > MAX_TRIGGER_NOTE_CHARS or not note.isprintable():
+        raise InvalidArgument("note", f"must be at most {MAX_TRIGGER_NOTE_CHARS} printable characters")
+    return after_s
 
 
 def container_of(storage_path: str) -> str:
@@ -162,6 +189,7 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     if loc.local_path:
         loc.local_path = validate_capture_path("storageLocation.localPath", loc.local_path)
 
+    _validate_standby(p)
     parse_filters(p.filters)
     for f in p.filters:
         f.protocol = filters.PROTOCOLS[(f.protocol or "Any").lower()]

@@ -169,3 +169,5 @@ class ControlLoop:
                 self.runner.stop(message.stop)
             elif message.HasField("fetch"):
                 self.runner.fetch(message.fetch)
+            elif message.HasField("trigger"):
+                self.runner.trigger(message.trigger)

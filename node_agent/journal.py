@@ -19,6 +19,7 @@ from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_termin
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.session import PCAP_FILE_HEADER, PCAP_RECORD_HEADER, CaptureFile, CaptureSession, CaptureSpec
+from fleetcap.node_agent.capture.standby import remove_segments
 from fleetcap.v1 import captures_pb2, fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Journal:
                 c.errors, c.error_message = list(status.packet_capture_error), status.error_message
                 c.packets, c.bytes = status.packets_captured, status.bytes_captured
             else:
+                if start.standby_s and remove_segments(self.root, entry["path"]):
+                    log.warning("capture %s: the flight recorder's ring was lost with the agent", start.capture_name)
                 packets = 0
                 for cf in session.files:
                     if cf.index not in cap.removed and os.path.exists(cf.path):

@@ -8,6 +8,7 @@ import functools
 import logging
 import re
 import subprocess
+import time
 from collections.abc import Callable
 
 from fleetcap.core import filters, limits
@@ -17,6 +18,7 @@ from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
 from fleetcap.node_agent.capture.source import SourceFactory
+from fleetcap.node_agent.capture.standby import Standby
 from fleetcap.node_agent.host import interface_addresses, local_path
 from fleetcap.node_agent.journal import Journal
 from fleetcap.node_agent.settings import AgentSettings
@@ -49,6 +51,11 @@ def start_problem(start: fleet_pb2.StartCapture) -> str:
     if start.continuous and not (limits.MIN_FILE_SIZE <= start.file_size <= limits.U32_MAX
                                  and 1 <= start.file_count <= limits.MAX_FILE_COUNT):
         return "continuous capture: file size or file count out of range"
+    if start.standby_s and not (1 <= start.standby_s <= limits.MAX_STANDBY_S and not start.continuous
+                                and limits.MIN_STANDBY_BYTES <= start.standby_bytes <= limits.U32_MAX):
+        return "flight recorder: window, ring size or mode out of range"
+    if start.standby_s < 0:
+        return "flight recorder: window out of range"
     if len(start.filters) > limits.MAX_FILTERS or len(start.bpf_filter) > limits.MAX_BPF_CHARS:
         return f"more than {limits.MAX_FILTERS} filters or a BPF filter over {limits.MAX_BPF_CHARS} characters"
     for f in start.filters:
@@ -124,11 +131,12 @@ class CaptureRunner:
             return
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
         ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
+        standby = Standby(window_s=start.standby_s, ring_bytes=start.standby_bytes) if start.standby_s else None
         cap.session = CaptureSession(CaptureSpec(
             name=name, capture_id=start.capture_id, interface=self.interface, root=self.root.root, path=path,
             expression=expression,
             snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
-            buffer_size=self.settings.buffer_size), on_change=notify, open_source=self._open_source)
+            buffer_size=self.settings.buffer_size, standby=standby), on_change=notify, open_source=self._open_source)
         cap.session.start()
 
     def stop(self, stop: fleet_pb2.StopCapture) -> None:
@@ -136,6 +144,22 @@ class CaptureRunner:
         if cap and cap.start.capture_id == stop.capture_id and cap.session:
             log.info("capture %s: stop requested (%s)", stop.capture_name, stop.reason)
             cap.session.stop(stop.reason or StopReason.STOPPED_BY_USER)
+
+    def trigger(self, trigger: fleet_pb2.TriggerCapture) -> None:
+        """Freezes a flight recorder's window. The agent trusts nothing it is sent: the capture
+        and its session id must be its own and armed, the seconds after within the time limit's
+        range, the source short; a trigger time later than this agent's clock is taken as now."""
+        cap = self.captures.get(trigger.capture_name)
+        if (cap is None or cap.session is None or cap.start.capture_id != trigger.capture_id
+                or not cap.start.standby_s or not 0 <= trigger.after_s <= limits.MAX_TIME_LIMIT_S
+                or trigger.trigger_time_ms <= 0):
+            log.warning("TriggerCapture refused: capture %s is not an armed flight recorder here (or a malformed "
+                        "trigger)", trigger.capture_name[:100])
+            return
+        at = min(trigger.trigger_time_ms / 1000, time.time())
+        source = "".join(ch for ch in trigger.source[:limits.MAX_TRIGGER_NOTE_CHARS + 100] if ch.isprintable())
+        if cap.session.trigger(at, trigger.after_s, source):
+            log.info("capture %s: triggered (%s), %d s more", trigger.capture_name, source, trigger.after_s)
 
     def fetch(self, fetch: fleet_pb2.FetchFile) -> None:
         """Sends one file of a capture this agent holds for a download (the capture has no

@@ -13,6 +13,11 @@ Rules file (JSON), given to `fleetcap gateway --alert-rules FILE`:
         "maxCaptures": 100,                   # the quota check: captures that may exist (default 100)
         "properties": {"storageLocation": {"storageId": "local"}, "timeLimitInSeconds": 30,
                        "filters": [{"protocol": "TCP"}]}   # ARM properties without the target
+    }, {
+        "name": "latency", "match": {"alertname": "HighLatency"},
+        "action": "trigger",                  # freeze a flight recorder instead of creating a capture
+        "captureName": "rec-web",             # the recorder (created with standbyInSeconds)
+        "afterInSeconds": 30                  # seconds recorded after the trigger (default 0)
     }]}
 
 Each firing alert follows Azure's documented alert flow: look up the capture of the same name;
@@ -57,6 +62,8 @@ class Rule:
     capture_name: str = "alert-{rule}-{target}"
     max_captures: int = 100
     properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    action: str = "create"   # or "trigger": freeze the flight recorder named by captureName
+    after_s: int = 0         # trigger: seconds recorded after the trigger
 
     @classmethod
     def from_dict(cls, i: int, d: Any) -> Rule:
@@ -64,7 +71,7 @@ class Rule:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
             raise RuleError(f"{where}.name: required, a non-empty string")
         known = {"name", "source", "match", "targetLabel", "scaleSetLabel", "instanceLabel", "captureName",
-                 "maxCaptures", "properties"}
+                 "maxCaptures", "properties", "action", "afterInSeconds"}
         for k in d:
             if k not in known:
                 raise RuleError(f"{where}.{k}: unknown field (known: {', '.join(sorted(known))})")
@@ -79,6 +86,17 @@ class Rule:
             json_format.ParseDict(props, pb.PacketCaptureParameters())
         except json_format.ParseError as e:
             raise RuleError(f"{where}.properties: {str(e).splitlines()[0]}") from None
+        action, after = d.get("action", "create"), d.get("afterInSeconds", 0)
+        if action not in ("create", "trigger"):
+            raise RuleError(f"{where}.action: must be create or trigger")
+        if action == "trigger":
+            if not isinstance(d.get("captureName"), str) or "{target}" in d["captureName"] or props:
+                raise RuleError(f"{where}.captureName: a trigger rule names its flight recorder (no {{target}}, "
+                                "no properties)")
+            if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= 18000:
+                raise RuleError(f"{where}.afterInSeconds: must be a whole number from 0 to 18000")
+        elif "afterInSeconds" in d:
+            raise RuleError(f"{where}.afterInSeconds: only with action trigger")
         max_captures = d.get("maxCaptures", 100)
         if not isinstance(max_captures, int) or max_captures < 1:
             raise RuleError(f"{where}.maxCaptures: must be a positive integer")
@@ -87,7 +105,7 @@ class Rule:
                    target_label=d.get("targetLabel", "vm"), scale_set_label=d.get("scaleSetLabel", ""),
                    instance_label=d.get("instanceLabel", ""),
                    capture_name=d.get("captureName", "alert-{rule}-{target}"), max_captures=max_captures,
-                   properties=props)
+                   properties=props, action=action, after_s=after)
 
 
 class AlertRules:
@@ -121,7 +139,7 @@ class AlertRules:
 @dataclasses.dataclass
 class Result:
     alert: str
-    action: str          # created | kept-running | ignored | no-rule | quota-exceeded | failed
+    action: str          # created | kept-running | triggered | ignored | no-rule | quota-exceeded | failed
     rule: str = ""
     capture: str = ""
     message: str = ""
@@ -210,6 +228,21 @@ def run_rule(client: sdk.Client, rule: Rule, target: Target, alert: str, now: da
     return out
 
 
+def _trigger(client: sdk.Client, rule: Rule, alert: str) -> Result:
+    """A trigger rule: the flight recorder keeps the minutes before the alert. The first alert
+    triggers it; a re-fire finds it triggered and changes nothing (the trigger is idempotent)."""
+    name = _NAME_CHARS.sub("-", rule.capture_name.replace("{rule}", rule.name))[:80]
+    note = "".join(ch for ch in f"alert {alert}" if ch.isprintable())[:200]
+    try:
+        status = client.trigger(name=name, after_in_seconds=rule.after_s, note=note)
+    except sdk.CoordinatorUnavailable:
+        raise
+    except sdk.FleetcapError as e:
+        return Result(alert=alert, action="failed", rule=rule.name, capture=name, message=f"{e.code.name}: {e.message}")
+    return Result(alert=alert, action="triggered", rule=rule.name, capture=name,
+                  message=f"triggered at {status.trigger_time} by {status.trigger_source}")
+
+
 def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fields: Mapping[str, Any],
               find_target) -> list[Result]:
     matched = rules.matching(source, fields)
@@ -218,6 +251,9 @@ def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fi
     now = datetime.datetime.now(datetime.UTC)
     results = []
     for rule in matched:
+        if rule.action == "trigger":
+            results.append(_trigger(client, rule, alert))
+            continue
         try:
             target = find_target(rule)
         except LookupError as e:

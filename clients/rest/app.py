@@ -1,7 +1,7 @@
 """`fleetcap gateway` as an ASGI application (Starlette): Azure's packetCaptures REST API, the
 web portal, downloads and the alert webhooks, reaching the coordinator through the SDK only.
 
-    /subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.Network/networkWatchers/{w}/packetCaptures[/{name}[/stop|/queryStatus]]
+    /subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.Network/networkWatchers/{w}/packetCaptures[/{name}[/stop|/trigger|/queryStatus]]
     /subscriptions/{s}/providers/Microsoft.Network/locations/{l}/operations[Results]/{id}   ARM's long-running operations
     /openapi.json               the OpenAPI document of the above
     /                           the portal (static files in portal/)
@@ -61,7 +61,7 @@ MAX_BODY = 1 << 20
 # reaches a log line or the coordinator).
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]{1,4096}=*$")
 _ARM = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
-                  r"networkWatchers/([^/]+)/packetCaptures(?:/([^/]+)(?:/(stop|queryStatus))?)?/?$", re.IGNORECASE)
+                  r"networkWatchers/([^/]+)/packetCaptures(?:/([^/]+)(?:/(stop|trigger|queryStatus))?)?/?$", re.IGNORECASE)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -318,6 +318,24 @@ async def _no_body(request: Request) -> None:
         await _json_body(request)
 
 
+async def _trigger_body(request: Request) -> tuple[int, str]:
+    """A trigger's optional body: {"afterInSeconds": int, "note": str}; the coordinator checks the ranges."""
+    if request.headers.get("content-length", "0") in ("", "0") and not request.headers.get("transfer-encoding"):
+        return 0, ""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise arm.HttpError(400, "InvalidRequestFormat", "the request body must be a JSON object")
+    unknown = sorted(set(body) - {"afterInSeconds", "note"})
+    if unknown:
+        raise arm.HttpError(400, "InvalidRequestFormat", f"{unknown[0]}: unknown member of the request body")
+    after, note = body.get("afterInSeconds", 0), body.get("note", "")
+    if not isinstance(after, int) or isinstance(after, bool):
+        raise arm.HttpError(400, "InvalidParameter", "afterInSeconds: must be a whole number of seconds")
+    if not isinstance(note, str):
+        raise arm.HttpError(400, "InvalidParameter", "note: must be a string")
+    return after, note
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     if body is None:
         return Response(status_code=status, headers=headers)
@@ -370,6 +388,10 @@ async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
         await _no_body(request)
         await c.stop(name=name)
         return _json(200, None)
+    if action == "trigger":
+        _need(request, "POST")
+        after, note = await _trigger_body(request)
+        return _json(200, arm.status(await c.trigger(name=name, after_in_seconds=after, note=note)))
     if action is not None:  # queryStatus
         _need(request, "POST")
         await _no_body(request)

@@ -101,6 +101,12 @@ def document(example_target: str = "") -> dict[str, Any]:
                        "properties": {"$ref": "#/components/schemas/PacketCaptureResultProperties"},
                        "systemData": {"type": "object", "required": ["createdAt"], "additionalProperties": False,
                                       "properties": {"createdAt": {"type": "string"}}}}}
+    schemas["TriggerRequest"] = {
+        "type": "object", "additionalProperties": False,
+        "properties": {"afterInSeconds": {"type": "integer", "minimum": 0, "maximum": 18000,
+                                          "description": "seconds to record after the trigger; default 0"},
+                       "note": {"type": "string", "maxLength": 200,
+                                "description": "free text kept with the trigger's source"}}}
     schemas["PacketCaptureListResult"] = {
         "type": "object", "required": ["value"], "additionalProperties": False,
         "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/PacketCaptureResult"}},
@@ -159,6 +165,16 @@ def document(example_target: str = "") -> dict[str, Any]:
                 "post": {"operationId": "PacketCaptures_Stop", "parameters": params + [pc_name, api_version],
                          "responses": {"200": {"description": "stopped (idempotent)"}, "404": _error(),
                                        "413": _error(), "415": _error(), **common}}},
+            base + "/{packetCaptureName}/trigger": {
+                "post": {"operationId": "PacketCaptures_Trigger", "parameters": params + [pc_name, api_version],
+                         "description": "fleetcap extension, the flight recorder: keeps the armed window on every "
+                                        "instance, records afterInSeconds more, then stores the files. Idempotent.",
+                         "requestBody": {"required": False, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/TriggerRequest"}}}},
+                         "responses": {"200": _json("#/components/schemas/PacketCaptureQueryStatusResult",
+                                                    "the status, with triggerTime and triggerSource"),
+                                       "400": _error(), "404": _error(), "409": _error(), "413": _error(),
+                                       "415": _error(), **common}}},
             base + "/{packetCaptureName}/queryStatus": {
                 "post": {"operationId": "PacketCaptures_GetStatus", "parameters": params + [pc_name, api_version],
                          "responses": {"200": _json("#/components/schemas/PacketCaptureQueryStatusResult",

@@ -34,7 +34,7 @@ _FLEET = "/fleetcap.v1.Fleet/"
 METHOD_ROLES: dict[str, Role] = {
     **{_API + m: Role.READER for m in ("Get", "List", "GetStatus", "WatchStatus", "ListAgents", "ListStorageAccounts")},
     _API + "ReadFile": Role.DATA_READER,
-    **{_API + m: Role.CONTRIBUTOR for m in ("Create", "Stop", "Delete")},
+    **{_API + m: Role.CONTRIBUTOR for m in ("Create", "Stop", "Trigger", "Delete")},
     _FLEET + "Connect": Role.AGENT,
     _FLEET + "Upload": Role.AGENT,
     # Server reflection describes the API (grpcurl, Postman): a reader's.

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from fleetcap.coordinator.api import status_codes
+from fleetcap.coordinator.api.auth import current_principal
 from fleetcap.coordinator.api.status_codes import Context
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
@@ -63,6 +64,13 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
     async def Stop(self, request: pb.StopPacketCaptureRequest, context: Context) -> pb.StopPacketCaptureResponse:
         await self.service.stop(request.name)
         return pb.StopPacketCaptureResponse()
+
+    @_mapped
+    async def Trigger(self, request: pb.TriggerPacketCaptureRequest, context: Context) -> pb.TriggerPacketCaptureResponse:
+        caller = current_principal()
+        status = await self.service.trigger(request.name, after_s=request.after_in_seconds,
+                                            source=caller.name if caller else "local", note=request.note)
+        return pb.TriggerPacketCaptureResponse(status=status)
 
     @_mapped
     async def Delete(self, request: pb.DeletePacketCaptureRequest, context: Context) -> pb.DeletePacketCaptureResponse:

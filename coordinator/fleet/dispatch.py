@@ -31,6 +31,9 @@ async def _follow_captures(store: Store, service: CaptureService, sessions: Agen
         if record.stop_requested:
             await service.send_stops(record)
             continue
+        if record.trigger_time:  # a flight recorder's trigger, taken by any replica
+            await service.send_triggers(record)
+            continue
         if service.dispatched_here(record):
             continue  # its create sent the starts; an agent that connected since is started on its hello
         for inst in await store.get_instances(record.resource.name):

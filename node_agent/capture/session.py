@@ -11,19 +11,23 @@ On a stop, packets already in the ring that arrived before the stop are still wr
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
 from fleetcap.core.libpcap import MAX_SNAPLEN, PcapError, PktHdr
-from fleetcap.core.naming import ring_file_path, utc_now
+from fleetcap.core.naming import rfc3339, ring_file_path, utc_now
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent.capture.capture_root import CaptureRoot, OutsideRoot
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.source import CaptureSource, SourceFactory
+from fleetcap.node_agent.capture.standby import SEGMENTS, TRIGGER_SLACK_S, Standby, assemble, segment_path
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +61,17 @@ class CaptureSpec:
     snaplen: int = 0         # bytes per packet; 0 = whole packet
     total_bytes: int = 0     # max file size, headers included; 0 = none (standard mode)
     time_limit_s: float = 0  # 0 = none
-    ring: Ring | None = None  # continuous mode
+    ring: Ring | None = None  # continuous mode, or the flight recorder's segments
     buffer_size: int = 32 << 20  # kernel ring size in bytes
+    standby: Standby | None = None  # a flight recorder: `path` is written only after a trigger
+
+    def __post_init__(self) -> None:
+        if self.standby is not None and self.ring is None:
+            object.__setattr__(self, "ring", Ring(self.standby.segment_size, SEGMENTS))
 
     def file_path(self, index: int) -> str:
+        if self.standby is not None:
+            return segment_path(self.path, index)
         return ring_file_path(self.path, index, self.ring is not None)
 
 
@@ -72,6 +83,8 @@ class CaptureFile:
     sha256: str = ""       # set by the agent once the file is closed (hashing is off the capture thread)
     closed: bool = False
     deleted: bool = False  # removed by the ring
+    packets: int = 0
+    ended: float = 0.0     # flight recorder: wall time of its newest packet (the ring drops it by its age)
 
 
 @dataclasses.dataclass
@@ -86,6 +99,15 @@ class Counters:
     bytes: int = 0         # file bytes written, over every file
     kernel_drops: int = 0
     interface_drops: int = 0
+    trigger_time: str = ""  # flight recorder: the trigger this instance froze its window at
+    trigger_source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    at: float       # wall time, the coordinator's
+    after_s: float
+    source: str
 
 
 class CaptureSession:
@@ -101,7 +123,11 @@ class CaptureSession:
         self._root = CaptureRoot(spec.root)
         self._open_source = open_source
         self.counters = Counters()
-        self.files: list[CaptureFile] = []
+        # The files being written; the reported files are the same list, except for a flight
+        # recorder, whose ring is internal and whose one file exists only after a trigger.
+        self._writing: list[CaptureFile] = []
+        self.files: list[CaptureFile] = self._writing if spec.standby is None else []
+        self._trigger: Trigger | None = None
         self._on_change = on_change
         self._handle: CaptureSource | None = None
         self._stop_reason = ""
@@ -110,6 +136,7 @@ class CaptureSession:
         self._thread = threading.Thread(target=self._run, name=f"capture-{spec.name}", daemon=True)
         self._timer: threading.Timer | None = None
         self._file_base = 0  # bytes of closed files, for counters.bytes
+        self._segment_opened = time.time()  # flight recorder: when the current segment opened
         self.done = threading.Event()
 
     @property
@@ -135,6 +162,33 @@ class CaptureSession:
         if handle:
             handle.breakloop()
 
+    def trigger(self, at: float, after_s: float, source: str) -> bool:
+        """Freezes a flight recorder's window at wall time `at`: the packets from `at` minus the
+        window are kept, recording goes on until `at + after_s`, and then the file is written.
+        Returns False (and changes nothing) unless this is a flight recorder not yet triggered
+        nor stopping."""
+        with self._lock:
+            if self.spec.standby is None or self._trigger is not None or self._stop_reason:
+                return False
+            self._trigger = Trigger(at, after_s, source)
+            c = self.counters
+            c.trigger_time, c.trigger_source = rfc3339(dt.datetime.fromtimestamp(at, dt.UTC)), source
+            if c.status == Status.STANDBY:
+                c.status = Status.TRIGGERED
+            self._arm_timer(max(0.0, at + after_s - time.time()), StopReason.TRIGGER_WINDOW_ENDED)
+        log.info("capture %s triggered by %s: the window is [%.3f - %.0f s, + %.0f s]", self.spec.name, source,
+                 at, self.spec.standby.window_s, after_s)
+        self._on_change(self)
+        return True
+
+    def _arm_timer(self, seconds: float, reason: str) -> None:
+        """The one timer that ends the capture; called with the lock held."""
+        if self._timer:
+            self._timer.cancel()
+        self._timer = threading.Timer(seconds, self.stop, args=(reason,))
+        self._timer.daemon = True
+        self._timer.start()
+
     def join(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
 
@@ -148,20 +202,32 @@ class CaptureSession:
             kind = CaptureError.CAPTURE_FAILED if isinstance(e, PcapError) else CaptureError.LOCAL_FILE_FAILED
             self._finish_error(kind, str(e))
             return
-        c.status, c.start_time = Status.RUNNING, utc_now()
-        if self.spec.time_limit_s:
-            why = StopReason.SESSION_TIME_EXCEEDED if self.spec.ring else StopReason.TIME_EXCEEDED
-            self._timer = threading.Timer(self.spec.time_limit_s, self.stop, args=(why,))
-            self._timer.daemon = True
-            self._timer.start()
+        with self._lock:
+            c.start_time = utc_now()
+            if self.spec.standby is None:
+                c.status = Status.RUNNING
+            else:  # the time limit bounds the armed period; a trigger sets its own end
+                c.status = Status.STANDBY if self._trigger is None else Status.TRIGGERED
+            if self.spec.time_limit_s and self._trigger is None:
+                standard = self.spec.ring is None or self.spec.standby is not None
+                self._arm_timer(self.spec.time_limit_s,
+                                StopReason.TIME_EXCEEDED if standard else StopReason.SESSION_TIME_EXCEEDED)
         self._on_change(self)
+        if self.spec.standby is not None:
+            threading.Thread(target=self._tick, args=(self.spec.standby,), name=f"standby-{self.spec.name}",
+                             daemon=True).start()
         try:
             self._loop()
             self._drain()
             self._close(final=True)
+            if self.spec.standby is not None:
+                self._write_window()
         except (PcapError, OSError) as e:
             log.exception("capture %s failed", self.spec.name)
             self._close(final=False)
+            if self.spec.standby is not None:
+                with contextlib.suppress(OSError):
+                    self._remove_ring()
             self._finish_error(CaptureError.CAPTURE_FAILED, str(e))
             return
         c.status, c.stop_reason, c.stop_time = Status.STOPPED, self._stop_reason, utc_now()
@@ -173,6 +239,8 @@ class CaptureSession:
         spec = self.spec
         first = spec.file_path(0)
         self._root.parts(first)  # OutsideRoot before anything is opened
+        if spec.standby is not None and os.path.lexists(spec.path):  # written only at the end: fail now
+            raise FileExistsError(f"{spec.path} already exists; fleetcap never overwrites a capture file")
         handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size,
                                    timeout_ms=READ_TIMEOUT_MS)
         try:
@@ -185,8 +253,8 @@ class CaptureSession:
             self._handle = handle
             if self._stop_reason:  # a stop raced the open
                 handle.breakloop()
-        self.files.append(CaptureFile(0, first, size=handle.file_position()))
-        self.counters.bytes = self.files[0].size
+        self._writing.append(CaptureFile(0, first, size=handle.file_position()))
+        self.counters.bytes = self._writing[0].size
         self._discard_unfiltered()
 
     def _discard_unfiltered(self) -> None:
@@ -231,11 +299,14 @@ class CaptureSession:
     def _room(self) -> int:
         """Bytes left in the current file; -1 = unlimited."""
         limit = self.file_limit
-        return limit - self.files[-1].size if limit else -1
+        return limit - self._writing[-1].size if limit else -1
 
     def _written(self, n: int) -> None:
         self.counters.packets += n
-        current = self.files[-1]
+        current = self._writing[-1]
+        current.packets += n
+        if n and self.spec.standby is not None:
+            current.ended = time.time()  # the newest packet's time, near enough: the ring drops by it
         current.size = self._source().file_position()
         self.counters.bytes = self._file_base + current.size
 
@@ -268,6 +339,63 @@ class CaptureSession:
             if now - last_stats >= STATS_INTERVAL_S:
                 _, c.kernel_drops, c.interface_drops = handle.stats()
                 last_stats = now
+                if self.spec.standby is not None:
+                    self._standby_upkeep(self.spec.standby)
+
+    def _standby_upkeep(self, standby: Standby) -> None:
+        """Armed: closes a segment older than an eighth of the window, and drops the segments
+        whose every packet has left the window. Triggered: stops once the recording after the
+        trigger alone could fill the file (the disk's bound; the file's limit is exact in
+        _write_window)."""
+        if self._trigger is not None:
+            if self.spec.total_bytes and self.counters.bytes >= self.spec.total_bytes + standby.ring_bytes:
+                self.stop(StopReason.TOTAL_BYTES_EXCEEDED)
+            return
+        now = time.time()
+        current = self._writing[-1]
+        if current.packets and now - self._segment_opened >= standby.segment_age_s and self.spec.ring:
+            self._rotate(self.spec.ring)
+        for f in self._writing[:-1]:
+            if f.ended < now - standby.window_s - TRIGGER_SLACK_S and self._trigger is None:
+                self._delete(f)
+        self._writing[:] = [f for f in self._writing if not f.deleted]
+
+    def _tick(self, standby: Standby) -> None:
+        """Wakes an armed capture's loop now and then, so that an idle interface's ring still
+        drops what left the window (the loop waits in libpcap while no packet comes)."""
+        while not self.done.wait(min(standby.segment_age_s, 1.0)):
+            with self._lock:
+                if self._trigger is not None or self._stop_reason:
+                    return
+                if self._handle is not None:
+                    self._handle.breakloop()
+
+    def _write_window(self) -> None:
+        """After a flight recorder stops: the window's packets go into the capture file, and the
+        ring is removed. Stopped while armed, it stores nothing."""
+        c, trig, standby = self.counters, self._trigger, self.spec.standby
+        segments = [f.path for f in self._writing if not f.deleted]
+        try:
+            out = None if trig is None or standby is None else assemble(
+                self._root, segments, self.spec.path, since=trig.at - standby.window_s,
+                until=trig.at + trig.after_s, limit=self.spec.total_bytes)
+        finally:
+            self._remove_ring()
+        if out is None:
+            c.packets = c.bytes = 0
+            return
+        if out.full:
+            self._stop_reason = StopReason.TOTAL_BYTES_EXCEEDED
+        self.files.append(CaptureFile(0, self.spec.path, size=out.size, closed=True, packets=out.packets))
+        c.packets, c.bytes = out.packets, out.size
+        log.info("capture %s: %d packets of the window written to %s", self.spec.name, out.packets, self.spec.path)
+
+    def _remove_ring(self) -> None:
+        for f in self._writing:
+            if not f.deleted:
+                self._root.remove(f.path)
+                f.deleted = True
+        self._writing.clear()
 
     def _write_one_if_it_fits(self, room: int, cutoff: float | None) -> int:
         """Takes one packet and writes it if it fits in `room` and arrived by `cutoff`.
@@ -304,7 +432,7 @@ class CaptureSession:
 
     def _rotate(self, ring: Ring) -> None:
         handle = self._source()
-        old = self.files[-1]
+        old = self._writing[-1]
         handle.flush()
         old.size = handle.file_position()  # exact once flushed; the path itself is never trusted
         handle.close_dump()
@@ -313,14 +441,24 @@ class CaptureSession:
         index = old.index + 1
         path = self.spec.file_path(index)
         handle.open_dump(self._create(path))
-        self.files.append(CaptureFile(index, path, size=handle.file_position()))
-        self.counters.bytes = self._file_base + self.files[-1].size
-        for f in self.files[:-ring.file_count]:
-            if not f.deleted:
-                self._root.remove(f.path)  # absent when already uploaded and removed (storage only)
-                f.deleted = True
-        self.files = [f for f in self.files if not f.deleted]
+        self._writing.append(CaptureFile(index, path, size=handle.file_position()))
+        self._segment_opened = time.time()
+        self.counters.bytes = self._file_base + self._writing[-1].size
+        if self._trigger is None:  # a triggered flight recorder's ring no longer turns
+            for f in self._writing[:-ring.file_count]:
+                self._delete(f)
+        self._writing[:] = [f for f in self._writing if not f.deleted]
         self._on_change(self)
+
+    def _delete(self, f: CaptureFile) -> None:
+        if f.deleted:
+            return
+        self._root.remove(f.path)  # absent when already uploaded and removed (storage only)
+        f.deleted = True
+        if self.spec.standby is not None:  # the ring's counters are what it holds now
+            self._file_base -= f.size
+            self.counters.packets -= f.packets
+            self.counters.bytes = self._file_base + self._writing[-1].size
 
     def _drain(self) -> None:
         """After a stop, writes what the ring still holds from before the stop."""
@@ -354,8 +492,8 @@ class CaptureSession:
         with self._lock:
             self._handle = None
         handle.close()
-        if final and self.files:
-            self.files[-1].closed = True  # its size was read from the dumper before the close
+        if final and self._writing:
+            self._writing[-1].closed = True  # its size was read from the dumper before the close
 
     def _finish_error(self, kind: str, message: str) -> None:
         c = self.counters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 import pytest
 
@@ -31,6 +32,8 @@ RULES = {"rules": [
      "captureName": "am-{target}",
      "properties": {"storageLocation": {"filePath": "/var/captures/am.cap"}, "timeLimitInSeconds": 30,
                     "bytesToCapturePerPacket": 128}},
+    {"name": "latency", "source": "alertmanager", "match": {"alertname": "Latency"}, "action": "trigger",
+     "captureName": "rec-vm1", "afterInSeconds": 1},
 ]}
 
 # Azure Monitor's common alert schema, as an action group posts it (metric alert on a VM; the
@@ -200,3 +203,59 @@ def test_scale_set_instances_from_both_sources(gateway, coordinator, web):
             assert (cap.properties.target, cap.properties.target_type) == (WEB, "AzureVMSS")
             assert [i.instance_id for i in c.get_status(name=name).instances] == [instance]
             c.delete(name=name)
+
+
+def test_a_trigger_rule_freezes_the_flight_recorder_once(gateway, coordinator):
+    """A rule whose action is trigger freezes the named flight recorder: the first alert
+    triggers it, a re-fire finds the same trigger, and a recorder that does not exist is a failure
+    named in the answer. The REST action does the same, with its body checked field by field."""
+    latency = copy.deepcopy(ALERTMANAGER)
+    latency["commonLabels"]["alertname"] = latency["alerts"][0]["labels"]["alertname"] = "Latency"
+    with sdk.Client(coordinator) as c:
+        assert post(gateway, "/webhooks/alertmanager", latency)[1]["results"] == [
+            {"alert": "Latency", "action": "failed", "rule": "latency", "capture": "rec-vm1",
+             "message": "NOT_FOUND: packet capture 'rec-vm1' not found"}]
+        c.create(name="rec-vm1", target="vm1", resource_group="rg1", storage_account="local",
+                 standby_in_seconds=5, filters=[{"protocol": "UDP", "localPort": "9"}])
+        deadline = time.monotonic() + 15
+        while c.get_status(name="rec-vm1").packet_capture_status != "Standby":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status, out = post(gateway, "/webhooks/alertmanager", latency)
+        assert status == 200, out
+        [result] = out["results"]
+        triggered = c.get_status(name="rec-vm1")
+        # The source is the gateway's own credential (here the tests' admin token), with the alert.
+        assert triggered.trigger_source == "admin (alert Latency)" and triggered.trigger_after_seconds == 1
+        assert result == {"alert": "Latency", "action": "triggered", "rule": "latency", "capture": "rec-vm1",
+                          "message": f"triggered at {triggered.trigger_time} by admin (alert Latency)"}
+        assert post(gateway, "/webhooks/alertmanager", latency)[1]["results"] == [result]  # a re-fire: the same
+        final = c.wait(name="rec-vm1", timeout_s=30)
+        assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TriggerWindowEnded")
+        assert final.trigger_time == triggered.trigger_time
+
+        base = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/" \
+               "NetworkWatcher_local/packetCaptures"
+        c.create(name="rec-rest", target="vm1", resource_group="rg1", storage_account="local",
+                 standby_in_seconds=5, filters=[{"protocol": "UDP", "localPort": "9"}])
+        for body, want in (({"afterInSeconds": "5"}, (400, "afterInSeconds: must be a whole number of seconds")),
+                           ({"after": 5}, (400, "after: unknown member of the request body")),
+                           ({"afterInSeconds": -1}, (400, "afterInSeconds: -1 is out of range 0..18000"))):
+            status, err = gateway.call("POST", f"{base}/rec-rest/trigger?api-version=2024-10-01", body,
+                                       token=TOKENS[Role.CONTRIBUTOR])
+            assert (status, err["error"]["message"]) == want, err
+        status, err = gateway.call("POST", f"{base}/rec-rest/trigger?api-version=2024-10-01", {"afterInSeconds": 0},
+                                   token=TOKENS[Role.READER])
+        assert status == 403, err  # a reader may look, not trigger
+        status, body = gateway.call("POST", f"{base}/rec-rest/trigger?api-version=2024-10-01",
+                                    {"afterInSeconds": 0, "note": "INC-7"}, token=TOKENS[Role.CONTRIBUTOR])
+        assert status == 200, body
+        # Through the REST API the caller's own credential is the source.
+        assert (body["packetCaptureStatus"], body["triggerSource"]) == ("Triggered", "contributor (INC-7)")
+        assert body["triggerAfterSeconds"] == 0 and body["triggerTime"].endswith("Z")
+        assert c.wait(name="rec-rest", timeout_s=30).stop_reason == "TriggerWindowEnded"
+        status, err = gateway.call("POST", f"{base}/rec-vm1/trigger?api-version=2024-10-01", None,
+                                   token=TOKENS[Role.CONTRIBUTOR])
+        assert (status, err) == (200, err) and err["triggerTime"] == triggered.trigger_time  # idempotent
+        c.delete(name="rec-vm1")
+        c.delete(name="rec-rest")

@@ -5,6 +5,7 @@ offline instance is named, and the other instances' files still download. A real
 (embedded etcd) and two real agents, instances 0 and 1 of scale set `web`, capturing on lo."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -67,11 +69,12 @@ class Fleet:
         LocalFleet.stop_process(self.coordinator)
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+@contextlib.contextmanager
+def two_agents(d) -> Iterator[Fleet]:
+    """A coordinator and the agents of instances 0 and 1, connected; all stopped at the end."""
     if os.geteuid() != 0:
         pytest.skip("the agents need root to open a capture handle")
-    f = Fleet(tmp_path_factory.mktemp("fileonly"))
+    f = Fleet(d)
     try:
         f.start_agent("0")
         f.start_agent("1")
@@ -80,6 +83,12 @@ def fleet(tmp_path_factory):
         yield f
     finally:
         f.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    with two_agents(tmp_path_factory.mktemp("fileonly")) as f:
+        yield f
 
 
 def free_udp_port() -> int:

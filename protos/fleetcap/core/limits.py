@@ -16,6 +16,12 @@ MAX_FILE_COUNT = 10000              # captureSettings.fileCount (Azure)
 MIN_TOTAL_BYTES = 24
 # A ring file holds the 24-byte header and at least one record (16 + an Ethernet header).
 MIN_FILE_SIZE = 24 + 16 + 14
+# The flight recorder (standbyInSeconds, standbyBytes; fleetcap's). The ring is 8 files, each of
+# which must hold the largest record (16 + a 262144-byte snap length), hence 8 MiB at least.
+MAX_STANDBY_S = 3600
+MIN_STANDBY_BYTES = 8 << 20
+DEFAULT_STANDBY_BYTES = 100 << 20
+MAX_TRIGGER_NOTE_CHARS = 200
 # Caps on work per request (fleetcap's; Azure documents none). They bound the filter compile,
 # which is superlinear in the expression, and the size of every record.
 MAX_FILTERS = 32                    # filters[]

@@ -14,6 +14,8 @@ class Status(enum.StrEnum):
 
     NOT_STARTED = "NotStarted"
     RUNNING = "Running"
+    STANDBY = "Standby"      # fleetcap extension: a flight recorder armed, keeping its window
+    TRIGGERED = "Triggered"  # fleetcap extension: a flight recorder triggered, recording its after-window
     STOPPED = "Stopped"
     ERROR = "Error"
     UNKNOWN = "Unknown"
@@ -23,16 +25,22 @@ class Status(enum.StrEnum):
         return self in _TERMINAL
 
     def is_active(self) -> bool:
-        """NotStarted or Running: the capture may still record packets."""
-        return self in (Status.NOT_STARTED, Status.RUNNING)
+        """NotStarted, Running, Standby or Triggered: the capture may still record packets."""
+        return self in _ACTIVE
 
 
 _TERMINAL = frozenset({Status.STOPPED, Status.ERROR})
+_ACTIVE = frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STANDBY, Status.TRIGGERED})
 
 
 def is_terminal(status: str) -> bool:
     """`Status.is_terminal` for a raw wire value; an unknown word is not terminal."""
     return status in _TERMINAL
+
+
+def is_active(status: str) -> bool:
+    """`Status.is_active` for a raw wire value; an unknown word is not active."""
+    return status in _ACTIVE
 
 
 class StopReason(enum.StrEnum):
@@ -45,6 +53,7 @@ class StopReason(enum.StrEnum):
     SESSION_TIME_EXCEEDED = "SessionTimeExceeded"   # continuous mode: sessionTimeLimitInSeconds
     CAPTURE_FAILED = "CaptureFailed"                # libpcap or the file failed; see packetCaptureError
     AGENT_STOPPED = "AgentStopped"                  # the agent went away (its lease expired)
+    TRIGGER_WINDOW_ENDED = "TriggerWindowEnded"     # flight recorder: the seconds after the trigger have passed
     MIXED = "Mixed"                                 # capture level only: instances stopped for different reasons
 
 

@@ -51,7 +51,7 @@ class PacketCaptureSettings(_message.Message):
     def __init__(self, file_count: _Optional[int] = ..., file_size_in_bytes: _Optional[int] = ..., session_time_limit_in_seconds: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureParameters(_message.Message):
-    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter", "add_new_instances")
+    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter", "add_new_instances", "standby_in_seconds", "standby_bytes")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class PacketCaptureParameters(_message.Message):
     CAPTURE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     BPF_FILTER_FIELD_NUMBER: _ClassVar[int]
     ADD_NEW_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_BYTES_FIELD_NUMBER: _ClassVar[int]
     target: str
     target_type: str
     scope: PacketCaptureMachineScope
@@ -76,7 +78,9 @@ class PacketCaptureParameters(_message.Message):
     capture_settings: PacketCaptureSettings
     bpf_filter: str
     add_new_instances: bool
-    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ..., add_new_instances: _Optional[bool] = ...) -> None: ...
+    standby_in_seconds: int
+    standby_bytes: int
+    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ..., add_new_instances: _Optional[bool] = ..., standby_in_seconds: _Optional[int] = ..., standby_bytes: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureResult(_message.Message):
     __slots__ = ("name", "id", "etag", "provisioning_state", "properties", "created_time")
@@ -113,7 +117,7 @@ class CaptureFile(_message.Message):
     def __init__(self, file_path: _Optional[str] = ..., storage_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., stored_sha256: _Optional[str] = ..., upload_complete: _Optional[bool] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files")
+    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source")
     ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PACKET_CAPTURE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +131,8 @@ class InstanceStatus(_message.Message):
     KERNEL_DROPS_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_DROPS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     instance_id: str
     packet_capture_status: str
@@ -140,10 +146,12 @@ class InstanceStatus(_message.Message):
     kernel_drops: int
     interface_drops: int
     files: _containers.RepeatedCompositeFieldContainer[CaptureFile]
-    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ...) -> None: ...
+    trigger_time: str
+    trigger_source: str
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ...) -> None: ...
 
 class PacketCaptureQueryStatusResult(_message.Message):
-    __slots__ = ("name", "id", "capture_start_time", "packet_capture_status", "stop_reason", "packet_capture_error", "instances")
+    __slots__ = ("name", "id", "capture_start_time", "packet_capture_status", "stop_reason", "packet_capture_error", "instances", "trigger_time", "trigger_source", "trigger_after_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +159,9 @@ class PacketCaptureQueryStatusResult(_message.Message):
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     PACKET_CAPTURE_ERROR_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     capture_start_time: str
@@ -158,7 +169,10 @@ class PacketCaptureQueryStatusResult(_message.Message):
     stop_reason: str
     packet_capture_error: _containers.RepeatedScalarFieldContainer[str]
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ...) -> None: ...
+    trigger_time: str
+    trigger_source: str
+    trigger_after_seconds: int
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., trigger_after_seconds: _Optional[int] = ...) -> None: ...
 
 class CreatePacketCaptureRequest(_message.Message):
     __slots__ = ("name", "resource_group", "subscription", "properties")
@@ -215,6 +229,22 @@ class StopPacketCaptureRequest(_message.Message):
 class StopPacketCaptureResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class TriggerPacketCaptureRequest(_message.Message):
+    __slots__ = ("name", "after_in_seconds", "note")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AFTER_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    after_in_seconds: int
+    note: str
+    def __init__(self, name: _Optional[str] = ..., after_in_seconds: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class TriggerPacketCaptureResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: PacketCaptureQueryStatusResult
+    def __init__(self, status: _Optional[_Union[PacketCaptureQueryStatusResult, _Mapping]] = ...) -> None: ...
 
 class DeletePacketCaptureRequest(_message.Message):
     __slots__ = ("name",)

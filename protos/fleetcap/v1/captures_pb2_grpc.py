@@ -56,6 +56,11 @@ class PacketCapturesStub:
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureRequest.SerializeToString,
                 response_deserializer=fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureResponse.FromString,
                 _registered_method=True)
+        self.Trigger = channel.unary_unary(
+                '/fleetcap.v1.PacketCaptures/Trigger',
+                request_serializer=fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureRequest.SerializeToString,
+                response_deserializer=fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/fleetcap.v1.PacketCaptures/Delete',
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.DeletePacketCaptureRequest.SerializeToString,
@@ -114,6 +119,16 @@ class PacketCapturesServicer:
 
     def Stop(self, request, context):
         """Stops a capture on every instance. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Trigger(self, request, context):
+        """fleetcap extension, flight recorder: freezes the window of a capture created with
+        standby_in_seconds on every instance at once, records after_in_seconds more, then stores
+        and uploads the result like any capture. Idempotent: a second trigger changes nothing and
+        returns the first one. FAILED_PRECONDITION for a capture without standby, or one stopped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +201,11 @@ def add_PacketCapturesServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureRequest.FromString,
                     response_serializer=fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureResponse.SerializeToString,
+            ),
+            'Trigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trigger,
+                    request_deserializer=fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureRequest.FromString,
+                    response_serializer=fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -328,6 +348,33 @@ class PacketCaptures:
             '/fleetcap.v1.PacketCaptures/Stop',
             fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureRequest.SerializeToString,
             fleetcap_dot_v1_dot_captures__pb2.StopPacketCaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcap.v1.PacketCaptures/Trigger',
+            fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureRequest.SerializeToString,
+            fleetcap_dot_v1_dot_captures__pb2.TriggerPacketCaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,

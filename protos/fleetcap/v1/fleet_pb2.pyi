@@ -70,7 +70,7 @@ class Welcome(_message.Message):
     def __init__(self, instance_resource_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class StartCapture(_message.Message):
-    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local", "continuous", "file_size", "file_count")
+    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local", "continuous", "file_size", "file_count", "standby_s", "standby_bytes")
     CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,8 @@ class StartCapture(_message.Message):
     CONTINUOUS_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_S_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_BYTES_FIELD_NUMBER: _ClassVar[int]
     capture_name: str
     capture_id: str
     file_path: str
@@ -97,7 +99,23 @@ class StartCapture(_message.Message):
     continuous: bool
     file_size: int
     file_count: int
-    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ..., continuous: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
+    standby_s: int
+    standby_bytes: int
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ..., continuous: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_count: _Optional[int] = ..., standby_s: _Optional[int] = ..., standby_bytes: _Optional[int] = ...) -> None: ...
+
+class TriggerCapture(_message.Message):
+    __slots__ = ("capture_name", "capture_id", "trigger_time_ms", "after_s", "source")
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    capture_name: str
+    capture_id: str
+    trigger_time_ms: int
+    after_s: int
+    source: str
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., trigger_time_ms: _Optional[int] = ..., after_s: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class StopCapture(_message.Message):
     __slots__ = ("capture_name", "capture_id", "reason")
@@ -122,16 +140,18 @@ class FetchFile(_message.Message):
     def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., fetch_id: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "stop", "fetch")
+    __slots__ = ("welcome", "start", "stop", "fetch", "trigger")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartCapture
     stop: StopCapture
     fetch: FetchFile
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ...) -> None: ...
+    trigger: TriggerCapture
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ..., trigger: _Optional[_Union[TriggerCapture, _Mapping]] = ...) -> None: ...
 
 class UploadOpen(_message.Message):
     __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart", "fetch_id")

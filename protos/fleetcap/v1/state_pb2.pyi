@@ -9,18 +9,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CaptureRecord(_message.Message):
-    __slots__ = ("resource", "stop_requested", "instance_keys", "local_path", "container")
+    __slots__ = ("resource", "stop_requested", "instance_keys", "local_path", "container", "trigger_time", "trigger_source", "trigger_after_s")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_KEYS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     resource: _captures_pb2.PacketCaptureResult
     stop_requested: str
     instance_keys: _containers.RepeatedScalarFieldContainer[str]
     local_path: str
     container: str
-    def __init__(self, resource: _Optional[_Union[_captures_pb2.PacketCaptureResult, _Mapping]] = ..., stop_requested: _Optional[str] = ..., instance_keys: _Optional[_Iterable[str]] = ..., local_path: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
+    trigger_time: str
+    trigger_source: str
+    trigger_after_s: int
+    def __init__(self, resource: _Optional[_Union[_captures_pb2.PacketCaptureResult, _Mapping]] = ..., stop_requested: _Optional[str] = ..., instance_keys: _Optional[_Iterable[str]] = ..., local_path: _Optional[str] = ..., container: _Optional[str] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., trigger_after_s: _Optional[int] = ...) -> None: ...
 
 class InstanceRecord(_message.Message):
     __slots__ = ("instance_key", "identity", "status")
