@@ -2,7 +2,8 @@
 
 Wireshark shows each packet's interface (frame.interface_name), so a scale set's capture reads
 as one trace with the instance on every line. Classic pcap in, pcapng (SHB, one IDB per source
-with if_name and if_description, EPBs) out; timestamps stay in microseconds.
+with if_name and if_description, EPBs, then one ISB per source with what it received and
+dropped) out; timestamps stay in microseconds.
 """
 from __future__ import annotations
 
@@ -17,10 +18,24 @@ PCAP_MAGIC_NSEC = 0xA1B23C4D
 
 
 @dataclasses.dataclass(frozen=True)
+class InterfaceStats:
+    """What one instance saw and lost, for its Interface Statistics Block (Wireshark's capture
+    file properties show it per interface)."""
+
+    received: int     # isb_filteraccept: packets the filter accepted (pcap_stats ps_recv)
+    delivered: int    # isb_usrdeliv: packets written to the instance's file
+    os_drops: int     # isb_osdrop: dropped by the kernel (ps_drop)
+    if_drops: int     # isb_ifdrop: dropped by the interface (ps_ifdrop)
+    start_us: int     # isb_starttime: the capture's start on that instance, µs since the epoch
+    end_us: int       # isb_endtime: its stop (or when the merge ran, if it still runs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     name: str          # interface name in the output, e.g. "web_3"
     description: str   # e.g. the instance's ARM id
     paths: Sequence[str]  # its pcap files, in order (a ring's files)
+    stats: InterfaceStats | None = None
 
 
 def _records(path: str, index: int) -> Iterator[tuple[int, int, int, bytes]]:
@@ -58,6 +73,21 @@ def _block(block_type: int, body: bytes) -> bytes:
     return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
 
 
+def _isb(index: int, st: InterfaceStats) -> bytes:
+    """An Interface Statistics Block (pcapng §4.6): timestamp = the end, then the options."""
+    def ts(us: int) -> bytes:
+        return struct.pack("<II", us >> 32, us & 0xFFFFFFFF)
+    opts = (_option(2, ts(st.start_us)) + _option(3, ts(st.end_us)) + _option(5, struct.pack("<Q", st.if_drops))
+            + _option(6, struct.pack("<Q", st.received)) + _option(7, struct.pack("<Q", st.os_drops))
+            + _option(8, struct.pack("<Q", st.delivered)) + _option(0, b""))
+    return _block(0x00000005, struct.pack("<I", index) + ts(st.end_us) + opts)
+
+
+def statistics(stats: Sequence[InterfaceStats | None]) -> bytes:
+    """The ISBs of every interface that has statistics, written after the packets."""
+    return b"".join(_isb(i, st) for i, st in enumerate(stats) if st is not None)
+
+
 def merge(sources: Sequence[Source], out: BinaryIO) -> int:
     """Writes the merged pcapng; returns the number of packets written."""
     out.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
@@ -74,6 +104,7 @@ def merge(sources: Sequence[Source], out: BinaryIO) -> int:
         body = struct.pack("<IIIII", index, ts >> 32, ts & 0xFFFFFFFF, len(data), origlen) + data + b"\0" * pad
         out.write(_block(0x00000006, body))
         count += 1
+    out.write(statistics([src.stats for src in sources]))
     return count
 
 
@@ -95,6 +126,7 @@ class StreamSource:
     name: str
     description: str
     files: Sequence[Callable[[], AsyncIterator[bytes]]]
+    stats: InterfaceStats | None = None
 
 
 class _StreamRecords:
@@ -193,5 +225,5 @@ async def merge_stream(sources: Sequence[StreamSource]) -> AsyncIterator[bytes]:
         if size >= FLUSH_BYTES:
             yield b"".join(out)
             out, size = [], 0
-    if out:
-        yield b"".join(out)
+    out.append(statistics([src.stats for src in sources]))
+    yield b"".join(out)

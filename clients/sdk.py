@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import copy
 import dataclasses
+import datetime as dt
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
@@ -23,8 +24,9 @@ import grpc
 from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
+from fleetcap.clients import pcapng
 from fleetcap.core import transport
-from fleetcap.core.naming import instance_name
+from fleetcap.core.naming import instance_name, parse_rfc3339
 from fleetcap.core.vocabulary import TargetType, is_terminal
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import captures_pb2_grpc
@@ -260,13 +262,26 @@ class _DestDir:
         os.close(self._fd)
 
 
-def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str) -> str:
-    """Writes dest/<name>.pcapng from the downloaded files: one interface per instance."""
-    from fleetcap.clients import pcapng
+def interface_stats(inst: pb.InstanceStatus) -> pcapng.InterfaceStats:
+    """An instance's counters and times as its pcapng Interface Statistics Block carries them."""
+    def us(text: str) -> int:
+        when = parse_rfc3339(text) if text else dt.datetime.now(dt.UTC)
+        return round(when.timestamp() * 1_000_000)
+    return pcapng.InterfaceStats(received=inst.packets_received, delivered=inst.packets_captured,
+                                 os_drops=inst.kernel_drops, if_drops=inst.interface_drops,
+                                 start_us=us(inst.capture_start_time), end_us=us(inst.capture_stop_time))
+
+
+def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str,
+           status: pb.PacketCaptureQueryStatusResult) -> str:
+    """Writes dest/<name>.pcapng from the downloaded files: one interface per instance, each with
+    its Interface Statistics Block (what it received and dropped)."""
     paths: dict[str, builtins.list[str]] = {}
     for item in plan:
         paths.setdefault(item.instance_arm_id, []).append(item.path(dest.dest))
-    sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files)
+    by_id = {inst.id: inst for inst in status.instances}
+    sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files,
+                             stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None)
                for arm_id, files in paths.items()]
     merged = _safe_name(f"{name}.pcapng", "capture name")
     dest_fd = os.open(dest.dest, os.O_RDONLY | os.O_DIRECTORY)
@@ -495,7 +510,8 @@ class AsyncClient:
         through the coordinator. With merge, also writes dest/<name>.pcapng: one time-ordered
         trace, one interface per instance. Returns the paths written. Raises: CaptureNotFound;
         IncompleteDownload when some files could not be had (the others are written, and merged)."""
-        plan = _download_plan(await self.get_status(name=name))
+        status = await self.get_status(name=name)
+        plan = _download_plan(status)
         target = _DestDir(dest)
         done: builtins.list[_Download] = []
         missing: builtins.list[tuple[str, str, FleetcapError]] = []
@@ -519,7 +535,7 @@ class AsyncClient:
                     os.close(dir_fd)
             written = [item.path(dest) for item in done]
             if merge and done:
-                written.append(_merge(done, target, name))
+                written.append(_merge(done, target, name, status))
             if missing:
                 raise IncompleteDownload(written, missing)
             return written

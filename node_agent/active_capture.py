@@ -53,6 +53,7 @@ class ActiveCapture:
             status.capture_start_time, status.capture_stop_time = c.start_time, c.stop_time
             status.packets_captured, status.bytes_captured = c.packets, c.bytes
             status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
+            status.packets_received = c.received
             status.trigger_time, status.trigger_source = c.trigger_time, c.trigger_source
             failed = []
             for f in list(self.session.files):

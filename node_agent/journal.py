@@ -91,6 +91,7 @@ class Journal:
             c = session.counters
             c.start_time, c.stop_time = status.capture_start_time, status.capture_stop_time
             c.kernel_drops, c.interface_drops = status.kernel_drops, status.interface_drops
+            c.received = status.packets_received
             if is_terminal(status.packet_capture_status):
                 c.status, c.stop_reason = status.packet_capture_status, status.stop_reason
                 c.errors, c.error_message = list(status.packet_capture_error), status.error_message

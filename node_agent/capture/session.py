@@ -99,6 +99,7 @@ class Counters:
     bytes: int = 0         # file bytes written, over every file
     kernel_drops: int = 0
     interface_drops: int = 0
+    received: int = 0       # packets the filter accepted (ps_recv), dropped ones included
     trigger_time: str = ""  # flight recorder: the trigger this instance froze its window at
     trigger_source: str = ""
 
@@ -337,7 +338,7 @@ class CaptureSession:
                 break
             now = time.monotonic()
             if now - last_stats >= STATS_INTERVAL_S:
-                _, c.kernel_drops, c.interface_drops = handle.stats()
+                c.received, c.kernel_drops, c.interface_drops = handle.stats()
                 last_stats = now
                 if self.spec.standby is not None:
                     self._standby_upkeep(self.spec.standby)
@@ -488,7 +489,7 @@ class CaptureSession:
         if final:
             handle.flush()
             self._written(0)
-            _, c.kernel_drops, c.interface_drops = handle.stats()
+            c.received, c.kernel_drops, c.interface_drops = handle.stats()
         with self._lock:
             self._handle = None
         handle.close()

@@ -22,6 +22,7 @@ import pytest
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.core.auth import Role
+from fleetcap.core.naming import parse_rfc3339
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 from tests import pcaps
 from tests.conftest import AGENT_ENV, TOKENS, write_auth_file
@@ -156,6 +157,15 @@ def test_download_fetches_every_instance_file_byte_for_byte_and_keeps_nothing(fl
                         "frame.interface_id", "-e", "udp.dstport"], capture_output=True, text=True, timeout=60)
     assert t.returncode == 0, t.stderr
     assert sorted(t.stdout.split("\n")[:-1]) == [f"0\t{port}"] * 5 + [f"1\t{port}"] * 5
+    # Each interface's statistics (pcapng ISB), read back by tshark: the instance's own counters.
+    stats = pcaps.interface_statistics(str(tmp_path / "dl" / "fo-1.pcapng"))
+    assert [(x.interface, x.accepted, x.delivered, x.os_drops, x.if_drops) for x in stats] == \
+        [(i, inst.packets_received, 5, inst.kernel_drops, inst.interface_drops) for i, inst in enumerate(final.instances)]
+    assert all(inst.packets_received >= 5 for inst in final.instances)
+    for x, inst in zip(stats, final.instances):
+        assert x.start_us == round(parse_rfc3339(inst.capture_start_time).timestamp() * 1e6)
+        assert x.end_us == round(parse_rfc3339(inst.capture_stop_time).timestamp() * 1e6)
+        assert x.end == parse_rfc3339(inst.capture_stop_time).strftime("%b %e, %Y %H:%M:%S.%f000 UTC")
     # Nothing is kept: the fetch area is empty once the download has ended.
     assert fetch_area_empty(fleet)
 

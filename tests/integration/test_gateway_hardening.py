@@ -19,6 +19,7 @@ import pytest
 from fleetcap.clients import sdk
 from fleetcap.clients.rest.app import attachment
 from fleetcap.core.auth import Role
+from tests import pcaps
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import ARM, ROOT, Gateway
 
@@ -266,11 +267,16 @@ def test_the_streamed_merge_is_the_sdks_merge(gateway, stored, coordinator, tmp_
     assert headers["Content-Disposition"] == 'attachment; filename="hard-1.pcapng"'
     with sdk.Client(coordinator) as c:
         written = c.download(name="hard-1", dest=str(tmp_path), merge=True)
+        final = c.get_status(name="hard-1").instances[0]
     with open([p for p in written if p.endswith(".pcapng")][0], "rb") as f:
         assert streamed == f.read()
     out = subprocess.run(["tshark", "-r", "-", "-T", "fields", "-e", "udp.length", "-e", "frame.interface_name"],
                          input=streamed, capture_output=True, check=True).stdout.decode().split("\n")
     assert [line.split("\t") for line in out if line] == [[str(8 + 100 + i), "vm1"] for i in range(40)]
+    (tmp_path / "streamed.pcapng").write_bytes(streamed)
+    [isb] = pcaps.interface_statistics(str(tmp_path / "streamed.pcapng"))  # what vm1 received and lost
+    assert (isb.interface, isb.delivered, isb.accepted, isb.os_drops, isb.if_drops) == \
+        (0, 40, final.packets_received, final.kernel_drops, final.interface_drops)
 
 
 # -- where and how it listens ---------------------------------------------------------------------------------------

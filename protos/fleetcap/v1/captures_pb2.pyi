@@ -117,7 +117,7 @@ class CaptureFile(_message.Message):
     def __init__(self, file_path: _Optional[str] = ..., storage_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., stored_sha256: _Optional[str] = ..., upload_complete: _Optional[bool] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source")
+    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source", "packets_received")
     ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PACKET_CAPTURE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class InstanceStatus(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_TIME_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     id: str
     instance_id: str
     packet_capture_status: str
@@ -148,7 +149,8 @@ class InstanceStatus(_message.Message):
     files: _containers.RepeatedCompositeFieldContainer[CaptureFile]
     trigger_time: str
     trigger_source: str
-    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ...) -> None: ...
+    packets_received: int
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., packets_received: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureQueryStatusResult(_message.Message):
     __slots__ = ("name", "id", "capture_start_time", "packet_capture_status", "stop_reason", "packet_capture_error", "instances", "trigger_time", "trigger_source", "trigger_after_seconds")
