@@ -280,6 +280,73 @@ def cmd_create(client: sdk.Client, args) -> int:
     return EXIT_OK
 
 
+def _write_out(path: str | None, data: bytes) -> None:
+    if path:
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def cmd_manifest(client: sdk.Client, args) -> int:
+    _write_out(args.out, client.manifest(name=args.name))
+    return EXIT_OK
+
+
+def cmd_manifest_key(client: sdk.Client, args) -> int:
+    pem, _ = client.manifest_key()
+    _write_out(args.out, pem.encode())
+    return EXIT_OK
+
+
+VERIFY_TABLE = [("Path", "path"), ("Status", "status"), ("Detail", "detail")]
+
+
+def _verdict_out(verdict, args) -> int:
+    d = verdict.as_dict()
+    if args.output in ("table", "tsv"):
+        print(f"signature: {d['signature']}" + (f" ({d['signatureDetail']})" if d["signatureDetail"] else "")
+              + f", key {d['keyId']}", file=sys.stderr)
+        rows = d["files"] + [{"path": p, "status": "unlisted"} for p in d["unlisted"]] + \
+            [{"path": p, "status": "derived", "detail": "made from the listed files; not signed"} for p in d["derived"]]
+        _emit(rows, args, VERIFY_TABLE)
+    else:
+        _emit(d, args, VERIFY_TABLE)
+    return EXIT_OK if verdict.verified else EXIT_ERROR
+
+
+def _evidence():  # the cli extra's cryptography, named if missing
+    optional("cryptography", "verify")
+    from fleetcap.clients import evidence
+    return evidence
+
+
+def cmd_capture_verify(client: sdk.Client, args) -> int:
+    evidence = _evidence()
+    signed = client.manifest(name=args.name)
+    pem, _ = client.manifest_key()
+    try:
+        return _verdict_out(evidence.verify(signed, pem.encode(), args.dir), args)
+    except evidence.ManifestError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_verify(args) -> int:
+    """Offline: a manifest file, a directory and the public key; no coordinator."""
+    evidence = _evidence()
+    try:
+        with open(args.manifest, "rb") as f:
+            signed = f.read()
+        with open(args.public_key, "rb") as f:
+            pem = f.read()
+        return _verdict_out(evidence.verify(signed, pem, args.dir, manifest_path=args.manifest), args)
+    except OSError as e:
+        raise UsageError(f"{e.filename}: {e.strerror}") from None
+    except evidence.ManifestError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_trigger(client: sdk.Client, args) -> int:
     _status_out(client.trigger(name=args.name, after_in_seconds=args.after, note=args.note or ""), args)
     return EXIT_OK
@@ -797,6 +864,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
 
     _add_tls(sub)
 
+    mk = sub.add_parser("manifest-key", help="the public key that verifies the coordinator's signed manifests")
+    mk_show = mk.add_subparsers(dest="verb", required=True).add_parser("show", help="print the public key (PEM)")
+    mk_show.add_argument("--out", help="write it to this file; default stdout")
+    mk_show.set_defaults(func=cmd_manifest_key)
+    ve = sub.add_parser("verify", help="offline: check a directory of capture files against a signed manifest, "
+                                       "with only the coordinator's public key")
+    ve.add_argument("manifest", help="the signed manifest (from `capture manifest`)")
+    ve.add_argument("dir", help="the directory `capture download` wrote")
+    ve.add_argument("--public-key", required=True, help="the public key (from `manifest-key show`), PEM")
+    ve.set_defaults(func=cmd_verify, daemon=True)
     ag = sub.add_parser("agents", help="list the connected agents (the possible targets)")
     ag_verbs = ag.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     ag_verbs.add_parser("list", help="list connected agents").set_defaults(func=cmd_agents_list)
@@ -859,6 +936,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     tr.add_argument("--note", help="free text kept with the trigger's source, e.g. an incident id")
     _az_ignored(tr)
     tr.set_defaults(func=cmd_trigger)
+    mf = verbs.add_parser("manifest", help="the capture's signed manifest (JSON): every file with its size, SHA-256 "
+                                           "and packet times, signed by the coordinator")
+    mf.add_argument("--name", "-n", required=True)
+    mf.add_argument("--out", help="write it to this file; default stdout")
+    mf.set_defaults(func=cmd_manifest)
+    vf = verbs.add_parser("verify", help="check a directory of downloaded files against the capture's signed manifest")
+    vf.add_argument("--name", "-n", required=True)
+    vf.add_argument("--dir", required=True, help="the directory `capture download` wrote")
+    vf.set_defaults(func=cmd_capture_verify)
     for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
                                  ("delete", cmd_delete, "delete a capture (files are kept)"),
                                  ("show-status", cmd_show_status, "status, with a per-instance breakdown"),
@@ -932,6 +1018,10 @@ EXAMPLES: dict[str, list[str]] = {
         "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'",
         "fleetcap capture create -n rec1 -g rg1 --target web --target-type AzureVMSS --storage-account local "
         "--standby 300 --time-limit 0"],
+    "capture manifest": ["fleetcap capture manifest -n pc1 --out pc1/manifest.json"],
+    "capture verify": ["fleetcap capture verify -n pc1 --dir ./pc1 -o table"],
+    "manifest-key show": ["fleetcap manifest-key show --out fleetcap-manifest-key.pem"],
+    "verify": ["fleetcap verify pc1/manifest.json ./pc1 --public-key fleetcap-manifest-key.pem"],
     "capture trigger": ["fleetcap capture trigger -n rec1 --after 30 --note INC-4711"],
     "capture show": ["fleetcap capture show -n pc1 -o yaml"],
     "capture stop": ["fleetcap capture stop -n pc1"],

@@ -441,6 +441,17 @@ class AsyncClient:
         return (await self._call("Trigger", pb.TriggerPacketCaptureRequest(
             name=name, after_in_seconds=after_in_seconds, note=note))).status
 
+    async def manifest(self, *, name: str) -> bytes:
+        """The capture's signed manifest (JSON): every file with its instance, size, SHA-256 and
+        packet times, and the capture's settings, stop reason and drops, signed by the
+        coordinator. Raises: CaptureNotFound, FleetcapError FAILED_PRECONDITION while it runs."""
+        return (await self._call("GetManifest", pb.GetCaptureManifestRequest(name=name))).manifest_json
+
+    async def manifest_key(self) -> tuple[str, str]:
+        """(public key PEM, key id) of the key the coordinator signs manifests with."""
+        r = await self._call("GetManifestKey", pb.GetManifestKeyRequest())
+        return r.public_key_pem, r.key_id
+
     async def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
         await self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
@@ -633,6 +644,14 @@ class Client:
     def trigger(self, *, name: str, after_in_seconds: int = 0, note: str = "") -> pb.PacketCaptureQueryStatusResult:
         """As `AsyncClient.trigger`."""
         return self._run(self._async.trigger(name=name, after_in_seconds=after_in_seconds, note=note))
+
+    def manifest(self, *, name: str) -> bytes:
+        """As `AsyncClient.manifest`."""
+        return self._run(self._async.manifest(name=name))
+
+    def manifest_key(self) -> tuple[str, str]:
+        """As `AsyncClient.manifest_key`."""
+        return self._run(self._async.manifest_key())
 
     def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""

@@ -17,6 +17,7 @@ from fleetcap.coordinator.fleet.dispatch import dispatch_by_watch
 from fleetcap.coordinator.fleet.expiry import watch_agent_expiry
 from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer, add_fleet_servicer
 from fleetcap.coordinator.leadership import lead
+from fleetcap.coordinator.manifest import ManifestSigner
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, CoordinatorSettings
@@ -71,7 +72,8 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
             sinks[name] = BlobSink(connection_string)
     filters = FilterCompiler()
     await filters.start()
-    service = CaptureService(store, sessions, sinks, settings.service, filters)
+    signer = await asyncio.to_thread(ManifestSigner, settings.manifest_key_path)
+    service = CaptureService(store, sessions, sinks, settings.service, filters, signer=signer)
     if service.instance_files is not None:
         swept = await service.instance_files.sweep()
         if swept:

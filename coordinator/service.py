@@ -15,8 +15,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 
+from fleetcap.coordinator import manifest, targets, validation
 from fleetcap.coordinator import status as st
-from fleetcap.coordinator import targets, validation
 from fleetcap.coordinator.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -24,9 +24,11 @@ from fleetcap.coordinator.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unimplemented,
 )
 from fleetcap.coordinator.fetch import Dispatcher, InstanceFiles
 from fleetcap.coordinator.filter_compiler import FilterCompiler
+from fleetcap.coordinator.manifest import ManifestSigner
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, ServiceConfig
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.store import Store, WatchKind
@@ -124,8 +126,10 @@ def _kept_on_instance(status: captures_pb2.InstanceStatus) -> bool:
 
 class CaptureService:
     def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
-                 config: ServiceConfig | None = None, filters: FilterCompiler | None = None):
+                 config: ServiceConfig | None = None, filters: FilterCompiler | None = None,
+                 signer: ManifestSigner | None = None):
         self.store = store
+        self.signer = signer
         self.sinks = sinks
         self.dispatcher = dispatcher
         self.config = config or ServiceConfig()
@@ -295,6 +299,22 @@ class CaptureService:
         for inst in await self.store.get_instances(record.resource.name):
             if not st.is_final(inst.status):
                 self.dispatcher.send(inst.instance_key, message)
+
+    async def manifest(self, name: str) -> bytes:
+        """The signed manifest of a finished capture (coordinator/manifest.py)."""
+        record = await self._record(name)
+        signer = self._signer()
+        return signer.sign(manifest.body(record, await self.store.get_instances(name)))
+
+    def manifest_key(self) -> tuple[str, str]:
+        """(public key PEM, key id) of the key that signs this coordinator's manifests."""
+        signer = self._signer()
+        return signer.public_key_pem, signer.key_id
+
+    def _signer(self) -> ManifestSigner:
+        if self.signer is None:
+            raise Unimplemented("this coordinator was started without a manifest signing key")
+        return self.signer
 
     async def delete(self, name: str) -> None:
         record = await self._record(name)

@@ -55,6 +55,9 @@ class CoordinatorSettings:
     """Holds the embedded etcd and, by default, the storage directory."""
     storage_dir: str = ""
     """Directory of the built-in storage account "local"; empty = data_dir/storage."""
+    manifest_key: str = ""
+    """PEM file of the Ed25519 key that signs capture manifests, created (0600) if absent;
+    empty = data_dir/manifest-key.pem. The replicas of one deployment share one file."""
     agent_ttl_s: int = 10
     """Lease of an agent's registration: a silent agent is declared stopped after this."""
     storage_accounts: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
@@ -96,6 +99,10 @@ class CoordinatorSettings:
     def mutual_tls(self) -> ServerTls:
         """For `mtls_listen`."""
         return ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    @property
+    def manifest_key_path(self) -> str:
+        return self.manifest_key or f"{self.data_dir.rstrip('/')}/manifest-key.pem"
 
     @property
     def local_storage_dir(self) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fleetcap.core.naming import ring_file_path
+from fleetcap.core.metrics import version
+from fleetcap.core.naming import rfc3339_us, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession
 from fleetcap.node_agent.upload.uploader import Uploader
@@ -54,10 +55,14 @@ class ActiveCapture:
             status.packets_captured, status.bytes_captured = c.packets, c.bytes
             status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
             status.packets_received = c.received
+            status.agent_version = version()
             status.trigger_time, status.trigger_source = c.trigger_time, c.trigger_source
             failed = []
             for f in list(self.session.files):
                 out = status.files.add(file_path=self.api_path(f.index), size_bytes=f.size, sha256=f.sha256)
+                if f.sha256:
+                    out.packets = f.packets
+                    out.first_packet_time, out.last_packet_time = rfc3339_us(f.first_us), rfc3339_us(f.last_us)
                 u = self.uploaders.get(f.index)
                 if u:
                     out.uploaded_bytes, out.upload_complete = u.state.acked, u.state.committed

@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 
 from fleetcap.core import transport
+from fleetcap.core.metrics import version
 from fleetcap.core.transport import ClientCredentials
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.host import interface_addresses
@@ -24,7 +25,7 @@ from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
+VERSION = version()  # the installed package's, as fleetcap_build_info says
 PROGRESS_INTERVAL_S = 1.0
 # A restarted coordinator is found within 2 s; a dead one costs a connection attempt per 2 s.
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 2.0

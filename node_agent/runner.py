@@ -15,6 +15,7 @@ from fleetcap.core import filters, limits
 from fleetcap.core.vocabulary import CaptureError, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.file_summary import summarize
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
 from fleetcap.node_agent.capture.source import SourceFactory
@@ -216,9 +217,10 @@ class CaptureRunner:
 
     async def _hash(self, cap: ActiveCapture, f: CaptureFile) -> None:
         try:
-            f.sha256 = await asyncio.to_thread(self.root.sha256, f.path)
+            summary = await asyncio.to_thread(summarize, self.root, f.path, f.tail_from)
         except FileNotFoundError:
             return  # the ring deleted it first
+        f.first_us, f.last_us, f.sha256 = summary.first_us, summary.last_us, summary.sha256
         self.changed(cap.start.capture_name)
 
     def _sync_uploads(self, cap: ActiveCapture) -> None:

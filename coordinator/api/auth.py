@@ -32,7 +32,8 @@ audit = logging.getLogger("fleetcap.audit")
 _API = "/fleetcap.v1.PacketCaptures/"
 _FLEET = "/fleetcap.v1.Fleet/"
 METHOD_ROLES: dict[str, Role] = {
-    **{_API + m: Role.READER for m in ("Get", "List", "GetStatus", "WatchStatus", "ListAgents", "ListStorageAccounts")},
+    **{_API + m: Role.READER for m in ("Get", "List", "GetStatus", "WatchStatus", "ListAgents", "ListStorageAccounts",
+                                           "GetManifest", "GetManifestKey")},
     _API + "ReadFile": Role.DATA_READER,
     **{_API + m: Role.CONTRIBUTOR for m in ("Create", "Stop", "Trigger", "Delete")},
     _FLEET + "Connect": Role.AGENT,

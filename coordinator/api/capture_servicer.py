@@ -73,6 +73,15 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
         return pb.TriggerPacketCaptureResponse(status=status)
 
     @_mapped
+    async def GetManifest(self, request: pb.GetCaptureManifestRequest, context: Context) -> pb.GetCaptureManifestResponse:
+        return pb.GetCaptureManifestResponse(manifest_json=await self.service.manifest(request.name))
+
+    @_mapped
+    async def GetManifestKey(self, request: pb.GetManifestKeyRequest, context: Context) -> pb.GetManifestKeyResponse:
+        pem, key_id = self.service.manifest_key()
+        return pb.GetManifestKeyResponse(public_key_pem=pem, key_id=key_id)
+
+    @_mapped
     async def Delete(self, request: pb.DeletePacketCaptureRequest, context: Context) -> pb.DeletePacketCaptureResponse:
         await self.service.delete(request.name)
         return pb.DeletePacketCaptureResponse()

@@ -84,6 +84,9 @@ class CaptureFile:
     closed: bool = False
     deleted: bool = False  # removed by the ring
     packets: int = 0
+    tail_from: int = 24    # a record boundary near the end: where the last batch of records began
+    first_us: int = 0      # first and last packet times, µs since the epoch (0 = none), set with sha256
+    last_us: int = 0
     ended: float = 0.0     # flight recorder: wall time of its newest packet (the ring drops it by its age)
 
 
@@ -306,6 +309,8 @@ class CaptureSession:
         self.counters.packets += n
         current = self._writing[-1]
         current.packets += n
+        if n:
+            current.tail_from = current.size  # the batch just written began where the file ended
         if n and self.spec.standby is not None:
             current.ended = time.time()  # the newest packet's time, near enough: the ring drops by it
         current.size = self._source().file_position()
@@ -387,7 +392,8 @@ class CaptureSession:
             return
         if out.full:
             self._stop_reason = StopReason.TOTAL_BYTES_EXCEEDED
-        self.files.append(CaptureFile(0, self.spec.path, size=out.size, closed=True, packets=out.packets))
+        self.files.append(CaptureFile(0, self.spec.path, size=out.size, closed=True, packets=out.packets,
+                                      tail_from=out.last_offset))
         c.packets, c.bytes = out.packets, out.size
         log.info("capture %s: %d packets of the window written to %s", self.spec.name, out.packets, self.spec.path)
 

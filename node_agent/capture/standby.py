@@ -71,6 +71,7 @@ class Assembled:
     packets: int
     size: int
     full: bool  # the next record in the window would have crossed the byte limit
+    last_offset: int = PCAP_FILE_HEADER  # where the file's last record begins
 
 
 def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: float, until: float,
@@ -80,6 +81,7 @@ def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: fl
     standard capture: the first record that would cross the limit ends the file, unwritten."""
     out = os.fdopen(root.create(out_path), "wb")
     packets, size, full, header_written = 0, 0, False, False
+    last_offset = PCAP_FILE_HEADER
     with out:
         for seg in segments:
             with os.fdopen(root.open_read(seg), "rb") as f:
@@ -105,6 +107,7 @@ def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: fl
                 if keep:
                     if run_start < 0:
                         run_start = off
+                    last_offset = size
                     size += end - off
                     packets += 1
                 elif run_start >= 0:
@@ -119,4 +122,4 @@ def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: fl
             raise OSError("the flight recorder's ring holds no readable segment")
         out.flush()
         os.fsync(out.fileno())
-    return Assembled(packets, size, full)
+    return Assembled(packets, size, full, last_offset)

@@ -88,7 +88,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         listen=tuple(args.listen or ([] if args.mtls_listen else _COORDINATOR.listen)),
         mtls_listen=tuple(args.mtls_listen or ()),
         etcd=etcd,
-        store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir,
+        store=args.store, data_dir=args.data_dir, storage_dir=args.storage_dir, manifest_key=args.manifest_key,
         agent_ttl_s=args.agent_ttl, service=ServiceConfig(max_captures=args.max_captures),
         metrics_listen=args.metrics_listen, health_listen=args.health_listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_file=args.auth_file, insecure=args.insecure,
@@ -140,6 +140,9 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--data-dir", default=_COORDINATOR.data_dir)
     c.add_argument("--storage-dir", default=_COORDINATOR.storage_dir,
                    help="the 'local' storage account; default DATA_DIR/storage")
+    c.add_argument("--manifest-key", default=_COORDINATOR.manifest_key, metavar="PEM",
+                   help="the Ed25519 key that signs capture manifests, created (0600) if absent; replicas share one "
+                        "file; default DATA_DIR/manifest-key.pem")
     c.add_argument("--agent-ttl", type=int, default=_COORDINATOR.agent_ttl_s,
                    help="seconds before a silent agent is declared stopped")
     c.add_argument("--max-captures", type=int, default=_SERVICE.max_captures,

@@ -2,11 +2,13 @@
 byte, in order, under the byte limit's rule, and never invents a partial record."""
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
 
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.file_summary import summarize
 from fleetcap.node_agent.capture.standby import Standby, assemble, remove_segments, segment_path
 
 HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
@@ -84,3 +86,20 @@ def test_the_ring_is_eight_segments_within_its_byte_cap():
     assert 8 * s.segment_size + 24 <= 8 << 20
     assert s.segment_size >= 16 + 262144  # the largest record fits in one segment
     assert s.segment_age_s == 30 / 8
+
+
+def test_a_file_summary_gives_the_hash_and_first_and_last_packet_times(root):
+    r = [record(1_700_000_000 + i + 0.000007 * i, bytes([i]) * (30 + i)) for i in range(6)]
+    path = segment(root, "f.cap", *r)
+    data = open(path, "rb").read()
+    boundary = 24 + sum(len(x) for x in r[:4])
+    for tail_from in (24, boundary):  # walked from the start, or from the last batch's start
+        s = summarize(CaptureRoot(str(root)), path, tail_from)
+        assert (s.sha256, s.first_us, s.last_us) == (hashlib.sha256(data).hexdigest(), 1_700_000_000_000_000,
+                                                     1_700_000_005_000_035)
+    # A file cut mid-record (an agent killed while writing): the last whole record's time.
+    with open(path, "ab") as f:
+        f.write(record(1_700_000_099, b"z" * 40)[:30])
+    assert summarize(CaptureRoot(str(root)), path, boundary).last_us == 1_700_000_005_000_035
+    empty = summarize(CaptureRoot(str(root)), segment(root, "empty.cap"), 24)
+    assert (empty.first_us, empty.last_us) == (0, 0)

@@ -9,6 +9,7 @@ that several daemons in one process, as in tests, never share a series.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import platform
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,9 @@ SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 90
 """Buckets for things that take seconds to hours (a fan-out to a fleet, a file's upload)."""
 
 
+@functools.cache
 def version() -> str:
+    """The installed package's version (read once)."""
     try:
         return metadata.version("fleetcap")
     except metadata.PackageNotFoundError:  # a checkout that was never installed

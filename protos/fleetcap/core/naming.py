@@ -78,6 +78,13 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def rfc3339_us(us: int) -> str:
+    """A time in microseconds since the epoch (a pcap timestamp) as rfc3339; "" for 0 (none)."""
+    if not us:
+        return ""
+    return rfc3339(dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us))
+
+
 def parse_rfc3339(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 

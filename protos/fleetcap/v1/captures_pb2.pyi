@@ -99,7 +99,7 @@ class PacketCaptureResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., etag: _Optional[str] = ..., provisioning_state: _Optional[str] = ..., properties: _Optional[_Union[PacketCaptureParameters, _Mapping]] = ..., created_time: _Optional[str] = ...) -> None: ...
 
 class CaptureFile(_message.Message):
-    __slots__ = ("file_path", "storage_path", "size_bytes", "uploaded_bytes", "sha256", "stored_sha256", "upload_complete")
+    __slots__ = ("file_path", "storage_path", "size_bytes", "uploaded_bytes", "sha256", "stored_sha256", "upload_complete", "packets", "first_packet_time", "last_packet_time")
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
     STORAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,9 @@ class CaptureFile(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     STORED_SHA256_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_PACKET_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_PACKET_TIME_FIELD_NUMBER: _ClassVar[int]
     file_path: str
     storage_path: str
     size_bytes: int
@@ -114,10 +117,13 @@ class CaptureFile(_message.Message):
     sha256: str
     stored_sha256: str
     upload_complete: bool
-    def __init__(self, file_path: _Optional[str] = ..., storage_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., stored_sha256: _Optional[str] = ..., upload_complete: _Optional[bool] = ...) -> None: ...
+    packets: int
+    first_packet_time: str
+    last_packet_time: str
+    def __init__(self, file_path: _Optional[str] = ..., storage_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., stored_sha256: _Optional[str] = ..., upload_complete: _Optional[bool] = ..., packets: _Optional[int] = ..., first_packet_time: _Optional[str] = ..., last_packet_time: _Optional[str] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source", "packets_received")
+    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source", "packets_received", "agent_version")
     ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PACKET_CAPTURE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +140,7 @@ class InstanceStatus(_message.Message):
     TRIGGER_TIME_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     instance_id: str
     packet_capture_status: str
@@ -150,7 +157,8 @@ class InstanceStatus(_message.Message):
     trigger_time: str
     trigger_source: str
     packets_received: int
-    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., packets_received: _Optional[int] = ...) -> None: ...
+    agent_version: str
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., packets_received: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class PacketCaptureQueryStatusResult(_message.Message):
     __slots__ = ("name", "id", "capture_start_time", "packet_capture_status", "stop_reason", "packet_capture_error", "instances", "trigger_time", "trigger_source", "trigger_after_seconds")
@@ -247,6 +255,30 @@ class TriggerPacketCaptureResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: PacketCaptureQueryStatusResult
     def __init__(self, status: _Optional[_Union[PacketCaptureQueryStatusResult, _Mapping]] = ...) -> None: ...
+
+class GetCaptureManifestRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetCaptureManifestResponse(_message.Message):
+    __slots__ = ("manifest_json",)
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    manifest_json: bytes
+    def __init__(self, manifest_json: _Optional[bytes] = ...) -> None: ...
+
+class GetManifestKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetManifestKeyResponse(_message.Message):
+    __slots__ = ("public_key_pem", "key_id")
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    public_key_pem: str
+    key_id: str
+    def __init__(self, public_key_pem: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class DeletePacketCaptureRequest(_message.Message):
     __slots__ = ("name",)

@@ -81,6 +81,16 @@ class PacketCapturesStub:
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.SerializeToString,
                 response_deserializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.FromString,
                 _registered_method=True)
+        self.GetManifest = channel.unary_unary(
+                '/fleetcap.v1.PacketCaptures/GetManifest',
+                request_serializer=fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestRequest.SerializeToString,
+                response_deserializer=fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestResponse.FromString,
+                _registered_method=True)
+        self.GetManifestKey = channel.unary_unary(
+                '/fleetcap.v1.PacketCaptures/GetManifestKey',
+                request_serializer=fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyRequest.SerializeToString,
+                response_deserializer=fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/fleetcap.v1.PacketCaptures/ListAgents',
                 request_serializer=fleetcap_dot_v1_dot_captures__pb2.ListAgentsRequest.SerializeToString,
@@ -165,6 +175,22 @@ class PacketCapturesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetManifest(self, request, context):
+        """fleetcap extension: the capture's signed manifest (every file with its instance, size,
+        SHA-256, packet times, and the capture's filter, limits, stop reason and drops).
+        FAILED_PRECONDITION while any instance still runs or a file is not yet hashed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetManifestKey(self, request, context):
+        """fleetcap extension: the public key that verifies this coordinator's manifests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """fleetcap extension: the agents registered now, i.e. the possible targets.
         """
@@ -226,6 +252,16 @@ def add_PacketCapturesServicer_to_server(servicer, server):
                     servicer.ReadFile,
                     request_deserializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.FromString,
                     response_serializer=fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.SerializeToString,
+            ),
+            'GetManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifest,
+                    request_deserializer=fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestRequest.FromString,
+                    response_serializer=fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestResponse.SerializeToString,
+            ),
+            'GetManifestKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifestKey,
+                    request_deserializer=fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyRequest.FromString,
+                    response_serializer=fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -483,6 +519,60 @@ class PacketCaptures:
             '/fleetcap.v1.PacketCaptures/ReadFile',
             fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileRequest.SerializeToString,
             fleetcap_dot_v1_dot_captures__pb2.ReadCaptureFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcap.v1.PacketCaptures/GetManifest',
+            fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestRequest.SerializeToString,
+            fleetcap_dot_v1_dot_captures__pb2.GetCaptureManifestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetManifestKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcap.v1.PacketCaptures/GetManifestKey',
+            fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyRequest.SerializeToString,
+            fleetcap_dot_v1_dot_captures__pb2.GetManifestKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
