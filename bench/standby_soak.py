@@ -76,7 +76,12 @@ def main() -> int:
         try:
             with sdk.Client(api, token=TOKENS["admin"], timeout_s=10) as c:
                 deadline = time.monotonic() + 60
-                while not c.list_agents():
+                while True:
+                    try:
+                        if c.list_agents():
+                            break
+                    except sdk.CoordinatorUnavailable:
+                        pass  # still starting
                     assert time.monotonic() < deadline, "the agent did not connect"
                     time.sleep(0.2)
                 c.create(name="soak", target="soak", storage_account="local", file_path="/var/captures/soak.cap",

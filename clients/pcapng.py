@@ -31,15 +31,37 @@ class InterfaceStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClockCorrection:
+    """An instance's clock offset to the coordinator's: added to each of its packet times, so
+    that packets crossing instances come out in causal order; recorded in its interface's
+    comment."""
+
+    offset_us: int
+    uncertainty_us: int
+
+    def comment(self) -> str:
+        return (f"fleetcap: timestamps corrected by {self.offset_us:+d} us, this instance's clock offset to the "
+                f"coordinator's (uncertainty +/- {self.uncertainty_us} us)")
+
+
+def _idb(linktype: int, snaplen: int, name: str, description: str, clock: ClockCorrection | None) -> bytes:
+    opts = _option(2, name.encode()) + _option(3, description.encode())
+    if clock is not None:
+        opts += _option(1, clock.comment().encode())
+    return _block(0x00000001, struct.pack("<HHI", linktype, 0, snaplen) + opts + _option(0, b""))
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     name: str          # interface name in the output, e.g. "web_3"
     description: str   # e.g. the instance's ARM id
     paths: Sequence[str]  # its pcap files, in order (a ring's files)
     stats: InterfaceStats | None = None
+    clock: ClockCorrection | None = None
 
 
-def _records(path: str, index: int) -> Iterator[tuple[int, int, int, bytes]]:
-    """(timestamp in µs, source index, original length, data) for each record."""
+def _records(path: str, index: int, shift_us: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
+    """(timestamp in µs, moved by shift_us; source index, original length, data) for each record."""
     with open(path, "rb") as f:
         header = f.read(24)
         if len(header) < 24:
@@ -52,7 +74,7 @@ def _records(path: str, index: int) -> Iterator[tuple[int, int, int, bytes]]:
             data = f.read(caplen)
             if len(data) < caplen:
                 return  # a file cut mid-record (still being written): stop at the last whole one
-            yield sec * 1_000_000 + (frac // 1000 if nsec else frac), index, origlen, data
+            yield sec * 1_000_000 + (frac // 1000 if nsec else frac) + shift_us, index, origlen, data
 
 
 def _linktype(path: str) -> tuple[int, int]:
@@ -95,9 +117,8 @@ def merge(sources: Sequence[Source], out: BinaryIO) -> int:
     for i, src in enumerate(sources):
         existing = [p for p in src.paths]
         linktype, snaplen = _linktype(existing[0]) if existing else (1, 262144)
-        opts = _option(2, src.name.encode()) + _option(3, src.description.encode()) + _option(0, b"")
-        out.write(_block(0x00000001, struct.pack("<HHI", linktype, 0, snaplen) + opts))
-        streams.append(_chain(existing, i))
+        out.write(_idb(linktype, snaplen, src.name, src.description, src.clock))
+        streams.append(_chain(existing, i, src.clock.offset_us if src.clock else 0))
     count = 0
     for ts, index, origlen, data in heapq.merge(*streams, key=lambda r: (r[0], r[1])):
         pad = (-len(data)) % 4
@@ -108,9 +129,9 @@ def merge(sources: Sequence[Source], out: BinaryIO) -> int:
     return count
 
 
-def _chain(paths: Sequence[str], index: int) -> Iterator[tuple[int, int, int, bytes]]:
+def _chain(paths: Sequence[str], index: int, shift_us: int) -> Iterator[tuple[int, int, int, bytes]]:
     for p in paths:
-        yield from _records(p, index)
+        yield from _records(p, index, shift_us)
 
 
 # -- streaming: the same merge over byte streams, in bounded memory ---------------------------------
@@ -127,15 +148,17 @@ class StreamSource:
     description: str
     files: Sequence[Callable[[], AsyncIterator[bytes]]]
     stats: InterfaceStats | None = None
+    clock: ClockCorrection | None = None
 
 
 class _StreamRecords:
     """The records of a chain of pcap files read from async byte streams; holds at most one
     chunk and one record."""
 
-    def __init__(self, files: Sequence[Callable[[], AsyncIterator[bytes]]], index: int):
+    def __init__(self, files: Sequence[Callable[[], AsyncIterator[bytes]]], index: int, shift_us: int = 0):
         self._files = list(files)
         self._index = index
+        self._shift_us = shift_us
         self._buf = bytearray()
         self._pos = 0
         self._chunks: AsyncIterator[bytes] | None = None
@@ -185,7 +208,8 @@ class _StreamRecords:
                     start = self._pos + 16
                     data = bytes(self._buf[start:start + caplen])
                     self._pos = start + caplen
-                    return sec * 1_000_000 + (frac // 1000 if self._nsec else frac), self._index, origlen, data
+                    ts = sec * 1_000_000 + (frac // 1000 if self._nsec else frac) + self._shift_us
+                    return ts, self._index, origlen, data
             await self._open_next()  # a file ended (or was cut mid-record): the next one
         return None
 
@@ -194,13 +218,12 @@ async def merge_stream(sources: Sequence[StreamSource]) -> AsyncIterator[bytes]:
     """Yields the merged pcapng of `sources` as it is produced: the section and interface
     headers as soon as every source's first file has begun, then the packets in time order.
     Memory is one chunk and one record per source, plus up to FLUSH_BYTES of output."""
-    readers = [_StreamRecords(src.files, i) for i, src in enumerate(sources)]
+    readers = [_StreamRecords(src.files, i, src.clock.offset_us if src.clock else 0) for i, src in enumerate(sources)]
     for r in readers:
         await r.start()
     head = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
     for src, r in zip(sources, readers):
-        opts = _option(2, src.name.encode()) + _option(3, src.description.encode()) + _option(0, b"")
-        head.append(_block(0x00000001, struct.pack("<HHI", r.linktype, 0, r.snaplen) + opts))
+        head.append(_idb(r.linktype, r.snaplen, src.name, src.description, src.clock))
     yield b"".join(head)
     heap: list[tuple[int, int, int, bytes]] = []
     for r in readers:

@@ -272,6 +272,13 @@ def interface_stats(inst: pb.InstanceStatus) -> pcapng.InterfaceStats:
                                  start_us=us(inst.capture_start_time), end_us=us(inst.capture_stop_time))
 
 
+def clock_correction(inst: pb.InstanceStatus) -> pcapng.ClockCorrection | None:
+    """The instance's measured clock offset, for the merge; None if it was never measured."""
+    if not inst.clock_uncertainty_us:
+        return None
+    return pcapng.ClockCorrection(inst.clock_offset_us, inst.clock_uncertainty_us)
+
+
 def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str,
            status: pb.PacketCaptureQueryStatusResult) -> str:
     """Writes dest/<name>.pcapng from the downloaded files: one interface per instance, each with
@@ -281,7 +288,8 @@ def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str,
         paths.setdefault(item.instance_arm_id, []).append(item.path(dest.dest))
     by_id = {inst.id: inst for inst in status.instances}
     sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files,
-                             stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None)
+                             stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None,
+                             clock=clock_correction(by_id[arm_id]) if arm_id in by_id else None)
                for arm_id, files in paths.items()]
     merged = _safe_name(f"{name}.pcapng", "capture name")
     dest_fd = os.open(dest.dest, os.O_RDONLY | os.O_DIRECTORY)

@@ -112,6 +112,7 @@ def body(record: state_pb2.CaptureRecord, instances: list[state_pb2.InstanceReco
                        "stopReason": i.stop_reason, "captureStartTime": i.capture_start_time,
                        "captureStopTime": i.capture_stop_time, "packetsCaptured": i.packets_captured,
                        "packetsReceived": i.packets_received, "kernelDrops": i.kernel_drops,
-                       "interfaceDrops": i.interface_drops, "agentVersion": i.agent_version}
+                       "interfaceDrops": i.interface_drops, "agentVersion": i.agent_version,
+                       "clockOffsetUs": i.clock_offset_us, "clockUncertaintyUs": i.clock_uncertainty_us}
                       for i in status.instances],
         "files": files}

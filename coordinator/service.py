@@ -268,7 +268,9 @@ class CaptureService:
         if not record.resource.properties.standby_in_seconds:
             raise FailedPrecondition(f"packet capture '{name}' is not a flight recorder: create it with "
                                      "standbyInSeconds to trigger it")
-        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = dt.datetime.now(dt.UTC)
+        # Milliseconds, as the agents get it (trigger_time_ms), in the API's one time format.
+        stamp = rfc3339(now.replace(microsecond=now.microsecond // 1000 * 1000))
         full_source = f"{source} ({note})" if note else source
 
         def mark(rec: state_pb2.CaptureRecord) -> bool:

@@ -8,6 +8,7 @@ from fleetcap.core.metrics import version
 from fleetcap.core.naming import rfc3339_us, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession
+from fleetcap.node_agent.clock import Clock
 from fleetcap.node_agent.upload.uploader import Uploader
 from fleetcap.v1 import captures_pb2, fleet_pb2
 
@@ -25,6 +26,8 @@ class ActiveCapture:
         self.removed: set[int] = set()  # files removed after a verified upload (storage only)
         self.hashing: set[int] = set()
         self.fetches: dict[str, asyncio.Future[object]] = {}  # fetch id -> its upload, for downloads
+        self.clock: Clock | None = None  # the agent's offset to the coordinator, reported with every status
+        self.clock_at_end: tuple[int, int] | None = None
 
     def api_path(self, index: int) -> str:
         return ring_file_path(self.start.file_path, index, self.start.continuous)
@@ -39,8 +42,24 @@ class ActiveCapture:
             return None
         return next((f for f in self.session.files if f.index == index), None)
 
+    def clock_offset(self) -> tuple[int, int] | None:
+        """(offset, uncertainty) in µs: the agent's latest measurement while the capture runs,
+        then the one it had when the capture ended, kept (a merge of its files is the same
+        tomorrow); None before any measurement."""
+        if self.clock_at_end is not None:
+            return self.clock_at_end
+        if self.clock is None or not self.clock.uncertainty_us:
+            return None
+        now = (self.clock.offset_us, self.clock.uncertainty_us)
+        if self.session is not None and self.session.done.is_set():
+            self.clock_at_end = now
+        return now
+
     def progress(self) -> fleet_pb2.CaptureProgress:
         status = captures_pb2.InstanceStatus()
+        clock = self.clock_offset()
+        if clock is not None:
+            status.clock_offset_us, status.clock_uncertainty_us = clock
         if self.failure:
             status.packet_capture_status, status.stop_reason = Status.ERROR, StopReason.CAPTURE_FAILED
             status.packet_capture_error.append(self.failure[0])

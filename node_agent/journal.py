@@ -82,6 +82,8 @@ class Journal:
                 log.error("journal %s unreadable (%s); skipped", name, e)
                 continue
             cap = ActiveCapture(start, entry["path"])
+            if status.clock_uncertainty_us:  # the offset it was merged with stays the same
+                cap.clock_at_end = (status.clock_offset_us, status.clock_uncertainty_us)
             cap.removed = set(entry.get("removed", []))
             session = CaptureSession(CaptureSpec(name=start.capture_name, capture_id=start.capture_id,
                                                  interface=interface, root=self.root.root, path=entry["path"],

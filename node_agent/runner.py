@@ -20,6 +20,7 @@ from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
 from fleetcap.node_agent.capture.source import SourceFactory
 from fleetcap.node_agent.capture.standby import Standby
+from fleetcap.node_agent.clock import Clock
 from fleetcap.node_agent.host import interface_addresses, local_path
 from fleetcap.node_agent.journal import Journal
 from fleetcap.node_agent.settings import AgentSettings
@@ -84,11 +85,22 @@ class CaptureRunner:
         self._open_source = open_source
         self._addresses = addresses
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.clock = Clock(settings.test_clock_offset_s)
+        if self.clock.shift_ns:
+            log.warning("TEST ONLY: this agent's clock is moved by %+.3f s (FLEETCAP_TEST_CLOCK_OFFSET_S); the packet "
+                        "times it writes are wrong by that much", settings.test_clock_offset_s)
+
+    def _new(self, start: fleet_pb2.StartCapture, path: str) -> ActiveCapture:
+        cap = self.captures[start.capture_name] = ActiveCapture(start, path)
+        cap.clock = self.clock
+        return cap
 
     def recover(self) -> None:
         """Loads the journal and reports every capture it knew."""
         self._loop = asyncio.get_running_loop()
         self.captures.update(self.journal.recover(self.interface))
+        for cap in self.captures.values():
+            cap.clock = self.clock
         for name in list(self.captures):
             self.changed(name)
 
@@ -98,7 +110,7 @@ class CaptureRunner:
         if problem:
             log.warning("StartCapture refused: %s", problem)
             if limits.CAPTURE_NAME_RE.match(start.capture_name) and start.capture_name not in self.captures:
-                cap = self.captures[start.capture_name] = ActiveCapture(start, "")
+                cap = self._new(start, "")
                 cap.failure = (CaptureError.CAPTURE_FAILED, f"the agent refused the capture: {problem}")
                 self.changed(start.capture_name)
             return
@@ -117,11 +129,11 @@ class CaptureRunner:
         try:
             path = local_path(self.settings.capture_root, start.file_path)
         except ValueError as e:
-            cap = self.captures[name] = ActiveCapture(start, "")
+            cap = self._new(start, "")
             cap.failure = (CaptureError.LOCAL_FILE_FAILED, str(e))
             notify()
             return
-        cap = self.captures[name] = ActiveCapture(start, path)
+        cap = self._new(start, path)
         try:
             expression = filters.capture_expression(filters.parse_filters(start.filters),
                                                     self._addresses(self.interface),
@@ -137,7 +149,8 @@ class CaptureRunner:
             name=name, capture_id=start.capture_id, interface=self.interface, root=self.root.root, path=path,
             expression=expression,
             snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
-            buffer_size=self.settings.buffer_size, standby=standby), on_change=notify, open_source=self._open_source)
+            buffer_size=self.settings.buffer_size, standby=standby, clock_shift_us=self.clock.shift_ns // 1000),
+            on_change=notify, open_source=self._open_source)
         cap.session.start()
 
     def stop(self, stop: fleet_pb2.StopCapture) -> None:

@@ -26,5 +26,8 @@ class AgentSettings:
     """How long an upload retries while the coordinator reports its storage failing."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""
+    test_clock_offset_s: float = 0.0
+    """Test only (FLEETCAP_TEST_CLOCK_OFFSET_S): this agent's clock runs this far ahead, in the
+    packet times it writes and in its clock probes; for tests of the merge's clock correction."""
     credentials: ClientCredentials = dataclasses.field(default=ClientCredentials(), repr=False)
     """The CA the coordinator must chain to, the agent's certificate, or a token (docs/security.md)."""

@@ -565,7 +565,8 @@ async def merged_endpoint(gateway: Gateway, request: Request) -> Response:
         if files:
             sources.append(pcapng.StreamSource(
                 name=instance_name(inst.id), description=inst.id,
-                files=[_opener(c, name, inst.instance_id, path) for path in files], stats=sdk.interface_stats(inst)))
+                files=[_opener(c, name, inst.instance_id, path) for path in files], stats=sdk.interface_stats(inst),
+                clock=sdk.clock_correction(inst)))
     if not sources:
         raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no files to merge yet" +
                             (f" (instances offline: {', '.join(offline)})" if offline else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied
 from fleetcap.coordinator.fleet.presence import Presence
@@ -18,6 +19,9 @@ from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
 
 log = logging.getLogger(__name__)
 
+# Clock probes answered per agent: one per 20 ms at most (an agent sends a burst of a few, 50 ms
+# apart, once a minute).
+CLOCK_PROBE_GAP_S = 0.02
 # Heartbeats come four times per lease, so one lost heartbeat never expires an agent; never
 # more often than every 200 ms.
 HEARTBEATS_PER_TTL = 4
@@ -155,6 +159,7 @@ class ControlSession:
         self._written: dict[str, tuple[float, fleet_pb2.CaptureProgress]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._last_probe = -CLOCK_PROBE_GAP_S
 
     @property
     def instance_key(self) -> str:
@@ -186,13 +191,27 @@ class ControlSession:
         if self.session is not None:
             self.session.last_seen = asyncio.get_running_loop().time()  # a heartbeat is just this
         try:
-            if message.HasField("progress"):
+            if message.HasField("clock_probe"):
+                self._echo(message.clock_probe)
+            elif message.HasField("progress"):
                 self._pending[message.progress.capture_name] = message.progress
                 self._wake.set()
                 if self._writer is None:
                     self._writer = asyncio.ensure_future(self._write_progress())
         except FleetcapError as e:
             log.warning("agent %s: could not apply %s: %s", key, message.WhichOneof("body"), e)
+
+    def _echo(self, probe: fleet_pb2.ClockProbe) -> None:
+        """Answers a clock probe at once (the agent measures its offset from it); more than one
+        per CLOCK_PROBE_GAP_S is ignored, so a probing agent costs next to nothing."""
+        received = time.time_ns()
+        now = time.monotonic()
+        if now - self._last_probe < CLOCK_PROBE_GAP_S:
+            return
+        self._last_probe = now
+        self.sessions.send(self.instance_key, fleet_pb2.CoordinatorMessage(clock_echo=fleet_pb2.ClockEcho(
+            seq=probe.seq, agent_send_ns=probe.agent_send_ns, coordinator_receive_ns=received,
+            coordinator_send_ns=time.time_ns())))
 
     async def _write_progress(self) -> None:
         """Applies the newest report of each capture: a change of state at once, counters at

@@ -64,6 +64,7 @@ class CaptureSpec:
     ring: Ring | None = None  # continuous mode, or the flight recorder's segments
     buffer_size: int = 32 << 20  # kernel ring size in bytes
     standby: Standby | None = None  # a flight recorder: `path` is written only after a trigger
+    clock_shift_us: int = 0  # test only: every packet time written is moved by this (node_agent/clock.py)
 
     def __post_init__(self) -> None:
         if self.standby is not None and self.ring is None:
@@ -328,7 +329,9 @@ class CaptureSession:
                     break
                 self._rotate(self.spec.ring)
                 continue
-            if room == -1:
+            if self.spec.clock_shift_us:  # test only: one packet at a time, its time moved
+                n = self._write_one_if_it_fits(room if room != -1 else 1 << 62, cutoff=None)
+            elif room == -1:
                 n = handle.dispatch_to_file(-1)
             elif room >= max_record:
                 n = handle.dispatch_to_file(room // max_record)
@@ -417,6 +420,11 @@ class CaptureSession:
             return 0
         if PCAP_RECORD_HEADER + h.caplen > room:
             return 1 if self._full(hdr, data) else 0
+        if self.spec.clock_shift_us:
+            us = h.ts.tv_sec * 1_000_000 + h.ts.tv_usec + self.spec.clock_shift_us
+            moved = PktHdr(caplen=h.caplen, len=h.len)
+            moved.ts.tv_sec, moved.ts.tv_usec = divmod(us, 1_000_000)
+            hdr = ctypes.pointer(moved)
         handle.dump_one(hdr, data)
         return 1
 

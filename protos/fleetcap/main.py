@@ -121,9 +121,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(coordinator=coordinator, identity=identity,
                              interface=args.interface, capture_root=args.capture_root,
                              buffer_size=args.buffer_size_mb << 20, storage_retry_s=args.storage_retry,
-                             metrics_listen=args.metrics_listen, credentials=credentials)
+                             metrics_listen=args.metrics_listen, credentials=credentials,
+                             test_clock_offset_s=test_clock_offset())
     asyncio.run(app.serve(settings))
     return cli.EXIT_OK
+
+
+def test_clock_offset() -> float:
+    """FLEETCAP_TEST_CLOCK_OFFSET_S: a test-only skew of the agent's clock (docs/operations.md)."""
+    text = os.environ.get("FLEETCAP_TEST_CLOCK_OFFSET_S", "")
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        raise cli.UsageError(f"FLEETCAP_TEST_CLOCK_OFFSET_S: '{text}' is not a number of seconds") from None
 
 
 def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -124,7 +125,9 @@ def test_each_role_can_do_what_it_may_and_nothing_more(secure, tmp_path):
     with s.client() as anonymous:  # TLS, but no credential at all
         for call in (anonymous.list, lambda: anonymous.get(name="x"),
                      lambda: anonymous.create(name="anon", target="vm1", resource_group="rg1",
-                                              file_path="/var/captures/anon.cap")):
+                                              file_path="/var/captures/anon.cap"),
+                     lambda: anonymous.trigger(name="x"), lambda: anonymous.manifest(name="x"),
+                     anonymous.manifest_key):
             with pytest.raises(sdk.Unauthenticated):
                 call()
     with s.client(s.tokens["ops"]) as ops:
@@ -139,11 +142,19 @@ def test_each_role_can_do_what_it_may_and_nothing_more(secure, tmp_path):
             viewer.create(name="nope", target="vm1", resource_group="rg1", file_path="/var/captures/nope.cap")
         with pytest.raises(sdk.PermissionDenied, match="needs the role data-reader"):
             viewer.download(name="roles", dest=str(tmp_path / "v"))
+        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Trigger; it needs "
+                                                       "the role contributor"):
+            viewer.trigger(name="roles")
+        # A reader may read the signed manifest (hashes and counters, no packet) and the public key.
+        assert json.loads(viewer.manifest(name="roles"))["manifest"]["capture"]["name"] == "roles"
+        assert viewer.manifest_key()[0].startswith("-----BEGIN PUBLIC KEY-----")
     with s.client(s.tokens["analyst"]) as analyst:
         [path] = analyst.download(name="roles", dest=str(tmp_path / "a"))
         assert os.path.getsize(path) == final.instances[0].files[0].size_bytes
         with pytest.raises(sdk.PermissionDenied, match="needs the role contributor"):
             analyst.stop(name="roles")
+        with pytest.raises(sdk.PermissionDenied, match="needs the role contributor"):
+            analyst.trigger(name="roles", after_in_seconds=5)
     with s.client(s.tokens["ops"]) as ops:
         ops.stop(name="roles")
         ops.delete(name="roles")

@@ -265,3 +265,56 @@ def test_reconnects_are_spread_over_half_to_one_and_a_half_delays():
         for w in waits:
             buckets[min(9, int((w / delay - 0.5) * 10))] += 1
         assert max(buckets) < 0.15 * len(waits)
+
+
+def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
+    """TriggerCapture from a hostile or confused coordinator: another capture, another session of
+    the same name, a capture that is no flight recorder, seconds after out of range, no time.
+    Each is refused and the recorder stays armed. A trigger time later than the agent's clock is
+    taken as now, and the source is kept printable. A second trigger changes nothing."""
+    import time
+
+    from fleetcap.node_agent.capture.standby import Standby
+    from fleetcap.node_agent.runner import start_problem
+
+    root = tmp_path / "root"
+    root.mkdir()
+    runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
+                           data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
+                           on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
+
+    def armed(name: str, standby_s: int) -> CaptureSession:
+        start = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap",
+                                       standby_s=standby_s, standby_bytes=8 << 20 if standby_s else 0)
+        cap = ActiveCapture(start, str(root / f"{name}.cap"))
+        cap.session = CaptureSession(CaptureSpec(
+            name=name, capture_id="s1", interface="replay0", root=str(root), path=str(root / f"{name}.cap"),
+            expression="", standby=Standby(standby_s, 8 << 20) if standby_s else None))
+        runner.captures[name] = cap
+        return cap.session
+
+    rec, plain = armed("rec", 30), armed("plain", 0)
+    now_ms = int(time.time() * 1000)
+    for t in (fleet_pb2.TriggerCapture(capture_name="other", capture_id="s1", trigger_time_ms=now_ms),
+              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s0", trigger_time_ms=now_ms),
+              fleet_pb2.TriggerCapture(capture_name="plain", capture_id="s1", trigger_time_ms=now_ms),
+              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=18001),
+              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=-1),
+              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=0)):
+        runner.trigger(t)
+    assert (rec._trigger, plain._trigger, rec.counters.trigger_time) == (None, None, "")
+    runner.trigger(fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms + 86_400_000,
+                                            after_s=600, source="ops\n\x1b[2Jx"))
+    assert rec._trigger is not None and rec._trigger.at <= time.time() and rec._trigger.after_s == 600
+    assert rec.counters.trigger_source == "ops[2Jx"
+    first = rec._trigger
+    runner.trigger(fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=1))
+    assert rec._trigger is first
+    rec.stop(StopReason.STOPPED_BY_USER)  # its timer would end it in 600 s
+
+    base = dict(capture_name="r", capture_id="s", file_path="/var/captures/r.cap")
+    assert start_problem(fleet_pb2.StartCapture(**base, standby_s=30, standby_bytes=8 << 20)) == ""
+    for bad in (dict(standby_s=3601, standby_bytes=8 << 20), dict(standby_s=30, standby_bytes=(8 << 20) - 1),
+                dict(standby_s=30, standby_bytes=8 << 20, continuous=True, file_size=1 << 20, file_count=2),
+                dict(standby_s=-5, standby_bytes=8 << 20)):
+        assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("flight recorder:"), bad

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fleetcap.v1 import captures_pb2 as fleetcap_dot_v1_dot_captures__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/fleet.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\"v\n\rAgentIdentity\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x16\n\x0eresource_group\x18\x02 \x01(\t\x12\x0f\n\x07vm_name\x18\x03 \x01(\t\x12\x11\n\tvmss_name\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xb9\x01\n\nAgentHello\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12.\n\x08\x63\x61ptures\x18\x06 \x03(\x0b\x32\x1c.fleetcap.v1.CaptureProgress\"\x0b\n\tHeartbeat\"h\n\x0f\x43\x61ptureProgress\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"\x9f\x01\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.AgentHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.fleetcap.v1.HeartbeatH\x00\x12\x30\n\x08progress\x18\x03 \x01(\x0b\x32\x1c.fleetcap.v1.CaptureProgressH\x00\x42\x06\n\x04\x62ody\"F\n\x07Welcome\x12\x1c\n\x14instance_resource_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\xd7\x02\n\x0cStartCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x03\x12\x31\n\x07\x66ilters\x18\x07 \x03(\x0b\x32 .fleetcap.v1.PacketCaptureFilter\x12\x12\n\nbpf_filter\x18\x08 \x01(\t\x12\x0e\n\x06upload\x18\t \x01(\x08\x12\x12\n\nkeep_local\x18\n \x01(\x08\x12\x12\n\ncontinuous\x18\x0b \x01(\x08\x12\x11\n\tfile_size\x18\x0c \x01(\x03\x12\x12\n\nfile_count\x18\r \x01(\x05\x12\x11\n\tstandby_s\x18\x0e \x01(\x05\x12\x15\n\rstandby_bytes\x18\x0f \x01(\x03\"t\n\x0eTriggerCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x17\n\x0ftrigger_time_ms\x18\x03 \x01(\x03\x12\x0f\n\x07\x61\x66ter_s\x18\x04 \x01(\x05\x12\x0e\n\x06source\x18\x05 \x01(\t\"G\n\x0bStopCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Z\n\tFetchFile\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65tch_id\x18\x04 \x01(\t\"\xf4\x01\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.fleetcap.v1.WelcomeH\x00\x12*\n\x05start\x18\x02 \x01(\x0b\x32\x19.fleetcap.v1.StartCaptureH\x00\x12(\n\x04stop\x18\x03 \x01(\x0b\x32\x18.fleetcap.v1.StopCaptureH\x00\x12\'\n\x05\x66\x65tch\x18\x04 \x01(\x0b\x32\x16.fleetcap.v1.FetchFileH\x00\x12.\n\x07trigger\x18\x05 \x01(\x0b\x32\x1b.fleetcap.v1.TriggerCaptureH\x00\x42\x06\n\x04\x62ody\"\x9a\x01\n\nUploadOpen\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\x12\x0f\n\x07restart\x18\x05 \x01(\x08\x12\x10\n\x08\x66\x65tch_id\x18\x06 \x01(\t\"Z\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\x12\x13\n\x06\x63rc32c\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_crc32c\"2\n\x0cUploadFinish\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x98\x01\n\rUploadRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.UploadOpenH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetcap.v1.UploadChunkH\x00\x12+\n\x06\x66inish\x18\x03 \x01(\x0b\x32\x19.fleetcap.v1.UploadFinishH\x00\x42\x06\n\x04\x62ody\"f\n\x0eUploadResponse\x12\x14\n\x0c\x61\x63ked_offset\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x14\n\x0cstorage_path\x18\x03 \x01(\t\x12\x15\n\rstored_sha256\x18\x04 \x01(\t2\x99\x01\n\x05\x46leet\x12I\n\x07\x43onnect\x12\x19.fleetcap.v1.AgentMessage\x1a\x1f.fleetcap.v1.CoordinatorMessage(\x01\x30\x01\x12\x45\n\x06Upload\x12\x1a.fleetcap.v1.UploadRequest\x1a\x1b.fleetcap.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/fleet.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\"v\n\rAgentIdentity\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x16\n\x0eresource_group\x18\x02 \x01(\t\x12\x0f\n\x07vm_name\x18\x03 \x01(\t\x12\x11\n\tvmss_name\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xb9\x01\n\nAgentHello\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12.\n\x08\x63\x61ptures\x18\x06 \x03(\x0b\x32\x1c.fleetcap.v1.CaptureProgress\"\x0b\n\tHeartbeat\"h\n\x0f\x43\x61ptureProgress\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"0\n\nClockProbe\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x15\n\ragent_send_ns\x18\x02 \x01(\x03\"\xcf\x01\n\x0c\x41gentMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.AgentHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.fleetcap.v1.HeartbeatH\x00\x12\x30\n\x08progress\x18\x03 \x01(\x0b\x32\x1c.fleetcap.v1.CaptureProgressH\x00\x12.\n\x0b\x63lock_probe\x18\x04 \x01(\x0b\x32\x17.fleetcap.v1.ClockProbeH\x00\x42\x06\n\x04\x62ody\"F\n\x07Welcome\x12\x1c\n\x14instance_resource_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x03\"\xd7\x02\n\x0cStartCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x03\x12\x31\n\x07\x66ilters\x18\x07 \x03(\x0b\x32 .fleetcap.v1.PacketCaptureFilter\x12\x12\n\nbpf_filter\x18\x08 \x01(\t\x12\x0e\n\x06upload\x18\t \x01(\x08\x12\x12\n\nkeep_local\x18\n \x01(\x08\x12\x12\n\ncontinuous\x18\x0b \x01(\x08\x12\x11\n\tfile_size\x18\x0c \x01(\x03\x12\x12\n\nfile_count\x18\r \x01(\x05\x12\x11\n\tstandby_s\x18\x0e \x01(\x05\x12\x15\n\rstandby_bytes\x18\x0f \x01(\x03\"t\n\x0eTriggerCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x17\n\x0ftrigger_time_ms\x18\x03 \x01(\x03\x12\x0f\n\x07\x61\x66ter_s\x18\x04 \x01(\x05\x12\x0e\n\x06source\x18\x05 \x01(\t\"G\n\x0bStopCapture\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Z\n\tFetchFile\x12\x14\n\x0c\x63\x61pture_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12\x11\n\tfile_path\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65tch_id\x18\x04 \x01(\t\"l\n\tClockEcho\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x15\n\ragent_send_ns\x18\x02 \x01(\x03\x12\x1e\n\x16\x63oordinator_receive_ns\x18\x03 \x01(\x03\x12\x1b\n\x13\x63oordinator_send_ns\x18\x04 \x01(\x03\"\xa2\x02\n\x12\x43oordinatorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.fleetcap.v1.WelcomeH\x00\x12*\n\x05start\x18\x02 \x01(\x0b\x32\x19.fleetcap.v1.StartCaptureH\x00\x12(\n\x04stop\x18\x03 \x01(\x0b\x32\x18.fleetcap.v1.StopCaptureH\x00\x12\'\n\x05\x66\x65tch\x18\x04 \x01(\x0b\x32\x16.fleetcap.v1.FetchFileH\x00\x12.\n\x07trigger\x18\x05 \x01(\x0b\x32\x1b.fleetcap.v1.TriggerCaptureH\x00\x12,\n\nclock_echo\x18\x06 \x01(\x0b\x32\x16.fleetcap.v1.ClockEchoH\x00\x42\x06\n\x04\x62ody\"\x9a\x01\n\nUploadOpen\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\x12\x0f\n\x07restart\x18\x05 \x01(\x08\x12\x10\n\x08\x66\x65tch_id\x18\x06 \x01(\t\"Z\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\x12\x13\n\x06\x63rc32c\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_crc32c\"2\n\x0cUploadFinish\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x98\x01\n\rUploadRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fleetcap.v1.UploadOpenH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetcap.v1.UploadChunkH\x00\x12+\n\x06\x66inish\x18\x03 \x01(\x0b\x32\x19.fleetcap.v1.UploadFinishH\x00\x42\x06\n\x04\x62ody\"f\n\x0eUploadResponse\x12\x14\n\x0c\x61\x63ked_offset\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x14\n\x0cstorage_path\x18\x03 \x01(\t\x12\x15\n\rstored_sha256\x18\x04 \x01(\t2\x99\x01\n\x05\x46leet\x12I\n\x07\x43onnect\x12\x19.fleetcap.v1.AgentMessage\x1a\x1f.fleetcap.v1.CoordinatorMessage(\x01\x30\x01\x12\x45\n\x06Upload\x12\x1a.fleetcap.v1.UploadRequest\x1a\x1b.fleetcap.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,30 +40,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_end=387
   _globals['_CAPTUREPROGRESS']._serialized_start=389
   _globals['_CAPTUREPROGRESS']._serialized_end=493
-  _globals['_AGENTMESSAGE']._serialized_start=496
-  _globals['_AGENTMESSAGE']._serialized_end=655
-  _globals['_WELCOME']._serialized_start=657
-  _globals['_WELCOME']._serialized_end=727
-  _globals['_STARTCAPTURE']._serialized_start=730
-  _globals['_STARTCAPTURE']._serialized_end=1073
-  _globals['_TRIGGERCAPTURE']._serialized_start=1075
-  _globals['_TRIGGERCAPTURE']._serialized_end=1191
-  _globals['_STOPCAPTURE']._serialized_start=1193
-  _globals['_STOPCAPTURE']._serialized_end=1264
-  _globals['_FETCHFILE']._serialized_start=1266
-  _globals['_FETCHFILE']._serialized_end=1356
-  _globals['_COORDINATORMESSAGE']._serialized_start=1359
-  _globals['_COORDINATORMESSAGE']._serialized_end=1603
-  _globals['_UPLOADOPEN']._serialized_start=1606
-  _globals['_UPLOADOPEN']._serialized_end=1760
-  _globals['_UPLOADCHUNK']._serialized_start=1762
-  _globals['_UPLOADCHUNK']._serialized_end=1852
-  _globals['_UPLOADFINISH']._serialized_start=1854
-  _globals['_UPLOADFINISH']._serialized_end=1904
-  _globals['_UPLOADREQUEST']._serialized_start=1907
-  _globals['_UPLOADREQUEST']._serialized_end=2059
-  _globals['_UPLOADRESPONSE']._serialized_start=2061
-  _globals['_UPLOADRESPONSE']._serialized_end=2163
-  _globals['_FLEET']._serialized_start=2166
-  _globals['_FLEET']._serialized_end=2319
+  _globals['_CLOCKPROBE']._serialized_start=495
+  _globals['_CLOCKPROBE']._serialized_end=543
+  _globals['_AGENTMESSAGE']._serialized_start=546
+  _globals['_AGENTMESSAGE']._serialized_end=753
+  _globals['_WELCOME']._serialized_start=755
+  _globals['_WELCOME']._serialized_end=825
+  _globals['_STARTCAPTURE']._serialized_start=828
+  _globals['_STARTCAPTURE']._serialized_end=1171
+  _globals['_TRIGGERCAPTURE']._serialized_start=1173
+  _globals['_TRIGGERCAPTURE']._serialized_end=1289
+  _globals['_STOPCAPTURE']._serialized_start=1291
+  _globals['_STOPCAPTURE']._serialized_end=1362
+  _globals['_FETCHFILE']._serialized_start=1364
+  _globals['_FETCHFILE']._serialized_end=1454
+  _globals['_CLOCKECHO']._serialized_start=1456
+  _globals['_CLOCKECHO']._serialized_end=1564
+  _globals['_COORDINATORMESSAGE']._serialized_start=1567
+  _globals['_COORDINATORMESSAGE']._serialized_end=1857
+  _globals['_UPLOADOPEN']._serialized_start=1860
+  _globals['_UPLOADOPEN']._serialized_end=2014
+  _globals['_UPLOADCHUNK']._serialized_start=2016
+  _globals['_UPLOADCHUNK']._serialized_end=2106
+  _globals['_UPLOADFINISH']._serialized_start=2108
+  _globals['_UPLOADFINISH']._serialized_end=2158
+  _globals['_UPLOADREQUEST']._serialized_start=2161
+  _globals['_UPLOADREQUEST']._serialized_end=2313
+  _globals['_UPLOADRESPONSE']._serialized_start=2315
+  _globals['_UPLOADRESPONSE']._serialized_end=2417
+  _globals['_FLEET']._serialized_start=2420
+  _globals['_FLEET']._serialized_end=2573
 # @@protoc_insertion_point(module_scope)

@@ -51,15 +51,25 @@ class CaptureProgress(_message.Message):
     status: _captures_pb2.InstanceStatus
     def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., status: _Optional[_Union[_captures_pb2.InstanceStatus, _Mapping]] = ...) -> None: ...
 
+class ClockProbe(_message.Message):
+    __slots__ = ("seq", "agent_send_ns")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    agent_send_ns: int
+    def __init__(self, seq: _Optional[int] = ..., agent_send_ns: _Optional[int] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "progress")
+    __slots__ = ("hello", "heartbeat", "progress", "clock_probe")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_PROBE_FIELD_NUMBER: _ClassVar[int]
     hello: AgentHello
     heartbeat: Heartbeat
     progress: CaptureProgress
-    def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[CaptureProgress, _Mapping]] = ...) -> None: ...
+    clock_probe: ClockProbe
+    def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[CaptureProgress, _Mapping]] = ..., clock_probe: _Optional[_Union[ClockProbe, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("instance_resource_id", "heartbeat_interval_ms")
@@ -139,19 +149,33 @@ class FetchFile(_message.Message):
     fetch_id: str
     def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., fetch_id: _Optional[str] = ...) -> None: ...
 
+class ClockEcho(_message.Message):
+    __slots__ = ("seq", "agent_send_ns", "coordinator_receive_ns", "coordinator_send_ns")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_RECEIVE_NS_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    agent_send_ns: int
+    coordinator_receive_ns: int
+    coordinator_send_ns: int
+    def __init__(self, seq: _Optional[int] = ..., agent_send_ns: _Optional[int] = ..., coordinator_receive_ns: _Optional[int] = ..., coordinator_send_ns: _Optional[int] = ...) -> None: ...
+
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "stop", "fetch", "trigger")
+    __slots__ = ("welcome", "start", "stop", "fetch", "trigger", "clock_echo")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_ECHO_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartCapture
     stop: StopCapture
     fetch: FetchFile
     trigger: TriggerCapture
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ..., trigger: _Optional[_Union[TriggerCapture, _Mapping]] = ...) -> None: ...
+    clock_echo: ClockEcho
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ..., trigger: _Optional[_Union[TriggerCapture, _Mapping]] = ..., clock_echo: _Optional[_Union[ClockEcho, _Mapping]] = ...) -> None: ...
 
 class UploadOpen(_message.Message):
     __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart", "fetch_id")
