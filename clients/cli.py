@@ -265,7 +265,8 @@ def cmd_create(client: sdk.Client, args) -> int:
     target, target_type = _target(args)
     if args.storage_path and not args.storage_account:
         raise UsageError("--storage-path needs --storage-account")
-    capture = client.create(
+    create = client.dry_run if args.dry_run else client.create
+    result = create(
         name=args.name, target=target, target_type=target_type, resource_group=args.resource_group or "",
         subscription=args.subscription or "", include=args.include or [], exclude=args.exclude or [],
         bytes_to_capture_per_packet=args.capture_size, total_bytes_per_session=args.capture_limit,
@@ -275,9 +276,23 @@ def cmd_create(client: sdk.Client, args) -> int:
         continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
         local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
         session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances,
-        standby_in_seconds=args.standby, standby_bytes=args.standby_bytes)
-    _emit(sdk.to_dict(capture), args, CAPTURE_TABLE)
+        standby_in_seconds=args.standby, standby_bytes=args.standby_bytes, fleet_bytes_limit=args.fleet_bytes_limit)
+    if isinstance(result, tuple):  # a dry run: what it would touch, nothing started
+        d = sdk.to_dict(result[1])
+        if args.output in ("table", "tsv"):
+            _emit(d["instances"], args, DRY_RUN_TABLE)
+            print(f"fleetcap: dry run: nothing was created; {len(d['instances'])} instance(s), at most "
+                  f"{d['estimatedBytesPerSecond']} bytes/s from the measured ones", file=sys.stderr)
+        else:
+            _emit(d, args, DRY_RUN_TABLE)
+        return EXIT_OK
+    _emit(sdk.to_dict(result), args, CAPTURE_TABLE)
     return EXIT_OK
+
+
+DRY_RUN_TABLE = [("Instance", "instanceId"), ("Connected", "connected"), ("Measured", "measured"),
+                 ("InterfaceBytes/s", "interfaceBytesPerSecond"), ("InterfacePackets/s", "interfacePacketsPerSecond"),
+                 ("EstimatedBytes/s", "estimatedBytesPerSecond")]
 
 
 def _write_out(path: str | None, data: bytes) -> None:
@@ -921,6 +936,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     cr.add_argument("--file-count", type=int, help="continuous capture: files kept; default 10")
     cr.add_argument("--file-size", type=int, help="continuous capture: bytes per file; default 104857600")
     cr.add_argument("--session-time-limit", type=int, help="continuous capture: seconds; default 86400")
+    cr.add_argument("--fleet-bytes-limit", type=int, metavar="BYTES",
+                    help="stop every instance once all their files together hold BYTES (FleetBytesExceeded), short of "
+                         "it by less than one record per instance; standard captures (fleetcap extension)")
+    cr.add_argument("--dry-run", action="store_true",
+                    help="check everything and print the instances it would touch, whether each is connected, and "
+                         "an estimate of the bytes per second each would write; create nothing (fleetcap extension)")
     cr.add_argument("--standby", type=int, metavar="SECONDS",
                     help="flight recorder (fleetcap extension): arm every instance to keep the last SECONDS of "
                          "matching packets (1..3600), storing nothing until `capture trigger`; the time limit then "
@@ -1017,7 +1038,9 @@ EXAMPLES: dict[str, list[str]] = {
         "fleetcap capture create -n pc2 -g rg1 --target web --target-type AzureVMSS --include 0 3 "
         "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'",
         "fleetcap capture create -n rec1 -g rg1 --target web --target-type AzureVMSS --storage-account local "
-        "--standby 300 --time-limit 0"],
+        "--standby 300 --time-limit 0",
+        "fleetcap capture create -n pc3 -g rg1 --target web --target-type AzureVMSS --storage-account local "
+        "--capture-size 128 --dry-run -o table"],
     "capture manifest": ["fleetcap capture manifest -n pc1 --out pc1/manifest.json"],
     "capture verify": ["fleetcap capture verify -n pc1 --dir ./pc1 -o table"],
     "manifest-key show": ["fleetcap manifest-key show --out fleetcap-manifest-key.pem"],

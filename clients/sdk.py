@@ -162,6 +162,7 @@ class CreateOptions(TypedDict, total=False):
     add_new_instances: bool               # scale sets: instances that join are captured too
     standby_in_seconds: int | None        # flight recorder: seconds kept while armed (extension)
     standby_bytes: int | None             # flight recorder: the ring's bytes per instance (100 MiB)
+    fleet_bytes_limit: int | None         # all instances' files together; then FleetBytesExceeded (extension)
 
 
 def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.CreatePacketCaptureRequest:
@@ -177,7 +178,7 @@ def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) 
                  for i, f in enumerate(o.get("filters", ()))],
         bpf_filter=o.get("bpf_filter", ""), add_new_instances=o.get("add_new_instances", False))
     for key in ("bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds",
-                "continuous_capture", "standby_in_seconds", "standby_bytes"):
+                "continuous_capture", "standby_in_seconds", "standby_bytes", "fleet_bytes_limit"):
         value = o.get(key)
         if value is not None:
             setattr(params, key, value)
@@ -405,6 +406,16 @@ class AsyncClient:
         Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded.
         """
         return (await self._call("Create", create_request(name=name, target=target, **options))).capture
+
+    async def dry_run(self, *, name: str, target: str,
+                      **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
+        """Checks a create without doing it: the capture as it would be, and the instances it
+        would touch, each with whether it is connected and an estimate of the bytes per second
+        it would write (from its interface's recent traffic). Raises: as `create`."""
+        request = create_request(name=name, target=target, **options)
+        request.dry_run = True
+        r = await self._call("Create", request)
+        return r.capture, r.dry_run
 
     async def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
                           subscription: str = "") -> pb.PacketCaptureResult:
@@ -644,6 +655,11 @@ class Client:
                   page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
         """As `AsyncClient.list_page`."""
         return self._run(self._async.list_page(page_size=page_size, page_token=page_token))
+
+    def dry_run(self, *, name: str, target: str,
+                **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
+        """As `AsyncClient.dry_run`."""
+        return self._run(self._async.dry_run(name=name, target=target, **options))
 
     def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""

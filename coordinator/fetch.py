@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -45,11 +46,22 @@ def fetch_object(fetch_id: str) -> str:
     return f"{FETCH_AREA}/{fetch_id}.cap"
 
 
+@dataclasses.dataclass(frozen=True)
+class InterfaceRate:
+    """An agent's capture interface traffic over its last heartbeat interval."""
+
+    bytes_per_s: int
+    packets_per_s: int
+
+
 class Dispatcher(Protocol):
     """The agent sessions (fleet/agents.py), as the capture service and this module use them."""
 
     def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
         """Queues a message to the agent of that instance; False if it is not connected here."""
+
+    def interface_rate(self, instance_key: str) -> InterfaceRate | None:
+        """The agent's capture interface traffic, if it is connected here and measured."""
 
 
 class InstanceFiles:

@@ -95,6 +95,8 @@ def body(record: state_pb2.CaptureRecord, instances: list[state_pb2.InstanceReco
         limits.update(totalBytesPerSession=p.total_bytes_per_session, timeLimitInSeconds=p.time_limit_in_seconds)
     if p.standby_in_seconds:
         limits.update(standbyInSeconds=p.standby_in_seconds, standbyBytes=p.standby_bytes)
+    if p.fleet_bytes_limit:
+        limits.update(fleetBytesLimit=p.fleet_bytes_limit)
     capture: dict[str, Any] = {
         "name": name, "id": record.resource.id, "target": p.target, "targetType": p.target_type,
         "createdTime": record.resource.created_time,

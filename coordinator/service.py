@@ -10,12 +10,13 @@ import asyncio
 import base64
 import builtins
 import collections
+import contextlib
 import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from fleetcap.coordinator import manifest, targets, validation
+from fleetcap.coordinator import budget, manifest, targets, validation
 from fleetcap.coordinator import status as st
 from fleetcap.coordinator.errors import (
     AlreadyExists,
@@ -130,6 +131,7 @@ class CaptureService:
                  signer: ManifestSigner | None = None):
         self.store = store
         self.signer = signer
+        self.budgets = budget.Budgets(store, self._send_grant, self._budget_spent)
         self.sinks = sinks
         self.dispatcher = dispatcher
         self.config = config or ServiceConfig()
@@ -163,6 +165,32 @@ class CaptureService:
 
     async def create(self, *, name: str, resource_group: str, subscription: str,
                      params: captures_pb2.PacketCaptureParameters) -> captures_pb2.PacketCaptureResult:
+        """Creates and starts a capture."""
+        record, instances = await self._prepare(name, resource_group, subscription, params)
+        limit = record.resource.properties.fleet_bytes_limit
+        await self.store.create_capture(record, instances,
+                                        budget.initial(limit, list(record.instance_keys)) if limit else None)
+        log.info("capture %s created on %d instance(s) of %s", name, len(instances), record.resource.properties.target)
+        for inst in instances:
+            self._start(record, inst)
+        self._dispatched[session_id(record)] = None
+        while len(self._dispatched) > DISPATCHED_KEPT:
+            self._dispatched.popitem(last=False)
+        return record.resource
+
+    async def dry_run(self, *, name: str, resource_group: str, subscription: str,
+                      params: captures_pb2.PacketCaptureParameters,
+                      ) -> tuple[captures_pb2.PacketCaptureResult, captures_pb2.DryRunResult]:
+        """Checks all a create checks, and answers what it would touch: its instances, whether
+        each is connected, and an estimate of what each would write per second. Stores and
+        starts nothing."""
+        record, instances = await self._prepare(name, resource_group, subscription, params)
+        return record.resource, await self._dry_run(record, instances)
+
+    async def _prepare(self, name: str, resource_group: str, subscription: str,
+                       params: captures_pb2.PacketCaptureParameters,
+                       ) -> tuple[state_pb2.CaptureRecord, builtins.list[state_pb2.InstanceRecord]]:
+        """A create's checks, and the records it would write."""
         validation.validate_name(name)
         p = validation.validate(params, storage_accounts=self.sinks)
         for field, expression, meaning in validation.expressions_to_compile(p):
@@ -205,14 +233,25 @@ class CaptureService:
             one = self.storage_uri(record, instances[0].identity, ring_file_path(local_path, 0, continuous))
             record.resource.properties.storage_location.storage_path = storage_prefix(
                 one, several_instances=len(instances) > 1, continuous=continuous)
-        await self.store.create_capture(record, instances)
-        log.info("capture %s created on %d instance(s) of %s", name, len(instances), p.target)
+        return record, instances
+
+    async def _dry_run(self, record: state_pb2.CaptureRecord,
+                       instances: builtins.list[state_pb2.InstanceRecord]) -> captures_pb2.DryRunResult:
+        present = await self.store.list_agents()
+        snaplen = record.resource.properties.bytes_to_capture_per_packet
+        out = captures_pb2.DryRunResult()
         for inst in instances:
-            self._start(record, inst)
-        self._dispatched[session_id(record)] = None
-        while len(self._dispatched) > DISPATCHED_KEPT:
-            self._dispatched.popitem(last=False)
-        return record.resource
+            row = out.instances.add(id=inst.status.id, instance_id=inst.status.instance_id,
+                                    connected=inst.instance_key in present)
+            rate = self.dispatcher.interface_rate(inst.instance_key)
+            if rate is None:
+                continue
+            row.measured = True
+            row.interface_bytes_per_second, row.interface_packets_per_second = rate.bytes_per_s, rate.packets_per_s
+            body = min(rate.bytes_per_s, rate.packets_per_s * snaplen) if snaplen else rate.bytes_per_s
+            row.estimated_bytes_per_second = body + 16 * rate.packets_per_s
+            out.estimated_bytes_per_second += row.estimated_bytes_per_second
+        return out
 
     def dispatched_here(self, record: state_pb2.CaptureRecord) -> bool:
         """Whether this replica created the capture and so already sent its starts to the agents
@@ -258,6 +297,37 @@ class CaptureService:
             present = await self.store.list_agents() if present is None else present
             if inst.instance_key not in present:  # no replica has its agent: it will never start
                 await self._finish_unstarted(name, inst.instance_key, record.stop_requested)
+
+    async def budget_request(self, instance_key: str, request: fleet_pb2.BudgetRequest) -> None:
+        """An agent asks for more of its capture's fleet budget (coordinator/budget.py). The
+        coordinator trusts no agent: only for a capture of its own instance, with a budget,
+        not stopped."""
+        record = await self._budgeted(instance_key, request.capture_name, request.capture_id)
+        if record is not None:
+            await self.budgets.request(record.resource.name, request.capture_id, instance_key,
+                                       len(record.instance_keys), max(0, request.need))
+
+    async def budget_return(self, instance_key: str, ret: fleet_pb2.BudgetReturn) -> None:
+        record = await self._budgeted(instance_key, ret.capture_name, ret.capture_id)
+        if record is not None:
+            await self.budgets.give_back(record.resource.name, instance_key, ret.returned)
+
+    async def _budgeted(self, instance_key: str, name: str, capture_id: str) -> state_pb2.CaptureRecord | None:
+        record = await self.store.get_capture(name)
+        if record is None or session_id(record) != capture_id or instance_key not in record.instance_keys \
+                or not record.resource.properties.fleet_bytes_limit:
+            log.warning("budget message from %s for capture %s refused: not a budgeted capture of that instance",
+                        instance_key, name[:100])
+            return None
+        return record
+
+    def _send_grant(self, name: str, capture_id: str, instance_key: str, granted: int, exhausted: bool) -> None:
+        self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(budget_grant=fleet_pb2.BudgetGrant(
+            capture_name=name, capture_id=capture_id, granted=granted, exhausted=exhausted)))
+
+    async def _budget_spent(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.stop(name, StopReason.FLEET_BYTES_EXCEEDED)
 
     async def trigger(self, name: str, *, after_s: int, source: str, note: str = "") -> captures_pb2.PacketCaptureQueryStatusResult:
         """Freezes a flight recorder's window on every instance at once: the trigger's time is
@@ -461,7 +531,8 @@ class CaptureService:
             continuous=continuous,
             file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
             file_count=p.capture_settings.file_count if continuous else 0,
-            standby_s=p.standby_in_seconds, standby_bytes=p.standby_bytes if p.standby_in_seconds else 0))
+            standby_s=p.standby_in_seconds, standby_bytes=p.standby_bytes if p.standby_in_seconds else 0,
+            fleet_allowance=budget.share(p.fleet_bytes_limit, len(record.instance_keys)) if p.fleet_bytes_limit else 0))
 
     def start_instance(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
         return self._start(record, inst)

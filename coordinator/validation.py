@@ -19,12 +19,14 @@ from fleetcap.core.limits import (
     MAX_FILE_COUNT,
     MAX_FILTER_FIELD_CHARS,
     MAX_FILTERS,
+    MAX_FLEET_BYTES,
     MAX_SCOPE_ENTRIES,
     MAX_SESSION_S,
     MAX_STANDBY_S,
     MAX_TIME_LIMIT_S,
     MAX_TRIGGER_NOTE_CHARS,
     MIN_FILE_SIZE,
+    MIN_FLEET_BYTES,
     MIN_STANDBY_BYTES,
     MIN_TOTAL_BYTES,
     U32_MAX,
@@ -100,6 +102,19 @@ def _validate_standby(p: captures_pb2.PacketCaptureParameters) -> None:
                                                   "keeps its own ring")
     ring = p.standby_bytes if p.HasField("standby_bytes") and p.standby_bytes else DEFAULT_STANDBY_BYTES
     p.standby_bytes = _range("standbyBytes", ring, MIN_STANDBY_BYTES, U32_MAX)
+
+
+def _validate_fleet_budget(p: captures_pb2.PacketCaptureParameters) -> None:
+    if not p.fleet_bytes_limit:
+        p.ClearField("fleet_bytes_limit")
+        return
+    _range("fleetBytesLimit", p.fleet_bytes_limit, MIN_FLEET_BYTES, MAX_FLEET_BYTES)
+    if p.HasField("continuous_capture") or p.standby_in_seconds:
+        raise InvalidArgument("fleetBytesLimit", "applies to standard captures only (not with continuousCapture or "
+                                                 "standbyInSeconds)")
+    if p.add_new_instances:
+        raise InvalidArgument("fleetBytesLimit", "is not supported with addNewInstances: the budget is shared by the "
+                                                 "instances the capture starts with")
 
 
 def validate_trigger(after_s: int, note: str) -> int:
@@ -190,6 +205,7 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         loc.local_path = validate_capture_path("storageLocation.localPath", loc.local_path)
 
     _validate_standby(p)
+    _validate_fleet_budget(p)
     parse_filters(p.filters)
     for f in p.filters:
         f.protocol = filters.PROTOCOLS[(f.protocol or "Any").lower()]

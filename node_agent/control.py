@@ -19,7 +19,7 @@ from fleetcap.core import transport
 from fleetcap.core.metrics import version
 from fleetcap.core.transport import ClientCredentials
 from fleetcap.node_agent.active_capture import ActiveCapture
-from fleetcap.node_agent.host import interface_addresses
+from fleetcap.node_agent.host import interface_addresses, interface_counters
 from fleetcap.node_agent.runner import CaptureRunner
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -79,6 +79,11 @@ class ControlLoop:
         self._outbox: asyncio.Queue[fleet_pb2.AgentMessage] = asyncio.Queue()
         self._dirty: set[str] = set()
         self._rng = random.Random()
+        runner.send = self.send
+
+    def send(self, message: fleet_pb2.AgentMessage) -> None:
+        """Queues a message on the current stream (lost if it drops; the sender retries)."""
+        self._outbox.put_nowait(message)
 
     def report(self, cap: ActiveCapture) -> None:
         """Sends a capture's progress now, and again on the next tick, in case this stream was
@@ -149,7 +154,8 @@ class ControlLoop:
     async def _heartbeat(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self._outbox.put_nowait(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat()))
+            counters = interface_counters(self.runner.interface)
+            self._outbox.put_nowait(fleet_pb2.AgentMessage(heartbeat=fleet_pb2.Heartbeat(counters=counters)))
 
     async def _measure_clock(self) -> None:
         """Probes the coordinator's clock: a burst at every connection, then one a minute;
@@ -190,3 +196,5 @@ class ControlLoop:
                 self.runner.trigger(message.trigger)
             elif message.HasField("clock_echo"):
                 self.runner.clock.echo(message.clock_echo)
+            elif message.HasField("budget_grant"):
+                self.runner.budget_grant(message.budget_grant)

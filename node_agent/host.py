@@ -9,6 +9,7 @@ import socket
 import subprocess
 
 from fleetcap.core.naming import CAPTURE_ROOT
+from fleetcap.v1 import fleet_pb2
 
 
 def interface_addresses(interface: str) -> list[str]:
@@ -40,3 +41,20 @@ def local_path(root: str, api_path: str) -> str:
     if rel.startswith("..") or os.path.isabs(rel):
         raise ValueError(f"{api_path} is outside {CAPTURE_ROOT}")
     return os.path.join(root, rel)
+
+
+SYS_NET = "/sys/class/net"
+
+
+def interface_counters(interface: str) -> fleet_pb2.InterfaceCounters:
+    """The interface's kernel counters (zeros for one without them: `any`, or gone)."""
+    out = fleet_pb2.InterfaceCounters()
+    if not interface or "/" in interface or interface in (".", ".."):
+        return out
+    for field in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+        try:
+            with open(os.path.join(SYS_NET, interface, "statistics", field)) as f:
+                setattr(out, field, int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            return fleet_pb2.InterfaceCounters()
+    return out

@@ -58,6 +58,9 @@ def start_problem(start: fleet_pb2.StartCapture) -> str:
         return "flight recorder: window, ring size or mode out of range"
     if start.standby_s < 0:
         return "flight recorder: window out of range"
+    if not 0 <= start.fleet_allowance <= limits.MAX_FLEET_BYTES or (
+            start.fleet_allowance and (start.continuous or start.standby_s)):
+        return "fleet budget: allowance out of range, or not a standard capture"
     if len(start.filters) > limits.MAX_FILTERS or len(start.bpf_filter) > limits.MAX_BPF_CHARS:
         return f"more than {limits.MAX_FILTERS} filters or a BPF filter over {limits.MAX_BPF_CHARS} characters"
     for f in start.filters:
@@ -86,6 +89,9 @@ class CaptureRunner:
         self._addresses = addresses
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock = Clock(settings.test_clock_offset_s)
+        # Messages to the coordinator outside a capture's progress (budget requests and returns);
+        # the control loop sets it, and a message sent while disconnected is lost (the session asks again).
+        self.send: Callable[[fleet_pb2.AgentMessage], None] = lambda message: None
         if self.clock.shift_ns:
             log.warning("TEST ONLY: this agent's clock is moved by %+.3f s (FLEETCAP_TEST_CLOCK_OFFSET_S); the packet "
                         "times it writes are wrong by that much", settings.test_clock_offset_s)
@@ -145,12 +151,19 @@ class CaptureRunner:
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
         ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
         standby = Standby(window_s=start.standby_s, ring_bytes=start.standby_bytes) if start.standby_s else None
+        def budget(kind: str, amount: int, used: int) -> None:  # from the capture thread
+            ids = dict(capture_name=name, capture_id=start.capture_id)
+            message = fleet_pb2.AgentMessage(budget_request=fleet_pb2.BudgetRequest(**ids, used=used, need=amount)) \
+                if kind == "request" else fleet_pb2.AgentMessage(budget_return=fleet_pb2.BudgetReturn(**ids, returned=amount))
+            loop.call_soon_threadsafe(self.send, message)
+
         cap.session = CaptureSession(CaptureSpec(
             name=name, capture_id=start.capture_id, interface=self.interface, root=self.root.root, path=path,
             expression=expression,
             snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
-            buffer_size=self.settings.buffer_size, standby=standby, clock_shift_us=self.clock.shift_ns // 1000),
-            on_change=notify, open_source=self._open_source)
+            buffer_size=self.settings.buffer_size, standby=standby, clock_shift_us=self.clock.shift_ns // 1000,
+            fleet_allowance=start.fleet_allowance),
+            on_change=notify, open_source=self._open_source, on_budget=budget)
         cap.session.start()
 
     def stop(self, stop: fleet_pb2.StopCapture) -> None:
@@ -174,6 +187,17 @@ class CaptureRunner:
         source = "".join(ch for ch in trigger.source[:limits.MAX_TRIGGER_NOTE_CHARS + 100] if ch.isprintable())
         if cap.session.trigger(at, trigger.after_s, source):
             log.info("capture %s: triggered (%s), %d s more", trigger.capture_name, source, trigger.after_s)
+
+    def budget_grant(self, grant: fleet_pb2.BudgetGrant) -> None:
+        """More fleet budget for a capture, or its end. Only for this agent's own budgeted capture
+        (its session id), and never a negative amount: the agent trusts nothing it is sent."""
+        cap = self.captures.get(grant.capture_name)
+        if cap is None or cap.session is None or cap.start.capture_id != grant.capture_id \
+                or not cap.start.fleet_allowance or grant.granted < 0:
+            log.warning("BudgetGrant refused: capture %s has no fleet budget here (or a malformed grant)",
+                        grant.capture_name[:100])
+            return
+        cap.session.grant(grant.granted, grant.exhausted)
 
     def fetch(self, fetch: fleet_pb2.FetchFile) -> None:
         """Sends one file of a capture this agent holds for a download (the capture has no

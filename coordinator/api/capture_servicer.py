@@ -47,6 +47,10 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
 
     @_mapped
     async def Create(self, request: pb.CreatePacketCaptureRequest, context: Context) -> pb.CreatePacketCaptureResponse:
+        if request.dry_run:
+            capture, dry_run = await self.service.dry_run(name=request.name, resource_group=request.resource_group,
+                                                          subscription=request.subscription, params=request.properties)
+            return pb.CreatePacketCaptureResponse(capture=capture, dry_run=dry_run)
         capture = await self.service.create(name=request.name, resource_group=request.resource_group,
                                             subscription=request.subscription, params=request.properties)
         return pb.CreatePacketCaptureResponse(capture=capture)

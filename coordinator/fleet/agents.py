@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied
+from fleetcap.coordinator.fetch import InterfaceRate
 from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state import keys
@@ -80,6 +83,21 @@ class AgentSession:
         self.queue: asyncio.Queue[fleet_pb2.CoordinatorMessage | None] = asyncio.Queue()
         self.last_seen = asyncio.get_running_loop().time()
         self.silenced = False  # closed for a whole TTL of silence (presence.py)
+        self._counters: tuple[float, fleet_pb2.InterfaceCounters] | None = None
+        self.interface_rate: InterfaceRate | None = None  # over the last heartbeat interval
+
+    def counters(self, at: float, c: fleet_pb2.InterfaceCounters) -> None:
+        """A heartbeat's interface counters: the rate since the previous heartbeat's."""
+        last, self._counters = self._counters, (at, c)
+        if last is None or at <= last[0]:
+            return
+        dt, p = at - last[0], last[1]
+        db = c.rx_bytes + c.tx_bytes - p.rx_bytes - p.tx_bytes
+        dp = c.rx_packets + c.tx_packets - p.rx_packets - p.tx_packets
+        if db < 0 or dp < 0:  # counters reset (an interface recreated): measure again
+            self.interface_rate = None
+            return
+        self.interface_rate = InterfaceRate(round(db / dt), round(dp / dt))
 
     def close(self) -> None:
         self.queue.put_nowait(None)
@@ -90,6 +108,11 @@ class AgentSessions:
 
     def __init__(self) -> None:
         self._by_key: dict[str, AgentSession] = {}
+
+    def interface_rate(self, instance_key: str) -> InterfaceRate | None:
+        """The capture interface's recent traffic of an agent connected here; None otherwise."""
+        session = self._by_key.get(instance_key)
+        return session.interface_rate if session is not None else None
 
     def attach(self, session: AgentSession) -> None:
         old = self._by_key.get(session.instance_key)
@@ -160,6 +183,7 @@ class ControlSession:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._last_probe = -CLOCK_PROBE_GAP_S
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def instance_key(self) -> str:
@@ -190,9 +214,15 @@ class ControlSession:
         key = self.instance_key
         if self.session is not None:
             self.session.last_seen = asyncio.get_running_loop().time()  # a heartbeat is just this
+            if message.HasField("heartbeat") and message.heartbeat.HasField("counters"):
+                self.session.counters(self.session.last_seen, message.heartbeat.counters)
         try:
             if message.HasField("clock_probe"):
                 self._echo(message.clock_probe)
+            elif message.HasField("budget_request"):
+                self._background(self.service.budget_request(key, message.budget_request))
+            elif message.HasField("budget_return"):
+                self._background(self.service.budget_return(key, message.budget_return))
             elif message.HasField("progress"):
                 self._pending[message.progress.capture_name] = message.progress
                 self._wake.set()
@@ -200,6 +230,18 @@ class ControlSession:
                     self._writer = asyncio.ensure_future(self._write_progress())
         except FleetcapError as e:
             log.warning("agent %s: could not apply %s: %s", key, message.WhichOneof("body"), e)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs a budget exchange beside the stream (it may wait for idle agents to give back),
+        logging its failure; the task is kept until it ends."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("agent %s: budget exchange failed: %s", self.instance_key, t.exception())
+        task.add_done_callback(done)
 
     def _echo(self, probe: fleet_pb2.ClockProbe) -> None:
         """Answers a clock probe at once (the agent measures its offset from it); more than one
@@ -252,6 +294,8 @@ class ControlSession:
                 log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
 
     def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None

@@ -5,6 +5,7 @@
     /fleetcap/v1/agents/{instance_key}                 AgentRecord (JSON), tied to the agent's lease
     /fleetcap/v1/leader                                the leading replica's name, tied to its lease
     /fleetcap/v1/fetches/{fetch_id}                    FetchRecord (JSON), tied to the downloading replica's lease
+    /fleetcap/v1/budgets/{capture}                     BudgetRecord (JSON): a capture's fleet-wide byte budget
 
 An instance key names a VM or scale-set instance, lower-cased as Azure names are
 case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
@@ -21,6 +22,7 @@ INSTANCES = ROOT + "instances/"
 AGENTS = ROOT + "agents/"
 LEADER = ROOT + "leader"
 FETCHES = ROOT + "fetches/"
+BUDGETS = ROOT + "budgets/"
 
 
 
@@ -34,6 +36,10 @@ def instances_of(name: str) -> str:
 
 def instance(name: str, instance_key: str) -> str:
     return instances_of(name) + instance_key
+
+
+def budget(name: str) -> str:
+    return BUDGETS + name
 
 
 def fetch(fetch_id: str) -> str:

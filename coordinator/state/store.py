@@ -191,7 +191,8 @@ class Store:
 
     # -- captures ------------------------------------------------------------------------
 
-    async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]) -> None:
+    async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord],
+                             budget: state_pb2.BudgetRecord | None = None) -> None:
         """Writes the instances, then the capture record as the commit point: until it exists,
         the capture does not (a crash in between leaves only instance records, which the next
         create of that name clears). etcd caps a transaction at 128 operations, so a scale set
@@ -202,6 +203,9 @@ class Store:
             raise AlreadyExists(f"a packet capture named '{name}' already exists")
         await self.kv.delete_prefix(keys.instances_of(name))  # leftovers of an interrupted create
         items = [(keys.instance(name, i.instance_key), encode(i)) for i in instances]
+        if budget is not None:  # replaces a leftover of an interrupted create, under the same guard
+            if not await self.kv.put_if([(keys.budget(name), encode(budget))], {ckey: 0}):
+                raise AlreadyExists(f"a packet capture named '{name}' already exists")
         for start in range(0, len(items), TXN_BATCH):
             batch = items[start:start + TXN_BATCH]
             if not await self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}}):
@@ -228,7 +232,12 @@ class Store:
 
     async def delete_capture(self, name: str) -> None:
         await self.kv.delete_prefix(keys.instances_of(name))
+        await self.kv.delete(keys.budget(name))
         await self.kv.delete(keys.capture(name))
+
+    async def update_budget(self, name: str, change: Callable[[state_pb2.BudgetRecord], bool]) -> state_pb2.BudgetRecord:
+        """A capture's fleet budget under compare-and-swap (as update_capture). Raises NotFound."""
+        return await self._update(keys.budget(name), state_pb2.BudgetRecord, change, f"budget of packet capture '{name}'")
 
     # -- instances -----------------------------------------------------------------------
 

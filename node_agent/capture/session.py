@@ -36,6 +36,10 @@ PCAP_RECORD_HEADER = 16
 # libpcap's read timeout: how long a partly filled ring block waits before it is handed over.
 READ_TIMEOUT_MS = 100
 STATS_INTERVAL_S = 0.2
+# A fleet budget (coordinator/budget.py): an unanswered request is sent again after this, and a
+# capture that wrote nothing for IDLE_RETURN_S gives back the allowance it holds.
+BUDGET_RETRY_S = 5.0
+IDLE_RETURN_S = 1.0
 # The smallest record payload: an Ethernet header.
 MIN_FRAME = 14
 
@@ -65,6 +69,7 @@ class CaptureSpec:
     buffer_size: int = 32 << 20  # kernel ring size in bytes
     standby: Standby | None = None  # a flight recorder: `path` is written only after a trigger
     clock_shift_us: int = 0  # test only: every packet time written is moved by this (node_agent/clock.py)
+    fleet_allowance: int = 0  # a fleet-wide budget: the file's first allowance in bytes (coordinator/budget.py)
 
     def __post_init__(self) -> None:
         if self.standby is not None and self.ring is None:
@@ -121,7 +126,8 @@ class CaptureSession:
     `files` for progress."""
 
     def __init__(self, spec: CaptureSpec, on_change: Callable[[CaptureSession], None] = lambda s: None, *,
-                 open_source: SourceFactory = LiveHandle):
+                 open_source: SourceFactory = LiveHandle,
+                 on_budget: Callable[[str, int, int], None] = lambda kind, amount, used: None):
         """`open_source` opens the packet source: libpcap on the spec's interface by default,
         or a replayed pcap file (replay_source.py) in tests."""
         self.spec = spec
@@ -142,6 +148,15 @@ class CaptureSession:
         self._timer: threading.Timer | None = None
         self._file_base = 0  # bytes of closed files, for counters.bytes
         self._segment_opened = time.time()  # flight recorder: when the current segment opened
+        # A fleet budget: the bytes the file may hold until more is granted; grants come from
+        # another thread (grant), and only this one lowers it (an idle give-back).
+        self._allowance = spec.fleet_allowance
+        self._last_grant = spec.fleet_allowance
+        self._asked = 0.0        # when a request went unanswered (monotonic); 0 = none pending
+        self._exhausted = False
+        self._granted = threading.Event()
+        self._last_write = time.monotonic()
+        self._on_budget = on_budget
         self.done = threading.Event()
 
     @property
@@ -164,6 +179,7 @@ class CaptureSession:
             self._stop_reason = reason
             self._stop_wall = time.time()
             handle = self._handle
+        self._granted.set()  # a capture waiting for its budget ends now
         if handle:
             handle.breakloop()
 
@@ -185,6 +201,58 @@ class CaptureSession:
                  at, self.spec.standby.window_s, after_s)
         self._on_change(self)
         return True
+
+    def grant(self, granted: int, exhausted: bool) -> None:
+        """More of the fleet budget (from the coordinator, through the runner), or its end."""
+        with self._lock:
+            if granted > 0:
+                self._allowance += granted
+                self._last_grant = granted
+            self._exhausted = self._exhausted or exhausted
+            self._asked = 0.0
+        self._granted.set()
+
+    def _ask(self, need: int) -> None:
+        """Asks the coordinator for more budget: at once when nothing is pending, and again if
+        an answer is lost (a control stream that dropped) after BUDGET_RETRY_S."""
+        now = time.monotonic()
+        if self._asked and now - self._asked < BUDGET_RETRY_S:
+            return
+        self._asked = now
+        self._on_budget("request", need, self.counters.bytes)
+
+    def _allow_room(self) -> int:
+        """Bytes the fleet budget still lets the file take; -1 = no fleet budget."""
+        return self._allowance - self.counters.bytes if self.spec.fleet_allowance else -1
+
+    def _await_budget(self, hdr: ctypes._Pointer[PktHdr], data: int, size: int) -> bool:
+        """The next record (`size` bytes) does not fit the allowance: the capture pauses (packets
+        wait in the kernel's ring) until a grant lets it in, or the budget is spent
+        (FleetBytesExceeded, the record unwritten), or the capture is stopped. Returns whether
+        the record was written. `data` stays valid: nothing else is read from libpcap meanwhile."""
+        while not self._stop_reason:
+            with self._lock:
+                room, exhausted = self._allow_room(), self._exhausted
+                self._granted.clear()
+            if size <= room:
+                self._source().dump_one(hdr, data)
+                return True
+            if exhausted:
+                self.stop(StopReason.FLEET_BYTES_EXCEEDED)
+                return False
+            self._ask(size - room)
+            self._granted.wait(BUDGET_RETRY_S)
+        return False
+
+    def _give_back(self) -> None:
+        """Idle for IDLE_RETURN_S: the allowance the file does not use goes back to the fleet,
+        so that busier instances may use it."""
+        with self._lock:
+            spare = self._allow_room()
+            if spare <= 0 or self._asked or self._exhausted:
+                return
+            self._allowance -= spare
+        self._on_budget("return", spare, self.counters.bytes)
 
     def _arm_timer(self, seconds: float, reason: str) -> None:
         """The one timer that ends the capture; called with the lock held."""
@@ -218,9 +286,8 @@ class CaptureSession:
                 self._arm_timer(self.spec.time_limit_s,
                                 StopReason.TIME_EXCEEDED if standard else StopReason.SESSION_TIME_EXCEEDED)
         self._on_change(self)
-        if self.spec.standby is not None:
-            threading.Thread(target=self._tick, args=(self.spec.standby,), name=f"standby-{self.spec.name}",
-                             daemon=True).start()
+        if self.spec.standby is not None or self.spec.fleet_allowance:
+            threading.Thread(target=self._tick, name=f"tick-{self.spec.name}", daemon=True).start()
         try:
             self._loop()
             self._drain()
@@ -280,11 +347,8 @@ class CaptureSession:
                 h = hdr.contents
                 if h.ts.tv_sec + h.ts.tv_usec / 1e6 < since:
                     continue  # unfiltered: it came before the filter
-                room = self._room()
-                if room == -1 or PCAP_RECORD_HEADER + h.caplen <= room:
-                    handle.dump_one(hdr, data)
-                elif not self._full(hdr, data):
-                    return  # the byte limit: the capture ends here
+                if self._write_one(hdr, data) != 1:
+                    return  # a limit: the capture ends here
                 self._written(1)
         finally:
             handle.set_nonblocking(False)
@@ -312,6 +376,7 @@ class CaptureSession:
         current.packets += n
         if n:
             current.tail_from = current.size  # the batch just written began where the file ended
+            self._last_write = time.monotonic()
         if n and self.spec.standby is not None:
             current.ended = time.time()  # the newest packet's time, near enough: the ring drops by it
         current.size = self._source().file_position()
@@ -329,6 +394,11 @@ class CaptureSession:
                     break
                 self._rotate(self.spec.ring)
                 continue
+            allow = self._allow_room()
+            if allow != -1:  # a fleet budget: the batch fits the allowance too; ask ahead when half is used
+                room = allow if room == -1 else min(room, allow)
+                if allow < self._last_grant // 2 and time.monotonic() - self._last_write < IDLE_RETURN_S:
+                    self._ask(0)  # busy: before it runs out (an idle one asks only when a packet needs it)
             if self.spec.clock_shift_us:  # test only: one packet at a time, its time moved
                 n = self._write_one_if_it_fits(room if room != -1 else 1 << 62, cutoff=None)
             elif room == -1:
@@ -350,6 +420,8 @@ class CaptureSession:
                 last_stats = now
                 if self.spec.standby is not None:
                     self._standby_upkeep(self.spec.standby)
+                if self.spec.fleet_allowance and now - self._last_write >= IDLE_RETURN_S:
+                    self._give_back()
 
     def _standby_upkeep(self, standby: Standby) -> None:
         """Armed: closes a segment older than an eighth of the window, and drops the segments
@@ -369,12 +441,14 @@ class CaptureSession:
                 self._delete(f)
         self._writing[:] = [f for f in self._writing if not f.deleted]
 
-    def _tick(self, standby: Standby) -> None:
-        """Wakes an armed capture's loop now and then, so that an idle interface's ring still
-        drops what left the window (the loop waits in libpcap while no packet comes)."""
-        while not self.done.wait(min(standby.segment_age_s, 1.0)):
+    def _tick(self) -> None:
+        """Wakes the loop now and then (it waits in libpcap while no packet comes): an armed
+        flight recorder's ring drops what left the window, and an idle capture under a fleet
+        budget gives back what it does not use."""
+        standby = self.spec.standby
+        while not self.done.wait(min(standby.segment_age_s, 1.0) if standby else 1.0):
             with self._lock:
-                if self._trigger is not None or self._stop_reason:
+                if (standby is not None and self._trigger is not None) or self._stop_reason:
                     return
                 if self._handle is not None:
                     self._handle.breakloop()
@@ -419,13 +493,25 @@ class CaptureSession:
         if cutoff is not None and h.ts.tv_sec + h.ts.tv_usec / 1e6 > cutoff:
             return 0
         if PCAP_RECORD_HEADER + h.caplen > room:
-            return 1 if self._full(hdr, data) else 0
+            return self._write_one(hdr, data)
         if self.spec.clock_shift_us:
             us = h.ts.tv_sec * 1_000_000 + h.ts.tv_usec + self.spec.clock_shift_us
             moved = PktHdr(caplen=h.caplen, len=h.len)
             moved.ts.tv_sec, moved.ts.tv_usec = divmod(us, 1_000_000)
             hdr = ctypes.pointer(moved)
         handle.dump_one(hdr, data)
+        return 1
+
+    def _write_one(self, hdr: ctypes._Pointer[PktHdr], data: int) -> int:
+        """Writes one packet if the file's limit and the fleet budget let it (waiting for the
+        budget if need be); one that does not fit the file goes to `_full`. Returns 1 if written."""
+        size = PCAP_RECORD_HEADER + hdr.contents.caplen
+        file_room, allow = self._room(), self._allow_room()
+        if file_room != -1 and size > file_room:
+            return 1 if self._full(hdr, data) else 0
+        if allow != -1 and size > allow:
+            return 1 if self._await_budget(hdr, data, size) else 0
+        self._source().dump_one(hdr, data)
         return 1
 
     def _full(self, hdr: ctypes._Pointer[PktHdr], data: int) -> bool:
@@ -485,7 +571,9 @@ class CaptureSession:
         time.sleep(READ_TIMEOUT_MS / 1000 * 1.5)
         breaks = 0
         while True:
-            room = self._room()
+            room, allow = self._room(), self._allow_room()
+            if allow != -1:
+                room = allow if room == -1 else min(room, allow)
             n = self._write_one_if_it_fits(room if room != -1 else 1 << 62, cutoff=self._stop_wall)
             if n == -2 and breaks < 2:  # the pending breakloop is reported once
                 breaks += 1

@@ -50,11 +50,11 @@ class Fleet:
     def root(self, instance: str):
         return self.dir / f"captures-{instance}"
 
-    def start_agent(self, instance: str, **env: str) -> None:
+    def start_agent(self, instance: str, interface: str = "lo", **env: str) -> None:
         log = open(self.dir / f"agent-{instance}.log", "ab")
         self.agents[instance] = subprocess.Popen(
             [sys.executable, "-m", "fleetcap", "agent", "--coordinator", self.api, "--vmss", "web", "--instance-id",
-             instance, "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(self.root(instance))],
+             instance, "--resource-group", "rg1", "--interface", interface, "--capture-root", str(self.root(instance))],
             cwd=ROOT, stdout=log, stderr=log, env=dict(AGENT_ENV, **env))
 
     def stop_agent(self, instance: str) -> None:
@@ -71,15 +71,15 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def two_agents(d, **agent1_env: str) -> Iterator[Fleet]:
-    """A coordinator and the agents of instances 0 and 1 (the second with `agent1_env` in its
-    environment), connected; all stopped at the end."""
+def two_agents(d, agent1_interface: str = "lo", **agent1_env: str) -> Iterator[Fleet]:
+    """A coordinator and the agents of instances 0 and 1 (the second capturing
+    `agent1_interface`, with `agent1_env` in its environment), connected; all stopped at the end."""
     if os.geteuid() != 0:
         pytest.skip("the agents need root to open a capture handle")
     f = Fleet(d)
     try:
         f.start_agent("0")
-        f.start_agent("1", **agent1_env)
+        f.start_agent("1", agent1_interface, **agent1_env)
         with sdk.Client(f.api, timeout_s=5) as c:
             wait_agents(c, 2, str(f.dir / "coordinator.log"))
         yield f

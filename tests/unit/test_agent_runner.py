@@ -318,3 +318,39 @@ def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
                 dict(standby_s=30, standby_bytes=8 << 20, continuous=True, file_size=1 << 20, file_count=2),
                 dict(standby_s=-5, standby_bytes=8 << 20)):
         assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("flight recorder:"), bad
+
+
+def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
+                           data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
+                           on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
+
+    def made(name: str, allowance: int) -> CaptureSession:
+        start = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap",
+                                       fleet_allowance=allowance)
+        cap = ActiveCapture(start, str(root / f"{name}.cap"))
+        cap.session = CaptureSession(CaptureSpec(name=name, capture_id="s1", interface="replay0", root=str(root),
+                                                 path=str(root / f"{name}.cap"), expression="",
+                                                 fleet_allowance=allowance))
+        runner.captures[name] = cap
+        return cap.session
+
+    budgeted, plain = made("bud", 1000), made("plain", 0)
+    for g in (fleet_pb2.BudgetGrant(capture_name="other", capture_id="s1", granted=5),
+              fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s0", granted=5),
+              fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=-500),
+              fleet_pb2.BudgetGrant(capture_name="plain", capture_id="s1", granted=5, exhausted=True)):
+        runner.budget_grant(g)
+    assert (budgeted._allowance, budgeted._exhausted, plain._allowance, plain._exhausted) == (1000, False, 0, False)
+    runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=500))
+    assert budgeted._allowance == 1500
+    runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", exhausted=True))
+    assert (budgeted._allowance, budgeted._exhausted) == (1500, True)
+    from fleetcap.node_agent.runner import start_problem
+    base = dict(capture_name="r", capture_id="s", file_path="/var/captures/r.cap")
+    assert start_problem(fleet_pb2.StartCapture(**base, fleet_allowance=1 << 20)) == ""
+    for bad in (dict(fleet_allowance=-1), dict(fleet_allowance=(1 << 50) + 1),
+                dict(fleet_allowance=1 << 20, standby_s=30, standby_bytes=8 << 20)):
+        assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("fleet budget:"), bad

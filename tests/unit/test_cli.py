@@ -99,7 +99,7 @@ def test_every_create_option_reaches_the_request():
               "file_path": "/var/captures/a.cap", "filters": [{"protocol": "UDP"}], "bpf_filter": "udp",
               "continuous_capture": False, "local_path": "/var/captures/r.cap", "file_count": 3,
               "file_size_in_bytes": 1000, "session_time_limit_in_seconds": 60, "add_new_instances": True,
-              "standby_in_seconds": 30, "standby_bytes": 8 << 20}
+              "standby_in_seconds": 30, "standby_bytes": 8 << 20, "fleet_bytes_limit": 1 << 30}
     assert sorted(values) == sorted(sdk.CreateOptions.__annotations__)
     base = sdk.create_request(name="pc", target="t")
     for key, value in values.items():

@@ -126,3 +126,56 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
         await stream.aclose()
         await svc.store.close()
     asyncio.run(body())
+
+
+def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path, monkeypatch):
+    """Grants shrink with the pool and never pass the limit; a return gives back at most what an
+    instance holds; a request the pool cannot meet waits for returns, then exhausts the budget
+    and stops the capture everywhere; a request from an instance the capture does not target, or
+    for another session of the name, is refused."""
+    from fleetcap.coordinator import budget
+    monkeypatch.setattr(budget, "RETURN_WAIT_S", 0.05)
+
+    async def body():
+        svc, rec = await setup(tmp_path)
+        limit = 1 << 20
+        created = await svc.create(name="b", resource_group="rg", subscription="", params=params(fleet_bytes_limit=limit))
+        record = await svc.store.get_capture("b")
+        k0, k1 = sorted(record.instance_keys)
+        starts = [m.start for _, m in rec.sent if m.HasField("start")]
+        assert [s.fleet_allowance for s in starts] == [limit // 4] * 2
+        sid = f"{created.id}@{created.created_time}"
+
+        def grants():
+            out = [(k, m.budget_grant.granted, m.budget_grant.exhausted) for k, m in rec.sent if m.HasField("budget_grant")]
+            rec.sent.clear()
+            return out
+
+        def req(need, capture_id=sid, name="b"):
+            return fleet_pb2.BudgetRequest(capture_name=name, capture_id=capture_id, used=0, need=need)
+        rec.sent.clear()
+        await svc.budget_request(k0, req(0))  # ahead of time: a quarter of what is left over two instances
+        assert grants() == [(k0, (limit // 2) // 4, False)]
+        await svc.budget_request("local/rg/vmss/web/7", req(100))  # not an instance of the capture
+        await svc.budget_request(k0, req(100, capture_id="other-session"))
+        await svc.budget_request(k0, req(100, name="nope"))
+        assert grants() == []
+        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=10 ** 12))
+        b = await svc.store.update_budget("b", lambda r: False)
+        assert (b.allowance[k1], b.granted) == (0, limit // 4 + (limit // 2) // 4)  # all of it back, never more
+        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=-5))
+        assert (await svc.store.update_budget("b", lambda r: False)).granted == b.granted
+        while True:  # instance 0 takes it all, never past the limit
+            await svc.budget_request(k0, req(1000))
+            [(_, g, exhausted)] = grants()
+            b = await svc.store.update_budget("b", lambda r: False)
+            assert b.granted <= limit and b.allowance[k0] + b.allowance[k1] == b.granted
+            if exhausted:
+                break
+            assert g >= 1000
+        assert limit - b.granted < 1000
+        record = await svc.store.get_capture("b")
+        assert record.stop_requested == "FleetBytesExceeded"
+        await svc.budget_request(k0, req(1))  # spent: the answer is at once
+        assert [(k, g, e) for k, g, e in grants()] == [(k0, 0, True)]
+    asyncio.run(body())

@@ -22,6 +22,9 @@ MAX_STANDBY_S = 3600
 MIN_STANDBY_BYTES = 8 << 20
 DEFAULT_STANDBY_BYTES = 100 << 20
 MAX_TRIGGER_NOTE_CHARS = 200
+# fleetBytesLimit (fleetcap's): the whole fleet's files, headers included.
+MIN_FLEET_BYTES = 1 << 20
+MAX_FLEET_BYTES = 1 << 50
 # Caps on work per request (fleetcap's; Azure documents none). They bound the filter compile,
 # which is superlinear in the expression, and the size of every record.
 MAX_FILTERS = 32                    # filters[]

@@ -54,6 +54,7 @@ class StopReason(enum.StrEnum):
     CAPTURE_FAILED = "CaptureFailed"                # libpcap or the file failed; see packetCaptureError
     AGENT_STOPPED = "AgentStopped"                  # the agent went away (its lease expired)
     TRIGGER_WINDOW_ENDED = "TriggerWindowEnded"     # flight recorder: the seconds after the trigger have passed
+    FLEET_BYTES_EXCEEDED = "FleetBytesExceeded"     # fleetBytesLimit: the fleet's files together reached it
     MIXED = "Mixed"                                 # capture level only: instances stopped for different reasons
 
 

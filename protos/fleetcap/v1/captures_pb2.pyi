@@ -51,7 +51,7 @@ class PacketCaptureSettings(_message.Message):
     def __init__(self, file_count: _Optional[int] = ..., file_size_in_bytes: _Optional[int] = ..., session_time_limit_in_seconds: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureParameters(_message.Message):
-    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter", "add_new_instances", "standby_in_seconds", "standby_bytes")
+    __slots__ = ("target", "target_type", "scope", "bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds", "storage_location", "filters", "continuous_capture", "capture_settings", "bpf_filter", "add_new_instances", "standby_in_seconds", "standby_bytes", "fleet_bytes_limit")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class PacketCaptureParameters(_message.Message):
     ADD_NEW_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     STANDBY_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STANDBY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLEET_BYTES_LIMIT_FIELD_NUMBER: _ClassVar[int]
     target: str
     target_type: str
     scope: PacketCaptureMachineScope
@@ -80,7 +81,8 @@ class PacketCaptureParameters(_message.Message):
     add_new_instances: bool
     standby_in_seconds: int
     standby_bytes: int
-    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ..., add_new_instances: _Optional[bool] = ..., standby_in_seconds: _Optional[int] = ..., standby_bytes: _Optional[int] = ...) -> None: ...
+    fleet_bytes_limit: int
+    def __init__(self, target: _Optional[str] = ..., target_type: _Optional[str] = ..., scope: _Optional[_Union[PacketCaptureMachineScope, _Mapping]] = ..., bytes_to_capture_per_packet: _Optional[int] = ..., total_bytes_per_session: _Optional[int] = ..., time_limit_in_seconds: _Optional[int] = ..., storage_location: _Optional[_Union[PacketCaptureStorageLocation, _Mapping]] = ..., filters: _Optional[_Iterable[_Union[PacketCaptureFilter, _Mapping]]] = ..., continuous_capture: _Optional[bool] = ..., capture_settings: _Optional[_Union[PacketCaptureSettings, _Mapping]] = ..., bpf_filter: _Optional[str] = ..., add_new_instances: _Optional[bool] = ..., standby_in_seconds: _Optional[int] = ..., standby_bytes: _Optional[int] = ..., fleet_bytes_limit: _Optional[int] = ...) -> None: ...
 
 class PacketCaptureResult(_message.Message):
     __slots__ = ("name", "id", "etag", "provisioning_state", "properties", "created_time")
@@ -189,22 +191,52 @@ class PacketCaptureQueryStatusResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., trigger_after_seconds: _Optional[int] = ...) -> None: ...
 
 class CreatePacketCaptureRequest(_message.Message):
-    __slots__ = ("name", "resource_group", "subscription", "properties")
+    __slots__ = ("name", "resource_group", "subscription", "properties", "dry_run")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     resource_group: str
     subscription: str
     properties: PacketCaptureParameters
-    def __init__(self, name: _Optional[str] = ..., resource_group: _Optional[str] = ..., subscription: _Optional[str] = ..., properties: _Optional[_Union[PacketCaptureParameters, _Mapping]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, name: _Optional[str] = ..., resource_group: _Optional[str] = ..., subscription: _Optional[str] = ..., properties: _Optional[_Union[PacketCaptureParameters, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DryRunInstance(_message.Message):
+    __slots__ = ("id", "instance_id", "connected", "measured", "interface_bytes_per_second", "interface_packets_per_second", "estimated_bytes_per_second")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_PACKETS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    instance_id: str
+    connected: bool
+    measured: bool
+    interface_bytes_per_second: int
+    interface_packets_per_second: int
+    estimated_bytes_per_second: int
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., connected: _Optional[bool] = ..., measured: _Optional[bool] = ..., interface_bytes_per_second: _Optional[int] = ..., interface_packets_per_second: _Optional[int] = ..., estimated_bytes_per_second: _Optional[int] = ...) -> None: ...
+
+class DryRunResult(_message.Message):
+    __slots__ = ("instances", "estimated_bytes_per_second")
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[DryRunInstance]
+    estimated_bytes_per_second: int
+    def __init__(self, instances: _Optional[_Iterable[_Union[DryRunInstance, _Mapping]]] = ..., estimated_bytes_per_second: _Optional[int] = ...) -> None: ...
 
 class CreatePacketCaptureResponse(_message.Message):
-    __slots__ = ("capture",)
+    __slots__ = ("capture", "dry_run")
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     capture: PacketCaptureResult
-    def __init__(self, capture: _Optional[_Union[PacketCaptureResult, _Mapping]] = ...) -> None: ...
+    dry_run: DryRunResult
+    def __init__(self, capture: _Optional[_Union[PacketCaptureResult, _Mapping]] = ..., dry_run: _Optional[_Union[DryRunResult, _Mapping]] = ...) -> None: ...
 
 class GetPacketCaptureRequest(_message.Message):
     __slots__ = ("name",)

@@ -37,9 +37,23 @@ class AgentHello(_message.Message):
     captures: _containers.RepeatedCompositeFieldContainer[CaptureProgress]
     def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., interface: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., captures: _Optional[_Iterable[_Union[CaptureProgress, _Mapping]]] = ...) -> None: ...
 
+class InterfaceCounters(_message.Message):
+    __slots__ = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    def __init__(self, rx_bytes: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., tx_packets: _Optional[int] = ...) -> None: ...
+
 class Heartbeat(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("counters",)
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    counters: InterfaceCounters
+    def __init__(self, counters: _Optional[_Union[InterfaceCounters, _Mapping]] = ...) -> None: ...
 
 class CaptureProgress(_message.Message):
     __slots__ = ("capture_name", "capture_id", "status")
@@ -60,16 +74,20 @@ class ClockProbe(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., agent_send_ns: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "progress", "clock_probe")
+    __slots__ = ("hello", "heartbeat", "progress", "clock_probe", "budget_request", "budget_return")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_PROBE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_RETURN_FIELD_NUMBER: _ClassVar[int]
     hello: AgentHello
     heartbeat: Heartbeat
     progress: CaptureProgress
     clock_probe: ClockProbe
-    def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[CaptureProgress, _Mapping]] = ..., clock_probe: _Optional[_Union[ClockProbe, _Mapping]] = ...) -> None: ...
+    budget_request: BudgetRequest
+    budget_return: BudgetReturn
+    def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[CaptureProgress, _Mapping]] = ..., clock_probe: _Optional[_Union[ClockProbe, _Mapping]] = ..., budget_request: _Optional[_Union[BudgetRequest, _Mapping]] = ..., budget_return: _Optional[_Union[BudgetReturn, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("instance_resource_id", "heartbeat_interval_ms")
@@ -80,7 +98,7 @@ class Welcome(_message.Message):
     def __init__(self, instance_resource_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class StartCapture(_message.Message):
-    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local", "continuous", "file_size", "file_count", "standby_s", "standby_bytes")
+    __slots__ = ("capture_name", "capture_id", "file_path", "snaplen", "total_bytes", "time_limit_s", "filters", "bpf_filter", "upload", "keep_local", "continuous", "file_size", "file_count", "standby_s", "standby_bytes", "fleet_allowance")
     CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +114,7 @@ class StartCapture(_message.Message):
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     STANDBY_S_FIELD_NUMBER: _ClassVar[int]
     STANDBY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
     capture_name: str
     capture_id: str
     file_path: str
@@ -111,7 +130,42 @@ class StartCapture(_message.Message):
     file_count: int
     standby_s: int
     standby_bytes: int
-    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ..., continuous: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_count: _Optional[int] = ..., standby_s: _Optional[int] = ..., standby_bytes: _Optional[int] = ...) -> None: ...
+    fleet_allowance: int
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., file_path: _Optional[str] = ..., snaplen: _Optional[int] = ..., total_bytes: _Optional[int] = ..., time_limit_s: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_captures_pb2.PacketCaptureFilter, _Mapping]]] = ..., bpf_filter: _Optional[str] = ..., upload: _Optional[bool] = ..., keep_local: _Optional[bool] = ..., continuous: _Optional[bool] = ..., file_size: _Optional[int] = ..., file_count: _Optional[int] = ..., standby_s: _Optional[int] = ..., standby_bytes: _Optional[int] = ..., fleet_allowance: _Optional[int] = ...) -> None: ...
+
+class BudgetRequest(_message.Message):
+    __slots__ = ("capture_name", "capture_id", "used", "need")
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    NEED_FIELD_NUMBER: _ClassVar[int]
+    capture_name: str
+    capture_id: str
+    used: int
+    need: int
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., used: _Optional[int] = ..., need: _Optional[int] = ...) -> None: ...
+
+class BudgetReturn(_message.Message):
+    __slots__ = ("capture_name", "capture_id", "returned")
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
+    capture_name: str
+    capture_id: str
+    returned: int
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., returned: _Optional[int] = ...) -> None: ...
+
+class BudgetGrant(_message.Message):
+    __slots__ = ("capture_name", "capture_id", "granted", "exhausted")
+    CAPTURE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    capture_name: str
+    capture_id: str
+    granted: int
+    exhausted: bool
+    def __init__(self, capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., granted: _Optional[int] = ..., exhausted: _Optional[bool] = ...) -> None: ...
 
 class TriggerCapture(_message.Message):
     __slots__ = ("capture_name", "capture_id", "trigger_time_ms", "after_s", "source")
@@ -162,20 +216,22 @@ class ClockEcho(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., agent_send_ns: _Optional[int] = ..., coordinator_receive_ns: _Optional[int] = ..., coordinator_send_ns: _Optional[int] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "stop", "fetch", "trigger", "clock_echo")
+    __slots__ = ("welcome", "start", "stop", "fetch", "trigger", "clock_echo", "budget_grant")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
     CLOCK_ECHO_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_GRANT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartCapture
     stop: StopCapture
     fetch: FetchFile
     trigger: TriggerCapture
     clock_echo: ClockEcho
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ..., trigger: _Optional[_Union[TriggerCapture, _Mapping]] = ..., clock_echo: _Optional[_Union[ClockEcho, _Mapping]] = ...) -> None: ...
+    budget_grant: BudgetGrant
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartCapture, _Mapping]] = ..., stop: _Optional[_Union[StopCapture, _Mapping]] = ..., fetch: _Optional[_Union[FetchFile, _Mapping]] = ..., trigger: _Optional[_Union[TriggerCapture, _Mapping]] = ..., clock_echo: _Optional[_Union[ClockEcho, _Mapping]] = ..., budget_grant: _Optional[_Union[BudgetGrant, _Mapping]] = ...) -> None: ...
 
 class UploadOpen(_message.Message):
     __slots__ = ("identity", "capture_name", "capture_id", "file_path", "restart", "fetch_id")

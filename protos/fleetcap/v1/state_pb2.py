@@ -26,13 +26,15 @@ from fleetcap.v1 import captures_pb2 as fleetcap_dot_v1_dot_captures__pb2
 from fleetcap.v1 import fleet_pb2 as fleetcap_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/state.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\x1a\x17\x66leetcap/v1/fleet.proto\"\xe0\x01\n\rCaptureRecord\x12\x32\n\x08resource\x18\x01 \x01(\x0b\x32 .fleetcap.v1.PacketCaptureResult\x12\x16\n\x0estop_requested\x18\x02 \x01(\t\x12\x15\n\rinstance_keys\x18\x03 \x03(\t\x12\x12\n\nlocal_path\x18\x04 \x01(\t\x12\x11\n\tcontainer\x18\x05 \x01(\t\x12\x14\n\x0ctrigger_time\x18\x06 \x01(\t\x12\x16\n\x0etrigger_source\x18\x07 \x01(\t\x12\x17\n\x0ftrigger_after_s\x18\x08 \x01(\x05\"\x81\x01\n\x0eInstanceRecord\x12\x14\n\x0cinstance_key\x18\x01 \x01(\t\x12,\n\x08identity\x18\x02 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"\xa0\x01\n\x0b\x41gentRecord\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\tinterface\x18\x03 \x01(\t\x12\x11\n\taddresses\x18\x04 \x03(\t\x12\x16\n\x0e\x63onnected_time\x18\x05 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x06 \x01(\t\"r\n\x0b\x46\x65tchRecord\x12\x10\n\x08\x66\x65tch_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x14\n\x0cinstance_key\x18\x04 \x01(\t\x12\x11\n\tfile_path\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66leetcap/v1/state.proto\x12\x0b\x66leetcap.v1\x1a\x1a\x66leetcap/v1/captures.proto\x1a\x17\x66leetcap/v1/fleet.proto\"\xe0\x01\n\rCaptureRecord\x12\x32\n\x08resource\x18\x01 \x01(\x0b\x32 .fleetcap.v1.PacketCaptureResult\x12\x16\n\x0estop_requested\x18\x02 \x01(\t\x12\x15\n\rinstance_keys\x18\x03 \x03(\t\x12\x12\n\nlocal_path\x18\x04 \x01(\t\x12\x11\n\tcontainer\x18\x05 \x01(\t\x12\x14\n\x0ctrigger_time\x18\x06 \x01(\t\x12\x16\n\x0etrigger_source\x18\x07 \x01(\t\x12\x17\n\x0ftrigger_after_s\x18\x08 \x01(\x05\"\x81\x01\n\x0eInstanceRecord\x12\x14\n\x0cinstance_key\x18\x01 \x01(\t\x12,\n\x08identity\x18\x02 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12+\n\x06status\x18\x03 \x01(\x0b\x32\x1b.fleetcap.v1.InstanceStatus\"\xa0\x01\n\x0b\x41gentRecord\x12,\n\x08identity\x18\x01 \x01(\x0b\x32\x1a.fleetcap.v1.AgentIdentity\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\tinterface\x18\x03 \x01(\t\x12\x11\n\taddresses\x18\x04 \x03(\t\x12\x16\n\x0e\x63onnected_time\x18\x05 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x06 \x01(\t\"r\n\x0b\x46\x65tchRecord\x12\x10\n\x08\x66\x65tch_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pture_name\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x14\n\x0cinstance_key\x18\x04 \x01(\t\x12\x11\n\tfile_path\x18\x05 \x01(\t\"\xb0\x01\n\x0c\x42udgetRecord\x12\r\n\x05limit\x18\x01 \x01(\x03\x12\x0f\n\x07granted\x18\x02 \x01(\x03\x12;\n\tallowance\x18\x03 \x03(\x0b\x32(.fleetcap.v1.BudgetRecord.AllowanceEntry\x12\x11\n\texhausted\x18\x04 \x01(\x08\x1a\x30\n\x0e\x41llowanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetcap.v1.state_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BUDGETRECORD_ALLOWANCEENTRY']._loaded_options = None
+  _globals['_BUDGETRECORD_ALLOWANCEENTRY']._serialized_options = b'8\001'
   _globals['_CAPTURERECORD']._serialized_start=94
   _globals['_CAPTURERECORD']._serialized_end=318
   _globals['_INSTANCERECORD']._serialized_start=321
@@ -41,4 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTRECORD']._serialized_end=613
   _globals['_FETCHRECORD']._serialized_start=615
   _globals['_FETCHRECORD']._serialized_end=729
+  _globals['_BUDGETRECORD']._serialized_start=732
+  _globals['_BUDGETRECORD']._serialized_end=908
+  _globals['_BUDGETRECORD_ALLOWANCEENTRY']._serialized_start=860
+  _globals['_BUDGETRECORD_ALLOWANCEENTRY']._serialized_end=908
 # @@protoc_insertion_point(module_scope)

@@ -67,3 +67,22 @@ class FetchRecord(_message.Message):
     instance_key: str
     file_path: str
     def __init__(self, fetch_id: _Optional[str] = ..., capture_name: _Optional[str] = ..., capture_id: _Optional[str] = ..., instance_key: _Optional[str] = ..., file_path: _Optional[str] = ...) -> None: ...
+
+class BudgetRecord(_message.Message):
+    __slots__ = ("limit", "granted", "allowance", "exhausted")
+    class AllowanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
+    EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    granted: int
+    allowance: _containers.ScalarMap[str, int]
+    exhausted: bool
+    def __init__(self, limit: _Optional[int] = ..., granted: _Optional[int] = ..., allowance: _Optional[_Mapping[str, int]] = ..., exhausted: _Optional[bool] = ...) -> None: ...
