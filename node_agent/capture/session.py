@@ -147,6 +147,7 @@ class CaptureSession:
         self._thread = threading.Thread(target=self._run, name=f"capture-{spec.name}", daemon=True)
         self._timer: threading.Timer | None = None
         self._file_base = 0  # bytes of closed files, for counters.bytes
+        self._unfiltered = 0  # packets read from the ring before the filter was attached
         self._segment_opened = time.time()  # flight recorder: when the current segment opened
         # A fleet budget: the bytes the file may hold until more is granted; grants come from
         # another thread (grant), and only this one lowers it (an idle give-back).
@@ -346,6 +347,7 @@ class CaptureSession:
                     return
                 h = hdr.contents
                 if h.ts.tv_sec + h.ts.tv_usec / 1e6 < since:
+                    self._unfiltered += 1  # not counted as received: the filter never saw it
                     continue  # unfiltered: it came before the filter
                 if self._write_one(hdr, data) != 1:
                     return  # a limit: the capture ends here
@@ -416,12 +418,17 @@ class CaptureSession:
                 break
             now = time.monotonic()
             if now - last_stats >= STATS_INTERVAL_S:
-                c.received, c.kernel_drops, c.interface_drops = handle.stats()
+                c.received, c.kernel_drops, c.interface_drops = self._stats(handle)
                 last_stats = now
                 if self.spec.standby is not None:
                     self._standby_upkeep(self.spec.standby)
                 if self.spec.fleet_allowance and now - self._last_write >= IDLE_RETURN_S:
                     self._give_back()
+
+    def _stats(self, handle: CaptureSource) -> tuple[int, int, int]:
+        """libpcap's counters, less the packets that came before the filter (discarded unread)."""
+        received, kernel_drops, interface_drops = handle.stats()
+        return max(0, received - self._unfiltered), kernel_drops, interface_drops
 
     def _standby_upkeep(self, standby: Standby) -> None:
         """Armed: closes a segment older than an eighth of the window, and drops the segments
@@ -591,7 +598,7 @@ class CaptureSession:
         if final:
             handle.flush()
             self._written(0)
-            c.received, c.kernel_drops, c.interface_drops = handle.stats()
+            c.received, c.kernel_drops, c.interface_drops = self._stats(handle)
         with self._lock:
             self._handle = None
         handle.close()
