@@ -236,8 +236,12 @@ def test_a_trigger_rule_freezes_the_flight_recorder_once(gateway, coordinator):
 
         base = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/" \
                "NetworkWatcher_local/packetCaptures"
-        c.create(name="rec-rest", target="vm1", resource_group="rg1", storage_account="local",
-                 standby_in_seconds=5, filters=[{"protocol": "UDP", "localPort": "9"}])
+        # Armed through the REST API: standbyInSeconds in the ARM properties, as any other property.
+        status, created = gateway.call("PUT", f"{base}/rec-rest?api-version=2024-10-01", {"properties": {
+            "target": VM1, "storageLocation": {"storageId": "local"}, "standbyInSeconds": 5,
+            "filters": [{"protocol": "UDP", "localPort": "9"}]}}, token=TOKENS[Role.CONTRIBUTOR])
+        assert status == 201, created
+        assert (created["properties"]["standbyInSeconds"], created["properties"]["standbyBytes"]) == (5, 104857600)
         for body, want in (({"afterInSeconds": "5"}, (400, "afterInSeconds: must be a whole number of seconds")),
                            ({"after": 5}, (400, "after: unknown member of the request body")),
                            ({"afterInSeconds": -1}, (400, "afterInSeconds: -1 is out of range 0..18000"))):
