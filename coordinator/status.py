@@ -41,12 +41,14 @@ def is_final(status: captures_pb2.InstanceStatus) -> bool:
 
 
 def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
-    """True when nothing more will change for this instance: it has ended, and if it
-    uploads, its file is committed (or it failed)."""
+    """True when nothing more will change for this instance: it has ended, its files are
+    hashed, and if it uploads, they are committed (or it failed)."""
     if not is_final(status):
         return False
-    if status.packet_capture_status == Status.ERROR or not upload:
-        return True
+    if status.packet_capture_status == Status.ERROR or not status.capture_start_time:
+        return True  # failed, or stopped before it ever started: no file will come
+    if not upload:  # its files stay on the instance: settled once each is hashed (what a download checks)
+        return all(f.sha256 for f in status.files)
     if not status.files:  # a flight recorder stopped while armed: it stored nothing, by design
         return True
     return bool(status.files) and all(f.upload_complete for f in status.files)

@@ -60,8 +60,17 @@ def test_aggregate_states_and_reasons():
 
 
 def test_uploads_settled():
-    s = pb.InstanceStatus(packet_capture_status="Stopped", files=[pb.CaptureFile(upload_complete=False)])
-    assert not st.uploads_settled(s, upload=True) and st.uploads_settled(s, upload=False)
+    never = pb.InstanceStatus(packet_capture_status="Stopped", files=[pb.CaptureFile(file_path="/var/captures/a.cap")])
+    assert st.uploads_settled(never, upload=True) and st.uploads_settled(never, upload=False)  # stopped unstarted
+    s = pb.InstanceStatus(packet_capture_status="Stopped", capture_start_time="2026-12-02T21:00:00.000000Z",
+                          files=[pb.CaptureFile(upload_complete=False)])
+    # Kept on the instance: settled once the agent has hashed the file (what a download checks).
+    assert not st.uploads_settled(s, upload=True) and not st.uploads_settled(s, upload=False)
+    s.files[0].sha256 = "ab" * 32
+    assert st.uploads_settled(s, upload=False) and not st.uploads_settled(s, upload=True)
     s.files[0].upload_complete = True
     assert st.uploads_settled(s, upload=True)
     assert not st.uploads_settled(pb.InstanceStatus(packet_capture_status="Running"), upload=False)
+    assert st.uploads_settled(pb.InstanceStatus(packet_capture_status="Stopped", capture_start_time="2026-12-02T21:00:00Z"),
+                              upload=True)  # a flight recorder stopped while armed
+    assert st.uploads_settled(pb.InstanceStatus(packet_capture_status="Error", files=[pb.CaptureFile()]), upload=False)
