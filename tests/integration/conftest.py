@@ -26,6 +26,17 @@ class Deployment(str):
 
 
 
+def wait_every_instance(client: sdk.Client, name: str, status: str = "Running", timeout_s: float = 15):
+    """Until every instance of the capture reports `status`; returns the capture's status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = client.get_status(name=name)
+        if now.instances and all(i.packet_capture_status == status for i in now.instances):
+            return now
+        assert time.monotonic() < deadline, f"{name}: not every instance {status}: {now}"
+        time.sleep(0.1)
+
+
 def wait_agents(client: sdk.Client, count: int, log_path: str, timeout_s: float = 30) -> None:
     """Until `count` agents are registered (the coordinator may still be starting); a failure
     shows the coordinator's log."""

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fleetcap.clients import sdk
+from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import free_udp_port, two_agents
 
 pytestmark = pytest.mark.integration
@@ -66,10 +67,7 @@ def test_the_merge_corrects_each_instance_by_its_measured_offset(fleet, tmp_path
         c.create(name="skew-1", target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
                  file_path="/var/captures/skew-1.cap", time_limit_in_seconds=4,
                  filters=[{"protocol": "UDP", "localPort": str(port)}])
-        deadline = time.monotonic() + 15
-        while any(i.packet_capture_status != "Running" for i in c.get_status(name="skew-1").instances):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_every_instance(c, "skew-1")
         time.sleep(0.3)
         exchange(port)
         final = c.wait(name="skew-1", timeout_s=30)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetcap.clients import sdk
 from fleetcap.core.metrics import version
 from fleetcap.core.naming import parse_rfc3339
+from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import RECORD, free_udp_port, send, two_agents
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,7 @@ def downloaded(fleet, tmp_path_factory):
         c.create(name="ev-1", target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
                  file_path="/var/captures/ev-1.cap", time_limit_in_seconds=3,
                  filters=[{"protocol": "UDP", "localPort": str(port)}])
-        deadline = time.monotonic() + 15
-        while any(i.packet_capture_status != "Running" for i in c.get_status(name="ev-1").instances):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_every_instance(c, "ev-1")
         with pytest.raises(sdk.FleetcapError) as e:  # still running: nothing to sign yet
             c.manifest(name="ev-1")
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION

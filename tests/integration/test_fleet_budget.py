@@ -15,6 +15,7 @@ import pytest
 
 from fleetcap.clients import sdk
 from tests import pcaps
+from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import free_udp_port, two_agents
 
 pytestmark = pytest.mark.integration
@@ -45,10 +46,7 @@ def test_the_fleet_stops_within_one_record_of_its_budget(fleet):
         c.create(name="bud-1", target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
                  file_path="/var/captures/bud-1.cap", bpf_filter=f"udp port {port}", fleet_bytes_limit=LIMIT,
                  time_limit_in_seconds=60)
-        deadline = time.monotonic() + 15
-        while any(i.packet_capture_status != "Running" for i in c.get_status(name="bud-1").instances):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_every_instance(c, "bud-1")
         time.sleep(0.3)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # 1,500 numbered datagrams, 500 a second
             start = time.monotonic()

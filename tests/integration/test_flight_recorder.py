@@ -16,6 +16,7 @@ import pytest
 
 from fleetcap.clients import sdk
 from tests import pcaps
+from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import Fleet, free_udp_port, two_agents
 
 pytestmark = pytest.mark.integration
@@ -36,21 +37,11 @@ def send(port: int, tag: bytes, count: int, size: int = PAYLOAD) -> None:
             s.sendto(tag + bytes([i % 256]) * (size - len(tag)), ("127.0.0.1", port))
 
 
-def wait_for(c: sdk.Client, name: str, want: str, timeout: float = 15) -> sdk.pb.PacketCaptureQueryStatusResult:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = c.get_status(name=name)
-        if status.packet_capture_status == want and all(i.packet_capture_status == want for i in status.instances):
-            return status
-        assert time.monotonic() < deadline, f"{name} never {want}: {status}"
-        time.sleep(0.1)
-
-
 def arm(c: sdk.Client, name: str, port: int, standby: int, **options) -> None:
     c.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
              file_path=f"/var/captures/{name}.cap", filters=[{"protocol": "UDP", "localPort": str(port)}],
              standby_in_seconds=standby, **options)
-    wait_for(c, name, "Standby")
+    assert wait_every_instance(c, name, "Standby").packet_capture_status == "Standby"
     time.sleep(0.3)  # the filter is attached once the status is reported
 
 
