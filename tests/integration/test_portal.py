@@ -252,6 +252,31 @@ BIG = int(os.environ.get("FLEETCAP_PORTAL_INSTANCES", "120"))
 BUSY = {BIG - 5: 1000, BIG - 4: 2000, BIG - 3: 4000, BIG - 2: 8000, BIG - 1: 16000}  # packets/s; others idle
 
 
+def test_a_flight_recorder_is_triggered_from_its_row(browser, gateway, coordinator):
+    """A Standby capture's row has a Trigger button (no other row does); it triggers through the
+    REST action with the signed-in user's token, and the row follows it to TriggerWindowEnded."""
+    from selenium.webdriver.common.by import By
+    b = browser
+    find = lambda css: b.find_element(By.CSS_SELECTOR, css)
+    with sdk.Client(coordinator) as c:
+        c.create(name="portal-rec", target="vm1", resource_group="rg1", storage_account="local",
+                 standby_in_seconds=10, filters=[{"protocol": "UDP", "localPort": "9"}])
+    sign_in(b, gateway)
+    row = lambda: find("tr[data-name=portal-rec]")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Standby", what="Standby")
+    assert b.find_elements(By.CSS_SELECTOR, "tr:not([data-name=portal-rec]) [data-action=trigger]") == []
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=trigger]").click() or True, what="trigger")
+    wait_for(lambda: find("#banner").text == "Triggered portal-rec", what="the trigger banner")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TriggerWindowEnded",
+             what="TriggerWindowEnded")
+    with sdk.Client(coordinator) as c:
+        final = c.wait(name="portal-rec", timeout_s=30)
+        c.delete(name="portal-rec")
+    assert (final.packet_capture_status, final.stop_reason, final.trigger_source) == \
+        ("Stopped", "TriggerWindowEnded", "admin")
+    assert b.find_elements(By.CSS_SELECTOR, "[data-action=trigger]") == []
+
+
 @pytest.fixture(scope="module")
 def big_scale_set(coordinator):
     with SimulatedScaleSet(coordinator, TOKENS[Role.AGENT], "big", BIG, rate=0, rates=BUSY):

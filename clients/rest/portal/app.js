@@ -173,6 +173,9 @@ function captureRow(c, s) {
     el("td", { class: "num" }, fmt(sum(inst, "kernelDrops") + sum(inst, "interfaceDrops"))),
     el("td", {}, (c.systemData.createdAt || "").replace("T", " ").replace("Z", "")),
     el("td", {},
+      // A flight recorder (standbyInSeconds): keep its window on every instance now, and store it.
+      status === "Standby" ? el("button", { "data-action": "trigger",
+        onclick: () => act("POST", `${ARM}/${encodeURIComponent(name)}/trigger`, `Triggered ${name}`) }, "Trigger") : null,
       el("button", { "data-action": "stop", onclick: () => act("POST", `${ARM}/${encodeURIComponent(name)}/stop`, `Stopped ${name}`) }, "Stop"),
       el("button", { "data-action": "delete", onclick: () => {
         if (confirm(`Delete packet capture ${name}? Its files are kept.`)) act("DELETE", `${ARM}/${encodeURIComponent(name)}`, `Deleted ${name}`);
