@@ -49,10 +49,10 @@ def test_a_dry_run_estimates_from_the_interface_and_creates_nothing(coordinator)
         ("dry-1", VM1, 100)
     [row] = result.instances
     assert (row.id, row.instance_id, row.connected, row.measured) == (VM1, "vm1", True, True)
-    # lo counts each datagram as sent and as received: at least our own 2 x 2,000/s (other tests
-    # may add to it), and bytes of at least our payloads.
-    assert row.interface_packets_per_second >= 0.8 * 2 * RATE, row
-    assert row.interface_bytes_per_second >= 0.8 * 2 * RATE * SIZE, row
+    # lo counts each datagram as sent and as received: our own 2 x 2,000/s (other tests may add to
+    # it); half of that at least, for a sender thread slowed by a loaded machine.
+    assert row.interface_packets_per_second >= 0.5 * 2 * RATE, row
+    assert row.interface_bytes_per_second >= 0.5 * 2 * RATE * SIZE, row
     assert row.estimated_bytes_per_second == \
         min(row.interface_bytes_per_second, 100 * row.interface_packets_per_second) + 16 * row.interface_packets_per_second
     assert result.estimated_bytes_per_second == row.estimated_bytes_per_second
