@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any
@@ -17,8 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fleetcap.core import manifest
-
-CHUNK = 1 << 20
+from fleetcap.core.integrity import sha256_file
 
 
 @dataclasses.dataclass
@@ -81,16 +79,6 @@ def _safe(rel: str) -> bool:
     return bool(rel) and not rel.startswith("/") and all(p not in ("", ".", "..") and "\x00" not in p for p in parts)
 
 
-def _hash(path: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_path: str = "") -> Verdict:
     """Raises ManifestError for a manifest that is not a signed manifest at all."""
     try:
@@ -116,7 +104,7 @@ def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_pat
         if not os.path.isfile(full) or os.path.islink(full):
             checks.append(FileCheck(rel, "missing"))
             continue
-        size, digest = _hash(full)
+        size, digest = os.path.getsize(full), sha256_file(full)
         if (size, digest) != (entry.get("sizeBytes"), entry.get("sha256")):
             checks.append(FileCheck(rel, "modified", f"{size} bytes, SHA-256 {digest}; the manifest says "
                                                      f"{entry.get('sizeBytes')} bytes, {entry.get('sha256')}"))

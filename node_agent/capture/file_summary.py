@@ -13,11 +13,9 @@ import os
 import struct
 
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.pcap_format import PCAP_FILE_HEADER, PCAP_RECORD_HEADER, record_format
 
-PCAP_FILE_HEADER = 24
-PCAP_RECORD_HEADER = 16
 CHUNK = 1 << 20
-_DIVISOR = {0xA1B2C3D4: 1, 0xA1B23C4D: 1000}  # microsecond and nanosecond pcaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +34,13 @@ def summarize(root: CaptureRoot, path: str, tail_from: int = PCAP_FILE_HEADER) -
     next_rec = max(PCAP_FILE_HEADER, tail_from)
     last: tuple[int, int, int] | None = None  # (sec, frac, end offset) of the last header read
     whole: tuple[int, int] | None = None      # (sec, frac) of the last record known to be whole
-    order = "<"
+    order, div = "<", 1
     with os.fdopen(root.open_read(path), "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             if len(head) < PCAP_FILE_HEADER + PCAP_RECORD_HEADER:
                 head += chunk[:PCAP_FILE_HEADER + PCAP_RECORD_HEADER - len(head)]
-                if len(head) >= 4:
-                    order = "<" if struct.unpack("<I", head[:4])[0] in _DIVISOR else ">"
+                order, div = record_format(bytes(head)) or ("<", 1)
             data = carry + chunk
             base = pos - len(carry)
             pos += len(chunk)
@@ -56,7 +53,6 @@ def summarize(root: CaptureRoot, path: str, tail_from: int = PCAP_FILE_HEADER) -
             carry = data[next_rec - base:] if base <= next_rec < base + len(data) else b""
     if last is not None and last[2] <= pos:
         whole = (last[0], last[1])
-    div = _DIVISOR.get(struct.unpack(order + "I", head[:4])[0], 1) if len(head) >= 4 else 1
     first = 0
     if len(head) >= PCAP_FILE_HEADER + PCAP_RECORD_HEADER:
         sec, frac, caplen, _ = struct.unpack_from(order + "IIII", head, PCAP_FILE_HEADER)

@@ -26,13 +26,12 @@ from fleetcap.core.naming import rfc3339, ring_file_path, utc_now
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent.capture.capture_root import CaptureRoot, OutsideRoot
 from fleetcap.node_agent.capture.live_source import LiveHandle
+from fleetcap.node_agent.capture.pcap_format import PCAP_RECORD_HEADER
 from fleetcap.node_agent.capture.source import CaptureSource, SourceFactory
 from fleetcap.node_agent.capture.standby import SEGMENTS, TRIGGER_SLACK_S, Standby, assemble, segment_path
 
 log = logging.getLogger(__name__)
 
-PCAP_FILE_HEADER = 24
-PCAP_RECORD_HEADER = 16
 # libpcap's read timeout: how long a partly filled ring block waits before it is handed over.
 READ_TIMEOUT_MS = 100
 STATS_INTERVAL_S = 0.2
@@ -442,9 +441,9 @@ class CaptureSession:
         now = time.time()
         current = self._writing[-1]
         if current.packets and now - self._segment_opened >= standby.segment_age_s and self.spec.ring:
-            self._rotate(self.spec.ring)
+            self._rotate(self.spec.ring)  # (a standby spec always has its ring: __post_init__)
         for f in self._writing[:-1]:
-            if f.ended < now - standby.window_s - TRIGGER_SLACK_S and self._trigger is None:
+            if f.ended < now - standby.window_s - TRIGGER_SLACK_S:
                 self._delete(f)
         self._writing[:] = [f for f in self._writing if not f.deleted]
 

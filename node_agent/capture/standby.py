@@ -15,15 +15,12 @@ import posixpath
 import struct
 
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.pcap_format import PCAP_FILE_HEADER, PCAP_RECORD_HEADER, record_format
 
 SEGMENTS = 8
 # A segment is dropped for its age only this long after it left the window: a trigger takes
 # time to reach the agent, and its time is the coordinator's.
 TRIGGER_SLACK_S = 5.0
-PCAP_FILE_HEADER = 24
-PCAP_RECORD_HEADER = 16
-_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-           b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +83,10 @@ def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: fl
         for seg in segments:
             with os.fdopen(root.open_read(seg), "rb") as f:
                 data = f.read()
-            if len(data) < PCAP_FILE_HEADER or data[:4] not in _MAGICS:
+            fmt = record_format(data[:PCAP_FILE_HEADER]) if len(data) >= PCAP_FILE_HEADER else None
+            if fmt is None:
                 continue  # a segment cut before its header was written holds nothing
-            order, unit = _MAGICS[data[:4]]
+            order, divisor = fmt
             if not header_written:
                 out.write(data[:PCAP_FILE_HEADER])
                 size, header_written = PCAP_FILE_HEADER, True
@@ -99,7 +97,7 @@ def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: fl
                 end = off + PCAP_RECORD_HEADER + caplen
                 if end > len(data):
                     break  # a partial record (the ring was cut mid-write): never invented
-                t = sec + frac * unit
+                t = sec + frac // divisor / 1e6
                 keep = since <= t <= until
                 if keep and limit and size + (end - off) > limit:
                     full = True

@@ -267,6 +267,29 @@ def test_reconnects_are_spread_over_half_to_one_and_a_half_delays():
         assert max(buckets) < 0.15 * len(waits)
 
 
+def idle_runner(tmp_path) -> CaptureRunner:
+    """A runner with a capture root and no coordinator: for what it does with a message."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
+                         data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
+                         on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
+
+
+def held(runner: CaptureRunner, name: str, **start: int) -> CaptureSession:
+    """A capture the runner holds, session id s1, not started, with `start`'s settings."""
+    from fleetcap.node_agent.capture.standby import Standby
+    msg = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap", **start)
+    path = os.path.join(runner.root.root, f"{name}.cap")
+    cap = ActiveCapture(msg, path)
+    cap.session = CaptureSession(CaptureSpec(
+        name=name, capture_id="s1", interface="replay0", root=runner.root.root, path=path, expression="",
+        standby=Standby(msg.standby_s, msg.standby_bytes) if msg.standby_s else None,
+        fleet_allowance=msg.fleet_allowance))
+    runner.captures[name] = cap
+    return cap.session
+
+
 def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
     """TriggerCapture from a hostile or confused coordinator: another capture, another session of
     the same name, a capture that is no flight recorder, seconds after out of range, no time.
@@ -274,26 +297,11 @@ def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
     taken as now, and the source is kept printable. A second trigger changes nothing."""
     import time
 
-    from fleetcap.node_agent.capture.standby import Standby
     from fleetcap.node_agent.runner import start_problem
 
-    root = tmp_path / "root"
-    root.mkdir()
-    runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
-                           data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
-                           on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
-
-    def armed(name: str, standby_s: int) -> CaptureSession:
-        start = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap",
-                                       standby_s=standby_s, standby_bytes=8 << 20 if standby_s else 0)
-        cap = ActiveCapture(start, str(root / f"{name}.cap"))
-        cap.session = CaptureSession(CaptureSpec(
-            name=name, capture_id="s1", interface="replay0", root=str(root), path=str(root / f"{name}.cap"),
-            expression="", standby=Standby(standby_s, 8 << 20) if standby_s else None))
-        runner.captures[name] = cap
-        return cap.session
-
-    rec, plain = armed("rec", 30), armed("plain", 0)
+    runner = idle_runner(tmp_path)
+    rec = held(runner, "rec", standby_s=30, standby_bytes=8 << 20)
+    plain = held(runner, "plain")
     now_ms = int(time.time() * 1000)
     for t in (fleet_pb2.TriggerCapture(capture_name="other", capture_id="s1", trigger_time_ms=now_ms),
               fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s0", trigger_time_ms=now_ms),
@@ -321,23 +329,8 @@ def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
 
 
 def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
-                           data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
-                           on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
-
-    def made(name: str, allowance: int) -> CaptureSession:
-        start = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap",
-                                       fleet_allowance=allowance)
-        cap = ActiveCapture(start, str(root / f"{name}.cap"))
-        cap.session = CaptureSession(CaptureSpec(name=name, capture_id="s1", interface="replay0", root=str(root),
-                                                 path=str(root / f"{name}.cap"), expression="",
-                                                 fleet_allowance=allowance))
-        runner.captures[name] = cap
-        return cap.session
-
-    budgeted, plain = made("bud", 1000), made("plain", 0)
+    runner = idle_runner(tmp_path)
+    budgeted, plain = held(runner, "bud", fleet_allowance=1000), held(runner, "plain")
     for g in (fleet_pb2.BudgetGrant(capture_name="other", capture_id="s1", granted=5),
               fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s0", granted=5),
               fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=-500),

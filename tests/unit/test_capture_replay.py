@@ -10,8 +10,9 @@ import pytest
 
 from deploy.trafficgen import payload
 from fleetcap.core.vocabulary import Status, StopReason
+from fleetcap.node_agent.capture.pcap_format import PCAP_FILE_HEADER, PCAP_RECORD_HEADER
 from fleetcap.node_agent.capture.replay_source import ReplaySourceFactory
-from fleetcap.node_agent.capture.session import PCAP_FILE_HEADER, PCAP_RECORD_HEADER, CaptureSession, CaptureSpec, Ring
+from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec, Ring
 from tests import pcaps
 
 HERE, THERE = "10.0.0.1", "10.0.0.2"
