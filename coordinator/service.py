@@ -101,6 +101,17 @@ DEFAULT_PAGE_SIZE = 100
 _TOKEN_PREFIX = "after:"
 
 
+def settle(done: asyncio.Future[None], error: Exception | None = None) -> None:
+    """Resolves a report's future, unless its waiter has gone (the agent's stream closed and
+    cancelled it): the report is applied all the same, and the rest of its batch with it."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
 def _page_token(last_name: str) -> str:
     """Opaque to clients: the last name of the page. (A made-up token only moves where a
     listing starts; it reaches nothing the caller may not list.)"""
@@ -575,8 +586,7 @@ class CaptureService:
                 await self._apply_reports(batch)
             except Exception as e:  # etcd unreachable: every report of the batch fails with it
                 for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(e)
+                    settle(done, e)
 
     async def _apply_reports(self, batch: builtins.list[tuple[str, fleet_pb2.CaptureProgress, asyncio.Future[None]]]) -> None:
         names = sorted({p.capture_name for _, p, _ in batch})
@@ -587,11 +597,11 @@ class CaptureService:
             record = records[progress.capture_name]
             if record is None or progress.capture_id != session_id(record):
                 log.info("progress for unknown or deleted capture %s from %s ignored", progress.capture_name, instance_key)
-                done.set_result(None)
+                settle(done)
             elif instance_key not in record.instance_keys:
                 log.warning("progress for capture %s from %s, which it does not target", progress.capture_name,
                             instance_key)
-                done.set_result(None)
+                settle(done)
             else:
                 first_report = [False]
                 items.append((record.resource.name, instance_key,
@@ -600,12 +610,12 @@ class CaptureService:
         results = await self.store.update_instances(items) if items else []
         for (record, first_report, done), result in zip(waiting, results):
             if isinstance(result, Exception):
-                done.set_exception(result)
+                settle(done, result)
                 continue
             if first_report[0]:
                 created = parse_rfc3339(record.resource.created_time)
                 self.on_first_report((dt.datetime.now(dt.UTC) - created).total_seconds())
-            done.set_result(None)
+            settle(done)
 
     def _report_change(self, record: state_pb2.CaptureRecord, instance_key: str, progress: fleet_pb2.CaptureProgress,
                        first_report: builtins.list[bool]) -> Callable[[state_pb2.InstanceRecord], bool]:
@@ -668,15 +678,16 @@ class CaptureService:
                 await self.fail_instance(name, instance_key, CaptureError.AGENT_STOPPED,
                                          "the agent restarted and has no record of this capture")
 
-    async def reconcile_absent_agents(self) -> None:
-        """After a coordinator (re)start and one lease period: an instance still running whose
-        agent has not come back is lost (its lease expired while nobody watched)."""
+    async def reconcile_absent_agents(
+            self, why: str = "the agent did not reconnect after the coordinator restarted") -> None:
+        """After a coordinator (re)start and one lease period, or an interrupted agent watch: an
+        instance still running whose agent is not registered is lost (its lease expired while
+        nobody watched)."""
         present = set(await self.store.list_agents())
         for record in await self.store.list_captures():
             for key in record.instance_keys:
                 if key not in present:
-                    await self.fail_instance(record.resource.name, key, CaptureError.AGENT_STOPPED,
-                                             "the agent did not reconnect after the coordinator restarted")
+                    await self.fail_instance(record.resource.name, key, CaptureError.AGENT_STOPPED, why)
 
     async def _maybe_join(self, record: state_pb2.CaptureRecord, instance_key: str,
                           identity: fleet_pb2.AgentIdentity) -> None:

@@ -21,9 +21,14 @@ async def watch_agent_expiry(store: Store, service: CaptureService, sessions: Ag
     TCP stream has not timed out yet. Its stream is closed here so that it reconnects afresh
     (its report then revives what it still has: AgentStopped recovers), and the leader fails
     its unfinished captures."""
+    rewatch = False
     while True:
         try:
             async for event in store.watch_agents():
+                if event.kind == WatchKind.READY and rewatch and leading.is_set():
+                    # Watching again (etcd restarted): an agent that left while no watch ran
+                    # came as no event; its unfinished captures are failed now.
+                    await service.reconcile_absent_agents("the agent's lease expired while etcd was away")
                 if event.kind != WatchKind.DELETE:
                     continue
                 sessions.close(event.instance_key)
@@ -34,4 +39,5 @@ async def watch_agent_expiry(store: Store, service: CaptureService, sessions: Ag
             raise
         except Exception as e:  # etcd restarting: watch again
             log.warning("agent watch interrupted (%s); watching again", e)
+            rewatch = True
             await asyncio.sleep(REWATCH_S)

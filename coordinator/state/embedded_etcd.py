@@ -77,7 +77,7 @@ class EmbeddedEtcd:
     def __init__(self, data_dir: str, *, host: str = "127.0.0.1", log_path: str | None = None):
         self.data_dir = data_dir
         self.host = host
-        self.client_port = 0
+        self.client_port = self.peer_port = 0
         self.log_path = log_path or os.path.join(data_dir, "etcd.log")
         self.process: subprocess.Popen[bytes] | None = None
         self.server_tls, self.client_tls = EtcdTls(""), EtcdTls("")
@@ -100,10 +100,17 @@ class EmbeddedEtcd:
                     raise
         raise AssertionError("unreachable")
 
-    def _start(self, binary: str, timeout_s: float) -> EmbeddedEtcd:
-        self.client_port = free_port(self.host)
+    def restart(self, timeout_s: float = 20.0) -> EmbeddedEtcd:
+        """Stops etcd and starts it again on the same ports, data and certificates: what a
+        client sees of an etcd restart (bench/chaos_soak.py)."""
+        self.stop()
+        return self._start(shutil.which(ETCD_BINARY) or "/usr/bin/etcd", timeout_s, same_ports=True)
+
+    def _start(self, binary: str, timeout_s: float, *, same_ports: bool = False) -> EmbeddedEtcd:
+        if not same_ports:
+            self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
         client = f"https://{self.host}:{self.client_port}"
-        peer = f"https://{self.host}:{free_port(self.host)}"
+        peer = f"https://{self.host}:{self.peer_port}"
         cmd = [binary, "--name", "fleetcap", "--data-dir", os.path.join(self.data_dir, "member-data"),
                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
                "--listen-client-urls", client, "--advertise-client-urls", client,

@@ -89,6 +89,8 @@ def libc() -> ctypes.CDLL:
     c = ctypes.CDLL(None, use_errno=True)
     c.fdopen.restype, c.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
     c.fclose.restype, c.fclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    c.setvbuf.restype, c.setvbuf.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                                           ctypes.c_size_t]
     c.setsockopt.restype = ctypes.c_int
     c.setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
     return c
