@@ -53,6 +53,7 @@ AGENT_TTL_S = 10
 TIME_LIMIT_S = 60          # captures that end by their limit
 USER_STOP_AFTER_S = 25     # captures the user stops (their limit: 300 s)
 CREATE_EVERY_S = 40
+T0 = [time.monotonic()]  # the soak's start, for the agents' traces
 
 
 @dataclasses.dataclass
@@ -104,16 +105,31 @@ class ChaosAgent:
         self.on_first_welcome: Any = lambda: None
         self.repeated_starts = 0      # a start for a capture it runs: ignored, as the real agent does
         self.starts_after_finish = 0  # a start for a capture it has finished: the capture would run twice
+        self.trace: list[str] = []    # what happened to this agent, printed for an instance found wrong
+
+    def note(self, what: str) -> None:
+        self.trace.append(f"{time.monotonic() - T0[0]:6.1f}s replica {'AB'[self.replica]} {what}")
 
     async def send(self, msg: fleet_pb2.AgentMessage) -> None:
+        final = msg.HasField("progress") and msg.progress.status.packet_capture_status == "Stopped"
         call = self.call
         if call is None:
+            if final:
+                self.note(f"{msg.progress.capture_name} Stopped: not connected, for the next hello")
             return  # disconnected: the next hello carries the state
         try:
             async with self.lock:
                 await call.write(msg)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            pass
+            if final:
+                self.note(f"{msg.progress.capture_name} Stopped sent")
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
+            if final:
+                self.note(f"{msg.progress.capture_name} Stopped not sent: {type(e).__name__}")
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                raise  # this task is being cancelled, not the call
+            if final:  # a write on a call the dropper just cancelled: it raises CancelledError
+                self.note(f"{msg.progress.capture_name} Stopped not sent: the call was dropped")
 
     def drop(self) -> None:
         if self.call is not None:
@@ -149,25 +165,30 @@ class ChaosAgent:
                 return False
             welcomed, self.call = True, call
             self.connects += 1
+            self.note("welcomed")
             if self.connects == 1:
                 self.on_first_welcome()
             beat = asyncio.ensure_future(self._heartbeat(first.welcome.heartbeat_interval_ms / 1000))
             while True:
                 msg = await call.read()
                 if not isinstance(msg, fleet_pb2.CoordinatorMessage):
+                    self.note("stream ended by the coordinator")
                     return welcomed
                 if msg.HasField("start"):
                     await self._start(msg.start)
                 elif msg.HasField("stop"):
+                    self.note(f"stop {msg.stop.capture_name} received")
                     h = self.held.get(msg.stop.capture_name)
                     if h is not None and h.start.capture_id == msg.stop.capture_id and h.status == "Running":
                         h.stop(time.monotonic(), msg.stop.reason)
                         await self.send(fleet_pb2.AgentMessage(progress=h.progress()))
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as e:
+            self.note(f"stream ended: {e.code().name}")
             return welcomed
         except asyncio.CancelledError:
             if not self.dropping:
                 raise
+            self.note("dropped")
             return welcomed
         finally:
             self.call, self.dropping = None, False
@@ -193,7 +214,7 @@ class ChaosAgent:
 
     async def report(self, now: float) -> None:
         """Once a second: progress of what runs; a capture that reached its time limit stops."""
-        for h in self.held.values():
+        for h in list(self.held.values()):  # a start may come while a report is written
             if h.status == "Running":
                 h.tick(now)
                 await self.send(fleet_pb2.AgentMessage(progress=h.progress()))
@@ -219,7 +240,7 @@ class Cluster:
     def start(self, i: int) -> None:
         t = self.etcd.client_tls
         self.procs[i] = proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", "--listen",
+            [sys.executable, "-m", "fleetcap", "--log-level", os.environ.get("FLEETCAP_BENCH_LOG", "WARNING"), "coordinator", "--listen",
              f"127.0.0.1:{self.ports[i]}", "--auth-file", self.auth, "--data-dir", os.path.join(self.work, f"data{i}"),
              "--agent-ttl", str(AGENT_TTL_S), "--etcd", self.etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert,
              "--etcd-key", t.key],
@@ -252,7 +273,8 @@ async def retry(what: str, call: Any, deadline_s: float = 90) -> Any:
             await asyncio.sleep(1)
 
 
-async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random) -> int:
+async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, etcd_at: float = 0.5,
+               kill_replicas: bool = True) -> int:
     metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {TOKENS['agent']}"),)
     pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-n // AGENTS_PER_CONNECTION))]
              for a in cluster.addresses]
@@ -268,7 +290,7 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random) -> 
     stop = asyncio.Event()
     runs = [asyncio.ensure_future(a.run(stop)) for a in agents]
     client = sdk.AsyncClient(",".join(cluster.addresses), token=TOKENS["admin"], timeout_s=20)
-    t0 = time.monotonic()
+    t0 = T0[0] = time.monotonic()
     events: list[str] = []
 
     def log(what: str) -> None:
@@ -293,10 +315,12 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random) -> 
     async def chaos() -> None:
         plan = [(0.2, "kill replica B", lambda: cluster.kill(1)),
                 (0.3, "restart replica B", lambda: cluster.start(1)),
-                (0.5, "stop etcd", lambda: cluster.etcd.stop()),
-                (0.5 + 5 / seconds, "start etcd", lambda: cluster.etcd.restart()),
+                (etcd_at, "stop etcd", lambda: cluster.etcd.stop()),
+                (etcd_at + 5 / seconds, "start etcd", lambda: cluster.etcd.restart()),
                 (0.7, "kill replica A", lambda: cluster.kill(0)),
                 (0.8, "restart replica A", lambda: cluster.start(0))]
+        if not kill_replicas:
+            plan = [step for step in plan if "replica" not in step[1]]
         for at, what, act in plan:
             await asyncio.sleep(max(0.0, t0 + at * seconds - time.monotonic()))
             await asyncio.to_thread(act)
@@ -361,6 +385,9 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random) -> 
     stop.set()
     for a in agents:
         a.drop()
+    _, connecting = await asyncio.wait(runs, timeout=10)
+    for r in connecting:  # an agent still waiting for a welcome: nothing more to learn from it
+        r.cancel()
     await asyncio.gather(*runs, return_exceptions=True)
     await client.close()
     for pool in pools:
@@ -399,6 +426,9 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random) -> 
     print(f"instances checked: {sum(len(r.instances) for r in final.values())}; problems: {len(problems)}")
     for p in problems[:20]:
         print("  " + p)
+    for p in [p for p in problems if " instance " in p][:3]:
+        index = int(p.split(" instance ")[1].split(":")[0])
+        print(f"agent {index}'s trace:\n    " + "\n    ".join(agents[index].trace))
     return 1 if problems else 0
 
 
@@ -407,11 +437,14 @@ def main() -> int:
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=600)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--etcd-at", type=float, default=0.5, help="when etcd stops for 5 s, as a fraction of the soak")
+    p.add_argument("--no-replica-kills", action="store_true", help="only etcd's restart and the dropped connections")
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="fleetcap-chaos-")
     cluster = Cluster(work, 2)
     try:
-        return asyncio.run(soak(cluster, a.agents, a.seconds, random.Random(a.seed)))
+        return asyncio.run(soak(cluster, a.agents, a.seconds, random.Random(a.seed), etcd_at=a.etcd_at,
+                                kill_replicas=not a.no_replica_kills))
     finally:
         cluster.close()
         if os.environ.get("FLEETCAP_BENCH_KEEP"):

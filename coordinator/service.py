@@ -25,6 +25,7 @@ from fleetcap.coordinator.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    StoreUnavailable,
     Unimplemented,
 )
 from fleetcap.coordinator.fetch import Dispatcher, InstanceFiles
@@ -584,6 +585,16 @@ class CaptureService:
                 continue
             try:
                 await self._apply_reports(batch)
+            except asyncio.CancelledError:
+                # Raised inside an etcd call (gRPC cancels the calls of a channel that closes)
+                # while this task itself runs on: the batch fails like any etcd failure. Had
+                # this task ended here, every waiter of the batch would have waited for ever
+                # (bench/chaos_soak.py: a replica whose agents' reports all stopped).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                for _, _, done in batch:
+                    settle(done, StoreUnavailable("an etcd call was cancelled"))
             except Exception as e:  # etcd unreachable: every report of the batch fails with it
                 for _, _, done in batch:
                     settle(done, e)
@@ -658,7 +669,11 @@ class CaptureService:
                 await self._maybe_join(record, instance_key, hello.identity)
                 continue
             name = record.resource.name
-            inst = next((i for i in await self.store.get_instances(name) if i.instance_key == instance_key), None)
+            # This instance's record only: reading all 1,000 of a scale set's, for every capture
+            # and every hello, made a replica's reconnect storm (500 agents moving over from a
+            # killed replica) a minute of saturated CPU in which live agents were judged silent
+            # (bench/chaos_soak.py).
+            inst = await self.store.get_instance(name, instance_key)
             if inst is None or st.is_final(inst.status):
                 continue
             if name in reported:
@@ -726,6 +741,8 @@ class CaptureService:
                                          "the agent stopped sending heartbeats and its lease expired")
 
     async def fail_instance(self, name: str, instance_key: str, error: str, message: str) -> None:
+        failed = [False]
+
         def fail(rec: state_pb2.InstanceRecord) -> bool:
             s = rec.status
             if st.is_final(s):
@@ -734,9 +751,11 @@ class CaptureService:
             s.stop_reason = StopReason.AGENT_STOPPED if error == CaptureError.AGENT_STOPPED else StopReason.CAPTURE_FAILED
             s.packet_capture_error[:] = [error]
             s.error_message = message
+            failed[0] = True
             return True
         try:
             await self.store.update_instance(name, instance_key, fail)
-            log.warning("capture %s on %s: %s (%s)", name, instance_key, error, message)
+            if failed[0]:  # (an instance already finished is left as it is, and not logged)
+                log.warning("capture %s on %s: %s (%s)", name, instance_key, error, message)
         except FleetcapError:
             pass  # the capture was deleted meanwhile

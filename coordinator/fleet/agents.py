@@ -11,7 +11,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied
+from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied, StoreUnavailable
 from fleetcap.coordinator.fetch import InterfaceRate
 from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.service import CaptureService
@@ -35,6 +35,9 @@ MIN_HEARTBEAT_MS = 200
 # stop reason, errors, a file opened, closed, hashed or stored) is written at once.
 MIN_PERSIST_S = 1.0
 COUNTER_WRITES_PER_S = 150
+# A report etcd could not take is written again after this long (while the stream lasts; after
+# it, the agent's next hello carries its state).
+RETRY_REPORT_S = 1.0
 
 
 def counters_only(old: fleet_pb2.CaptureProgress | None, new: fleet_pb2.CaptureProgress) -> bool:
@@ -263,7 +266,14 @@ class ControlSession:
             await self._wake.wait()
             self._wake.clear()
             next_due = None
-            for name, progress in list(self._pending.items()):
+            for name in list(self._pending):
+                # The newest report of each capture as it is now, not as it was when the loop
+                # began: an await below (a slow etcd) lets newer reports in, and a stale one
+                # taken from a snapshot deleted the newer one unwritten. That lost agents' final
+                # Stopped reports for good (bench/chaos_soak.py, an etcd restart).
+                progress = self._pending.get(name)
+                if progress is None:
+                    continue
                 last = self._written.get(name)
                 due = last[0] + self.sessions.persist_interval() if last else 0.0
                 if counters_only(last[1] if last else None, progress) and loop.time() < due:
@@ -273,12 +283,35 @@ class ControlSession:
                 try:
                     await self.service.apply_progress(self.instance_key, progress)
                     self._written[name] = (loop.time(), progress)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the stream closed: flush() writes what waits
+                    self._retry(name, progress, "an etcd call was cancelled")
+                    next_due = self._retry_at(loop, next_due)
+                except StoreUnavailable as e:
+                    # etcd away: the report waits and is written again, unless a newer one
+                    # came meanwhile. Dropped, an agent's last word (Stopped) was lost for good
+                    # while its stream stayed up (bench/chaos_soak.py).
+                    self._retry(name, progress, str(e))
+                    next_due = self._retry_at(loop, next_due)
                 except FleetcapError as e:
                     log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
                 except Exception:  # never lose the writer to one bad report
                     log.exception("agent %s: progress of %s", self.instance_key, name)
             if next_due is not None:
                 loop.call_at(next_due, self._wake.set)
+
+    def _retry(self, name: str, progress: fleet_pb2.CaptureProgress, why: str) -> None:
+        if name not in self._pending:  # (a newer report replaces it)
+            self._pending[name] = progress
+        log.warning("agent %s: progress of %s not written (%s); retrying in %g s", self.instance_key, name, why,
+                    RETRY_REPORT_S)
+
+    @staticmethod
+    def _retry_at(loop: asyncio.AbstractEventLoop, next_due: float | None) -> float:
+        at = loop.time() + RETRY_REPORT_S
+        return at if next_due is None else min(next_due, at)
 
     async def flush(self) -> None:
         """Writes every report still waiting (the stream ended): the last word of an agent that

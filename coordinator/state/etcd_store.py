@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
+# What an etcd that is shutting down answers a call in flight: the connection closes before any
+# status ("No status received"), or the call is cancelled with its channel. aetcd raises these
+# as a bare ClientError.
+_CUT_OFF = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
+
+
+def retryable(e: Exception) -> bool:
+    """Whether an etcd call's failure is etcd being away (retried, then StoreUnavailable), not
+    a refusal. Every write here is a compare-and-swap or idempotent, so a call that may have
+    been applied before the connection closed is safe to send again."""
+    if isinstance(e, _RETRYABLE):
+        return True
+    cause = e.__cause__
+    return type(e) is aetcd.exceptions.ClientError and isinstance(cause, grpc.aio.AioRpcError) \
+        and cause.code() in _CUT_OFF
 
 
 def _b(s: str) -> bytes:
@@ -133,7 +148,9 @@ class EtcdKV(KVBackend):
         while True:
             try:
                 return await fn(self._connect())
-            except _RETRYABLE as e:
+            except aetcd.exceptions.ClientError as e:
+                if not retryable(e):
+                    raise
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise StoreUnavailable(f"etcd unreachable at {', '.join(self._endpoints)}: {e}") from None
                 log.warning("etcd call failed (%s); retrying in %.2fs", e, delay)

@@ -244,6 +244,11 @@ class Store:
     async def get_instances(self, name: str) -> list[state_pb2.InstanceRecord]:
         return [self._decode(state_pb2.InstanceRecord, kv) for kv in await self._scan(keys.instances_of(name))]
 
+    async def get_instance(self, name: str, instance_key: str) -> state_pb2.InstanceRecord | None:
+        """One instance of a capture: one key read, not the capture's every instance."""
+        kv = await self.kv.get(keys.instance(name, instance_key))
+        return None if kv is None else self._decode(state_pb2.InstanceRecord, kv)
+
     async def put_instance(self, name: str, record: state_pb2.InstanceRecord) -> None:
         """Adds an instance to an existing capture (addNewInstances); never overwrites one."""
         key = keys.instance(name, record.instance_key)

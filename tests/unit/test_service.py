@@ -228,3 +228,106 @@ def test_a_stop_made_while_no_watch_ran_reaches_the_agents_when_the_watch_is_bac
             await follow
         await svc.store.close()
     asyncio.run(body())
+
+
+def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
+    """etcd away while an agent's stream stays up: its Stopped report fails once (etcd
+    unreachable, then a call cancelled under it) and is written when etcd is back, not dropped.
+    (Found by bench/chaos_soak.py: instances stayed Running for good after an etcd restart.)"""
+    from fleetcap.coordinator.errors import StoreUnavailable
+    from fleetcap.coordinator.fleet import agents as agents_module
+    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
+
+    monkeypatch.setattr(agents_module, "RETRY_REPORT_S", 0.05)
+
+    class FlakyService:
+        def __init__(self):
+            self.failures = [StoreUnavailable("etcd unreachable"), asyncio.CancelledError()]
+            self.written: list[str] = []
+
+        async def apply_progress(self, instance_key, progress):
+            if self.failures:
+                raise self.failures.pop(0)
+            self.written.append(progress.status.packet_capture_status)
+
+    async def body():
+        service = FlakyService()
+        class Presence:
+            def release(self, *args, **kwargs):
+                pass
+        session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
+        session.session = AgentSession("local/rg/vmss/web/0")
+        stopped = fleet_pb2.CaptureProgress(capture_name="c", capture_id="x",
+                                            status=pb.InstanceStatus(packet_capture_status="Stopped",
+                                                                     stop_reason="TimeExceeded"))
+        await session.handle(fleet_pb2.AgentMessage(progress=stopped))
+        for _ in range(100):
+            if service.written:
+                break
+            await asyncio.sleep(0.02)
+        assert (service.failures, service.written) == ([], ["Stopped"])
+        session.close()
+    asyncio.run(body())
+
+
+def test_an_etcd_call_cut_off_by_a_shutting_down_etcd_is_retried_and_a_refusal_is_not():
+    import aetcd.exceptions
+    import grpc
+
+    from fleetcap.coordinator.state.etcd_store import retryable
+
+    def client_error(code):
+        cause = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "No status received")
+        try:
+            raise aetcd.exceptions.ClientError("No status received") from cause
+        except aetcd.exceptions.ClientError as e:
+            return e
+    assert retryable(client_error(grpc.StatusCode.UNKNOWN))
+    assert retryable(client_error(grpc.StatusCode.CANCELLED))
+    assert retryable(aetcd.exceptions.ConnectionFailedError("etcd down"))
+    assert not retryable(client_error(grpc.StatusCode.PERMISSION_DENIED))
+    assert not retryable(aetcd.exceptions.InvalidArgumentError("bad key"))
+    assert not retryable(aetcd.exceptions.ClientError("no cause"))
+
+
+def test_a_report_that_comes_while_another_is_written_is_the_one_written():
+    """Two captures' reports wait; while the first is written (etcd slow), the second capture's
+    Stopped comes. The Stopped is what gets written, not the older report the writer had
+    already seen. (Found by bench/chaos_soak.py: an etcd restart left instances Running for
+    good, their Stopped deleted unwritten.)"""
+    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
+
+    class SlowService:
+        def __init__(self):
+            self.release = asyncio.Event()
+            self.written: list[tuple[str, str]] = []
+
+        async def apply_progress(self, instance_key, progress):
+            if progress.capture_name == "first":
+                await self.release.wait()
+            self.written.append((progress.capture_name, progress.status.packet_capture_status))
+
+    def report(name, status):
+        return fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+            capture_name=name, capture_id="x", status=pb.InstanceStatus(packet_capture_status=status)))
+
+    async def body():
+        service = SlowService()
+
+        class Presence:
+            def release(self, *args, **kwargs):
+                pass
+        session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
+        session.session = AgentSession("local/rg/vmss/web/0")
+        await session.handle(report("first", "Running"))
+        await session.handle(report("second", "Running"))
+        await asyncio.sleep(0.05)  # the writer has both, and waits on the first
+        await session.handle(report("second", "Stopped"))
+        service.release.set()
+        for _ in range(100):
+            if ("second", "Stopped") in service.written:
+                break
+            await asyncio.sleep(0.02)
+        assert service.written == [("first", "Running"), ("second", "Stopped")]
+        session.close()
+    asyncio.run(body())

@@ -45,8 +45,12 @@ class StoreContract:
             assert (await s.get_capture("c1")) == rec
             assert [c.resource.name for c in await s.list_captures()] == ["c1"]
             assert sorted(i.instance_key for i in await s.get_instances("c1")) == ["a/b/vmss/w/0", "a/b/vmss/w/1"]
+            assert await s.get_instance("c1", "a/b/vmss/w/1") == insts[1]
+            assert await s.get_instance("c1", "a/b/vmss/w/2") is None
+            assert await s.get_instance("c", "a/b/vmss/w/1") is None  # a name that prefixes another
             await s.delete_capture("c1")
             assert await s.get_capture("c1") is None and await s.get_instances("c1") == []
+            assert await s.get_instance("c1", "a/b/vmss/w/1") is None
         self.run(body)
 
     def test_captures_page_in_name_order_without_a_prefix_neighbour(self, monkeypatch):
