@@ -252,7 +252,13 @@ class Cluster:
         self.procs[i] = None
 
     def rss(self) -> list[float]:
-        return [rss_mb(p.pid) if p is not None and p.poll() is None else 0.0 for p in self.procs]
+        out = []
+        for p in self.procs:
+            try:
+                out.append(rss_mb(p.pid) if p is not None and p.poll() is None else 0.0)
+            except FileNotFoundError:  # killed between the poll and the read
+                out.append(0.0)
+        return out
 
     def close(self) -> None:
         for p in self.procs:
