@@ -45,7 +45,8 @@ AGENTS_PER_CONNECTION = 50
 async def worker(addresses: list[str], first: int, count: int, per_set: int) -> None:
     """`count` agents from global index `first`; prints `connected` once every one is welcomed,
     then runs until its stdin closes."""
-    metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {TOKENS['agent']}"),)
+    # The benchmark's agent token comes in the environment (never on a command line).
+    metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {os.environ['FLEETCAP_BENCH_AGENT_TOKEN']}"),)
     channels: dict[tuple[int, int], object] = {}
     agents = []
     for i in range(first, first + count):
@@ -160,7 +161,8 @@ def main() -> int:
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.replicas_bench", "--worker", ",".join(addresses), str(first),
                  str(min(share, total - first)), str(a.instances)],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env={**os.environ, "FLEETCAP_BENCH_AGENT_TOKEN": TOKENS["agent"]}))
         for w in workers:
             if w.stdout is None or w.stdout.readline().strip() != "connected":
                 raise RuntimeError("an agent worker did not connect its agents")
