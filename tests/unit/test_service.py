@@ -230,13 +230,24 @@ def test_a_stop_made_while_no_watch_ran_reaches_the_agents_when_the_watch_is_bac
     asyncio.run(body())
 
 
+def connected_session(service):
+    """A ControlSession of one connected agent, on `service` (anything with apply_progress)."""
+    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
+
+    class Presence:
+        def release(self, *args, **kwargs):
+            pass
+    session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
+    session.session = AgentSession("local/rg/vmss/web/0")
+    return session
+
+
 def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
     """etcd away while an agent's stream stays up: its Stopped report fails once (etcd
     unreachable, then a call cancelled under it) and is written when etcd is back, not dropped.
     (Found by bench/chaos_soak.py: instances stayed Running for good after an etcd restart.)"""
     from fleetcap.coordinator.errors import StoreUnavailable
     from fleetcap.coordinator.fleet import agents as agents_module
-    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
 
     monkeypatch.setattr(agents_module, "RETRY_REPORT_S", 0.05)
 
@@ -252,11 +263,7 @@ def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
 
     async def body():
         service = FlakyService()
-        class Presence:
-            def release(self, *args, **kwargs):
-                pass
-        session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
-        session.session = AgentSession("local/rg/vmss/web/0")
+        session = connected_session(service)
         stopped = fleet_pb2.CaptureProgress(capture_name="c", capture_id="x",
                                             status=pb.InstanceStatus(packet_capture_status="Stopped",
                                                                      stop_reason="TimeExceeded"))
@@ -295,8 +302,6 @@ def test_a_report_that_comes_while_another_is_written_is_the_one_written():
     Stopped comes. The Stopped is what gets written, not the older report the writer had
     already seen. (Found by bench/chaos_soak.py: an etcd restart left instances Running for
     good, their Stopped deleted unwritten.)"""
-    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
-
     class SlowService:
         def __init__(self):
             self.release = asyncio.Event()
@@ -313,12 +318,7 @@ def test_a_report_that_comes_while_another_is_written_is_the_one_written():
 
     async def body():
         service = SlowService()
-
-        class Presence:
-            def release(self, *args, **kwargs):
-                pass
-        session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
-        session.session = AgentSession("local/rg/vmss/web/0")
+        session = connected_session(service)
         await session.handle(report("first", "Running"))
         await session.handle(report("second", "Running"))
         await asyncio.sleep(0.05)  # the writer has both, and waits on the first
