@@ -102,6 +102,13 @@ DEFAULT_PAGE_SIZE = 100
 _TOKEN_PREFIX = "after:"
 
 
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled, as opposed to a CancelledError
+    raised from inside a call it awaited (gRPC raises one for a call whose channel closed)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
 def settle(done: asyncio.Future[None], error: Exception | None = None) -> None:
     """Resolves a report's future, unless its waiter has gone (the agent's stream closed and
     cancelled it): the report is applied all the same, and the rest of its batch with it."""
@@ -590,8 +597,7 @@ class CaptureService:
                 # while this task itself runs on: the batch fails like any etcd failure. Had
                 # this task ended here, every waiter of the batch would have waited for ever
                 # (bench/chaos_soak.py: a replica whose agents' reports all stopped).
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                if being_cancelled():
                     raise
                 for _, _, done in batch:
                     settle(done, StoreUnavailable("an etcd call was cancelled"))

@@ -14,7 +14,7 @@ from typing import Any
 from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied, StoreUnavailable
 from fleetcap.coordinator.fetch import InterfaceRate
 from fleetcap.coordinator.fleet.presence import Presence
-from fleetcap.coordinator.service import CaptureService
+from fleetcap.coordinator.service import CaptureService, being_cancelled
 from fleetcap.coordinator.state import keys
 from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
@@ -283,18 +283,13 @@ class ControlSession:
                 try:
                     await self.service.apply_progress(self.instance_key, progress)
                     self._written[name] = (loop.time(), progress)
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
+                except (asyncio.CancelledError, StoreUnavailable) as e:
+                    # etcd away (or a call cancelled under us): the report waits and is written
+                    # again, unless a newer one came meanwhile. Dropped, an agent's last word
+                    # (Stopped) was lost for good while its stream stayed up (bench/chaos_soak.py).
+                    if isinstance(e, asyncio.CancelledError) and being_cancelled():
                         raise  # the stream closed: flush() writes what waits
-                    self._retry(name, progress, "an etcd call was cancelled")
-                    next_due = self._retry_at(loop, next_due)
-                except StoreUnavailable as e:
-                    # etcd away: the report waits and is written again, unless a newer one
-                    # came meanwhile. Dropped, an agent's last word (Stopped) was lost for good
-                    # while its stream stayed up (bench/chaos_soak.py).
-                    self._retry(name, progress, str(e))
-                    next_due = self._retry_at(loop, next_due)
+                    next_due = self._retry(loop, name, progress, str(e) or "an etcd call was cancelled", next_due)
                 except FleetcapError as e:
                     log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
                 except Exception:  # never lose the writer to one bad report
@@ -302,14 +297,13 @@ class ControlSession:
             if next_due is not None:
                 loop.call_at(next_due, self._wake.set)
 
-    def _retry(self, name: str, progress: fleet_pb2.CaptureProgress, why: str) -> None:
-        if name not in self._pending:  # (a newer report replaces it)
+    def _retry(self, loop: asyncio.AbstractEventLoop, name: str, progress: fleet_pb2.CaptureProgress, why: str,
+               next_due: float | None) -> float:
+        """Puts a report back (unless a newer one replaced it); returns the writer's next wake."""
+        if name not in self._pending:
             self._pending[name] = progress
         log.warning("agent %s: progress of %s not written (%s); retrying in %g s", self.instance_key, name, why,
                     RETRY_REPORT_S)
-
-    @staticmethod
-    def _retry_at(loop: asyncio.AbstractEventLoop, next_due: float | None) -> float:
         at = loop.time() + RETRY_REPORT_S
         return at if next_due is None else min(next_due, at)
 
