@@ -108,7 +108,7 @@ class ChaosAgent:
         self.trace: list[str] = []    # what happened to this agent, printed for an instance found wrong
 
     def note(self, what: str) -> None:
-        self.trace.append(f"{time.monotonic() - T0[0]:6.1f}s replica {'AB'[self.replica]} {what}")
+        self.trace.append(f"{time.monotonic() - T0[0]:6.1f}s replica {chr(ord('A') + self.replica)} {what}")
 
     async def send(self, msg: fleet_pb2.AgentMessage) -> None:
         final = msg.HasField("progress") and msg.progress.status.packet_capture_status == "Stopped"

@@ -5,8 +5,11 @@
 Real parts: etcd (embedded, its own process) and `--replicas` `fleetcap coordinator` processes
 sharing it, each with the default agent TTL (10 s, a heartbeat every 2.5 s). The simulated agents
 run in `--workers` processes of their own (not the coordinators', not this one's), spread evenly:
-agent i connects to replica i mod R. Each speaks the real fleet protocol (hello, heartbeats) and
-answers a StartCapture with a Running report, as fanout_bench's agents do.
+agent i connects to replica i mod R, all at once. They are chaos_soak's agents: each speaks the
+real fleet protocol (hello, heartbeats), answers a StartCapture with a Running report, and on a
+broken stream reconnects to the next replica after a jittered back-off, as node_agent does.
+Also reported: how many streams the agents opened in all (10,000 if none was ever refused or
+closed) and what the coordinators logged about silent agents and etcd.
 
 The fleet is `--scale-sets` scale sets of `--instances` instances (a scale set has at most
 1,000). One run creates a capture on every scale set at once, through the SDK on replica 0, and
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -27,8 +31,8 @@ import sys
 import tempfile
 import time
 
+from bench.chaos_soak import ChaosAgent
 from bench.datapath_bench import ROOT, TOKENS, rss_mb, save_auth, wait_port
-from bench.fanout_bench import RunningAgent
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.coordinator.state import keys
@@ -43,40 +47,56 @@ AGENTS_PER_CONNECTION = 50
 
 
 async def worker(addresses: list[str], first: int, count: int, per_set: int) -> None:
-    """`count` agents from global index `first`; prints `connected` once every one is welcomed,
-    then runs until its stdin closes."""
+    """`count` agents from global index `first`; prints `connected` once every one has been
+    welcomed, then runs until its stdin closes and prints how many streams they opened in all."""
     # The benchmark's agent token comes in the environment (never on a command line).
     metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {os.environ['FLEETCAP_BENCH_AGENT_TOKEN']}"),)
-    channels: dict[tuple[int, int], object] = {}
+    per_replica = -(-count // len(addresses))
+    pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-per_replica // AGENTS_PER_CONNECTION))]
+             for a in addresses]
+    rng = random.Random(first)
+    ready, welcomed = asyncio.Event(), [0]
+
+    def first_welcome() -> None:
+        welcomed[0] += 1
+        if welcomed[0] == count:
+            ready.set()
     agents = []
     for i in range(first, first + count):
-        replica = i % len(addresses)
-        slot = (replica, (i // len(addresses)) // AGENTS_PER_CONNECTION)
-        if slot not in channels:
-            channels[slot] = transport.aio_channel(addresses[replica], dedicated=True)
-        agent = RunningAgent(channels[slot], 0, metadata)
+        # Agent i starts on replica i mod R (and, as node_agent/control.py does, reconnects to
+        # the next one after a jittered back-off if its stream breaks).
+        agent = ChaosAgent(i, pools, metadata, rng)
         agent.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name=f"set{i // per_set}",
                                                  instance_id=str(i % per_set))
+        agent.on_first_welcome = first_welcome
         agents.append(agent)
-    ready, welcomed = asyncio.Event(), [0]
-    tasks = [asyncio.ensure_future(a.run(ready, welcomed, count)) for a in agents]
-    await asyncio.wait_for(ready.wait(), timeout=600)
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(a.run(stop)) for a in agents]
+    await asyncio.wait_for(ready.wait(), timeout=300)
     print("connected", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench closes it
+    print(f"streams {sum(a.connects for a in agents)}", flush=True)
+    stop.set()
     for t in tasks:
         t.cancel()
 
 
-async def follow_running(store: Store, total: int, watching: asyncio.Event, all_running: asyncio.Event) -> None:
+async def follow_running(store: Store, total: int, watching: asyncio.Event, all_running: asyncio.Event,
+                         marks: dict[str, float]) -> None:
     """Sets `watching` once the watch exists, `all_running` once `total` instance records have
-    been written Running."""
+    been written Running; `marks` gets when the first record was written, and when a tenth, half
+    and all of them were Running."""
     running: set[str] = set()
     async for event in store.watch(keys.INSTANCES):
         if event.kind == WatchKind.READY:
             watching.set()
         elif event.kind == WatchKind.PUT:
+            marks.setdefault("first record", time.perf_counter())
             if decode(state_pb2.InstanceRecord, event.value).status.packet_capture_status == "Running":
                 running.add(event.key)
+                for label, share in (("10% Running", 0.1), ("50% Running", 0.5), ("all Running", 1.0)):
+                    if len(running) >= share * total:
+                        marks.setdefault(label, time.perf_counter())
                 if len(running) == total:
                     all_running.set()
 
@@ -93,12 +113,14 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
         for run in range(runs):
             names = [f"r{run}s{s}" for s in range(sets)]
             all_running, watching = asyncio.Event(), asyncio.Event()
-            watcher = asyncio.ensure_future(follow_running(store, total, watching, all_running))
+            marks: dict[str, float] = {}
+            watcher = asyncio.ensure_future(follow_running(store, total, watching, all_running, marks))
             await watching.wait()
             t0 = time.perf_counter()
             await asyncio.gather(*(client.create(name=n, target=f"set{s}", target_type="AzureVMSS",
                                                  resource_group="bench", file_path="/var/captures/f.cap",
                                                  time_limit_in_seconds=0) for s, n in enumerate(names)))
+            marks["created"] = time.perf_counter()
             while not all_running.is_set():
                 peak = [max(x, rss_mb(p.pid)) for x, p in zip(peak, procs)]
                 try:
@@ -109,9 +131,10 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
             watcher.cancel()
             statuses = await asyncio.gather(*(client.get_status(name=n) for n in names))
             seen = sum(1 for st in statuses for i in st.instances if i.packet_capture_status == "Running")
+            timeline = ", ".join(f"{label} {(at - t0) * 1000:.0f}" for label, at in sorted(marks.items(), key=lambda m: m[1]))
             print(f"run {run}: {total} instances Running in {latencies[-1] * 1000:.0f} ms "
-                  f"(GetStatus after: {seen} Running); RSS {', '.join(f'{rss_mb(p.pid):.0f}' for p in procs)} MiB",
-                  flush=True)
+                  f"(GetStatus after: {seen} Running); RSS {', '.join(f'{rss_mb(p.pid):.0f}' for p in procs)} MiB; "
+                  f"ms after create: {timeline}", flush=True)
             if seen != total:
                 raise RuntimeError(f"GetStatus shows {seen} Running, not {total}")
             for n in names:
@@ -169,6 +192,15 @@ def main() -> int:
         print(f"{total} agents connected over {a.replicas} replicas in {time.monotonic() - t0:.1f} s", flush=True)
         time.sleep(5)
         r = asyncio.run(measure(addresses, etcd, procs, a.scale_sets, a.instances, a.runs))
+        streams = 0
+        for w in workers:
+            if w.stdin is not None:
+                w.stdin.close()
+            line = w.stdout.readline().split() if w.stdout is not None else []
+            streams += int(line[1]) if line[:1] == ["streams"] else 0
+        logs = "".join(open(os.path.join(work, f"coord{i}.log")).read() for i in range(a.replicas))
+        print(f"streams opened by the {total} agents: {streams}; coordinators logged {logs.count('silent for')} "
+              f"agents closed as silent, {logs.count('DEADLINE_EXCEEDED')} etcd calls past their deadline")
         lo, hi = r["range"]
         print(f"\n== {total} agents ({a.scale_sets} scale sets × {a.instances}) over {a.replicas} replicas, "
               f"{a.runs} runs: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "

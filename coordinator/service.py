@@ -221,9 +221,10 @@ class CaptureService:
         if await self.store.get_capture(name) is not None:
             raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, "
                                 "delete it first")
+        candidates = await self.store.list_agents(under=targets.agents_prefix(
+            p.target, p.target_type, subscription=subscription, resource_group=resource_group))
         resolved = targets.resolve(p.target, p.target_type, list(p.scope.include), list(p.scope.exclude),
-                                   subscription=subscription, resource_group=resource_group,
-                                   agents=await self.store.list_agents())
+                                   subscription=subscription, resource_group=resource_group, agents=candidates)
         p.target = resolved.target_id
         del p.scope.include[:]
         del p.scope.exclude[:]

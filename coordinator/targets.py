@@ -48,6 +48,15 @@ def _scope_instance_id(entry: str, scale_set: str) -> str:
     return e
 
 
+def agents_prefix(target: str, target_type: str, *, subscription: str, resource_group: str) -> str:
+    """The instance keys a target can resolve to all start with this (the agents to read for
+    `resolve`: a scale set's 1,000, not a fleet's 10,000). Raises InvalidArgument as resolve does."""
+    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION,
+                                  resource_group or DEFAULT_RESOURCE_GROUP)
+    kind = "vm" if target_type == TargetType.VM else "vmss"
+    return f"{sub.lower()}/{rg.lower()}/{kind}/{name.lower()}" + ("" if kind == "vm" else "/")
+
+
 def resolve(target: str, target_type: str, include: list[str], exclude: list[str], *,
             subscription: str, resource_group: str,
             agents: Mapping[str, state_pb2.AgentRecord]) -> Resolved:

@@ -13,25 +13,62 @@ Now the replica renews one lease, and judges its agents itself:
   agents reconnect to another replica and register there first).
 The leader turns a removed record into AgentStopped for the captures still running there
 (expiry.py), as a lease expiry did before.
+
+Registrations are written in batches, one etcd transaction for up to AGENT_BATCH agents: when
+10,000 agents connected at once to three replicas, one transaction per agent overloaded etcd
+(3,555 calls past their deadline; bench/replicas_bench.py).
+
+A replica judges silence by its own clock, so it must not blame its agents for its own delay:
+an event loop too busy to read their heartbeats on time (a reconnect storm on 2 cores) closed
+507 live agents as silent. The time the loop itself was late is added to the TTL (see
+LoopLag).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 from collections.abc import Callable
 
-from fleetcap.coordinator.errors import FleetcapError
-from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.errors import FleetcapError, StoreUnavailable
+from fleetcap.coordinator.service import being_cancelled, settle
+from fleetcap.coordinator.state.store import AGENT_BATCH, Store
 from fleetcap.v1 import state_pb2
 
 log = logging.getLogger(__name__)
 
 RENEWALS_PER_TTL = 4
-REREGISTER_PER_S = 200
+REREGISTER_PER_S = 1000
 """After the replica's lease was lost (etcd away longer than a TTL), its agents are registered
 again under a new lease at most this fast, in a shuffled order: never a burst on etcd."""
+LAG_TICK_S = 0.25
+
+
+class LoopLag:
+    """How late this replica's event loop has been lately: a task that sleeps LAG_TICK_S and
+    measures how much later it woke. `recent()` is the worst lateness within the last `window`
+    seconds. A heartbeat read late by as much was not the agent's fault."""
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._samples: list[tuple[float, float]] = []  # (when, how late), worst-first pruned
+
+    def note(self, at: float, late: float) -> None:
+        self._samples = [(t, x) for t, x in self._samples if at - t <= self.window_s and x > late]
+        self._samples.append((at, late))
+
+    def recent(self, now: float) -> float:
+        return max((x for t, x in self._samples if now - t <= self.window_s), default=0.0)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_TICK_S)
+            now = loop.time()
+            self.note(now, max(0.0, now - before - LAG_TICK_S))
 
 
 class Presence:
@@ -42,6 +79,11 @@ class Presence:
         self._lease_lock = asyncio.Lock()
         self._records: dict[str, state_pb2.AgentRecord] = {}  # agents registered by this replica
         self._removals: set[asyncio.Task[None]] = set()
+        # Registrations waiting for the next transaction, and the one task that writes them.
+        self._waiting: collections.deque[tuple[str, state_pb2.AgentRecord, asyncio.Future[None]]] = \
+            collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.lag = LoopLag(window_s=2 * ttl_s)
 
     async def _current_lease(self) -> int:
         async with self._lease_lock:
@@ -50,8 +92,46 @@ class Presence:
             return self._lease
 
     async def register(self, instance_key: str, record: state_pb2.AgentRecord) -> None:
+        """Returns once the record is in etcd, written with others that came meanwhile; raises
+        the etcd error of its batch. A registration that fails or is given up (the stream
+        closed) is released as a stream that ended."""
         self._records[instance_key] = record
-        await self.store.put_agent(instance_key, record, await self._current_lease())
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((instance_key, record, done))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_registrations())
+        try:
+            await done
+        except BaseException:
+            self.release(instance_key, record, after_s=self.ttl_s)
+            raise
+
+    async def _write_registrations(self) -> None:
+        batch: list[asyncio.Future[None]] = []
+        try:
+            while self._waiting:
+                records: dict[str, state_pb2.AgentRecord] = {}
+                while self._waiting and len(records) < AGENT_BATCH:
+                    key, record, done = self._waiting.popleft()
+                    batch.append(done)
+                    records[key] = record  # an agent twice in a batch: its newest record
+                try:
+                    await self.store.put_agents(records, await self._current_lease())
+                except (Exception, asyncio.CancelledError) as e:
+                    if isinstance(e, asyncio.CancelledError) and being_cancelled():
+                        raise
+                    for done in batch:
+                        settle(done, e if isinstance(e, Exception) else StoreUnavailable("an etcd call was cancelled"))
+                else:
+                    for done in batch:
+                        settle(done)
+                batch = []
+        finally:
+            self._writer = None
+            stopping = FleetcapError("the replica is stopping")
+            for done in batch + [done for _, _, done in self._waiting]:
+                settle(done, stopping)
+            self._waiting.clear()
 
     def release(self, instance_key: str, record: state_pb2.AgentRecord, *, after_s: float) -> None:
         """The agent's stream ended: its record goes after `after_s` seconds unless the agent has
@@ -74,20 +154,30 @@ class Presence:
 
     async def run(self, silent: Callable[[float], list[str]]) -> None:
         """Runs for ever: renews the lease RENEWALS_PER_TTL times per TTL and closes agents
-        silent for a whole TTL (`silent(ttl)` closes them and returns their keys)."""
+        silent for a whole TTL, plus however late this replica's loop has lately been
+        (`silent(seconds)` closes them and returns their keys)."""
         interval = self.ttl_s / RENEWALS_PER_TTL
-        while True:
-            await asyncio.sleep(interval)
-            for key in silent(self.ttl_s):
-                log.warning("agent %s: silent for %d s; its stream is closed", key, self.ttl_s)
-            try:
-                lease = await self._current_lease()
-                if not await self.store.refresh_lease(lease):
-                    await self._renew_lost_lease()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # etcd unreachable: try again next round
-                log.warning("agents' lease: %s", e)
+        loop = asyncio.get_running_loop()
+        lag = asyncio.ensure_future(self.lag.run())
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                allowed = self.ttl_s + self.lag.recent(loop.time())
+                for key in silent(allowed):
+                    log.warning("agent %s: silent for %.1f s; its stream is closed", key, allowed)
+                await self._renew()
+        finally:
+            lag.cancel()
+
+    async def _renew(self) -> None:
+        try:
+            lease = await self._current_lease()
+            if not await self.store.refresh_lease(lease):
+                await self._renew_lost_lease()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # etcd unreachable: try again next round
+            log.warning("agents' lease: %s", e)
 
     async def _renew_lost_lease(self) -> None:
         async with self._lease_lock:
@@ -95,15 +185,16 @@ class Presence:
         keys = list(self._records)
         random.shuffle(keys)
         log.warning("the agents' lease expired (etcd was away); registering %d agents again", len(keys))
-        for i, key in enumerate(keys):
-            record = self._records.get(key)
-            if record is not None:
-                await self.store.put_agent(key, record, self._lease)
-            if i % 10 == 9:
-                await asyncio.sleep(10 / REREGISTER_PER_S)
+        for i in range(0, len(keys), AGENT_BATCH):
+            batch = {k: r for k in keys[i:i + AGENT_BATCH] if (r := self._records.get(k)) is not None}
+            if batch:
+                await self.store.put_agents(batch, self._lease)
+            await asyncio.sleep(AGENT_BATCH / REREGISTER_PER_S)
 
     async def close(self) -> None:
         """Stops pending removals (the lease settles them once this replica is gone)."""
+        if self._writer is not None:
+            self._writer.cancel()
         for task in list(self._removals):
             task.cancel()
         for task in list(self._removals):

@@ -35,6 +35,8 @@ from fleetcap.v1 import state_pb2
 CAS_ATTEMPTS = 50
 # Keys per transaction: etcd allows 128 operations (--max-txn-ops), compares included.
 TXN_BATCH = 60
+# Agent records per transaction (puts alone, no compares).
+AGENT_BATCH = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,15 +125,23 @@ class KVBackend(abc.ABC):
 
 
 def encode(message: Message) -> bytes:
-    return json_format.MessageToJson(message, indent=None).encode()
+    """A record as stored in etcd: protobuf's binary form (docs/decisions.md, "Records in etcd
+    are binary"; `fleetcap state` prints them as JSON)."""
+    return message.SerializeToString()
 
 
 M = TypeVar("M", bound=Message)
 
 
 def decode(cls: type[M], data: bytes) -> M:
+    """A stored record. Coordinators before 2026-12-03 wrote JSON: such a record (it starts with
+    "{", which no binary record can, since tag 0x7b would be a proto2 group) is still read, and
+    rewritten binary on its next change."""
     message = cls()
-    json_format.Parse(data, message, ignore_unknown_fields=True)
+    if data[:1] == b"{":
+        json_format.Parse(data, message, ignore_unknown_fields=True)
+    else:
+        message.ParseFromString(data)
     return message
 
 
@@ -159,18 +169,21 @@ class Store:
         await self.kv.close()
 
     def _decode(self, cls: type[M], kv: KV) -> M:
+        out = cls()
+        out.CopyFrom(self._peek(cls, kv))
+        return out
+
+    def _peek(self, cls: type[M], kv: KV) -> M:
+        """The cached decoded message itself: for reading only, never to change or hand out."""
         hit = self._decoded.get(kv.key)
         if hit is not None and hit[0] == kv.mod_revision and isinstance(hit[1], cls):
             self._decoded.move_to_end(kv.key)
-            message = hit[1]
-        else:
-            message = decode(cls, kv.value)
-            self._decoded[kv.key] = (kv.mod_revision, message)
-            if len(self._decoded) > DECODED_CACHE:
-                self._decoded.popitem(last=False)
-        out = cls()
-        out.CopyFrom(message)
-        return out
+            return hit[1]
+        message = decode(cls, kv.value)
+        self._decoded[kv.key] = (kv.mod_revision, message)
+        if len(self._decoded) > DECODED_CACHE:
+            self._decoded.popitem(last=False)
+        return message
 
     async def _scan(self, prefix: str) -> list[KV]:
         """Every key under a prefix, read SCAN_PAGE keys at a time: one read of a large prefix
@@ -258,7 +271,7 @@ class Store:
         """Names of captures with an instance not yet Stopped or in Error (one range read)."""
         running = set()
         for kv in await self._scan(keys.INSTANCES):
-            status = self._decode(state_pb2.InstanceRecord, kv).status.packet_capture_status
+            status = self._peek(state_pb2.InstanceRecord, kv).status.packet_capture_status
             if not is_terminal(status):
                 running.add(keys.capture_name_of_instance(kv.key))
         return running
@@ -353,14 +366,13 @@ class Store:
     async def grant_lease(self, ttl_s: int) -> int:
         return await self.kv.grant_lease(ttl_s)
 
-    async def put_agent(self, instance_key: str, record: state_pb2.AgentRecord, lease: int) -> None:
-        """Writes the agent record under a lease the caller holds (its replica's), replacing a
-        record left by an earlier connection of the same agent."""
-        key = keys.agent(instance_key)
-        while True:
-            old = await self.kv.get(key)
-            if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
-                return
+    async def put_agents(self, records: dict[str, state_pb2.AgentRecord], lease: int) -> None:
+        """Writes agent records (instance key → record, at most AGENT_BATCH) in one transaction
+        under a lease the caller holds (its replica's), each replacing a record left by an earlier
+        connection of the same agent."""
+        if len(records) > AGENT_BATCH:
+            raise ValueError(f"{len(records)} agent records in one transaction; at most {AGENT_BATCH}")
+        await self.kv.put_if([(keys.agent(k), encode(r)) for k, r in records.items()], {}, lease=lease)
 
     async def remove_agent(self, instance_key: str, record: state_pb2.AgentRecord) -> bool:
         """Deletes the agent record iff it is still `record` (the agent has not registered again,
@@ -371,9 +383,10 @@ class Store:
             return False
         return await self.kv.delete_if(key, kv.mod_revision)
 
-    async def list_agents(self) -> dict[str, state_pb2.AgentRecord]:
+    async def list_agents(self, under: str = "") -> dict[str, state_pb2.AgentRecord]:
+        """Registered agents, by instance key; with `under`, only those whose key starts so."""
         return {keys.instance_key_of(kv.key): self._decode(state_pb2.AgentRecord, kv)
-                for kv in await self._scan(keys.AGENTS)}
+                for kv in await self._scan(keys.AGENTS + under)}
 
     # -- fetches (a download's request for a file that only its instance holds) ---------
 

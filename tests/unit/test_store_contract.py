@@ -147,6 +147,38 @@ class StoreContract:
             assert not await s.refresh_lease(lease)
         self.run(body)
 
+    def test_agents_listed_under_a_prefix(self):
+        async def body(s: Store):
+            lease = await s.grant_lease(30)
+            idents = [fleet_pb2.AgentIdentity(vmss_name="web", instance_id="0"),
+                      fleet_pb2.AgentIdentity(vmss_name="web2", instance_id="0"),
+                      fleet_pb2.AgentIdentity(vm_name="web")]
+            await s.put_agents({keys.instance_key(i): state_pb2.AgentRecord(identity=i) for i in idents}, lease)
+            assert list(await s.list_agents(under="local/default/vmss/web/")) == ["local/default/vmss/web/0"]
+            assert len(await s.list_agents()) == 3
+        self.run(body)
+
+    def test_a_record_a_previous_version_wrote_as_json_is_read_and_rewritten_binary(self):
+        """Coordinators before 2026-12-03 stored JSON: an upgraded one reads such a record and
+        writes it back binary on its next change."""
+        from google.protobuf import json_format
+
+        async def body(s: Store):
+            rec, insts = capture("old", "k1")
+            await s.create_capture(rec, [])
+            key = keys.instance("old", "k1")
+            await s.kv.put_if([(key, json_format.MessageToJson(insts[0], indent=None).encode())], {key: 0})
+            assert (await s.get_instances("old")) == insts
+
+            def run(r):
+                r.status.packet_capture_status = "Running"
+                return True
+            await s.update_instance("old", "k1", run)
+            stored = (await s.kv.get(key)).value
+            assert stored[:1] != b"{"
+            assert store_module.decode(state_pb2.InstanceRecord, stored).status.packet_capture_status == "Running"
+        self.run(body)
+
     def test_reregistering_moves_the_record_to_the_new_lease(self):
         async def body(s: Store):
             ident = fleet_pb2.AgentIdentity(vm_name="vm2")

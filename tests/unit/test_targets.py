@@ -76,3 +76,23 @@ def test_scope_selecting_nothing_and_mismatched_type_are_invalid():
     with pytest.raises(InvalidArgument) as e:
         resolve(f"{BASE}/virtualMachineScaleSets/Web/virtualMachines/1")
     assert e.value.field == "target"
+
+
+@pytest.mark.parametrize("target,target_type,rg", [
+    ("web", "AzureVMSS", "rg1"), ("WEB", "AzureVMSS", "rg2"), ("db1", "AzureVM", "rg1"),
+    (f"{BASE}/virtualMachineScaleSets/Web", "AzureVMSS", "other"),
+])
+def test_the_agents_under_the_prefix_resolve_as_all_agents_do(target, target_type, rg):
+    """A create reads only the agents under agents_prefix (a scale set's, not the fleet's): that
+    must resolve exactly as the whole registry does."""
+    prefix = targets.agents_prefix(target, target_type, subscription="", resource_group=rg)
+    under = {k: r for k, r in agents().items() if k.startswith(prefix)}
+    assert under and len(under) < len(agents())
+    whole = targets.resolve(target, target_type, [], [], subscription="", resource_group=rg, agents=agents())
+    assert targets.resolve(target, target_type, [], [], subscription="", resource_group=rg, agents=under) == whole
+
+
+def test_a_scale_set_prefix_does_not_take_in_a_longer_name():
+    assert targets.agents_prefix("web", "AzureVMSS", subscription="", resource_group="rg1") == "local/rg1/vmss/web/"
+    assert not "local/rg1/vmss/web2/0".startswith(
+        targets.agents_prefix("web", "AzureVMSS", subscription="", resource_group="rg1"))
