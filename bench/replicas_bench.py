@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from bench.chaos_soak import ChaosAgent
-from bench.datapath_bench import ROOT, TOKENS, rss_mb, save_auth, wait_port
+from bench.datapath_bench import ROOT, TOKENS, cpu_s, rss_mb, save_auth, wait_port
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.coordinator.state import keys
@@ -102,7 +102,8 @@ async def follow_running(store: Store, total: int, watching: asyncio.Event, all_
 
 
 async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[subprocess.Popen[bytes]],
-                  sets: int, per_set: int, runs: int) -> dict:
+                  sets: int, per_set: int, runs: int, others: dict[str, int]) -> dict:
+    """`others`: more processes (name → pid) whose CPU time in each run is reported."""
     t = etcd.client_tls
     store = Store(EtcdKV([etcd.endpoint], access=EtcdAccess(t.ca, t.cert, t.key)))
     total = sets * per_set
@@ -116,6 +117,8 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
             marks: dict[str, float] = {}
             watcher = asyncio.ensure_future(follow_running(store, total, watching, all_running, marks))
             await watching.wait()
+            watched = {**{f"coordinator {i}": p.pid for i, p in enumerate(procs)}, **others, "bench": os.getpid()}
+            cpu0 = {name: cpu_s(pid) for name, pid in watched.items()}
             t0 = time.perf_counter()
             await asyncio.gather(*(client.create(name=n, target=f"set{s}", target_type="AzureVMSS",
                                                  resource_group="bench", file_path="/var/captures/f.cap",
@@ -128,13 +131,15 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
                 except TimeoutError:
                     pass
             latencies.append(time.perf_counter() - t0)
+            used = {name: cpu_s(pid) - cpu0[name] for name, pid in watched.items()}
             watcher.cancel()
             statuses = await asyncio.gather(*(client.get_status(name=n) for n in names))
             seen = sum(1 for st in statuses for i in st.instances if i.packet_capture_status == "Running")
             timeline = ", ".join(f"{label} {(at - t0) * 1000:.0f}" for label, at in sorted(marks.items(), key=lambda m: m[1]))
             print(f"run {run}: {total} instances Running in {latencies[-1] * 1000:.0f} ms "
                   f"(GetStatus after: {seen} Running); RSS {', '.join(f'{rss_mb(p.pid):.0f}' for p in procs)} MiB; "
-                  f"ms after create: {timeline}", flush=True)
+                  f"ms after create: {timeline}; CPU-s: {sum(used.values()):.1f} "
+                  f"({', '.join(f'{n} {x:.1f}' for n, x in used.items())})", flush=True)
             if seen != total:
                 raise RuntimeError(f"GetStatus shows {seen} Running, not {total}")
             for n in names:
@@ -191,7 +196,15 @@ def main() -> int:
                 raise RuntimeError("an agent worker did not connect its agents")
         print(f"{total} agents connected over {a.replicas} replicas in {time.monotonic() - t0:.1f} s", flush=True)
         time.sleep(5)
-        r = asyncio.run(measure(addresses, etcd, procs, a.scale_sets, a.instances, a.runs))
+        idle = {f"coordinator {i}": p.pid for i, p in enumerate(procs)}
+        idle.update({"etcd": etcd.process.pid if etcd.process else 0, **{f"agents {k}": w.pid for k, w in enumerate(workers)}})
+        before = {n: cpu_s(pid) for n, pid in idle.items()}
+        time.sleep(10)
+        print(f"idle (heartbeats only), share of a core over 10 s: "
+              f"{', '.join(f'{n} {(cpu_s(pid) - before[n]) / 10:.0%}' for n, pid in idle.items())}", flush=True)
+        assert etcd.process is not None
+        others = {"etcd": etcd.process.pid, **{f"agents {k}": w.pid for k, w in enumerate(workers)}}
+        r = asyncio.run(measure(addresses, etcd, procs, a.scale_sets, a.instances, a.runs, others))
         streams = 0
         for w in workers:
             if w.stdin is not None:

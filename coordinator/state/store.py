@@ -35,6 +35,8 @@ from fleetcap.v1 import state_pb2
 CAS_ATTEMPTS = 50
 # Keys per transaction: etcd allows 128 operations (--max-txn-ops), compares included.
 TXN_BATCH = 60
+# Instance batches of one create written at once.
+CREATE_TXNS_AT_ONCE = 4
 # Agent records per transaction (puts alone, no compares).
 AGENT_BATCH = 100
 
@@ -219,9 +221,13 @@ class Store:
         if budget is not None:  # replaces a leftover of an interrupted create, under the same guard
             if not await self.kv.put_if([(keys.budget(name), encode(budget))], {ckey: 0}):
                 raise AlreadyExists(f"a packet capture named '{name}' already exists")
-        for start in range(0, len(items), TXN_BATCH):
-            batch = items[start:start + TXN_BATCH]
-            if not await self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}}):
+        # The batches go CREATE_TXNS_AT_ONCE at a time: etcd commits concurrent transactions
+        # together, and one after another they were most of a 1,000-instance create.
+        batches = [items[start:start + TXN_BATCH] for start in range(0, len(items), TXN_BATCH)]
+        for first in range(0, len(batches), CREATE_TXNS_AT_ONCE):
+            written = await asyncio.gather(*(self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}})
+                                             for batch in batches[first:first + CREATE_TXNS_AT_ONCE]))
+            if not all(written):
                 raise AlreadyExists(f"a packet capture named '{name}' already exists")
         if not await self.kv.put_if([(ckey, encode(record))], {ckey: 0}):
             raise AlreadyExists(f"a packet capture named '{name}' already exists")
