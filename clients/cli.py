@@ -1063,6 +1063,8 @@ EXAMPLES: dict[str, list[str]] = {
                      "--timeout 60"],
     "coordinator": ["fleetcap coordinator --listen 0.0.0.0:7770 --mtls-listen 0.0.0.0:7771 --tls-cert certs/coordinator.pem "
                     "--tls-key certs/coordinator-key.pem --tls-client-ca ca/ca.pem --auth-file auth.toml"],
+    "state": ["fleetcap state captures/ --etcd https://10.0.0.11:2379 --etcd-ca etcd/ca.pem --etcd-cert etcd/client.pem "
+              "--etcd-key etcd/client-key.pem"],
     "agent": ["fleetcap agent --coordinator coord.example:7771 --vmss web --instance-id 3 -g rg1 --tls-ca ca/ca.pem "
               "--tls-cert certs/agent.pem --tls-key certs/agent-key.pem"],
 }

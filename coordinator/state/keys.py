@@ -1,11 +1,14 @@
 """Every etcd key fleetcap writes, in one place.
 
-    /fleetcap/v1/captures/{capture}                    CaptureRecord (JSON)
-    /fleetcap/v1/instances/{capture}/{instance_key}    InstanceRecord (JSON)
-    /fleetcap/v1/agents/{instance_key}                 AgentRecord (JSON), tied to the agent's lease
+    /fleetcap/v1/captures/{capture}                    CaptureRecord
+    /fleetcap/v1/instances/{capture}/{instance_key}    InstanceRecord
+    /fleetcap/v1/agents/{instance_key}                 AgentRecord, tied to its replica's lease
     /fleetcap/v1/leader                                the leading replica's name, tied to its lease
-    /fleetcap/v1/fetches/{fetch_id}                    FetchRecord (JSON), tied to the downloading replica's lease
-    /fleetcap/v1/budgets/{capture}                     BudgetRecord (JSON): a capture's fleet-wide byte budget
+    /fleetcap/v1/fetches/{fetch_id}                    FetchRecord, tied to the downloading replica's lease
+    /fleetcap/v1/budgets/{capture}                     BudgetRecord: a capture's fleet-wide byte budget
+
+Records are protobuf's binary form (older coordinators wrote JSON, still read); `fleetcap state`
+prints them as JSON.
 
 An instance key names a VM or scale-set instance, lower-cased as Azure names are
 case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
@@ -13,8 +16,10 @@ case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
 """
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION
-from fleetcap.v1 import fleet_pb2
+from fleetcap.v1 import fleet_pb2, state_pb2
 
 ROOT = "/fleetcap/v1/"
 CAPTURES = ROOT + "captures/"
@@ -24,6 +29,16 @@ LEADER = ROOT + "leader"
 FETCHES = ROOT + "fetches/"
 BUDGETS = ROOT + "budgets/"
 
+
+
+def record_type(key: str) -> type[Message] | None:
+    """The record type stored at a key (None for the leader key, whose value is a name)."""
+    for prefix, cls in ((CAPTURES, state_pb2.CaptureRecord), (INSTANCES, state_pb2.InstanceRecord),
+                        (AGENTS, state_pb2.AgentRecord), (FETCHES, state_pb2.FetchRecord),
+                        (BUDGETS, state_pb2.BudgetRecord)):
+        if key.startswith(prefix):
+            return cls
+    return None
 
 
 def capture(name: str) -> str:

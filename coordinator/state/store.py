@@ -200,6 +200,15 @@ class Store:
                 return out
             after = page[-1].key[len(prefix):]
 
+    async def records(self, under: str = "") -> list[tuple[str, Message | bytes]]:
+        """Every key fleetcap wrote under keys.ROOT + `under`, with its record decoded (the
+        leader key's value, a replica name, as bytes): what `fleetcap state` prints."""
+        out: list[tuple[str, Message | bytes]] = []
+        for kv in await self._scan(keys.ROOT + under):
+            cls = keys.record_type(kv.key)
+            out.append((kv.key, self._decode(cls, kv) if cls is not None else kv.value))
+        return out
+
     async def ping(self) -> None:
         """One cheap read; raises if the store does not answer (health checks)."""
         await self.kv.get(keys.LEADER)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -136,6 +137,46 @@ def test_clock_offset() -> float:
         raise cli.UsageError(f"FLEETCAP_TEST_CLOCK_OFFSET_S: '{text}' is not a number of seconds") from None
 
 
+STATE_READ_S = 15.0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Prints the records the coordinators keep in etcd, one JSON object per line (etcd holds
+    them in protobuf's binary form)."""
+    require_extra("coordinator", "fleetcap state", "aetcd")
+    from google.protobuf import json_format
+    from google.protobuf.message import Message
+
+    from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
+    from fleetcap.coordinator.state.store import Store
+    try:
+        endpoints = parse_etcd_endpoints(args.etcd, tls=bool(args.etcd_ca))
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    access = EtcdAccess(args.etcd_ca, args.etcd_cert, args.etcd_key, os.environ.get("ETCD_USERNAME", ""),
+                        os.environ.get("ETCD_PASSWORD", ""))
+
+    async def read() -> list[tuple[str, Message | bytes]]:
+        store = Store(EtcdKV(list(endpoints), access=access))
+        try:
+            return await asyncio.wait_for(store.records(args.prefix), STATE_READ_S)
+        finally:
+            await store.close()
+    for flag, path in (("--etcd-ca", args.etcd_ca), ("--etcd-cert", args.etcd_cert), ("--etcd-key", args.etcd_key)):
+        if path and not os.path.isfile(path):
+            raise cli.UsageError(f"{flag} {path}: no such file")
+    try:
+        records = asyncio.run(read())
+    except TimeoutError:
+        print(f"fleetcap: error: --etcd {args.etcd}: etcd does not answer after {STATE_READ_S:g} s", file=sys.stderr)
+        return cli.EXIT_ERROR
+    for key, value in records:
+        line = ({"key": key, "record": json_format.MessageToDict(value)} if isinstance(value, Message)
+                else {"key": key, "value": value.decode(errors="replace")})
+        print(json.dumps(line, sort_keys=True))
+    return cli.EXIT_OK
+
+
 def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("coordinator", help="run the coordinator")
     c.add_argument("--listen", action="append",
@@ -188,6 +229,16 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--etcd-key", default=_COORDINATOR.etcd_key,
                    help="its private key; etcd's user and password come from ETCD_USERNAME and ETCD_PASSWORD")
     c.set_defaults(func=cmd_coordinator, daemon=True)
+
+    st = sub.add_parser("state", help="print the coordinators' records in etcd as JSON lines (read only)")
+    st.add_argument("prefix", nargs="?", default="",
+                    help="only keys under /fleetcap/v1/PREFIX, e.g. captures/ or instances/NAME/")
+    st.add_argument("--etcd", required=True, help="etcd endpoints, as for fleetcap coordinator")
+    st.add_argument("--etcd-ca", default="", help="CA of etcd; set, etcd is reached over TLS")
+    st.add_argument("--etcd-cert", default="", help="client certificate")
+    st.add_argument("--etcd-key", default="",
+                    help="its private key; etcd's user and password come from ETCD_USERNAME and ETCD_PASSWORD")
+    st.set_defaults(func=cmd_state, daemon=True)
 
     a = sub.add_parser("agent", help="run a node agent")
     a.add_argument("--coordinator", default=argparse.SUPPRESS,
