@@ -169,6 +169,14 @@ class ChaosAgent:
             if self.connects == 1:
                 self.on_first_welcome()
             beat = asyncio.ensure_future(self._heartbeat(first.welcome.heartbeat_interval_ms / 1000))
+            # As node_agent/control.py does, every capture is reported once more after the
+            # welcome: one that stopped while the hello was on its way is in no hello. (Without
+            # this, the simulated agents lost such a Stopped for good: the soak's last five
+            # wrong instances, a capture whose time limit fell while etcd was away.)
+            now = time.monotonic()
+            for h in list(self.held.values()):
+                h.tick(now)
+                await self.send(fleet_pb2.AgentMessage(progress=h.progress()))
             while True:
                 msg = await call.read()
                 if not isinstance(msg, fleet_pb2.CoordinatorMessage):

@@ -181,6 +181,14 @@ class EtcdKV(KVBackend):
         r = await self._call(lambda c: _range(c, start, prefix_range_end(_b(prefix)), limit))
         return [KV(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.kvs], bool(r.more)
 
+    async def get_many(self, keys: list[str]) -> dict[str, KV]:
+        async def txn(c: aetcd.Client) -> dict[str, KV]:
+            _, responses = await c.transaction(compare=[], success=[c.transactions.get(_b(k)) for k in keys],
+                                               failure=[])
+            return {key: KV(key, found[0][0], found[0][1].mod_revision)
+                    for key, found in zip(keys, responses) if found}
+        return await self._call(txn)
+
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         async def txn(c: aetcd.Client) -> bool:
             compare = [c.transactions.mod(_b(k)) == rev for k, rev in expect.items()]

@@ -39,6 +39,9 @@ class MemoryKV(KVBackend):
         keys = [k for k in sorted(self._data) if k.startswith(prefix) and (not after or k > prefix + after)]
         return [KV(k, self._data[k][0], self._data[k][1]) for k in keys[:limit]], len(keys) > limit
 
+    async def get_many(self, keys: list[str]) -> dict[str, KV]:
+        return {k: KV(k, self._data[k][0], self._data[k][1]) for k in keys if k in self._data}
+
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         for key, rev in expect.items():
             current = self._data.get(key)

@@ -94,6 +94,11 @@ class KVBackend(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def get_many(self, keys: list[str]) -> dict[str, KV]:
+        """The keys that exist among `keys` (at most GET_MANY of them), read at one revision."""
+        ...
+
+    @abc.abstractmethod
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
         """Writes every put iff each key in `expect` has that mod revision (0 = absent)."""
 
@@ -149,8 +154,8 @@ def decode(cls: type[M], data: bytes) -> M:
 
 UPDATE_BATCH = 64
 """Keys per transaction of update_instances (a put and a compare each: under etcd's 128 operations)."""
-RANGE_READ_FROM = 16
-"""update_instances reads a capture's instances in one range when more than this many change."""
+GET_MANY = 120
+"""Keys one get_many reads (one etcd transaction of reads, under its 128 operations)."""
 DECODED_CACHE = 100_000
 """Decoded records kept (least recently used go first): every record of a full deployment."""
 SCAN_PAGE = 500
@@ -300,9 +305,8 @@ class Store:
             self, items: list[tuple[str, str, Callable[[state_pb2.InstanceRecord], bool]]],
     ) -> list[state_pb2.InstanceRecord | FleetcapError | Conflict]:
         """Applies many (capture, instance key, change) at once, with few etcd calls: the
-        records of a capture are read in one range when many of them change, and the changed
-        ones written in transactions of up to UPDATE_BATCH keys, each guarded by every key's
-        mod revision. A transaction that loses a race is applied again key by key (as
+        records are read GET_MANY per call, and the changed ones written in transactions of up
+        to UPDATE_BATCH keys, each guarded by every key's mod revision. A transaction that loses a race is applied again key by key (as
         update_instance). Changes of one key apply in order. Returns, per item, its record or
         the error (NotFound, Conflict)."""
         results: list[state_pb2.InstanceRecord | FleetcapError | Conflict | None] = [None] * len(items)
@@ -310,17 +314,13 @@ class Store:
         for i, (name, instance_key, _) in enumerate(items):
             by_key.setdefault(keys.instance(name, instance_key), []).append(i)
         found: dict[str, KV] = {}
-        by_capture: dict[str, list[str]] = {}
-        for key, idxs in by_key.items():
-            by_capture.setdefault(items[idxs[0]][0], []).append(key)
-        for name, wanted in by_capture.items():
-            if len(wanted) > RANGE_READ_FROM:
-                want = set(wanted)
-                found.update({kv.key: kv for kv in await self._scan(keys.instances_of(name)) if kv.key in want})
-            else:
-                for kv in await asyncio.gather(*(self.kv.get(k) for k in wanted)):
-                    if kv is not None:
-                        found[kv.key] = kv
+        # Exactly the records that change, GET_MANY per etcd call: reading a capture's whole
+        # range (1,000 records) for each batch of its reports was most of etcd's work, and of
+        # the replicas', at 10,000 agents (bench/replicas_bench.py).
+        wanted = list(by_key)
+        for part in await asyncio.gather(*(self.kv.get_many(wanted[i:i + GET_MANY])
+                                           for i in range(0, len(wanted), GET_MANY))):
+            found.update(part)
         changed: list[tuple[str, list[int], state_pb2.InstanceRecord, int]] = []
         for key, idxs in by_key.items():
             kv = found.get(key)

@@ -119,6 +119,38 @@ class StoreContract:
                 await s.update_capture("missing", lambda rec: True)
         self.run(body)
 
+    def test_get_many_reads_exactly_the_keys_that_exist(self):
+        async def body(s: Store):
+            await s.create_capture(*capture("g", "k/0", "k/1", "k/2"))
+            wanted = [keys.instance("g", k) for k in ("k/2", "k/missing", "k/0")]
+            found = await s.kv.get_many(wanted)
+            assert sorted(found) == sorted([wanted[0], wanted[2]])
+            for key, kv in found.items():
+                assert (kv.key, kv.value, kv.mod_revision) == (key, (await s.kv.get(key)).value,
+                                                               (await s.kv.get(key)).mod_revision)
+            assert await s.kv.get_many([]) == {}
+        self.run(body)
+
+    def test_update_instances_beyond_one_read_and_one_write(self):
+        """300 reports at once (more than one get_many and one transaction), one of them for an
+        instance that does not exist: each applied, in order per key; the missing one NotFound."""
+        async def body(s: Store):
+            big = [f"k/{i}" for i in range(300)]
+            await s.create_capture(*capture("many", *big))
+
+            def to(status):
+                def change(rec):
+                    rec.status.packet_capture_status = status
+                    return True
+                return change
+            items = [("many", k, to("Running")) for k in big] + [("many", "k/0", to("Stopped")),
+                                                                   ("many", "k/none", to("Running"))]
+            results = await s.update_instances(items)
+            assert [type(r).__name__ for r in results[-1:]] == ["NotFound"]
+            statuses = {i.instance_key: i.status.packet_capture_status for i in await s.get_instances("many")}
+            assert statuses == {**{k: "Running" for k in big}, "k/0": "Stopped"}
+        self.run(body)
+
     def test_agent_lives_as_long_as_its_lease(self):
         async def body(s: Store):
             ident = fleet_pb2.AgentIdentity(vm_name="vm1")
