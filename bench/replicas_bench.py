@@ -158,6 +158,7 @@ def main() -> int:
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="processes that run the simulated agents")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--agent-ttl", type=int, default=10, help="the coordinators' --agent-ttl (heartbeats every TTL/4)")
     p.add_argument("--worker", nargs=4, metavar=("ADDRESSES", "FIRST", "COUNT", "PER_SET"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -176,7 +177,7 @@ def main() -> int:
         for i, port in enumerate(ports):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", "--listen",
-                 f"127.0.0.1:{port}", "--auth-file", auth, "--data-dir", os.path.join(work, f"data{i}"),
+                 f"127.0.0.1:{port}", "--agent-ttl", str(a.agent_ttl), "--auth-file", auth, "--data-dir", os.path.join(work, f"data{i}"),
                  "--etcd", etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"coord{i}.log"), "w")))
         for port, proc in zip(ports, procs):
