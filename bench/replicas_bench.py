@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import shutil
@@ -35,6 +36,7 @@ from bench.chaos_soak import ChaosAgent
 from bench.datapath_bench import ROOT, TOKENS, cpu_s, rss_mb, save_auth, wait_port
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
+from fleetcap.coordinator.app import GC_THRESHOLDS
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
@@ -49,6 +51,10 @@ AGENTS_PER_CONNECTION = 50
 async def worker(addresses: list[str], first: int, count: int, per_set: int) -> None:
     """`count` agents from global index `first`; prints `connected` once every one has been
     welcomed, then runs until its stdin closes and prints how many streams they opened in all."""
+    # 5,000 agents in one process is a heap no real agent has (each runs alone on its VM): the
+    # simulation gets the coordinator's collector settings, or its collector eats the cores the
+    # coordinators are measured on.
+    gc.set_threshold(*GC_THRESHOLDS)
     # The benchmark's agent token comes in the environment (never on a command line).
     metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {os.environ['FLEETCAP_BENCH_AGENT_TOKEN']}"),)
     per_replica = -(-count // len(addresses))
