@@ -119,6 +119,36 @@ class StoreContract:
                 await s.update_capture("missing", lambda rec: True)
         self.run(body)
 
+    def test_a_deleted_capture_leaves_nothing_in_the_decode_cache(self):
+        """Deleted here, or by another replica (seen by the capture watch): its records are
+        dropped from the cache; a capture whose name extends it keeps its own."""
+        async def body(s: Store):
+            other = Store(s.kv)
+            for name in ("c", "c2", "d"):
+                await s.create_capture(*capture(name, "k/0", "k/1"))
+            for st in (s, other):
+                await st.get_capture("c")
+                await st.get_instances("c")
+                await st.get_instances("c2")
+                await st.get_instances("d")
+            watching, gone = asyncio.Event(), asyncio.Event()
+
+            async def watch():
+                async for ev in other.watch_captures():
+                    if ev.kind == WatchKind.READY:
+                        watching.set()
+                    elif ev.kind == WatchKind.DELETE and ev.name == "d":
+                        gone.set()
+            watcher = asyncio.ensure_future(watch())
+            await asyncio.wait_for(watching.wait(), 10)
+            await s.delete_capture("c")
+            await s.delete_capture("d")
+            await asyncio.wait_for(gone.wait(), 10)
+            watcher.cancel()
+            assert sorted(s._decoded) == sorted(keys.instance("c2", k) for k in ("k/0", "k/1"))
+            assert sorted(other._decoded) == sorted(keys.instance("c2", k) for k in ("k/0", "k/1"))
+        self.run(body)
+
     def test_get_many_reads_exactly_the_keys_that_exist(self):
         async def body(s: Store):
             await s.create_capture(*capture("g", "k/0", "k/1", "k/2"))
