@@ -244,7 +244,9 @@ class LocalFleet:
              "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"fleet={peer}",
-             "--heartbeat-interval", "10", "--election-timeout", "100", *embedded_etcd.tls_flags(server_tls)],
+             "--heartbeat-interval", "10", "--election-timeout", "100",
+             "--auto-compaction-mode", "periodic", "--auto-compaction-retention", embedded_etcd.COMPACTION_RETENTION,
+             *embedded_etcd.tls_flags(server_tls)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         t = self.etcd_client_tls

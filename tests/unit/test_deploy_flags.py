@@ -142,3 +142,14 @@ def test_an_overlay_sets_the_image_and_keeps_the_rest(tmp_path):
                      for c in d["spec"]["template"]["spec"]["containers"]})
     assert images == ["quay.io/coreos/etcd:v3.4.23", "registry.example/fleetcap:0.2.0"]
     assert len(rendered) == len(manifests())
+
+
+@pytest.mark.parametrize("path", ["systemd/fleetcap-etcd.service", "kubernetes/etcd-statefulset.yaml"])
+def test_the_shipped_etcd_compacts_its_history(path):
+    """Without compaction a fleet's progress fills etcd's backend within a day, and etcd then
+    refuses every write (docs/operations.md, "Compaction"); the embedded etcd's own flags are
+    tested against a real etcd in tests/integration/test_etcd_compaction.py."""
+    from fleetcap.coordinator.state.embedded_etcd import COMPACTION_RETENTION
+    words = (DEPLOY / path).read_text().replace("\\\n", " ").split()
+    assert words[words.index("--auto-compaction-mode") + 1] == "periodic"
+    assert words[words.index("--auto-compaction-retention") + 1] == COMPACTION_RETENTION
