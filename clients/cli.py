@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import grpc
 
 from fleetcap.clients import sdk
-from fleetcap.core import transport
+from fleetcap.core import logs, transport
 from fleetcap.core.auth import AuthFile as AuthFileT
 from fleetcap.core.auth import Role
 from fleetcap.core.vocabulary import Status, TargetType
@@ -60,19 +60,6 @@ def optional(module: str, what: str) -> Any:
 def has(module: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(module) is not None
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line: time (RFC 3339, UTC), level, logger, message, and the exception's
-    text when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-                 .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def _version() -> str:
@@ -668,8 +655,9 @@ def cmd_gateway(args) -> int:
             coordinator=args.coordinator or transport.DEFAULT_ADDRESS, listen=args.listen,
             tls_cert=args.tls_cert or "", tls_key=args.tls_key or "", public_hosts=tuple(args.public_host or ()),
             webhook_token=webhook_token, alert_rules=args.alert_rules or "", credentials=own,
-            max_requests=args.max_requests, request_timeout_s=args.request_timeout,
-            idle_timeout_s=args.idle_timeout)
+            max_requests=args.max_requests, max_requests_per_caller=args.max_requests_per_caller,
+            max_streams=args.max_streams, max_streams_per_caller=args.max_streams_per_caller,
+            request_timeout_s=args.request_timeout, idle_timeout_s=args.idle_timeout)
         server.check(settings, insecure_listen=args.insecure_listen)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -871,6 +859,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     gw.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
                     help="allow plaintext to a coordinator beyond loopback (never in production)")
     gw.add_argument("--max-requests", type=int, default=256, help="requests served at once; more get 503")
+    gw.add_argument("--max-requests-per-caller", type=int, default=32,
+                    help="requests one token may have in progress at once; more get 429")
+    gw.add_argument("--max-streams", type=int, default=64,
+                    help="event streams (/events) served at once, on a connection of their own; more get 503")
+    gw.add_argument("--max-streams-per-caller", type=int, default=4,
+                    help="event streams one token may have open at once; more get 429")
     gw.add_argument("--request-timeout", type=float, default=60.0,
                     help="seconds from a request to the first byte of its response")
     gw.add_argument("--idle-timeout", type=float, default=10.0,
@@ -1245,10 +1239,7 @@ def main(argv: Sequence[str] | None = None,
         return EXIT_INVALID
     args = with_completion(parser).parse_args(argv)
     level = "ERROR" if getattr(args, "only_show_errors", False) else args.log_level.upper()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if args.log_format == "json"
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    logs.configure(level, json_lines=args.log_format == "json")
     try:
         if getattr(args, "daemon", False):
             return args.func(args)

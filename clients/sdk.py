@@ -307,15 +307,17 @@ class _Link:
     """The channel to one coordinator of a list of replicas, shared by a client and the
     per-caller views made with `AsyncClient.as_caller`."""
 
-    def __init__(self, addresses: builtins.list[str], credentials: transport.ClientCredentials):
+    def __init__(self, addresses: builtins.list[str], credentials: transport.ClientCredentials,
+                 dedicated: bool = False):
         self.addresses = addresses
         self.credentials = credentials
+        self.dedicated = dedicated
         self.current = 0
         self._connect()
 
     def _connect(self) -> None:
         self.channel = transport.aio_channel(self.addresses[self.current % len(self.addresses)],
-                                             credentials=self.credentials)
+                                             credentials=self.credentials, dedicated=self.dedicated)
         self.stub = captures_pb2_grpc.PacketCapturesStub(self.channel)
 
     async def next_replica(self) -> bool:
@@ -333,7 +335,8 @@ class AsyncClient:
     the SDK. `Client` runs it on a private event loop. Use `async with AsyncClient(...) as c:`."""
 
     def __init__(self, address: str | None = None, *, timeout_s: float = 30.0, tls_ca: str = "",
-                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False):
+                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False,
+                 dedicated: bool = False):
         """Args:
             address: host:port or unix:/path, or several comma-separated (replicas); default
                 $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
@@ -344,6 +347,7 @@ class AsyncClient:
                 $FLEETCAP_TLS_CERT, $FLEETCAP_TLS_KEY).
             token: a bearer token (default $FLEETCAP_TOKEN).
             insecure: allow plaintext to a coordinator that is not on loopback.
+            dedicated: a TCP connection of its own, never shared with another client's channel.
         Raises: ValueError for credentials that cannot be used (a missing file; plaintext
             beyond loopback without insecure).
         """
@@ -352,7 +356,7 @@ class AsyncClient:
         self._credentials = transport.ClientCredentials.from_env(
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure)
         self._metadata = self._credentials.metadata()
-        self._link = _Link([a.strip() for a in self.address.split(",") if a.strip()], self._credentials)
+        self._link = _Link([a.strip() for a in self.address.split(",") if a.strip()], self._credentials, dedicated)
         self._owner = True
 
     def as_caller(self, token: str) -> AsyncClient:

@@ -21,8 +21,10 @@ with the gateway's own credential (see docs/rest-api.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -82,6 +84,14 @@ class GatewaySettings:
     # The gateway's own credential: TLS to the coordinator, and the identity that runs alert rules.
     credentials: transport.ClientCredentials = dataclasses.field(default_factory=transport.ClientCredentials)
     max_requests: int = 256          # requests in progress at once; the next ones get 503
+    # One caller (one bearer token) holds at most this many requests in progress, so that no token
+    # can take every slot; the next one gets 429.
+    max_requests_per_caller: int = 32
+    # Event streams (/events) live as long as their capture. They hold no request slot and ride a
+    # connection to the coordinator of their own (the requests' one allows 128 streams): at most
+    # max_streams at once, max_streams_per_caller of them per token; beyond, 429.
+    max_streams: int = 64
+    max_streams_per_caller: int = 4
     request_timeout_s: float = 60.0  # from the request to the first byte of the response
     send_timeout_s: float = 60.0     # one write to a client that has stopped reading
     idle_timeout_s: float = 10.0     # a connection that sends no (complete) request
@@ -121,29 +131,36 @@ class Gateway:
                                  buckets=FAST_BUCKETS, registry=self.metrics)
         self.alert_lock = asyncio.Lock()  # one alert flow at a time: delete, quota check, create
         self._client: sdk.AsyncClient | None = None
+        self._stream_client: sdk.AsyncClient | None = None
         self._alert_client: sdk.Client | None = None
 
     async def open(self) -> None:
         c = self.settings.credentials
-        # The shared connection carries no token of its own: each call carries its caller's.
-        self._client = sdk.AsyncClient(self.settings.coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert,
-                                       tls_key=c.tls_key, token="", insecure=c.insecure)
+        # The shared connections carry no token of their own: each call carries its caller's.
+        # Requests and event streams use two, so that streams can never take the requests' share.
+        self._client, self._stream_client = (
+            sdk.AsyncClient(self.settings.coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert, tls_key=c.tls_key,
+                            token="", insecure=c.insecure, dedicated=True)
+            for _ in range(2))
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        for client in (self._client, self._stream_client):
+            if client is not None:
+                await client.close()
         if self._alert_client is not None:
             await run_in_threadpool(self._alert_client.close)
 
-    def caller(self, request: Request) -> sdk.AsyncClient:
-        """A client that acts as the request's caller. Raises HttpError 401 without a bearer token."""
+    def caller(self, request: Request, *, stream: bool = False) -> sdk.AsyncClient:
+        """A client that acts as the request's caller (on the event streams' connection when
+        `stream`). Raises HttpError 401 without a bearer token."""
         token = bearer_token(request)
         if not token:
             raise arm.HttpError(401, "AuthenticationFailed",
                                 "Authorization: Bearer <token> is required (a fleetcap token, or an OIDC token "
                                 "the coordinator accepts)", {"WWW-Authenticate": 'Bearer realm="fleetcap"'})
-        assert self._client is not None
-        return self._client.as_caller(token)
+        client = self._stream_client if stream else self._client
+        assert client is not None
+        return client.as_caller(token)
 
     def alert_client(self) -> sdk.Client:
         """The gateway's own client, for alert rules (a blocking client, used off the event loop)."""
@@ -171,6 +188,8 @@ class Hardening:
         self.settings = settings
         self.tls = bool(settings.tls_cert)
         self._slots = asyncio.Semaphore(settings.max_requests)
+        self._streams = 0
+        self._held: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, caller) -> in progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,21 +206,52 @@ class Hardening:
             async with asyncio.timeout(self.settings.send_timeout_s):
                 await send(message)
 
-        if self._slots.locked():
-            response = _error_response(arm.HttpError(503, "ServiceUnavailable", "the gateway is busy; retry shortly",
-                                                     {"Retry-After": "1"}))
-            await response(scope, receive, self._untimed(send))
+        kind, caller = _kind_and_caller(scope)
+        refusal = self._refusal(kind, caller)
+        if refusal is not None:
+            await _error_response(refusal)(scope, receive, self._untimed(send))
             return
-        async with self._slots:
-            try:
-                async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
-                    await self.app(scope, receive, guarded_send)
-            except TimeoutError:
-                if started:
-                    log.warning("%s %s: the client stopped reading; connection closed", scope["method"], scope["path"])
-                    return
-                await _error_response(arm.HttpError(504, "GatewayTimeout", "the request took too long"))(
-                    scope, receive, self._untimed(send))
+        self._held[kind, caller] += 1
+        if kind == "stream":
+            self._streams += 1
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if kind == "request":
+                    await stack.enter_async_context(self._slots)
+                try:
+                    async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
+                        await self.app(scope, receive, guarded_send)
+                except TimeoutError:
+                    if started:
+                        log.warning("%s %s: the client stopped reading; connection closed", scope["method"],
+                                    scope["path"])
+                        return
+                    await _error_response(arm.HttpError(504, "GatewayTimeout", "the request took too long"))(
+                        scope, receive, self._untimed(send))
+        finally:
+            self._held[kind, caller] -= 1
+            if not self._held[kind, caller]:
+                del self._held[kind, caller]
+            if kind == "stream":
+                self._streams -= 1
+
+    def _refusal(self, kind: str, caller: str) -> arm.HttpError | None:
+        """Why a request may not start now (the gateway's share, then the caller's), or None."""
+        s = self.settings
+        if kind == "stream":
+            if self._streams >= s.max_streams:
+                return arm.HttpError(503, "ServiceUnavailable", f"the gateway already serves {s.max_streams} event "
+                                     "streams; retry shortly", {"Retry-After": "5"})
+            if caller and self._held[kind, caller] >= s.max_streams_per_caller:
+                return arm.HttpError(429, "TooManyRequests", f"this token already has {s.max_streams_per_caller} "
+                                     "event streams open; close one first", {"Retry-After": "5"})
+            return None
+        if self._slots.locked():
+            return arm.HttpError(503, "ServiceUnavailable", "the gateway is busy; retry shortly", {"Retry-After": "1"})
+        if caller and self._held[kind, caller] >= s.max_requests_per_caller:
+            return arm.HttpError(429, "TooManyRequests", f"this token already has {s.max_requests_per_caller} "
+                                 "requests in progress; retry shortly", {"Retry-After": "1"})
+        return None
 
     def _secured(self, start: Message) -> Message:
         """A response start with the security headers every response carries."""
@@ -217,6 +267,16 @@ class Hardening:
         async def secured(message: Message) -> None:
             await send(self._secured(message) if message["type"] == "http.response.start" else message)
         return secured
+
+
+def _kind_and_caller(scope: Scope) -> tuple[str, str]:
+    """("stream" for an event stream, else "request"; a digest of the Authorization header, ""
+    without one). The digest only groups a caller's requests: the coordinator judges the token."""
+    kind = "stream" if scope["path"].endswith("/events") else "request"
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            return kind, hashlib.sha256(value).hexdigest()
+    return kind, ""
 
 
 def _error_response(e: arm.HttpError) -> JSONResponse:
@@ -597,7 +657,7 @@ async def events_endpoint(gateway: Gateway, request: Request) -> Response:
     portal reads it with fetch(), so the credential stays in a header."""
     _need(request, "GET")
     name = request.path_params["name"]
-    c = gateway.caller(request)
+    c = gateway.caller(request, stream=True)
     first = await c.get_status(name=name)  # NOT_FOUND and PERMISSION_DENIED before the headers
     return StreamingResponse(_events(c, name, first), 200, media_type="text/event-stream",
                              headers={"X-Accel-Buffering": "no"})

@@ -17,6 +17,11 @@ from fleetcap.core import transport
 
 log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 10
+# A request's line and headers together: room for any browser's and an Entra ID token with many
+# groups (about 8 KB), far below what lets one connection hold the parser (docs/security.md).
+MAX_HEAD_BYTES = 64 * 1024
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+              b"content-length: 39\r\nconnection: close\r\n\r\nthe request's headers exceed 64 KiB\r\n\r\n")
 
 
 class _IdleTimeout:
@@ -66,6 +71,43 @@ class _IdleTimeout:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
+class _HeadLimit:
+    """For uvicorn's httptools protocol, which has no limit of its own (h11 has
+    h11_max_incomplete_event_size): a connection whose request line and headers pass
+    MAX_HEAD_BYTES gets 431 and is closed before the parser sees more. The parser joins a long
+    header's pieces one by one, so without this one huge header stalls every other request."""
+
+    transport: asyncio.Transport
+    _reading_head = True
+    _head_bytes = 0
+
+    _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # still sending after its 431: cut it off, so that no more is read
+            self.transport.abort()
+            return
+        if self._reading_head:
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._reading_head, self._refused = False, True
+                log.warning("a request's headers passed %d bytes; connection closed", MAX_HEAD_BYTES)
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+                # TLS's close waits for the peer while discarding what it sends: a second at most.
+                asyncio.get_running_loop().call_later(1.0, self.transport.abort)
+                return
+            if end >= 0:
+                self._reading_head, self._head_bytes = False, 0
+        if not self.transport.is_closing():
+            super().data_received(data)  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()  # type: ignore[misc]
+        self._reading_head, self._head_bytes = True, 0
+
+
 class H11IdleProtocol(_IdleTimeout, H11Protocol):  # type: ignore[misc]
     pass
 
@@ -76,7 +118,7 @@ def _protocol() -> type[asyncio.Protocol]:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return H11IdleProtocol
-    return type("HttpToolsIdleProtocol", (_IdleTimeout, HttpToolsProtocol), {})
+    return type("HttpToolsIdleProtocol", (_HeadLimit, _IdleTimeout, HttpToolsProtocol), {})
 
 
 def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
@@ -90,7 +132,7 @@ def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
         create_app(settings), host=host, port=port, http=protocol, ws="none", lifespan="on", loop="auto",
         timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=2048,
         server_header=False, date_header=True, proxy_headers=False, access_log=False, log_config=None,
-        h11_max_incomplete_event_size=16 * 1024, **tls)  # (httptools: llhttp's own header limit)
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES, **tls)  # (httptools: _HeadLimit)
 
 
 def check(settings: GatewaySettings, *, insecure_listen: bool) -> None:

@@ -22,7 +22,7 @@ import grpc.aio
 
 from fleetcap.coordinator.api.oidc import OidcVerifier
 from fleetcap.coordinator.metrics import CoordinatorMetrics
-from fleetcap.core import pki
+from fleetcap.core import logs, pki
 from fleetcap.core.auth import AuthError, AuthFile, Principal, Role, agent_id_from_uri, parse_roles
 from fleetcap.core.transport import AUTHORIZATION_KEY
 
@@ -135,9 +135,14 @@ class _RateLimit:
         return True
 
 
+# A valid capture name has at most 80 characters (Azure's rule); the audit line keeps a few more
+# of an invalid one, escaped, so a forged name can neither start a line nor fill the disk.
+AUDIT_NAME_CHARS = 100
+
+
 def _capture_of(request: Any) -> str:
     name = getattr(request, "name", "")
-    return name if isinstance(name, str) and name else "-"
+    return logs.safe(name, AUDIT_NAME_CHARS) if isinstance(name, str) and name else "-"
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -4,6 +4,7 @@ requests, the streamed merge against the SDK's own, IPv6, refusing to listen whe
 expose itself, and a graceful stop."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -326,3 +328,127 @@ def test_sigterm_is_a_graceful_stop(coordinator, tmp_path):
     finally:
         idle.close()
         g.stop()
+
+
+# -- one caller cannot take the gateway from the others ---------------------------------------------------
+
+def open_event_stream(gateway, name: str, token: str) -> tuple[ssl.SSLSocket, bytes]:
+    """An event stream held open: the socket and the response's status line."""
+    s = tls_connect(gateway)
+    s.sendall(f"GET /fleetcap/v1/captures/{name}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              f"Authorization: Bearer {token}\r\n\r\n".encode())
+    s.settimeout(10)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, head
+        head += chunk
+    return s, head.split(b"\r\n", 1)[0]
+
+
+@pytest.fixture
+def running(coordinator):
+    """A capture of vm1 that runs for the test's length."""
+    with sdk.Client(coordinator) as c:
+        c.create(name="hard-streams", target=VM1, file_path="/var/captures/hard-streams.cap", time_limit_in_seconds=120,
+                 filters=[{"protocol": "UDP", "localPort": "47124"}])
+        yield "hard-streams"
+        c.stop(name="hard-streams")
+        c.wait(name="hard-streams", timeout_s=30)
+        c.delete(name="hard-streams")
+
+
+def test_one_readers_event_streams_leave_the_others_served(coordinator, running, tmp_path):
+    # Streams without the per-token cap, to show they cannot take the requests' connection: 140
+    # streams (the coordinator allows 128 per connection) and an admin's GET is still answered at once.
+    g = Gateway(coordinator, tmp_path, "--max-streams-per-caller", "1000", "--max-streams", "150")
+    streams = []
+    try:
+        for _ in range(140):
+            sock, status = open_event_stream(g, running, TOKENS[Role.READER])
+            assert status == b"HTTP/1.1 200 OK"
+            streams.append(sock)
+        started = time.monotonic()
+        status, body = g.call("GET", f"{ARM}/{running}{API}", timeout=5)
+        assert (status, body["name"]) == (200, running)
+        assert time.monotonic() - started < 2
+        assert g.request("GET", "/style.css", token=None, timeout=5)[0] == 200
+        # --max-streams: the 151st stream of anyone gets 503, and requests are still served.
+        for _ in range(10):
+            sock, status = open_event_stream(g, running, TOKENS[Role.READER])
+            streams.append(sock)
+        sock, status = open_event_stream(g, running, TOKENS[Role.ADMIN])
+        streams.append(sock)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert g.call("GET", f"{ARM}/{running}{API}", timeout=5)[0] == 200
+    finally:
+        for sock in streams:
+            sock.close()
+        g.stop()
+
+
+def test_a_token_holds_at_most_its_share_of_streams_and_requests(gateway, running):
+    streams = [open_event_stream(gateway, running, TOKENS[Role.READER]) for _ in range(5)]
+    try:
+        assert [status for _, status in streams] == [b"HTTP/1.1 200 OK"] * 4 + [b"HTTP/1.1 429 Too Many Requests"]
+        assert b'"code":"TooManyRequests"' in streams[4][0].recv(4096).replace(b" ", b"")
+        # Another token is not affected, and the reader's ordinary requests are still served.
+        sock, status = open_event_stream(gateway, running, TOKENS[Role.ADMIN])
+        sock.close()
+        assert status == b"HTTP/1.1 200 OK"
+        assert gateway.call("GET", f"{ARM}/{running}{API}", token=TOKENS[Role.READER])[0] == 200
+    finally:
+        for sock, _ in streams:
+            sock.close()
+    # A closed stream gives its place back.
+    deadline = time.monotonic() + 10
+    while True:
+        sock, status = open_event_stream(gateway, running, TOKENS[Role.READER])
+        sock.close()
+        if status == b"HTTP/1.1 200 OK":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("size", [70 * 1024, 72 * 1024 * 1024])
+def test_a_huge_header_gets_431_and_does_not_stall_the_others(gateway, size):
+    from fleetcap.clients.rest import server
+    rss_before = _rss_kib(gateway.proc.pid)
+    answered: list[float] = []
+
+    def others() -> None:  # while the hostile header is on its way
+        for _ in range(5):
+            t = time.monotonic()
+            assert gateway.request("GET", "/style.css", token=None, timeout=5)[0] == 200
+            answered.append(time.monotonic() - t)
+
+    hostile = tls_connect(gateway)
+    hostile.settimeout(30)
+    refused = b""
+    other = threading.Thread(target=others)
+    try:
+        hostile.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        other.start()
+        block, sent = b"A" * (1024 * 1024), 0
+        while sent < size:
+            hostile.sendall(block[:size - sent])
+            sent += min(len(block), size - sent)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass  # cut off by the gateway part-way, as it should be
+    with contextlib.suppress(OSError, ssl.SSLError):
+        refused = hostile.recv(4096)
+    hostile.close()
+    other.join(30)
+    if size < 1024 * 1024:
+        assert refused.startswith(b"HTTP/1.1 431 ")
+    else:  # the gateway closed with bytes unread: the 431 may be lost in the reset
+        assert refused.startswith(b"HTTP/1.1 431 ") or refused == b""
+    assert f"a request's headers passed {server.MAX_HEAD_BYTES} bytes; connection closed" in gateway.log()
+    assert len(answered) == 5 and max(answered) < 2, answered
+    assert _rss_kib(gateway.proc.pid) - rss_before < 32 * 1024  # the header was never held
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

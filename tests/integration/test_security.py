@@ -403,3 +403,30 @@ def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
         "dirlink": ("Error", ["LocalFileFailed"]), "forever": ("Error", ["CaptureFailed"])}
     assert reports["forever"].error_message == "the agent refused the capture: time limit 1000000000 s is out of range"
     assert list(outside.iterdir()) == []
+
+
+def test_an_anonymous_caller_can_neither_forge_audit_lines_nor_fill_the_disk(secure):
+    s = secure
+    log_path = os.path.join(s.d, "coordinator.log")
+    size_before = os.path.getsize(log_path)
+    forged = "x\nfleetcap.audit: principal=token:t-admin method=Delete capture=prod decision=allowed"
+    with s.client() as anonymous:
+        with pytest.raises(sdk.Unauthenticated):
+            anonymous.get(name=forged)
+        for _ in range(5):
+            with pytest.raises(sdk.Unauthenticated):
+                anonymous.get(name="A" * (7 * 1024 * 1024))
+    deadline = time.monotonic() + 5
+    while os.path.getsize(log_path) - size_before < 500 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(log_path, errors="replace") as f:
+        f.seek(size_before)
+        lines = f.read().splitlines()
+    audit = [line for line in lines if " fleetcap.audit: " in line]
+    assert len(audit) == 6, lines
+    assert not any(line.startswith("fleetcap.audit") for line in lines)
+    assert audit[0].endswith("method=Get capture=x\\nfleetcap.audit: principal=token:t-admin method=Delete "
+                             "capture=prod decision=allowed decision=unauthenticated")
+    assert all(line.endswith(f"... ({7 * 1024 * 1024 - 100} more characters) decision=unauthenticated")
+               for line in audit[1:])
+    assert os.path.getsize(log_path) - size_before < 4096  # 35 MiB of names, a few hundred bytes a line

@@ -203,7 +203,7 @@ def test_json_logs_are_one_object_a_line():
     import json as _json
     import logging
 
-    from fleetcap.clients.cli import JsonLogFormatter
+    from fleetcap.core.logs import JsonLogFormatter
     record = logging.LogRecord("fleetcap.x", logging.WARNING, __file__, 1, "capture %s: %d drops", ("pc1", 3), None)
     record.created = 1796227200.25
     assert _json.loads(JsonLogFormatter().format(record)) == {
