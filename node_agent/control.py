@@ -8,6 +8,7 @@ delays a stop or a heartbeat.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
@@ -16,6 +17,7 @@ import grpc
 import grpc.aio
 
 from fleetcap.core import transport
+from fleetcap.core.auth import COORDINATOR_SERVER_NAME
 from fleetcap.core.metrics import version
 from fleetcap.core.transport import ClientCredentials
 from fleetcap.node_agent.active_capture import ActiveCapture
@@ -42,11 +44,13 @@ ControlCall = grpc.aio.StreamStreamCall[fleet_pb2.AgentMessage, fleet_pb2.Coordi
 
 class Coordinators:
     """The coordinator replicas an agent may talk to, the current one, and a data channel to
-    each (created on first use)."""
+    each (created on first use). Over TLS, a peer is a coordinator only if its certificate
+    carries the coordinators' reserved name (auth.COORDINATOR_SERVER_NAME): a gateway's or
+    another holder's certificate from the same CA is refused in the handshake."""
 
     def __init__(self, addresses: str, credentials: ClientCredentials | None = None):
         self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
-        self.credentials = credentials or ClientCredentials()
+        self.credentials = dataclasses.replace(credentials or ClientCredentials(), server_name=COORDINATOR_SERVER_NAME)
         self.metadata = self.credentials.metadata()
         self._current = 0
         self._data_channels: dict[str, grpc.aio.Channel] = {}

@@ -430,3 +430,58 @@ def test_an_anonymous_caller_can_neither_forge_audit_lines_nor_fill_the_disk(sec
     assert all(line.endswith(f"... ({7 * 1024 * 1024 - 100} more characters) decision=unauthenticated")
                for line in audit[1:])
     assert os.path.getsize(log_path) - size_before < 4096  # 35 MiB of names, a few hundred bytes a line
+
+
+@pytest.mark.parametrize("impostor", ["gateway", "coordinator"])
+def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, impostor):
+    """A fake coordinator on mutual TLS with a certificate of the fleet's own CA: the gateway's is
+    refused in the handshake (the agent never sends its hello); a coordinator's, the control case,
+    is spoken to, which shows the test could see the difference."""
+    s = secure
+    if impostor == "gateway":
+        s.cert("--out", str(tmp_path / "pki"), "--gateway", "gw1")
+        cert, key = tmp_path / "pki" / "gw1.pem", tmp_path / "pki" / "gw1-key.pem"
+    else:
+        cert, key = os.path.join(s.d, "coord", "coordinator.pem"), os.path.join(s.d, "coord", "coordinator-key.pem")
+    hellos: list[fleet_pb2.AgentMessage] = []
+    address = f"127.0.0.1:{free_port()}"
+
+    class Fake(fleet_pb2_grpc.FleetServicer):
+        async def Connect(self, requests, context):
+            async for message in requests:
+                hellos.append(message)
+                return
+            yield  # never reached: an async generator that sends nothing
+
+    async def body() -> None:
+        server = grpc.aio.server()
+        fleet_pb2_grpc.add_FleetServicer_to_server(Fake(), server)
+        server.add_secure_port(address, transport.ServerTls(str(cert), str(key), s.ca).credentials())
+        await server.start()
+        log_path = tmp_path / "agent.log"
+        agent = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
+            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", address, "--vm", "vm2", "-g", "rg1",
+             "--interface", "lo", "--capture-root", str(tmp_path / "captures"), "--tls-ca", s.ca,
+             "--tls-cert", os.path.join(s.d, "vm2", "agent.pem"), "--tls-key", os.path.join(s.d, "vm2", "agent-key.pem")],
+            cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while not hellos and log_path.read_text().count(f"control stream to {address}: UNAVAILABLE") < 2:
+                assert time.monotonic() < deadline, log_path.read_text()
+                await asyncio.sleep(0.1)
+        finally:
+            LocalFleet.stop_process(agent)
+            await server.stop(None)
+    asyncio.run(body())
+    if impostor == "gateway":
+        assert hellos == []
+    else:
+        assert hellos[0].hello.identity.vm_name == "vm2"
+
+
+def test_the_coordinators_name_is_reserved_to_coordinator_certificates(secure, tmp_path):
+    for args in (("--client", "fleetcap-coordinator", "--role", "admin"), ("--gateway", "fleetcap-coordinator"),
+                 ("--gateway", "gw", "--dns", "fleetcap-coordinator")):
+        r = fleetcap("tls", "cert", "create", "--ca", os.path.join(secure.d, "ca"), "--out", str(tmp_path), *args)
+        assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
+            2, "fleetcap: error: 'fleetcap-coordinator' is reserved for coordinator certificates (--coordinator)"), r

@@ -11,7 +11,9 @@ Certificates (X.509, issued by the CA the coordinator trusts):
   - an agent:  CN = its instance name; O=agent; a URI SAN
     `fleetcap://agent/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/...`, the
     instance's ARM id, which is the identity it may claim;
-  - the coordinator: CN=fleetcap-coordinator; DNS and IP SANs; O=fleetcap-coordinator;
+  - the coordinator: CN=fleetcap-coordinator; DNS and IP SANs, among them the DNS name
+    `fleetcap-coordinator` (COORDINATOR_SERVER_NAME), which agents require of their peer and no
+    other holder may carry; O=fleetcap-coordinator;
   - a gateway: CN = its name; O=fleetcap-gateway (no role: it forwards its callers' tokens).
 Tokens: `authorization: Bearer <token>` metadata; the auth file keeps only their SHA-256.
 """
@@ -30,6 +32,10 @@ from fleetcap.core.naming import parse_compute_id
 
 AGENT_URI_PREFIX = "fleetcap://agent"
 COORDINATOR_ORG = "fleetcap-coordinator"
+# The DNS name every coordinator certificate carries and no other may: an agent verifies its
+# peer's certificate against this name, not the address it dialled, so a certificate of the same
+# CA held by a gateway, a client or another agent cannot pose as a coordinator.
+COORDINATOR_SERVER_NAME = "fleetcap-coordinator"
 GATEWAY_ORG = "fleetcap-gateway"
 # A name in a certificate or the auth file: what a log line and an audit entry can carry safely.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")

@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleetcap.core.auth import AGENT_URI_PREFIX, COORDINATOR_ORG, GATEWAY_ORG, Role, agent_uri
+from fleetcap.core.auth import (
+    AGENT_URI_PREFIX,
+    COORDINATOR_ORG,
+    COORDINATOR_SERVER_NAME,
+    GATEWAY_ORG,
+    Role,
+    agent_uri,
+)
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 CA_DAYS = 3650
@@ -122,21 +129,32 @@ def issue(ca_dir: str, out_dir: str, *, file_stem: str, common_name: str, organi
 
 def issue_coordinator(ca_dir: str, out_dir: str, *, dns: Sequence[str], ips: Sequence[str]) -> Issued:
     return issue(ca_dir, out_dir, file_stem="coordinator", common_name=COORDINATOR_NAME,
-                 organizations=[COORDINATOR_ORG], dns=["localhost", *dns], ips=["127.0.0.1", "::1", *ips], server=True)
+                 organizations=[COORDINATOR_ORG], dns=["localhost", COORDINATOR_SERVER_NAME, *dns],
+                 ips=["127.0.0.1", "::1", *ips], server=True)
+
+
+def _not_a_coordinator(name: str, dns: Sequence[str] = ()) -> None:
+    """Refuses the coordinators' reserved name for any other holder (agents trust it)."""
+    for given in (name, *dns):
+        if given.lower() in (COORDINATOR_SERVER_NAME, COORDINATOR_NAME):
+            raise PkiError(f"'{given}' is reserved for coordinator certificates (--coordinator)")
 
 
 def issue_agent(ca_dir: str, out_dir: str, *, arm_id: str, instance_name: str) -> Issued:
+    _not_a_coordinator(instance_name)
     return issue(ca_dir, out_dir, file_stem="agent", common_name=instance_name, organizations=[Role.AGENT],
                  uris=[agent_uri(arm_id)])
 
 
 def issue_client(ca_dir: str, out_dir: str, *, name: str, roles: Sequence[Role]) -> Issued:
+    _not_a_coordinator(name)
     return issue(ca_dir, out_dir, file_stem=name, common_name=name, organizations=[str(r) for r in roles])
 
 
 def issue_gateway(ca_dir: str, out_dir: str, *, name: str, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> Issued:
     """One certificate for both of a gateway's ends: its HTTPS listener (server, with the names
     clients reach it by, loopback included) and mutual TLS to the coordinator (client, no role)."""
+    _not_a_coordinator(name, dns)
     return issue(ca_dir, out_dir, file_stem=name, common_name=name, organizations=[GATEWAY_ORG],
                  dns=["localhost", *dns], ips=["127.0.0.1", "::1", *ips], server=True)
 

@@ -78,6 +78,8 @@ class ClientCredentials:
     tls_ca: the CA the coordinator's certificate must chain to; set, the channel is TLS with no
     fallback to plaintext. tls_cert/tls_key: a client certificate (agents must have one).
     token: a bearer token, sent as `authorization: Bearer ...` on every call.
+    server_name: the name the coordinator's certificate must carry, checked instead of the host
+    dialled (agents: auth.COORDINATOR_SERVER_NAME, which only coordinator certificates hold).
     """
 
     tls_ca: str = ""
@@ -85,6 +87,7 @@ class ClientCredentials:
     tls_key: str = ""
     token: str = ""
     insecure: bool = False
+    server_name: str = ""
 
     @classmethod
     def from_env(cls, *, tls_ca: str = "", tls_cert: str = "", tls_key: str = "", token: str = "",
@@ -136,8 +139,8 @@ class ServerTls:
             require_client_auth=bool(self.client_ca))
 
 
-def _channel_options(dedicated: bool) -> list[tuple[str, int]]:
-    opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+def _channel_options(dedicated: bool) -> list[tuple[str, Any]]:
+    opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *_KEEPALIVE]
     if dedicated:
         # Its own TCP connection: the data path must not share HTTP/2 flow control with the
@@ -153,7 +156,10 @@ def aio_channel(address: str, *, credentials: ClientCredentials = ClientCredenti
     tls = credentials.channel_credentials(address)
     if tls is None:
         return grpc.aio.insecure_channel(address, options=_channel_options(dedicated))
-    return grpc.aio.secure_channel(address, tls, options=_channel_options(dedicated))
+    options = _channel_options(dedicated)
+    if credentials.server_name:
+        options.append(("grpc.ssl_target_name_override", credentials.server_name))
+    return grpc.aio.secure_channel(address, tls, options=options)
 
 
 def aio_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
