@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fleetcap.core.naming import DEFAULT_SUBSCRIPTION
-from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls
+from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls, is_local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +109,13 @@ class CoordinatorSettings:
         return self.storage_dir or f"{self.data_dir.rstrip('/')}/storage"
 
 
-def parse_etcd_endpoints(value: str, *, tls: bool) -> tuple[str, ...]:
+def parse_etcd_endpoints(value: str, *, tls: bool, insecure: bool = False) -> tuple[str, ...]:
     """--etcd as etcd and etcdctl take it: a comma list of `host:port`, `host` (port 2379),
     `http://host:port` or `https://host:port`, IPv6 as `[addr]:port`. Returns host:port strings.
     https:// needs TLS (--etcd-ca) and http:// refuses it, so that a scheme never silently means
-    the other. Raises ValueError naming --etcd and the rule."""
+    the other. Plaintext beyond loopback is refused without `insecure` (it would carry
+    ETCD_PASSWORD and every record in the clear), before anything is dialled. Raises ValueError
+    naming --etcd and the rule."""
     endpoints = []
     schemes = set()
     for raw in (v.strip() for v in value.split(",")):
@@ -145,5 +147,11 @@ def parse_etcd_endpoints(value: str, *, tls: bool) -> tuple[str, ...]:
         raise ValueError("--etcd: https:// endpoints need --etcd-ca (the CA of etcd's certificate)")
     if "http" in schemes and tls:
         raise ValueError("--etcd: http:// is plaintext, but --etcd-ca asks for TLS; write https://")
+    if not tls and not insecure:
+        for endpoint in endpoints:
+            if not is_local(endpoint):
+                raise ValueError(f"--etcd {endpoint}: not a local address, and there is no --etcd-ca; give --etcd-ca "
+                                 "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send "
+                                 "plaintext, ETCD_PASSWORD included")
     return tuple(endpoints)
 

@@ -709,11 +709,13 @@ async def webhook_endpoint(gateway: Gateway, request: Request) -> Response:
     if handler is None:
         raise arm.HttpError(404, "NotFound", f"no such webhook: {request.url.path}")
     expected = gateway.settings.webhook_token
-    if expected:
-        given = bearer_token(request)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise arm.HttpError(401, "Unauthorized", "the webhook token is required as Authorization: Bearer",
-                                {"WWW-Authenticate": 'Bearer realm="fleetcap-webhooks"'})
+    if not expected:  # the rules act with the gateway's own credential: never for an anonymous caller
+        raise arm.HttpError(404, "NotFound", "webhooks are off: start the gateway with --webhook-token "
+                                             "(FLEETCAP_WEBHOOK_TOKEN) to serve them")
+    given = bearer_token(request)
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise arm.HttpError(401, "Unauthorized", "the webhook token is required as Authorization: Bearer",
+                            {"WWW-Authenticate": 'Bearer realm="fleetcap-webhooks"'})
     body = await _json_body(request)
     rules, client = gateway.rules, gateway.alert_client()
     async with gateway.alert_lock:

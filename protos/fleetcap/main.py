@@ -80,7 +80,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     except oidc.OidcError as e:
         raise cli.UsageError(str(e)) from None
     try:
-        etcd = parse_etcd_endpoints(args.etcd, tls=bool(args.etcd_ca)) if args.etcd else ()
+        etcd = parse_etcd_endpoints(args.etcd, tls=bool(args.etcd_ca), insecure=args.insecure) if args.etcd else ()
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     settings = CoordinatorSettings(

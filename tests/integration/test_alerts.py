@@ -263,3 +263,24 @@ def test_a_trigger_rule_freezes_the_flight_recorder_once(gateway, coordinator):
         assert (status, err) == (200, err) and err["triggerTime"] == triggered.trigger_time  # idempotent
         c.delete(name="rec-vm1")
         c.delete(name="rec-rest")
+
+
+def test_without_a_webhook_token_no_webhook_acts(coordinator, tmp_path):
+    """On loopback a gateway may run without --webhook-token; then its webhooks are off, so that
+    no local process acts with the gateway's own credential by posting an alert."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    g = Gateway(coordinator, tmp_path, "--alert-rules", str(rules))
+    with sdk.Client(coordinator) as c:
+        before = sorted(x.name for x in c.list())
+    try:
+        for path, payload in (("/webhooks/alertmanager", ALERTMANAGER), ("/webhooks/azure-monitor", AZURE)):
+            for token in (None, TOKENS[Role.ADMIN]):
+                status, err = g.call("POST", path, payload, token=token)
+                assert (status, err["error"]["code"], err["error"]["message"]) == (
+                    404, "NotFound", "webhooks are off: start the gateway with --webhook-token (FLEETCAP_WEBHOOK_TOKEN) "
+                                     "to serve them"), (path, token)
+        with sdk.Client(coordinator) as c:
+            assert sorted(x.name for x in c.list()) == before
+    finally:
+        g.stop()

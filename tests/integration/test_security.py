@@ -299,6 +299,16 @@ def test_plaintext_beyond_loopback_is_refused_and_insecure_is_loud(tmp_path):
                  "acct=DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "c2VjcmV0" not in r.stderr
     assert "--storage-account acct: give the secret as env:VARIABLE or file:PATH" in r.stderr
+    # etcd beyond loopback without --etcd-ca: refused at start, before dialling (192.0.2.1 is
+    # TEST-NET-1: nothing there, and nothing is sent; the exit is immediate).
+    started = time.monotonic()
+    r = fleetcap("coordinator", "--etcd", "192.0.2.1:2379", "--data-dir", str(tmp_path),
+                 env=dict(os.environ, ETCD_PASSWORD="hunter2"))
+    assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
+        2, "fleetcap: error: --etcd 192.0.2.1:2379: not a local address, and there is no --etcd-ca; give --etcd-ca "
+           "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send plaintext, ETCD_PASSWORD "
+           "included")
+    assert time.monotonic() - started < 20 and "hunter2" not in r.stderr
 
 
 def test_a_huge_filter_is_refused_at_once_and_other_calls_are_answered(secure):

@@ -161,7 +161,7 @@ def test_filters_compile_in_a_worker_process_with_a_deadline():
     ("127.0.0.1:2379", False, ("127.0.0.1:2379",)),
     ("http://127.0.0.1:2379", False, ("127.0.0.1:2379",)),
     ("https://e1:2379,https://e2:2379/", True, ("e1:2379", "e2:2379")),
-    ("e1, e2:2380", False, ("e1:2379", "e2:2380")),
+    ("e1, e2:2380", True, ("e1:2379", "e2:2380")),
     ("http://[::1]:2379", False, ("[::1]:2379",)),
 ])
 def test_etcd_endpoints_in_etcds_own_forms(value, tls, expected):
@@ -169,11 +169,22 @@ def test_etcd_endpoints_in_etcds_own_forms(value, tls, expected):
     assert parse_etcd_endpoints(value, tls=tls) == expected
 
 
+def test_plaintext_etcd_beyond_loopback_is_refused_before_dialling():
+    from fleetcap.coordinator.settings import parse_etcd_endpoints
+    with pytest.raises(ValueError) as e:
+        parse_etcd_endpoints("127.0.0.1:2379,http://etcd.example:2379", tls=False)
+    assert str(e.value) == ("--etcd etcd.example:2379: not a local address, and there is no --etcd-ca; give --etcd-ca "
+                            "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send "
+                            "plaintext, ETCD_PASSWORD included")
+    assert parse_etcd_endpoints("e1:2379", tls=False, insecure=True) == ("e1:2379",)
+
+
 @pytest.mark.parametrize("value,tls,message", [
     ("https://e1:2379", False, "--etcd: https:// endpoints need --etcd-ca"),
     ("http://e1:2379", True, "--etcd: http:// is plaintext, but --etcd-ca asks for TLS"),
     ("unix://x", False, "--etcd: 'unix://x': the scheme must be http:// or https://"),
     ("http://e1:2379/v3", False, "--etcd: 'http://e1:2379/v3' is not host:port or a URL of one"),
+    ("e1:2379", False, "--etcd e1:2379: not a local address, and there is no --etcd-ca"),
     ("e1:99999", False, "--etcd: 'e1:99999' is not host:port"),
     ("::1:2379", False, "--etcd: '::1:2379': write an IPv6 address as [addr]:port"),
     (",", False, "--etcd: give at least one endpoint"),
