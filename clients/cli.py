@@ -124,14 +124,21 @@ def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | No
     rows = data if isinstance(data, list) else [data]
     if output == "tsv":
         for r in rows:
-            print("\t".join(str(_get(r, path)) for _, path in table))
+            print("\t".join(_cell(_get(r, path)) for _, path in table))
         return
-    cols = [(h, [str(_get(r, path)) for r in rows]) for h, path in table]
+    cols = [(h, [_cell(_get(r, path)) for r in rows]) for h, path in table]
     widths = [max([len(h)] + [len(v) for v in vals]) for h, vals in cols]
     print("  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip())
     print("  ".join("-" * w for w in widths))
     for i in range(len(rows)):
         print("  ".join(vals[i].ljust(w) for (_, vals), w in zip(cols, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    """A value for a terminal: text that agents and callers chose (a hostname, an interface, an
+    error) has its control characters escaped, so it can neither move the cursor nor recolour
+    the screen nor break a table's or tsv's columns."""
+    return logs.escape_control(str(value))
 
 
 def _query_table(data: Any) -> list[tuple[str, str]]:
@@ -165,9 +172,9 @@ def _status_out(status, args: argparse.Namespace) -> None:
         _emit(d, args)
         return
     if args.output == "table":
-        print(f"{d['name']}: {d['packetCaptureStatus']}"
-              + (f" ({d['stopReason']})" if d.get("stopReason") else "")
-              + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else ""))
+        print(_cell(f"{d['name']}: {d['packetCaptureStatus']}"
+                    + (f" ({d['stopReason']})" if d.get("stopReason") else "")
+                    + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else "")))
     _emit(d.get("instances", []), args, STATUS_TABLE)
 
 
@@ -1256,7 +1263,7 @@ def main(argv: Sequence[str] | None = None,
         print(f"fleetcap: error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except sdk.FleetcapError as e:
-        print(f"fleetcap: {e.code.name}: {e.message}", file=sys.stderr)
+        print(f"fleetcap: {e.code.name}: {_cell(e.message)}", file=sys.stderr)
         return EXIT_BY_CODE.get(e.code, EXIT_ERROR)
     except TimeoutError as e:
         print(f"fleetcap: {e}", file=sys.stderr)

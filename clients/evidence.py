@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import errno
 import json
 import os
+import stat
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fleetcap.core import manifest
-from fleetcap.core.integrity import sha256_file
+from fleetcap.core.integrity import sha256_stream
 
 
 @dataclasses.dataclass
@@ -79,6 +81,26 @@ def _safe(rel: str) -> bool:
     return bool(rel) and not rel.startswith("/") and all(p not in ("", ".", "..") and "\x00" not in p for p in parts)
 
 
+def _open_inside(directory: str, parts: list[str]) -> int:
+    """The regular file at `parts` below `directory`, opened for reading through directory
+    descriptors with O_NOFOLLOW at every step, so that no symbolic link, of a directory on the
+    way or of the file, leads the check out of the directory. Raises OSError (ELOOP, ENOTDIR,
+    ENOENT), and IsADirectoryError for anything but a regular file."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise IsADirectoryError(errno.EISDIR, "not a regular file")
+    return leaf
+
+
 def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_path: str = "") -> Verdict:
     """Raises ManifestError for a manifest that is not a signed manifest at all."""
     try:
@@ -100,11 +122,16 @@ def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_pat
             checks.append(FileCheck(rel, "unsafe-path", "not a plain relative path; not read"))
             continue
         listed.add(rel)
-        full = os.path.join(directory, *rel.split("/"))
-        if not os.path.isfile(full) or os.path.islink(full):
+        try:
+            fd = _open_inside(directory, rel.split("/"))
+        except FileNotFoundError:
             checks.append(FileCheck(rel, "missing"))
             continue
-        size, digest = os.path.getsize(full), sha256_file(full)
+        except OSError:  # ELOOP or ENOTDIR: a symbolic link on the way, or not a file
+            checks.append(FileCheck(rel, "missing", "a symbolic link or not a regular file on its path; not followed"))
+            continue
+        with os.fdopen(fd, "rb") as f:
+            size, digest = os.fstat(f.fileno()).st_size, sha256_stream(f)
         if (size, digest) != (entry.get("sizeBytes"), entry.get("sha256")):
             checks.append(FileCheck(rel, "modified", f"{size} bytes, SHA-256 {digest}; the manifest says "
                                                      f"{entry.get('sizeBytes')} bytes, {entry.get('sha256')}"))
@@ -113,7 +140,7 @@ def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_pat
     skip = os.path.realpath(manifest_path) if manifest_path else ""
     unlisted: list[str] = []
     derived: list[str] = []
-    for top, dirs, names in os.walk(directory):
+    for top, dirs, names in os.walk(directory):  # os.walk never descends into a symlinked directory
         dirs.sort()
         for n in sorted(names):
             full = os.path.join(top, n)

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 PORTAL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "portal")
 MAX_BODY = 1 << 20
+# Azure's packet-capture body nests four levels, an alert payload about six: far more is an attack on
+# the parser or on whatever walks the result.
+MAX_BODY_DEPTH = 32
 # RFC 6750's b64token: what a bearer token may be made of (anything else is refused before it
 # reaches a log line or the coordinator).
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]{1,4096}=*$")
@@ -367,9 +370,28 @@ async def _json_body(request: Request) -> Any:
         if len(raw) > MAX_BODY:
             raise arm.HttpError(413, "InvalidRequestFormat", f"the body is over {MAX_BODY} bytes")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise arm.HttpError(400, "InvalidRequestFormat", f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        body = None  # nested deeper than the parser goes: refused below as too deep
+    if body is None and raw.strip() != b"null" or _depth(body) > MAX_BODY_DEPTH:
+        raise arm.HttpError(400, "InvalidRequestFormat",
+                            f"the body nests objects and arrays deeper than {MAX_BODY_DEPTH} levels")
+    return body
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in a parsed body (iteratively: a deep one cannot
+    exhaust the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_BODY_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 async def _no_body(request: Request) -> None:

@@ -452,3 +452,15 @@ def test_a_huge_header_gets_431_and_does_not_stall_the_others(gateway, size):
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("depth", [33, 100_000])
+def test_deeply_nested_json_is_a_400_in_azures_shape(gateway, coordinator, depth):
+    body = b'{"properties":' + b"[" * depth + b"]" * depth + b"}"
+    for method, path in (("PUT", f"{ARM}/hard-nested{API}"), ("POST", f"{ARM}/hard-1/trigger{API}")):
+        status, err = gateway.call(method, path, raw=body)
+        assert (status, err["error"]["code"], err["error"]["message"]) == (
+            400, "InvalidRequestFormat", "the body nests objects and arrays deeper than 32 levels"), (method, path)
+    with sdk.Client(coordinator) as c:
+        assert [x.name for x in c.list() if x.name == "hard-nested"] == []
+    assert "Traceback" not in gateway.log() and "RecursionError" not in gateway.log()

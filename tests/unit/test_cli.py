@@ -270,3 +270,15 @@ def test_a_missing_config_file_is_exit_2(tmp_path, capsys):
     from fleetcap.main import main
     assert main(["--config", str(tmp_path / "none.toml"), "capture", "list"]) == 2
     assert capsys.readouterr().err.startswith(f"fleetcap: error: --config: cannot read {tmp_path}/none.toml")
+
+
+@pytest.mark.parametrize("output", ["table", "tsv"])
+def test_text_an_agent_chose_cannot_drive_the_terminal(output, capsys):
+    agents = [{"id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm1",
+               "hostname": "evil\x1b[2J\x1b[31mhost", "interface": "eth0\tx\ny", "connectedTime": "2026-12-08T00:00:00Z"}]
+    cli._emit(agents, argparse.Namespace(output=output), cli.AGENT_TABLE)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.count("\n") == (3 if output == "table" else 1)
+    assert "evil\\x1b[2J\\x1b[31mhost" in out and "eth0\\tx\\ny" in out
+    if output == "tsv":
+        assert out.rstrip("\n").split("\t")[1:3] == ["evil\\x1b[2J\\x1b[31mhost", "eth0\\tx\\ny"]

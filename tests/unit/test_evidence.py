@@ -32,3 +32,24 @@ def test_a_signed_manifest_verifies_and_a_path_outside_the_directory_is_never_re
     # Re-serialised by another JSON writer (spacing, key order): the signature still holds.
     doc = json.loads(good)
     assert evidence.verify(json.dumps(doc, indent=7).encode(), signer.public_key_pem.encode(), str(d)).verified
+
+
+def test_a_symlinked_directory_or_file_is_never_followed_out_of_the_directory(tmp_path):
+    signer = ManifestSigner(str(tmp_path / "keys" / "manifest-key.pem"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.cap").write_bytes(b"abc")
+    d = tmp_path / "dl"
+    d.mkdir()
+    (d / "0").symlink_to(outside, target_is_directory=True)
+    (d / "1").mkdir()
+    (d / "1" / "b.cap").symlink_to(outside / "a.cap")
+    digest = hashlib.sha256(b"abc").hexdigest()
+    files = [{"path": "0/a.cap", "sizeBytes": 3, "sha256": digest}, {"path": "1/b.cap", "sizeBytes": 3, "sha256": digest},
+             {"path": "2/c.cap", "sizeBytes": 3, "sha256": digest}]
+    v = evidence.verify(signer.sign({"version": 1, "capture": {"name": "x"}, "files": files}),
+                        signer.public_key_pem.encode(), str(d))
+    assert (v.signature, v.verified) == ("valid", False)
+    followed = "a symbolic link or not a regular file on its path; not followed"
+    assert [(f.path, f.status, f.detail) for f in v.files] == [
+        ("0/a.cap", "missing", followed), ("1/b.cap", "missing", followed), ("2/c.cap", "missing", "")]
