@@ -1234,6 +1234,26 @@ def with_completion(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(e: sdk.FleetcapError) -> bool:
+    """The call never reached a coordinator (refused, no route, no name, a failed handshake), as
+    opposed to a coordinator that answered UNAVAILABLE itself."""
+    return e.code == grpc.StatusCode.UNAVAILABLE and any(
+        words in e.message for words in ("failed to connect to all addresses", "DNS resolution failed",
+                                         "Connection refused", "No route to host"))
+
+
+def _coordinator_source(argv: Sequence[str] | None, args: argparse.Namespace) -> str:
+    """Where the client's coordinator address came from, for an error that says how to change it."""
+    line = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--coordinator" or a.startswith("--coordinator=") for a in line):
+        return "from --coordinator"
+    if args.coordinator and args.coordinator != os.environ.get("FLEETCAP_COORDINATOR"):
+        return "from --config"
+    if args.coordinator:
+        return "from FLEETCAP_COORDINATOR"
+    return "the default"
+
+
 def main(argv: Sequence[str] | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
@@ -1263,6 +1283,12 @@ def main(argv: Sequence[str] | None = None,
         print(f"fleetcap: error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except sdk.FleetcapError as e:
+        if _unreachable(e):
+            address = args.coordinator or transport.DEFAULT_ADDRESS
+            print(f"fleetcap: cannot reach the coordinator at {_cell(address)} ({_coordinator_source(argv, args)}; "
+                  "set --coordinator or FLEETCAP_COORDINATOR)", file=sys.stderr)
+            print(f"fleetcap: the connection failed with: {_cell(e.message)}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"fleetcap: {e.code.name}: {_cell(e.message)}", file=sys.stderr)
         return EXIT_BY_CODE.get(e.code, EXIT_ERROR)
     except TimeoutError as e:

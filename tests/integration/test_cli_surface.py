@@ -9,6 +9,9 @@ import time
 
 import pytest
 
+from fleetcap.core import transport
+from fleetcap.core.transport import free_port
+
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -173,3 +176,37 @@ def test_watch_on_a_terminal_fits_its_width(coordinator):
         assert any("TimeExceeded" in line for line in lines)
     finally:
         cli(coordinator, "capture", "delete", "-n", "tty-2")
+
+
+@pytest.mark.parametrize("how", ["env", "flag", "config", "default"])
+def test_an_unreachable_coordinator_is_named_with_the_setting_it_came_from(tmp_path, how):
+    port = free_port()  # nothing listens there: connection refused
+    address = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("FLEETCAP_COORDINATOR", "FLEETCAP_CONFIG")}
+    args = ["capture", "list"]
+    source = {"env": "from FLEETCAP_COORDINATOR", "flag": "from --coordinator", "config": "from --config",
+              "default": "the default"}[how]
+    if how == "env":
+        env["FLEETCAP_COORDINATOR"] = address
+    elif how == "flag":
+        args = ["--coordinator", address, *args]
+    elif how == "config":
+        (tmp_path / "c.toml").write_text(f'[global]\ncoordinator = "{address}"\n')
+        args = ["--config", str(tmp_path / "c.toml"), *args]
+    else:
+        address = transport.DEFAULT_ADDRESS
+        if _listening(address):
+            pytest.skip(f"something listens on the default address {address}")
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "fleetcap", *args], capture_output=True, text=True, timeout=60, env=env)
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        1, f"fleetcap: cannot reach the coordinator at {address} ({source}; set --coordinator or FLEETCAP_COORDINATOR)")
+    assert r.stderr.splitlines()[1].startswith("fleetcap: the connection failed with: ")
+    assert time.monotonic() - started < 10
+
+
+def _listening(address: str) -> bool:
+    import socket
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) == 0
