@@ -34,6 +34,7 @@ from fleetcap.coordinator.settings import LOCAL_ACCOUNT
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 from fleetcap.core.auth import Principal
+from fleetcap.core.libpcap import MAX_SNAPLEN
 from fleetcap.core.naming import ring_file_path
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -84,6 +85,28 @@ def _trim_ring(record: state_pb2.CaptureRecord, op: fleet_pb2.UploadOpen, sink: 
     old = index - p.capture_settings.file_count
     if old >= 0:
         sink.delete(svc.object_name(record, op.identity, ring_file_path(record.local_path, old, True)))
+
+
+# A pcap record's header (timestamp, captured and original lengths: 16 bytes) before its data.
+PCAP_RECORD_HEADER = 16
+
+
+def max_file_bytes(record: state_pb2.CaptureRecord) -> int:
+    """The most one file of this capture may hold: its limit (a ring file's size; a flight
+    recorder's ring plus what follows the trigger; else the session's bytes), plus the one record
+    that may cross it. 0 = no limit (a capture without one)."""
+    p = record.resource.properties
+    if p.HasField("continuous_capture"):
+        limit = p.capture_settings.file_size_in_bytes
+    else:
+        limit = p.total_bytes_per_session + (p.standby_bytes if p.standby_in_seconds else 0)
+    return limit + PCAP_RECORD_HEADER + (p.bytes_to_capture_per_packet or MAX_SNAPLEN) if limit else 0
+
+
+def _within(cap: int, end: int, what: str) -> None:
+    if cap and end > cap:
+        raise InvalidArgument("upload", f"{what} {end} bytes: past this capture's limit for one file ({cap} bytes, "
+                                        "one record over the limit included); not stored")
 
 
 class Uploads:
@@ -164,6 +187,7 @@ class Uploads:
             yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
                                            stored_sha256=done.sha256)
             return
+        cap = max_file_bytes(record)
         opened = fetch_checked = time.monotonic()
         durable = await asyncio.to_thread(writer.open, op.restart)
         received, unflushed_since = durable, None
@@ -198,6 +222,7 @@ class Uploads:
                 if isinstance(req, fleet_pb2.UploadRequest) and req.HasField("finish"):
                     if op.fetch_id and await self.service.store.get_fetch(op.fetch_id) is None:
                         raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
+                    _within(cap, req.finish.size_bytes, "a file of")
                     committing = time.monotonic()
                     done = await asyncio.to_thread(writer.commit, req.finish.size_bytes, req.finish.sha256)
                     self.metrics.commit_duration.labels(account).observe(time.monotonic() - committing)
@@ -218,6 +243,7 @@ class Uploads:
                         fetch_checked = time.monotonic()
                     c = req.chunk
                     data = c.data  # a memoryview (wire.py), or protobuf's copy: taken once
+                    _within(cap, c.offset + len(data), "a chunk ending at")
                     if not await asyncio.to_thread(_write_checked, writer, c.offset, data, c):
                         raise DataLoss(f"chunk at offset {c.offset}: CRC mismatch")
                     new = writer.durable_size()

@@ -495,3 +495,43 @@ def test_the_coordinators_name_is_reserved_to_coordinator_certificates(secure, t
         r = fleetcap("tls", "cert", "create", "--ca", os.path.join(secure.d, "ca"), "--out", str(tmp_path), *args)
         assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
             2, "fleetcap: error: 'fleetcap-coordinator' is reserved for coordinator certificates (--coordinator)"), r
+
+
+def test_an_agent_cannot_upload_past_the_captures_limit(secure):
+    """A compromised vm1 starts a 33 MB upload into a capture limited to 100,000 bytes: refused at the
+    chunk that passes the limit plus one record; nothing of it is committed."""
+    import zlib
+    s = secure
+
+    async def body() -> list[fleet_pb2.UploadResponse]:
+        vm1 = s.agent_channel(os.path.join(s.d, "vm1"))
+        with s.client(s.tokens["ops"]) as ops:
+            created = ops.create(name="limit", target="vm1", resource_group="rg1", storage_account="local",
+                                 file_path="/var/captures/limit-real.cap", time_limit_in_seconds=60,
+                                 total_bytes_per_session=100_000, filters=[{"protocol": "UDP", "localPort": "47125"}])
+        call = fleet_pb2_grpc.FleetStub(vm1).Upload()
+        await call.write(fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
+            identity=fleet_pb2.AgentIdentity(vm_name="vm1", resource_group="rg1"), capture_name="limit",
+            capture_id=f"{created.id}@{created.created_time}", file_path="/var/captures/limit-real.cap")))
+        acks = [await call.read()]
+        data = b"\xd4\xc3\xb2\xa1" + b"F" * (1024 * 1024 - 4)
+        # The first MiB of the 33: the coordinator must refuse it rather than store it.
+        await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(offset=0, data=data,
+                                                                             crc32=zlib.crc32(data))))
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while (ack := await call.read()) is not grpc.aio.EOF:
+                acks.append(ack)
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT, await call.details()
+        assert await call.details() == ("upload: a chunk ending at 1048576 bytes: past this capture's limit for one file "
+                                     "(362160 bytes, one record over the limit included); not stored")
+        await vm1.close()
+        return acks
+    acks = asyncio.run(body())
+    assert [a.acked_offset for a in acks] == [0]
+    with s.client(s.tokens["ops"]) as ops:
+        ops.stop(name="limit")
+        final = ops.wait(name="limit", timeout_s=30)
+        # The real agent's upload of the same file took over again and was stored whole.
+        [f] = final.instances[0].files
+        assert (f.file_path, f.upload_complete, f.uploaded_bytes) == ("/var/captures/limit-real.cap", True, 24)
+        ops.delete(name="limit")
