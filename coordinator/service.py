@@ -641,9 +641,14 @@ class CaptureService:
         first_report[0] tells whether it was the instance's first (for the fan-out metric)."""
         name, new = record.resource.name, progress.status
 
+        upload = bool(record.resource.properties.storage_location.storage_id)
+
         def apply(rec: state_pb2.InstanceRecord) -> bool:
             old = rec.status
             first_report[0] = False
+            if st.is_settled_for_good(old, upload):  # final: agents repeat their reports after every hello
+                log.debug("capture %s on %s has ended and settled; report ignored", name, instance_key)
+                return False
             try:
                 st.check_transition(old.packet_capture_status, new.packet_capture_status, old.packet_capture_error)
             except st.IllegalTransition as e:

@@ -40,6 +40,15 @@ def is_final(status: captures_pb2.InstanceStatus) -> bool:
     return is_terminal(status.packet_capture_status)
 
 
+def is_settled_for_good(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
+    """An instance whose record nothing may change any more: it has ended and settled (its files
+    hashed, and committed if it uploads). The one exception is an instance failed only because
+    its agent went silent (AgentStopped): its agent may still report how the capture went on."""
+    if list(status.packet_capture_error) == [CaptureError.AGENT_STOPPED]:
+        return False
+    return uploads_settled(status, upload)
+
+
 def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
     """True when nothing more will change for this instance: it has ended, its files are
     hashed, and if it uploads, they are committed (or it failed)."""

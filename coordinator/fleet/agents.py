@@ -13,6 +13,7 @@ from typing import Any
 
 from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, PermissionDenied, StoreUnavailable
 from fleetcap.coordinator.fetch import InterfaceRate
+from fleetcap.coordinator.fleet import reports
 from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.service import CaptureService, being_cancelled
 from fleetcap.coordinator.state import keys
@@ -38,6 +39,32 @@ COUNTER_WRITES_PER_S = 150
 # A report etcd could not take is written again after this long (while the stream lasts; after
 # it, the agent's next hello carries its state).
 RETRY_REPORT_S = 1.0
+# Changes of state one agent may write: a burst of CHANGE_BURST, then CHANGES_PER_S. A real
+# agent's capture makes about five (started, stopped, hashed, uploaded, committed); a flood
+# waits, the newest report of each capture kept, so etcd takes no more revisions than this.
+CHANGE_BURST, CHANGES_PER_S = 20, 5.0
+# Captures whose reports may wait at once: far more than one instance runs (each capture name
+# is validated), so a flood of made-up names cannot grow the replica's memory.
+MAX_PENDING_REPORTS = 1024
+
+
+class _Pace:
+    """A token bucket that says when the next write may go (it never refuses, it delays)."""
+
+    def __init__(self, burst: float, per_s: float):
+        self.burst, self.per_s = burst, per_s
+        self.tokens: float = burst
+        self.at: float | None = None
+
+    def when(self, now: float) -> float:
+        """`now` if a write may go now (and takes its token), else the time one will be due."""
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_s)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return now
+        return now + (1 - self.tokens) / self.per_s
 
 
 def counters_only(old: fleet_pb2.CaptureProgress | None, new: fleet_pb2.CaptureProgress) -> bool:
@@ -184,6 +211,7 @@ class ControlSession:
         self._pending: dict[str, fleet_pb2.CaptureProgress] = {}
         self._written: dict[str, tuple[float, fleet_pb2.CaptureProgress]] = {}
         self._wake = asyncio.Event()
+        self._changes = _Pace(CHANGE_BURST, CHANGES_PER_S)
         self._writer: asyncio.Task[None] | None = None
         self._last_probe = -CLOCK_PROBE_GAP_S
         self._tasks: set[asyncio.Future[None]] = set()
@@ -195,6 +223,10 @@ class ControlSession:
     async def open(self, hello: fleet_pb2.AgentHello, principal: Principal | None) -> fleet_pb2.Welcome:
         check_identity(hello.identity)
         check_caller(principal, hello.identity)
+        try:
+            reports.check_hello(hello)
+        except reports.ReportRefused as e:
+            raise InvalidArgument("hello", str(e)) from None
         key = keys.instance_key(hello.identity)
         self._record = state_pb2.AgentRecord(identity=hello.identity, hostname=hello.hostname,
                                              interface=hello.interface, addresses=hello.addresses,
@@ -227,6 +259,15 @@ class ControlSession:
             elif message.HasField("budget_return"):
                 self._background(self.service.budget_return(key, message.budget_return))
             elif message.HasField("progress"):
+                try:
+                    reports.check_progress(message.progress)
+                except reports.ReportRefused as e:
+                    log.warning("agent %s: report refused: %s", key, e)
+                    return
+                if message.progress.capture_name not in self._pending and len(self._pending) >= MAX_PENDING_REPORTS:
+                    log.warning("agent %s: more than %d captures' reports waiting; report of %s refused", key,
+                                MAX_PENDING_REPORTS, message.progress.capture_name)
+                    return
                 self._pending[message.progress.capture_name] = message.progress
                 self._wake.set()
                 if self._writer is None:
@@ -278,6 +319,12 @@ class ControlSession:
                 due = last[0] + self.sessions.persist_interval() if last else 0.0
                 if counters_only(last[1] if last else None, progress) and loop.time() < due:
                     next_due = due if next_due is None else min(next_due, due)
+                    continue
+                # Changes of state at once, but no faster than the agent's share: a flood of
+                # them waits here, the newest kept, instead of becoming etcd revisions.
+                allowed = self._changes.when(loop.time())
+                if allowed > loop.time():
+                    next_due = allowed if next_due is None else min(next_due, allowed)
                     continue
                 del self._pending[name]
                 try:

@@ -535,3 +535,46 @@ def test_an_agent_cannot_upload_past_the_captures_limit(secure):
         [f] = final.instances[0].files
         assert (f.file_path, f.upload_complete, f.uploaded_bytes) == ("/var/captures/limit-real.cap", True, 24)
         ops.delete(name="limit")
+
+
+def test_a_compromised_agent_cannot_fill_etcd(secure):
+    """vm2's own certificate, a stream of its own: 60 reports with a 1.4 MB error message each
+    (the first audit grew etcd by 100 MB in 20 s this way). Each is cut to 1 KiB, the writes are
+    paced, and the first, Error, is final: the record never changes after it."""
+    s = secure
+    db = next(os.path.join(top, "db") for top, _, names in os.walk(os.path.join(s.d, "data")) if "db" in names
+              and top.endswith(os.path.join("member", "snap")))
+    size_before = os.path.getsize(db)
+
+    async def body() -> None:
+        vm2 = s.agent_channel(os.path.join(s.d, "vm2"))
+        call = fleet_pb2_grpc.FleetStub(vm2).Connect()
+        await call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
+            identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"), hostname="vm2", interface="lo")))
+        assert (await call.read()).HasField("welcome")
+        with s.client(s.tokens["ops"]) as ops:
+            ops.create(name="flood", target="vm2", resource_group="rg1", file_path="/var/captures/flood.cap",
+                       time_limit_in_seconds=60)
+        start = await call.read()
+        while not start.HasField("start"):
+            start = await call.read()
+        for i in range(60):
+            await call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
+                capture_name="flood", capture_id=start.start.capture_id, status=pb.InstanceStatus(
+                    packet_capture_status="Error", packet_capture_error=["CaptureFailed"],
+                    error_message=f"{i:02d}" + "E" * 1_400_000))))
+        with s.client(s.tokens["ops"]) as ops:
+            # The first report, cut, is the record; Error is final, so the 59 after it (paced,
+            # over about 8 s) change nothing: watched for 10 s.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                [inst] = ops.get_status(name="flood").instances
+                if inst.packet_capture_status == "Error":
+                    assert (inst.error_message[:2], len(inst.error_message)) == ("00", 1027)
+                await asyncio.sleep(0.2)
+            assert inst.packet_capture_status == "Error"
+            ops.delete(name="flood")
+        call.cancel()
+        await vm2.close()
+    asyncio.run(body())
+    assert os.path.getsize(db) - size_before < 8 * 1024 * 1024, (size_before, os.path.getsize(db))
