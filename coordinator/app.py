@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
+import sys
+import threading
 
 from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.api.capture_servicer import CaptureServicer
@@ -22,7 +25,7 @@ from fleetcap.coordinator.manifest import ManifestSigner
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT, CoordinatorSettings
-from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
+from fleetcap.coordinator.state.embedded_etcd import RESTART_BACKOFF_S, EmbeddedEtcd, supervise
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import KVBackend, Store
@@ -47,7 +50,31 @@ of the 10,000-agent benchmark spent 10-14 s of CPU in the collector; with these,
 (docs/decisions.md). Cycles are still collected, later; the peak RSS did not change."""
 
 
-async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = None) -> None:
+# From SIGTERM (or the embedded etcd given up on) to the process's end, at most: etcd calls that
+# keep retrying, a connection that does not close, must not hold a stopping coordinator (every
+# state change is one etcd transaction, so nothing is left half-written by leaving).
+SHUTDOWN_DEADLINE_S = 5.0
+
+
+def _exit_by(seconds: float, code: int, last_words: str = "") -> None:
+    """Ends the process with `code` (printing `last_words`) after `seconds` unless it has ended
+    by itself by then."""
+    def expire() -> None:
+        log.error("shutting down took longer than %g s; exiting now", seconds)
+        if last_words:
+            print(last_words, file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = None, *, hard_exit: bool = False) -> None:
+    """Runs a coordinator until SIGTERM or SIGINT. With hard_exit (the `fleetcap coordinator`
+    process), its shutdown ends the process within SHUTDOWN_DEADLINE_S whatever it waits for."""
     gc.set_threshold(*GC_THRESHOLDS)
     embedded = None
     kv: KVBackend
@@ -124,6 +151,11 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         metrics_server = await serve_http(metrics.registry, settings.metrics_listen,
                                           before_scrape=lambda: metrics.refresh(service))
 
+    supervisor = None
+    if embedded:
+        up, restarts = metrics.embedded_etcd()
+        supervisor = asyncio.ensure_future(supervise(embedded, on_state=lambda ok: up.set(1 if ok else 0),
+                                                     on_restart=restarts.inc))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,10 +169,17 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     if ready:
         ready.set()
     print(f"fleetcap coordinator ready on {', '.join(a for a, _ in listeners)}", flush=True)
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({stopping, *([supervisor] if supervisor else [])}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down")
+        if hard_exit:
+            _exit_by(SHUTDOWN_DEADLINE_S, 0 if stop.is_set() else 1,
+                     "" if stop.is_set() else f"fleetcap: error: {_given_up(embedded)}")
+        for waiter in (stopping, supervisor):
+            if waiter is not None:
+                waiter.cancel()
         await health.stop()  # probes see NOT_SERVING while in-flight calls finish
         for t in tasks:
             t.cancel()
@@ -151,4 +190,11 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         filters.close()
         if embedded:
             embedded.stop()
+    if not stop.is_set():  # the supervisor gave up
+        raise StoreUnreachable(_given_up(embedded))
+
+
+def _given_up(embedded: EmbeddedEtcd | None) -> str:
+    where = embedded.log_path if embedded else "its log"
+    return f"the embedded etcd exited and did not come back after {len(RESTART_BACKOFF_S)} restarts; see {where}"
 

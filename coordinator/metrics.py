@@ -82,6 +82,15 @@ class CoordinatorMetrics:
         self._refreshed = 0.0
         self._lock = asyncio.Lock()
 
+    def embedded_etcd(self) -> tuple[Gauge, Counter]:
+        """The embedded etcd's series, registered only by a coordinator that runs one."""
+        up = Gauge("fleetcap_embedded_etcd_up", "1 while the embedded etcd runs, 0 while it is down or being "
+                   "restarted", registry=self.registry)
+        restarts = Counter("fleetcap_embedded_etcd_restarts", "Restarts of the embedded etcd after it exited",
+                           registry=self.registry)
+        up.set(1)
+        return up, restarts
+
     def storage_accounts(self, names: Iterable[str]) -> None:
         """Starts each account's series at zero, so that rate() and increase() see the first
         failure or byte, and the dashboards list every account from the start."""

@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -365,10 +365,14 @@ async def _json_body(request: Request) -> Any:
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         raise arm.HttpError(413, "InvalidRequestFormat", f"the body is over {MAX_BODY} bytes")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise arm.HttpError(413, "InvalidRequestFormat", f"the body is over {MAX_BODY} bytes")
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise arm.HttpError(413, "InvalidRequestFormat", f"the body is over {MAX_BODY} bytes")
+    except ClientDisconnect:  # nobody is left to answer: an expected event, not a failure
+        raise arm.HttpError(400, "InvalidRequestFormat", "the client closed the connection before its body came") \
+            from None
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

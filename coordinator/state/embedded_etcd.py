@@ -8,16 +8,24 @@ listener uses the same certificates. Metrics are not served on a port of their o
 The other flags are the ones the dependency lab measured (docs/decisions.md): loopback only, zap
 logging, and short heartbeat/election timings so a single node is leader in ~0.1 s.
 Used by `fleetcap coordinator` and by the tests, which need a real etcd too.
+
+etcd runs in a session of its own, so a signal sent to the coordinator's process group (a closed
+terminal's SIGHUP, `kill -HUP -PGID`, a process manager) does not reach it; `supervise` watches
+it, restarts it on the same ports and data with backoff, and gives up (the coordinator then exits
+non-zero) when it cannot come back.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 
 from fleetcap.core import pki
 from fleetcap.core.transport import free_port
@@ -26,6 +34,11 @@ ETCD_BINARY = "etcd"
 # Two ports are picked free and then bound by etcd: another process may take one in between,
 # so a start that loses that race tries again with new ports.
 START_ATTEMPTS = 3
+# Waits before each restart of an etcd that exited: about 30 s in all, then the coordinator
+# gives up and exits non-zero (a process manager restarts it whole, and says so).
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+log = logging.getLogger(__name__)
 
 
 class EtcdError(RuntimeError):
@@ -116,6 +129,10 @@ class EmbeddedEtcd:
         self.stop()
         return self._start(shutil.which(ETCD_BINARY) or "/usr/bin/etcd", timeout_s, same_ports=True)
 
+    def start_again(self, timeout_s: float = 20.0) -> EmbeddedEtcd:
+        """Starts etcd after it exited, on the same ports, data and certificates."""
+        return self._start(shutil.which(ETCD_BINARY) or "/usr/bin/etcd", timeout_s, same_ports=True)
+
     def _start(self, binary: str, timeout_s: float, *, same_ports: bool = False) -> EmbeddedEtcd:
         if not same_ports:
             self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
@@ -131,7 +148,7 @@ class EmbeddedEtcd:
                *tls_flags(self.server_tls)]
         start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -149,9 +166,41 @@ class EmbeddedEtcd:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(10)
+            try:  # within the coordinator's shutdown deadline (app.SHUTDOWN_DEADLINE_S)
+                self.process.wait(3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+async def supervise(etcd: EmbeddedEtcd, *, on_state: Callable[[bool], None] = lambda up: None,
+                    on_restart: Callable[[], None] = lambda: None) -> None:
+    """Watches the embedded etcd for as long as it runs: when it exits, logs how, and starts it
+    again after each of RESTART_BACKOFF_S. Returns (and the coordinator exits non-zero) only when
+    every restart failed; cancelled, it leaves etcd as it is. `on_state(up)` follows it."""
+    while True:
+        process = etcd.process
+        if process is None:  # between a deliberate stop and start (restart)
+            await asyncio.sleep(0.5)
+            continue
+        code = await asyncio.to_thread(process.wait)
+        if etcd.process is not process:  # stopped or restarted on purpose (stop, restart)
+            continue
+        on_state(False)
+        log.error("the embedded etcd exited with %s; restarting it (see %s)", code, etcd.log_path)
+        for attempt, delay in enumerate(RESTART_BACKOFF_S, 1):
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(etcd.start_again)
+            except EtcdError as e:
+                log.error("the embedded etcd did not start again (attempt %d of %d): %s", attempt,
+                          len(RESTART_BACKOFF_S), e)
+                continue
+            on_restart()
+            on_state(True)
+            log.warning("the embedded etcd is back at https://%s after %d attempt(s)", etcd.endpoint, attempt)
+            break
+        else:
+            log.error("the embedded etcd did not come back after %d attempts; giving up", len(RESTART_BACKOFF_S))
+            return

@@ -96,7 +96,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
         etcd_username=os.environ.get("ETCD_USERNAME", ""), etcd_password=os.environ.get("ETCD_PASSWORD", ""))
     try:
-        asyncio.run(app.serve(settings))
+        asyncio.run(app.serve(settings, hard_exit=True))
     except app.StoreUnreachable as e:
         print(f"fleetcap: error: {e}", file=sys.stderr)
         return cli.EXIT_ERROR

@@ -194,26 +194,21 @@ def test_a_slow_headers_client_is_cut_off(gateway):
 
 
 def test_a_full_house_gets_503_with_retry_after(gateway, coordinator):
-    # --max-requests 4: hold four event streams of a running capture open; the fifth request is
-    # refused at once.
-    streams = []
-    with sdk.Client(coordinator) as c:
-        c.create(name="hard-run", target=VM1, storage_account="local", time_limit_in_seconds=60,
-                 filters=[{"protocol": "UDP", "localPort": str(PORT + 1)}])
+    # --max-requests 4: four requests whose bodies have not come hold the four slots (for up to
+    # --request-timeout, 2 s); the fifth request is refused at once.
+    held = []
     try:
         for _ in range(4):
             s = tls_connect(gateway)
-            s.sendall(b"GET /fleetcap/v1/captures/hard-run/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Authorization: Bearer " + TOKENS[Role.ADMIN].encode() + b"\r\n\r\n")
-            assert s.recv(4096).startswith(b"HTTP/1.1 200")
-            streams.append(s)
+            s.sendall(f"PUT {ARM}/hard-full{API} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: 100\r\nAuthorization: Bearer {TOKENS[Role.ADMIN]}\r\n\r\n".encode())
+            held.append(s)
+        time.sleep(0.3)  # the four have reached the gateway's handler (well within their 2 s)
         status, headers, body = gateway.request("GET", f"{ARM}{API}")
         assert (status, headers["Retry-After"], json.loads(body)["error"]["code"]) == (503, "1", "ServiceUnavailable")
     finally:
-        for s in streams:
+        for s in held:
             s.close()
-        with sdk.Client(coordinator) as c:
-            c.delete(name="hard-run")
     deadline = time.monotonic() + 10
     while gateway.request("GET", f"{ARM}{API}")[0] != 200:
         assert time.monotonic() < deadline

@@ -135,7 +135,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(gateway, tmp_path):
 def test_coordinator_down_is_503_in_azure_shape(tmp_path):
     rules = tmp_path / "rules.json"
     rules.write_text('{"rules": [{"name": "any-alert"}]}')
-    g = Gateway(f"unix:{tmp_path}/no-coordinator.sock", tmp_path, "--alert-rules", str(rules))
+    (tmp_path / "webhook.token").write_text("hook-token\n")
+    g = Gateway(f"unix:{tmp_path}/no-coordinator.sock", tmp_path, "--alert-rules", str(rules),
+                "--webhook-token", f"file:{tmp_path / 'webhook.token'}")
     try:
         status, err = g.call("GET", f"{ARM}{API}")
         assert status == 503 and err["error"]["code"] == "ServiceUnavailable", err
@@ -143,7 +145,7 @@ def test_coordinator_down_is_503_in_azure_shape(tmp_path):
         assert status == 503 and err["error"]["code"] == "ServiceUnavailable"
         # A webhook is answered 503 too, so that Alertmanager or Azure Monitor delivers it again.
         status, err = g.call("POST", "/webhooks/alertmanager", {"status": "firing", "alerts": [
-            {"status": "firing", "labels": {"alertname": "X", "vm": "vm1"}}]})
+            {"status": "firing", "labels": {"alertname": "X", "vm": "vm1"}}]}, token="hook-token")
         assert status == 503 and err["error"]["code"] == "ServiceUnavailable", err
         assert "Traceback" not in g.log()
     finally:

@@ -104,8 +104,9 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure(level: str, *, json_lines: bool = False) -> None:
-    """The process's one log handler, on stderr, with the safe formatter; replaces any other."""
+    """The process's one log handler, on stderr, with the safe formatter (none if the root logger
+    has handlers already, as under pytest)."""
     import sys
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if json_lines else SafeFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])
