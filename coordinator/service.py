@@ -183,9 +183,10 @@ class CaptureService:
         return now
 
     async def create(self, *, name: str, resource_group: str, subscription: str,
-                     params: captures_pb2.PacketCaptureParameters) -> captures_pb2.PacketCaptureResult:
-        """Creates and starts a capture."""
-        record, instances = await self._prepare(name, resource_group, subscription, params)
+                     params: captures_pb2.PacketCaptureParameters, caller: str = "") -> captures_pb2.PacketCaptureResult:
+        """Creates and starts a capture. `caller` (the principal's name) bounds its share of the
+        filter compiler."""
+        record, instances = await self._prepare(name, resource_group, subscription, params, caller)
         limit = record.resource.properties.fleet_bytes_limit
         await self.store.create_capture(record, instances,
                                         budget.initial(limit, list(record.instance_keys)) if limit else None)
@@ -198,22 +199,22 @@ class CaptureService:
         return record.resource
 
     async def dry_run(self, *, name: str, resource_group: str, subscription: str,
-                      params: captures_pb2.PacketCaptureParameters,
+                      params: captures_pb2.PacketCaptureParameters, caller: str = "",
                       ) -> tuple[captures_pb2.PacketCaptureResult, captures_pb2.DryRunResult]:
         """Checks all a create checks, and answers what it would touch: its instances, whether
         each is connected, and an estimate of what each would write per second. Stores and
         starts nothing."""
-        record, instances = await self._prepare(name, resource_group, subscription, params)
+        record, instances = await self._prepare(name, resource_group, subscription, params, caller)
         return record.resource, await self._dry_run(record, instances)
 
     async def _prepare(self, name: str, resource_group: str, subscription: str,
-                       params: captures_pb2.PacketCaptureParameters,
+                       params: captures_pb2.PacketCaptureParameters, caller: str = "",
                        ) -> tuple[state_pb2.CaptureRecord, builtins.list[state_pb2.InstanceRecord]]:
         """A create's checks, and the records it would write."""
         validation.validate_name(name)
         p = validation.validate(params, storage_accounts=self.sinks)
         for field, expression, meaning in validation.expressions_to_compile(p):
-            await self.filters.check(field, expression, meaning)
+            await self.filters.check(field, expression, meaning, caller=caller)
         running = await self.store.running_captures()
         if len(running) >= self.config.max_captures:
             raise ResourceExhausted(f"{len(running)} captures are running, the limit is {self.config.max_captures}; "

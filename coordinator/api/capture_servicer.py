@@ -47,12 +47,15 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
 
     @_mapped
     async def Create(self, request: pb.CreatePacketCaptureRequest, context: Context) -> pb.CreatePacketCaptureResponse:
+        caller = current_principal()
+        who = caller.name if caller else ""
         if request.dry_run:
             capture, dry_run = await self.service.dry_run(name=request.name, resource_group=request.resource_group,
-                                                          subscription=request.subscription, params=request.properties)
+                                                          subscription=request.subscription, params=request.properties,
+                                                          caller=who)
             return pb.CreatePacketCaptureResponse(capture=capture, dry_run=dry_run)
         capture = await self.service.create(name=request.name, resource_group=request.resource_group,
-                                            subscription=request.subscription, params=request.properties)
+                                            subscription=request.subscription, params=request.properties, caller=who)
         return pb.CreatePacketCaptureResponse(capture=capture)
 
     @_mapped

@@ -578,3 +578,38 @@ def test_a_compromised_agent_cannot_fill_etcd(secure):
         await vm2.close()
     asyncio.run(body())
     assert os.path.getsize(db) - size_before < 8 * 1024 * 1024, (size_before, os.path.getsize(db))
+
+
+def test_one_contributor_cannot_hold_up_everyone_elses_creates(secure):
+    """A filter whose compile is predictably long is refused before compiling; expensive filters
+    that are allowed take one lane per caller, so an admin's create is not queued behind them."""
+    s = secure
+    portranges = " or ".join(f"portrange {i * 10}-{i * 10 + 5}" for i in range(200))[:4091].rsplit(" or ", 1)[0]
+
+    async def body() -> None:
+        async with sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["ops"]) as ops, \
+                sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["boss"]) as boss:
+            t = time.monotonic()
+            with pytest.raises(sdk.InvalidCapture, match=r"^INVALID_ARGUMENT: bpfFilter: too complex: \d+ address and port terms \(a port "
+                                                         r"range counts 3\), at most 300; split the capture"):
+                await ops.create(name="ranges", target="vm1", resource_group="rg1", bpf_filter=portranges,
+                                 file_path="/var/captures/ranges.cap")
+            assert time.monotonic() - t < 2  # refused before any compile
+            # Allowed but expensive (about a second each here): 290 port terms.
+            costly = "tcp and (" + " or ".join(f"port {1000 + i}" for i in range(290)) + ")"
+            finished: list[str] = []
+
+            async def create(client: sdk.AsyncClient, name: str, bpf: str) -> None:
+                await client.create(name=name, target="vm1", resource_group="rg1", bpf_filter=bpf,
+                                    file_path=f"/var/captures/{name}.cap", time_limit_in_seconds=1)
+                finished.append(name)
+            ops_creates = [asyncio.ensure_future(create(ops, f"costly{i}", costly)) for i in range(3)]
+            await asyncio.sleep(0.2)  # the three are in, queued behind each other
+            await create(boss, "simple", "udp port 53")
+            await asyncio.gather(*ops_creates)
+            # The admin's create did not wait for the contributor's three: at most one went first.
+            assert finished.index("simple") <= 1, finished
+            for name in ("simple", "costly0", "costly1", "costly2"):
+                await boss.wait(name=name, timeout_s=30)
+                await boss.delete(name=name)
+    asyncio.run(body())
