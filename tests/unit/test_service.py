@@ -90,10 +90,13 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
 
     async def body():
         svc, _ = await setup(tmp_path)
-        created = await svc.create(name="h", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        p = params(time_limit_in_seconds=5)
+        p.storage_location.storage_id = "local"  # it uploads: the instance settles once its file is committed
+        created = await svc.create(name="h", resource_group="rg", subscription="", params=p)
         key = "local/rg/vmss/web/1"
         ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id="1")
         old = progress(created, "Stopped", "TimeExceeded")
+        old.status.capture_start_time = "2026-12-08T00:00:00Z"
         old.status.files.add(file_path="/var/captures/a.cap", size_bytes=100, uploaded_bytes=0, sha256="ab")
         new = fleet_pb2.CaptureProgress()
         new.CopyFrom(old)
