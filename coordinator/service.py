@@ -500,6 +500,11 @@ class CaptureService:
         chosen = next((f for f in files if f.file_path == file_path), None) if file_path else (files[-1] if files else None)
         if chosen is None and not (follow and file_path):
             raise NotFound(f"file_path: instance '{instance_id}' of capture '{name}' has no file '{file_path}'")
+        if chosen is not None and not chosen.upload_complete and is_terminal(inst.status.packet_capture_status) \
+                and CaptureError.LOCAL_FILE_FAILED in inst.status.packet_capture_error:
+            # The instance's file was not the agent's any more: what was stored of it is unverified.
+            raise FailedPrecondition(f"{chosen.file_path} of instance '{instance_id}' was never stored whole, and "
+                                     f"the instance's copy is refused: {inst.status.error_message}")
         path = chosen.file_path if chosen else file_path
         obj = object_name(record, inst.identity, path)
         sink = self.sinks[account]

@@ -23,6 +23,7 @@ class ActiveCapture:
         self.uploaders: dict[int, Uploader] = {}
         self.upload_tasks: dict[int, asyncio.Future[object]] = {}
         self.failure: tuple[str, str] | None = None  # (error kind, message) before a session ran
+        self.file_problems: list[str] = []  # files on the instance that are not the agent's any more
         self.removed: set[int] = set()  # files removed after a verified upload (storage only)
         self.hashing: set[int] = set()
         self.fetches: dict[str, asyncio.Future[object]] = {}  # fetch id -> its upload, for downloads
@@ -76,7 +77,7 @@ class ActiveCapture:
             status.packets_received = c.received
             status.agent_version = version()
             status.trigger_time, status.trigger_source = c.trigger_time, c.trigger_source
-            failed = []
+            failed, replaced = [], list(self.file_problems)
             for f in list(self.session.files):
                 out = status.files.add(file_path=self.api_path(f.index), size_bytes=f.size, sha256=f.sha256)
                 if f.sha256:
@@ -86,9 +87,15 @@ class ActiveCapture:
                 if u:
                     out.uploaded_bytes, out.upload_complete = u.state.acked, u.state.committed
                     out.stored_sha256 = u.state.stored_sha256
-                    if u.state.failed:
+                    if u.state.local_file_failed:
+                        replaced.append(u.state.failed)
+                    elif u.state.failed:
                         failed.append(f"{out.file_path}: {u.state.failed}")
-            if failed:
+            if replaced:
+                status.packet_capture_status = Status.ERROR
+                status.packet_capture_error.append(CaptureError.LOCAL_FILE_FAILED)
+                status.error_message = "; ".join(dict.fromkeys(replaced))
+            elif failed:
                 status.packet_capture_status = Status.ERROR
                 status.packet_capture_error.append(CaptureError.STORAGE_FAILED)
                 status.error_message = "upload failed, the instance keeps the file: " + "; ".join(failed)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from fleetcap.core import filters, limits
 from fleetcap.core.vocabulary import CaptureError, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
-from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.capture_root import CaptureRoot, FileReplaced
 from fleetcap.node_agent.capture.file_summary import summarize
 from fleetcap.node_agent.capture.live_source import LiveHandle
 from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
@@ -257,6 +257,11 @@ class CaptureRunner:
             summary = await asyncio.to_thread(summarize, self.root, f.path, f.tail_from)
         except FileNotFoundError:
             return  # the ring deleted it first
+        except FileReplaced as e:  # never hash (and so vouch for) what a local user put there
+            log.error("capture %s: %s", cap.start.capture_name, e)
+            cap.file_problems.append(str(e))
+            self.changed(cap.start.capture_name)
+            return
         f.first_us, f.last_us, f.sha256 = summary.first_us, summary.last_us, summary.sha256
         self.changed(cap.start.capture_name)
 

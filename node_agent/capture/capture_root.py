@@ -4,11 +4,19 @@ The agent runs as root, and the capture root may be writable by others, so no pa
 each directory on the way is opened with O_NOFOLLOW relative to its parent's descriptor, and a
 file is created with O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600. Neither a planted symlink (at any
 level) nor a `..` moves a write or a delete outside the root.
+
+A file is also the file the agent created: its identity (device and inode) is kept from its
+creation, and every later open checks it, with one link and a regular file, so that a local user
+who renames the capture file and writes another in its place, or hard-links another file there,
+makes the open fail (FileReplaced) rather than feed the upload, the hash or a download. A file
+from before an agent restart is known from its first open after it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Iterator
 
 from fleetcap.core.integrity import sha256_stream
@@ -22,9 +30,26 @@ class OutsideRoot(ValueError):
     """The path is not a plain path below the capture root."""
 
 
+class FileReplaced(OSError):
+    """The file at a path is not the one the agent created there (renamed and replaced, hard
+    linked, or not a regular file)."""
+
+
 class CaptureRoot:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self._identities: dict[tuple[str, ...], tuple[int, int]] = {}  # parts -> (st_dev, st_ino)
+
+    def _check(self, parts: list[str], fd: int, path: str) -> int:
+        """`fd` if it is the file created at `parts` (one link, a regular file), else closes it
+        and raises FileReplaced."""
+        st = os.fstat(fd)
+        known = self._identities.setdefault(tuple(parts), (st.st_dev, st.st_ino))
+        if (st.st_dev, st.st_ino) != known or st.st_nlink != 1 or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise FileReplaced(errno.ESTALE, f"{path} is not the file the agent wrote (it was replaced or linked); "
+                                             "refused")
+        return fd
 
     def parts(self, path: str) -> list[str]:
         """The components of `path` below the root; raises OutsideRoot."""
@@ -58,7 +83,10 @@ class CaptureRoot:
         symlink included). The caller owns the descriptor."""
         parts = self.parts(path)
         with self._parent(parts, create=True) as parent:
-            return os.open(parts[-1], _FILE_FLAGS, FILE_MODE, dir_fd=parent)
+            fd = os.open(parts[-1], _FILE_FLAGS, FILE_MODE, dir_fd=parent)
+        st = os.fstat(fd)
+        self._identities[tuple(parts)] = (st.st_dev, st.st_ino)
+        return fd
 
     def open_read(self, path: str, *, write: bool = False) -> int:
         """`path` opened for reading (and writing, with write), never through a symlink; the
@@ -66,7 +94,10 @@ class CaptureRoot:
         parts = self.parts(path)
         mode = os.O_RDWR if write else os.O_RDONLY
         with self._parent(parts, create=False) as parent:
-            return os.open(parts[-1], mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            # O_NONBLOCK: a FIFO planted at the path must not hang the open (it is refused below).
+            fd = os.open(parts[-1], mode | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+        os.set_blocking(fd, True)
+        return self._check(parts, fd, path)
 
     def sha256(self, path: str) -> str:
         with os.fdopen(self.open_read(path), "rb") as f:
@@ -80,13 +111,16 @@ class CaptureRoot:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=parent)
             fd = os.open(tmp, _FILE_FLAGS, FILE_MODE, dir_fd=parent)
+            st = os.fstat(fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
+            self._identities[tuple(parts)] = (st.st_dev, st.st_ino)
 
     def remove(self, path: str) -> None:
         """Removes `path` (a symlink there is removed itself, never followed); absent is fine."""
         parts = self.parts(path)
+        self._identities.pop(tuple(parts), None)
         try:
             with self._parent(parts, create=False) as parent, contextlib.suppress(FileNotFoundError):
                 os.unlink(parts[-1], dir_fd=parent)

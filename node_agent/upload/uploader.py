@@ -21,6 +21,7 @@ import grpc.aio
 
 from fleetcap.core import transport
 from fleetcap.core.vocabulary import CaptureError
+from fleetcap.node_agent.capture.capture_root import FileReplaced
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class UploadState:
     storage_path: str = ""
     stored_sha256: str = ""
     failed: str = ""
+    local_file_failed: bool = False  # failed because the file on the instance is not the agent's
 
 
 class Uploader:
@@ -106,6 +108,9 @@ class Uploader:
                     storage_failing_since = None
                 log.warning("upload of %s interrupted (%s: %s); resuming in %.1fs",
                             self.path, e.code().name, e.details(), delay)
+            except FileReplaced as e:  # never send what a local user put in the capture's place
+                self.state.local_file_failed = True
+                return self._abandon(str(e))
             except (StreamEnded, OSError) as e:
                 log.warning("upload of %s interrupted (%s); resuming in %.1fs", self.path, e, delay)
             await asyncio.sleep(delay)

@@ -614,3 +614,38 @@ def test_one_contributor_cannot_hold_up_everyone_elses_creates(secure):
                 await boss.wait(name=name, timeout_s=30)
                 await boss.delete(name=name)
     asyncio.run(body())
+
+
+def test_a_capture_file_swapped_under_the_agent_is_refused_never_served(secure, tmp_path):
+    """A local user renames the running capture's file and writes another in its place: the agent
+    refuses to hash or send it (LocalFileFailed), and no forged byte reaches storage or a reader."""
+    s = secure
+    with s.client(s.tokens["ops"]) as ops:
+        ops.create(name="swap", target="vm1", resource_group="rg1", storage_account="local",
+                   file_path="/var/captures/swap.cap", time_limit_in_seconds=3,
+                   filters=[{"protocol": "UDP", "localPort": "47126"}])
+        deadline = time.monotonic() + 20
+        while ops.get_status(name="swap").packet_capture_status != "Running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        [path] = [os.path.join(top, n) for top, _, names in os.walk(os.path.join(s.d, "captures"))
+                  for n in names if n == "swap.cap"]
+        os.rename(path, path + ".orig")
+        with open(path, "wb") as f:
+            f.write(b"FORGED-BY-NOBODY" * 100)
+        final = ops.wait(name="swap", timeout_s=30)
+        [inst] = final.instances
+        assert (inst.packet_capture_status, list(inst.packet_capture_error)) == ("Error", ["LocalFileFailed"])
+        assert "swap.cap is not the file the agent wrote (it was replaced or linked); refused" in inst.error_message
+        assert not inst.files[0].sha256 and not inst.files[0].upload_complete
+    with s.client(s.tokens["boss"]) as boss:
+        assert boss.download(name="swap", dest=str(tmp_path / "dl")) == []  # nothing verified to write
+        with pytest.raises(sdk.FleetcapError) as e:
+            b"".join(boss.read_file(name="swap", instance_id=inst.instance_id))
+        assert (e.value.code, e.value.message.split(" and the")[0]) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "/var/captures/swap.cap of instance 'vm1' was never stored whole,")
+        boss.delete(name="swap")
+    for top, _, names in os.walk(os.path.join(s.d, "data")):
+        for n in names:
+            with open(os.path.join(top, n), "rb") as f:
+                assert b"FORGED-BY-NOBODY" not in f.read(), os.path.join(top, n)
