@@ -84,21 +84,37 @@ class Rates:
     WINDOW_S seconds (agents report about once a second)."""
 
     WINDOW_S = 2.0
+    # A report newer than the last one is expected about every second; none for this long and
+    # the instance is taken as quiet (its agent sends no report while nothing changes).
+    QUIET_S = 5.0
 
     def __init__(self) -> None:
         self._seen: dict[str, list[tuple[float, int, int]]] = {}
+        self._heard: dict[str, float] = {}  # instance -> when its newest report arrived
 
     def update(self, status: pb.PacketCaptureQueryStatusResult, at: float) -> None:
+        """Takes one status, received at `at`. Each sample is timed by the instance's own
+        counters_time when it reports one, so that a status that arrived late or in a burst
+        does not bend the rate; else (an older agent) by its arrival."""
         for inst in status.instances:
             points = self._seen.setdefault(inst.id, [])
-            if not points or (points[-1][1], points[-1][2]) != (inst.packets_captured, inst.bytes_captured) \
+            if inst.counters_time:
+                t = parse_rfc3339(inst.counters_time).timestamp()
+                if not points or t > points[-1][0]:
+                    points.append((t, inst.packets_captured, inst.bytes_captured))
+                    self._heard[inst.id] = at
+            elif not points or (points[-1][1], points[-1][2]) != (inst.packets_captured, inst.bytes_captured) \
                     or at - points[-1][0] >= 1:
                 points.append((at, inst.packets_captured, inst.bytes_captured))
-                del points[:-16]
+                self._heard[inst.id] = at
+            del points[:-16]
+        self._now = at
+
+    _now = 0.0
 
     def of(self, instance_id: str) -> tuple[float, float]:
         points = self._seen.get(instance_id, [])
-        if len(points) < 2:
+        if len(points) < 2 or self._now - self._heard.get(instance_id, 0.0) > self.QUIET_S:
             return 0.0, 0.0
         t1, p1, b1 = points[-1]
         t0, p0, b0 = next(((t, p, b) for t, p, b in reversed(points[:-1]) if t1 - t >= self.WINDOW_S), points[0])

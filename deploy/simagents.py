@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from fleetcap.core import transport
+from fleetcap.core.naming import rfc3339_us
 from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 
 AGENTS_PER_CONNECTION = 50  # below the coordinator's cap of concurrent streams per connection
@@ -33,20 +35,22 @@ class _Instance:
         async with self.lock:  # one write at a time on a stream, as the real agent's outbox does
             await self.call.write(msg)
 
-    async def progress(self, start: fleet_pb2.StartCapture, status: str, packets: int, reason: str = "") -> None:
+    async def progress(self, start: fleet_pb2.StartCapture, status: str, packets: int, reason: str = "",
+                       at_us: int = 0) -> None:
         await self.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
             capture_name=start.capture_name, capture_id=start.capture_id,
             status=captures_pb2.InstanceStatus(packet_capture_status=status, stop_reason=reason,
-                                               packets_captured=packets, bytes_captured=24 + packets * PACKET_BYTES))))
+                                               packets_captured=packets, bytes_captured=24 + packets * PACKET_BYTES,
+                                               counters_time=rfc3339_us(at_us) if at_us else ""))))
 
     async def report(self, start: fleet_pb2.StartCapture) -> None:
         if not self.rate:
             return  # no traffic, nothing to report: a real agent sends progress only on a change
-        tick = 0
+        began = time.time()
         while True:
             await asyncio.sleep(1)
-            tick += 1
-            await self.progress(start, "Running", tick * self.rate)
+            now = time.time()  # the counters as of now, timed as a real agent times them
+            await self.progress(start, "Running", int((now - began) * self.rate), at_us=int(now * 1e6))
 
     async def run(self, connected: list[int], total: int, ready: asyncio.Event) -> None:
         await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(

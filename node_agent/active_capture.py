@@ -3,6 +3,7 @@ progress it reports."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fleetcap.core.metrics import version
 from fleetcap.core.naming import rfc3339_us, ring_file_path
@@ -73,6 +74,7 @@ class ActiveCapture:
             status.error_message = c.error_message
             status.capture_start_time, status.capture_stop_time = c.start_time, c.stop_time
             status.packets_captured, status.bytes_captured = c.packets, c.bytes
+            status.counters_time = rfc3339_us(time.time_ns() // 1000)  # rates divide by this, not by arrival
             status.kernel_drops, status.interface_drops = c.kernel_drops, c.interface_drops
             status.packets_received = c.received
             status.agent_version = version()

@@ -690,37 +690,48 @@ async def events_endpoint(gateway: Gateway, request: Request) -> Response:
 
 
 async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[bytes]:
-    """The coordinator's watch waits while this stream does not read it, and then sends the
-    status as it is: pausing between events throttles them without queueing stale ones."""
+    """The coordinator's watch is read continuously by a task of its own, which keeps only the
+    newest status; the stream sends that at most every EVENT_INTERVAL_S. So a slow reader never
+    holds the watch back, and a status is never older than the interval (each carries its
+    instances' countersTime, from which the portal takes rates)."""
     loop = asyncio.get_running_loop()
     yield b"data: " + json.dumps(arm.status(first)).encode() + b"\n\n"
+    newest: list[Any] = []        # the newest status not yet sent (at most one)
+    ended: list[bytes] = []       # the stream's last event, once the watch has ended
+    changed = asyncio.Event()
+
+    async def read() -> None:
+        try:
+            async for status in c.watch(name=name):
+                newest[:] = [status]
+                changed.set()
+            ended.append(b"event: end\ndata: {}\n\n")
+        except sdk.FleetcapError as e:
+            ended.append(b"event: error\ndata: " + json.dumps(arm.from_sdk_error(e).body()).encode() + b"\n\n")
+        changed.set()
+
+    reader = asyncio.ensure_future(read())
     sent = loop.time()
-    watch = c.watch(name=name).__aiter__()
-    pending: asyncio.Task[Any] | None = None
     try:
         while True:
-            if pending is None:
-                await asyncio.sleep(max(0.0, sent + EVENT_INTERVAL_S - loop.time()))
-                pending = asyncio.ensure_future(anext(watch))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_S)
-            if not done:
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=KEEPALIVE_S)
+            except TimeoutError:
                 yield b": keepalive\n\n"
                 continue
-            task, pending = pending, None
-            try:
-                status = task.result()
-            except StopAsyncIteration:
-                yield b"event: end\ndata: {}\n\n"
+            await asyncio.sleep(max(0.0, sent + EVENT_INTERVAL_S - loop.time()))
+            changed.clear()
+            if newest:
+                status = newest.pop()
+                yield b"data: " + json.dumps(arm.status(status)).encode() + b"\n\n"
+                sent = loop.time()
+            if ended and not newest:
+                yield ended[0]
                 return
-            except sdk.FleetcapError as e:
-                yield b"event: error\ndata: " + json.dumps(arm.from_sdk_error(e).body()).encode() + b"\n\n"
-                return
-            yield b"data: " + json.dumps(arm.status(status)).encode() + b"\n\n"
-            sent = loop.time()
     finally:
-        if pending is not None:
-            pending.cancel()
-        await watch.aclose()  # type: ignore[attr-defined]
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 # -- webhooks ----------------------------------------------------------------------------------------------

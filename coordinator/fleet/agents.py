@@ -78,6 +78,7 @@ def _without_counters(status: captures_pb2.InstanceStatus) -> captures_pb2.Insta
     s = captures_pb2.InstanceStatus()
     s.CopyFrom(status)
     s.packets_captured = s.bytes_captured = s.kernel_drops = s.interface_drops = 0
+    s.counters_time = ""
     for f in s.files:
         f.size_bytes = f.uploaded_bytes = 0
     return s

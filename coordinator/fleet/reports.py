@@ -47,7 +47,7 @@ def check_status(status: captures_pb2.InstanceStatus) -> None:
         raise ReportRefused("packetCaptureError: each a known error word, at most once")
     if len(status.error_message) > MAX_ERROR_MESSAGE_CHARS:
         status.error_message = status.error_message[:MAX_ERROR_MESSAGE_CHARS] + "..."
-    for field in ("capture_start_time", "capture_stop_time", "trigger_time"):
+    for field in ("capture_start_time", "capture_stop_time", "trigger_time", "counters_time"):
         _at_most(getattr(status, field), MAX_TIME_CHARS, field)
     _at_most(status.trigger_source, MAX_TRIGGER_SOURCE_CHARS, "trigger_source")
     _at_most(status.agent_version, MAX_SHORT_CHARS, "agent_version")

@@ -257,23 +257,36 @@ async function follow(name) {
 }
 
 const WINDOW_S = 3;  // rates are taken over at least this many seconds of samples
+const QUIET_S = 5;   // no newer report from an instance for this long: it is quiet (rate 0)
 const TOTAL = "";    // the series key of the sum over every instance
 
+// Each sample keeps two times: t, when it arrived (the charts' axis), and d, when the agent read
+// the counters (countersTime, the instance's clock). Rates divide by d, so a status that came
+// late, or two that came together, do not bend them; an older agent without countersTime is
+// timed by arrival.
 function onStatus(s) {
   const now = Date.now() / 1000;
   lastStatus = s;
-  const rows = [...s.instances.map((i) => [i.id, Number(i.packetsCaptured || 0), Number(i.bytesCaptured || 0)]),
-                [TOTAL, sum(s.instances, "packetsCaptured"), sum(s.instances, "bytesCaptured")]];
-  for (const [id, packets, bytes] of rows) {
-    const points = series.get(id) || [];
+  for (const i of s.instances) {
+    const packets = Number(i.packetsCaptured || 0), bytes = Number(i.bytesCaptured || 0);
+    const d = i.countersTime ? Date.parse(i.countersTime) / 1000 : null;
+    const points = series.get(i.id) || [];
     const last = points[points.length - 1];
-    // A sample when the counters moved, or once a second: an instance that went quiet drops to 0.
-    if (!last || last.packets !== packets || last.bytes !== bytes || now - last.t >= 1) {
-      points.push({ t: now, packets, bytes });
+    const fresh = d !== null ? !last || d > last.d
+                             : !last || last.packets !== packets || last.bytes !== bytes || now - last.t >= 1;
+    if (fresh) {
+      points.push({ t: now, d: d !== null ? d : now, packets, bytes });
       if (points.length > HISTORY) points.shift();
     }
-    series.set(id, points);
+    series.set(i.id, points);
   }
+  // The total is the sum of the instances' own rates (their clocks need not agree).
+  const totals = series.get(TOTAL) || [];
+  const instances = [...series.entries()].filter(([id]) => id !== TOTAL);
+  totals.push({ t: now, d: now, packets: instances.reduce((a, [, p]) => a + rate(p, "packets"), 0),
+                bytes: instances.reduce((a, [, p]) => a + rate(p, "bytes"), 0), summed: true });
+  if (totals.length > HISTORY) totals.shift();
+  series.set(TOTAL, totals);
   const pill = $("#detail-status");
   pill.textContent = s.packetCaptureStatus + (s.stopReason ? ` (${s.stopReason})` : "");
   pill.className = `pill ${s.packetCaptureStatus}`;
@@ -281,18 +294,24 @@ function onStatus(s) {
   drawCharts();
 }
 
-// The rate at sample k: from the latest sample at least WINDOW_S before it (else the first),
-// so that one-second progress reports read as a steady rate.
+// The rate at sample k: from the latest sample at least WINDOW_S (of the agent's time) before it
+// (else the first), so that one-second progress reports read as a steady rate.
 function rateAt(points, k, field) {
-  if (k < 1 || points[k].t - points[0].t < WINDOW_S) return 0;  // not yet a window's worth
+  if (points[k].summed) return points[k][field];
+  if (k < 1 || points[k].d - points[0].d < WINDOW_S) return 0;  // not yet a window's worth
   const b = points[k];
   let j = k - 1;
-  while (j > 0 && b.t - points[j].t < WINDOW_S) j--;
+  while (j > 0 && b.d - points[j].d < WINDOW_S) j--;
   const a = points[j];
-  return b.t > a.t ? Math.max(0, (b[field] - a[field]) / (b.t - a.t)) : 0;
+  return b.d > a.d ? Math.max(0, (b[field] - a[field]) / (b.d - a.d)) : 0;
 }
 
-const rate = (points, field) => rateAt(points, points.length - 1, field);
+function rate(points, field) {
+  if (!points.length) return 0;
+  const last = points[points.length - 1];
+  if (!last.summed && Date.now() / 1000 - last.t > QUIET_S) return 0;  // nothing newer came: quiet
+  return rateAt(points, points.length - 1, field);
+}
 
 function drawProps() {
   const p = capture.properties;
@@ -365,7 +384,7 @@ function drawCharts() {
 function rates(points, field) {
   const out = [];
   for (let k = 1; k < points.length; k++) {
-    if (points[k].t - points[0].t >= WINDOW_S) out.push({ t: points[k].t, v: rateAt(points, k, field) });
+    if (points[k].summed || points[k].d - points[0].d >= WINDOW_S) out.push({ t: points[k].t, v: rateAt(points, k, field) });
   }
   return out;
 }
@@ -391,11 +410,13 @@ function drawChart(canvas, lines) {
   ctx.fillText(`${Math.round(tMax - tMin)} s`, w - 40, h - 6);
   lines.forEach((l, k) => {
     ctx.strokeStyle = COLOURS[k === lines.length - 1 ? 5 : k];
-    ctx.lineWidth = k === lines.length - 1 ? 2 : 1.5;
+    // Two pixels wide on whole-pixel rows: a steady rate is a crisp line in its own colour, not
+    // a blend of two half-covered rows.
+    ctx.lineWidth = 2;
     ctx.beginPath();
     l.values.forEach((p, j) => {
       const x = pad + ((p.t - tMin) / (tMax - tMin || 1)) * (w - pad - 8);
-      const y = h - 20 - (p.v / vMax) * (h - 28);
+      const y = Math.round(h - 20 - (p.v / vMax) * (h - 28));
       if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
     ctx.stroke();

@@ -125,7 +125,7 @@ class CaptureFile(_message.Message):
     def __init__(self, file_path: _Optional[str] = ..., storage_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., stored_sha256: _Optional[str] = ..., upload_complete: _Optional[bool] = ..., packets: _Optional[int] = ..., first_packet_time: _Optional[str] = ..., last_packet_time: _Optional[str] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source", "packets_received", "agent_version", "clock_offset_us", "clock_uncertainty_us")
+    __slots__ = ("id", "instance_id", "packet_capture_status", "stop_reason", "packet_capture_error", "error_message", "capture_start_time", "capture_stop_time", "packets_captured", "bytes_captured", "kernel_drops", "interface_drops", "files", "trigger_time", "trigger_source", "packets_received", "agent_version", "clock_offset_us", "clock_uncertainty_us", "counters_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PACKET_CAPTURE_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class InstanceStatus(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOCK_OFFSET_US_FIELD_NUMBER: _ClassVar[int]
     CLOCK_UNCERTAINTY_US_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     instance_id: str
     packet_capture_status: str
@@ -164,7 +165,8 @@ class InstanceStatus(_message.Message):
     agent_version: str
     clock_offset_us: int
     clock_uncertainty_us: int
-    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., packets_received: _Optional[int] = ..., agent_version: _Optional[str] = ..., clock_offset_us: _Optional[int] = ..., clock_uncertainty_us: _Optional[int] = ...) -> None: ...
+    counters_time: str
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., packet_capture_status: _Optional[str] = ..., stop_reason: _Optional[str] = ..., packet_capture_error: _Optional[_Iterable[str]] = ..., error_message: _Optional[str] = ..., capture_start_time: _Optional[str] = ..., capture_stop_time: _Optional[str] = ..., packets_captured: _Optional[int] = ..., bytes_captured: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CaptureFile, _Mapping]]] = ..., trigger_time: _Optional[str] = ..., trigger_source: _Optional[str] = ..., packets_received: _Optional[int] = ..., agent_version: _Optional[str] = ..., clock_offset_us: _Optional[int] = ..., clock_uncertainty_us: _Optional[int] = ..., counters_time: _Optional[str] = ...) -> None: ...
 
 class PacketCaptureQueryStatusResult(_message.Message):
     __slots__ = ("name", "id", "capture_start_time", "packet_capture_status", "stop_reason", "packet_capture_error", "instances", "trigger_time", "trigger_source", "trigger_after_seconds")
