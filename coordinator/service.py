@@ -144,6 +144,14 @@ def _kept_on_instance(status: captures_pb2.InstanceStatus) -> bool:
     return CaptureError.STORAGE_FAILED in status.packet_capture_error
 
 
+def _known_name(name: str) -> None:
+    """Raises NotFound for a name no capture can have: it never becomes an etcd key (etcd refuses
+    a 7 MiB one with an error that is no caller's business)."""
+    if not limits.CAPTURE_NAME_RE.match(name):
+        raise NotFound(f"packet capture '{validation.shown(name)}' not found: a capture name is 1-80 letters, digits, "
+                       "'_', '.' or '-'")
+
+
 class CaptureService:
     def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
                  config: ServiceConfig | None = None, filters: FilterCompiler | None = None,
@@ -300,6 +308,7 @@ class CaptureService:
             rec.stop_requested = reason
             rec.resource.etag = new_etag()
             return True
+        _known_name(name)
         record = await self.store.update_capture(name, mark)
         await self.send_stops(record)
 
@@ -334,7 +343,7 @@ class CaptureService:
             await self.budgets.give_back(record.resource.name, instance_key, ret.returned)
 
     async def _budgeted(self, instance_key: str, name: str, capture_id: str) -> state_pb2.CaptureRecord | None:
-        record = await self.store.get_capture(name)
+        record = await self.store.get_capture(name) if limits.CAPTURE_NAME_RE.match(name) else None
         if record is None or session_id(record) != capture_id or instance_key not in record.instance_keys \
                 or not record.resource.properties.fleet_bytes_limit:
             log.warning("budget message from %s for capture %s refused: not a budgeted capture of that instance",
@@ -529,6 +538,7 @@ class CaptureService:
         return inst.status if inst else None
 
     async def _record(self, name: str) -> state_pb2.CaptureRecord:
+        _known_name(name)
         record = await self.store.get_capture(name)
         if record is None:
             raise NotFound(f"packet capture '{name}' not found")

@@ -45,9 +45,15 @@ DEFAULT_SESSION_S = 86400
 TARGET_TYPES = {t.lower(): t for t in TargetType}
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """A value a caller sent, as an error message repeats it: cut at `limit` characters (a 7 MiB
+    name is not sent back)."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
 def validate_name(name: str) -> str:
     if not CAPTURE_NAME_RE.match(name or ""):
-        raise InvalidArgument("name", f"'{name}' must be 1-80 characters of letters, digits, '_', '.', '-', "
+        raise InvalidArgument("name", f"'{shown(name)}' must be 1-80 characters of letters, digits, '_', '.', '-', "
                                       "start with a letter or digit and end with a letter, digit or '_'")
     return name
 

@@ -33,6 +33,7 @@ from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.settings import LOCAL_ACCOUNT
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.core import limits
 from fleetcap.core.auth import Principal
 from fleetcap.core.libpcap import MAX_SNAPLEN
 from fleetcap.core.naming import ring_file_path
@@ -124,7 +125,8 @@ class Uploads:
         the agent of an instance the capture was dispatched to may upload its files."""
         check_identity(op.identity)
         check_caller(principal, op.identity)
-        record = await self.service.store.get_capture(op.capture_name)
+        record = await self.service.store.get_capture(op.capture_name) \
+            if limits.CAPTURE_NAME_RE.match(op.capture_name) else None
         if record is None or op.capture_id != svc.session_id(record):
             raise NotFound(f"packet capture '{op.capture_name}' not found")
         if keys.instance_key(op.identity) not in record.instance_keys:
