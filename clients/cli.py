@@ -866,7 +866,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     gw.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
                     help="allow plaintext to a coordinator beyond loopback (never in production)")
     gw.add_argument("--max-requests", type=int, default=256, help="requests served at once; more get 503")
-    gw.add_argument("--max-requests-per-caller", type=int, default=32,
+    gw.add_argument("--max-requests-per-caller", type=int, default=64,
                     help="requests one token may have in progress at once; more get 429")
     gw.add_argument("--max-streams", type=int, default=64,
                     help="event streams (/events) served at once, on a connection of their own; more get 503")

@@ -89,7 +89,7 @@ class GatewaySettings:
     max_requests: int = 256          # requests in progress at once; the next ones get 503
     # One caller (one bearer token) holds at most this many requests in progress, so that no token
     # can take every slot; the next one gets 429.
-    max_requests_per_caller: int = 32
+    max_requests_per_caller: int = 64
     # Event streams (/events) live as long as their capture. They hold no request slot and ride a
     # connection to the coordinator of their own (the requests' one allows 128 streams): at most
     # max_streams at once, max_streams_per_caller of them per token; beyond, 429.
