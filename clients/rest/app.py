@@ -683,8 +683,9 @@ async def events_endpoint(gateway: Gateway, request: Request) -> Response:
     portal reads it with fetch(), so the credential stays in a header."""
     _need(request, "GET")
     name = request.path_params["name"]
+    # The first status is a request like any other; only the watch rides the streams' connection.
+    first = await gateway.caller(request).get_status(name=name)  # NOT_FOUND, PERMISSION_DENIED before the headers
     c = gateway.caller(request, stream=True)
-    first = await c.get_status(name=name)  # NOT_FOUND and PERMISSION_DENIED before the headers
     return StreamingResponse(_events(c, name, first), 200, media_type="text/event-stream",
                              headers={"X-Accel-Buffering": "no"})
 
