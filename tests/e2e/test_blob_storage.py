@@ -27,7 +27,9 @@ RETRY_BUDGET_S = 8
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    with running_fleet(tmp_path_factory, "blobfleet", 3, azurite=True, storage_retry_s=RETRY_BUDGET_S) as f:
+    # At DEBUG, so that the SAS test sees what every library logs there (the Azure SDK, urllib3).
+    with running_fleet(tmp_path_factory, "blobfleet", 3, azurite=True, storage_retry_s=RETRY_BUDGET_S,
+                       log_level="DEBUG") as f:
         yield f
 
 
