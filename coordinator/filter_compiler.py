@@ -19,7 +19,10 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 import re
+import threading
+import time
 
 from fleetcap.coordinator.errors import InvalidArgument
 from fleetcap.core.libpcap import PcapError, check_filter
@@ -45,6 +48,16 @@ def compile_cost(expression: str) -> int:
     return sum(_WEIGHTS[m] for m in _PRIMITIVE.findall(expression))
 
 
+def _exit_with(parent: int) -> None:
+    """In each worker, at its start: end when the coordinator is gone, however it went (SIGKILL,
+    or its shutdown deadline's os._exit), rather than live on as an orphan."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, name="exit-with-coordinator", daemon=True).start()
+
+
 def _compile(expression: str) -> str:
     """In the worker: "" if libpcap compiles the expression, else libpcap's message."""
     try:
@@ -63,7 +76,7 @@ class _Lane:
     def pool(self) -> multiprocessing.pool.Pool:
         if self._pool is None:
             # spawn, not fork: the coordinator has gRPC threads that a fork would copy mid-state.
-            self._pool = multiprocessing.get_context("spawn").Pool(1)
+            self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_exit_with, initargs=(os.getpid(),))
         return self._pool
 
     def close(self) -> None:
