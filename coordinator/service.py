@@ -37,6 +37,7 @@ from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import Sink
 from fleetcap.core import limits
+from fleetcap.core.logs import bounded
 from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_rfc3339, resource_id, rfc3339, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
@@ -148,7 +149,7 @@ def _known_name(name: str) -> None:
     """Raises NotFound for a name no capture can have: it never becomes an etcd key (etcd refuses
     a 7 MiB one with an error that is no caller's business)."""
     if not limits.CAPTURE_NAME_RE.match(name):
-        raise NotFound(f"packet capture '{validation.shown(name)}' not found: a capture name is 1-80 letters, digits, "
+        raise NotFound(f"packet capture '{bounded(name, validation.SHOWN_CHARS)}' not found: a capture name is 1-80 letters, digits, "
                        "'_', '.' or '-'")
 
 

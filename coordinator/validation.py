@@ -32,6 +32,7 @@ from fleetcap.core.limits import (
     U32_MAX,
     capture_path_problem,
 )
+from fleetcap.core.logs import bounded
 from fleetcap.core.vocabulary import TargetType
 from fleetcap.v1 import captures_pb2
 
@@ -43,17 +44,13 @@ DEFAULT_FILE_COUNT = 10
 DEFAULT_FILE_SIZE = 104857600
 DEFAULT_SESSION_S = 86400
 TARGET_TYPES = {t.lower(): t for t in TargetType}
-
-
-def shown(value: str, limit: int = 100) -> str:
-    """A value a caller sent, as an error message repeats it: cut at `limit` characters (a 7 MiB
-    name is not sent back)."""
-    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+# An error repeats at most this much of a value the caller sent (a 7 MiB name is not sent back).
+SHOWN_CHARS = 100
 
 
 def validate_name(name: str) -> str:
     if not CAPTURE_NAME_RE.match(name or ""):
-        raise InvalidArgument("name", f"'{shown(name)}' must be 1-80 characters of letters, digits, '_', '.', '-', "
+        raise InvalidArgument("name", f"'{bounded(name, SHOWN_CHARS)}' must be 1-80 characters of letters, digits, '_', '.', '-', "
                                       "start with a letter or digit and end with a letter, digit or '_'")
     return name
 

@@ -22,6 +22,7 @@ import grpc.aio
 
 from fleetcap.coordinator.api.oidc import OidcVerifier
 from fleetcap.coordinator.metrics import CoordinatorMetrics
+from fleetcap.coordinator.token_bucket import TokenBucket
 from fleetcap.core import logs, pki
 from fleetcap.core.auth import AuthError, AuthFile, Principal, Role, agent_id_from_uri, parse_roles
 from fleetcap.core.transport import AUTHORIZATION_KEY
@@ -122,17 +123,11 @@ def _bearer(metadata: Any) -> str:
 class _RateLimit:
     def __init__(self, burst: float, per_s: float):
         self.burst, self.per_s = burst, per_s
-        self._buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, at)
+        self._buckets: dict[str, TokenBucket] = {}  # principal -> its bucket
 
     def take(self, who: str) -> bool:
         now = time.monotonic()
-        tokens, at = self._buckets.get(who, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.per_s)
-        if tokens < 1:
-            self._buckets[who] = (tokens, now)
-            return False
-        self._buckets[who] = (tokens - 1, now)
-        return True
+        return self._buckets.setdefault(who, TokenBucket(self.burst, self.per_s)).when(now) <= now
 
 
 # A valid capture name has at most 80 characters (Azure's rule); the audit line keeps a few more

@@ -17,6 +17,7 @@ from fleetcap.coordinator.fleet import reports
 from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.service import CaptureService, being_cancelled
 from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.token_bucket import TokenBucket
 from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
@@ -46,25 +47,6 @@ CHANGE_BURST, CHANGES_PER_S = 20, 5.0
 # Captures whose reports may wait at once: far more than one instance runs (each capture name
 # is validated), so a flood of made-up names cannot grow the replica's memory.
 MAX_PENDING_REPORTS = 1024
-
-
-class _Pace:
-    """A token bucket that says when the next write may go (it never refuses, it delays)."""
-
-    def __init__(self, burst: float, per_s: float):
-        self.burst, self.per_s = burst, per_s
-        self.tokens: float = burst
-        self.at: float | None = None
-
-    def when(self, now: float) -> float:
-        """`now` if a write may go now (and takes its token), else the time one will be due."""
-        if self.at is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_s)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return now
-        return now + (1 - self.tokens) / self.per_s
 
 
 def counters_only(old: fleet_pb2.CaptureProgress | None, new: fleet_pb2.CaptureProgress) -> bool:
@@ -212,7 +194,7 @@ class ControlSession:
         self._pending: dict[str, fleet_pb2.CaptureProgress] = {}
         self._written: dict[str, tuple[float, fleet_pb2.CaptureProgress]] = {}
         self._wake = asyncio.Event()
-        self._changes = _Pace(CHANGE_BURST, CHANGES_PER_S)
+        self._changes = TokenBucket(CHANGE_BURST, CHANGES_PER_S)
         self._writer: asyncio.Task[None] | None = None
         self._last_probe = -CLOCK_PROBE_GAP_S
         self._tasks: set[asyncio.Future[None]] = set()

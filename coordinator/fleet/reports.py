@@ -5,6 +5,9 @@ message that is too long is cut, since its beginning is what an operator reads.
 """
 from __future__ import annotations
 
+from collections.abc import Sized
+from typing import Any
+
 from fleetcap.core import limits
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.v1 import captures_pb2, fleet_pb2
@@ -30,9 +33,30 @@ class ReportRefused(ValueError):
     """A report or hello that breaks a rule; the message names the field and the rule."""
 
 
+# The text fields of a status, of each of its files and of a hello, with the most characters each.
+_STATUS_TEXT = {"capture_start_time": MAX_TIME_CHARS, "capture_stop_time": MAX_TIME_CHARS,
+                "trigger_time": MAX_TIME_CHARS, "counters_time": MAX_TIME_CHARS,
+                "trigger_source": MAX_TRIGGER_SOURCE_CHARS, "agent_version": MAX_SHORT_CHARS,
+                "id": MAX_PATH_CHARS, "instance_id": MAX_PATH_CHARS}
+_FILE_TEXT = {"file_path": MAX_PATH_CHARS, "storage_path": MAX_PATH_CHARS, "sha256": MAX_SHORT_CHARS,
+              "stored_sha256": MAX_SHORT_CHARS, "first_packet_time": MAX_TIME_CHARS,
+              "last_packet_time": MAX_TIME_CHARS}
+_HELLO_TEXT = {"hostname": MAX_HOSTNAME_CHARS, "interface": MAX_INTERFACE_CHARS, "agent_version": MAX_SHORT_CHARS}
+
+
 def _at_most(value: str, chars: int, field: str) -> None:
     if len(value) > chars:
         raise ReportRefused(f"{field}: {len(value)} characters, at most {chars}")
+
+
+def _texts(message: Any, bounds: dict[str, int], prefix: str = "") -> None:
+    for field, chars in bounds.items():
+        _at_most(getattr(message, field), chars, prefix + field)
+
+
+def _count(items: Sized, most: int, field: str) -> None:
+    if len(items) > most:
+        raise ReportRefused(f"{field}: {len(items)}, at most {most}")
 
 
 def check_status(status: captures_pb2.InstanceStatus) -> None:
@@ -47,21 +71,10 @@ def check_status(status: captures_pb2.InstanceStatus) -> None:
         raise ReportRefused("packetCaptureError: each a known error word, at most once")
     if len(status.error_message) > MAX_ERROR_MESSAGE_CHARS:
         status.error_message = status.error_message[:MAX_ERROR_MESSAGE_CHARS] + "..."
-    for field in ("capture_start_time", "capture_stop_time", "trigger_time", "counters_time"):
-        _at_most(getattr(status, field), MAX_TIME_CHARS, field)
-    _at_most(status.trigger_source, MAX_TRIGGER_SOURCE_CHARS, "trigger_source")
-    _at_most(status.agent_version, MAX_SHORT_CHARS, "agent_version")
-    _at_most(status.id, MAX_PATH_CHARS, "id")
-    _at_most(status.instance_id, MAX_PATH_CHARS, "instance_id")
-    if len(status.files) > MAX_FILES:
-        raise ReportRefused(f"files: {len(status.files)}, at most {MAX_FILES}")
+    _texts(status, _STATUS_TEXT)
+    _count(status.files, MAX_FILES, "files")
     for f in status.files:
-        _at_most(f.file_path, MAX_PATH_CHARS, "files.file_path")
-        _at_most(f.storage_path, MAX_PATH_CHARS, "files.storage_path")
-        for field in ("sha256", "stored_sha256"):
-            _at_most(getattr(f, field), MAX_SHORT_CHARS, f"files.{field}")
-        for field in ("first_packet_time", "last_packet_time"):
-            _at_most(getattr(f, field), MAX_TIME_CHARS, f"files.{field}")
+        _texts(f, _FILE_TEXT, "files.")
 
 
 def check_progress(progress: fleet_pb2.CaptureProgress) -> None:
@@ -74,14 +87,10 @@ def check_progress(progress: fleet_pb2.CaptureProgress) -> None:
 
 def check_hello(hello: fleet_pb2.AgentHello) -> None:
     """Bounds what a hello says about its host, and each report it carries."""
-    _at_most(hello.hostname, MAX_HOSTNAME_CHARS, "hostname")
-    _at_most(hello.interface, MAX_INTERFACE_CHARS, "interface")
-    _at_most(hello.agent_version, MAX_SHORT_CHARS, "agent_version")
-    if len(hello.addresses) > MAX_ADDRESSES:
-        raise ReportRefused(f"addresses: {len(hello.addresses)}, at most {MAX_ADDRESSES}")
+    _texts(hello, _HELLO_TEXT)
+    _count(hello.addresses, MAX_ADDRESSES, "addresses")
     for address in hello.addresses:
         _at_most(address, MAX_SHORT_CHARS, "addresses")
-    if len(hello.captures) > MAX_HELLO_CAPTURES:
-        raise ReportRefused(f"captures: {len(hello.captures)}, at most {MAX_HELLO_CAPTURES}")
+    _count(hello.captures, MAX_HELLO_CAPTURES, "captures")
     for progress in hello.captures:
         check_progress(progress)

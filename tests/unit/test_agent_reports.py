@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fleetcap.coordinator.fleet import reports
-from fleetcap.coordinator.fleet.agents import CHANGE_BURST, CHANGES_PER_S, _Pace
+from fleetcap.coordinator.fleet.agents import CHANGE_BURST, CHANGES_PER_S
+from fleetcap.coordinator.token_bucket import TokenBucket
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2
 from tests.unit.test_service import params, setup
@@ -60,7 +61,7 @@ def test_a_hello_out_of_bounds_is_refused_naming_the_field():
 
 
 def test_changes_of_state_are_paced_never_dropped():
-    pace = _Pace(CHANGE_BURST, CHANGES_PER_S)
+    pace = TokenBucket(CHANGE_BURST, CHANGES_PER_S)
     assert [pace.when(100.0) for _ in range(CHANGE_BURST)] == [100.0] * CHANGE_BURST
     assert pace.when(100.0) == pytest.approx(100.0 + 1 / CHANGES_PER_S)
     assert pace.when(100.0 + 1 / CHANGES_PER_S) == pytest.approx(100.0 + 1 / CHANGES_PER_S)
