@@ -48,7 +48,8 @@ lint: layers
 
 layout: setup
 	@rm -rf $(LAYOUT) && mkdir -p $(LAYOUT)
-	@cp -rs $(CURDIR)/protos/fleetcap $(LAYOUT)/fleetcap
+	@cp -rs $(CURDIR)/fleetcap $(LAYOUT)/fleetcap
+	@cp -rs $(CURDIR)/protos/fleetcap/v1 $(LAYOUT)/fleetcap/v1
 	@for c in coordinator node_agent clients; do cp -rs $(CURDIR)/$$c $(LAYOUT)/fleetcap/$$c; done
 	@find $(LAYOUT) -name __pycache__ -prune -exec rm -rf {} +
 
