@@ -43,6 +43,7 @@ demo: setup
 
 # The layers contract (.importlinter), the linter and the type checker; `make test` runs them first.
 lint: layers
+	.venv/bin/ruff format --check .
 	.venv/bin/ruff check .
 	$(MAKE) --no-print-directory typecheck
 

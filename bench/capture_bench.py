@@ -9,6 +9,7 @@ with `udp and port 5001` and snaplen 128; CPU time and peak RSS come from wait4(
 capture process. Printed: per run and the median, packets sent/captured, drops, CPU µs per
 packet, and the ratios fleetcap/tcpdump.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FRAME = 14 + 20 + 8 + 18     # the flood's frames: 18-byte payloads
+FRAME = 14 + 20 + 8 + 18  # the flood's frames: 18-byte payloads
 RECORD = 16 + FRAME
 FILTER = "udp and port 5001"
 
@@ -50,8 +51,9 @@ class Bench:
         for ns in (self.snd, self.cap):
             sh("ip", "-n", ns, "link", "set", "veth0", "up")
         # A static neighbour entry: no ARP in the measured traffic.
-        mac = json.loads(subprocess.run(["ip", "-n", self.cap, "-j", "link", "show", "veth0"], check=True,
-                                        capture_output=True, text=True).stdout)[0]["address"]
+        mac = json.loads(
+            subprocess.run(["ip", "-n", self.cap, "-j", "link", "show", "veth0"], check=True, capture_output=True, text=True).stdout
+        )[0]["address"]
         sh("ip", "-n", self.snd, "neigh", "replace", "10.78.0.1", "lladdr", mac, "dev", "veth0", "nud", "permanent")
         return self
 
@@ -62,8 +64,7 @@ class Bench:
 
     # -- one measured run ------------------------------------------------------------------
 
-    def start_capture(self, variant: str, path: str, *, total_bytes: int = 0, buffer_mb: int | None = None,
-                      cpu: int | None = None):
+    def start_capture(self, variant: str, path: str, *, total_bytes: int = 0, buffer_mb: int | None = None, cpu: int | None = None):
         ns = ["ip", "netns", "exec", self.cap] + (["taskset", "-c", str(cpu)] if cpu is not None else [])
         if variant == "tcpdump":
             cmd = ns + ["tcpdump", "-i", "veth0", "-n", "-s", "128", "-Z", "root", "-w", path]
@@ -73,8 +74,21 @@ class Bench:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wait_for = lambda: "listening on" in proc.stderr.readline()
         else:
-            cmd = ns + [sys.executable, "-m", "bench.capture_worker", "--interface", "veth0", "--path", path,
-                        "--filter", FILTER, "--snaplen", "128", "--total-bytes", str(total_bytes)]
+            cmd = ns + [
+                sys.executable,
+                "-m",
+                "bench.capture_worker",
+                "--interface",
+                "veth0",
+                "--path",
+                path,
+                "--filter",
+                FILTER,
+                "--snaplen",
+                "128",
+                "--total-bytes",
+                str(total_bytes),
+            ]
             if buffer_mb:
                 cmd += ["--buffer-mb", str(buffer_mb)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -105,8 +119,12 @@ class Bench:
         out, err = proc.stdout.read(), proc.stderr.read()
         size = os.path.getsize(path)
         assert (size - 24) % RECORD == 0, f"{variant}: odd file size {size}"
-        r = {"file_packets": (size - 24) // RECORD, "file_bytes": size,
-             "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_mb": usage.ru_maxrss / 1024}
+        r = {
+            "file_packets": (size - 24) // RECORD,
+            "file_bytes": size,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "maxrss_mb": usage.ru_maxrss / 1024,
+        }
         if variant == "tcpdump":
             for line in err.splitlines():
                 if "dropped by kernel" in line:
@@ -118,16 +136,18 @@ class Bench:
         os.remove(path)
         return r
 
-    def run(self, variant: str, *, senders: int, packets: int, pps: float = 0, total_bytes: int = 0,
-            buffer_mb: int | None = None, hogs: int = 0) -> dict:
+    def run(
+        self, variant: str, *, senders: int, packets: int, pps: float = 0, total_bytes: int = 0, buffer_mb: int | None = None, hogs: int = 0
+    ) -> dict:
         """hogs > 0: the busy case. The senders get CPU 0; the capture shares CPU 1 with `hogs`
         busy loops (bounded to 30 s), so it runs in time slices while packets keep arriving."""
         path = os.path.join(self.dir, f"{variant}.pcap")
         cap_cpu, snd_cpu = (1, 0) if hogs else (None, None)
         proc = self.start_capture(variant, path, total_bytes=total_bytes, buffer_mb=buffer_mb, cpu=cap_cpu)
-        hog_procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c",
-                                       "import time\nt=time.time()+30\nwhile time.time()<t: pass"])
-                     for _ in range(hogs)]
+        hog_procs = [
+            subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", "import time\nt=time.time()+30\nwhile time.time()<t: pass"])
+            for _ in range(hogs)
+        ]
         try:
             sent, elapsed = self.send(senders, packets, pps, cpu=snd_cpu) if packets else (0, 0.0)
         finally:
@@ -186,31 +206,41 @@ def main() -> int:
             for r in results.get(f"{case}/{variant}", []):
                 r["us_per_packet"] = (r["cpu_s"] - idle) / max(1, r["file_packets"]) * 1e6
     print("\n== medians")
-    print(f"idle CPU (start-up + shutdown, subtracted below): tcpdump {median(results['idle/tcpdump'], 'cpu_s'):.3f}s "
-          f"fleetcap {median(results['idle/fleetcap'], 'cpu_s'):.3f}s")
+    print(
+        f"idle CPU (start-up + shutdown, subtracted below): tcpdump {median(results['idle/tcpdump'], 'cpu_s'):.3f}s "
+        f"fleetcap {median(results['idle/fleetcap'], 'cpu_s'):.3f}s"
+    )
     for case in ("flood", "busy"):
         t, f = results[f"{case}/tcpdump"], results[f"{case}/fleetcap"]
-        print(f"{case}: send rate {median(t, 'send_pps')/1e3:.0f}k / {median(f, 'send_pps')/1e3:.0f}k pps; "
-              f"sent {median(t, 'sent'):.0f}; captured tcpdump {median(t, 'file_packets'):.0f} "
-              f"fleetcap {median(f, 'file_packets'):.0f}; kernel drops tcpdump {median(t, 'kernel_drops'):.0f} "
-              f"fleetcap {median(f, 'kernel_drops'):.0f}")
-        print(f"{case}: CPU µs/packet tcpdump {median(t, 'us_per_packet'):.3f} fleetcap {median(f, 'us_per_packet'):.3f} "
-              f"ratio {median(f, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
-              f"peak RSS tcpdump {median(t, 'maxrss_mb'):.1f} MiB fleetcap {median(f, 'maxrss_mb'):.1f} MiB")
+        print(
+            f"{case}: send rate {median(t, 'send_pps') / 1e3:.0f}k / {median(f, 'send_pps') / 1e3:.0f}k pps; "
+            f"sent {median(t, 'sent'):.0f}; captured tcpdump {median(t, 'file_packets'):.0f} "
+            f"fleetcap {median(f, 'file_packets'):.0f}; kernel drops tcpdump {median(t, 'kernel_drops'):.0f} "
+            f"fleetcap {median(f, 'kernel_drops'):.0f}"
+        )
+        print(
+            f"{case}: CPU µs/packet tcpdump {median(t, 'us_per_packet'):.3f} fleetcap {median(f, 'us_per_packet'):.3f} "
+            f"ratio {median(f, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
+            f"peak RSS tcpdump {median(t, 'maxrss_mb'):.1f} MiB fleetcap {median(f, 'maxrss_mb'):.1f} MiB"
+        )
         if case == "flood":
             t32 = results["flood/tcpdump-32"]
-            print(f"flood: with the same 32 MiB ring: tcpdump -B 32768 {median(t32, 'us_per_packet'):.3f} µs/packet, "
-                  f"ratio fleetcap/tcpdump {median(f, 'us_per_packet') / median(t32, 'us_per_packet'):.2f}; "
-                  f"captured {median(t32, 'file_packets'):.0f}, drops {median(t32, 'kernel_drops'):.0f}")
+            print(
+                f"flood: with the same 32 MiB ring: tcpdump -B 32768 {median(t32, 'us_per_packet'):.3f} µs/packet, "
+                f"ratio fleetcap/tcpdump {median(f, 'us_per_packet') / median(t32, 'us_per_packet'):.2f}; "
+                f"captured {median(t32, 'file_packets'):.0f}, drops {median(t32, 'kernel_drops'):.0f}"
+            )
             f2 = results["flood/fleetcap-2"]
-            print(f"flood: with tcpdump's 2 MiB ring: fleetcap --buffer-size-mb 2 {median(f2, 'us_per_packet'):.3f} "
-                  f"µs/packet, ratio fleetcap/tcpdump {median(f2, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
-                  f"captured {median(f2, 'file_packets'):.0f}, drops {median(f2, 'kernel_drops'):.0f}")
+            print(
+                f"flood: with tcpdump's 2 MiB ring: fleetcap --buffer-size-mb 2 {median(f2, 'us_per_packet'):.3f} "
+                f"µs/packet, ratio fleetcap/tcpdump {median(f2, 'us_per_packet') / median(t, 'us_per_packet'):.2f}; "
+                f"captured {median(f2, 'file_packets'):.0f}, drops {median(f2, 'kernel_drops'):.0f}"
+            )
     bl = results["bytelimit/fleetcap"]
-    exact = all(r["file_bytes"] <= r["limit"] and r["limit"] - r["file_bytes"] < RECORD
-                and r["stop_reason"] == "TotalBytesExceeded" for r in bl)
-    print(f"bytelimit: limit {limit}, file bytes {[r['file_bytes'] for r in bl]}, "
-          f"exact (never over, next record would not fit): {exact}")
+    exact = all(
+        r["file_bytes"] <= r["limit"] and r["limit"] - r["file_bytes"] < RECORD and r["stop_reason"] == "TotalBytesExceeded" for r in bl
+    )
+    print(f"bytelimit: limit {limit}, file bytes {[r['file_bytes'] for r in bl]}, exact (never over, next record would not fit): {exact}")
     return 0 if exact else 1
 
 

@@ -1,5 +1,6 @@
 """The agent's capture engine (node_agent.capture.session) alone in a process, for the capture
 benchmark: captures until SIGTERM or a limit, then prints its counters as JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,19 @@ def main() -> int:
     p.add_argument("--total-bytes", type=int, default=0)
     p.add_argument("--buffer-mb", type=int, default=32)
     a = p.parse_args()
-    session = CaptureSession(CaptureSpec(name="bench", capture_id="bench", interface=a.interface,
-                                         root=os.path.dirname(os.path.abspath(a.path)), path=a.path,
-                                         expression=a.filter, snaplen=a.snaplen, total_bytes=a.total_bytes,
-                                         buffer_size=a.buffer_mb << 20))
+    session = CaptureSession(
+        CaptureSpec(
+            name="bench",
+            capture_id="bench",
+            interface=a.interface,
+            root=os.path.dirname(os.path.abspath(a.path)),
+            path=a.path,
+            expression=a.filter,
+            snaplen=a.snaplen,
+            total_bytes=a.total_bytes,
+            buffer_size=a.buffer_mb << 20,
+        )
+    )
     signal.signal(signal.SIGTERM, lambda *_: session.stop(StopReason.STOPPED_BY_USER))
     session.start()
     while session.counters.status == Status.NOT_STARTED and not session.done.is_set():
@@ -33,9 +43,20 @@ def main() -> int:
     while not session.join(0.2):
         pass
     c = session.counters
-    print(json.dumps({"status": c.status, "stop_reason": c.stop_reason, "packets": c.packets, "bytes": c.bytes,
-                      "kernel_drops": c.kernel_drops, "interface_drops": c.interface_drops,
-                      "error": c.error_message}), flush=True)
+    print(
+        json.dumps(
+            {
+                "status": c.status,
+                "stop_reason": c.stop_reason,
+                "packets": c.packets,
+                "bytes": c.bytes,
+                "kernel_drops": c.kernel_drops,
+                "interface_drops": c.interface_drops,
+                "error": c.error_message,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -22,10 +22,12 @@ status Stopped, the stop reason (TimeExceeded or StoppedByUser), no error, the e
 byte counts the agent last had; and no agent was asked to start a capture it had finished, or
 one it never reported. Exit 1 on any difference, with the first ones printed.
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -50,8 +52,8 @@ from fleetcap.v1 import captures_pb2, fleet_pb2, fleet_pb2_grpc
 AGENTS_PER_CONNECTION = 50
 PACKET_BYTES = 100
 AGENT_TTL_S = 10
-TIME_LIMIT_S = 60          # captures that end by their limit
-USER_STOP_AFTER_S = 25     # captures the user stops (their limit: 300 s)
+TIME_LIMIT_S = 60  # captures that end by their limit
+USER_STOP_AFTER_S = 25  # captures the user stops (their limit: 300 s)
 CREATE_EVERY_S = 40
 T0 = [time.monotonic()]  # the soak's start, for the agents' traces
 
@@ -60,6 +62,7 @@ T0 = [time.monotonic()]  # the soak's start, for the agents' traces
 class Held:
     """One capture on one simulated agent: its packets are rate × whole seconds since its start,
     frozen when it stops."""
+
     start: fleet_pb2.StartCapture
     t0: float
     rate: int
@@ -84,15 +87,19 @@ class Held:
 
     def progress(self) -> fleet_pb2.CaptureProgress:
         return fleet_pb2.CaptureProgress(
-            capture_name=self.start.capture_name, capture_id=self.start.capture_id,
-            status=captures_pb2.InstanceStatus(packet_capture_status=self.status, stop_reason=self.reason,
-                                               packets_captured=self.packets,
-                                               bytes_captured=24 + self.packets * PACKET_BYTES))
+            capture_name=self.start.capture_name,
+            capture_id=self.start.capture_id,
+            status=captures_pb2.InstanceStatus(
+                packet_capture_status=self.status,
+                stop_reason=self.reason,
+                packets_captured=self.packets,
+                bytes_captured=24 + self.packets * PACKET_BYTES,
+            ),
+        )
 
 
 class ChaosAgent:
-    def __init__(self, index: int, pools: list[list[Any]], metadata: tuple[tuple[str, str], ...],
-                 rng: random.Random):
+    def __init__(self, index: int, pools: list[list[Any]], metadata: tuple[tuple[str, str], ...], rng: random.Random):
         self.index, self.pools, self.metadata, self.rng = index, pools, metadata, rng
         self.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name="big", instance_id=str(index))
         self.rate = 10 * (index % 10 + 1)
@@ -103,9 +110,9 @@ class ChaosAgent:
         self.dropping = False
         self.connects = 0
         self.on_first_welcome: Any = lambda: None
-        self.repeated_starts = 0      # a start for a capture it runs: ignored, as the real agent does
+        self.repeated_starts = 0  # a start for a capture it runs: ignored, as the real agent does
         self.starts_after_finish = 0  # a start for a capture it has finished: the capture would run twice
-        self.trace: list[str] = []    # what happened to this agent, printed for an instance found wrong
+        self.trace: list[str] = []  # what happened to this agent, printed for an instance found wrong
 
     def note(self, what: str) -> None:
         self.trace.append(f"{time.monotonic() - T0[0]:6.1f}s replica {chr(ord('A') + self.replica)} {what}")
@@ -142,24 +149,29 @@ class ChaosAgent:
             welcomed = await self._connect_once()
             delay = 0.5 if welcomed else min(delay * 2, 8.0)
             self.replica = (self.replica + 1) % len(self.pools)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay * self.rng.uniform(0.5, 1.5))
-            except TimeoutError:
-                pass
 
     async def _connect_once(self) -> bool:
         pool = self.pools[self.replica]
-        call = fleet_pb2_grpc.FleetStub(pool[self.index // AGENTS_PER_CONNECTION % len(pool)]).Connect(
-            metadata=self.metadata)
+        call = fleet_pb2_grpc.FleetStub(pool[self.index // AGENTS_PER_CONNECTION % len(pool)]).Connect(metadata=self.metadata)
         beat: asyncio.Future[None] | None = None
         welcomed = False
         try:
             now = time.monotonic()
             for h in self.held.values():
                 h.tick(now)
-            await call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
-                identity=self.identity, hostname="chaos", interface="lo", addresses=["127.0.0.1"],
-                captures=[h.progress() for h in self.held.values()])))
+            await call.write(
+                fleet_pb2.AgentMessage(
+                    hello=fleet_pb2.AgentHello(
+                        identity=self.identity,
+                        hostname="chaos",
+                        interface="lo",
+                        addresses=["127.0.0.1"],
+                        captures=[h.progress() for h in self.held.values()],
+                    )
+                )
+            )
             first = await call.read()
             if not isinstance(first, fleet_pb2.CoordinatorMessage) or not first.HasField("welcome"):
                 return False
@@ -248,11 +260,34 @@ class Cluster:
     def start(self, i: int) -> None:
         t = self.etcd.client_tls
         self.procs[i] = proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "--log-level", os.environ.get("FLEETCAP_BENCH_LOG", "WARNING"), "coordinator", "--listen",
-             f"127.0.0.1:{self.ports[i]}", "--auth-file", self.auth, "--data-dir", os.path.join(self.work, f"data{i}"),
-             "--agent-ttl", str(AGENT_TTL_S), "--etcd", self.etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert,
-             "--etcd-key", t.key],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, f"coord{i}.log"), "ab"))
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "--log-level",
+                os.environ.get("FLEETCAP_BENCH_LOG", "WARNING"),
+                "coordinator",
+                "--listen",
+                f"127.0.0.1:{self.ports[i]}",
+                "--auth-file",
+                self.auth,
+                "--data-dir",
+                os.path.join(self.work, f"data{i}"),
+                "--agent-ttl",
+                str(AGENT_TTL_S),
+                "--etcd",
+                self.etcd.endpoint,
+                "--etcd-ca",
+                t.ca,
+                "--etcd-cert",
+                t.cert,
+                "--etcd-key",
+                t.key,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.work, f"coord{i}.log"), "ab"),
+        )
         wait_port(self.ports[i], proc, f"coordinator {i}")
 
     def kill(self, i: int) -> None:
@@ -281,17 +316,14 @@ async def retry(what: str, call: Any, deadline_s: float = 90) -> Any:
         try:
             return await call()
         except sdk.FleetcapError as e:
-            if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                    or time.monotonic() > end:
+            if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or time.monotonic() > end:
                 raise RuntimeError(f"{what}: {e.code.name} {e}") from e
             await asyncio.sleep(1)
 
 
-async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, etcd_at: float = 0.5,
-               kill_replicas: bool = True) -> int:
+async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, etcd_at: float = 0.5, kill_replicas: bool = True) -> int:
     metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {TOKENS['agent']}"),)
-    pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-n // AGENTS_PER_CONNECTION))]
-             for a in cluster.addresses]
+    pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-n // AGENTS_PER_CONNECTION))] for a in cluster.addresses]
     agents = [ChaosAgent(i, pools, metadata, rng) for i in range(n)]
     everyone, welcomed = asyncio.Event(), [0]
 
@@ -299,6 +331,7 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, 
         welcomed[0] += 1
         if welcomed[0] == n:
             everyone.set()
+
     for a in agents:
         a.on_first_welcome = first_welcome
     stop = asyncio.Event()
@@ -327,12 +360,14 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, 
                 a.drop()
 
     async def chaos() -> None:
-        plan = [(0.2, "kill replica B", lambda: cluster.kill(1)),
-                (0.3, "restart replica B", lambda: cluster.start(1)),
-                (etcd_at, "stop etcd", lambda: cluster.etcd.stop()),
-                (etcd_at + 5 / seconds, "start etcd", lambda: cluster.etcd.restart()),
-                (0.7, "kill replica A", lambda: cluster.kill(0)),
-                (0.8, "restart replica A", lambda: cluster.start(0))]
+        plan = [
+            (0.2, "kill replica B", lambda: cluster.kill(1)),
+            (0.3, "restart replica B", lambda: cluster.start(1)),
+            (etcd_at, "stop etcd", lambda: cluster.etcd.stop()),
+            (etcd_at + 5 / seconds, "start etcd", lambda: cluster.etcd.restart()),
+            (0.7, "kill replica A", lambda: cluster.kill(0)),
+            (0.8, "restart replica A", lambda: cluster.start(0)),
+        ]
         if not kill_replicas:
             plan = [step for step in plan if "replica" not in step[1]]
         for at, what, act in plan:
@@ -352,19 +387,28 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, 
 
             async def create(name: str = name, limit: int = limit) -> None:
                 try:
-                    await client.create(name=name, target="big", target_type="AzureVMSS", resource_group="bench",
-                                        file_path=f"/var/captures/{name}.cap", time_limit_in_seconds=limit)
+                    await client.create(
+                        name=name,
+                        target="big",
+                        target_type="AzureVMSS",
+                        resource_group="bench",
+                        file_path=f"/var/captures/{name}.cap",
+                        time_limit_in_seconds=limit,
+                    )
                 except sdk.FleetcapError as e:
                     if e.code != grpc.StatusCode.ALREADY_EXISTS:  # a retry of a create that went through
                         raise
+
             await retry(f"create {name}", create)
             expected[name] = "StoppedByUser" if user_stop else "TimeExceeded"
             log(f"created {name} ({'stopped by the user' if user_stop else f'{limit} s limit'})")
             if user_stop:
+
                 async def stop_later(name: str = name) -> None:
                     await asyncio.sleep(USER_STOP_AFTER_S)
                     await retry(f"stop {name}", lambda: client.stop(name=name))
                     log(f"stopped {name}")
+
                 background.append(asyncio.ensure_future(stop_later()))
             k += 1
             await asyncio.sleep(CREATE_EVERY_S)
@@ -416,17 +460,14 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, 
             a = agents[int(inst.instance_id)]
             h = a.held.get(name)
             if h is None:
-                problems.append(f"{name} instance {inst.instance_id}: never started on its agent "
-                                f"(status {inst.packet_capture_status})")
+                problems.append(f"{name} instance {inst.instance_id}: never started on its agent (status {inst.packet_capture_status})")
                 continue
             want = (h.status, h.reason, h.packets, 24 + h.packets * PACKET_BYTES)
             got = (inst.packet_capture_status, inst.stop_reason, inst.packets_captured, inst.bytes_captured)
             if h.status != "Stopped" or h.reason != reason:
-                problems.append(f"{name} instance {inst.instance_id}: the agent ended {h.status}/{h.reason}, "
-                                f"expected Stopped/{reason}")
+                problems.append(f"{name} instance {inst.instance_id}: the agent ended {h.status}/{h.reason}, expected Stopped/{reason}")
             if got != want or list(inst.packet_capture_error):
-                problems.append(f"{name} instance {inst.instance_id}: coordinator {got} "
-                                f"{list(inst.packet_capture_error)}, agent {want}")
+                problems.append(f"{name} instance {inst.instance_id}: coordinator {got} {list(inst.packet_capture_error)}, agent {want}")
     twice = sum(a.starts_after_finish for a in agents)
     if twice:
         problems.append(f"{twice} starts of captures their agent had already finished")
@@ -434,8 +475,10 @@ async def soak(cluster: Cluster, n: int, seconds: float, rng: random.Random, *, 
     print(f"\n== chaos soak: {n} agents, {seconds:.0f} s, {len(expected)} captures × {n} instances")
     for e in events:
         print("  " + e)
-    print(f"connections per agent: min {connects[0]}, median {connects[n // 2]}, max {connects[-1]}; "
-          f"repeated starts ignored: {sum(a.repeated_starts for a in agents)}; starts after finish: {twice}")
+    print(
+        f"connections per agent: min {connects[0]}, median {connects[n // 2]}, max {connects[-1]}; "
+        f"repeated starts ignored: {sum(a.repeated_starts for a in agents)}; starts after finish: {twice}"
+    )
     print(f"coordinator peak RSS: {', '.join(f'{x:.0f} MiB' for x in peak_rss)}")
     print(f"instances checked: {sum(len(r.instances) for r in final.values())}; problems: {len(problems)}")
     for p in problems[:20]:
@@ -457,8 +500,9 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="fleetcap-chaos-")
     cluster = Cluster(work, 2)
     try:
-        return asyncio.run(soak(cluster, a.agents, a.seconds, random.Random(a.seed), etcd_at=a.etcd_at,
-                                kill_replicas=not a.no_replica_kills))
+        return asyncio.run(
+            soak(cluster, a.agents, a.seconds, random.Random(a.seed), etcd_at=a.etcd_at, kill_replicas=not a.no_replica_kills)
+        )
     finally:
         cluster.close()
         if os.environ.get("FLEETCAP_BENCH_KEEP"):

@@ -5,6 +5,7 @@ against CRC-32C in hardware (google-crc32c, which takes bytes: the copy is count
 
 4 MiB chunks (the agent's), seconds of CPU per GiB, median and range over the runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()
     raw = os.urandom(4 << 20) + b"\0" * 16
-    view = memoryview(raw)[8:8 + (4 << 20)]  # a slice of a received message, as wire.py hands it out
+    view = memoryview(raw)[8 : 8 + (4 << 20)]  # a slice of a received message, as wire.py hands it out
     gib = a.chunks * 4 / 1024
     results: dict[str, list[float]] = {"zlib.crc32 (view)": [], "google_crc32c (bytes copy + value)": []}
     for _ in range(a.runs):

@@ -11,6 +11,7 @@ real node_agent Uploader on a pre-written file, but do not capture. Measured:
      upload_blob() of the same file straight to Azurite;
   3. coordinator RSS while 10 agents upload at once, for two file sizes (flat = no growth).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,6 @@ TOKENS = {"admin": new_token(), "agent": new_token()}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
 def save_auth(path: str) -> str:
     """An auth file with the benchmark's admin and agent tokens (TOKENS)."""
     auth = AuthFile()
@@ -56,7 +56,7 @@ def make_file(path: str, size: int) -> str:
     with open(path, "wb") as f:
         left = size
         while left:
-            chunk = block[:min(left, len(block))]
+            chunk = block[: min(left, len(block))]
             f.write(chunk)
             h.update(chunk)
             left -= len(chunk)
@@ -102,7 +102,7 @@ class Deployment:
     tls: bool
 
     def client_creds(self) -> dict[str, str]:
-        return dict(token=TOKENS["admin"], tls_ca=self.ca if self.tls else "")
+        return {"token": TOKENS["admin"], "tls_ca": self.ca if self.tls else ""}
 
     @property
     def ca(self) -> str:
@@ -114,8 +114,9 @@ class Deployment:
         out = os.path.join(self.work, "pki", vm)
         ident = fleet_pb2.AgentIdentity(vm_name=vm, resource_group="bench")
         pki.issue_agent(os.path.join(self.work, "pki", "ca"), out, arm_id=naming.resource_id(ident), instance_name=vm)
-        return transport.ClientCredentials(tls_ca=self.ca, tls_cert=os.path.join(out, "agent.pem"),
-                                           tls_key=os.path.join(out, "agent-key.pem"))
+        return transport.ClientCredentials(
+            tls_ca=self.ca, tls_cert=os.path.join(out, "agent.pem"), tls_key=os.path.join(out, "agent-key.pem")
+        )
 
 
 class LightAgent:
@@ -130,8 +131,11 @@ class LightAgent:
         self.channel = transport.aio_channel(self.address, credentials=self.creds)
         self.data = transport.aio_channel(self.address, credentials=self.creds, dedicated=True)
         self.call = fleet_pb2_grpc.FleetStub(self.channel).Connect(metadata=self.creds.metadata())
-        await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
-            identity=self.identity, hostname="bench", interface="lo", addresses=["127.0.0.1"])))
+        await self.call.write(
+            fleet_pb2.AgentMessage(
+                hello=fleet_pb2.AgentHello(identity=self.identity, hostname="bench", interface="lo", addresses=["127.0.0.1"])
+            )
+        )
         await self.call.read()  # welcome
         self.beat = asyncio.ensure_future(self._heartbeat())
 
@@ -143,9 +147,16 @@ class LightAgent:
     async def upload(self, path: str, size: int, sha: str) -> float:
         msg = await self.call.read()
         start = self.start = msg.start
-        u = Uploader(fleet_pb2_grpc.FleetStub(self.data), fleet_pb2.UploadOpen(
-            identity=self.identity, capture_name=start.capture_name, capture_id=start.capture_id,
-            file_path=start.file_path), path, lambda: (size, sha), lambda: None, metadata=self.creds.metadata())
+        u = Uploader(
+            fleet_pb2_grpc.FleetStub(self.data),
+            fleet_pb2.UploadOpen(
+                identity=self.identity, capture_name=start.capture_name, capture_id=start.capture_id, file_path=start.file_path
+            ),
+            path,
+            lambda: (size, sha),
+            lambda: None,
+            metadata=self.creds.metadata(),
+        )
         t0 = time.perf_counter()
         state = await u.run()
         elapsed = time.perf_counter() - t0
@@ -167,9 +178,16 @@ async def fleetcap_uploads(dep: Deployment, files: list[tuple[str, int, str]], a
     tasks = [asyncio.ensure_future(a.upload(*f)) for a, f in zip(agents, files)]
     with sdk.Client(dep.api, **dep.client_creds()) as c:
         for a in agents:
-            await asyncio.to_thread(c.create, name=f"{a.vm}", target=a.vm, resource_group="bench",
-                                    storage_account=account, file_path=f"/var/captures/{a.vm}.cap",
-                                    time_limit_in_seconds=0, total_bytes_per_session=0)
+            await asyncio.to_thread(
+                c.create,
+                name=f"{a.vm}",
+                target=a.vm,
+                resource_group="bench",
+                storage_account=account,
+                file_path=f"/var/captures/{a.vm}.cap",
+                time_limit_in_seconds=0,
+                total_bytes_per_session=0,
+            )
     times = await asyncio.gather(*tasks)
     for a in agents:
         await a.close()
@@ -177,12 +195,16 @@ async def fleetcap_uploads(dep: Deployment, files: list[tuple[str, int, str]], a
 
 
 def raw_grpc(address: str, path: str) -> float:
-    return float(subprocess.run([sys.executable, "-m", "bench.raw_grpc", "client", address, path], check=True,
-                                capture_output=True, text=True, cwd=ROOT).stdout.strip())
+    return float(
+        subprocess.run(
+            [sys.executable, "-m", "bench.raw_grpc", "client", address, path], check=True, capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+    )
 
 
 def direct_upload_blob(conn: str, path: str, name: str) -> float:
     from azure.storage.blob import BlobServiceClient
+
     svc = BlobServiceClient.from_connection_string(conn)
     try:
         svc.create_container("direct")
@@ -212,33 +234,84 @@ def main() -> int:
         ca = os.path.join(work, "pki", "ca")
         pki.create_ca(ca)
         pki.issue_coordinator(ca, os.path.join(work, "pki"), dns=[], ips=[])
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{az_port}/devstoreaccount1;")
-        az = subprocess.Popen([AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(az_port), "--location",
-                               os.path.join(work, "azurite"), "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{az_port}/devstoreaccount1;"
+        )
+        az = subprocess.Popen(
+            [
+                AZURITE,
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(az_port),
+                "--location",
+                os.path.join(work, "azurite"),
+                "--disableTelemetry",
+                "--silent",
+                "--skipApiVersionCheck",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(az)
         env = dict(os.environ, BENCH_BLOB=conn)
-        common = ["--store", "memory", "--auth-file", os.path.join(work, "auth.toml"),
-                  "--storage-dir", os.path.join(work, "storage"), "--storage-account", "blob1=env:BENCH_BLOB"]
-        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
-                                  "--listen", f"127.0.0.1:{api_port}", *common], env=env,
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "coord.log"), "w"))
-        tls_coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
-                                      "--listen", f"127.0.0.1:{tls_api_port}", "--mtls-listen", f"127.0.0.1:{tls_agent_port}",
-                                      "--tls-cert", os.path.join(work, "pki", "coordinator.pem"),
-                                      "--tls-key", os.path.join(work, "pki", "coordinator-key.pem"),
-                                      "--tls-client-ca", os.path.join(ca, "ca.pem"), *common], env=env,
-                                     cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(work, "coord-tls.log"), "w"))
+        common = [
+            "--store",
+            "memory",
+            "--auth-file",
+            os.path.join(work, "auth.toml"),
+            "--storage-dir",
+            os.path.join(work, "storage"),
+            "--storage-account",
+            "blob1=env:BENCH_BLOB",
+        ]
+        coord = subprocess.Popen(
+            [sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", "--listen", f"127.0.0.1:{api_port}", *common],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(work, "coord.log"), "w"),
+        )
+        tls_coord = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "--log-level",
+                "WARNING",
+                "coordinator",
+                "--listen",
+                f"127.0.0.1:{tls_api_port}",
+                "--mtls-listen",
+                f"127.0.0.1:{tls_agent_port}",
+                "--tls-cert",
+                os.path.join(work, "pki", "coordinator.pem"),
+                "--tls-key",
+                os.path.join(work, "pki", "coordinator-key.pem"),
+                "--tls-client-ca",
+                os.path.join(ca, "ca.pem"),
+                *common,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(work, "coord-tls.log"), "w"),
+        )
         procs += [coord, tls_coord]
         raw = subprocess.Popen([sys.executable, "-m", "bench.raw_grpc", "server", f"127.0.0.1:{raw_port}"], cwd=ROOT)
         disk_port = free_port()
-        raw_disk = subprocess.Popen([sys.executable, "-m", "bench.raw_grpc", "server", f"127.0.0.1:{disk_port}",
-                                     os.path.join(work, "raw-disk.bin")], cwd=ROOT)
+        raw_disk = subprocess.Popen(
+            [sys.executable, "-m", "bench.raw_grpc", "server", f"127.0.0.1:{disk_port}", os.path.join(work, "raw-disk.bin")], cwd=ROOT
+        )
         procs += [raw, raw_disk]
-        for port, proc, what in ((az_port, az, "Azurite"), (api_port, coord, "coordinator"), (raw_port, raw, "raw"),
-                                 (disk_port, raw_disk, "raw to disk"), (tls_api_port, tls_coord, "TLS coordinator")):
+        for port, proc, what in (
+            (az_port, az, "Azurite"),
+            (api_port, coord, "coordinator"),
+            (raw_port, raw, "raw"),
+            (disk_port, raw_disk, "raw to disk"),
+            (tls_api_port, tls_coord, "TLS coordinator"),
+        ):
             wait_port(port, proc, what)
         address = Deployment(f"127.0.0.1:{api_port}", f"127.0.0.1:{api_port}", work, tls=False)
         secure = Deployment(f"127.0.0.1:{tls_api_port}", f"127.0.0.1:{tls_agent_port}", work, tls=True)
@@ -263,21 +336,29 @@ def main() -> int:
             res.setdefault("direct", []).append(size / direct_upload_blob(conn, big, f"d{run}") / 1e6)
             t = asyncio.run(fleetcap_uploads(address, [(big, size, sha)], "blob1", f"b{run}x"))[0]
             res.setdefault("blob", []).append(size / t / 1e6)
-            print(f"run {run}: raw gRPC {res['raw'][-1]:.0f} MB/s, raw gRPC→disk {res['raw_disk'][-1]:.0f} MB/s, "
-                  f"fleetcap→local {res['local'][-1]:.0f} MB/s, with TLS {res['local_tls'][-1]:.0f} MB/s, "
-                  f"upload_blob {res['direct'][-1]:.0f} MB/s, fleetcap→blob {res['blob'][-1]:.0f} MB/s", flush=True)
+            print(
+                f"run {run}: raw gRPC {res['raw'][-1]:.0f} MB/s, raw gRPC→disk {res['raw_disk'][-1]:.0f} MB/s, "
+                f"fleetcap→local {res['local'][-1]:.0f} MB/s, with TLS {res['local_tls'][-1]:.0f} MB/s, "
+                f"upload_blob {res['direct'][-1]:.0f} MB/s, fleetcap→blob {res['blob'][-1]:.0f} MB/s",
+                flush=True,
+            )
         med = {k: statistics.median(v) for k, v in res.items()}
         print(f"\n== medians over {a.runs} runs, {a.size_mb} MiB file")
-        print(f"local sink: fleetcap {med['local']:.0f} MB/s vs raw gRPC stream {med['raw']:.0f} MB/s (bytes "
-              f"discarded): ratio {med['local'] / med['raw']:.2f}; vs raw gRPC written to disk with the same fsync "
-              f"batching {med['raw_disk']:.0f} MB/s: ratio {med['local'] / med['raw_disk']:.2f}")
-        print(f"TLS (agents over mutual TLS, a certificate each): fleetcap→local {med['local_tls']:.0f} MB/s against "
-              f"{med['local']:.0f} MB/s in plaintext: ratio {med['local_tls'] / med['local']:.2f} "
-              f"(TLS costs {100 * (1 - med['local_tls'] / med['local']):.0f} %)")
-        print("receiving process CPU seconds per GiB (median): " + ", ".join(
-            f"{k} {statistics.median(v):.2f}" for k, v in cpu.items()))
-        print(f"Azure Blob (Azurite): fleetcap {med['blob']:.0f} MB/s vs upload_blob {med['direct']:.0f} MB/s: "
-              f"ratio {med['blob'] / med['direct']:.2f}")
+        print(
+            f"local sink: fleetcap {med['local']:.0f} MB/s vs raw gRPC stream {med['raw']:.0f} MB/s (bytes "
+            f"discarded): ratio {med['local'] / med['raw']:.2f}; vs raw gRPC written to disk with the same fsync "
+            f"batching {med['raw_disk']:.0f} MB/s: ratio {med['local'] / med['raw_disk']:.2f}"
+        )
+        print(
+            f"TLS (agents over mutual TLS, a certificate each): fleetcap→local {med['local_tls']:.0f} MB/s against "
+            f"{med['local']:.0f} MB/s in plaintext: ratio {med['local_tls'] / med['local']:.2f} "
+            f"(TLS costs {100 * (1 - med['local_tls'] / med['local']):.0f} %)"
+        )
+        print("receiving process CPU seconds per GiB (median): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in cpu.items()))
+        print(
+            f"Azure Blob (Azurite): fleetcap {med['blob']:.0f} MB/s vs upload_blob {med['direct']:.0f} MB/s: "
+            f"ratio {med['blob'] / med['direct']:.2f}"
+        )
 
         # Memory: 10 agents at once, small then large files; the coordinator's RSS must not grow with size.
         for each_mb in (64, 256):
@@ -293,6 +374,7 @@ def main() -> int:
                 while not stop.is_set():
                     peak.append(rss_mb(coord.pid))
                     time.sleep(0.1)
+
             sampler = threading.Thread(target=sample)
             sampler.start()
             t0 = time.perf_counter()
@@ -300,8 +382,10 @@ def main() -> int:
             total = time.perf_counter() - t0
             stop.set()
             sampler.join()
-            print(f"{a.agents} agents × {each_mb} MiB at once to the local sink: {a.agents * each_mb / total:.0f} MiB/s "
-                  f"total; coordinator RSS idle {idle:.0f} MiB, peak {max(peak):.0f} MiB")
+            print(
+                f"{a.agents} agents × {each_mb} MiB at once to the local sink: {a.agents * each_mb / total:.0f} MiB/s "
+                f"total; coordinator RSS idle {idle:.0f} MiB, peak {max(peak):.0f} MiB"
+            )
             for path, _, _ in files:
                 os.remove(path)
         return 0

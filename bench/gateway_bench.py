@@ -14,6 +14,7 @@ Measured, per run:
   3. /merged of a capture of 4 instances × size/2 (2 GiB at the default size): the time to the
      first byte and the throughput of the whole stream.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ from fleetcap.core.auth import AuthFile, Role
 from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2, fleet_pb2
 
-ARM = ("/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/"
-       "NetworkWatcher_local/packetCaptures")
+ARM = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/NetworkWatcher_local/packetCaptures"
 API = "?api-version=2024-05-01"
 PACKET = 1400
 
@@ -46,6 +46,7 @@ PACKET = 1400
 def make_pcap(path: str, size: int, start_s: int) -> tuple[int, str]:
     """A valid pcap of PACKET-byte records, about `size` bytes; returns (size, SHA-256)."""
     import hashlib
+
     h = hashlib.sha256()
     payload = os.urandom(PACKET)
     with open(path, "wb") as f:
@@ -80,44 +81,70 @@ class ReportingAgent(LightAgent):
         if scale_set:
             self.identity = fleet_pb2.AgentIdentity(vmss_name=scale_set, instance_id=str(index), resource_group="bench")
             out = os.path.join(dep.work, "pki", f"{scale_set}_{index}")
-            pki.issue_agent(os.path.join(dep.work, "pki", "ca"), out, arm_id=naming.resource_id(self.identity),
-                            instance_name=naming.instance_name(naming.resource_id(self.identity)))
-            self.creds = transport.ClientCredentials(tls_ca=dep.ca, tls_cert=os.path.join(out, "agent.pem"),
-                                                     tls_key=os.path.join(out, "agent-key.pem"))
+            pki.issue_agent(
+                os.path.join(dep.work, "pki", "ca"),
+                out,
+                arm_id=naming.resource_id(self.identity),
+                instance_name=naming.instance_name(naming.resource_id(self.identity)),
+            )
+            self.creds = transport.ClientCredentials(
+                tls_ca=dep.ca, tls_cert=os.path.join(out, "agent.pem"), tls_key=os.path.join(out, "agent-key.pem")
+            )
 
     async def upload(self, path: str, size: int, sha: str) -> float:
         elapsed = await super().upload(path, size, sha)
         start = self.start
         for status in ("Running", "Stopped"):
-            await self.call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
-                capture_name=start.capture_name, capture_id=start.capture_id,
-                status=captures_pb2.InstanceStatus(
-                    packet_capture_status=status, stop_reason="StoppedByUser" if status == "Stopped" else "",
-                    bytes_captured=size, files=[captures_pb2.CaptureFile(file_path=start.file_path, size_bytes=size, sha256=sha,
-                                                                         uploaded_bytes=size, upload_complete=True,
-                                                                         stored_sha256=sha)]))))
+            await self.call.write(
+                fleet_pb2.AgentMessage(
+                    progress=fleet_pb2.CaptureProgress(
+                        capture_name=start.capture_name,
+                        capture_id=start.capture_id,
+                        status=captures_pb2.InstanceStatus(
+                            packet_capture_status=status,
+                            stop_reason="StoppedByUser" if status == "Stopped" else "",
+                            bytes_captured=size,
+                            files=[
+                                captures_pb2.CaptureFile(
+                                    file_path=start.file_path,
+                                    size_bytes=size,
+                                    sha256=sha,
+                                    uploaded_bytes=size,
+                                    upload_complete=True,
+                                    stored_sha256=sha,
+                                )
+                            ],
+                        ),
+                    )
+                )
+            )
         return elapsed
 
 
 async def store(dep: Deployment, name: str, files: list[tuple[str, int, str]], scale_set: bool = False) -> None:
     """Stores `files` as capture `name`: of VM `name` (one file), or of scale set `name` (an
     instance per file), each uploaded by a light agent."""
-    agents = [ReportingAgent(dep, f"{name}-vm{i}" if scale_set else name, name if scale_set else "", i)
-              for i in range(len(files))]
+    agents = [ReportingAgent(dep, f"{name}-vm{i}" if scale_set else name, name if scale_set else "", i) for i in range(len(files))]
     for a in agents:
         await a.connect()
     uploads = [asyncio.ensure_future(a.upload(*f)) for a, f in zip(agents, files)]
     with sdk.Client(dep.api, **dep.client_creds()) as c:
-        await asyncio.to_thread(c.create, name=name, target=name, resource_group="bench", storage_account="local",
-                                target_type="AzureVMSS" if scale_set else "AzureVM",
-                                file_path="" if scale_set else f"/var/captures/{name}.cap", time_limit_in_seconds=0,
-                                total_bytes_per_session=0)
+        await asyncio.to_thread(
+            c.create,
+            name=name,
+            target=name,
+            resource_group="bench",
+            storage_account="local",
+            target_type="AzureVMSS" if scale_set else "AzureVM",
+            file_path="" if scale_set else f"/var/captures/{name}.cap",
+            time_limit_in_seconds=0,
+            total_bytes_per_session=0,
+        )
         await asyncio.gather(*uploads)
         deadline = time.monotonic() + 30
         while True:
             status = await asyncio.to_thread(c.get_status, name=name)
-            if len(status.instances) == len(files) and all(i.files and all(f.upload_complete for f in i.files)
-                                                           for i in status.instances):
+            if len(status.instances) == len(files) and all(i.files and all(f.upload_complete for f in i.files) for i in status.instances):
                 break
             assert time.monotonic() < deadline, f"{name}: the stored files are not in the status"
             await asyncio.sleep(0.1)
@@ -144,6 +171,7 @@ async def rest_latency(base: str, ca: str, path: str, clients: int, requests: in
                 out.append(time.perf_counter() - t)
                 r.raise_for_status()
             return out
+
     return [x for xs in await asyncio.gather(*(one() for _ in range(clients))) for x in xs]
 
 
@@ -158,14 +186,14 @@ async def grpc_latency(address: str, ca: str, what: str, name: str, clients: int
                 await call()
                 out.append(time.perf_counter() - t)
             return out
+
     return [x for xs in await asyncio.gather(*(one() for _ in range(clients))) for x in xs]
 
 
 async def rest_download(base: str, ca: str, path: str) -> tuple[float, int, float]:
     """(seconds, bytes, seconds to the first byte)."""
     ctx = ssl.create_default_context(cafile=ca)
-    async with httpx.AsyncClient(base_url=base, verify=ctx, timeout=600,
-                                 headers={"Authorization": f"Bearer {TOKENS['admin']}"}) as h:
+    async with httpx.AsyncClient(base_url=base, verify=ctx, timeout=600, headers={"Authorization": f"Bearer {TOKENS['admin']}"}) as h:
         t = time.perf_counter()
         first = None
         n = 0
@@ -180,9 +208,25 @@ async def rest_download(base: str, ca: str, path: str) -> tuple[float, int, floa
 
 def curl_download(base: str, ca: str, path: str) -> tuple[float, int]:
     """The same download by curl, a client in a process of its own: (seconds, bytes)."""
-    out = subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", ca, "-w",
-                          "%{time_total} %{size_download}", "-H", f"Authorization: Bearer {TOKENS['admin']}",
-                          base + path], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            ca,
+            "-w",
+            "%{time_total} %{size_download}",
+            "-H",
+            f"Authorization: Bearer {TOKENS['admin']}",
+            base + path,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return float(out[0]), int(out[1])
 
 
@@ -221,21 +265,61 @@ def main() -> int:
         pki.create_ca(ca_dir)
         coord_cert = pki.issue_coordinator(ca_dir, os.path.join(work, "pki"), dns=[], ips=[])
         ca = os.path.join(ca_dir, "ca.pem")
-        coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator",
-                                  "--listen", f"127.0.0.1:{api_port}", "--mtls-listen", f"127.0.0.1:{agent_port}",
-                                  "--store", "memory", "--tls-client-ca", ca,
-                                  "--tls-cert", coord_cert.cert_path, "--tls-key", coord_cert.key_path,
-                                  "--auth-file", os.path.join(work, "auth.toml"),
-                                  "--storage-dir", os.path.join(work, "storage")],
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "coord.log"), "w"))
+        coord = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "--log-level",
+                "WARNING",
+                "coordinator",
+                "--listen",
+                f"127.0.0.1:{api_port}",
+                "--mtls-listen",
+                f"127.0.0.1:{agent_port}",
+                "--store",
+                "memory",
+                "--tls-client-ca",
+                ca,
+                "--tls-cert",
+                coord_cert.cert_path,
+                "--tls-key",
+                coord_cert.key_path,
+                "--auth-file",
+                os.path.join(work, "auth.toml"),
+                "--storage-dir",
+                os.path.join(work, "storage"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(work, "coord.log"), "w"),
+        )
         procs.append(coord)
         wait_port(api_port, coord, "coordinator")
         gw_cert = pki.issue_gateway(ca_dir, work, name="gateway")
-        gw = subprocess.Popen([sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "--coordinator",
-                               f"127.0.0.1:{api_port}", "gateway", "--listen", f"127.0.0.1:{gw_port}",
-                               "--tls-ca", ca,
-                               "--tls-cert", gw_cert.cert_path, "--tls-key", gw_cert.key_path],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "gw.log"), "w"))
+        gw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "--log-level",
+                "WARNING",
+                "--coordinator",
+                f"127.0.0.1:{api_port}",
+                "gateway",
+                "--listen",
+                f"127.0.0.1:{gw_port}",
+                "--tls-ca",
+                ca,
+                "--tls-cert",
+                gw_cert.cert_path,
+                "--tls-key",
+                gw_cert.key_path,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(work, "gw.log"), "w"),
+        )
         procs.append(gw)
         wait_port(gw_port, gw, "gateway")
         base = f"https://127.0.0.1:{gw_port}"
@@ -282,16 +366,20 @@ def main() -> int:
             t_m, n_m, first = asyncio.run(rest_download(base, ca, "/fleetcap/v1/captures/mg/merged"))
             res.setdefault("merged_first_ms", []).append(first * 1000)
             res.setdefault("merged_mb_s", []).append(n_m / t_m / 1e6)
-            print(f"run {run}: get p99 REST {res['get_rest_p99'][-1]:.1f} ms vs gRPC {res['get_grpc_p99'][-1]:.1f} ms; "
-                  f"list p99 REST {res['list_rest_p99'][-1]:.1f} ms vs gRPC {res['list_grpc_p99'][-1]:.1f} ms; "
-                  f"download curl {res['dl_curl'][-1]:.0f} MB/s, httpx {res['dl_httpx'][-1]:.0f} MB/s vs SDK "
-                  f"{res['dl_sdk'][-1]:.0f} MB/s (ratio {res['dl_ratio_curl'][-1]:.2f}, {res['dl_ratio_httpx'][-1]:.2f}); "
-                  f"merged ({n_m >> 20} MiB) first byte "
-                  f"{res['merged_first_ms'][-1]:.0f} ms, {res['merged_mb_s'][-1]:.0f} MB/s", flush=True)
+            print(
+                f"run {run}: get p99 REST {res['get_rest_p99'][-1]:.1f} ms vs gRPC {res['get_grpc_p99'][-1]:.1f} ms; "
+                f"list p99 REST {res['list_rest_p99'][-1]:.1f} ms vs gRPC {res['list_grpc_p99'][-1]:.1f} ms; "
+                f"download curl {res['dl_curl'][-1]:.0f} MB/s, httpx {res['dl_httpx'][-1]:.0f} MB/s vs SDK "
+                f"{res['dl_sdk'][-1]:.0f} MB/s (ratio {res['dl_ratio_curl'][-1]:.2f}, {res['dl_ratio_httpx'][-1]:.2f}); "
+                f"merged ({n_m >> 20} MiB) first byte "
+                f"{res['merged_first_ms'][-1]:.0f} ms, {res['merged_mb_s'][-1]:.0f} MB/s",
+                flush=True,
+            )
         print(f"\n{a.clients} clients × {a.requests} requests, {a.runs} runs")
         for key in sorted(res):
-            unit = " ms" if key.endswith(("_p50", "_p99", "_ms")) else (
-                "" if "ratio" in key else (" CPU-s/GiB" if "cpu" in key else " MB/s"))
+            unit = (
+                " ms" if key.endswith(("_p50", "_p99", "_ms")) else ("" if "ratio" in key else (" CPU-s/GiB" if "cpu" in key else " MB/s"))
+            )
             print(show(key, res[key], unit))
         return 0
     finally:

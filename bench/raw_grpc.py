@@ -4,6 +4,7 @@ gRPC on loopback, with no protobuf message, no disk and no checks; the server di
     python -m bench.raw_grpc server HOST:PORT [FILE]   # with FILE: written and fsynced every 16 MiB
     python -m bench.raw_grpc client HOST:PORT FILE      # prints the seconds the stream took
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,9 @@ async def serve(address: str, path: str | None) -> None:
         return total.to_bytes(8, "big")
 
     server = transport.aio_server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "fleetcap.bench.Raw", {"Upload": grpc.stream_unary_rpc_method_handler(upload)})])
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("fleetcap.bench.Raw", {"Upload": grpc.stream_unary_rpc_method_handler(upload)})]
+    )
     transport.add_listen(server, address)
     await server.start()
     await server.wait_for_termination()
@@ -51,6 +53,7 @@ async def client(address: str, path: str) -> float:
         with open(path, "rb") as f:
             while data := f.read(CHUNK):
                 yield data
+
     t0 = time.perf_counter()
     await call(chunks())
     elapsed = time.perf_counter() - t0

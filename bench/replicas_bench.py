@@ -18,10 +18,12 @@ instance records, set up before the creates; the state any replica's GetStatus s
 checks one GetStatus per capture and deletes the captures. Reported: p50 and p99 over the runs,
 and each coordinator's RSS (after connecting, and its peak).
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -58,8 +60,7 @@ async def worker(addresses: list[str], first: int, count: int, per_set: int) -> 
     # The benchmark's agent token comes in the environment (never on a command line).
     metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {os.environ['FLEETCAP_BENCH_AGENT_TOKEN']}"),)
     per_replica = -(-count // len(addresses))
-    pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-per_replica // AGENTS_PER_CONNECTION))]
-             for a in addresses]
+    pools = [[transport.aio_channel(a, dedicated=True) for _ in range(-(-per_replica // AGENTS_PER_CONNECTION))] for a in addresses]
     rng = random.Random(first)
     ready, welcomed = asyncio.Event(), [0]
 
@@ -67,13 +68,13 @@ async def worker(addresses: list[str], first: int, count: int, per_set: int) -> 
         welcomed[0] += 1
         if welcomed[0] == count:
             ready.set()
+
     agents = []
     for i in range(first, first + count):
         # Agent i starts on replica i mod R (and, as node_agent/control.py does, reconnects to
         # the next one after a jittered back-off if its stream breaks).
         agent = ChaosAgent(i, pools, metadata, rng)
-        agent.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name=f"set{i // per_set}",
-                                                 instance_id=str(i % per_set))
+        agent.identity = fleet_pb2.AgentIdentity(resource_group="bench", vmss_name=f"set{i // per_set}", instance_id=str(i % per_set))
         agent.on_first_welcome = first_welcome
         agents.append(agent)
     stop = asyncio.Event()
@@ -87,8 +88,7 @@ async def worker(addresses: list[str], first: int, count: int, per_set: int) -> 
         t.cancel()
 
 
-async def follow_running(store: Store, total: int, watching: asyncio.Event, all_running: asyncio.Event,
-                         marks: dict[str, float]) -> None:
+async def follow_running(store: Store, total: int, watching: asyncio.Event, all_running: asyncio.Event, marks: dict[str, float]) -> None:
     """Sets `watching` once the watch exists, `all_running` once `total` instance records have
     been written Running; `marks` gets when the first record was written, and when a tenth, half
     and all of them were Running."""
@@ -107,8 +107,15 @@ async def follow_running(store: Store, total: int, watching: asyncio.Event, all_
                     all_running.set()
 
 
-async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[subprocess.Popen[bytes]],
-                  sets: int, per_set: int, runs: int, others: dict[str, int]) -> dict:
+async def measure(
+    cluster_addresses: list[str],
+    etcd: EmbeddedEtcd,
+    procs: list[subprocess.Popen[bytes]],
+    sets: int,
+    per_set: int,
+    runs: int,
+    others: dict[str, int],
+) -> dict:
     """`others`: more processes (name → pid) whose CPU time in each run is reported."""
     t = etcd.client_tls
     store = Store(EtcdKV([etcd.endpoint], access=EtcdAccess(t.ca, t.cert, t.key)))
@@ -126,26 +133,37 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
             watched = {**{f"coordinator {i}": p.pid for i, p in enumerate(procs)}, **others, "bench": os.getpid()}
             cpu0 = {name: cpu_s(pid) for name, pid in watched.items()}
             t0 = time.perf_counter()
-            await asyncio.gather(*(client.create(name=n, target=f"set{s}", target_type="AzureVMSS",
-                                                 resource_group="bench", file_path="/var/captures/f.cap",
-                                                 time_limit_in_seconds=0) for s, n in enumerate(names)))
+            await asyncio.gather(
+                *(
+                    client.create(
+                        name=n,
+                        target=f"set{s}",
+                        target_type="AzureVMSS",
+                        resource_group="bench",
+                        file_path="/var/captures/f.cap",
+                        time_limit_in_seconds=0,
+                    )
+                    for s, n in enumerate(names)
+                )
+            )
             marks["created"] = time.perf_counter()
             while not all_running.is_set():
                 peak = [max(x, rss_mb(p.pid)) for x, p in zip(peak, procs)]
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_running.wait(), 0.5)
-                except TimeoutError:
-                    pass
             latencies.append(time.perf_counter() - t0)
             used = {name: cpu_s(pid) - cpu0[name] for name, pid in watched.items()}
             watcher.cancel()
             statuses = await asyncio.gather(*(client.get_status(name=n) for n in names))
             seen = sum(1 for st in statuses for i in st.instances if i.packet_capture_status == "Running")
             timeline = ", ".join(f"{label} {(at - t0) * 1000:.0f}" for label, at in sorted(marks.items(), key=lambda m: m[1]))
-            print(f"run {run}: {total} instances Running in {latencies[-1] * 1000:.0f} ms "
-                  f"(GetStatus after: {seen} Running); RSS {', '.join(f'{rss_mb(p.pid):.0f}' for p in procs)} MiB; "
-                  f"ms after create: {timeline}; CPU-s: {sum(used.values()):.1f} "
-                  f"({', '.join(f'{n} {x:.1f}' for n, x in used.items())})", flush=True)
+            print(
+                f"run {run}: {total} instances Running in {latencies[-1] * 1000:.0f} ms "
+                f"(GetStatus after: {seen} Running); RSS {', '.join(f'{rss_mb(p.pid):.0f}' for p in procs)} MiB; "
+                f"ms after create: {timeline}; CPU-s: {sum(used.values()):.1f} "
+                f"({', '.join(f'{n} {x:.1f}' for n, x in used.items())})",
+                flush=True,
+            )
             if seen != total:
                 raise RuntimeError(f"GetStatus shows {seen} Running, not {total}")
             for n in names:
@@ -153,8 +171,13 @@ async def measure(cluster_addresses: list[str], etcd: EmbeddedEtcd, procs: list[
             await asyncio.sleep(3)
     await store.close()
     latencies.sort()
-    return {"p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "range": (latencies[0], latencies[-1]), "rss_connected": connected_rss, "rss_peak": peak}
+    return {
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "range": (latencies[0], latencies[-1]),
+        "rss_connected": connected_rss,
+        "rss_peak": peak,
+    }
 
 
 def main() -> int:
@@ -181,11 +204,37 @@ def main() -> int:
         auth = save_auth(os.path.join(work, "auth.toml"))
         ports = [free_port() for _ in range(a.replicas)]
         for i, port in enumerate(ports):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", "--listen",
-                 f"127.0.0.1:{port}", "--agent-ttl", str(a.agent_ttl), "--auth-file", auth, "--data-dir", os.path.join(work, f"data{i}"),
-                 "--etcd", etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"coord{i}.log"), "w")))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fleetcap",
+                        "--log-level",
+                        "WARNING",
+                        "coordinator",
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--agent-ttl",
+                        str(a.agent_ttl),
+                        "--auth-file",
+                        auth,
+                        "--data-dir",
+                        os.path.join(work, f"data{i}"),
+                        "--etcd",
+                        etcd.endpoint,
+                        "--etcd-ca",
+                        t.ca,
+                        "--etcd-cert",
+                        t.cert,
+                        "--etcd-key",
+                        t.key,
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(work, f"coord{i}.log"), "w"),
+                )
+            )
         for port, proc in zip(ports, procs):
             wait_port(port, proc, "coordinator")
         addresses = [f"127.0.0.1:{port}" for port in ports]
@@ -193,11 +242,25 @@ def main() -> int:
         share = -(-total // a.workers)
         for k in range(a.workers):
             first = k * share
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.replicas_bench", "--worker", ",".join(addresses), str(first),
-                 str(min(share, total - first)), str(a.instances)],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env={**os.environ, "FLEETCAP_BENCH_AGENT_TOKEN": TOKENS["agent"]}))
+            workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.replicas_bench",
+                        "--worker",
+                        ",".join(addresses),
+                        str(first),
+                        str(min(share, total - first)),
+                        str(a.instances),
+                    ],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "FLEETCAP_BENCH_AGENT_TOKEN": TOKENS["agent"]},
+                )
+            )
         for w in workers:
             if w.stdout is None or w.stdout.readline().strip() != "connected":
                 raise RuntimeError("an agent worker did not connect its agents")
@@ -207,8 +270,11 @@ def main() -> int:
         idle.update({"etcd": etcd.process.pid if etcd.process else 0, **{f"agents {k}": w.pid for k, w in enumerate(workers)}})
         before = {n: cpu_s(pid) for n, pid in idle.items()}
         time.sleep(10)
-        print(f"idle (heartbeats only), share of a core over 10 s: "
-              f"{', '.join(f'{n} {(cpu_s(pid) - before[n]) / 10:.0%}' for n, pid in idle.items())}", flush=True)
+        print(
+            f"idle (heartbeats only), share of a core over 10 s: "
+            f"{', '.join(f'{n} {(cpu_s(pid) - before[n]) / 10:.0%}' for n, pid in idle.items())}",
+            flush=True,
+        )
         assert etcd.process is not None
         others = {"etcd": etcd.process.pid, **{f"agents {k}": w.pid for k, w in enumerate(workers)}}
         r = asyncio.run(measure(addresses, etcd, procs, a.scale_sets, a.instances, a.runs, others))
@@ -219,14 +285,18 @@ def main() -> int:
             line = w.stdout.readline().split() if w.stdout is not None else []
             streams += int(line[1]) if line[:1] == ["streams"] else 0
         logs = "".join(open(os.path.join(work, f"coord{i}.log")).read() for i in range(a.replicas))
-        print(f"streams opened by the {total} agents: {streams}; coordinators logged {logs.count('silent for')} "
-              f"agents closed as silent, {logs.count('DEADLINE_EXCEEDED')} etcd calls past their deadline")
+        print(
+            f"streams opened by the {total} agents: {streams}; coordinators logged {logs.count('silent for')} "
+            f"agents closed as silent, {logs.count('DEADLINE_EXCEEDED')} etcd calls past their deadline"
+        )
         lo, hi = r["range"]
-        print(f"\n== {total} agents ({a.scale_sets} scale sets × {a.instances}) over {a.replicas} replicas, "
-              f"{a.runs} runs: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
-              f"(range {lo * 1000:.0f}-{hi * 1000:.0f}); coordinator RSS connected "
-              f"{', '.join(f'{x:.0f}' for x in r['rss_connected'])} MiB, peak "
-              f"{', '.join(f'{x:.0f}' for x in r['rss_peak'])} MiB")
+        print(
+            f"\n== {total} agents ({a.scale_sets} scale sets × {a.instances}) over {a.replicas} replicas, "
+            f"{a.runs} runs: create → all Running p50 {r['p50'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms "
+            f"(range {lo * 1000:.0f}-{hi * 1000:.0f}); coordinator RSS connected "
+            f"{', '.join(f'{x:.0f}' for x in r['rss_connected'])} MiB, peak "
+            f"{', '.join(f'{x:.0f}' for x in r['rss_peak'])} MiB"
+        )
         return 0
     finally:
         for w in workers:

@@ -10,6 +10,7 @@ etcd and the replicas share the cores: the rate cannot double there, and the fig
 whether anything serialises across replicas is the CPU per GiB of each replica, which must not
 grow when there are two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,37 @@ def main() -> int:
         save_auth(os.path.join(work, "auth.toml"))
         ports = [free_port() for _ in range(2)]
         for i, port in enumerate(ports):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "fleetcap", "--log-level", "WARNING", "coordinator", "--listen",
-                 f"127.0.0.1:{port}", "--auth-file", os.path.join(work, "auth.toml"), "--data-dir",
-                 os.path.join(work, f"data{i}"), "--storage-dir", os.path.join(work, "storage"), "--etcd", etcd.endpoint,
-                 "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"coord{i}.log"), "w")))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fleetcap",
+                        "--log-level",
+                        "WARNING",
+                        "coordinator",
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--auth-file",
+                        os.path.join(work, "auth.toml"),
+                        "--data-dir",
+                        os.path.join(work, f"data{i}"),
+                        "--storage-dir",
+                        os.path.join(work, "storage"),
+                        "--etcd",
+                        etcd.endpoint,
+                        "--etcd-ca",
+                        t.ca,
+                        "--etcd-cert",
+                        t.cert,
+                        "--etcd-key",
+                        t.key,
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(work, f"coord{i}.log"), "w"),
+                )
+            )
         for port, proc in zip(ports, procs):
             wait_port(port, proc, "coordinator")
         files = []
@@ -63,12 +89,12 @@ def main() -> int:
             half = a.agents // 2 if replicas == 2 else a.agents
             groups = [(Deployment(f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[0]}", work, tls=False), files[:half])]
             if replicas == 2:
-                groups.append((Deployment(f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", work, tls=False),
-                               files[half:]))
+                groups.append((Deployment(f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", work, tls=False), files[half:]))
             c0 = [cpu_s(p.pid) for p in procs]
             t0 = time.perf_counter()
-            await asyncio.gather(*(fleetcap_uploads(dep, group, "local", f"r{run}n{replicas}g{g}x")
-                                   for g, (dep, group) in enumerate(groups)))
+            await asyncio.gather(
+                *(fleetcap_uploads(dep, group, "local", f"r{run}n{replicas}g{g}x") for g, (dep, group) in enumerate(groups))
+            )
             elapsed = time.perf_counter() - t0
             used = [cpu_s(p.pid) - c for p, c in zip(procs, c0)]
             rate = a.agents * size / elapsed / (1 << 20)
@@ -79,19 +105,26 @@ def main() -> int:
                 rates["two"].append(rate)
                 cpu["two A"].append(used[0] / (gib_each * half))
                 cpu["two B"].append(used[1] / (gib_each * (a.agents - half)))
-            print(f"run {run}, {replicas} replica(s): {rate:.0f} MiB/s aggregate; CPU s/GiB per replica: "
-                  + ", ".join(f"{u / (gib_each * (half if i == 0 else a.agents - half)):.2f}"
-                              for i, u in enumerate(used[:replicas])), flush=True)
+            print(
+                f"run {run}, {replicas} replica(s): {rate:.0f} MiB/s aggregate; CPU s/GiB per replica: "
+                + ", ".join(f"{u / (gib_each * (half if i == 0 else a.agents - half)):.2f}" for i, u in enumerate(used[:replicas])),
+                flush=True,
+            )
+
         for run in range(a.runs):
             order = (1, 2) if run % 2 == 0 else (2, 1)
             for replicas in order:
                 asyncio.run(layout(run, replicas))
         one, two = statistics.median(rates["one"]), statistics.median(rates["two"])
         print(f"\n== medians over {a.runs} runs, {a.agents} agents × {a.size_mb} MiB")
-        print(f"aggregate: one replica {one:.0f} MiB/s (range {min(rates['one']):.0f}-{max(rates['one']):.0f}); "
-              f"two replicas {two:.0f} MiB/s (range {min(rates['two']):.0f}-{max(rates['two']):.0f}); ratio {two / one:.2f}")
-        print("CPU seconds per GiB received: " + ", ".join(
-            f"{k} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for k, v in cpu.items()))
+        print(
+            f"aggregate: one replica {one:.0f} MiB/s (range {min(rates['one']):.0f}-{max(rates['one']):.0f}); "
+            f"two replicas {two:.0f} MiB/s (range {min(rates['two']):.0f}-{max(rates['two']):.0f}); ratio {two / one:.2f}"
+        )
+        print(
+            "CPU seconds per GiB received: "
+            + ", ".join(f"{k} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for k, v in cpu.items())
+        )
         return 0
     finally:
         for proc in procs:

@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 2 invalid input, 3 not found, 4 already exists, 5 quota exceeded,
 6 not authenticated, 7 not allowed (the role lacks the right), 1 anything else.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def optional(module: str, what: str) -> Any:
     cryptography), or says which extra brings it: `pip install fleetcap` alone is the agent and
     the SDK, and an agent host carries nothing it does not import."""
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -59,11 +61,13 @@ def optional(module: str, what: str) -> Any:
 
 def has(module: str) -> bool:
     import importlib.util
+
     return importlib.util.find_spec(module) is not None
 
 
 def _version() -> str:
     from importlib import metadata
+
     try:
         return metadata.version("fleetcap")
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
@@ -106,6 +110,7 @@ def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | No
         text = json.dumps(data, indent=2)
         if output == "jsonc" and sys.stdout.isatty() and has("rich"):
             from rich.console import Console
+
             Console().print_json(text)
         else:
             print(text)
@@ -116,6 +121,7 @@ def _emit(data: Any, args: argparse.Namespace, table: list[tuple[str, str]] | No
         if output == "yamlc" and sys.stdout.isatty() and has("rich"):
             from rich.console import Console
             from rich.syntax import Syntax
+
             Console().print(Syntax(text, "yaml"))
         else:
             print(text, end="")
@@ -158,10 +164,21 @@ def _get(d: Any, path: str) -> Any:
     return d
 
 
-CAPTURE_TABLE = [("Name", "name"), ("Target", "properties.target"), ("Type", "properties.targetType"),
-                 ("Created", "createdTime"), ("State", "provisioningState")]
-STATUS_TABLE = [("Instance", "instanceId"), ("Status", "packetCaptureStatus"), ("StopReason", "stopReason"),
-                ("Packets", "packetsCaptured"), ("Bytes", "bytesCaptured"), ("Drops", "kernelDrops")]
+CAPTURE_TABLE = [
+    ("Name", "name"),
+    ("Target", "properties.target"),
+    ("Type", "properties.targetType"),
+    ("Created", "createdTime"),
+    ("State", "provisioningState"),
+]
+STATUS_TABLE = [
+    ("Instance", "instanceId"),
+    ("Status", "packetCaptureStatus"),
+    ("StopReason", "stopReason"),
+    ("Packets", "packetsCaptured"),
+    ("Bytes", "bytesCaptured"),
+    ("Drops", "kernelDrops"),
+]
 
 
 def _status_out(status, args: argparse.Namespace) -> None:
@@ -172,13 +189,18 @@ def _status_out(status, args: argparse.Namespace) -> None:
         _emit(d, args)
         return
     if args.output == "table":
-        print(_cell(f"{d['name']}: {d['packetCaptureStatus']}"
-                    + (f" ({d['stopReason']})" if d.get("stopReason") else "")
-                    + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else "")))
+        print(
+            _cell(
+                f"{d['name']}: {d['packetCaptureStatus']}"
+                + (f" ({d['stopReason']})" if d.get("stopReason") else "")
+                + (f" errors: {', '.join(d['packetCaptureError'])}" if d.get("packetCaptureError") else "")
+            )
+        )
     _emit(d.get("instances", []), args, STATUS_TABLE)
 
 
 # -- capture verbs ----------------------------------------------------------------------------
+
 
 def _load_filters(text: str | None) -> list[dict[str, Any]]:
     if not text:
@@ -235,17 +257,26 @@ def _merge_newer_group_flags(args) -> None:
     both forms of one setting is an error rather than a silent choice."""
     forms = [
         ("--scope", args.scope, {"include": "include", "exclude": "exclude"}),
-        ("--storage-location", args.storage_location, {"storageId": "storage_account", "storagePath": "storage_path",
-                                                       "filePath": "file_path", "localPath": "local_path"}),
-        ("--capture-settings", args.capture_settings, {"fileCount": "file_count", "fileSizeInBytes": "file_size",
-                                                       "sessionTimeLimitInSeconds": "session_time_limit"}),
+        (
+            "--storage-location",
+            args.storage_location,
+            {"storageId": "storage_account", "storagePath": "storage_path", "filePath": "file_path", "localPath": "local_path"},
+        ),
+        (
+            "--capture-settings",
+            args.capture_settings,
+            {"fileCount": "file_count", "fileSizeInBytes": "file_size", "sessionTimeLimitInSeconds": "session_time_limit"},
+        ),
     ]
     for flag, text, mapping in forms:
         for key, value in _json_object(flag, text, set(mapping)).items():
             dest = mapping[key]
             want = list if flag == "--scope" else int if flag == "--capture-settings" else str
-            if not isinstance(value, want) or isinstance(value, bool) or \
-                    (isinstance(value, list) and not all(isinstance(v, (str, int)) for v in value)):
+            if (
+                not isinstance(value, want)
+                or isinstance(value, bool)
+                or (isinstance(value, list) and not all(isinstance(v, (str, int)) for v in value))
+            ):
                 raise UsageError(f"{flag}: {key} must be {'a list of instance ids' if want is list else want.__name__}")
             if isinstance(value, list):
                 value = [str(v) for v in value]
@@ -261,22 +292,40 @@ def cmd_create(client: sdk.Client, args) -> int:
         raise UsageError("--storage-path needs --storage-account")
     create = client.dry_run if args.dry_run else client.create
     result = create(
-        name=args.name, target=target, target_type=target_type, resource_group=args.resource_group or "",
-        subscription=args.subscription or "", include=args.include or [], exclude=args.exclude or [],
-        bytes_to_capture_per_packet=args.capture_size, total_bytes_per_session=args.capture_limit,
-        time_limit_in_seconds=args.time_limit, storage_account=args.storage_account or "",
-        storage_path=args.storage_path or "", file_path=args.file_path or "",
-        filters=_load_filters(args.filters), bpf_filter=args.bpf_filter or "",
+        name=args.name,
+        target=target,
+        target_type=target_type,
+        resource_group=args.resource_group or "",
+        subscription=args.subscription or "",
+        include=args.include or [],
+        exclude=args.exclude or [],
+        bytes_to_capture_per_packet=args.capture_size,
+        total_bytes_per_session=args.capture_limit,
+        time_limit_in_seconds=args.time_limit,
+        storage_account=args.storage_account or "",
+        storage_path=args.storage_path or "",
+        file_path=args.file_path or "",
+        filters=_load_filters(args.filters),
+        bpf_filter=args.bpf_filter or "",
         continuous_capture=None if args.continuous_capture is None else args.continuous_capture == "true",
-        local_path=args.local_path or "", file_count=args.file_count, file_size_in_bytes=args.file_size,
-        session_time_limit_in_seconds=args.session_time_limit, add_new_instances=args.add_new_instances,
-        standby_in_seconds=args.standby, standby_bytes=args.standby_bytes, fleet_bytes_limit=args.fleet_bytes_limit)
+        local_path=args.local_path or "",
+        file_count=args.file_count,
+        file_size_in_bytes=args.file_size,
+        session_time_limit_in_seconds=args.session_time_limit,
+        add_new_instances=args.add_new_instances,
+        standby_in_seconds=args.standby,
+        standby_bytes=args.standby_bytes,
+        fleet_bytes_limit=args.fleet_bytes_limit,
+    )
     if isinstance(result, tuple):  # a dry run: what it would touch, nothing started
         d = sdk.to_dict(result[1])
         if args.output in ("table", "tsv"):
             _emit(d["instances"], args, DRY_RUN_TABLE)
-            print(f"fleetcap: dry run: nothing was created; {len(d['instances'])} instance(s), at most "
-                  f"{d['estimatedBytesPerSecond']} bytes/s from the measured ones", file=sys.stderr)
+            print(
+                f"fleetcap: dry run: nothing was created; {len(d['instances'])} instance(s), at most "
+                f"{d['estimatedBytesPerSecond']} bytes/s from the measured ones",
+                file=sys.stderr,
+            )
         else:
             _emit(d, args, DRY_RUN_TABLE)
         return EXIT_OK
@@ -284,9 +333,14 @@ def cmd_create(client: sdk.Client, args) -> int:
     return EXIT_OK
 
 
-DRY_RUN_TABLE = [("Instance", "instanceId"), ("Connected", "connected"), ("Measured", "measured"),
-                 ("InterfaceBytes/s", "interfaceBytesPerSecond"), ("InterfacePackets/s", "interfacePacketsPerSecond"),
-                 ("EstimatedBytes/s", "estimatedBytesPerSecond")]
+DRY_RUN_TABLE = [
+    ("Instance", "instanceId"),
+    ("Connected", "connected"),
+    ("Measured", "measured"),
+    ("InterfaceBytes/s", "interfaceBytesPerSecond"),
+    ("InterfacePackets/s", "interfacePacketsPerSecond"),
+    ("EstimatedBytes/s", "estimatedBytesPerSecond"),
+]
 
 
 def _write_out(path: str | None, data: bytes) -> None:
@@ -315,10 +369,15 @@ VERIFY_TABLE = [("Path", "path"), ("Status", "status"), ("Detail", "detail")]
 def _verdict_out(verdict, args) -> int:
     d = verdict.as_dict()
     if args.output in ("table", "tsv"):
-        print(f"signature: {d['signature']}" + (f" ({d['signatureDetail']})" if d["signatureDetail"] else "")
-              + f", key {d['keyId']}", file=sys.stderr)
-        rows = d["files"] + [{"path": p, "status": "unlisted"} for p in d["unlisted"]] + \
-            [{"path": p, "status": "derived", "detail": "made from the listed files; not signed"} for p in d["derived"]]
+        print(
+            f"signature: {d['signature']}" + (f" ({d['signatureDetail']})" if d["signatureDetail"] else "") + f", key {d['keyId']}",
+            file=sys.stderr,
+        )
+        rows = (
+            d["files"]
+            + [{"path": p, "status": "unlisted"} for p in d["unlisted"]]
+            + [{"path": p, "status": "derived", "detail": "made from the listed files; not signed"} for p in d["derived"]]
+        )
         _emit(rows, args, VERIFY_TABLE)
     else:
         _emit(d, args, VERIFY_TABLE)
@@ -328,6 +387,7 @@ def _verdict_out(verdict, args) -> int:
 def _evidence():  # the cli extra's cryptography, named if missing
     optional("cryptography", "verify")
     from fleetcap.clients import evidence
+
     return evidence
 
 
@@ -413,6 +473,7 @@ def _wait_for_condition(client: sdk.Client, args) -> int:
     is true of the resource (plus `status`, its queryStatus); --timeout (az's default 3600) ends
     the wait with exit 1. Prints nothing on success, as az does."""
     import time
+
     condition = next((c for c in _WAIT_CONDITIONS if getattr(args, c)), "custom")
     if args.custom:
         jmespath = optional("jmespath", "--custom")
@@ -435,8 +496,7 @@ def _wait_for_condition(client: sdk.Client, args) -> int:
         elif condition in ("created", "updated"):
             done = resource is not None and resource.get("provisioningState") == "Succeeded"
         else:
-            done = resource is not None and bool(query.search(
-                dict(resource, status=sdk.to_dict(client.get_status(name=args.name)))))
+            done = resource is not None and bool(query.search(dict(resource, status=sdk.to_dict(client.get_status(name=args.name)))))
         if done:
             return EXIT_OK
         if time.monotonic() + args.interval > deadline:
@@ -460,9 +520,11 @@ def cmd_wait(client: sdk.Client, args) -> int:
         _watch_live(client.get(name=args.name), _status_feed(client, args.name, args.timeout), stream=sys.stderr)
     elif args.progress:
         for status in client.watch(name=args.name):
-            parts = [f"{i.instance_id}:{i.packet_capture_status}/{i.packets_captured}p/{i.bytes_captured}B"
-                     + (f"/up {i.files[0].uploaded_bytes}B" if i.files and i.files[0].storage_path else "")
-                     for i in status.instances]
+            parts = [
+                f"{i.instance_id}:{i.packet_capture_status}/{i.packets_captured}p/{i.bytes_captured}B"
+                + (f"/up {i.files[0].uploaded_bytes}B" if i.files and i.files[0].storage_path else "")
+                for i in status.instances
+            ]
             print(f"[{status.packet_capture_status}] " + "  ".join(parts), file=sys.stderr, flush=True)
     final = client.wait(name=args.name, timeout_s=args.timeout)
     _status_out(final, args)
@@ -474,6 +536,7 @@ def cmd_watch(client: sdk.Client, args) -> int:
     redrawn in place every second (the time bars move); otherwise a block per change."""
 
     from fleetcap.clients import progress
+
     capture = client.get(name=args.name)
     updates = _status_feed(client, args.name, args.timeout)
     if sys.stdout.isatty() and has("rich"):  # without the cli extra, the plain blocks below
@@ -497,6 +560,7 @@ def _status_feed(client: sdk.Client, name: str, timeout_s: float | None):
     exception that ended the watch)."""
     import queue
     import threading
+
     updates: queue.Queue = queue.Queue()
 
     def follow() -> None:
@@ -506,6 +570,7 @@ def _status_feed(client: sdk.Client, name: str, timeout_s: float | None):
             updates.put(None)
         except (sdk.FleetcapError, TimeoutError) as e:
             updates.put(e)
+
     threading.Thread(target=follow, daemon=True).start()
     return updates
 
@@ -520,6 +585,7 @@ def _watch_live(capture, updates, stream=None) -> None:
     from rich.live import Live
 
     from fleetcap.clients import progress
+
     rates = progress.Rates()
     status = None
     console = Console(file=stream) if stream is not None else Console()
@@ -550,11 +616,15 @@ def cmd_download(client: sdk.Client, args) -> int:
     if args.output in ("table", "tsv") and not getattr(args, "query", None):
         print("\n".join(paths))
     else:
-        _emit({"files": paths, "missing": [{"instanceId": i, "filePath": p, "code": e.code.name, "message": e.message}
-                                           for i, p, e in missing]}, args)
+        _emit(
+            {
+                "files": paths,
+                "missing": [{"instanceId": i, "filePath": p, "code": e.code.name, "message": e.message} for i, p, e in missing],
+            },
+            args,
+        )
     for instance_id, path, error in missing:
-        print(f"fleetcap: instance {instance_id}: {path} not downloaded: {error.code.name}: {error.message}",
-              file=sys.stderr)
+        print(f"fleetcap: instance {instance_id}: {path} not downloaded: {error.code.name}: {error.message}", file=sys.stderr)
     if missing:
         return EXIT_ERROR
     if not paths:
@@ -566,8 +636,7 @@ def cmd_download(client: sdk.Client, args) -> int:
 def cmd_follow(client: sdk.Client, args) -> int:
     out = sys.stdout.buffer if args.write in (None, "-") else open(args.write, "wb")
     try:
-        for data in client.read_file(name=args.name, instance_id=args.instance_id, file_path=args.file_path or "",
-                                     follow=True):
+        for data in client.read_file(name=args.name, instance_id=args.instance_id, file_path=args.file_path or "", follow=True):
             out.write(data)
             out.flush()
     except BrokenPipeError:  # the reader (Wireshark) went away
@@ -596,6 +665,7 @@ def cmd_storage_accounts_list(client: sdk.Client, args) -> int:
 
 # -- credentials --------------------------------------------------------------------------------
 
+
 def secret(flag: str, source: str) -> str:
     """A secret from `env:VAR` or `file:PATH`. A literal value is refused: a command line is
     visible to every user of the machine (ps, /proc)."""
@@ -619,27 +689,40 @@ def secret(flag: str, source: str) -> str:
 
 def add_credential_flags(parser: argparse.ArgumentParser) -> None:
     """--tls-ca, --tls-cert, --tls-key, --token and --insecure, for clients and agents."""
-    parser.add_argument("--tls-ca", default=argparse.SUPPRESS,
-                        help="CA (PEM) the coordinator's certificate chains to; set, TLS with no plaintext "
-                             "fallback (env FLEETCAP_TLS_CA)")
-    parser.add_argument("--tls-cert", default=argparse.SUPPRESS,
-                        help="client certificate (PEM), for mutual TLS (env FLEETCAP_TLS_CERT)")
+    parser.add_argument(
+        "--tls-ca",
+        default=argparse.SUPPRESS,
+        help="CA (PEM) the coordinator's certificate chains to; set, TLS with no plaintext fallback (env FLEETCAP_TLS_CA)",
+    )
+    parser.add_argument("--tls-cert", default=argparse.SUPPRESS, help="client certificate (PEM), for mutual TLS (env FLEETCAP_TLS_CERT)")
     parser.add_argument("--tls-key", default=argparse.SUPPRESS, help="its private key (env FLEETCAP_TLS_KEY)")
-    parser.add_argument("--token", default=argparse.SUPPRESS, metavar="env:VAR|file:PATH",
-                        help="bearer token, from an environment variable or a file (env FLEETCAP_TOKEN holds "
-                             "the token itself)")
-    parser.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
-                        help="allow plaintext to a coordinator beyond loopback (never in production)")
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        metavar="env:VAR|file:PATH",
+        help="bearer token, from an environment variable or a file (env FLEETCAP_TOKEN holds the token itself)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow plaintext to a coordinator beyond loopback (never in production)",
+    )
 
 
 def credentials(args: argparse.Namespace) -> transport.ClientCredentials:
     token = getattr(args, "token", "")
     return transport.ClientCredentials.from_env(
-        tls_ca=getattr(args, "tls_ca", ""), tls_cert=getattr(args, "tls_cert", ""), tls_key=getattr(args, "tls_key", ""),
-        token=secret("--token", token) if token else "", insecure=getattr(args, "insecure", False))
+        tls_ca=getattr(args, "tls_ca", ""),
+        tls_cert=getattr(args, "tls_cert", ""),
+        tls_key=getattr(args, "tls_key", ""),
+        token=secret("--token", token) if token else "",
+        insecure=getattr(args, "insecure", False),
+    )
 
 
 # -- daemons ----------------------------------------------------------------------------------
+
 
 def cmd_gateway(args) -> int:
     try:
@@ -651,20 +734,32 @@ def cmd_gateway(args) -> int:
             alerts.AlertRules.load(args.alert_rules)  # fail at start, naming the rule and field
         except (OSError, alerts.RuleError) as e:
             raise UsageError(f"--alert-rules: {e}") from None
-    webhook_token = secret("--webhook-token", args.webhook_token) if args.webhook_token else \
-        os.environ.get("FLEETCAP_WEBHOOK_TOKEN", "")
+    webhook_token = secret("--webhook-token", args.webhook_token) if args.webhook_token else os.environ.get("FLEETCAP_WEBHOOK_TOKEN", "")
     token = getattr(args, "token", "")
     try:
         own = transport.ClientCredentials.from_env(
-            tls_ca=getattr(args, "tls_ca", ""), tls_cert=args.client_cert or "", tls_key=args.client_key or "",
-            token=secret("--token", token) if token else "", insecure=getattr(args, "insecure", False))
+            tls_ca=getattr(args, "tls_ca", ""),
+            tls_cert=args.client_cert or "",
+            tls_key=args.client_key or "",
+            token=secret("--token", token) if token else "",
+            insecure=getattr(args, "insecure", False),
+        )
         settings = app.GatewaySettings(
-            coordinator=args.coordinator or transport.DEFAULT_ADDRESS, listen=args.listen,
-            tls_cert=args.tls_cert or "", tls_key=args.tls_key or "", public_hosts=tuple(args.public_host or ()),
-            webhook_token=webhook_token, alert_rules=args.alert_rules or "", credentials=own,
-            max_requests=args.max_requests, max_requests_per_caller=args.max_requests_per_caller,
-            max_streams=args.max_streams, max_streams_per_caller=args.max_streams_per_caller,
-            request_timeout_s=args.request_timeout, idle_timeout_s=args.idle_timeout)
+            coordinator=args.coordinator or transport.DEFAULT_ADDRESS,
+            listen=args.listen,
+            tls_cert=args.tls_cert or "",
+            tls_key=args.tls_key or "",
+            public_hosts=tuple(args.public_host or ()),
+            webhook_token=webhook_token,
+            alert_rules=args.alert_rules or "",
+            credentials=own,
+            max_requests=args.max_requests,
+            max_requests_per_caller=args.max_requests_per_caller,
+            max_streams=args.max_streams,
+            max_streams_per_caller=args.max_streams_per_caller,
+            request_timeout_s=args.request_timeout,
+            idle_timeout_s=args.idle_timeout,
+        )
         server.check(settings, insecure_listen=args.insecure_listen)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -676,9 +771,11 @@ def cmd_gateway(args) -> int:
 
 # -- tls: the PKI helper ----------------------------------------------------------------------
 
+
 def cmd_tls_ca_create(args: argparse.Namespace) -> int:
     optional("cryptography", "fleetcap tls")
     from fleetcap.core import pki
+
     issued = pki.create_ca(args.out)
     print(f"wrote {issued.cert_path} and {issued.key_path} (keep the key offline; give agents and clients ca.pem)")
     return EXIT_OK
@@ -688,6 +785,7 @@ def cmd_tls_cert_create(args: argparse.Namespace) -> int:
     optional("cryptography", "fleetcap tls")
     from fleetcap.core import auth, naming, pki
     from fleetcap.v1 import fleet_pb2
+
     kinds = [k for k in ("coordinator", "agent", "client", "gateway") if getattr(args, k)]
     if len(kinds) != 1:
         raise UsageError("give exactly one of --coordinator, --agent, --client NAME or --gateway NAME")
@@ -703,9 +801,13 @@ def cmd_tls_cert_create(args: argparse.Namespace) -> int:
         elif args.agent:
             if bool(args.vm) == bool(args.vmss) or (args.vmss and not (args.instance_id or "").isdigit()):
                 raise UsageError("--agent needs --vm NAME, or --vmss NAME --instance-id N")
-            ident = fleet_pb2.AgentIdentity(vm_name=args.vm or "", vmss_name=args.vmss or "",
-                                            instance_id=args.instance_id if args.vmss else "",
-                                            resource_group=args.resource_group or "", subscription=args.subscription or "")
+            ident = fleet_pb2.AgentIdentity(
+                vm_name=args.vm or "",
+                vmss_name=args.vmss or "",
+                instance_id=args.instance_id if args.vmss else "",
+                resource_group=args.resource_group or "",
+                subscription=args.subscription or "",
+            )
             arm_id = naming.resource_id(ident)
             issued = pki.issue_agent(args.ca, args.out, arm_id=arm_id, instance_name=naming.instance_name(arm_id))
         elif args.client:
@@ -727,6 +829,7 @@ def cmd_tls_cert_create(args: argparse.Namespace) -> int:
 
 def _auth_file(path: str) -> AuthFileT:
     from fleetcap.core import auth
+
     if not os.path.exists(path):
         return auth.AuthFile()
     try:
@@ -737,6 +840,7 @@ def _auth_file(path: str) -> AuthFileT:
 
 def cmd_tls_token_create(args: argparse.Namespace) -> int:
     from fleetcap.core import auth
+
     try:
         roles = auth.parse_roles([args.role], "--role")
         token = auth.new_token()
@@ -744,13 +848,13 @@ def cmd_tls_token_create(args: argparse.Namespace) -> int:
     except auth.AuthError as e:
         raise UsageError(str(e)) from None
     print(token)  # shown once: only its hash is kept
-    print(f"token '{args.name}' ({args.role}) added to {args.auth_file}; send the coordinator SIGHUP to load it",
-          file=sys.stderr)
+    print(f"token '{args.name}' ({args.role}) added to {args.auth_file}; send the coordinator SIGHUP to load it", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_tls_token_revoke(args: argparse.Namespace) -> int:
     from fleetcap.core import auth
+
     try:
         _auth_file(args.auth_file).without_token(args.name).save(args.auth_file)
     except auth.AuthError as e:
@@ -762,18 +866,19 @@ def cmd_tls_token_revoke(args: argparse.Namespace) -> int:
 def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
     tls = sub.add_parser("tls", help="a small PKI and bearer tokens, for deployments without their own")
     kinds = tls.add_subparsers(dest="kind", required=True, parser_class=_Parser)
-    ca = kinds.add_parser("ca", help="certificate authority").add_subparsers(dest="verb", required=True,
-                                                                             parser_class=_Parser)
+    ca = kinds.add_parser("ca", help="certificate authority").add_subparsers(dest="verb", required=True, parser_class=_Parser)
     cc = ca.add_parser("create", help="create a CA: OUT/ca.pem and OUT/ca-key.pem (0600)")
     cc.add_argument("--out", required=True, help="directory to write into")
     cc.set_defaults(func=cmd_tls_ca_create, daemon=True)
-    cert = kinds.add_parser("cert", help="certificates").add_subparsers(dest="verb", required=True,
-                                                                        parser_class=_Parser)
-    ce = cert.add_parser("create", help="create one certificate and its key (0600), signed by the CA",
-                         epilog="examples:\n  fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example\n"
-                                "  fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1\n"
-                                "  fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cert = kinds.add_parser("cert", help="certificates").add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    ce = cert.add_parser(
+        "create",
+        help="create one certificate and its key (0600), signed by the CA",
+        epilog="examples:\n  fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example\n"
+        "  fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1\n"
+        "  fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ce.add_argument("--ca", required=True, help="directory holding ca.pem and ca-key.pem")
     ce.add_argument("--out", required=True, help="directory to write into")
     ce.add_argument("--coordinator", action="store_true", help="a coordinator's server certificate")
@@ -787,11 +892,13 @@ def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
     ce.add_argument("--subscription", help="agent: its subscription")
     ce.add_argument("--client", metavar="NAME", help="a client's certificate (CLI, SDK, scripts)")
     ce.add_argument("--role", action="append", help="client: a role it has (repeatable): " + ", ".join(Role))
-    ce.add_argument("--gateway", metavar="NAME", help="a gateway's certificate: its HTTPS listener and its mutual TLS "
-                                                      "to the coordinator (it forwards its callers' tokens)")
+    ce.add_argument(
+        "--gateway",
+        metavar="NAME",
+        help="a gateway's certificate: its HTTPS listener and its mutual TLS to the coordinator (it forwards its callers' tokens)",
+    )
     ce.set_defaults(func=cmd_tls_cert_create, daemon=True)
-    token = kinds.add_parser("token", help="bearer tokens").add_subparsers(dest="verb", required=True,
-                                                                           parser_class=_Parser)
+    token = kinds.add_parser("token", help="bearer tokens").add_subparsers(dest="verb", required=True, parser_class=_Parser)
     tc = token.add_parser("create", help="create a token: printed once, only its hash is stored")
     tc.add_argument("--name", required=True)
     tc.add_argument("--role", required=True, choices=list(Role))
@@ -805,6 +912,7 @@ def _add_tls(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 # -- parser -----------------------------------------------------------------------------------
 
+
 def _az_ignored(parser: argparse.ArgumentParser) -> None:
     """az's watcher-picking flags, accepted so that az command lines run unchanged: a fleetcap
     deployment is one watcher in one region."""
@@ -817,65 +925,96 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     """The client verbs (and the gateway, a client too); returns the parser and its
     subcommands, to which the composition root (fleetcap.main) adds the daemons."""
     p = _Parser(prog="fleetcap", description="Packet capture across a fleet (Azure Network Watcher style).")
-    p.add_argument("--coordinator", default=os.environ.get("FLEETCAP_COORDINATOR"),
-                   help="coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; "
-                        f"default {transport.DEFAULT_ADDRESS})")
-    p.add_argument("-o", "--output", choices=OUTPUTS, default="json",
-                   help="json (default), jsonc (colored), yaml, yamlc, table, tsv or none, as az's")
-    p.add_argument("--query", metavar="JMESPATH", help="a JMESPath query applied to the result, as az's "
-                                                        "(e.g. \"instances[?packetsCaptured > `0`].instanceId\")")
+    p.add_argument(
+        "--coordinator",
+        default=os.environ.get("FLEETCAP_COORDINATOR"),
+        help=f"coordinator address, host:port or unix:/path (env FLEETCAP_COORDINATOR; default {transport.DEFAULT_ADDRESS})",
+    )
+    p.add_argument(
+        "-o", "--output", choices=OUTPUTS, default="json", help="json (default), jsonc (colored), yaml, yamlc, table, tsv or none, as az's"
+    )
+    p.add_argument(
+        "--query",
+        metavar="JMESPATH",
+        help='a JMESPath query applied to the result, as az\'s (e.g. "instances[?packetsCaptured > `0`].instanceId")',
+    )
     p.add_argument("--only-show-errors", action="store_true", help="log errors only (no warnings), as az's")
-    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("FLEETCAP_LOG_FORMAT", "text"),
-                   help="text, or json: one JSON object a line (time, level, logger, message, exception), for a "
-                        "log pipeline (env FLEETCAP_LOG_FORMAT)")
-    p.add_argument("--subscription", help="accepted on every command, as az's; a deployment is one subscription "
-                                          "(create takes it as the capture's)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("FLEETCAP_LOG_FORMAT", "text"),
+        help="text, or json: one JSON object a line (time, level, logger, message, exception), for a "
+        "log pipeline (env FLEETCAP_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--subscription", help="accepted on every command, as az's; a deployment is one subscription (create takes it as the capture's)"
+    )
     p.add_argument("--version", action="version", version=f"fleetcap {_version()}")
-    p.add_argument("--config", metavar="FILE", help="TOML defaults for any flag: top-level keys for the global flags, "
-                                                   "a table per command ([coordinator], [agent], [gateway], "
-                                                   "[capture.create]); the command line wins (env FLEETCAP_CONFIG)")
-    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                   default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO").upper(),
-                   help="DEBUG, INFO, WARNING or ERROR (env FLEETCAP_LOG_LEVEL)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML defaults for any flag: top-level keys for the global flags, "
+        "a table per command ([coordinator], [agent], [gateway], "
+        "[capture.create]); the command line wins (env FLEETCAP_CONFIG)",
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=os.environ.get("FLEETCAP_LOG_LEVEL", "INFO").upper(),
+        help="DEBUG, INFO, WARNING or ERROR (env FLEETCAP_LOG_LEVEL)",
+    )
     add_credential_flags(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gw = sub.add_parser("gateway", help="serve the ARM-shaped REST API, the web portal and alert webhooks")
-    gw.add_argument("--coordinator", default=argparse.SUPPRESS,
-                    help="coordinator address(es), host:port or unix:/path (env FLEETCAP_COORDINATOR)")
-    gw.add_argument("--listen", default="127.0.0.1:8080",
-                    help="HOST:PORT, IPv6 as [ADDR]:PORT; default 127.0.0.1:8080")
+    gw.add_argument(
+        "--coordinator", default=argparse.SUPPRESS, help="coordinator address(es), host:port or unix:/path (env FLEETCAP_COORDINATOR)"
+    )
+    gw.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT, IPv6 as [ADDR]:PORT; default 127.0.0.1:8080")
     gw.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; required beyond loopback)")
     gw.add_argument("--tls-key", help="its private key (PEM)")
-    gw.add_argument("--public-host", action="append", metavar="NAME",
-                    help="a Host name clients use to reach the gateway (repeatable); other Host headers get 400")
-    gw.add_argument("--insecure-listen", action="store_true",
-                    help="allow plain HTTP beyond loopback (tokens then cross the network in clear)")
+    gw.add_argument(
+        "--public-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name clients use to reach the gateway (repeatable); other Host headers get 400",
+    )
+    gw.add_argument(
+        "--insecure-listen", action="store_true", help="allow plain HTTP beyond loopback (tokens then cross the network in clear)"
+    )
     gw.add_argument("--alert-rules", help="JSON rules mapping alerts to captures (docs/alerts.md)")
-    gw.add_argument("--webhook-token", metavar="env:VAR|file:PATH",
-                    help="secret the webhooks require as Authorization: Bearer; required beyond loopback "
-                         "(env FLEETCAP_WEBHOOK_TOKEN holds the token itself)")
-    gw.add_argument("--tls-ca", default=argparse.SUPPRESS,
-                    help="CA (PEM) the coordinator's certificate chains to (env FLEETCAP_TLS_CA)")
-    gw.add_argument("--client-cert", help="the gateway's certificate for mutual TLS to the coordinator "
-                                          "(env FLEETCAP_TLS_CERT)")
+    gw.add_argument(
+        "--webhook-token",
+        metavar="env:VAR|file:PATH",
+        help="secret the webhooks require as Authorization: Bearer; required beyond loopback "
+        "(env FLEETCAP_WEBHOOK_TOKEN holds the token itself)",
+    )
+    gw.add_argument("--tls-ca", default=argparse.SUPPRESS, help="CA (PEM) the coordinator's certificate chains to (env FLEETCAP_TLS_CA)")
+    gw.add_argument("--client-cert", help="the gateway's certificate for mutual TLS to the coordinator (env FLEETCAP_TLS_CERT)")
     gw.add_argument("--client-key", help="its private key (env FLEETCAP_TLS_KEY)")
-    gw.add_argument("--token", default=argparse.SUPPRESS, metavar="env:VAR|file:PATH",
-                    help="the gateway's own bearer token, used only by alert rules (env FLEETCAP_TOKEN); "
-                         "API calls carry their callers' tokens")
-    gw.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
-                    help="allow plaintext to a coordinator beyond loopback (never in production)")
+    gw.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        metavar="env:VAR|file:PATH",
+        help="the gateway's own bearer token, used only by alert rules (env FLEETCAP_TOKEN); API calls carry their callers' tokens",
+    )
+    gw.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow plaintext to a coordinator beyond loopback (never in production)",
+    )
     gw.add_argument("--max-requests", type=int, default=256, help="requests served at once; more get 503")
-    gw.add_argument("--max-requests-per-caller", type=int, default=64,
-                    help="requests one token may have in progress at once; more get 429")
-    gw.add_argument("--max-streams", type=int, default=64,
-                    help="event streams (/events) served at once, on a connection of their own; more get 503")
-    gw.add_argument("--max-streams-per-caller", type=int, default=4,
-                    help="event streams one token may have open at once; more get 429")
-    gw.add_argument("--request-timeout", type=float, default=60.0,
-                    help="seconds from a request to the first byte of its response")
-    gw.add_argument("--idle-timeout", type=float, default=10.0,
-                    help="seconds a connection may stay open without sending a complete request")
+    gw.add_argument("--max-requests-per-caller", type=int, default=64, help="requests one token may have in progress at once; more get 429")
+    gw.add_argument(
+        "--max-streams", type=int, default=64, help="event streams (/events) served at once, on a connection of their own; more get 503"
+    )
+    gw.add_argument("--max-streams-per-caller", type=int, default=4, help="event streams one token may have open at once; more get 429")
+    gw.add_argument("--request-timeout", type=float, default=60.0, help="seconds from a request to the first byte of its response")
+    gw.add_argument(
+        "--idle-timeout", type=float, default=10.0, help="seconds a connection may stay open without sending a complete request"
+    )
     gw.set_defaults(func=cmd_gateway, daemon=True)
 
     _add_tls(sub)
@@ -884,8 +1023,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     mk_show = mk.add_subparsers(dest="verb", required=True).add_parser("show", help="print the public key (PEM)")
     mk_show.add_argument("--out", help="write it to this file; default stdout")
     mk_show.set_defaults(func=cmd_manifest_key)
-    ve = sub.add_parser("verify", help="offline: check a directory of capture files against a signed manifest, "
-                                       "with only the coordinator's public key")
+    ve = sub.add_parser(
+        "verify", help="offline: check a directory of capture files against a signed manifest, with only the coordinator's public key"
+    )
     ve.add_argument("manifest", help="the signed manifest (from `capture manifest`)")
     ve.add_argument("dir", help="the directory `capture download` wrote")
     ve.add_argument("--public-key", required=True, help="the public key (from `manifest-key show`), PEM")
@@ -904,8 +1044,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     cr.add_argument("--name", "-n", "--packet-capture-name", required=True)
     cr.add_argument("--resource-group", "-g", help="resource group of the target")
     cr.add_argument("--network-watcher-name", help="accepted for az compatibility; one watcher per deployment")
-    cr.add_argument("--no-wait", action="store_true",
-                    help="accepted for az compatibility: create returns once the capture is started")
+    cr.add_argument("--no-wait", action="store_true", help="accepted for az compatibility: create returns once the capture is started")
     cr.add_argument("--subscription")
     cr.add_argument("--vm", help="target VM name or id (target type AzureVM)")
     cr.add_argument("--target", help="target VM or scale set, name or id")
@@ -913,53 +1052,83 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     cr.add_argument("--include", nargs="+", help="scale-set instance ids or names to capture")
     cr.add_argument("--exclude", nargs="+", help="scale-set instance ids or names to leave out")
     cr.add_argument("--scope", help='JSON {"include": [...], "exclude": [...]} (newer az group)')
-    cr.add_argument("--storage-location",
-                    help='JSON {"storageId", "storagePath", "filePath", "localPath"} (newer az group)')
-    cr.add_argument("--capture-settings", help='JSON {"fileCount", "fileSizeInBytes", "sessionTimeLimitInSeconds"}; '
-                                               'az\'s hyphenated keys work too (newer az group)')
+    cr.add_argument("--storage-location", help='JSON {"storageId", "storagePath", "filePath", "localPath"} (newer az group)')
+    cr.add_argument(
+        "--capture-settings",
+        help='JSON {"fileCount", "fileSizeInBytes", "sessionTimeLimitInSeconds"}; az\'s hyphenated keys work too (newer az group)',
+    )
     cr.add_argument("--storage-account", help="storage account name ('local' = the coordinator's storage dir)")
     cr.add_argument("--storage-path", help="container URI in the storage account")
     cr.add_argument("--file-path", help="file on each instance, /var/captures/....cap")
-    cr.add_argument("--capture-size", "--bytes-to-capture-per-packet", "--bytes-to-capture", dest="capture_size",
-                    type=int, help="bytes per packet; 0 = whole packet (default)")
-    cr.add_argument("--capture-limit", "--total-bytes-per-session", "--total-bytes", dest="capture_limit", type=int,
-                    help="max file bytes per instance; default 1073741824; 0 = none")
-    cr.add_argument("--time-limit", "--time-limit-in-seconds", dest="time_limit", type=int,
-                    help="seconds; default 18000; 0 = none")
+    cr.add_argument(
+        "--capture-size",
+        "--bytes-to-capture-per-packet",
+        "--bytes-to-capture",
+        dest="capture_size",
+        type=int,
+        help="bytes per packet; 0 = whole packet (default)",
+    )
+    cr.add_argument(
+        "--capture-limit",
+        "--total-bytes-per-session",
+        "--total-bytes",
+        dest="capture_limit",
+        type=int,
+        help="max file bytes per instance; default 1073741824; 0 = none",
+    )
+    cr.add_argument("--time-limit", "--time-limit-in-seconds", dest="time_limit", type=int, help="seconds; default 18000; 0 = none")
     cr.add_argument("--filters", help="JSON list of filters, or @file")
     cr.add_argument("--bpf-filter", help="libpcap expression AND-ed with --filters (fleetcap extension)")
-    cr.add_argument("--add-new-instances", action="store_true",
-                    help="scale sets: instances that join while the capture runs are captured too "
-                         "(fleetcap extension; Azure does not add them)")
-    cr.add_argument("--continuous-capture", choices=["true", "false"],
-                    help="ring-buffer capture (either value selects it, as in Azure)")
+    cr.add_argument(
+        "--add-new-instances",
+        action="store_true",
+        help="scale sets: instances that join while the capture runs are captured too (fleetcap extension; Azure does not add them)",
+    )
+    cr.add_argument("--continuous-capture", choices=["true", "false"], help="ring-buffer capture (either value selects it, as in Azure)")
     cr.add_argument("--local-path", help="continuous capture: ring base name on each instance, /var/captures/....cap")
     cr.add_argument("--file-count", type=int, help="continuous capture: files kept; default 10")
     cr.add_argument("--file-size", type=int, help="continuous capture: bytes per file; default 104857600")
     cr.add_argument("--session-time-limit", type=int, help="continuous capture: seconds; default 86400")
-    cr.add_argument("--fleet-bytes-limit", type=int, metavar="BYTES",
-                    help="stop every instance once all their files together hold BYTES (FleetBytesExceeded), short of "
-                         "it by less than one record per instance; standard captures (fleetcap extension)")
-    cr.add_argument("--dry-run", action="store_true",
-                    help="check everything and print the instances it would touch, whether each is connected, and "
-                         "an estimate of the bytes per second each would write; create nothing (fleetcap extension)")
-    cr.add_argument("--standby", type=int, metavar="SECONDS",
-                    help="flight recorder (fleetcap extension): arm every instance to keep the last SECONDS of "
-                         "matching packets (1..3600), storing nothing until `capture trigger`; the time limit then "
-                         "bounds the armed period")
-    cr.add_argument("--standby-bytes", type=int, metavar="BYTES",
-                    help="flight recorder: the ring's size on each instance; default 104857600, at least 8388608")
+    cr.add_argument(
+        "--fleet-bytes-limit",
+        type=int,
+        metavar="BYTES",
+        help="stop every instance once all their files together hold BYTES (FleetBytesExceeded), short of "
+        "it by less than one record per instance; standard captures (fleetcap extension)",
+    )
+    cr.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything and print the instances it would touch, whether each is connected, and "
+        "an estimate of the bytes per second each would write; create nothing (fleetcap extension)",
+    )
+    cr.add_argument(
+        "--standby",
+        type=int,
+        metavar="SECONDS",
+        help="flight recorder (fleetcap extension): arm every instance to keep the last SECONDS of "
+        "matching packets (1..3600), storing nothing until `capture trigger`; the time limit then "
+        "bounds the armed period",
+    )
+    cr.add_argument(
+        "--standby-bytes",
+        type=int,
+        metavar="BYTES",
+        help="flight recorder: the ring's size on each instance; default 104857600, at least 8388608",
+    )
     cr.set_defaults(func=cmd_create)
-    tr = verbs.add_parser("trigger", help="flight recorder: keep the armed window on every instance, record --after "
-                                          "seconds more, then store the files")
+    tr = verbs.add_parser(
+        "trigger", help="flight recorder: keep the armed window on every instance, record --after seconds more, then store the files"
+    )
     tr.add_argument("--name", "-n", "--packet-capture-name", required=True)
-    tr.add_argument("--after", type=int, default=0, metavar="SECONDS", help="seconds to record after the trigger; "
-                                                                            "default 0")
+    tr.add_argument("--after", type=int, default=0, metavar="SECONDS", help="seconds to record after the trigger; default 0")
     tr.add_argument("--note", help="free text kept with the trigger's source, e.g. an incident id")
     _az_ignored(tr)
     tr.set_defaults(func=cmd_trigger)
-    mf = verbs.add_parser("manifest", help="the capture's signed manifest (JSON): every file with its size, SHA-256 "
-                                           "and packet times, signed by the coordinator")
+    mf = verbs.add_parser(
+        "manifest",
+        help="the capture's signed manifest (JSON): every file with its size, SHA-256 and packet times, signed by the coordinator",
+    )
     mf.add_argument("--name", "-n", required=True)
     mf.add_argument("--out", help="write it to this file; default stdout")
     mf.set_defaults(func=cmd_manifest)
@@ -967,17 +1136,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     vf.add_argument("--name", "-n", required=True)
     vf.add_argument("--dir", required=True, help="the directory `capture download` wrote")
     vf.set_defaults(func=cmd_capture_verify)
-    for verb, func, helptext in [("show", cmd_show, "show a capture"), ("stop", cmd_stop, "stop a capture"),
-                                 ("delete", cmd_delete, "delete a capture (files are kept)"),
-                                 ("show-status", cmd_show_status, "status, with a per-instance breakdown"),
-                                 ("query-status", cmd_show_status, "show-status under the newer az group's name")]:
+    for verb, func, helptext in [
+        ("show", cmd_show, "show a capture"),
+        ("stop", cmd_stop, "stop a capture"),
+        ("delete", cmd_delete, "delete a capture (files are kept)"),
+        ("show-status", cmd_show_status, "status, with a per-instance breakdown"),
+        ("query-status", cmd_show_status, "show-status under the newer az group's name"),
+    ]:
         v = verbs.add_parser(verb, help=helptext)
         v.add_argument("--name", "-n", "--packet-capture-name", required=True)
         _az_ignored(v)
         v.set_defaults(func=func)
     ls = verbs.add_parser("list", help="list captures")
-    ls.add_argument("--max-items", type=int, metavar="N",
-                    help="at most N captures; the token to continue with goes to stderr (az's paging)")
+    ls.add_argument(
+        "--max-items", type=int, metavar="N", help="at most N captures; the token to continue with goes to stderr (az's paging)"
+    )
     ls.add_argument("--next-token", metavar="TOKEN", help="continue a listing where --max-items stopped")
     _az_ignored(ls)
     ls.set_defaults(func=cmd_list)
@@ -996,23 +1169,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     wa.add_argument("--name", "-n", required=True)
     wa.add_argument("--timeout", type=float, help="seconds")
     wa.set_defaults(func=cmd_watch)
-    w = verbs.add_parser("wait", help="wait until a capture has stopped and its files are stored, or, with az's "
-                                      "condition flags, until it is created, exists, is deleted or a query holds",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="examples:\n  fleetcap capture wait -n pc1 --progress\n"
-                                "  fleetcap capture wait -n pc1 --created --interval 2\n"
-                                "  fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" "
-                                "--interval 1 --timeout 60")
+    w = verbs.add_parser(
+        "wait",
+        help="wait until a capture has stopped and its files are stored, or, with az's "
+        "condition flags, until it is created, exists, is deleted or a query holds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  fleetcap capture wait -n pc1 --progress\n"
+        "  fleetcap capture wait -n pc1 --created --interval 2\n"
+        "  fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" "
+        "--interval 1 --timeout 60",
+    )
     w.add_argument("--name", "-n", "--packet-capture-name", required=True)
     _az_ignored(w)
     w.add_argument("--timeout", type=float, help="seconds (with a condition flag, az's default: 3600)")
     for condition in ("created", "updated", "exists", "deleted"):
-        w.add_argument(f"--{condition}", action="store_true", help=f"wait until the capture is {condition}"
-                       + (" (provisioningState Succeeded)" if condition in ("created", "updated") else ""))
-    w.add_argument("--custom", metavar="JMESPATH", help="wait until this query on the capture (with its queryStatus "
-                                                        "as `status`) is true")
-    w.add_argument("--interval", type=float, default=WAIT_INTERVAL_S,
-                   help=f"seconds between checks with a condition flag (az's default: {WAIT_INTERVAL_S:g})")
+        w.add_argument(
+            f"--{condition}",
+            action="store_true",
+            help=f"wait until the capture is {condition}"
+            + (" (provisioningState Succeeded)" if condition in ("created", "updated") else ""),
+        )
+    w.add_argument("--custom", metavar="JMESPATH", help="wait until this query on the capture (with its queryStatus as `status`) is true")
+    w.add_argument(
+        "--interval",
+        type=float,
+        default=WAIT_INTERVAL_S,
+        help=f"seconds between checks with a condition flag (az's default: {WAIT_INTERVAL_S:g})",
+    )
     w.add_argument("--progress", action="store_true", help="print live progress to stderr")
     w.set_defaults(func=cmd_wait)
     return p, sub  # type: ignore[return-value]  # _Parser is an ArgumentParser
@@ -1022,14 +1205,18 @@ _LOCAL_GLOBALS = ("-o", "--log-level", "--only-show-errors", "--log-format", "--
 
 # Examples shown by every command's --help; tests/unit/test_cli_docs.py parses each one.
 EXAMPLES: dict[str, list[str]] = {
-    "gateway": ["fleetcap --coordinator coord.example:7770 --tls-ca ca/ca.pem gateway --listen [::]:8443 "
-                "--tls-cert certs/gw1.pem --tls-key certs/gw1-key.pem --public-host gw.example "
-                "--webhook-token file:/etc/fleetcap/webhook.token"],
+    "gateway": [
+        "fleetcap --coordinator coord.example:7770 --tls-ca ca/ca.pem gateway --listen [::]:8443 "
+        "--tls-cert certs/gw1.pem --tls-key certs/gw1-key.pem --public-host gw.example "
+        "--webhook-token file:/etc/fleetcap/webhook.token"
+    ],
     "tls ca create": ["fleetcap tls ca create --out ca"],
-    "tls cert create": ["fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example",
-                        "fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1",
-                        "fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
-                        "fleetcap tls cert create --ca ca --out certs --gateway gw1 --dns gw.example"],
+    "tls cert create": [
+        "fleetcap tls cert create --ca ca --out certs --coordinator --dns coord.example",
+        "fleetcap tls cert create --ca ca --out certs --agent --vmss web --instance-id 3 -g rg1",
+        "fleetcap tls cert create --ca ca --out certs --client alice --role contributor",
+        "fleetcap tls cert create --ca ca --out certs --gateway gw1 --dns gw.example",
+    ],
     "tls token create": ["fleetcap tls token create --name ops --role contributor --auth-file auth.toml"],
     "tls token revoke": ["fleetcap tls token revoke --name ops --auth-file auth.toml"],
     "agents list": ["fleetcap agents list -o table"],
@@ -1037,11 +1224,11 @@ EXAMPLES: dict[str, list[str]] = {
     "capture create": [
         "fleetcap capture create -n pc1 -g rg1 --vm vm1 --file-path /var/captures/pc1.cap --time-limit 60",
         "fleetcap capture create -n pc2 -g rg1 --target web --target-type AzureVMSS --include 0 3 "
-        "--storage-account local --filters '[{\"protocol\": \"TCP\", \"localPort\": \"443\"}]'",
-        "fleetcap capture create -n rec1 -g rg1 --target web --target-type AzureVMSS --storage-account local "
-        "--standby 300 --time-limit 0",
+        '--storage-account local --filters \'[{"protocol": "TCP", "localPort": "443"}]\'',
+        "fleetcap capture create -n rec1 -g rg1 --target web --target-type AzureVMSS --storage-account local --standby 300 --time-limit 0",
         "fleetcap capture create -n pc3 -g rg1 --target web --target-type AzureVMSS --storage-account local "
-        "--capture-size 128 --dry-run -o table"],
+        "--capture-size 128 --dry-run -o table",
+    ],
     "capture manifest": ["fleetcap capture manifest -n pc1 --out pc1/manifest.json"],
     "capture verify": ["fleetcap capture verify -n pc1 --dir ./pc1 -o table"],
     "manifest-key show": ["fleetcap manifest-key show --out fleetcap-manifest-key.pem"],
@@ -1050,29 +1237,42 @@ EXAMPLES: dict[str, list[str]] = {
     "capture show": ["fleetcap capture show -n pc1 -o yaml"],
     "capture stop": ["fleetcap capture stop -n pc1"],
     "capture delete": ["fleetcap capture delete -n pc1"],
-    "capture show-status": ["fleetcap capture show-status -n pc1 -o table",
-                            "fleetcap capture show-status -n pc1 --query \"instances[?kernelDrops > `0`].instanceId\""],
+    "capture show-status": [
+        "fleetcap capture show-status -n pc1 -o table",
+        'fleetcap capture show-status -n pc1 --query "instances[?kernelDrops > `0`].instanceId"',
+    ],
     "capture query-status": ["fleetcap capture query-status --packet-capture-name pc1"],
-    "capture list": ["fleetcap capture list -o table", "fleetcap capture list --query \"[].name\" -o tsv",
-                     "fleetcap capture list --max-items 100 -o table"],
+    "capture list": [
+        "fleetcap capture list -o table",
+        'fleetcap capture list --query "[].name" -o tsv',
+        "fleetcap capture list --max-items 100 -o table",
+    ],
     "capture download": ["fleetcap capture download -n pc1 --dest ./pc1 --merge"],
     "capture follow": ["fleetcap capture follow -n pc1 --instance-id 3 | wireshark -k -i -"],
     "capture watch": ["fleetcap capture watch -n pc1"],
-    "capture wait": ["fleetcap capture wait -n pc1 --progress",
-                     "fleetcap capture wait -n pc1 --created --interval 2",
-                     "fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" --interval 1 "
-                     "--timeout 60"],
-    "coordinator": ["fleetcap coordinator --listen 0.0.0.0:7770 --mtls-listen 0.0.0.0:7771 --tls-cert certs/coordinator.pem "
-                    "--tls-key certs/coordinator-key.pem --tls-client-ca ca/ca.pem --auth-file auth.toml"],
-    "state": ["fleetcap state captures/ --etcd https://10.0.0.11:2379 --etcd-ca etcd/ca.pem --etcd-cert etcd/client.pem "
-              "--etcd-key etcd/client-key.pem"],
-    "agent": ["fleetcap agent --coordinator coord.example:7771 --vmss web --instance-id 3 -g rg1 --tls-ca ca/ca.pem "
-              "--tls-cert certs/agent.pem --tls-key certs/agent-key.pem"],
+    "capture wait": [
+        "fleetcap capture wait -n pc1 --progress",
+        "fleetcap capture wait -n pc1 --created --interval 2",
+        "fleetcap capture wait -n pc1 --custom \"status.packetCaptureStatus=='Running'\" --interval 1 --timeout 60",
+    ],
+    "coordinator": [
+        "fleetcap coordinator --listen 0.0.0.0:7770 --mtls-listen 0.0.0.0:7771 --tls-cert certs/coordinator.pem "
+        "--tls-key certs/coordinator-key.pem --tls-client-ca ca/ca.pem --auth-file auth.toml"
+    ],
+    "state": [
+        "fleetcap state captures/ --etcd https://10.0.0.11:2379 --etcd-ca etcd/ca.pem --etcd-cert etcd/client.pem "
+        "--etcd-key etcd/client-key.pem"
+    ],
+    "agent": [
+        "fleetcap agent --coordinator coord.example:7771 --vmss web --instance-id 3 -g rg1 --tls-ca ca/ca.pem "
+        "--tls-cert certs/agent.pem --tls-key certs/agent-key.pem"
+    ],
 }
 
 
 def with_examples(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Puts EXAMPLES in each command's --help."""
+
     def visit(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -1082,6 +1282,7 @@ def with_examples(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         child.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[key])
                         child.formatter_class = argparse.RawDescriptionHelpFormatter
                     visit(child, (*path, name))
+
     visit(parser, ())
     return parser  # the global options that also mean something to a daemon
 
@@ -1095,8 +1296,7 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     subcommand has of its own (the gateway's --tls-cert) is left to it."""
     if getattr(parser, "_globals_anywhere", False):
         return parser
-    globals_ = [a for a in parser._actions if a.option_strings and a.dest != "help"
-                and not isinstance(a, argparse._VersionAction)]
+    globals_ = [a for a in parser._actions if a.option_strings and a.dest != "help" and not isinstance(a, argparse._VersionAction)]
 
     def visit(p: argparse.ArgumentParser) -> None:
         for action in p._actions:
@@ -1109,12 +1309,21 @@ def globals_anywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         if set(g.option_strings) & set(child._option_string_actions):
                             continue
                         if isinstance(g, argparse._StoreTrueAction | argparse._StoreConstAction):
-                            child.add_argument(*g.option_strings, dest=g.dest, action="store_true",
-                                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                            child.add_argument(
+                                *g.option_strings, dest=g.dest, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                            )
                         else:
-                            child.add_argument(*g.option_strings, dest=g.dest, type=g.type, choices=g.choices,
-                                               metavar=g.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                            child.add_argument(
+                                *g.option_strings,
+                                dest=g.dest,
+                                type=g.type,
+                                choices=g.choices,
+                                metavar=g.metavar,
+                                default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS,
+                            )
                     visit(child)
+
     visit(parser)
     parser._globals_anywhere = True  # type: ignore[attr-defined]
     return parser
@@ -1128,6 +1337,7 @@ def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     The command line wins over the file. Secrets stay `env:` or `file:` references, as on the
     command line. Raises UsageError naming the file, the table and the key."""
     import tomllib
+
     path = os.environ.get("FLEETCAP_CONFIG", "")
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
@@ -1162,6 +1372,7 @@ def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
                 raise UsageError(f"--config: {here}: not a flag of this command")
             defaults[action.dest] = _config_value(action, value, here)
         p.set_defaults(**defaults)
+
     apply(parser, doc, "")
 
 
@@ -1190,8 +1401,15 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
 
 def _completion_client(parsed: argparse.Namespace) -> sdk.Client:
     creds = credentials(parsed)
-    return sdk.Client(getattr(parsed, "coordinator", None), timeout_s=2, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert,
-                      tls_key=creds.tls_key, token=creds.token, insecure=creds.insecure)
+    return sdk.Client(
+        getattr(parsed, "coordinator", None),
+        timeout_s=2,
+        tls_ca=creds.tls_ca,
+        tls_cert=creds.tls_cert,
+        tls_key=creds.tls_key,
+        token=creds.token,
+        insecure=creds.insecure,
+    )
 
 
 def _complete_capture_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
@@ -1229,6 +1447,7 @@ def with_completion(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                 action.completer = _complete_capture_names  # type: ignore[attr-defined]
             elif action.dest == "instance_id" and p.get_default("daemon") is not True:
                 action.completer = _complete_instance_ids  # type: ignore[attr-defined]
+
     visit(parser)
     argcomplete.autocomplete(parser)
     return parser
@@ -1238,8 +1457,9 @@ def _unreachable(e: sdk.FleetcapError) -> bool:
     """The call never reached a coordinator (refused, no route, no name, a failed handshake), as
     opposed to a coordinator that answered UNAVAILABLE itself."""
     return e.code == grpc.StatusCode.UNAVAILABLE and any(
-        words in e.message for words in ("failed to connect to all addresses", "DNS resolution failed",
-                                         "Connection refused", "No route to host"))
+        words in e.message
+        for words in ("failed to connect to all addresses", "DNS resolution failed", "Connection refused", "No route to host")
+    )
 
 
 def _coordinator_source(argv: Sequence[str] | None, args: argparse.Namespace) -> str:
@@ -1254,8 +1474,7 @@ def _coordinator_source(argv: Sequence[str] | None, args: argparse.Namespace) ->
     return "the default"
 
 
-def main(argv: Sequence[str] | None = None,
-         parser: argparse.ArgumentParser | None = None) -> int:
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Runs one command line. A daemon subcommand (set_defaults(daemon=True)) gets the parsed
     arguments; every other verb gets an SDK client too."""
     parser = with_examples(globals_anywhere(parser or build_parser()[0]))
@@ -1276,8 +1495,14 @@ def main(argv: Sequence[str] | None = None,
         if getattr(args, "query", None):
             optional("jmespath", "--query")
         creds = credentials(args)
-        with sdk.Client(args.coordinator, tls_ca=creds.tls_ca, tls_cert=creds.tls_cert, tls_key=creds.tls_key,
-                        token=creds.token, insecure=creds.insecure) as client:
+        with sdk.Client(
+            args.coordinator,
+            tls_ca=creds.tls_ca,
+            tls_cert=creds.tls_cert,
+            tls_key=creds.tls_key,
+            token=creds.token,
+            insecure=creds.insecure,
+        ) as client:
             return args.func(client, args)
     except UsageError as e:
         print(f"fleetcap: error: {e}", file=sys.stderr)
@@ -1285,8 +1510,11 @@ def main(argv: Sequence[str] | None = None,
     except sdk.FleetcapError as e:
         if _unreachable(e):
             address = args.coordinator or transport.DEFAULT_ADDRESS
-            print(f"fleetcap: cannot reach the coordinator at {_cell(address)} ({_coordinator_source(argv, args)}; "
-                  "set --coordinator or FLEETCAP_COORDINATOR)", file=sys.stderr)
+            print(
+                f"fleetcap: cannot reach the coordinator at {_cell(address)} ({_coordinator_source(argv, args)}; "
+                "set --coordinator or FLEETCAP_COORDINATOR)",
+                file=sys.stderr,
+            )
             print(f"fleetcap: the connection failed with: {_cell(e.message)}", file=sys.stderr)
             return EXIT_ERROR
         print(f"fleetcap: {e.code.name}: {_cell(e.message)}", file=sys.stderr)
@@ -1302,4 +1530,3 @@ def main(argv: Sequence[str] | None = None,
         return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_ERROR
-

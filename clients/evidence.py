@@ -2,6 +2,7 @@
 the coordinator's public key, then every file's size and SHA-256, then what the directory holds
 that the manifest does not list. fleetcap.core.manifest has the signed form.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,30 +24,36 @@ from fleetcap.core.integrity import sha256_stream
 
 @dataclasses.dataclass
 class FileCheck:
-    path: str      # relative to the directory, as the manifest names it
-    status: str    # "ok" | "modified" | "missing" | "unsafe-path"
+    path: str  # relative to the directory, as the manifest names it
+    status: str  # "ok" | "modified" | "missing" | "unsafe-path"
     detail: str = ""
 
 
 @dataclasses.dataclass
 class Verdict:
-    signature: str   # "valid" | "invalid"
+    signature: str  # "valid" | "invalid"
     signature_detail: str
     key_id: str
     capture: str
     files: list[FileCheck]
-    unlisted: list[str]   # files in the directory the manifest does not list
-    derived: list[str]    # the merged pcapng (made from the listed files; not itself signed)
+    unlisted: list[str]  # files in the directory the manifest does not list
+    derived: list[str]  # the merged pcapng (made from the listed files; not itself signed)
 
     @property
     def verified(self) -> bool:
         return self.signature == "valid" and all(f.status == "ok" for f in self.files) and not self.unlisted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"verified": self.verified, "signature": self.signature, "signatureDetail": self.signature_detail,
-                "keyId": self.key_id, "capture": self.capture,
-                "files": [{k: v for k, v in dataclasses.asdict(f).items() if v} for f in self.files],
-                "unlisted": self.unlisted, "derived": self.derived}
+        return {
+            "verified": self.verified,
+            "signature": self.signature,
+            "signatureDetail": self.signature_detail,
+            "keyId": self.key_id,
+            "capture": self.capture,
+            "files": [{k: v for k, v in dataclasses.asdict(f).items() if v} for f in self.files],
+            "unlisted": self.unlisted,
+            "derived": self.derived,
+        }
 
 
 class ManifestError(ValueError):
@@ -107,8 +114,7 @@ def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_pat
         doc = json.loads(signed)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"the manifest is not JSON ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifest"), dict) or \
-            not isinstance(doc["manifest"].get("files"), list):
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifest"), dict) or not isinstance(doc["manifest"].get("files"), list):
         raise ManifestError('the manifest is not a signed manifest ({"manifest": {...}, "signature": ...})')
     if not os.path.isdir(directory):
         raise ManifestError(f"{directory} is not a directory")
@@ -133,8 +139,13 @@ def verify(signed: bytes, public_key_pem: bytes, directory: str, *, manifest_pat
         with os.fdopen(fd, "rb") as f:
             size, digest = os.fstat(f.fileno()).st_size, sha256_stream(f)
         if (size, digest) != (entry.get("sizeBytes"), entry.get("sha256")):
-            checks.append(FileCheck(rel, "modified", f"{size} bytes, SHA-256 {digest}; the manifest says "
-                                                     f"{entry.get('sizeBytes')} bytes, {entry.get('sha256')}"))
+            checks.append(
+                FileCheck(
+                    rel,
+                    "modified",
+                    f"{size} bytes, SHA-256 {digest}; the manifest says {entry.get('sizeBytes')} bytes, {entry.get('sha256')}",
+                )
+            )
         else:
             checks.append(FileCheck(rel, "ok"))
     skip = os.path.realpath(manifest_path) if manifest_path else ""

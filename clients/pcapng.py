@@ -5,6 +5,7 @@ as one trace with the instance on every line. Classic pcap in, pcapng (SHB, one 
 with if_name and if_description, EPBs, then one ISB per source with what it received and
 dropped) out; timestamps stay in microseconds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,12 @@ class InterfaceStats:
     """What one instance saw and lost, for its Interface Statistics Block (Wireshark's capture
     file properties show it per interface)."""
 
-    received: int     # isb_filteraccept: packets the filter accepted (pcap_stats ps_recv)
-    delivered: int    # isb_usrdeliv: packets written to the instance's file
-    os_drops: int     # isb_osdrop: dropped by the kernel (ps_drop)
-    if_drops: int     # isb_ifdrop: dropped by the interface (ps_ifdrop)
-    start_us: int     # isb_starttime: the capture's start on that instance, µs since the epoch
-    end_us: int       # isb_endtime: its stop (or when the merge ran, if it still runs)
+    received: int  # isb_filteraccept: packets the filter accepted (pcap_stats ps_recv)
+    delivered: int  # isb_usrdeliv: packets written to the instance's file
+    os_drops: int  # isb_osdrop: dropped by the kernel (ps_drop)
+    if_drops: int  # isb_ifdrop: dropped by the interface (ps_ifdrop)
+    start_us: int  # isb_starttime: the capture's start on that instance, µs since the epoch
+    end_us: int  # isb_endtime: its stop (or when the merge ran, if it still runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +41,10 @@ class ClockCorrection:
     uncertainty_us: int
 
     def comment(self) -> str:
-        return (f"fleetcap: timestamps corrected by {self.offset_us:+d} us, this instance's clock offset to the "
-                f"coordinator's (uncertainty +/- {self.uncertainty_us} us)")
+        return (
+            f"fleetcap: timestamps corrected by {self.offset_us:+d} us, this instance's clock offset to the "
+            f"coordinator's (uncertainty +/- {self.uncertainty_us} us)"
+        )
 
 
 def _idb(linktype: int, snaplen: int, name: str, description: str, clock: ClockCorrection | None) -> bytes:
@@ -53,8 +56,8 @@ def _idb(linktype: int, snaplen: int, name: str, description: str, clock: ClockC
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    name: str          # interface name in the output, e.g. "web_3"
-    description: str   # e.g. the instance's ARM id
+    name: str  # interface name in the output, e.g. "web_3"
+    description: str  # e.g. the instance's ARM id
     paths: Sequence[str]  # its pcap files, in order (a ring's files)
     stats: InterfaceStats | None = None
     clock: ClockCorrection | None = None
@@ -97,11 +100,19 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 def _isb(index: int, st: InterfaceStats) -> bytes:
     """An Interface Statistics Block (pcapng §4.6): timestamp = the end, then the options."""
+
     def ts(us: int) -> bytes:
         return struct.pack("<II", us >> 32, us & 0xFFFFFFFF)
-    opts = (_option(2, ts(st.start_us)) + _option(3, ts(st.end_us)) + _option(5, struct.pack("<Q", st.if_drops))
-            + _option(6, struct.pack("<Q", st.received)) + _option(7, struct.pack("<Q", st.os_drops))
-            + _option(8, struct.pack("<Q", st.delivered)) + _option(0, b""))
+
+    opts = (
+        _option(2, ts(st.start_us))
+        + _option(3, ts(st.end_us))
+        + _option(5, struct.pack("<Q", st.if_drops))
+        + _option(6, struct.pack("<Q", st.received))
+        + _option(7, struct.pack("<Q", st.os_drops))
+        + _option(8, struct.pack("<Q", st.delivered))
+        + _option(0, b"")
+    )
     return _block(0x00000005, struct.pack("<I", index) + ts(st.end_us) + opts)
 
 
@@ -115,7 +126,7 @@ def merge(sources: Sequence[Source], out: BinaryIO) -> int:
     out.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
     streams = []
     for i, src in enumerate(sources):
-        existing = [p for p in src.paths]
+        existing = list(src.paths)
         linktype, snaplen = _linktype(existing[0]) if existing else (1, 262144)
         out.write(_idb(linktype, snaplen, src.name, src.description, src.clock))
         streams.append(_chain(existing, i, src.clock.offset_us if src.clock else 0))
@@ -176,7 +187,7 @@ class _StreamRecords:
             except StopAsyncIteration:
                 return False
             if self._pos > (1 << 20):
-                del self._buf[:self._pos]
+                del self._buf[: self._pos]
                 self._pos = 0
             self._buf += chunk
         return True
@@ -206,7 +217,7 @@ class _StreamRecords:
                 sec, frac, caplen, origlen = struct.unpack_from(self._endian + "IIII", self._buf, self._pos)
                 if await self._fill(16 + caplen):
                     start = self._pos + 16
-                    data = bytes(self._buf[start:start + caplen])
+                    data = bytes(self._buf[start : start + caplen])
                     self._pos = start + caplen
                     ts = sec * 1_000_000 + (frac // 1000 if self._nsec else frac) + self._shift_us
                     return ts, self._index, origlen, data
@@ -236,8 +247,7 @@ async def merge_stream(sources: Sequence[StreamSource]) -> AsyncIterator[bytes]:
     while heap:
         ts, index, origlen, data = heap[0]
         pad = (-len(data)) % 4
-        block = _block(0x00000006, struct.pack("<IIIII", index, ts >> 32, ts & 0xFFFFFFFF, len(data), origlen)
-                       + data + b"\0" * pad)
+        block = _block(0x00000006, struct.pack("<IIIII", index, ts >> 32, ts & 0xFFFFFFFF, len(data), origlen) + data + b"\0" * pad)
         out.append(block)
         size += len(block)
         nxt = await readers[index].next()

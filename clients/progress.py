@@ -4,6 +4,7 @@ One line per instance: status, packets, file bytes against the byte limit, elaps
 the time limit, and drops. A limit of 0 (none) shows the figure without a bar. For continuous
 captures the time bar is the session time limit and the byte figure is the file ring's size.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -46,8 +47,7 @@ def elapsed_s(inst: pb.InstanceStatus, now: datetime.datetime) -> float:
     return max(0.0, (end - start).total_seconds())
 
 
-def render(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusResult,
-           now: datetime.datetime) -> list[str]:
+def render(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusResult, now: datetime.datetime) -> list[str]:
     """The lines to show for one status: a header, then one line per instance."""
     p = capture.properties
     continuous = p.HasField("continuous_capture")
@@ -64,13 +64,14 @@ def render(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusR
         stored = sum(f.uploaded_bytes for f in inst.files)
         size = sum(f.size_bytes for f in inst.files)
         got = human_bytes(inst.bytes_captured)
-        bytes_part = f"bytes {bar(inst.bytes_captured, byte_limit)} {got}/{human_bytes(byte_limit)}" if byte_limit \
-            else f"bytes {got}"
+        bytes_part = f"bytes {bar(inst.bytes_captured, byte_limit)} {got}/{human_bytes(byte_limit)}" if byte_limit else f"bytes {got}"
         secs = elapsed_s(inst, now)
         time_part = f"time {bar(secs, time_limit)} {secs:.0f}s/{time_limit}s" if time_limit else f"time {secs:.0f}s"
-        line = (f"{instance_name(inst.id):<{width}}  {inst.packet_capture_status:<10} "
-                f"packets {inst.packets_captured:>9,}  {bytes_part}  {time_part}  "
-                f"drops {inst.kernel_drops + inst.interface_drops:,}")
+        line = (
+            f"{instance_name(inst.id):<{width}}  {inst.packet_capture_status:<10} "
+            f"packets {inst.packets_captured:>9,}  {bytes_part}  {time_part}  "
+            f"drops {inst.kernel_drops + inst.interface_drops:,}"
+        )
         if any(f.storage_path for f in inst.files):
             line += f"  stored {human_bytes(stored)}/{human_bytes(size)}"
         if inst.stop_reason:
@@ -103,8 +104,7 @@ class Rates:
                 if not points or t > points[-1][0]:
                     points.append((t, inst.packets_captured, inst.bytes_captured))
                     self._heard[inst.id] = at
-            elif not points or (points[-1][1], points[-1][2]) != (inst.packets_captured, inst.bytes_captured) \
-                    or at - points[-1][0] >= 1:
+            elif not points or (points[-1][1], points[-1][2]) != (inst.packets_captured, inst.bytes_captured) or at - points[-1][0] >= 1:
                 points.append((at, inst.packets_captured, inst.bytes_captured))
                 self._heard[inst.id] = at
             del points[:-16]
@@ -125,8 +125,9 @@ class Rates:
 WIDE = 130  # from this terminal width on, the table also shows bytes per second, stored bytes and the reason
 
 
-def table(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusResult, now: datetime.datetime,
-          rates: Rates, width: int = 80) -> Table:
+def table(
+    capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusResult, now: datetime.datetime, rates: Rates, width: int = 80
+) -> Table:
     """The terminal view (rich): a title with the capture's status, a row per instance with its
     packet rate and its bars against the limits, and a total row. Below WIDE columns the less
     needed columns go; rows never wrap (a cell too long ends in an ellipsis)."""
@@ -140,13 +141,19 @@ def table(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusRe
     if status.packet_capture_error:
         title += f" errors: {', '.join(status.packet_capture_error)}"
     from rich.table import Table  # the `cli` extra; render() works without it
+
     t = Table(title=title, title_justify="left", show_footer=True, box=None, padding=(0, 2, 0, 0), pad_edge=False)
     columns = [("Instance", "left"), ("Status", "left"), ("Packets", "right"), ("Pkt/s", "right"), ("Bytes", "left")]
     columns += [("B/s", "right")] if wide else []
     columns += [("Time", "left"), ("Drops", "right")] + ([("Stored", "right"), ("Reason", "left")] if wide else [])
     for name, justify in columns:
-        t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
-                     min_width=len(name))
+        t.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=len(name),
+        )
     packets = pps_total = nbytes = bps_total = drops_total = 0.0
     for inst in status.instances:
         pps, bps = rates.of(inst.id)
@@ -155,13 +162,17 @@ def table(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusRe
         size = sum(f.size_bytes for f in inst.files)
         got = human_bytes(inst.bytes_captured)
         drops = inst.kernel_drops + inst.interface_drops
-        row = [instance_name(inst.id), inst.packet_capture_status, f"{inst.packets_captured:,}", f"{pps:,.0f}",
-               f"{bar_of(inst.bytes_captured, byte_limit)} {got}" if byte_limit else got]
+        row = [
+            instance_name(inst.id),
+            inst.packet_capture_status,
+            f"{inst.packets_captured:,}",
+            f"{pps:,.0f}",
+            f"{bar_of(inst.bytes_captured, byte_limit)} {got}" if byte_limit else got,
+        ]
         row += [human_bytes(int(bps)) + "/s"] if wide else []
         row += [f"{bar_of(secs, time_limit)} {secs:.0f}s" if time_limit else f"{secs:.0f}s", f"{drops:,}"]
         if wide:
-            row += [f"{human_bytes(stored)}/{human_bytes(size)}" if any(f.storage_path for f in inst.files) else "",
-                    inst.stop_reason]
+            row += [f"{human_bytes(stored)}/{human_bytes(size)}" if any(f.storage_path for f in inst.files) else "", inst.stop_reason]
         t.add_row(*row)
         packets += inst.packets_captured
         pps_total += pps
@@ -169,8 +180,7 @@ def table(capture: pb.PacketCaptureResult, status: pb.PacketCaptureQueryStatusRe
         bps_total += bps
         drops_total += drops
     n = len(status.instances)
-    footer = ["Total", f"{n} instance{'' if n == 1 else 's'}", f"{int(packets):,}", f"{pps_total:,.0f}",
-              human_bytes(int(nbytes))]
+    footer = ["Total", f"{n} instance{'' if n == 1 else 's'}", f"{int(packets):,}", f"{pps_total:,.0f}", human_bytes(int(nbytes))]
     footer += [human_bytes(int(bps_total)) + "/s"] if wide else []
     footer += ["", f"{int(drops_total):,}"] + (["", ""] if wide else [])
     for column, text in zip(t.columns, footer):

@@ -1,12 +1,13 @@
 """The fleetcap Python SDK: the only client code that speaks gRPC. The CLI is built on it.
 
-    from fleetcap import Client
-    c = Client("127.0.0.1:7770")
-    c.create(name="pc1", target="web", target_type="AzureVMSS", file_path="/var/captures/pc1.cap",
-             storage_account="local", time_limit_in_seconds=60,
-             filters=[{"protocol": "UDP", "localPort": "5001"}])
-    final = c.wait(name="pc1")
+from fleetcap import Client
+c = Client("127.0.0.1:7770")
+c.create(name="pc1", target="web", target_type="AzureVMSS", file_path="/var/captures/pc1.cap",
+         storage_account="local", time_limit_in_seconds=60,
+         filters=[{"protocol": "UDP", "localPort": "5001"}])
+final = c.wait(name="pc1")
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -109,8 +110,12 @@ def to_dict(message: Message) -> dict[str, Any]:
     return _ints(message.DESCRIPTOR, d)  # type: ignore[arg-type]  # upb's Descriptor is one
 
 
-_INT64 = {descriptor.FieldDescriptor.TYPE_INT64, descriptor.FieldDescriptor.TYPE_UINT64,
-          descriptor.FieldDescriptor.TYPE_SINT64, descriptor.FieldDescriptor.TYPE_FIXED64}
+_INT64 = {
+    descriptor.FieldDescriptor.TYPE_INT64,
+    descriptor.FieldDescriptor.TYPE_UINT64,
+    descriptor.FieldDescriptor.TYPE_SINT64,
+    descriptor.FieldDescriptor.TYPE_FIXED64,
+}
 
 
 def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
@@ -141,44 +146,57 @@ def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFil
 class CreateOptions(TypedDict, total=False):
     """`create`'s optional arguments, the one definition for `Client`, `AsyncClient` and the
     CLI. Unset limits take Azure's defaults (whole packets, 1 GiB, 18000 s)."""
-    target_type: str                      # "AzureVM" (default) or "AzureVMSS"
-    resource_group: str                   # of the target, when it is a bare name
-    subscription: str                     # of the target, when it is a bare name
-    include: Iterable[str]                # scale-set instances: ids, names or ARM ids
+
+    target_type: str  # "AzureVM" (default) or "AzureVMSS"
+    resource_group: str  # of the target, when it is a bare name
+    subscription: str  # of the target, when it is a bare name
+    include: Iterable[str]  # scale-set instances: ids, names or ARM ids
     exclude: Iterable[str]
-    bytes_to_capture_per_packet: int | None   # 0 = whole packet
-    total_bytes_per_session: int | None       # per instance, pcap headers included
+    bytes_to_capture_per_packet: int | None  # 0 = whole packet
+    total_bytes_per_session: int | None  # per instance, pcap headers included
     time_limit_in_seconds: int | None
-    storage_account: str                  # "local" or a Blob account of the coordinator
-    storage_path: str                     # container URI in that account
-    file_path: str                        # on each instance, /var/captures/....cap
+    storage_account: str  # "local" or a Blob account of the coordinator
+    storage_path: str  # container URI in that account
+    file_path: str  # on each instance, /var/captures/....cap
     filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter]
-    bpf_filter: str                       # libpcap expression AND-ed with filters (extension)
-    continuous_capture: bool | None       # any non-None value selects the ring, as in Azure
-    local_path: str                       # continuous: the ring's base name on each instance
-    file_count: int | None                # continuous: files kept (10)
-    file_size_in_bytes: int | None        # continuous: bytes per file (100 MiB)
+    bpf_filter: str  # libpcap expression AND-ed with filters (extension)
+    continuous_capture: bool | None  # any non-None value selects the ring, as in Azure
+    local_path: str  # continuous: the ring's base name on each instance
+    file_count: int | None  # continuous: files kept (10)
+    file_size_in_bytes: int | None  # continuous: bytes per file (100 MiB)
     session_time_limit_in_seconds: int | None  # continuous: seconds (86400)
-    add_new_instances: bool               # scale sets: instances that join are captured too
-    standby_in_seconds: int | None        # flight recorder: seconds kept while armed (extension)
-    standby_bytes: int | None             # flight recorder: the ring's bytes per instance (100 MiB)
-    fleet_bytes_limit: int | None         # all instances' files together; then FleetBytesExceeded (extension)
+    add_new_instances: bool  # scale sets: instances that join are captured too
+    standby_in_seconds: int | None  # flight recorder: seconds kept while armed (extension)
+    standby_bytes: int | None  # flight recorder: the ring's bytes per instance (100 MiB)
+    fleet_bytes_limit: int | None  # all instances' files together; then FleetBytesExceeded (extension)
 
 
 def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.CreatePacketCaptureRequest:
     """The Create request for `create`'s arguments."""
     o = options
     params = pb.PacketCaptureParameters(
-        target=target, target_type=o.get("target_type", TargetType.VM),
+        target=target,
+        target_type=o.get("target_type", TargetType.VM),
         scope=pb.PacketCaptureMachineScope(include=list(o.get("include", ())), exclude=list(o.get("exclude", ()))),
         storage_location=pb.PacketCaptureStorageLocation(
-            storage_id=o.get("storage_account", ""), storage_path=o.get("storage_path", ""),
-            file_path=o.get("file_path", ""), local_path=o.get("local_path", "")),
-        filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f)
-                 for i, f in enumerate(o.get("filters", ()))],
-        bpf_filter=o.get("bpf_filter", ""), add_new_instances=o.get("add_new_instances", False))
-    for key in ("bytes_to_capture_per_packet", "total_bytes_per_session", "time_limit_in_seconds",
-                "continuous_capture", "standby_in_seconds", "standby_bytes", "fleet_bytes_limit"):
+            storage_id=o.get("storage_account", ""),
+            storage_path=o.get("storage_path", ""),
+            file_path=o.get("file_path", ""),
+            local_path=o.get("local_path", ""),
+        ),
+        filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f) for i, f in enumerate(o.get("filters", ()))],
+        bpf_filter=o.get("bpf_filter", ""),
+        add_new_instances=o.get("add_new_instances", False),
+    )
+    for key in (
+        "bytes_to_capture_per_packet",
+        "total_bytes_per_session",
+        "time_limit_in_seconds",
+        "continuous_capture",
+        "standby_in_seconds",
+        "standby_bytes",
+        "fleet_bytes_limit",
+    ):
         value = o.get(key)
         if value is not None:
             setattr(params, key, value)
@@ -186,8 +204,9 @@ def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) 
         value = o.get(key)
         if value is not None:
             setattr(params.capture_settings, key, value)
-    return pb.CreatePacketCaptureRequest(name=name, resource_group=o.get("resource_group", ""),
-                                         subscription=o.get("subscription", ""), properties=params)
+    return pb.CreatePacketCaptureRequest(
+        name=name, resource_group=o.get("resource_group", ""), subscription=o.get("subscription", ""), properties=params
+    )
 
 
 class UnsafeName(ValueError):
@@ -203,10 +222,10 @@ def _safe_name(value: str, what: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Download:
-    instance_id: str     # a directory under dest (checked)
+    instance_id: str  # a directory under dest (checked)
     instance_arm_id: str
-    file_path: str       # on the instance
-    file_name: str       # its name under dest/<instance id>/ (checked)
+    file_path: str  # on the instance
+    file_name: str  # its name under dest/<instance id>/ (checked)
 
     def path(self, dest: str) -> str:
         return os.path.join(dest, self.instance_id, self.file_name)
@@ -223,9 +242,12 @@ def downloadable(inst: pb.InstanceStatus, f: pb.CaptureFile) -> bool:
 def _download_plan(status: pb.PacketCaptureQueryStatusResult) -> builtins.list[_Download]:
     """The files of a capture and where each goes: dest/<instance id>/<file name>. Raises
     UnsafeName before anything is written if the server sent a name that is not plain."""
-    return [_Download(_safe_name(inst.instance_id, "instance id"), inst.id, f.file_path,
-                      _safe_name(os.path.basename(f.file_path), "file name"))
-            for inst in status.instances for f in inst.files if downloadable(inst, f)]
+    return [
+        _Download(_safe_name(inst.instance_id, "instance id"), inst.id, f.file_path, _safe_name(os.path.basename(f.file_path), "file name"))
+        for inst in status.instances
+        for f in inst.files
+        if downloadable(inst, f)
+    ]
 
 
 class _DestDir:
@@ -239,10 +261,8 @@ class _DestDir:
         self._fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
 
     def subdir(self, name: str) -> int:
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=self._fd)
-        except FileExistsError:
-            pass
         return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd)
 
     @staticmethod
@@ -265,12 +285,19 @@ class _DestDir:
 
 def interface_stats(inst: pb.InstanceStatus) -> pcapng.InterfaceStats:
     """An instance's counters and times as its pcapng Interface Statistics Block carries them."""
+
     def us(text: str) -> int:
         when = parse_rfc3339(text) if text else dt.datetime.now(dt.UTC)
         return round(when.timestamp() * 1_000_000)
-    return pcapng.InterfaceStats(received=inst.packets_received, delivered=inst.packets_captured,
-                                 os_drops=inst.kernel_drops, if_drops=inst.interface_drops,
-                                 start_us=us(inst.capture_start_time), end_us=us(inst.capture_stop_time))
+
+    return pcapng.InterfaceStats(
+        received=inst.packets_received,
+        delivered=inst.packets_captured,
+        os_drops=inst.kernel_drops,
+        if_drops=inst.interface_drops,
+        start_us=us(inst.capture_start_time),
+        end_us=us(inst.capture_stop_time),
+    )
 
 
 def clock_correction(inst: pb.InstanceStatus) -> pcapng.ClockCorrection | None:
@@ -280,18 +307,23 @@ def clock_correction(inst: pb.InstanceStatus) -> pcapng.ClockCorrection | None:
     return pcapng.ClockCorrection(inst.clock_offset_us, inst.clock_uncertainty_us)
 
 
-def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str,
-           status: pb.PacketCaptureQueryStatusResult) -> str:
+def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str, status: pb.PacketCaptureQueryStatusResult) -> str:
     """Writes dest/<name>.pcapng from the downloaded files: one interface per instance, each with
     its Interface Statistics Block (what it received and dropped)."""
     paths: dict[str, builtins.list[str]] = {}
     for item in plan:
         paths.setdefault(item.instance_arm_id, []).append(item.path(dest.dest))
     by_id = {inst.id: inst for inst in status.instances}
-    sources = [pcapng.Source(name=instance_name(arm_id), description=arm_id, paths=files,
-                             stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None,
-                             clock=clock_correction(by_id[arm_id]) if arm_id in by_id else None)
-               for arm_id, files in paths.items()]
+    sources = [
+        pcapng.Source(
+            name=instance_name(arm_id),
+            description=arm_id,
+            paths=files,
+            stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None,
+            clock=clock_correction(by_id[arm_id]) if arm_id in by_id else None,
+        )
+        for arm_id, files in paths.items()
+    ]
     merged = _safe_name(f"{name}.pcapng", "capture name")
     dest_fd = os.open(dest.dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -307,8 +339,7 @@ class _Link:
     """The channel to one coordinator of a list of replicas, shared by a client and the
     per-caller views made with `AsyncClient.as_caller`."""
 
-    def __init__(self, addresses: builtins.list[str], credentials: transport.ClientCredentials,
-                 dedicated: bool = False):
+    def __init__(self, addresses: builtins.list[str], credentials: transport.ClientCredentials, dedicated: bool = False):
         self.addresses = addresses
         self.credentials = credentials
         self.dedicated = dedicated
@@ -316,8 +347,9 @@ class _Link:
         self._connect()
 
     def _connect(self) -> None:
-        self.channel = transport.aio_channel(self.addresses[self.current % len(self.addresses)],
-                                             credentials=self.credentials, dedicated=self.dedicated)
+        self.channel = transport.aio_channel(
+            self.addresses[self.current % len(self.addresses)], credentials=self.credentials, dedicated=self.dedicated
+        )
         self.stub = captures_pb2_grpc.PacketCapturesStub(self.channel)
 
     async def next_replica(self) -> bool:
@@ -334,9 +366,18 @@ class AsyncClient:
     """The asyncio client of one coordinator (or of its replicas): the one implementation of
     the SDK. `Client` runs it on a private event loop. Use `async with AsyncClient(...) as c:`."""
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0, tls_ca: str = "",
-                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False,
-                 dedicated: bool = False):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        token: str = "",
+        insecure: bool = False,
+        dedicated: bool = False,
+    ):
         """Args:
             address: host:port or unix:/path, or several comma-separated (replicas); default
                 $FLEETCAP_COORDINATOR, else 127.0.0.1:7770.
@@ -354,7 +395,8 @@ class AsyncClient:
         self.address = address or os.environ.get("FLEETCAP_COORDINATOR") or transport.DEFAULT_ADDRESS
         self.timeout_s = timeout_s
         self._credentials = transport.ClientCredentials.from_env(
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure)
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure
+        )
         self._metadata = self._credentials.metadata()
         self._link = _Link([a.strip() for a in self.address.split(",") if a.strip()], self._credentials, dedicated)
         self._owner = True
@@ -393,11 +435,9 @@ class AsyncClient:
         """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
         for attempt in range(len(self._addresses)):
             try:
-                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s,
-                                                              metadata=self._metadata)
+                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) \
-                        and await self._next_replica():
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) and await self._next_replica():
                     continue
                 _raise(e)
 
@@ -411,8 +451,7 @@ class AsyncClient:
         """
         return (await self._call("Create", create_request(name=name, target=target, **options))).capture
 
-    async def dry_run(self, *, name: str, target: str,
-                      **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
+    async def dry_run(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
         """Checks a create without doing it: the capture as it would be, and the instances it
         would touch, each with whether it is connected and an estimate of the bytes per second
         it would write (from its interface's recent traffic). Raises: as `create`."""
@@ -421,12 +460,17 @@ class AsyncClient:
         r = await self._call("Create", request)
         return r.capture, r.dry_run
 
-    async def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
-                          subscription: str = "") -> pb.PacketCaptureResult:
+    async def create_from(
+        self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "", subscription: str = ""
+    ) -> pb.PacketCaptureResult:
         """Creates a capture from Azure's `properties` object as a message (e.g. parsed from ARM
         JSON with json_format.ParseDict). Raises: as `create`."""
-        return (await self._call("Create", pb.CreatePacketCaptureRequest(
-            name=name, resource_group=resource_group, subscription=subscription, properties=properties))).capture
+        return (
+            await self._call(
+                "Create",
+                pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription, properties=properties),
+            )
+        ).capture
 
     async def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
@@ -442,8 +486,7 @@ class AsyncClient:
             if not token:
                 return out
 
-    async def list_page(self, *, page_size: int = 100,
-                        page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
+    async def list_page(self, *, page_size: int = 100, page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
         """One page of captures in name order (page_size 1 to 1000), and the token of the next
         page ("" after the last). Raises: InvalidCapture (a page_token this service did not issue)."""
         r = await self._call("List", pb.ListPacketCapturesRequest(page_size=page_size, page_token=page_token))
@@ -461,8 +504,7 @@ class AsyncClient:
         Returns: the status with trigger_time and trigger_source set.
         Raises: CaptureNotFound, InvalidCapture, FailedPrecondition (no standby, or stopped).
         """
-        return (await self._call("Trigger", pb.TriggerPacketCaptureRequest(
-            name=name, after_in_seconds=after_in_seconds, note=note))).status
+        return (await self._call("Trigger", pb.TriggerPacketCaptureRequest(name=name, after_in_seconds=after_in_seconds, note=note))).status
 
     async def manifest(self, *, name: str) -> bytes:
         """The capture's signed manifest (JSON): every file with its instance, size, SHA-256 and
@@ -491,13 +533,13 @@ class AsyncClient:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
         return (await self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name))).status
 
-    async def watch(self, *, name: str,
-                    timeout_s: float | None = None) -> AsyncIterator[pb.PacketCaptureQueryStatusResult]:
+    async def watch(self, *, name: str, timeout_s: float | None = None) -> AsyncIterator[pb.PacketCaptureQueryStatusResult]:
         """Yields the status at once and on every change, until every instance has stopped
         and its upload has settled. Raises: CaptureNotFound, TimeoutError (after timeout_s)."""
         try:
-            async for resp in self._stub.WatchStatus(pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s,
-                                                     metadata=self._metadata):
+            async for resp in self._stub.WatchStatus(
+                pb.WatchPacketCaptureStatusRequest(name=name), timeout=timeout_s, metadata=self._metadata
+            ):
                 yield resp.status
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -506,15 +548,17 @@ class AsyncClient:
                 await self._next_replica()  # wait() follows the capture on another replica
             _raise(e)
 
-    async def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
-                        follow: bool = False) -> AsyncIterator[bytes]:
+    async def read_file(
+        self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0, follow: bool = False
+    ) -> AsyncIterator[bytes]:
         """Yields the stored bytes of one instance's file from `offset`. With follow, keeps
         yielding as the running capture's bytes are stored, until the file is complete.
         Raises: CaptureNotFound (also when the file is stored nowhere but on its instance)."""
         try:
-            async for resp in self._stub.ReadFile(pb.ReadCaptureFileRequest(
-                    name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow),
-                    metadata=self._metadata):
+            async for resp in self._stub.ReadFile(
+                pb.ReadCaptureFileRequest(name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow),
+                metadata=self._metadata,
+            ):
                 if resp.data:
                     yield resp.data
         except grpc.aio.AioRpcError as e:
@@ -554,8 +598,7 @@ class AsyncClient:
                 dir_fd = target.subdir(item.instance_id)
                 try:
                     with _DestDir.create(dir_fd, item.file_name) as out:
-                        async for data in self.read_file(name=name, instance_id=item.instance_id,
-                                                         file_path=item.file_path):
+                        async for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
                             out.write(data)
                     _DestDir.commit(dir_fd, item.file_name)
                     done.append(item)
@@ -585,15 +628,25 @@ class Client:
     an event loop of its own (one thread per client), so that both share one implementation.
     `watch` and `read_file` are plain iterators. Safe to use from several threads."""
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 30.0, tls_ca: str = "",
-                 tls_cert: str = "", tls_key: str = "", token: str = "", insecure: bool = False):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        token: str = "",
+        insecure: bool = False,
+    ):
         """Args: as `AsyncClient`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleetcap-sdk", daemon=True)
         self._thread.start()
         try:
-            self._async = self._run(self._open(address, timeout_s=timeout_s, tls_ca=tls_ca, tls_cert=tls_cert,
-                                               tls_key=tls_key, token=token, insecure=insecure))
+            self._async = self._run(
+                self._open(address, timeout_s=timeout_s, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure)
+            )
         except BaseException:
             self._stop_loop()
             raise
@@ -609,6 +662,7 @@ class Client:
     def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         async def step() -> T:
             return await agen.__anext__()
+
         try:
             while True:
                 try:
@@ -641,11 +695,13 @@ class Client:
         """As `AsyncClient.create`."""
         return self._run(self._async.create(name=name, target=target, **options))
 
-    def create_from(self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "",
-                    subscription: str = "") -> pb.PacketCaptureResult:
+    def create_from(
+        self, *, name: str, properties: pb.PacketCaptureParameters, resource_group: str = "", subscription: str = ""
+    ) -> pb.PacketCaptureResult:
         """As `AsyncClient.create_from`."""
-        return self._run(self._async.create_from(name=name, properties=properties, resource_group=resource_group,
-                                                 subscription=subscription))
+        return self._run(
+            self._async.create_from(name=name, properties=properties, resource_group=resource_group, subscription=subscription)
+        )
 
     def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
@@ -655,13 +711,11 @@ class Client:
         """As `AsyncClient.list`."""
         return self._run(self._async.list())
 
-    def list_page(self, *, page_size: int = 100,
-                  page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
+    def list_page(self, *, page_size: int = 100, page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
         """As `AsyncClient.list_page`."""
         return self._run(self._async.list_page(page_size=page_size, page_token=page_token))
 
-    def dry_run(self, *, name: str, target: str,
-                **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
+    def dry_run(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
         """As `AsyncClient.dry_run`."""
         return self._run(self._async.dry_run(name=name, target=target, **options))
 
@@ -701,11 +755,9 @@ class Client:
         """As `AsyncClient.watch`."""
         return self._iterate(self._async.watch(name=name, timeout_s=timeout_s))
 
-    def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0,
-                  follow: bool = False) -> Iterator[bytes]:
+    def read_file(self, *, name: str, instance_id: str, file_path: str = "", offset: int = 0, follow: bool = False) -> Iterator[bytes]:
         """As `AsyncClient.read_file`."""
-        return self._iterate(self._async.read_file(name=name, instance_id=instance_id, file_path=file_path,
-                                                   offset=offset, follow=follow))
+        return self._iterate(self._async.read_file(name=name, instance_id=instance_id, file_path=file_path, offset=offset, follow=follow))
 
     def wait(self, *, name: str, timeout_s: float | None = None) -> pb.PacketCaptureQueryStatusResult:
         """As `AsyncClient.wait`."""

@@ -1,4 +1,5 @@
 """`fleetcap coordinator`: wires settings, state, sinks, services and servers, and runs them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,6 +60,7 @@ SHUTDOWN_DEADLINE_S = 5.0
 def _exit_by(seconds: float, code: int, last_words: str = "") -> None:
     """Ends the process with `code` (printing `last_words`) after `seconds` unless it has ended
     by itself by then."""
+
     def expire() -> None:
         log.error("shutting down took longer than %g s; exiting now", seconds)
         if last_words:
@@ -67,6 +69,7 @@ def _exit_by(seconds: float, code: int, last_words: str = "") -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
@@ -82,8 +85,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         kv = MemoryKV()
     else:
         endpoints = list(settings.etcd)
-        access = EtcdAccess(settings.etcd_ca, settings.etcd_cert, settings.etcd_key, settings.etcd_username,
-                            settings.etcd_password)
+        access = EtcdAccess(settings.etcd_ca, settings.etcd_cert, settings.etcd_key, settings.etcd_username, settings.etcd_password)
         if not endpoints:
             embedded = await asyncio.to_thread(EmbeddedEtcd(os.path.join(settings.data_dir, "etcd")).start)
             endpoints = [embedded.endpoint]
@@ -104,6 +106,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     if settings.storage_accounts:
         # The `azure` extra: imported only by a coordinator that has Blob accounts.
         from fleetcap.coordinator.storage.blob_sink import BlobSink
+
         for name, connection_string in settings.storage_accounts:
             sinks[name] = BlobSink(connection_string)
     filters = FilterCompiler()
@@ -129,43 +132,45 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     add_fleet_servicer(fleet, server)
     # A unix socket is local IPC, guarded by its file's permissions: plaintext (callers still
     # bring a token). TCP listeners speak TLS when there is a certificate.
-    listeners = [(a, None if a.startswith("unix:") else settings.server_tls) for a in settings.listen] + \
-        [(a, settings.mutual_tls) for a in settings.mtls_listen]
+    listeners = [(a, None if a.startswith("unix:") else settings.server_tls) for a in settings.listen] + [
+        (a, settings.mutual_tls) for a in settings.mtls_listen
+    ]
     for address, tls in listeners:
         if address.startswith("unix:"):
-            path = address[len("unix:"):]
+            path = address[len("unix:") :]
             if os.path.exists(path):
                 os.unlink(path)  # a socket left by a previous run
         port = transport.add_listen(server, address, tls=tls, insecure=settings.insecure)
         where = address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}"
         log.info("listening on %s (%s)", where, "mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
     if settings.insecure:
-        log.warning("--insecure: plaintext is allowed beyond loopback; anyone on the network path can read and "
-                    "forge this coordinator's traffic")
+        log.warning(
+            "--insecure: plaintext is allowed beyond loopback; anyone on the network path can read and forge this coordinator's traffic"
+        )
     await server.start()
     health.start()
     if settings.health_listen:
         await health.serve_plain(settings.health_listen)
     metrics_server = None
     if settings.metrics_listen:
-        metrics_server = await serve_http(metrics.registry, settings.metrics_listen,
-                                          before_scrape=lambda: metrics.refresh(service))
+        metrics_server = await serve_http(metrics.registry, settings.metrics_listen, before_scrape=lambda: metrics.refresh(service))
 
     supervisor = None
     if embedded:
         up, restarts = metrics.embedded_etcd()
-        supervisor = asyncio.ensure_future(supervise(embedded, on_state=lambda ok: up.set(1 if ok else 0),
-                                                     on_restart=restarts.inc))
+        supervisor = asyncio.ensure_future(supervise(embedded, on_state=lambda ok: up.set(1 if ok else 0), on_restart=restarts.inc))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     leading = asyncio.Event()
-    tasks = [asyncio.ensure_future(watch_agent_expiry(store, service, sessions, leading)),
-             asyncio.ensure_future(lead(store, service, replica, leading, settings.agent_ttl_s)),
-             asyncio.ensure_future(dispatch_by_watch(store, service, sessions)),
-             asyncio.ensure_future(fleet.presence.run(sessions.silent))]
+    tasks = [
+        asyncio.ensure_future(watch_agent_expiry(store, service, sessions, leading)),
+        asyncio.ensure_future(lead(store, service, replica, leading, settings.agent_ttl_s)),
+        asyncio.ensure_future(dispatch_by_watch(store, service, sessions)),
+        asyncio.ensure_future(fleet.presence.run(sessions.silent)),
+    ]
     if ready:
         ready.set()
     print(f"fleetcap coordinator ready on {', '.join(a for a, _ in listeners)}", flush=True)
@@ -175,8 +180,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     finally:
         log.info("shutting down")
         if hard_exit:
-            _exit_by(SHUTDOWN_DEADLINE_S, 0 if stop.is_set() else 1,
-                     "" if stop.is_set() else f"fleetcap: error: {_given_up(embedded)}")
+            _exit_by(SHUTDOWN_DEADLINE_S, 0 if stop.is_set() else 1, "" if stop.is_set() else f"fleetcap: error: {_given_up(embedded)}")
         for waiter in (stopping, supervisor):
             if waiter is not None:
                 waiter.cancel()
@@ -197,4 +201,3 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
 def _given_up(embedded: EmbeddedEtcd | None) -> str:
     where = embedded.log_path if embedded else "its log"
     return f"the embedded etcd exited and did not come back after {len(RESTART_BACKOFF_S)} restarts; see {where}"
-

@@ -13,6 +13,7 @@ theirs: the fleet's files hold the limit to less than one record per instance, a
 Allowances and returns are counted as amounts added and taken away, so a grant and a return
 that cross on the wire add up the same in either order.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,13 +39,11 @@ def share(limit: int, instances: int) -> int:
 
 def initial(limit: int, instance_keys: list[str]) -> state_pb2.BudgetRecord:
     share_each = share(limit, len(instance_keys))
-    return state_pb2.BudgetRecord(limit=limit, granted=share_each * len(instance_keys),
-                                  allowance={k: share_each for k in instance_keys})
+    return state_pb2.BudgetRecord(limit=limit, granted=share_each * len(instance_keys), allowance=dict.fromkeys(instance_keys, share_each))
 
 
 class Budgets:
-    def __init__(self, store: Store, grant: Callable[[str, str, str, int, bool], None],
-                 exhausted: Callable[[str], Awaitable[None]]):
+    def __init__(self, store: Store, grant: Callable[[str, str, str, int, bool], None], exhausted: Callable[[str], Awaitable[None]]):
         """grant(capture, capture id, instance key, bytes, exhausted) sends a BudgetGrant to
         that agent; exhausted(capture) stops the capture everywhere."""
         self.store = store
@@ -67,6 +66,7 @@ class Budgets:
             b.granted += g
             got[0] = g
             return True
+
         await self.store.update_budget(name, change)
         return got[0], bool(got[1])
 
@@ -80,14 +80,15 @@ class Budgets:
         await asyncio.sleep(RETURN_WAIT_S)  # idle instances give back meanwhile
         granted, exhausted = await self._take(name, instance_key, instances, need)
         if not granted and not exhausted:
+
             def spend(b: state_pb2.BudgetRecord) -> bool:
                 if b.exhausted:
                     return False
                 b.exhausted = True
                 return True
+
             b = await self.store.update_budget(name, spend)
-            log.info("capture %s: fleet budget of %d bytes spent (%d granted); stopping it everywhere", name,
-                     b.limit, b.granted)
+            log.info("capture %s: fleet budget of %d bytes spent (%d granted); stopping it everywhere", name, b.limit, b.granted)
             exhausted = True
             await self._exhausted(name)
         self._grant(name, capture_id, instance_key, granted, exhausted)
@@ -100,4 +101,5 @@ class Budgets:
             b.allowance[instance_key] -= amount
             b.granted -= amount
             return True
+
         await self.store.update_budget(name, change)

@@ -10,6 +10,7 @@ fetch area of the local storage account, `fleetcap-fetch/<fetch_id>.cap`, from w
 streams the bytes as they land. When the download ends, however it ends, the record and the
 copy are deleted: nothing is kept in storage.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,9 +71,15 @@ class InstanceFiles:
         self.sink = sink
         self.dispatcher = dispatcher
 
-    async def read(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord,
-                   file: captures_pb2.CaptureFile, session: str, offset: int,
-                   follow: bool) -> AsyncIterator[tuple[int, bytes, bool]]:
+    async def read(
+        self,
+        record: state_pb2.CaptureRecord,
+        inst: state_pb2.InstanceRecord,
+        file: captures_pb2.CaptureFile,
+        session: str,
+        offset: int,
+        follow: bool,
+    ) -> AsyncIterator[tuple[int, bytes, bool]]:
         """Yields (offset, data, complete) of one file of one instance, fetched from its agent.
         Raises FailedPrecondition when the agent is not connected (naming the instance and where
         the file stays), when the file is still being written and follow is off, or when the
@@ -82,21 +89,27 @@ class InstanceFiles:
             running = inst.status.packet_capture_status in (Status.RUNNING, Status.NOT_STARTED)
             raise FailedPrecondition(
                 f"instance '{instance}': {file.file_path} is still being written; follow it with "
-                "`fleetcap capture follow`, or download it once the capture has stopped there" if running else
-                f"instance '{instance}': {file.file_path} was never closed (the instance ended in "
-                f"{inst.status.packet_capture_status}); its agent reports it once it restarts")
+                "`fleetcap capture follow`, or download it once the capture has stopped there"
+                if running
+                else f"instance '{instance}': {file.file_path} was never closed (the instance ended in "
+                f"{inst.status.packet_capture_status}); its agent reports it once it restarts"
+            )
         if inst.instance_key not in await self.store.list_agents():
-            raise FailedPrecondition(f"instance '{instance}' is offline: {file.file_path} stays on it until "
-                                     "its agent reconnects")
+            raise FailedPrecondition(f"instance '{instance}' is offline: {file.file_path} stays on it until its agent reconnects")
         fetch_id = uuid.uuid4().hex
-        fetch = state_pb2.FetchRecord(fetch_id=fetch_id, capture_name=name, capture_id=session,
-                                      instance_key=inst.instance_key, file_path=file.file_path)
+        fetch = state_pb2.FetchRecord(
+            fetch_id=fetch_id, capture_name=name, capture_id=session, instance_key=inst.instance_key, file_path=file.file_path
+        )
         lease = await self.store.put_fetch(fetch, FETCH_TTL_S)
         keeper = asyncio.ensure_future(self._keep_alive(lease))
         obj = fetch_object(fetch_id)
         # Sent at once when the agent is connected here; otherwise its replica sends it (dispatch.py).
-        self.dispatcher.send(inst.instance_key, fleet_pb2.CoordinatorMessage(fetch=fleet_pb2.FetchFile(
-            capture_name=name, capture_id=session, file_path=file.file_path, fetch_id=fetch_id)))
+        self.dispatcher.send(
+            inst.instance_key,
+            fleet_pb2.CoordinatorMessage(
+                fetch=fleet_pb2.FetchFile(capture_name=name, capture_id=session, file_path=file.file_path, fetch_id=fetch_id)
+            ),
+        )
         log.info("capture %s: fetching %s from instance %s (%s)", name, file.file_path, instance, fetch_id)
         try:
             async for item in self._stream(obj, name, inst, file, offset):
@@ -107,8 +120,9 @@ class InstanceFiles:
                 await self.store.end_fetch(fetch_id, lease)
             await asyncio.to_thread(self.sink.delete, obj)
 
-    async def _stream(self, obj: str, name: str, inst: state_pb2.InstanceRecord,
-                      file: captures_pb2.CaptureFile, offset: int) -> AsyncIterator[tuple[int, bytes, bool]]:
+    async def _stream(
+        self, obj: str, name: str, inst: state_pb2.InstanceRecord, file: captures_pb2.CaptureFile, offset: int
+    ) -> AsyncIterator[tuple[int, bytes, bool]]:
         loop = asyncio.get_running_loop()
         digest = hashlib.sha256() if offset == 0 else None
         started = last_byte = loop.time()
@@ -129,14 +143,16 @@ class InstanceFiles:
                 return
             now = loop.time()
             if size is None and offset == 0 and now - started > FIRST_BYTE_S:
-                raise FailedPrecondition(f"instance '{instance}' did not send {file.file_path} within "
-                                         f"{FIRST_BYTE_S:g} s; see its agent's log")
+                raise FailedPrecondition(
+                    f"instance '{instance}' did not send {file.file_path} within {FIRST_BYTE_S:g} s; see its agent's log"
+                )
             if now - last_byte > STALL_S and inst.instance_key not in await self.store.list_agents():
                 raise FailedPrecondition(f"instance '{instance}' went offline while sending {file.file_path}")
             await asyncio.sleep(POLL_S)
 
-    async def _verify(self, digest: hashlib._Hash | None, name: str, inst: state_pb2.InstanceRecord,
-                      file: captures_pb2.CaptureFile) -> None:
+    async def _verify(
+        self, digest: hashlib._Hash | None, name: str, inst: state_pb2.InstanceRecord, file: captures_pb2.CaptureFile
+    ) -> None:
         """The commit checked the agent's size and SHA-256 for the bytes it sent; the whole
         stream (read from offset 0) is checked again here against what the instance reported."""
         if digest is None:
@@ -146,8 +162,10 @@ class InstanceFiles:
             fresh = next((i for i in await self.store.get_instances(name) if i.instance_key == inst.instance_key), None)
             reported = next((f.sha256 for f in fresh.status.files if f.file_path == file.file_path), "") if fresh else ""
         if reported and digest.hexdigest() != reported:
-            raise DataLoss(f"instance '{inst.status.instance_id}': {file.file_path} arrived with SHA-256 "
-                           f"{digest.hexdigest()}, the instance reported {reported}")
+            raise DataLoss(
+                f"instance '{inst.status.instance_id}': {file.file_path} arrived with SHA-256 "
+                f"{digest.hexdigest()}, the instance reported {reported}"
+            )
 
     async def _keep_alive(self, lease: int) -> None:
         while True:

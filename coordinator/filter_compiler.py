@@ -13,6 +13,7 @@ Three bounds keep one caller from delaying the others (docs/security.md):
 - LANES compiles run at once;
 - one caller holds at most one lane at a time; its next compile waits behind its own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,10 +52,12 @@ def compile_cost(expression: str) -> int:
 def _exit_with(parent: int) -> None:
     """In each worker, at its start: end when the coordinator is gone, however it went (SIGKILL,
     or its shutdown deadline's os._exit), rather than live on as an orphan."""
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os._exit(0)
+
     threading.Thread(target=watch, name="exit-with-coordinator", daemon=True).start()
 
 
@@ -108,8 +111,11 @@ class FilterCompiler:
         compile, if libpcap rejects it, or if it takes longer than the deadline."""
         cost = compile_cost(expression)
         if cost > MAX_COMPILE_COST:
-            raise InvalidArgument(field, f"too complex: {cost} address and port terms (a port range counts 3), at most "
-                                         f"{MAX_COMPILE_COST}; split the capture or use fewer, wider ranges")
+            raise InvalidArgument(
+                field,
+                f"too complex: {cost} address and port terms (a port range counts 3), at most "
+                f"{MAX_COMPILE_COST}; split the capture or use fewer, wider ranges",
+            )
         lock, waiting = self._callers.setdefault(caller, (asyncio.Lock(), [0]))
         waiting[0] += 1
         try:
@@ -132,8 +138,9 @@ class FilterCompiler:
             except multiprocessing.TimeoutError:
                 log.warning("filter compile took longer than %.0fs; its worker is replaced", self.timeout_s)
                 lane.close()
-                raise InvalidArgument(field, f"too complex: libpcap did not compile it within {self.timeout_s:g} s; "
-                                             "simplify the filter") from None
+                raise InvalidArgument(
+                    field, f"too complex: libpcap did not compile it within {self.timeout_s:g} s; simplify the filter"
+                ) from None
         finally:
             free.put_nowait(lane)
 

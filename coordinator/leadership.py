@@ -5,6 +5,7 @@ The leader does the time-based work: failing the instances of agents whose lease
 serves the API and its own agents. A dead leader's lease expires within LEADER_TTL_S and
 another replica takes over.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,7 @@ async def lead(store: Store, service: CaptureService, replica: str, leading: asy
                 continue
             log.info("%s became the leader", replica)
             leading.set()
-            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS,
-                                                  lambda: asyncio.ensure_future(_reconcile(service)))
+            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: asyncio.ensure_future(_reconcile(service)))
             while True:  # keep the lease alive, three refreshes per TTL
                 if not await store.refresh_lease(lease):
                     break

@@ -6,6 +6,7 @@ The manifest lists every file with its instance, size, SHA-256, packets and firs
 packet times, and the capture's target, filters, limits, stop reason, drops and agent versions.
 fleetcap.core.manifest has the signed form; docs/evidence.md the fields.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,8 +34,9 @@ class ManifestSigner:
         self._key = self._load_or_create(key_path)
         raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.key_id = manifest.key_id(raw)
-        self.public_key_pem = self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.public_key_pem = (
+            self._key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        )
 
     @staticmethod
     def _load_or_create(path: str) -> Ed25519PrivateKey:
@@ -44,8 +46,7 @@ class ManifestSigner:
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:  # another replica made it first: use that one
@@ -61,8 +62,12 @@ class ManifestSigner:
     def sign(self, body: dict[str, Any]) -> bytes:
         """The signed manifest as JSON bytes."""
         signature = self._key.sign(manifest.canonical(body))
-        return json.dumps({"manifest": body, "signature": base64.b64encode(signature).decode(), "keyId": self.key_id,
-                           "algorithm": manifest.ALGORITHM}, indent=2, sort_keys=True, ensure_ascii=False).encode()
+        return json.dumps(
+            {"manifest": body, "signature": base64.b64encode(signature).decode(), "keyId": self.key_id, "algorithm": manifest.ALGORITHM},
+            indent=2,
+            sort_keys=True,
+            ensure_ascii=False,
+        ).encode()
 
 
 def body(record: state_pb2.CaptureRecord, instances: list[state_pb2.InstanceRecord]) -> dict[str, Any]:
@@ -72,25 +77,39 @@ def body(record: state_pb2.CaptureRecord, instances: list[state_pb2.InstanceReco
     status = st.aggregate(record, instances)
     running = [i.instance_id for i in status.instances if not st.is_final(i)]
     if running:
-        raise FailedPrecondition(f"packet capture '{name}' still runs on instance(s) {', '.join(running)}; "
-                                 "its manifest is signed once every instance has stopped")
+        raise FailedPrecondition(
+            f"packet capture '{name}' still runs on instance(s) {', '.join(running)}; "
+            "its manifest is signed once every instance has stopped"
+        )
     p = record.resource.properties
     files = []
     for inst in status.instances:
         for f in inst.files:
             if not f.sha256:
-                raise FailedPrecondition(f"packet capture '{name}': {f.file_path} of instance {inst.instance_id} "
-                                         "is not hashed yet; try again in a moment")
-            files.append({
-                "path": f"{inst.instance_id}/{os.path.basename(f.file_path)}",  # as `capture download` writes it
-                "instanceId": inst.instance_id, "instance": inst.id, "filePath": f.file_path,
-                "sizeBytes": f.size_bytes, "sha256": f.sha256, "packets": f.packets,
-                "firstPacketTime": f.first_packet_time, "lastPacketTime": f.last_packet_time,
-                "storagePath": f.storage_path})
+                raise FailedPrecondition(
+                    f"packet capture '{name}': {f.file_path} of instance {inst.instance_id} is not hashed yet; try again in a moment"
+                )
+            files.append(
+                {
+                    "path": f"{inst.instance_id}/{os.path.basename(f.file_path)}",  # as `capture download` writes it
+                    "instanceId": inst.instance_id,
+                    "instance": inst.id,
+                    "filePath": f.file_path,
+                    "sizeBytes": f.size_bytes,
+                    "sha256": f.sha256,
+                    "packets": f.packets,
+                    "firstPacketTime": f.first_packet_time,
+                    "lastPacketTime": f.last_packet_time,
+                    "storagePath": f.storage_path,
+                }
+            )
     limits: dict[str, Any] = {"bytesToCapturePerPacket": p.bytes_to_capture_per_packet}
     if p.HasField("continuous_capture"):
-        limits.update(fileCount=p.capture_settings.file_count, fileSizeInBytes=p.capture_settings.file_size_in_bytes,
-                      sessionTimeLimitInSeconds=p.capture_settings.session_time_limit_in_seconds)
+        limits.update(
+            fileCount=p.capture_settings.file_count,
+            fileSizeInBytes=p.capture_settings.file_size_in_bytes,
+            sessionTimeLimitInSeconds=p.capture_settings.session_time_limit_in_seconds,
+        )
     else:
         limits.update(totalBytesPerSession=p.total_bytes_per_session, timeLimitInSeconds=p.time_limit_in_seconds)
     if p.standby_in_seconds:
@@ -98,23 +117,49 @@ def body(record: state_pb2.CaptureRecord, instances: list[state_pb2.InstanceReco
     if p.fleet_bytes_limit:
         limits.update(fleetBytesLimit=p.fleet_bytes_limit)
     capture: dict[str, Any] = {
-        "name": name, "id": record.resource.id, "target": p.target, "targetType": p.target_type,
+        "name": name,
+        "id": record.resource.id,
+        "target": p.target,
+        "targetType": p.target_type,
         "createdTime": record.resource.created_time,
-        "filters": [{"protocol": f.protocol, "localIPAddress": f.local_ip_address,
-                     "remoteIPAddress": f.remote_ip_address, "localPort": f.local_port, "remotePort": f.remote_port}
-                    for f in p.filters],
-        "bpfFilter": p.bpf_filter, "limits": limits,
-        "packetCaptureStatus": status.packet_capture_status, "stopReason": status.stop_reason}
+        "filters": [
+            {
+                "protocol": f.protocol,
+                "localIPAddress": f.local_ip_address,
+                "remoteIPAddress": f.remote_ip_address,
+                "localPort": f.local_port,
+                "remotePort": f.remote_port,
+            }
+            for f in p.filters
+        ],
+        "bpfFilter": p.bpf_filter,
+        "limits": limits,
+        "packetCaptureStatus": status.packet_capture_status,
+        "stopReason": status.stop_reason,
+    }
     if record.trigger_time:
-        capture.update(triggerTime=record.trigger_time, triggerSource=record.trigger_source,
-                       triggerAfterSeconds=record.trigger_after_s)
+        capture.update(triggerTime=record.trigger_time, triggerSource=record.trigger_source, triggerAfterSeconds=record.trigger_after_s)
     return {
-        "version": manifest.VERSION, "issuedAt": rfc3339(dt.datetime.now(dt.UTC)), "capture": capture,
-        "instances": [{"instanceId": i.instance_id, "instance": i.id, "packetCaptureStatus": i.packet_capture_status,
-                       "stopReason": i.stop_reason, "captureStartTime": i.capture_start_time,
-                       "captureStopTime": i.capture_stop_time, "packetsCaptured": i.packets_captured,
-                       "packetsReceived": i.packets_received, "kernelDrops": i.kernel_drops,
-                       "interfaceDrops": i.interface_drops, "agentVersion": i.agent_version,
-                       "clockOffsetUs": i.clock_offset_us, "clockUncertaintyUs": i.clock_uncertainty_us}
-                      for i in status.instances],
-        "files": files}
+        "version": manifest.VERSION,
+        "issuedAt": rfc3339(dt.datetime.now(dt.UTC)),
+        "capture": capture,
+        "instances": [
+            {
+                "instanceId": i.instance_id,
+                "instance": i.id,
+                "packetCaptureStatus": i.packet_capture_status,
+                "stopReason": i.stop_reason,
+                "captureStartTime": i.capture_start_time,
+                "captureStopTime": i.capture_stop_time,
+                "packetsCaptured": i.packets_captured,
+                "packetsReceived": i.packets_received,
+                "kernelDrops": i.kernel_drops,
+                "interfaceDrops": i.interface_drops,
+                "agentVersion": i.agent_version,
+                "clockOffsetUs": i.clock_offset_us,
+                "clockUncertaintyUs": i.clock_uncertainty_us,
+            }
+            for i in status.instances
+        ],
+        "files": files,
+    }

@@ -20,6 +20,7 @@ scrape time, at most once per REFRESH_S), so any replica can be scraped.
     fleetcap_storage_commit_duration_seconds{account}  the final commit (SHA-256 check, rename or block list)
 plus process_*, python_* and fleetcap_build_info (fleetcap.core.metrics).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,51 +44,68 @@ STATUSES = tuple(Status)
 class CoordinatorMetrics:
     def __init__(self) -> None:
         self.registry = r = new_registry("coordinator")
-        self.api_requests = Counter("fleetcap_api_requests", "Public API calls by method and gRPC status code",
-                                    ("method", "code"), registry=r)
-        self.api_errors = Counter("fleetcap_api_errors", "Public API calls that failed, by method and code",
-                                  ("method", "code"), registry=r)
-        self.api_latency = Histogram("fleetcap_api_request_duration_seconds",
-                                     "Latency of unary public API calls, by method", ("method",),
-                                     buckets=FAST_BUCKETS, registry=r)
-        self.storage_written = Counter("fleetcap_storage_written_bytes",
-                                       "Capture bytes this replica made durable, by storage account", ("account",),
-                                       registry=r)
-        self.storage_failures = Counter("fleetcap_storage_failures",
-                                        "Upload streams the storage account failed (the agent retries, then "
-                                        "reports StorageFailed), by storage account", ("account",), registry=r)
-        self.upload_duration = Histogram("fleetcap_upload_duration_seconds",
-                                         "An upload stream through this replica, from its opening to the file's "
-                                         "verified commit, by storage account", ("account",),
-                                         buckets=SLOW_BUCKETS, registry=r)
-        self.commit_duration = Histogram("fleetcap_storage_commit_duration_seconds",
-                                         "The final commit of an uploaded file (SHA-256 check, then rename or "
-                                         "block list), by storage account", ("account",),
-                                         buckets=FAST_BUCKETS, registry=r)
-        self.fanout = Histogram("fleetcap_fanout_duration_seconds",
-                                "From a capture's creation to an instance's first report (Running or a "
-                                "failure), observed per instance by the replica the agent reports to",
-                                buckets=SLOW_BUCKETS, registry=r)
+        self.api_requests = Counter(
+            "fleetcap_api_requests", "Public API calls by method and gRPC status code", ("method", "code"), registry=r
+        )
+        self.api_errors = Counter("fleetcap_api_errors", "Public API calls that failed, by method and code", ("method", "code"), registry=r)
+        self.api_latency = Histogram(
+            "fleetcap_api_request_duration_seconds",
+            "Latency of unary public API calls, by method",
+            ("method",),
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.storage_written = Counter(
+            "fleetcap_storage_written_bytes", "Capture bytes this replica made durable, by storage account", ("account",), registry=r
+        )
+        self.storage_failures = Counter(
+            "fleetcap_storage_failures",
+            "Upload streams the storage account failed (the agent retries, then reports StorageFailed), by storage account",
+            ("account",),
+            registry=r,
+        )
+        self.upload_duration = Histogram(
+            "fleetcap_upload_duration_seconds",
+            "An upload stream through this replica, from its opening to the file's verified commit, by storage account",
+            ("account",),
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "fleetcap_storage_commit_duration_seconds",
+            "The final commit of an uploaded file (SHA-256 check, then rename or block list), by storage account",
+            ("account",),
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.fanout = Histogram(
+            "fleetcap_fanout_duration_seconds",
+            "From a capture's creation to an instance's first report (Running or a "
+            "failure), observed per instance by the replica the agent reports to",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
         self.captures = Gauge("fleetcap_captures", "Packet captures by aggregate status", ("status",), registry=r)
-        self.instances = Gauge("fleetcap_capture_instances", "Target instances of captures by status", ("status",),
-                               registry=r)
+        self.instances = Gauge("fleetcap_capture_instances", "Target instances of captures by status", ("status",), registry=r)
         self.agents = Gauge("fleetcap_agents_connected", "Agents registered now", registry=r)
         self.stored = Gauge("fleetcap_stored_bytes", "Bytes of capture files durably stored", registry=r)
-        self.lag_bytes = Gauge("fleetcap_upload_lag_bytes", "Bytes captured on instances and not yet stored",
-                               registry=r)
+        self.lag_bytes = Gauge("fleetcap_upload_lag_bytes", "Bytes captured on instances and not yet stored", registry=r)
         self.lag_files = Gauge("fleetcap_upload_lag_files", "Capture files with bytes not yet stored", registry=r)
-        self.auth_decisions = Counter("fleetcap_auth_decisions",
-                                      "Authorisation decisions by method and outcome (allowed, denied, "
-                                      "unauthenticated, rate-limited)", ("method", "decision"), registry=r)
+        self.auth_decisions = Counter(
+            "fleetcap_auth_decisions",
+            "Authorisation decisions by method and outcome (allowed, denied, unauthenticated, rate-limited)",
+            ("method", "decision"),
+            registry=r,
+        )
         self._refreshed = 0.0
         self._lock = asyncio.Lock()
 
     def embedded_etcd(self) -> tuple[Gauge, Counter]:
         """The embedded etcd's series, registered only by a coordinator that runs one."""
-        up = Gauge("fleetcap_embedded_etcd_up", "1 while the embedded etcd runs, 0 while it is down or being "
-                   "restarted", registry=self.registry)
-        restarts = Counter("fleetcap_embedded_etcd_restarts", "Restarts of the embedded etcd after it exited",
-                           registry=self.registry)
+        up = Gauge(
+            "fleetcap_embedded_etcd_up", "1 while the embedded etcd runs, 0 while it is down or being restarted", registry=self.registry
+        )
+        restarts = Counter("fleetcap_embedded_etcd_restarts", "Restarts of the embedded etcd after it exited", registry=self.registry)
         up.set(1)
         return up, restarts
 
@@ -113,16 +131,18 @@ class CoordinatorMetrics:
         async with self._lock:
             if time.monotonic() - self._refreshed < REFRESH_S:
                 return
-            captures: dict[str, int] = {s: 0 for s in STATUSES}
-            instances: dict[str, int] = {s: 0 for s in STATUSES}
+            captures: dict[str, int] = dict.fromkeys(STATUSES, 0)
+            instances: dict[str, int] = dict.fromkeys(STATUSES, 0)
             stored = lag = lag_files = 0
             for record in await service.store.list_captures():
                 status = st.aggregate(record, await service.store.get_instances(record.resource.name))
-                captures[status.packet_capture_status or Status.UNKNOWN] = \
+                captures[status.packet_capture_status or Status.UNKNOWN] = (
                     captures.get(status.packet_capture_status or Status.UNKNOWN, 0) + 1
+                )
                 for inst in status.instances:
-                    instances[inst.packet_capture_status or Status.UNKNOWN] = \
+                    instances[inst.packet_capture_status or Status.UNKNOWN] = (
                         instances.get(inst.packet_capture_status or Status.UNKNOWN, 0) + 1
+                    )
                     for f in inst.files:
                         stored += f.uploaded_bytes
                         if f.storage_path and not f.upload_complete and f.size_bytes > f.uploaded_bytes:

@@ -4,6 +4,7 @@ It validates and creates captures, resolves their targets, dispatches them to ag
 applies agents' progress to the per-instance records under the state machine, and
 aggregates the status clients see.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,8 @@ def storage_prefix(uri: str, *, several_instances: bool, continuous: bool) -> st
     if several_instances:
         head, _, tail = uri.partition("/virtualmachines/")
         uri = head + "/" + tail.split("/", 1)[1]
-    uri = uri[:-len(".cap")]
-    return uri[:-len("_00000")] if continuous else uri
+    uri = uri[: -len(".cap")]
+    return uri[: -len("_00000")] if continuous else uri
 
 
 def object_name(record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdentity, file_path: str) -> str:
@@ -80,11 +81,11 @@ def object_name(record: state_pb2.CaptureRecord, identity: fleet_pb2.AgentIdenti
         if file_path != record.local_path:
             raise NotFound(f"file '{file_path}' is not part of capture '{record.resource.name}'")
         return base
-    stem = record.local_path[:-len(".cap")] + "_"
-    index = file_path[len(stem):-len(".cap")]
+    stem = record.local_path[: -len(".cap")] + "_"
+    index = file_path[len(stem) : -len(".cap")]
     if not (file_path.startswith(stem) and file_path.endswith(".cap") and len(index) == 5 and index.isdigit()):
         raise NotFound(f"file '{file_path}' is not part of capture '{record.resource.name}'")
-    return f"{base[:-len('.cap')]}_{index}.cap"
+    return f"{base[: -len('.cap')]}_{index}.cap"
 
 
 def session_id(record: state_pb2.CaptureRecord) -> str:
@@ -149,14 +150,21 @@ def _known_name(name: str) -> None:
     """Raises NotFound for a name no capture can have: it never becomes an etcd key (etcd refuses
     a 7 MiB one with an error that is no caller's business)."""
     if not limits.CAPTURE_NAME_RE.match(name):
-        raise NotFound(f"packet capture '{bounded(name, validation.SHOWN_CHARS)}' not found: a capture name is 1-80 letters, digits, "
-                       "'_', '.' or '-'")
+        raise NotFound(
+            f"packet capture '{bounded(name, validation.SHOWN_CHARS)}' not found: a capture name is 1-80 letters, digits, '_', '.' or '-'"
+        )
 
 
 class CaptureService:
-    def __init__(self, store: Store, dispatcher: Dispatcher, sinks: Mapping[str, Sink],
-                 config: ServiceConfig | None = None, filters: FilterCompiler | None = None,
-                 signer: ManifestSigner | None = None):
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        sinks: Mapping[str, Sink],
+        config: ServiceConfig | None = None,
+        filters: FilterCompiler | None = None,
+        signer: ManifestSigner | None = None,
+    ):
         self.store = store
         self.signer = signer
         self.budgets = budget.Budgets(store, self._send_grant, self._budget_spent)
@@ -179,8 +187,10 @@ class CaptureService:
 
     def capture_id(self, name: str) -> str:
         c = self.config
-        return (f"/subscriptions/{c.subscription}/resourceGroups/{c.watcher_resource_group}/providers/"
-                f"Microsoft.Network/networkWatchers/{c.watcher_name}/packetCaptures/{name}")
+        return (
+            f"/subscriptions/{c.subscription}/resourceGroups/{c.watcher_resource_group}/providers/"
+            f"Microsoft.Network/networkWatchers/{c.watcher_name}/packetCaptures/{name}"
+        )
 
     def _created_now(self) -> dt.datetime:
         # Blob names carry the creation time to the millisecond; keep it unique per replica.
@@ -191,14 +201,14 @@ class CaptureService:
         self._last_created = now
         return now
 
-    async def create(self, *, name: str, resource_group: str, subscription: str,
-                     params: captures_pb2.PacketCaptureParameters, caller: str = "") -> captures_pb2.PacketCaptureResult:
+    async def create(
+        self, *, name: str, resource_group: str, subscription: str, params: captures_pb2.PacketCaptureParameters, caller: str = ""
+    ) -> captures_pb2.PacketCaptureResult:
         """Creates and starts a capture. `caller` (the principal's name) bounds its share of the
         filter compiler."""
         record, instances = await self._prepare(name, resource_group, subscription, params, caller)
         limit = record.resource.properties.fleet_bytes_limit
-        await self.store.create_capture(record, instances,
-                                        budget.initial(limit, list(record.instance_keys)) if limit else None)
+        await self.store.create_capture(record, instances, budget.initial(limit, list(record.instance_keys)) if limit else None)
         log.info("capture %s created on %d instance(s) of %s", name, len(instances), record.resource.properties.target)
         for inst in instances:
             self._start(record, inst)
@@ -207,18 +217,29 @@ class CaptureService:
             self._dispatched.popitem(last=False)
         return record.resource
 
-    async def dry_run(self, *, name: str, resource_group: str, subscription: str,
-                      params: captures_pb2.PacketCaptureParameters, caller: str = "",
-                      ) -> tuple[captures_pb2.PacketCaptureResult, captures_pb2.DryRunResult]:
+    async def dry_run(
+        self,
+        *,
+        name: str,
+        resource_group: str,
+        subscription: str,
+        params: captures_pb2.PacketCaptureParameters,
+        caller: str = "",
+    ) -> tuple[captures_pb2.PacketCaptureResult, captures_pb2.DryRunResult]:
         """Checks all a create checks, and answers what it would touch: its instances, whether
         each is connected, and an estimate of what each would write per second. Stores and
         starts nothing."""
         record, instances = await self._prepare(name, resource_group, subscription, params, caller)
         return record.resource, await self._dry_run(record, instances)
 
-    async def _prepare(self, name: str, resource_group: str, subscription: str,
-                       params: captures_pb2.PacketCaptureParameters, caller: str = "",
-                       ) -> tuple[state_pb2.CaptureRecord, builtins.list[state_pb2.InstanceRecord]]:
+    async def _prepare(
+        self,
+        name: str,
+        resource_group: str,
+        subscription: str,
+        params: captures_pb2.PacketCaptureParameters,
+        caller: str = "",
+    ) -> tuple[state_pb2.CaptureRecord, builtins.list[state_pb2.InstanceRecord]]:
         """A create's checks, and the records it would write."""
         validation.validate_name(name)
         p = validation.validate(params, storage_accounts=self.sinks)
@@ -226,15 +247,23 @@ class CaptureService:
             await self.filters.check(field, expression, meaning, caller=caller)
         running = await self.store.running_captures()
         if len(running) >= self.config.max_captures:
-            raise ResourceExhausted(f"{len(running)} captures are running, the limit is {self.config.max_captures}; "
-                                    "stop or wait for one first")
+            raise ResourceExhausted(
+                f"{len(running)} captures are running, the limit is {self.config.max_captures}; stop or wait for one first"
+            )
         if await self.store.get_capture(name) is not None:
-            raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, "
-                                "delete it first")
-        candidates = await self.store.list_agents(under=targets.agents_prefix(
-            p.target, p.target_type, subscription=subscription, resource_group=resource_group))
-        resolved = targets.resolve(p.target, p.target_type, list(p.scope.include), list(p.scope.exclude),
-                                   subscription=subscription, resource_group=resource_group, agents=candidates)
+            raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, delete it first")
+        candidates = await self.store.list_agents(
+            under=targets.agents_prefix(p.target, p.target_type, subscription=subscription, resource_group=resource_group)
+        )
+        resolved = targets.resolve(
+            p.target,
+            p.target_type,
+            list(p.scope.include),
+            list(p.scope.exclude),
+            subscription=subscription,
+            resource_group=resource_group,
+            agents=candidates,
+        )
         p.target = resolved.target_id
         del p.scope.include[:]
         del p.scope.exclude[:]
@@ -245,15 +274,25 @@ class CaptureService:
         local_path = loc.file_path or loc.local_path or f"/var/captures/fleetcap/{name}-{uuid.uuid4().hex[:8]}.cap"
         continuous = p.HasField("continuous_capture")
         resource = captures_pb2.PacketCaptureResult(
-            name=name, id=self.capture_id(name), etag=new_etag(), provisioning_state="Succeeded",
-            properties=p, created_time=rfc3339(created))
-        record = state_pb2.CaptureRecord(resource=resource, instance_keys=list(resolved.instances),
-                                         local_path=local_path, container=validation.container_of(loc.storage_path))
+            name=name,
+            id=self.capture_id(name),
+            etag=new_etag(),
+            provisioning_state="Succeeded",
+            properties=p,
+            created_time=rfc3339(created),
+        )
+        record = state_pb2.CaptureRecord(
+            resource=resource,
+            instance_keys=list(resolved.instances),
+            local_path=local_path,
+            container=validation.container_of(loc.storage_path),
+        )
         instances = []
         for key, agent in resolved.instances.items():
             ident = agent.identity
-            status = captures_pb2.InstanceStatus(id=resource_id(ident), instance_id=ident.instance_id or ident.vm_name,
-                                                 packet_capture_status=Status.NOT_STARTED)
+            status = captures_pb2.InstanceStatus(
+                id=resource_id(ident), instance_id=ident.instance_id or ident.vm_name, packet_capture_status=Status.NOT_STARTED
+            )
             if not continuous and not p.standby_in_seconds:  # a ring's files are reported as they open
                 status.files.add(file_path=local_path, storage_path=self.storage_uri(record, ident, local_path))
             instances.append(state_pb2.InstanceRecord(instance_key=key, identity=ident, status=status))
@@ -262,17 +301,18 @@ class CaptureService:
             # prefix for several (and for a ring's files).
             one = self.storage_uri(record, instances[0].identity, ring_file_path(local_path, 0, continuous))
             record.resource.properties.storage_location.storage_path = storage_prefix(
-                one, several_instances=len(instances) > 1, continuous=continuous)
+                one, several_instances=len(instances) > 1, continuous=continuous
+            )
         return record, instances
 
-    async def _dry_run(self, record: state_pb2.CaptureRecord,
-                       instances: builtins.list[state_pb2.InstanceRecord]) -> captures_pb2.DryRunResult:
+    async def _dry_run(
+        self, record: state_pb2.CaptureRecord, instances: builtins.list[state_pb2.InstanceRecord]
+    ) -> captures_pb2.DryRunResult:
         present = await self.store.list_agents()
         snaplen = record.resource.properties.bytes_to_capture_per_packet
         out = captures_pb2.DryRunResult()
         for inst in instances:
-            row = out.instances.add(id=inst.status.id, instance_id=inst.status.instance_id,
-                                    connected=inst.instance_key in present)
+            row = out.instances.add(id=inst.status.id, instance_id=inst.status.instance_id, connected=inst.instance_key in present)
             rate = self.dispatcher.interface_rate(inst.instance_key)
             if rate is None:
                 continue
@@ -309,6 +349,7 @@ class CaptureService:
             rec.stop_requested = reason
             rec.resource.etag = new_etag()
             return True
+
         _known_name(name)
         record = await self.store.update_capture(name, mark)
         await self.send_stops(record)
@@ -321,8 +362,9 @@ class CaptureService:
         for inst in await self.store.get_instances(name):
             if st.is_final(inst.status):
                 continue
-            stop = fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
-                capture_name=name, capture_id=session_id(record), reason=record.stop_requested))
+            stop = fleet_pb2.CoordinatorMessage(
+                stop=fleet_pb2.StopCapture(capture_name=name, capture_id=session_id(record), reason=record.stop_requested)
+            )
             if self.dispatcher.send(inst.instance_key, stop) or inst.status.packet_capture_status != Status.NOT_STARTED:
                 continue
             present = await self.store.list_agents() if present is None else present
@@ -335,8 +377,9 @@ class CaptureService:
         not stopped."""
         record = await self._budgeted(instance_key, request.capture_name, request.capture_id)
         if record is not None:
-            await self.budgets.request(record.resource.name, request.capture_id, instance_key,
-                                       len(record.instance_keys), max(0, request.need))
+            await self.budgets.request(
+                record.resource.name, request.capture_id, instance_key, len(record.instance_keys), max(0, request.need)
+            )
 
     async def budget_return(self, instance_key: str, ret: fleet_pb2.BudgetReturn) -> None:
         record = await self._budgeted(instance_key, ret.capture_name, ret.capture_id)
@@ -345,16 +388,23 @@ class CaptureService:
 
     async def _budgeted(self, instance_key: str, name: str, capture_id: str) -> state_pb2.CaptureRecord | None:
         record = await self.store.get_capture(name) if limits.CAPTURE_NAME_RE.match(name) else None
-        if record is None or session_id(record) != capture_id or instance_key not in record.instance_keys \
-                or not record.resource.properties.fleet_bytes_limit:
-            log.warning("budget message from %s for capture %s refused: not a budgeted capture of that instance",
-                        instance_key, name[:100])
+        if (
+            record is None
+            or session_id(record) != capture_id
+            or instance_key not in record.instance_keys
+            or not record.resource.properties.fleet_bytes_limit
+        ):
+            log.warning("budget message from %s for capture %s refused: not a budgeted capture of that instance", instance_key, name[:100])
             return None
         return record
 
     def _send_grant(self, name: str, capture_id: str, instance_key: str, granted: int, exhausted: bool) -> None:
-        self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(budget_grant=fleet_pb2.BudgetGrant(
-            capture_name=name, capture_id=capture_id, granted=granted, exhausted=exhausted)))
+        self.dispatcher.send(
+            instance_key,
+            fleet_pb2.CoordinatorMessage(
+                budget_grant=fleet_pb2.BudgetGrant(capture_name=name, capture_id=capture_id, granted=granted, exhausted=exhausted)
+            ),
+        )
 
     async def _budget_spent(self, name: str) -> None:
         with contextlib.suppress(NotFound):
@@ -367,8 +417,7 @@ class CaptureService:
         after_s = validation.validate_trigger(after_s, note)
         record = await self._record(name)
         if not record.resource.properties.standby_in_seconds:
-            raise FailedPrecondition(f"packet capture '{name}' is not a flight recorder: create it with "
-                                     "standbyInSeconds to trigger it")
+            raise FailedPrecondition(f"packet capture '{name}' is not a flight recorder: create it with standbyInSeconds to trigger it")
         now = dt.datetime.now(dt.UTC)
         # Milliseconds, as the agents get it (trigger_time_ms), in the API's one time format.
         stamp = rfc3339(now.replace(microsecond=now.microsecond // 1000 * 1000))
@@ -382,6 +431,7 @@ class CaptureService:
             rec.trigger_time, rec.trigger_source, rec.trigger_after_s = stamp, full_source, after_s
             rec.resource.etag = new_etag()
             return True
+
         record = await self.store.update_capture(name, mark)
         if record.trigger_time == stamp:
             log.info("capture %s triggered by %s, %d s after", name, full_source, after_s)
@@ -390,10 +440,15 @@ class CaptureService:
 
     def trigger_message(self, record: state_pb2.CaptureRecord) -> fleet_pb2.CoordinatorMessage:
         at = parse_rfc3339(record.trigger_time)
-        return fleet_pb2.CoordinatorMessage(trigger=fleet_pb2.TriggerCapture(
-            capture_name=record.resource.name, capture_id=session_id(record),
-            trigger_time_ms=round(at.timestamp() * 1000), after_s=record.trigger_after_s,
-            source=record.trigger_source))
+        return fleet_pb2.CoordinatorMessage(
+            trigger=fleet_pb2.TriggerCapture(
+                capture_name=record.resource.name,
+                capture_id=session_id(record),
+                trigger_time_ms=round(at.timestamp() * 1000),
+                after_s=record.trigger_after_s,
+                source=record.trigger_source,
+            )
+        )
 
     async def send_triggers(self, record: state_pb2.CaptureRecord) -> None:
         """Sends the trigger to every armed instance whose agent is connected here (agents
@@ -428,13 +483,22 @@ class CaptureService:
 
     async def list_agents(self) -> builtins.list[captures_pb2.AgentInfo]:
         agents = await self.store.list_agents()
-        return [captures_pb2.AgentInfo(id=resource_id(a.identity), hostname=a.hostname, interface=a.interface,
-                                       addresses=a.addresses, connected_time=a.connected_time)
-                for _, a in sorted(agents.items())]
+        return [
+            captures_pb2.AgentInfo(
+                id=resource_id(a.identity),
+                hostname=a.hostname,
+                interface=a.interface,
+                addresses=a.addresses,
+                connected_time=a.connected_time,
+            )
+            for _, a in sorted(agents.items())
+        ]
 
     def list_storage_accounts(self) -> builtins.list[captures_pb2.StorageAccountInfo]:
-        return [captures_pb2.StorageAccountInfo(name=name, kind=sink.kind, endpoint=sink.endpoint())
-                for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != "local", kv[0]))]
+        return [
+            captures_pb2.StorageAccountInfo(name=name, kind=sink.kind, endpoint=sink.endpoint())
+            for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != "local", kv[0]))
+        ]
 
     async def get_status(self, name: str) -> captures_pb2.PacketCaptureQueryStatusResult:
         record = await self._record(name)
@@ -453,8 +517,10 @@ class CaptureService:
                 else:
                     changed.set()
 
-        watchers = [asyncio.ensure_future(follow(keys.capture(name), ready[0])),
-                    asyncio.ensure_future(follow(keys.instances_of(name), ready[1]))]
+        watchers = [
+            asyncio.ensure_future(follow(keys.capture(name), ready[0])),
+            asyncio.ensure_future(follow(keys.instances_of(name), ready[1])),
+        ]
         try:
             # Read only once both watches exist: no change can fall between the read and them.
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), timeout=10)
@@ -480,8 +546,9 @@ class CaptureService:
             for w in watchers:
                 w.cancel()
 
-    async def read_file(self, name: str, instance_id: str, file_path: str, offset: int,
-                        follow: bool) -> AsyncIterator[tuple[int, bytes, bool]]:
+    async def read_file(
+        self, name: str, instance_id: str, file_path: str, offset: int, follow: bool
+    ) -> AsyncIterator[tuple[int, bytes, bool]]:
         """Yields (offset, data, complete) from the stored copy of one instance's file. With
         follow, waits for more bytes until the file is committed. The local sink serves bytes
         as they become durable; a blob becomes readable once committed."""
@@ -493,15 +560,17 @@ class CaptureService:
         files = list(inst.status.files)
         if not account or _kept_on_instance(inst.status):
             # Only the instance holds it: its agent sends it (fetch.py).
-            wanted = next((f for f in files if f.file_path == file_path), None) if file_path else \
-                (files[-1] if files else None)
+            wanted = next((f for f in files if f.file_path == file_path), None) if file_path else (files[-1] if files else None)
             if wanted is None:
-                raise NotFound(f"file_path: instance '{instance_id}' of capture '{name}' has no file "
-                               f"'{file_path}'" if file_path else f"instance '{instance_id}' of capture '{name}' "
-                               "has no file yet")
+                raise NotFound(
+                    f"file_path: instance '{instance_id}' of capture '{name}' has no file '{file_path}'"
+                    if file_path
+                    else f"instance '{instance_id}' of capture '{name}' has no file yet"
+                )
             if self.instance_files is None:
-                raise FailedPrecondition(f"{wanted.file_path} is only on instance '{instance_id}', and this "
-                                         "coordinator has no local storage to fetch it through")
+                raise FailedPrecondition(
+                    f"{wanted.file_path} is only on instance '{instance_id}', and this coordinator has no local storage to fetch it through"
+                )
             async for item in self.instance_files.read(record, inst, wanted, session_id(record), offset, follow):
                 yield item
             return
@@ -510,11 +579,17 @@ class CaptureService:
         chosen = next((f for f in files if f.file_path == file_path), None) if file_path else (files[-1] if files else None)
         if chosen is None and not (follow and file_path):
             raise NotFound(f"file_path: instance '{instance_id}' of capture '{name}' has no file '{file_path}'")
-        if chosen is not None and not chosen.upload_complete and is_terminal(inst.status.packet_capture_status) \
-                and CaptureError.LOCAL_FILE_FAILED in inst.status.packet_capture_error:
+        if (
+            chosen is not None
+            and not chosen.upload_complete
+            and is_terminal(inst.status.packet_capture_status)
+            and CaptureError.LOCAL_FILE_FAILED in inst.status.packet_capture_error
+        ):
             # The instance's file was not the agent's any more: what was stored of it is unverified.
-            raise FailedPrecondition(f"{chosen.file_path} of instance '{instance_id}' was never stored whole, and "
-                                     f"the instance's copy is refused: {inst.status.error_message}")
+            raise FailedPrecondition(
+                f"{chosen.file_path} of instance '{instance_id}' was never stored whole, and "
+                f"the instance's copy is refused: {inst.status.error_message}"
+            )
         path = chosen.file_path if chosen else file_path
         obj = object_name(record, inst.identity, path)
         sink = self.sinks[account]
@@ -554,22 +629,26 @@ class CaptureService:
     def _start_message(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> fleet_pb2.CoordinatorMessage:
         p = record.resource.properties
         continuous = p.HasField("continuous_capture")
-        return fleet_pb2.CoordinatorMessage(start=fleet_pb2.StartCapture(
-            capture_name=record.resource.name,
-            capture_id=session_id(record),
-            file_path=record.local_path,
-            snaplen=p.bytes_to_capture_per_packet,
-            total_bytes=0 if continuous else p.total_bytes_per_session,
-            time_limit_s=p.capture_settings.session_time_limit_in_seconds if continuous else p.time_limit_in_seconds,
-            filters=p.filters,
-            bpf_filter=p.bpf_filter,
-            upload=bool(p.storage_location.storage_id),
-            keep_local=bool(p.storage_location.file_path or p.storage_location.local_path),
-            continuous=continuous,
-            file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
-            file_count=p.capture_settings.file_count if continuous else 0,
-            standby_s=p.standby_in_seconds, standby_bytes=p.standby_bytes if p.standby_in_seconds else 0,
-            fleet_allowance=budget.share(p.fleet_bytes_limit, len(record.instance_keys)) if p.fleet_bytes_limit else 0))
+        return fleet_pb2.CoordinatorMessage(
+            start=fleet_pb2.StartCapture(
+                capture_name=record.resource.name,
+                capture_id=session_id(record),
+                file_path=record.local_path,
+                snaplen=p.bytes_to_capture_per_packet,
+                total_bytes=0 if continuous else p.total_bytes_per_session,
+                time_limit_s=p.capture_settings.session_time_limit_in_seconds if continuous else p.time_limit_in_seconds,
+                filters=p.filters,
+                bpf_filter=p.bpf_filter,
+                upload=bool(p.storage_location.storage_id),
+                keep_local=bool(p.storage_location.file_path or p.storage_location.local_path),
+                continuous=continuous,
+                file_size=p.capture_settings.file_size_in_bytes if continuous else 0,
+                file_count=p.capture_settings.file_count if continuous else 0,
+                standby_s=p.standby_in_seconds,
+                standby_bytes=p.standby_bytes if p.standby_in_seconds else 0,
+                fleet_allowance=budget.share(p.fleet_bytes_limit, len(record.instance_keys)) if p.fleet_bytes_limit else 0,
+            )
+        )
 
     def start_instance(self, record: state_pb2.CaptureRecord, inst: state_pb2.InstanceRecord) -> bool:
         return self._start(record, inst)
@@ -584,6 +663,7 @@ class CaptureService:
             rec.status.packet_capture_status = Status.STOPPED
             rec.status.stop_reason = reason
             return True
+
         await self.store.update_instance(name, instance_key, finish)
 
     async def apply_progress(self, instance_key: str, progress: fleet_pb2.CaptureProgress) -> None:
@@ -634,13 +714,11 @@ class CaptureService:
                 log.info("progress for unknown or deleted capture %s from %s ignored", progress.capture_name, instance_key)
                 settle(done)
             elif instance_key not in record.instance_keys:
-                log.warning("progress for capture %s from %s, which it does not target", progress.capture_name,
-                            instance_key)
+                log.warning("progress for capture %s from %s, which it does not target", progress.capture_name, instance_key)
                 settle(done)
             else:
                 first_report = [False]
-                items.append((record.resource.name, instance_key,
-                              self._report_change(record, instance_key, progress, first_report)))
+                items.append((record.resource.name, instance_key, self._report_change(record, instance_key, progress, first_report)))
                 waiting.append((record, first_report, done))
         results = await self.store.update_instances(items) if items else []
         for (record, first_report, done), result in zip(waiting, results):
@@ -652,8 +730,9 @@ class CaptureService:
                 self.on_first_report((dt.datetime.now(dt.UTC) - created).total_seconds())
             settle(done)
 
-    def _report_change(self, record: state_pb2.CaptureRecord, instance_key: str, progress: fleet_pb2.CaptureProgress,
-                       first_report: builtins.list[bool]) -> Callable[[state_pb2.InstanceRecord], bool]:
+    def _report_change(
+        self, record: state_pb2.CaptureRecord, instance_key: str, progress: fleet_pb2.CaptureProgress, first_report: builtins.list[bool]
+    ) -> Callable[[state_pb2.InstanceRecord], bool]:
         """The change one report makes to its instance record, for Store.update_instances;
         first_report[0] tells whether it was the instance's first (for the fan-out metric)."""
         name, new = record.resource.name, progress.status
@@ -685,6 +764,7 @@ class CaptureService:
             first_report[0] = old.packet_capture_status == Status.NOT_STARTED != merged.packet_capture_status
             rec.status.CopyFrom(merged)
             return True
+
         return apply
 
     async def agent_connected(self, instance_key: str, hello: fleet_pb2.AgentHello) -> None:
@@ -707,8 +787,14 @@ class CaptureService:
                 continue
             if name in reported:
                 if record.stop_requested:
-                    self.dispatcher.send(instance_key, fleet_pb2.CoordinatorMessage(stop=fleet_pb2.StopCapture(
-                        capture_name=name, capture_id=reported[name].capture_id, reason=record.stop_requested)))
+                    self.dispatcher.send(
+                        instance_key,
+                        fleet_pb2.CoordinatorMessage(
+                            stop=fleet_pb2.StopCapture(
+                                capture_name=name, capture_id=reported[name].capture_id, reason=record.stop_requested
+                            )
+                        ),
+                    )
                 elif record.trigger_time:
                     self.dispatcher.send(instance_key, self.trigger_message(record))
             elif inst.status.packet_capture_status == Status.NOT_STARTED:
@@ -719,11 +805,11 @@ class CaptureService:
                     if record.trigger_time:  # armed late: it keeps what it can of the window
                         self.dispatcher.send(instance_key, self.trigger_message(record))
             else:
-                await self.fail_instance(name, instance_key, CaptureError.AGENT_STOPPED,
-                                         "the agent restarted and has no record of this capture")
+                await self.fail_instance(
+                    name, instance_key, CaptureError.AGENT_STOPPED, "the agent restarted and has no record of this capture"
+                )
 
-    async def reconcile_absent_agents(
-            self, why: str = "the agent did not reconnect after the coordinator restarted") -> None:
+    async def reconcile_absent_agents(self, why: str = "the agent did not reconnect after the coordinator restarted") -> None:
         """After a coordinator (re)start and one lease period, or an interrupted agent watch: an
         instance still running whose agent is not registered is lost (its lease expired while
         nobody watched)."""
@@ -733,22 +819,25 @@ class CaptureService:
                 if key not in present:
                     await self.fail_instance(record.resource.name, key, CaptureError.AGENT_STOPPED, why)
 
-    async def _maybe_join(self, record: state_pb2.CaptureRecord, instance_key: str,
-                          identity: fleet_pb2.AgentIdentity) -> None:
+    async def _maybe_join(self, record: state_pb2.CaptureRecord, instance_key: str, identity: fleet_pb2.AgentIdentity) -> None:
         """addNewInstances: a new instance of the captured scale set joins a running capture."""
         p = record.resource.properties
         instance_id = resource_id(identity)
-        if (not p.add_new_instances or record.stop_requested or p.scope.include or instance_id in p.scope.exclude
-                or not identity.vmss_name or instance_id.rsplit("/virtualMachines/", 1)[0].lower() != p.target.lower()):
+        if (
+            not p.add_new_instances
+            or record.stop_requested
+            or p.scope.include
+            or instance_id in p.scope.exclude
+            or not identity.vmss_name
+            or instance_id.rsplit("/virtualMachines/", 1)[0].lower() != p.target.lower()
+        ):
             return
         statuses = [i.status.packet_capture_status for i in await self.store.get_instances(record.resource.name)]
         if statuses and all(is_terminal(s) for s in statuses):
             return  # the capture is over
-        status = captures_pb2.InstanceStatus(id=instance_id, instance_id=identity.instance_id,
-                                             packet_capture_status=Status.NOT_STARTED)
+        status = captures_pb2.InstanceStatus(id=instance_id, instance_id=identity.instance_id, packet_capture_status=Status.NOT_STARTED)
         if not p.HasField("continuous_capture"):
-            status.files.add(file_path=record.local_path,
-                             storage_path=self.storage_uri(record, identity, record.local_path))
+            status.files.add(file_path=record.local_path, storage_path=self.storage_uri(record, identity, record.local_path))
         inst = state_pb2.InstanceRecord(instance_key=instance_key, identity=identity, status=status)
 
         def join(rec: state_pb2.CaptureRecord) -> bool:
@@ -756,6 +845,7 @@ class CaptureService:
                 return False
             rec.instance_keys.append(instance_key)
             return True
+
         await self.store.put_instance(record.resource.name, inst)
         updated = await self.store.update_capture(record.resource.name, join)
         if instance_key in updated.instance_keys and not updated.stop_requested:
@@ -766,8 +856,12 @@ class CaptureService:
         """The agent's lease expired: every capture it had not finished is in error."""
         for record in await self.store.list_captures():
             if instance_key in record.instance_keys:
-                await self.fail_instance(record.resource.name, instance_key, CaptureError.AGENT_STOPPED,
-                                         "the agent stopped sending heartbeats and its lease expired")
+                await self.fail_instance(
+                    record.resource.name,
+                    instance_key,
+                    CaptureError.AGENT_STOPPED,
+                    "the agent stopped sending heartbeats and its lease expired",
+                )
 
     async def fail_instance(self, name: str, instance_key: str, error: str, message: str) -> None:
         failed = [False]
@@ -782,6 +876,7 @@ class CaptureService:
             s.error_message = message
             failed[0] = True
             return True
+
         try:
             await self.store.update_instance(name, instance_key, fail)
             if failed[0]:  # (an instance already finished is left as it is, and not logged)

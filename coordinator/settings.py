@@ -1,5 +1,6 @@
 """The coordinator's settings: one frozen dataclass, built at the edge (the `fleetcap
 coordinator` command) and passed down. The command's flag defaults are read from here."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,9 @@ class OidcSettings:
 
     issuer: str = ""
     audience: str = ""
-    jwks: str = ""                     # an https:// URL (http:// only on loopback), or a JWKS file
+    jwks: str = ""  # an https:// URL (http:// only on loopback), or a JWKS file
     roles_claim: str = "roles"
-    role_map: tuple[tuple[str, str], ...] = ()   # (claim value, role)
+    role_map: tuple[tuple[str, str], ...] = ()  # (claim value, role)
 
     @property
     def enabled(self) -> bool:
@@ -150,8 +151,9 @@ def parse_etcd_endpoints(value: str, *, tls: bool, insecure: bool = False) -> tu
     if not tls and not insecure:
         for endpoint in endpoints:
             if not is_local(endpoint):
-                raise ValueError(f"--etcd {endpoint}: not a local address, and there is no --etcd-ca; give --etcd-ca "
-                                 "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send "
-                                 "plaintext, ETCD_PASSWORD included")
+                raise ValueError(
+                    f"--etcd {endpoint}: not a local address, and there is no --etcd-ca; give --etcd-ca "
+                    "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send "
+                    "plaintext, ETCD_PASSWORD included"
+                )
     return tuple(endpoints)
-

@@ -1,4 +1,5 @@
 """The instance state machine, as data, and the capture-level aggregate of its instances."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -10,8 +11,7 @@ from fleetcap.v1 import captures_pb2, state_pb2
 # (Running → Running); nothing leaves Error, and Stopped may only turn into Error (an upload
 # that fails after the capture ended).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.NOT_STARTED: frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STANDBY, Status.TRIGGERED,
-                                   Status.STOPPED, Status.ERROR}),
+    Status.NOT_STARTED: frozenset({Status.NOT_STARTED, Status.RUNNING, Status.STANDBY, Status.TRIGGERED, Status.STOPPED, Status.ERROR}),
     Status.RUNNING: frozenset({Status.RUNNING, Status.STOPPED, Status.ERROR}),
     # A flight recorder: armed, then triggered (or stopped while armed, storing nothing).
     Status.STANDBY: frozenset({Status.STANDBY, Status.TRIGGERED, Status.STOPPED, Status.ERROR}),
@@ -63,8 +63,9 @@ def uploads_settled(status: captures_pb2.InstanceStatus, upload: bool) -> bool:
     return bool(status.files) and all(f.upload_complete for f in status.files)
 
 
-def aggregate(capture: state_pb2.CaptureRecord,
-              instances: Iterable[state_pb2.InstanceRecord]) -> captures_pb2.PacketCaptureQueryStatusResult:
+def aggregate(
+    capture: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord]
+) -> captures_pb2.PacketCaptureQueryStatusResult:
     res = capture.resource
     out = captures_pb2.PacketCaptureQueryStatusResult(name=res.name, id=res.id)
     statuses = [i.status for i in sorted(instances, key=lambda i: _order(i.status.instance_id))]

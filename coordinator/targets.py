@@ -4,6 +4,7 @@ Scope entries may be an instance id ("3"), an instance name ("web_3") or a full 
 id. An entry that names no instance of the scale set is NOT_FOUND. Include empty = every
 instance; exclude is applied after include. Resolution uses the agents registered now.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ from fleetcap.v1 import state_pb2
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    target_id: str                   # full ARM id of the VM or scale set
+    target_id: str  # full ARM id of the VM or scale set
     instances: dict[str, state_pb2.AgentRecord]  # instance key -> agent record
-    scope_include: list[str]         # normalized to full instance ids
+    scope_include: list[str]  # normalized to full instance ids
     scope_exclude: list[str]
 
 
@@ -44,37 +45,40 @@ def _scope_instance_id(entry: str, scale_set: str) -> str:
     if parsed and parsed.instance_id:
         return parsed.instance_id if parsed.name.lower() == scale_set.lower() else f"<{e}>"
     if e.lower().startswith(scale_set.lower() + "_"):
-        return e[len(scale_set) + 1:]
+        return e[len(scale_set) + 1 :]
     return e
 
 
 def agents_prefix(target: str, target_type: str, *, subscription: str, resource_group: str) -> str:
     """The instance keys a target can resolve to all start with this (the agents to read for
     `resolve`: a scale set's 1,000, not a fleet's 10,000). Raises InvalidArgument as resolve does."""
-    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION,
-                                  resource_group or DEFAULT_RESOURCE_GROUP)
+    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION, resource_group or DEFAULT_RESOURCE_GROUP)
     kind = "vm" if target_type == TargetType.VM else "vmss"
     return f"{sub.lower()}/{rg.lower()}/{kind}/{name.lower()}" + ("" if kind == "vm" else "/")
 
 
-def resolve(target: str, target_type: str, include: list[str], exclude: list[str], *,
-            subscription: str, resource_group: str,
-            agents: Mapping[str, state_pb2.AgentRecord]) -> Resolved:
-    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION,
-                                  resource_group or DEFAULT_RESOURCE_GROUP)
+def resolve(
+    target: str,
+    target_type: str,
+    include: list[str],
+    exclude: list[str],
+    *,
+    subscription: str,
+    resource_group: str,
+    agents: Mapping[str, state_pb2.AgentRecord],
+) -> Resolved:
+    sub, rg, name = _parse_target(target, target_type, subscription or DEFAULT_SUBSCRIPTION, resource_group or DEFAULT_RESOURCE_GROUP)
     if target_type == TargetType.VM:
         ident_key = f"{sub.lower()}/{rg.lower()}/vm/{name.lower()}"
         if ident_key not in agents:
-            raise NotFound(f"target: no virtual machine '{name}' in resource group '{rg}' (subscription '{sub}') "
-                           "has a connected agent")
+            raise NotFound(f"target: no virtual machine '{name}' in resource group '{rg}' (subscription '{sub}') has a connected agent")
         record = agents[ident_key]
         return Resolved(resource_id(record.identity), {ident_key: record}, [], [])
 
     prefix = f"{sub.lower()}/{rg.lower()}/vmss/{name.lower()}/"
-    members = {k[len(prefix):]: (k, r) for k, r in agents.items() if k.startswith(prefix)}
+    members = {k[len(prefix) :]: (k, r) for k, r in agents.items() if k.startswith(prefix)}
     if not members:
-        raise NotFound(f"target: no scale set '{name}' in resource group '{rg}' (subscription '{sub}') "
-                       "has a connected agent")
+        raise NotFound(f"target: no scale set '{name}' in resource group '{rg}' (subscription '{sub}') has a connected agent")
     any_record = next(iter(members.values()))[1]
     scale_set_name = any_record.identity.vmss_name
 
@@ -83,8 +87,10 @@ def resolve(target: str, target_type: str, include: list[str], exclude: list[str
         for i, entry in enumerate(entries):
             iid = _scope_instance_id(entry, scale_set_name)
             if iid not in members:
-                raise NotFound(f"{field}[{i}]: '{entry}' is not an instance of scale set '{scale_set_name}' "
-                               f"(instances: {', '.join(sorted(members, key=_numeric))})")
+                raise NotFound(
+                    f"{field}[{i}]: '{entry}' is not an instance of scale set '{scale_set_name}' "
+                    f"(instances: {', '.join(sorted(members, key=_numeric))})"
+                )
             ids.append(iid)
         return ids
 

@@ -1,5 +1,6 @@
 """One token bucket, for everything the coordinator meters: a principal's creates (refused past
 the rate) and an agent's changes of state (delayed past it)."""
+
 from __future__ import annotations
 
 

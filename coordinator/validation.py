@@ -4,6 +4,7 @@
 raises InvalidArgument naming the field (Azure's JSON name) and the rule. Nothing is written
 before validation passes, so a bad request leaves no state behind.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -50,8 +51,11 @@ SHOWN_CHARS = 100
 
 def validate_name(name: str) -> str:
     if not CAPTURE_NAME_RE.match(name or ""):
-        raise InvalidArgument("name", f"'{bounded(name, SHOWN_CHARS)}' must be 1-80 characters of letters, digits, '_', '.', '-', "
-                                      "start with a letter or digit and end with a letter, digit or '_'")
+        raise InvalidArgument(
+            "name",
+            f"'{bounded(name, SHOWN_CHARS)}' must be 1-80 characters of letters, digits, '_', '.', '-', "
+            "start with a letter or digit and end with a letter, digit or '_'",
+        )
     return name
 
 
@@ -75,20 +79,22 @@ def _validate_continuous(p: captures_pb2.PacketCaptureParameters) -> None:
     if p.storage_location.file_path:
         raise InvalidArgument("storageLocation.filePath", "is invalid with continuousCapture; use localPath")
     if p.HasField("total_bytes_per_session"):
-        raise InvalidArgument("totalBytesPerSession", "is not supported with continuousCapture; use "
-                                                      "captureSettings.fileSizeInBytes")
+        raise InvalidArgument("totalBytesPerSession", "is not supported with continuousCapture; use captureSettings.fileSizeInBytes")
     if p.HasField("time_limit_in_seconds"):
-        raise InvalidArgument("timeLimitInSeconds", "is not supported with continuousCapture; use "
-                                                    "captureSettings.sessionTimeLimitInSeconds")
+        raise InvalidArgument(
+            "timeLimitInSeconds", "is not supported with continuousCapture; use captureSettings.sessionTimeLimitInSeconds"
+        )
     s = p.capture_settings
     s.file_count = _range("captureSettings.fileCount", s.file_count, 0, MAX_FILE_COUNT) or DEFAULT_FILE_COUNT
-    s.file_size_in_bytes = _range("captureSettings.fileSizeInBytes", s.file_size_in_bytes, 0, U32_MAX) \
-        or DEFAULT_FILE_SIZE
+    s.file_size_in_bytes = _range("captureSettings.fileSizeInBytes", s.file_size_in_bytes, 0, U32_MAX) or DEFAULT_FILE_SIZE
     if s.file_size_in_bytes < MIN_FILE_SIZE:
-        raise InvalidArgument("captureSettings.fileSizeInBytes", f"{s.file_size_in_bytes} is below {MIN_FILE_SIZE}: "
-                                                                 "a file must hold its header and one packet")
-    s.session_time_limit_in_seconds = _range("captureSettings.sessionTimeLimitInSeconds",
-                                             s.session_time_limit_in_seconds, 0, MAX_SESSION_S) or DEFAULT_SESSION_S
+        raise InvalidArgument(
+            "captureSettings.fileSizeInBytes",
+            f"{s.file_size_in_bytes} is below {MIN_FILE_SIZE}: a file must hold its header and one packet",
+        )
+    s.session_time_limit_in_seconds = (
+        _range("captureSettings.sessionTimeLimitInSeconds", s.session_time_limit_in_seconds, 0, MAX_SESSION_S) or DEFAULT_SESSION_S
+    )
     p.continuous_capture = True
 
 
@@ -101,8 +107,7 @@ def _validate_standby(p: captures_pb2.PacketCaptureParameters) -> None:
         return
     _range("standbyInSeconds", p.standby_in_seconds, 1, MAX_STANDBY_S)
     if p.continuous_capture or p.HasField("continuous_capture"):
-        raise InvalidArgument("standbyInSeconds", "is not supported with continuousCapture: the flight recorder "
-                                                  "keeps its own ring")
+        raise InvalidArgument("standbyInSeconds", "is not supported with continuousCapture: the flight recorder keeps its own ring")
     ring = p.standby_bytes if p.HasField("standby_bytes") and p.standby_bytes else DEFAULT_STANDBY_BYTES
     p.standby_bytes = _range("standbyBytes", ring, MIN_STANDBY_BYTES, U32_MAX)
 
@@ -113,11 +118,11 @@ def _validate_fleet_budget(p: captures_pb2.PacketCaptureParameters) -> None:
         return
     _range("fleetBytesLimit", p.fleet_bytes_limit, MIN_FLEET_BYTES, MAX_FLEET_BYTES)
     if p.HasField("continuous_capture") or p.standby_in_seconds:
-        raise InvalidArgument("fleetBytesLimit", "applies to standard captures only (not with continuousCapture or "
-                                                 "standbyInSeconds)")
+        raise InvalidArgument("fleetBytesLimit", "applies to standard captures only (not with continuousCapture or standbyInSeconds)")
     if p.add_new_instances:
-        raise InvalidArgument("fleetBytesLimit", "is not supported with addNewInstances: the budget is shared by the "
-                                                 "instances the capture starts with")
+        raise InvalidArgument(
+            "fleetBytesLimit", "is not supported with addNewInstances: the budget is shared by the instances the capture starts with"
+        )
 
 
 def validate_trigger(after_s: int, note: str) -> int:
@@ -161,8 +166,12 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     if len(p.filters) > MAX_FILTERS:
         raise InvalidArgument("filters", f"{len(p.filters)} filters; at most {MAX_FILTERS}")
     for i, f in enumerate(p.filters):
-        for name, value in (("localIPAddress", f.local_ip_address), ("remoteIPAddress", f.remote_ip_address),
-                            ("localPort", f.local_port), ("remotePort", f.remote_port)):
+        for name, value in (
+            ("localIPAddress", f.local_ip_address),
+            ("remoteIPAddress", f.remote_ip_address),
+            ("localPort", f.local_port),
+            ("remotePort", f.remote_port),
+        ):
             if len(value) > MAX_FILTER_FIELD_CHARS:
                 raise InvalidArgument(f"filters[{i}].{name}", f"{len(value)} characters; at most {MAX_FILTER_FIELD_CHARS}")
     if len(p.bpf_filter) > MAX_BPF_CHARS:
@@ -181,8 +190,9 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         total = p.total_bytes_per_session if p.HasField("total_bytes_per_session") else DEFAULT_TOTAL_BYTES
         _range("totalBytesPerSession", total, 0, U32_MAX)
         if 0 < total < MIN_TOTAL_BYTES:
-            raise InvalidArgument("totalBytesPerSession", f"{total} is below {MIN_TOTAL_BYTES}, the size of the pcap "
-                                                          "file header; use 0 for no byte limit")
+            raise InvalidArgument(
+                "totalBytesPerSession", f"{total} is below {MIN_TOTAL_BYTES}, the size of the pcap file header; use 0 for no byte limit"
+            )
         p.total_bytes_per_session = total
         limit = p.time_limit_in_seconds if p.HasField("time_limit_in_seconds") else DEFAULT_TIME_LIMIT_S
         p.time_limit_in_seconds = _range("timeLimitInSeconds", limit, 0, MAX_TIME_LIMIT_S)
@@ -194,13 +204,17 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
     if loc.storage_path and not loc.storage_id:
         raise InvalidArgument("storageLocation.storagePath", "needs storageLocation.storageId")
     if loc.storage_path and not CONTAINER_RE.match(container_of(loc.storage_path)):
-        raise InvalidArgument("storageLocation.storagePath", f"'{container_of(loc.storage_path)}' is not a container "
-                                                             "name (3-63 lowercase letters, digits and single hyphens)")
+        raise InvalidArgument(
+            "storageLocation.storagePath",
+            f"'{container_of(loc.storage_path)}' is not a container name (3-63 lowercase letters, digits and single hyphens)",
+        )
     if loc.storage_id:
         account = loc.storage_id.rstrip("/").rsplit("/", 1)[-1]
         if account not in accounts:
-            raise InvalidArgument("storageLocation.storageId", f"'{loc.storage_id}' is not a configured storage account "
-                                                               f"(configured: {', '.join(sorted(accounts))})")
+            raise InvalidArgument(
+                "storageLocation.storageId",
+                f"'{loc.storage_id}' is not a configured storage account (configured: {', '.join(sorted(accounts))})",
+            )
         loc.storage_id = account
     if loc.file_path:
         loc.file_path = validate_capture_path("storageLocation.filePath", loc.file_path)

@@ -4,6 +4,7 @@ Everything runs in network namespaces this script creates and removes: a hub wit
 the coordinator, and one namespace per scale-set instance with its agent. The capture is
 driven through the real `fleetcap` CLI, and the pcaps are summarized by tshark.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,13 @@ def cli(fleet: LocalFleet, *args: str, check: bool = True) -> subprocess.Complet
 
 
 def tshark_summary(path: str) -> str:
-    out = subprocess.run(["tshark", "-r", path, "-T", "fields", "-e", "frame.cap_len", "-e", "frame.len"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["tshark", "-r", path, "-T", "fields", "-e", "frame.cap_len", "-e", "frame.len"], capture_output=True, text=True, check=True
+    ).stdout.split()
     caps, wires = [int(x) for x in out[0::2]], [int(x) for x in out[1::2]]
-    return (f"{len(caps)} packets, {sum(caps)} bytes captured of {sum(wires)} on the wire"
-            + (f", largest record {max(caps)} B" if caps else ""))
+    return f"{len(caps)} packets, {sum(caps)} bytes captured of {sum(wires)} on the wire" + (
+        f", largest record {max(caps)} B" if caps else ""
+    )
 
 
 def gateway_demo(fleet: LocalFleet) -> None:
@@ -46,17 +49,24 @@ def gateway_demo(fleet: LocalFleet) -> None:
     import socket
     import time
     import urllib.request
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(os.path.join(OUT, "gateway.log"), "wb")
-    gw = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "gateway",
-                           "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=log, env=fleet.cli_env(),
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "fleetcap", "--coordinator", fleet.api_address, "gateway", "--listen", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=log,
+        env=fleet.cli_env(),
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     try:
-        url = (f"http://127.0.0.1:{port}/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/"
-               f"Microsoft.Network/networkWatchers/NetworkWatcher_local/packetCaptures/{NAME}/queryStatus"
-               "?api-version=2024-05-01")
+        url = (
+            f"http://127.0.0.1:{port}/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/"
+            f"Microsoft.Network/networkWatchers/NetworkWatcher_local/packetCaptures/{NAME}/queryStatus"
+            "?api-version=2024-05-01"
+        )
         print(f"$ curl -X POST -H \"Authorization: Bearer $FLEETCAP_TOKEN\" '{url}'")
         request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {fleet.token}"})
         for _ in range(50):
@@ -68,10 +78,10 @@ def gateway_demo(fleet: LocalFleet) -> None:
                 time.sleep(0.1)
         else:
             raise SystemExit("the gateway did not answer; see demo-out/gateway.log")
-        shown = {k: status[k] for k in ("name", "captureStartTime", "packetCaptureStatus", "stopReason",
-                                        "packetCaptureError")}
-        shown["instances"] = [f"{i['instanceId']}: {i['packetCaptureStatus']} {i['stopReason']} "
-                              f"{i['packetsCaptured']} packets" for i in status["instances"]]
+        shown = {k: status[k] for k in ("name", "captureStartTime", "packetCaptureStatus", "stopReason", "packetCaptureError")}
+        shown["instances"] = [
+            f"{i['instanceId']}: {i['packetCaptureStatus']} {i['stopReason']} {i['packetsCaptured']} packets" for i in status["instances"]
+        ]
         print(json.dumps(shown, indent=2))
         print("The web portal is served by the same process; it asks for a token and sends it as a header.")
     finally:
@@ -84,39 +94,94 @@ def main() -> int:
         raise SystemExit("make demo needs root: it creates network namespaces")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
-    banner("Starting a local fleet: etcd + coordinator in a hub namespace, 4 agents as scale set 'web', "
-           "secure: agents on mutual TLS with a certificate each (demo-out/pki), etcd on TLS, every call "
-           "below with a bearer token")
+    banner(
+        "Starting a local fleet: etcd + coordinator in a hub namespace, 4 agents as scale set 'web', "
+        "secure: agents on mutual TLS with a certificate each (demo-out/pki), etcd on TLS, every call "
+        "below with a bearer token"
+    )
     fleet = LocalFleet(4, vmss="web", resource_group="demo-rg", workdir=OUT, log_level="WARNING")
     senders: list[subprocess.Popen] = []
     try:
         fleet.start()
         cli(fleet, "-o", "table", "agents", "list")
 
-        banner("Creating a scale-set capture: instances 0-2 (3 excluded), UDP to local port 5001, "
-               "128 bytes per packet, 64 KiB per instance, 10 s")
+        banner(
+            "Creating a scale-set capture: instances 0-2 (3 excluded), UDP to local port 5001, "
+            "128 bytes per packet, 64 KiB per instance, 10 s"
+        )
         filters = json.dumps([{"protocol": "UDP", "localPort": "5001"}])
-        cli(fleet, "-o", "table", "capture", "create", "--name", NAME, "--resource-group", "demo-rg",
-            "--target", "web", "--target-type", "AzureVMSS", "--exclude", "3",
-            "--filters", filters, "--capture-size", "128", "--capture-limit", "65536", "--time-limit", "10",
-            "--storage-account", "local", "--file-path", "/var/captures/demo.cap")
+        cli(
+            fleet,
+            "-o",
+            "table",
+            "capture",
+            "create",
+            "--name",
+            NAME,
+            "--resource-group",
+            "demo-rg",
+            "--target",
+            "web",
+            "--target-type",
+            "AzureVMSS",
+            "--exclude",
+            "3",
+            "--filters",
+            filters,
+            "--capture-size",
+            "128",
+            "--capture-limit",
+            "65536",
+            "--time-limit",
+            "10",
+            "--storage-account",
+            "local",
+            "--file-path",
+            "/var/captures/demo.cap",
+        )
 
         with fleet.client() as c:  # traffic starts once every instance captures
             for status in c.watch(name=NAME):
                 if all(i.packet_capture_status == Status.RUNNING for i in status.instances):
                     break
 
-        banner("Traffic: every instance sends to port 5001 (captured) and 5002 (filtered out) of the next one; "
-               "instance 0 gets enough to hit its byte limit")
+        banner(
+            "Traffic: every instance sends to port 5001 (captured) and 5002 (filtered out) of the next one; "
+            "instance 0 gets enough to hit its byte limit"
+        )
         for inst in fleet.instances:
             peer = fleet.instances[(inst.index + 1) % len(fleet.instances)]
             for dport, tag in ((5001, 1), (5002, 2)):
                 count = 600 if peer.index == 0 and dport == 5001 else 40
-                senders.append(subprocess.Popen(
-                    ["ip", "netns", "exec", inst.namespace, sys.executable, "-m", "deploy.trafficgen",
-                     "--dst", peer.ip, "--dport", str(dport), "--sport", str(40000 + 1000 * tag + inst.index),
-                     "--count", str(count), "--size", "400", "--tag", str(tag), "--interval", str(4.0 / count)],
-                    stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                senders.append(
+                    subprocess.Popen(
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            inst.namespace,
+                            sys.executable,
+                            "-m",
+                            "deploy.trafficgen",
+                            "--dst",
+                            peer.ip,
+                            "--dport",
+                            str(dport),
+                            "--sport",
+                            str(40000 + 1000 * tag + inst.index),
+                            "--count",
+                            str(count),
+                            "--size",
+                            "400",
+                            "--tag",
+                            str(tag),
+                            "--interval",
+                            str(4.0 / count),
+                        ],
+                        stderr=subprocess.DEVNULL,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    )
+                )
 
         banner("Live progress: per instance, bytes against the byte limit and time against the time limit")
         cli(fleet, "capture", "watch", "--name", NAME, "--timeout", "60", check=False)
@@ -134,16 +199,19 @@ def main() -> int:
             local = os.path.join(fleet.instances[int(inst.instance_id)].capture_root, "demo.cap")
             stored = f.storage_path.removeprefix("file://")
             verdict = "matches" if f.stored_sha256 == f.sha256 else "DIFFERS"
-            print(f"instance {inst.instance_id}: stopped by {inst.stop_reason}, "
-                  f"kernel drops {inst.kernel_drops}, sha256 {f.sha256[:16]}… (stored copy {verdict})")
+            print(
+                f"instance {inst.instance_id}: stopped by {inst.stop_reason}, "
+                f"kernel drops {inst.kernel_drops}, sha256 {f.sha256[:16]}… (stored copy {verdict})"
+            )
             print(f"  on the instance: {local}\n      {tshark_summary(local)}")
             print(f"  in storage:      {stored}\n      {tshark_summary(stored)}")
 
         banner("Every instance in one trace: download --merge writes a pcapng, one interface per instance")
         cli(fleet, "-o", "tsv", "capture", "download", "--name", NAME, "--dest", os.path.join(OUT, "download"), "--merge")
         merged = os.path.join(OUT, "download", f"{NAME}.pcapng")
-        per_if = subprocess.run(["tshark", "-r", merged, "-T", "fields", "-e", "frame.interface_name"],
-                                capture_output=True, text=True, check=True).stdout.split()
+        per_if = subprocess.run(
+            ["tshark", "-r", merged, "-T", "fields", "-e", "frame.interface_name"], capture_output=True, text=True, check=True
+        ).stdout.split()
         print("  " + ", ".join(f"{name}: {per_if.count(name)} packets" for name in sorted(set(per_if))))
 
         banner("The same capture through Azure's REST API: fleetcap gateway")

@@ -15,6 +15,7 @@ fleets run in parallel without sharing ports or addresses, and all test traffic 
 namespaces this module made. `close()` stops the processes it started, by PID, and deletes
 the namespaces (which removes their veths).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,10 +66,20 @@ class Instance:
 
 
 class LocalFleet:
-    def __init__(self, instances: int = 3, *, vmss: str = "web", resource_group: str = "rg1",
-                 workdir: str | None = None, agent_ttl_s: int = 4, log_level: str = "INFO",
-                 azurite: bool = False, storage_retry_s: float = 300, external_etcd: bool = False,
-                 coordinators: int = 1):
+    def __init__(
+        self,
+        instances: int = 3,
+        *,
+        vmss: str = "web",
+        resource_group: str = "rg1",
+        workdir: str | None = None,
+        agent_ttl_s: int = 4,
+        log_level: str = "INFO",
+        azurite: bool = False,
+        storage_retry_s: float = 300,
+        external_etcd: bool = False,
+        coordinators: int = 1,
+    ):
         self.prefix = f"fc{os.getpid() % 100000}x{next(_counter)}"
         self.workdir = workdir or tempfile.mkdtemp(prefix="fleetcap-")
         self.vmss = vmss
@@ -86,9 +97,10 @@ class LocalFleet:
         self.external_etcd = external_etcd
         self.etcd: subprocess.Popen | None = None
         self.storage_retry_s = storage_retry_s
-        self.instances = [Instance(i, f"{self.prefix}-i{i}", f"{SUBNET}.{10 + i}",
-                                   os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
-                          for i in range(instances)]
+        self.instances = [
+            Instance(i, f"{self.prefix}-i{i}", f"{SUBNET}.{10 + i}", os.path.join(self.workdir, f"i{i}", "captures"), vmss=vmss)
+            for i in range(instances)
+        ]
         self._namespaces: list[str] = []
         self.pki_dir = os.path.join(self.workdir, "pki")
         self.auth_file = os.path.join(self.workdir, "auth.toml")
@@ -105,11 +117,11 @@ class LocalFleet:
         return token
 
     def issue_agent_cert(self, inst: Instance) -> None:
-        ident = fleet_pb2.AgentIdentity(vmss_name=inst.vmss, instance_id=inst.instance_id,
-                                        resource_group=self.resource_group)
+        ident = fleet_pb2.AgentIdentity(vmss_name=inst.vmss, instance_id=inst.instance_id, resource_group=self.resource_group)
         arm_id = naming.resource_id(ident)
-        pki.issue_agent(os.path.join(self.pki_dir, "ca"), self.agent_cert_dir(inst), arm_id=arm_id,
-                        instance_name=naming.instance_name(arm_id))
+        pki.issue_agent(
+            os.path.join(self.pki_dir, "ca"), self.agent_cert_dir(inst), arm_id=arm_id, instance_name=naming.instance_name(arm_id)
+        )
 
     def agent_cert_dir(self, inst: Instance) -> str:
         return os.path.join(self.pki_dir, f"agent-i{inst.index}")
@@ -172,13 +184,18 @@ class LocalFleet:
 
     def _spawn(self, namespace: str, args: Sequence[str], log_name: str) -> subprocess.Popen:
         log = open(self.log_path(log_name), "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", FLEETCAP_LOG_LEVEL=self.log_level,
-                   AZURITE_CONNECTION_STRING=self.azurite_connection_string,
-                   AZURITE_SAS_CONNECTION_STRING=self.azurite_sas_connection_string if self.use_azurite else "")
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            FLEETCAP_LOG_LEVEL=self.log_level,
+            AZURITE_CONNECTION_STRING=self.azurite_connection_string,
+            AZURITE_SAS_CONNECTION_STRING=self.azurite_sas_connection_string if self.use_azurite else "",
+        )
         env.pop("FLEETCAP_TOKEN", None)  # each daemon proves itself with its own certificate
         cmd = ["ip", "netns", "exec", namespace, sys.executable, "-m", "fleetcap", *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
         log.close()
         return proc
 
@@ -187,17 +204,22 @@ class LocalFleet:
         """The same Azurite account through an account SAS: the form in which a SAS leaks if
         anything prints a blob URL with its query."""
         from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-        sas = generate_account_sas("devstoreaccount1", AZURITE_KEY, ResourceTypes(service=True, container=True,
-                                                                                 object=True),
-                                   AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True,
-                                                         create=True),
-                                   expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+
+        sas = generate_account_sas(
+            "devstoreaccount1",
+            AZURITE_KEY,
+            ResourceTypes(service=True, container=True, object=True),
+            AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+            expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1),
+        )
         return f"BlobEndpoint=http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1;SharedAccessSignature={sas}"
 
     @property
     def azurite_connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1;")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1;"
+        )
 
     def start_azurite(self) -> None:
         """Azurite (npm azurite@3.35.0) on the hub's loopback, its data on disk in the workdir,
@@ -206,14 +228,43 @@ class LocalFleet:
             raise RuntimeError("Azurite is not installed; run 'make setup'")
         log = open(self.log_path("azurite"), "ab")
         self.azurite = subprocess.Popen(
-            ["ip", "netns", "exec", self.hub, AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(AZURITE_PORT),
-             "--location", os.path.join(self.workdir, "azurite"), "--disableTelemetry", "--silent",
-             "--skipApiVersionCheck"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.hub,
+                AZURITE,
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(AZURITE_PORT),
+                "--location",
+                os.path.join(self.workdir, "azurite"),
+                "--disableTelemetry",
+                "--silent",
+                "--skipApiVersionCheck",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + 30
-        while subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c",
-                              f"import socket; socket.create_connection(('127.0.0.1', {AZURITE_PORT}), 1)"],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.hub,
+                    sys.executable,
+                    "-c",
+                    f"import socket; socket.create_connection(('127.0.0.1', {AZURITE_PORT}), 1)",
+                ],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline or self.azurite.poll() is not None:
                 raise RuntimeError(f"Azurite did not start; see {self.log_path('azurite')}")
             time.sleep(0.2)
@@ -225,11 +276,16 @@ class LocalFleet:
     def fetch_blob(self, url: str, dest: str) -> None:
         """Downloads a blob with azure-storage-blob from inside the hub (where Azurite is)."""
         container, _, blob = url.split(f":{AZURITE_PORT}/devstoreaccount1/", 1)[1].partition("/")
-        code = ("import sys; from azure.storage.blob import BlobServiceClient as S; "
-                "c = S.from_connection_string(sys.argv[1]).get_blob_client(sys.argv[2], sys.argv[3]); "
-                "open(sys.argv[4], 'wb').write(c.download_blob().readall())")
-        subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code, self.azurite_connection_string,
-                        container, blob, dest], check=True, capture_output=True)
+        code = (
+            "import sys; from azure.storage.blob import BlobServiceClient as S; "
+            "c = S.from_connection_string(sys.argv[1]).get_blob_client(sys.argv[2], sys.argv[3]); "
+            "open(sys.argv[4], 'wb').write(c.download_blob().readall())"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.hub, sys.executable, "-c", code, self.azurite_connection_string, container, blob, dest],
+            check=True,
+            capture_output=True,
+        )
 
     ETCD_PORT, ETCD_PEER_PORT = 23790, 23800
 
@@ -240,18 +296,52 @@ class LocalFleet:
         server_tls, self.etcd_client_tls = embedded_etcd.make_pki(os.path.join(self.pki_dir, "etcd"), "127.0.0.1")
         log = open(self.log_path("etcd"), "ab")
         self.etcd = subprocess.Popen(
-            ["ip", "netns", "exec", self.hub, "etcd", "--name", "fleet", "--data-dir", os.path.join(self.workdir, "etcd"),
-             "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
-             "--listen-client-urls", client, "--advertise-client-urls", client,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"fleet={peer}",
-             "--heartbeat-interval", "10", "--election-timeout", "100",
-             "--auto-compaction-mode", "periodic", "--auto-compaction-retention", embedded_etcd.COMPACTION_RETENTION,
-             *embedded_etcd.tls_flags(server_tls)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.hub,
+                "etcd",
+                "--name",
+                "fleet",
+                "--data-dir",
+                os.path.join(self.workdir, "etcd"),
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"fleet={peer}",
+                "--heartbeat-interval",
+                "10",
+                "--election-timeout",
+                "100",
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                embedded_etcd.COMPACTION_RETENTION,
+                *embedded_etcd.tls_flags(server_tls),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         t = self.etcd_client_tls
-        code = ("import sys; from fleetcap.coordinator.state.embedded_etcd import EtcdTls, healthy; "
-                f"sys.exit(0 if healthy({client!r}, EtcdTls({t.ca!r}, {t.cert!r}, {t.key!r})) else 1)")
+        code = (
+            "import sys; from fleetcap.coordinator.state.embedded_etcd import EtcdTls, healthy; "
+            f"sys.exit(0 if healthy({client!r}, EtcdTls({t.ca!r}, {t.cert!r}, {t.key!r})) else 1)"
+        )
         deadline = time.monotonic() + 30
         while subprocess.run(["ip", "netns", "exec", self.hub, sys.executable, "-c", code], capture_output=True).returncode:
             if time.monotonic() > deadline or self.etcd.poll() is not None:
@@ -279,30 +369,78 @@ class LocalFleet:
         run("ip", "-n", self.hub, "link", "set", f"p{inst.index}", "master", "br0")
 
     def start_coordinator(self, index: int = 0) -> None:
-        extra = ["--storage-account", f"{BLOB_ACCOUNT}=env:AZURITE_CONNECTION_STRING",
-                 "--storage-account", f"{SAS_ACCOUNT}=env:AZURITE_SAS_CONNECTION_STRING"] if self.use_azurite else []
+        extra = (
+            [
+                "--storage-account",
+                f"{BLOB_ACCOUNT}=env:AZURITE_CONNECTION_STRING",
+                "--storage-account",
+                f"{SAS_ACCOUNT}=env:AZURITE_SAS_CONNECTION_STRING",
+            ]
+            if self.use_azurite
+            else []
+        )
         if self.external_etcd:
             t = self.etcd_client_tls
             extra += ["--etcd", f"127.0.0.1:{self.ETCD_PORT}", "--etcd-ca", t.ca, "--etcd-cert", t.cert, "--etcd-key", t.key]
         # Replicas share the storage directory, as they would share a network file system.
         log = "coordinator" if index == 0 else f"coordinator-{index}"
-        self.replicas[index] = self._spawn(self.hub, [
-            "coordinator", "--mtls-listen", f"{HUB_IP}:{FLEET_PORT + index}", "--listen", f"unix:{self.replica_socket(index)}",
-            "--tls-cert", os.path.join(self.pki_dir, "coordinator.pem"),
-            "--tls-key", os.path.join(self.pki_dir, "coordinator-key.pem"),
-            "--tls-client-ca", os.path.join(self.pki_dir, "ca", "ca.pem"), "--auth-file", self.auth_file,
-            "--data-dir", os.path.join(self.workdir, log), "--storage-dir", self.storage_dir,
-            "--agent-ttl", str(self.agent_ttl_s), *extra], log)
+        self.replicas[index] = self._spawn(
+            self.hub,
+            [
+                "coordinator",
+                "--mtls-listen",
+                f"{HUB_IP}:{FLEET_PORT + index}",
+                "--listen",
+                f"unix:{self.replica_socket(index)}",
+                "--tls-cert",
+                os.path.join(self.pki_dir, "coordinator.pem"),
+                "--tls-key",
+                os.path.join(self.pki_dir, "coordinator-key.pem"),
+                "--tls-client-ca",
+                os.path.join(self.pki_dir, "ca", "ca.pem"),
+                "--auth-file",
+                self.auth_file,
+                "--data-dir",
+                os.path.join(self.workdir, log),
+                "--storage-dir",
+                self.storage_dir,
+                "--agent-ttl",
+                str(self.agent_ttl_s),
+                *extra,
+            ],
+            log,
+        )
         self._wait(lambda: self._api_up(index), 30, "the coordinator API", log, self.replicas[index])
 
     def start_agent(self, inst: Instance) -> None:
         os.makedirs(inst.capture_root, exist_ok=True)
-        inst.process = self._spawn(inst.namespace, [
-            "agent", "--vmss", inst.vmss, "--instance-id", inst.instance_id, "--resource-group", self.resource_group,
-            "--interface", "eth0", "--capture-root", inst.capture_root, "--storage-retry", str(self.storage_retry_s),
-            "--coordinator", self.agent_coordinators(inst), "--tls-ca", os.path.join(self.pki_dir, "ca", "ca.pem"),
-            "--tls-cert", os.path.join(self.agent_cert_dir(inst), "agent.pem"),
-            "--tls-key", os.path.join(self.agent_cert_dir(inst), "agent-key.pem")], f"agent-i{inst.index}")
+        inst.process = self._spawn(
+            inst.namespace,
+            [
+                "agent",
+                "--vmss",
+                inst.vmss,
+                "--instance-id",
+                inst.instance_id,
+                "--resource-group",
+                self.resource_group,
+                "--interface",
+                "eth0",
+                "--capture-root",
+                inst.capture_root,
+                "--storage-retry",
+                str(self.storage_retry_s),
+                "--coordinator",
+                self.agent_coordinators(inst),
+                "--tls-ca",
+                os.path.join(self.pki_dir, "ca", "ca.pem"),
+                "--tls-cert",
+                os.path.join(self.agent_cert_dir(inst), "agent.pem"),
+                "--tls-key",
+                os.path.join(self.agent_cert_dir(inst), "agent-key.pem"),
+            ],
+            f"agent-i{inst.index}",
+        )
 
     def wait_agents(self, count: int | None = None, timeout_s: float = 30) -> None:
         want = len(self.instances) if count is None else count
@@ -352,12 +490,33 @@ class LocalFleet:
 
     def exec_in(self, inst: Instance, *args: str) -> subprocess.CompletedProcess:
         """Runs a command inside an instance's namespace (e.g. the traffic generator)."""
-        return subprocess.run(["ip", "netns", "exec", inst.namespace, *args], check=True, capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        return subprocess.run(
+            ["ip", "netns", "exec", inst.namespace, *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
 
     def send_udp(self, src: Instance, dst: Instance, *, dport: int, sport: int, count: int, size: int, tag: int) -> None:
-        self.exec_in(src, sys.executable, "-m", "deploy.trafficgen", "--dst", dst.ip, "--dport", str(dport),
-                     "--sport", str(sport), "--count", str(count), "--size", str(size), "--tag", str(tag))
+        self.exec_in(
+            src,
+            sys.executable,
+            "-m",
+            "deploy.trafficgen",
+            "--dst",
+            dst.ip,
+            "--dport",
+            str(dport),
+            "--sport",
+            str(sport),
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+            "--tag",
+            str(tag),
+        )
 
     @staticmethod
     def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:

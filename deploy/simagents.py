@@ -6,6 +6,7 @@ agent does, at a packet rate of its own (instance i: `rate * (i + 1)` packets a 
 bytes each; `rates` sets chosen instances' rates; at 0 it reports nothing, as an idle agent), so that the busiest instances are known in
 advance; a StopCapture is answered with Stopped and the stop's reason. They run on an event loop in a thread of their own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,7 @@ PACKET_BYTES = 100
 
 
 class _Instance:
-    def __init__(self, channel: Any, metadata: tuple[tuple[str, str], ...], vmss: str, resource_group: str,
-                 index: int, rate: int):
+    def __init__(self, channel: Any, metadata: tuple[tuple[str, str], ...], vmss: str, resource_group: str, index: int, rate: int):
         """rate: this instance's packets per second."""
         self.identity = fleet_pb2.AgentIdentity(resource_group=resource_group, vmss_name=vmss, instance_id=str(index))
         self.call = fleet_pb2_grpc.FleetStub(channel).Connect(metadata=metadata)
@@ -35,13 +35,22 @@ class _Instance:
         async with self.lock:  # one write at a time on a stream, as the real agent's outbox does
             await self.call.write(msg)
 
-    async def progress(self, start: fleet_pb2.StartCapture, status: str, packets: int, reason: str = "",
-                       at_us: int = 0) -> None:
-        await self.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
-            capture_name=start.capture_name, capture_id=start.capture_id,
-            status=captures_pb2.InstanceStatus(packet_capture_status=status, stop_reason=reason,
-                                               packets_captured=packets, bytes_captured=24 + packets * PACKET_BYTES,
-                                               counters_time=rfc3339_us(at_us) if at_us else ""))))
+    async def progress(self, start: fleet_pb2.StartCapture, status: str, packets: int, reason: str = "", at_us: int = 0) -> None:
+        await self.write(
+            fleet_pb2.AgentMessage(
+                progress=fleet_pb2.CaptureProgress(
+                    capture_name=start.capture_name,
+                    capture_id=start.capture_id,
+                    status=captures_pb2.InstanceStatus(
+                        packet_capture_status=status,
+                        stop_reason=reason,
+                        packets_captured=packets,
+                        bytes_captured=24 + packets * PACKET_BYTES,
+                        counters_time=rfc3339_us(at_us) if at_us else "",
+                    ),
+                )
+            )
+        )
 
     async def report(self, start: fleet_pb2.StartCapture) -> None:
         if not self.rate:
@@ -53,8 +62,11 @@ class _Instance:
             await self.progress(start, "Running", int((now - began) * self.rate), at_us=int(now * 1e6))
 
     async def run(self, connected: list[int], total: int, ready: asyncio.Event) -> None:
-        await self.call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
-            identity=self.identity, hostname="simulated", interface="lo", addresses=["127.0.0.1"])))
+        await self.call.write(
+            fleet_pb2.AgentMessage(
+                hello=fleet_pb2.AgentHello(identity=self.identity, hostname="simulated", interface="lo", addresses=["127.0.0.1"])
+            )
+        )
         welcome = await self.call.read()
         connected[0] += 1
         if connected[0] == total:
@@ -88,8 +100,17 @@ class _Instance:
 class SimulatedScaleSet:
     """`with SimulatedScaleSet(address, agent_token, "big", 120):` — connected on entry."""
 
-    def __init__(self, address: str, agent_token: str, vmss: str, count: int, *, resource_group: str = "rg1",
-                 rate: int = 10, rates: dict[int, int] | None = None):
+    def __init__(
+        self,
+        address: str,
+        agent_token: str,
+        vmss: str,
+        count: int,
+        *,
+        resource_group: str = "rg1",
+        rate: int = 10,
+        rates: dict[int, int] | None = None,
+    ):
         self.address, self.token, self.vmss, self.count = address, agent_token, vmss, count
         self.resource_group = resource_group
         self.rates = {i: (rates or {}).get(i, rate * (i + 1)) for i in range(count)}
@@ -100,10 +121,11 @@ class SimulatedScaleSet:
 
     async def _start(self) -> asyncio.Event:
         metadata = ((transport.AUTHORIZATION_KEY, f"Bearer {self.token}"),)
-        self._channels = [transport.aio_channel(self.address, dedicated=True)
-                          for _ in range(-(-self.count // AGENTS_PER_CONNECTION))]
-        instances = [_Instance(self._channels[i // AGENTS_PER_CONNECTION], metadata, self.vmss, self.resource_group,
-                               i, self.rates[i]) for i in range(self.count)]
+        self._channels = [transport.aio_channel(self.address, dedicated=True) for _ in range(-(-self.count // AGENTS_PER_CONNECTION))]
+        instances = [
+            _Instance(self._channels[i // AGENTS_PER_CONNECTION], metadata, self.vmss, self.resource_group, i, self.rates[i])
+            for i in range(self.count)
+        ]
         connected, ready = [0], asyncio.Event()
         self._tasks = [asyncio.ensure_future(x.run(connected, self.count, ready)) for x in instances]
         return ready
@@ -121,6 +143,7 @@ class SimulatedScaleSet:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for ch in self._channels:
                 await ch.close()
+
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

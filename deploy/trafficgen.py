@@ -7,6 +7,7 @@ than --count datagrams.
 
     python -m deploy.trafficgen --dst 10.77.0.11 --dport 5001 --sport 40001 --count 20 --size 300 --tag 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ import sys
 import time
 
 # Only the local fleet's own addresses (inside namespaces it created) and loopback.
-ALLOWED = [ipaddress.ip_network("10.77.0.0/16"), ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
-           ipaddress.ip_network("fd77::/16")]
+ALLOWED = [
+    ipaddress.ip_network("10.77.0.0/16"),
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+    ipaddress.ip_network("fd77::/16"),
+]
 MAX_COUNT = 1_000_000
 
 

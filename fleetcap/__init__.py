@@ -7,6 +7,7 @@
 
 `fleetcap.AsyncClient` is the asyncio twin. The generated protocol lives in `fleetcap.v1`.
 """
+
 import importlib
 from typing import Any
 

@@ -1,4 +1,5 @@
 """`python -m fleetcap` runs the `fleetcap` command."""
+
 import sys
 
 from fleetcap.main import main

@@ -1,5 +1,6 @@
 """One capture on this agent: its StartCapture, its session, one uploader per file, and the
 progress it reports."""
+
 from __future__ import annotations
 
 import asyncio
@@ -101,5 +102,4 @@ class ActiveCapture:
                 status.packet_capture_status = Status.ERROR
                 status.packet_capture_error.append(CaptureError.STORAGE_FAILED)
                 status.error_message = "upload failed, the instance keeps the file: " + "; ".join(failed)
-        return fleet_pb2.CaptureProgress(capture_name=self.start.capture_name, capture_id=self.start.capture_id,
-                                         status=status)
+        return fleet_pb2.CaptureProgress(capture_name=self.start.capture_name, capture_id=self.start.capture_id, status=status)

@@ -4,6 +4,7 @@ metrics endpoint, and runs them until SIGTERM.
 Everything the agent knows about its captures is in memory and on its disk (journal.py); after
 a reconnect its hello tells the coordinator the state of each.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,13 @@ async def serve(settings: AgentSettings) -> None:
     coordinators = Coordinators(settings.coordinator, settings.credentials)
     exclude = sorted({e for a in coordinators.addresses for e in coordinator_endpoints(a)})
     control: ControlLoop | None = None
-    runner = CaptureRunner(settings, interface, data_stub=coordinators.data_stub, exclude_tcp=exclude,
-                           on_report=lambda cap: control.report(cap) if control else None)
+    runner = CaptureRunner(
+        settings,
+        interface,
+        data_stub=coordinators.data_stub,
+        exclude_tcp=exclude,
+        on_report=lambda cap: control.report(cap) if control else None,
+    )
     control = ControlLoop(settings.identity, coordinators, runner)
     if settings.metrics_listen:
         await serve_http(agent_registry(runner), settings.metrics_listen)

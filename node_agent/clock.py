@@ -7,6 +7,7 @@ wrong by at most half the round trip ((t3 - t0) - (t2 - t1)) otherwise. Of the l
 exchanges the 3 fastest are kept: their median offset is the estimate, and half the slowest of
 their round trips its uncertainty.
 """
+
 from __future__ import annotations
 
 import collections

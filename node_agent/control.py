@@ -5,9 +5,11 @@ stream breaks it moves to the next replica, with a short backoff.
 The data path (uploads) uses a channel of its own to the same replica, so a long upload never
 delays a stop or a heartbeat.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -39,6 +41,8 @@ def jittered(delay: float, rng: random.Random) -> float:
     """The wait before a reconnect: the backoff's delay spread uniformly over [delay/2, 3·delay/2],
     so that a fleet whose coordinator went away does not come back in one burst."""
     return delay * rng.uniform(0.5, 1.5)
+
+
 ControlCall = grpc.aio.StreamStreamCall[fleet_pb2.AgentMessage, fleet_pb2.CoordinatorMessage]
 
 
@@ -66,8 +70,7 @@ class Coordinators:
         """The data path follows the control path to the same coordinator replica."""
         address = self.current
         if address not in self._data_channels:
-            self._data_channels[address] = transport.aio_channel(address, credentials=self.credentials,
-                                                                 dedicated=True)
+            self._data_channels[address] = transport.aio_channel(address, credentials=self.credentials, dedicated=True)
         return fleet_pb2_grpc.FleetStub(self._data_channels[address])
 
     async def close(self) -> None:
@@ -105,10 +108,8 @@ class ControlLoop:
             wait = jittered(delay, self._rng)
             self.coordinators.next()  # the next replica, if there are several
             log.info("reconnecting to %s in %.1fs", self.coordinators.current, wait)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
     async def _connect_once(self, stop: asyncio.Event) -> bool:
         """One control-stream connection; returns whether it got as far as the welcome."""
@@ -120,9 +121,13 @@ class ControlLoop:
         try:
             runner = self.runner
             hello = fleet_pb2.AgentHello(
-                identity=self.identity, hostname=socket.gethostname(), agent_version=VERSION,
-                interface=runner.interface, addresses=interface_addresses(runner.interface),
-                captures=[c.progress() for c in runner.captures.values()])
+                identity=self.identity,
+                hostname=socket.gethostname(),
+                agent_version=VERSION,
+                interface=runner.interface,
+                addresses=interface_addresses(runner.interface),
+                captures=[c.progress() for c in runner.captures.values()],
+            )
             await call.write(fleet_pb2.AgentMessage(hello=hello))
             first = await call.read()
             if first is grpc.aio.EOF or not first.HasField("welcome"):
@@ -132,10 +137,14 @@ class ControlLoop:
             self._outbox = asyncio.Queue()
             self._dirty.update(runner.captures)  # everything is reported once more after the hello
             interval = first.welcome.heartbeat_interval_ms / 1000
-            tasks = [asyncio.ensure_future(self._write(call)), asyncio.ensure_future(self._heartbeat(interval)),
-                     asyncio.ensure_future(self._progress()), asyncio.ensure_future(stop.wait()),
-                     asyncio.ensure_future(self._measure_clock()),
-                     asyncio.ensure_future(self._read(call))]
+            tasks = [
+                asyncio.ensure_future(self._write(call)),
+                asyncio.ensure_future(self._heartbeat(interval)),
+                asyncio.ensure_future(self._progress()),
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._measure_clock()),
+                asyncio.ensure_future(self._read(call)),
+            ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t.exception() and not isinstance(t.exception(), grpc.aio.AioRpcError):

@@ -1,6 +1,7 @@
 """What the agent learns from its own machine: interfaces and their addresses, where the
 coordinator is (so its own traffic stays out of every capture), and where the API's
 /var/captures lives under the capture root."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ on every change. After a restart, finished captures come back as they were; a ca
 was running when the agent died is cut back to whole records and reported as interrupted
 (AgentStopped), and its files are then uploaded if they were meant to be.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,7 @@ def repair_pcap(root: CaptureRoot, path: str) -> tuple[int, int]:
         if len(data) < PCAP_FILE_HEADER:
             return 0, len(data)
         while off + PCAP_RECORD_HEADER <= len(data):
-            caplen = int.from_bytes(data[off + 8:off + 12], "little")
+            caplen = int.from_bytes(data[off + 8 : off + 12], "little")
             if off + PCAP_RECORD_HEADER + caplen > len(data):
                 break
             off += PCAP_RECORD_HEADER + caplen
@@ -56,11 +57,14 @@ class Journal:
     def write(self, cap: ActiveCapture) -> None:
         """Records what the agent knows of a capture, atomically (write and rename)."""
         files = [dataclasses.asdict(f) for f in cap.session.files] if cap.session else []
-        entry = {"start": json_format.MessageToDict(cap.start), "path": cap.path, "files": files,
-                 "removed": sorted(cap.removed),
-                 "status": json_format.MessageToDict(cap.progress().status)}
-        self.root.replace_with(os.path.join(self.directory, f"{cap.start.capture_name}.json"),
-                               json.dumps(entry).encode())
+        entry = {
+            "start": json_format.MessageToDict(cap.start),
+            "path": cap.path,
+            "files": files,
+            "removed": sorted(cap.removed),
+            "status": json_format.MessageToDict(cap.progress().status),
+        }
+        self.root.replace_with(os.path.join(self.directory, f"{cap.start.capture_name}.json"), json.dumps(entry).encode())
 
     def recover(self, interface: str) -> dict[str, ActiveCapture]:
         """Loads the journal: finished captures as they were; captures the agent was running
@@ -86,11 +90,17 @@ class Journal:
             if status.clock_uncertainty_us:  # the offset it was merged with stays the same
                 cap.clock_at_end = (status.clock_offset_us, status.clock_uncertainty_us)
             cap.removed = set(entry.get("removed", []))
-            session = CaptureSession(CaptureSpec(name=start.capture_name, capture_id=start.capture_id,
-                                                 interface=interface, root=self.root.root, path=entry["path"],
-                                                 expression=""))
-            session.files = [CaptureFile(**f) for f in entry["files"]
-                             if os.path.exists(f["path"]) or f["index"] in cap.removed]
+            session = CaptureSession(
+                CaptureSpec(
+                    name=start.capture_name,
+                    capture_id=start.capture_id,
+                    interface=interface,
+                    root=self.root.root,
+                    path=entry["path"],
+                    expression="",
+                )
+            )
+            session.files = [CaptureFile(**f) for f in entry["files"] if os.path.exists(f["path"]) or f["index"] in cap.removed]
             c = session.counters
             c.start_time, c.stop_time = status.capture_start_time, status.capture_stop_time
             c.kernel_drops, c.interface_drops = status.kernel_drops, status.interface_drops

@@ -1,5 +1,6 @@
 """The agent's Prometheus metrics, read from its captures at scrape time, next to the process
 collectors (the agent's own CPU and memory on every VM) that fleetcap.core.metrics adds."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -38,12 +39,12 @@ class CaptureCollector(Collector):
             for name, status, _ in rows:
                 family.add_metric([name], getattr(status, field))
             yield family
-        pending = GaugeMetricFamily("fleetcap_agent_upload_pending_bytes",
-                                    "Captured bytes not yet acknowledged as stored", labels=["capture"])
+        pending = GaugeMetricFamily(
+            "fleetcap_agent_upload_pending_bytes", "Captured bytes not yet acknowledged as stored", labels=["capture"]
+        )
         for name, status, cap in rows:
             if cap.start.upload:
-                pending.add_metric([name], sum(max(0, f.size_bytes - f.uploaded_bytes) for f in status.files
-                                               if not f.upload_complete))
+                pending.add_metric([name], sum(max(0, f.size_bytes - f.uploaded_bytes) for f in status.files if not f.upload_complete))
         yield pending
 
 

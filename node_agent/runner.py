@@ -1,6 +1,7 @@
 """The capture runner: starts and stops this agent's captures, and keeps what follows a change
 in step (hashing closed files, one upload per file, removing a verified local copy, the
 journal). It knows nothing of the control stream; it reports each change to `on_report`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,22 +51,24 @@ def start_problem(start: fleet_pb2.StartCapture) -> str:
         return f"byte limit {start.total_bytes} is below {limits.MIN_TOTAL_BYTES}"
     if not 0 <= start.time_limit_s <= (limits.MAX_SESSION_S if start.continuous else limits.MAX_TIME_LIMIT_S):
         return f"time limit {start.time_limit_s} s is out of range"
-    if start.continuous and not (limits.MIN_FILE_SIZE <= start.file_size <= limits.U32_MAX
-                                 and 1 <= start.file_count <= limits.MAX_FILE_COUNT):
+    if start.continuous and not (
+        limits.MIN_FILE_SIZE <= start.file_size <= limits.U32_MAX and 1 <= start.file_count <= limits.MAX_FILE_COUNT
+    ):
         return "continuous capture: file size or file count out of range"
-    if start.standby_s and not (1 <= start.standby_s <= limits.MAX_STANDBY_S and not start.continuous
-                                and limits.MIN_STANDBY_BYTES <= start.standby_bytes <= limits.U32_MAX):
+    if start.standby_s and not (
+        1 <= start.standby_s <= limits.MAX_STANDBY_S
+        and not start.continuous
+        and limits.MIN_STANDBY_BYTES <= start.standby_bytes <= limits.U32_MAX
+    ):
         return "flight recorder: window, ring size or mode out of range"
     if start.standby_s < 0:
         return "flight recorder: window out of range"
-    if not 0 <= start.fleet_allowance <= limits.MAX_FLEET_BYTES or (
-            start.fleet_allowance and (start.continuous or start.standby_s)):
+    if not 0 <= start.fleet_allowance <= limits.MAX_FLEET_BYTES or (start.fleet_allowance and (start.continuous or start.standby_s)):
         return "fleet budget: allowance out of range, or not a standard capture"
     if len(start.filters) > limits.MAX_FILTERS or len(start.bpf_filter) > limits.MAX_BPF_CHARS:
         return f"more than {limits.MAX_FILTERS} filters or a BPF filter over {limits.MAX_BPF_CHARS} characters"
     for f in start.filters:
-        if max(len(f.local_ip_address), len(f.remote_ip_address), len(f.local_port),
-               len(f.remote_port)) > limits.MAX_FILTER_FIELD_CHARS:
+        if max(len(f.local_ip_address), len(f.remote_ip_address), len(f.local_port), len(f.remote_port)) > limits.MAX_FILTER_FIELD_CHARS:
             return f"a filter field over {limits.MAX_FILTER_FIELD_CHARS} characters"
     return ""
 
@@ -73,10 +76,17 @@ def start_problem(start: fleet_pb2.StartCapture) -> str:
 class CaptureRunner:
     """This agent's captures, by name. Every method runs on the event loop."""
 
-    def __init__(self, settings: AgentSettings, interface: str, *, data_stub: StubProvider,
-                 exclude_tcp: list[tuple[str, int]], on_report: Callable[[ActiveCapture], None],
-                 open_source: SourceFactory = LiveHandle,
-                 addresses: Callable[[str], list[str]] = interface_addresses):
+    def __init__(
+        self,
+        settings: AgentSettings,
+        interface: str,
+        *,
+        data_stub: StubProvider,
+        exclude_tcp: list[tuple[str, int]],
+        on_report: Callable[[ActiveCapture], None],
+        open_source: SourceFactory = LiveHandle,
+        addresses: Callable[[str], list[str]] = interface_addresses,
+    ):
         self.settings = settings
         self.interface = interface
         self.captures: dict[str, ActiveCapture] = {}
@@ -93,8 +103,11 @@ class CaptureRunner:
         # the control loop sets it, and a message sent while disconnected is lost (the session asks again).
         self.send: Callable[[fleet_pb2.AgentMessage], None] = lambda message: None
         if self.clock.shift_ns:
-            log.warning("TEST ONLY: this agent's clock is moved by %+.3f s (FLEETCAP_TEST_CLOCK_OFFSET_S); the packet "
-                        "times it writes are wrong by that much", settings.test_clock_offset_s)
+            log.warning(
+                "TEST ONLY: this agent's clock is moved by %+.3f s (FLEETCAP_TEST_CLOCK_OFFSET_S); the packet "
+                "times it writes are wrong by that much",
+                settings.test_clock_offset_s,
+            )
 
     def _new(self, start: fleet_pb2.StartCapture, path: str) -> ActiveCapture:
         cap = self.captures[start.capture_name] = ActiveCapture(start, path)
@@ -141,9 +154,12 @@ class CaptureRunner:
             return
         cap = self._new(start, path)
         try:
-            expression = filters.capture_expression(filters.parse_filters(start.filters),
-                                                    self._addresses(self.interface),
-                                                    bpf_filter=start.bpf_filter, exclude_tcp=self._exclude_tcp)
+            expression = filters.capture_expression(
+                filters.parse_filters(start.filters),
+                self._addresses(self.interface),
+                bpf_filter=start.bpf_filter,
+                exclude_tcp=self._exclude_tcp,
+            )
         except (filters.FilterError, subprocess.CalledProcessError) as e:
             cap.failure = (CaptureError.CAPTURE_FAILED, str(e))
             notify()
@@ -151,19 +167,37 @@ class CaptureRunner:
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
         ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
         standby = Standby(window_s=start.standby_s, ring_bytes=start.standby_bytes) if start.standby_s else None
+
         def budget(kind: str, amount: int, used: int) -> None:  # from the capture thread
-            ids = dict(capture_name=name, capture_id=start.capture_id)
-            message = fleet_pb2.AgentMessage(budget_request=fleet_pb2.BudgetRequest(**ids, used=used, need=amount)) \
-                if kind == "request" else fleet_pb2.AgentMessage(budget_return=fleet_pb2.BudgetReturn(**ids, returned=amount))
+            ids = {"capture_name": name, "capture_id": start.capture_id}
+            message = (
+                fleet_pb2.AgentMessage(budget_request=fleet_pb2.BudgetRequest(**ids, used=used, need=amount))
+                if kind == "request"
+                else fleet_pb2.AgentMessage(budget_return=fleet_pb2.BudgetReturn(**ids, returned=amount))
+            )
             loop.call_soon_threadsafe(self.send, message)
 
-        cap.session = CaptureSession(CaptureSpec(
-            name=name, capture_id=start.capture_id, interface=self.interface, root=self.root.root, path=path,
-            expression=expression,
-            snaplen=start.snaplen, total_bytes=start.total_bytes, time_limit_s=start.time_limit_s, ring=ring,
-            buffer_size=self.settings.buffer_size, standby=standby, clock_shift_us=self.clock.shift_ns // 1000,
-            fleet_allowance=start.fleet_allowance),
-            on_change=notify, open_source=self._open_source, on_budget=budget)
+        cap.session = CaptureSession(
+            CaptureSpec(
+                name=name,
+                capture_id=start.capture_id,
+                interface=self.interface,
+                root=self.root.root,
+                path=path,
+                expression=expression,
+                snaplen=start.snaplen,
+                total_bytes=start.total_bytes,
+                time_limit_s=start.time_limit_s,
+                ring=ring,
+                buffer_size=self.settings.buffer_size,
+                standby=standby,
+                clock_shift_us=self.clock.shift_ns // 1000,
+                fleet_allowance=start.fleet_allowance,
+            ),
+            on_change=notify,
+            open_source=self._open_source,
+            on_budget=budget,
+        )
         cap.session.start()
 
     def stop(self, stop: fleet_pb2.StopCapture) -> None:
@@ -177,14 +211,21 @@ class CaptureRunner:
         and its session id must be its own and armed, the seconds after within the time limit's
         range, the source short; a trigger time later than this agent's clock is taken as now."""
         cap = self.captures.get(trigger.capture_name)
-        if (cap is None or cap.session is None or cap.start.capture_id != trigger.capture_id
-                or not cap.start.standby_s or not 0 <= trigger.after_s <= limits.MAX_TIME_LIMIT_S
-                or trigger.trigger_time_ms <= 0):
-            log.warning("TriggerCapture refused: capture %s is not an armed flight recorder here (or a malformed "
-                        "trigger)", trigger.capture_name[:100])
+        if (
+            cap is None
+            or cap.session is None
+            or cap.start.capture_id != trigger.capture_id
+            or not cap.start.standby_s
+            or not 0 <= trigger.after_s <= limits.MAX_TIME_LIMIT_S
+            or trigger.trigger_time_ms <= 0
+        ):
+            log.warning(
+                "TriggerCapture refused: capture %s is not an armed flight recorder here (or a malformed trigger)",
+                trigger.capture_name[:100],
+            )
             return
         at = min(trigger.trigger_time_ms / 1000, time.time())
-        source = "".join(ch for ch in trigger.source[:limits.MAX_TRIGGER_NOTE_CHARS + 100] if ch.isprintable())
+        source = "".join(ch for ch in trigger.source[: limits.MAX_TRIGGER_NOTE_CHARS + 100] if ch.isprintable())
         if cap.session.trigger(at, trigger.after_s, source):
             log.info("capture %s: triggered (%s), %d s more", trigger.capture_name, source, trigger.after_s)
 
@@ -192,10 +233,14 @@ class CaptureRunner:
         """More fleet budget for a capture, or its end. Only for this agent's own budgeted capture
         (its session id), and never a negative amount: the agent trusts nothing it is sent."""
         cap = self.captures.get(grant.capture_name)
-        if cap is None or cap.session is None or cap.start.capture_id != grant.capture_id \
-                or not cap.start.fleet_allowance or grant.granted < 0:
-            log.warning("BudgetGrant refused: capture %s has no fleet budget here (or a malformed grant)",
-                        grant.capture_name[:100])
+        if (
+            cap is None
+            or cap.session is None
+            or cap.start.capture_id != grant.capture_id
+            or not cap.start.fleet_allowance
+            or grant.granted < 0
+        ):
+            log.warning("BudgetGrant refused: capture %s has no fleet budget here (or a malformed grant)", grant.capture_name[:100])
             return
         cap.session.grant(grant.granted, grant.exhausted)
 
@@ -206,26 +251,43 @@ class CaptureRunner:
         id and the file must be its own, the fetch id well formed, and at most MAX_FETCHES run at
         once; anything else is refused in the log."""
         cap = self.captures.get(fetch.capture_name)
-        index = next((f.index for f in list(cap.session.files) if cap.api_path(f.index) == fetch.file_path), None) \
-            if cap is not None and cap.session is not None and cap.start.capture_id == fetch.capture_id else None
+        index = (
+            next((f.index for f in list(cap.session.files) if cap.api_path(f.index) == fetch.file_path), None)
+            if cap is not None and cap.session is not None and cap.start.capture_id == fetch.capture_id
+            else None
+        )
         if cap is None or index is None or not FETCH_ID.fullmatch(fetch.fetch_id):
-            log.warning("FetchFile refused: no file %s of capture %s here (or a malformed fetch id)",
-                        fetch.file_path[:200], fetch.capture_name[:100])
+            log.warning(
+                "FetchFile refused: no file %s of capture %s here (or a malformed fetch id)",
+                fetch.file_path[:200],
+                fetch.capture_name[:100],
+            )
             return
         if fetch.fetch_id in cap.fetches or index in cap.removed:
             return  # a repeated request (both replicas may send it), or a file no longer here
         running = sum(1 for c in self.captures.values() for t in c.fetches.values() if not t.done())
         if running >= MAX_FETCHES:
-            log.warning("FetchFile for %s of capture %s refused: %d downloads already running",
-                        fetch.file_path, fetch.capture_name, running)
+            log.warning(
+                "FetchFile for %s of capture %s refused: %d downloads already running", fetch.file_path, fetch.capture_name, running
+            )
             return
         path = next(f.path for f in cap.session.files if f.index == index)  # type: ignore[union-attr]
-        u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
-            identity=self.settings.identity, capture_name=fetch.capture_name, capture_id=fetch.capture_id,
-            file_path=fetch.file_path, fetch_id=fetch.fetch_id),
-            path, functools.partial(cap.file_final, index), lambda: None,
-            storage_retry_s=self.settings.storage_retry_s, metadata=self.settings.credentials.metadata(),
-            open_read=self.root.open_read)
+        u = Uploader(
+            self._data_stub,
+            fleet_pb2.UploadOpen(
+                identity=self.settings.identity,
+                capture_name=fetch.capture_name,
+                capture_id=fetch.capture_id,
+                file_path=fetch.file_path,
+                fetch_id=fetch.fetch_id,
+            ),
+            path,
+            functools.partial(cap.file_final, index),
+            lambda: None,
+            storage_retry_s=self.settings.storage_retry_s,
+            metadata=self.settings.credentials.metadata(),
+            open_read=self.root.open_read,
+        )
         log.info("capture %s: sending %s for a download (%s)", fetch.capture_name, path, fetch.fetch_id)
         task: asyncio.Future[object] = asyncio.ensure_future(u.run())
         cap.fetches[fetch.fetch_id] = task
@@ -273,12 +335,18 @@ class CaptureRunner:
         name = cap.start.capture_name
         for index, f in held.items():
             if index not in cap.uploaders and index not in cap.removed:
-                u = Uploader(self._data_stub, fleet_pb2.UploadOpen(
-                    identity=self.settings.identity, capture_name=name,
-                    capture_id=cap.start.capture_id, file_path=cap.api_path(index)),
-                    f.path, functools.partial(cap.file_final, index), functools.partial(self.changed, name),
-                    storage_retry_s=self.settings.storage_retry_s, metadata=self.settings.credentials.metadata(),
-                    open_read=self.root.open_read)
+                u = Uploader(
+                    self._data_stub,
+                    fleet_pb2.UploadOpen(
+                        identity=self.settings.identity, capture_name=name, capture_id=cap.start.capture_id, file_path=cap.api_path(index)
+                    ),
+                    f.path,
+                    functools.partial(cap.file_final, index),
+                    functools.partial(self.changed, name),
+                    storage_retry_s=self.settings.storage_retry_s,
+                    metadata=self.settings.credentials.metadata(),
+                    open_read=self.root.open_read,
+                )
                 cap.uploaders[index] = u
                 cap.upload_tasks[index] = asyncio.ensure_future(u.run())
         for index in [i for i in cap.uploaders if i not in held]:

@@ -1,5 +1,6 @@
 """The agent's settings: one frozen dataclass, built at the edge (the `fleetcap agent`
 command) and passed down. The command's flag defaults are read from here."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,6 +3,7 @@
 Usage: python protos/generate.py [OUT_DIR]   (default: protos/, next to the sources)
 The output imports as `fleetcap.v1.<name>_pb2`. Pinned by grpcio-tools==1.85.1 (pyproject).
 """
+
 import pathlib
 import sys
 

@@ -4,6 +4,7 @@ reading by an independent parser.
 Each test process has one token per role. The admin token is FLEETCAP_TOKEN in the
 environment, so the SDK and every `fleetcap` CLI run of a test authenticate as admin unless
 the test says otherwise; agents started by tests get the agent token (`AGENT_ENV`)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """docs/operations.md's metric table against what a daemon's /metrics serves."""
+
 from __future__ import annotations
 
 import pathlib
@@ -35,5 +36,4 @@ def served(text: str, prefix: str = "fleetcap_") -> dict[str, tuple[str, frozens
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """(sample name, labels) -> value."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {(s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples}

@@ -28,6 +28,7 @@ file name carries the UTC time so a re-created capture never collides with the o
 Firing the same alert N times therefore leaves exactly one capture per (rule, target).
 Resolved alerts create nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,16 +63,27 @@ class Rule:
     capture_name: str = "alert-{rule}-{target}"
     max_captures: int = 100
     properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    action: str = "create"   # or "trigger": freeze the flight recorder named by captureName
-    after_s: int = 0         # trigger: seconds recorded after the trigger
+    action: str = "create"  # or "trigger": freeze the flight recorder named by captureName
+    after_s: int = 0  # trigger: seconds recorded after the trigger
 
     @classmethod
     def from_dict(cls, i: int, d: Any) -> Rule:
         where = f"rules[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
             raise RuleError(f"{where}.name: required, a non-empty string")
-        known = {"name", "source", "match", "targetLabel", "scaleSetLabel", "instanceLabel", "captureName",
-                 "maxCaptures", "properties", "action", "afterInSeconds"}
+        known = {
+            "name",
+            "source",
+            "match",
+            "targetLabel",
+            "scaleSetLabel",
+            "instanceLabel",
+            "captureName",
+            "maxCaptures",
+            "properties",
+            "action",
+            "afterInSeconds",
+        }
         for k in d:
             if k not in known:
                 raise RuleError(f"{where}.{k}: unknown field (known: {', '.join(sorted(known))})")
@@ -91,8 +103,7 @@ class Rule:
             raise RuleError(f"{where}.action: must be create or trigger")
         if action == "trigger":
             if not isinstance(d.get("captureName"), str) or "{target}" in d["captureName"] or props:
-                raise RuleError(f"{where}.captureName: a trigger rule names its flight recorder (no {{target}}, "
-                                "no properties)")
+                raise RuleError(f"{where}.captureName: a trigger rule names its flight recorder (no {{target}}, no properties)")
             if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= 18000:
                 raise RuleError(f"{where}.afterInSeconds: must be a whole number from 0 to 18000")
         elif "afterInSeconds" in d:
@@ -100,12 +111,19 @@ class Rule:
         max_captures = d.get("maxCaptures", 100)
         if not isinstance(max_captures, int) or max_captures < 1:
             raise RuleError(f"{where}.maxCaptures: must be a positive integer")
-        return cls(name=d["name"], source=d.get("source", "any"),
-                   match={str(k): str(v) for k, v in d.get("match", {}).items()},
-                   target_label=d.get("targetLabel", "vm"), scale_set_label=d.get("scaleSetLabel", ""),
-                   instance_label=d.get("instanceLabel", ""),
-                   capture_name=d.get("captureName", "alert-{rule}-{target}"), max_captures=max_captures,
-                   properties=props, action=action, after_s=after)
+        return cls(
+            name=d["name"],
+            source=d.get("source", "any"),
+            match={str(k): str(v) for k, v in d.get("match", {}).items()},
+            target_label=d.get("targetLabel", "vm"),
+            scale_set_label=d.get("scaleSetLabel", ""),
+            instance_label=d.get("instanceLabel", ""),
+            capture_name=d.get("captureName", "alert-{rule}-{target}"),
+            max_captures=max_captures,
+            properties=props,
+            action=action,
+            after_s=after,
+        )
 
 
 class AlertRules:
@@ -132,14 +150,13 @@ class AlertRules:
                 raise RuleError(f"{path}: not valid JSON ({e})") from None
 
     def matching(self, source: str, fields: Mapping[str, Any]) -> list[Rule]:
-        return [r for r in self.rules if r.source in ("any", source)
-                and all(str(fields.get(k, "")) == v for k, v in r.match.items())]
+        return [r for r in self.rules if r.source in ("any", source) and all(str(fields.get(k, "")) == v for k, v in r.match.items())]
 
 
 @dataclasses.dataclass
 class Result:
     alert: str
-    action: str          # created | kept-running | triggered | ignored | no-rule | quota-exceeded | failed
+    action: str  # created | kept-running | triggered | ignored | no-rule | quota-exceeded | failed
     rule: str = ""
     capture: str = ""
     message: str = ""
@@ -151,10 +168,11 @@ class Result:
 @dataclasses.dataclass(frozen=True)
 class Target:
     """What an alert points at: a VM, or one scale-set instance."""
-    target: str            # VM or scale-set ARM id (canonical, from the agent list) or name
+
+    target: str  # VM or scale-set ARM id (canonical, from the agent list) or name
     target_type: str
     include: tuple[str, ...]
-    label: str             # for the capture name: vm1, web_3
+    label: str  # for the capture name: vm1, web_3
 
 
 def _agent_target(agent_id: str, *, whole_scale_set: bool = False) -> Target:
@@ -165,7 +183,7 @@ def _agent_target(agent_id: str, *, whole_scale_set: bool = False) -> Target:
         raise LookupError(f"agent id '{agent_id}' is not a VM or scale-set instance id")
     if not parsed.scale_set:
         return Target(agent_id, TargetType.VM, (), parsed.name)
-    scale_set = agent_id[:agent_id.lower().index("/virtualmachines/")]
+    scale_set = agent_id[: agent_id.lower().index("/virtualmachines/")]
     if whole_scale_set:
         return Target(scale_set, TargetType.VMSS, (), parsed.name)
     return Target(scale_set, TargetType.VMSS, (parsed.instance_id,), parsed.instance_name)
@@ -239,12 +257,16 @@ def _trigger(client: sdk.Client, rule: Rule, alert: str) -> Result:
         raise
     except sdk.FleetcapError as e:
         return Result(alert=alert, action="failed", rule=rule.name, capture=name, message=f"{e.code.name}: {e.message}")
-    return Result(alert=alert, action="triggered", rule=rule.name, capture=name,
-                  message=f"triggered at {status.trigger_time} by {status.trigger_source}")
+    return Result(
+        alert=alert,
+        action="triggered",
+        rule=rule.name,
+        capture=name,
+        message=f"triggered at {status.trigger_time} by {status.trigger_source}",
+    )
 
 
-def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fields: Mapping[str, Any],
-              find_target) -> list[Result]:
+def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fields: Mapping[str, Any], find_target) -> list[Result]:
     matched = rules.matching(source, fields)
     if not matched:
         return [Result(alert=alert, action="no-rule", message="no rule matches this alert")]
@@ -271,6 +293,7 @@ def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fi
 def handle_azure_monitor(client: sdk.Client, rules: AlertRules, body: Any) -> list[Result]:
     """An Azure Monitor action-group webhook: the common alert schema, or the older one."""
     from fleetcap.clients.rest.arm import HttpError
+
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise HttpError(400, "InvalidRequestFormat", "data: required; not an Azure Monitor alert payload")
     data = body["data"]
@@ -301,6 +324,7 @@ def handle_azure_monitor(client: sdk.Client, rules: AlertRules, body: Any) -> li
 def handle_alertmanager(client: sdk.Client, rules: AlertRules, body: Any) -> list[Result]:
     """A Prometheus Alertmanager webhook (version 4): each firing alert in `alerts`."""
     from fleetcap.clients.rest.arm import HttpError
+
     if not isinstance(body, dict) or not isinstance(body.get("alerts"), list):
         raise HttpError(400, "InvalidRequestFormat", "alerts: required; not an Alertmanager webhook payload")
     results: list[Result] = []
@@ -317,13 +341,15 @@ def handle_alertmanager(client: sdk.Client, rules: AlertRules, body: Any) -> lis
             if rule.scale_set_label:
                 vmss, inst = labels.get(rule.scale_set_label), labels.get(rule.instance_label or "instance_id")
                 if not vmss or not inst:
-                    raise LookupError(f"labels {rule.scale_set_label} and {rule.instance_label or 'instance_id'} "
-                                      "are needed to find the instance")
+                    raise LookupError(
+                        f"labels {rule.scale_set_label} and {rule.instance_label or 'instance_id'} are needed to find the instance"
+                    )
                 return _target_by_name(client, vmss=vmss, instance=inst)
             value = labels.get(rule.target_label)
             if not value:
                 raise LookupError(f"label {rule.target_label} is needed to find the VM")
             return _target_from_id(client, value) if value.startswith("/") else _target_by_name(client, vm=value)
+
         results += _dispatch(client, rules, "alertmanager", alert, labels, find)
     return results
 
@@ -333,7 +359,14 @@ def _target_by_name(client: sdk.Client, *, vm: str = "", vmss: str = "", instanc
         parsed = parse_compute_id(agent.id)
         if parsed is None:
             continue
-        if vm and not parsed.scale_set and parsed.name.lower() == vm.lower() or \
-                vmss and parsed.instance_id and parsed.name.lower() == vmss.lower() and parsed.instance_id == instance:
+        if (
+            vm
+            and not parsed.scale_set
+            and parsed.name.lower() == vm.lower()
+            or vmss
+            and parsed.instance_id
+            and parsed.name.lower() == vmss.lower()
+            and parsed.instance_id == instance
+        ):
             return _agent_target(agent.id)
     raise LookupError(f"no connected agent is {'VM ' + vm if vm else f'instance {instance} of {vmss}'}")

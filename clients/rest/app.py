@@ -18,6 +18,7 @@ which the gateway passes on unchanged; the gateway holds no role table. The webh
 exception: their senders prove themselves with the webhook token, and the rules' actions run
 with the gateway's own credential (see docs/rest-api.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,13 +66,18 @@ MAX_BODY_DEPTH = 32
 # RFC 6750's b64token: what a bearer token may be made of (anything else is refused before it
 # reaches a log line or the coordinator).
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]{1,4096}=*$")
-_ARM = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
-                  r"networkWatchers/([^/]+)/packetCaptures(?:/([^/]+)(?:/(stop|trigger|queryStatus))?)?/?$", re.IGNORECASE)
+_ARM = re.compile(
+    r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
+    r"networkWatchers/([^/]+)/packetCaptures(?:/([^/]+)(?:/(stop|trigger|queryStatus))?)?/?$",
+    re.IGNORECASE,
+)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-KEEPALIVE_S = 15.0   # a comment on the event stream when nothing changed, so proxies keep it open
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+KEEPALIVE_S = 15.0  # a comment on the event stream when nothing changed, so proxies keep it open
 EVENT_INTERVAL_S = 1.0  # at most one status event a second: a 1,000-instance status is ~300 KB of JSON
 
 
@@ -81,12 +87,12 @@ class GatewaySettings:
     listen: str = "127.0.0.1:8080"
     tls_cert: str = ""
     tls_key: str = ""
-    public_hosts: tuple[str, ...] = ()   # Host names served beyond the listen address's own
+    public_hosts: tuple[str, ...] = ()  # Host names served beyond the listen address's own
     webhook_token: str = ""
     alert_rules: str = ""
     # The gateway's own credential: TLS to the coordinator, and the identity that runs alert rules.
     credentials: transport.ClientCredentials = dataclasses.field(default_factory=transport.ClientCredentials)
-    max_requests: int = 256          # requests in progress at once; the next ones get 503
+    max_requests: int = 256  # requests in progress at once; the next ones get 503
     # One caller (one bearer token) holds at most this many requests in progress, so that no token
     # can take every slot; the next one gets 429.
     max_requests_per_caller: int = 64
@@ -96,8 +102,8 @@ class GatewaySettings:
     max_streams: int = 64
     max_streams_per_caller: int = 4
     request_timeout_s: float = 60.0  # from the request to the first byte of the response
-    send_timeout_s: float = 60.0     # one write to a client that has stopped reading
-    idle_timeout_s: float = 10.0     # a connection that sends no (complete) request
+    send_timeout_s: float = 60.0  # one write to a client that has stopped reading
+    idle_timeout_s: float = 10.0  # a connection that sends no (complete) request
 
 
 def listen_host_port(listen: str) -> tuple[str, int]:
@@ -126,12 +132,14 @@ class Gateway:
         self.settings = settings
         self.rules = AlertRules.load(settings.alert_rules) if settings.alert_rules else AlertRules([])
         self.metrics = new_registry("gateway")
-        self.requests = Counter("fleetcap_gateway_requests", "HTTP requests by route and status", ("route", "code"),
-                                registry=self.metrics)
-        self.latency = Histogram("fleetcap_gateway_request_duration_seconds",
-                                 "Time to answer an HTTP request, by route, up to the start of the response "
-                                 "(a download's or event stream's first byte)", ("route",),
-                                 buckets=FAST_BUCKETS, registry=self.metrics)
+        self.requests = Counter("fleetcap_gateway_requests", "HTTP requests by route and status", ("route", "code"), registry=self.metrics)
+        self.latency = Histogram(
+            "fleetcap_gateway_request_duration_seconds",
+            "Time to answer an HTTP request, by route, up to the start of the response (a download's or event stream's first byte)",
+            ("route",),
+            buckets=FAST_BUCKETS,
+            registry=self.metrics,
+        )
         self.alert_lock = asyncio.Lock()  # one alert flow at a time: delete, quota check, create
         self._client: sdk.AsyncClient | None = None
         self._stream_client: sdk.AsyncClient | None = None
@@ -142,9 +150,17 @@ class Gateway:
         # The shared connections carry no token of their own: each call carries its caller's.
         # Requests and event streams use two, so that streams can never take the requests' share.
         self._client, self._stream_client = (
-            sdk.AsyncClient(self.settings.coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert, tls_key=c.tls_key,
-                            token="", insecure=c.insecure, dedicated=True)
-            for _ in range(2))
+            sdk.AsyncClient(
+                self.settings.coordinator,
+                tls_ca=c.tls_ca,
+                tls_cert=c.tls_cert,
+                tls_key=c.tls_key,
+                token="",
+                insecure=c.insecure,
+                dedicated=True,
+            )
+            for _ in range(2)
+        )
 
     async def close(self) -> None:
         for client in (self._client, self._stream_client):
@@ -158,9 +174,12 @@ class Gateway:
         `stream`). Raises HttpError 401 without a bearer token."""
         token = bearer_token(request)
         if not token:
-            raise arm.HttpError(401, "AuthenticationFailed",
-                                "Authorization: Bearer <token> is required (a fleetcap token, or an OIDC token "
-                                "the coordinator accepts)", {"WWW-Authenticate": 'Bearer realm="fleetcap"'})
+            raise arm.HttpError(
+                401,
+                "AuthenticationFailed",
+                "Authorization: Bearer <token> is required (a fleetcap token, or an OIDC token the coordinator accepts)",
+                {"WWW-Authenticate": 'Bearer realm="fleetcap"'},
+            )
         client = self._stream_client if stream else self._client
         assert client is not None
         return client.as_caller(token)
@@ -169,8 +188,9 @@ class Gateway:
         """The gateway's own client, for alert rules (a blocking client, used off the event loop)."""
         if self._alert_client is None:
             c = self.settings.credentials
-            self._alert_client = sdk.Client(self.settings.coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert,
-                                            tls_key=c.tls_key, token=c.token, insecure=c.insecure)
+            self._alert_client = sdk.Client(
+                self.settings.coordinator, tls_ca=c.tls_ca, tls_cert=c.tls_cert, tls_key=c.tls_key, token=c.token, insecure=c.insecure
+            )
         return self._alert_client
 
 
@@ -181,6 +201,7 @@ def bearer_token(request: Request) -> str:
 
 
 # -- middleware ---------------------------------------------------------------------------------------
+
 
 class Hardening:
     """Security headers on every response, bounded concurrency, and the request and send
@@ -226,11 +247,11 @@ class Hardening:
                         await self.app(scope, receive, guarded_send)
                 except TimeoutError:
                     if started:
-                        log.warning("%s %s: the client stopped reading; connection closed", scope["method"],
-                                    scope["path"])
+                        log.warning("%s %s: the client stopped reading; connection closed", scope["method"], scope["path"])
                         return
                     await _error_response(arm.HttpError(504, "GatewayTimeout", "the request took too long"))(
-                        scope, receive, self._untimed(send))
+                        scope, receive, self._untimed(send)
+                    )
         finally:
             self._held[kind, caller] -= 1
             if not self._held[kind, caller]:
@@ -243,32 +264,51 @@ class Hardening:
         s = self.settings
         if kind == "stream":
             if self._streams >= s.max_streams:
-                return arm.HttpError(503, "ServiceUnavailable", f"the gateway already serves {s.max_streams} event "
-                                     "streams; retry shortly", {"Retry-After": "5"})
+                return arm.HttpError(
+                    503,
+                    "ServiceUnavailable",
+                    f"the gateway already serves {s.max_streams} event streams; retry shortly",
+                    {"Retry-After": "5"},
+                )
             if caller and self._held[kind, caller] >= s.max_streams_per_caller:
-                return arm.HttpError(429, "TooManyRequests", f"this token already has {s.max_streams_per_caller} "
-                                     "event streams open; close one first", {"Retry-After": "5"})
+                return arm.HttpError(
+                    429,
+                    "TooManyRequests",
+                    f"this token already has {s.max_streams_per_caller} event streams open; close one first",
+                    {"Retry-After": "5"},
+                )
             return None
         if self._slots.locked():
             return arm.HttpError(503, "ServiceUnavailable", "the gateway is busy; retry shortly", {"Retry-After": "1"})
         if caller and self._held[kind, caller] >= s.max_requests_per_caller:
-            return arm.HttpError(429, "TooManyRequests", f"this token already has {s.max_requests_per_caller} "
-                                 "requests in progress; retry shortly", {"Retry-After": "1"})
+            return arm.HttpError(
+                429,
+                "TooManyRequests",
+                f"this token already has {s.max_requests_per_caller} requests in progress; retry shortly",
+                {"Retry-After": "1"},
+            )
         return None
 
     def _secured(self, start: Message) -> Message:
         """A response start with the security headers every response carries."""
-        headers = [*start.get("headers", []), (b"content-security-policy", CSP.encode()),
-                   (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
-                   (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
+        headers = [
+            *start.get("headers", []),
+            (b"content-security-policy", CSP.encode()),
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cache-control", b"no-store"),
+        ]
         if self.tls:
             headers.append((b"strict-transport-security", b"max-age=31536000"))
         return {**start, "headers": headers}
 
     def _untimed(self, send: Send) -> Send:
         """`send` with the security headers and no timeout: the gateway's own 503 and 504."""
+
         async def secured(message: Message) -> None:
             await send(self._secured(message) if message["type"] == "http.response.start" else message)
+
         return secured
 
 
@@ -287,6 +327,7 @@ def _error_response(e: arm.HttpError) -> JSONResponse:
 
 
 # -- the application ----------------------------------------------------------------------------------
+
 
 def create_app(settings: GatewaySettings) -> Starlette:
     gateway = Gateway(settings)
@@ -316,6 +357,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             finally:
                 gateway.requests.labels(name, str(status)).inc()
                 gateway.latency.labels(name).observe(time.perf_counter() - started)
+
         return endpoint
 
     methods = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE"]
@@ -344,10 +386,14 @@ def create_app(settings: GatewaySettings) -> Starlette:
         return _error_response(arm.HttpError(500, "InternalServerError", "internal error; see the gateway log"))
 
     return Starlette(
-        routes=routes, lifespan=lifespan,
-        middleware=[Middleware(Hardening, settings=settings),
-                    Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings), www_redirect=False)],
-        exception_handlers={HTTPException: http_error, Exception: server_error})
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(Hardening, settings=settings),
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings), www_redirect=False),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
 
 
 def _need(request: Request, *allowed: str) -> None:
@@ -371,8 +417,7 @@ async def _json_body(request: Request) -> Any:
             if len(raw) > MAX_BODY:
                 raise arm.HttpError(413, "InvalidRequestFormat", f"the body is over {MAX_BODY} bytes")
     except ClientDisconnect:  # nobody is left to answer: an expected event, not a failure
-        raise arm.HttpError(400, "InvalidRequestFormat", "the client closed the connection before its body came") \
-            from None
+        raise arm.HttpError(400, "InvalidRequestFormat", "the client closed the connection before its body came") from None
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -380,8 +425,7 @@ async def _json_body(request: Request) -> Any:
     except RecursionError:
         body = None  # nested deeper than the parser goes: refused below as too deep
     if body is None and raw.strip() != b"null" or _depth(body) > MAX_BODY_DEPTH:
-        raise arm.HttpError(400, "InvalidRequestFormat",
-                            f"the body nests objects and arrays deeper than {MAX_BODY_DEPTH} levels")
+        raise arm.HttpError(400, "InvalidRequestFormat", f"the body nests objects and arrays deeper than {MAX_BODY_DEPTH} levels")
     return body
 
 
@@ -444,13 +488,15 @@ async def _list_page(c: sdk.AsyncClient, request: Request) -> Response:
     try:
         page, token = await c.list_page(page_size=int(top_text), page_token=q.get("$skipToken", ""))
     except sdk.InvalidCapture:
-        raise arm.HttpError(400, "InvalidParameter", "$skipToken: is not a token this service issued "
-                                                     "(follow nextLink as it came)") from None
+        raise arm.HttpError(
+            400, "InvalidParameter", "$skipToken: is not a token this service issued (follow nextLink as it came)"
+        ) from None
     body: dict[str, Any] = {"value": [arm.resource(x) for x in page]}
     if token:
         kept = [(k, v) for k, v in q.multi_items() if k != "$skipToken"]
         body["nextLink"] = str(request.url.replace(query=urllib.parse.urlencode(kept + [("$skipToken", token)])))
     return _json(200, body)
+
 
 async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
     path = request.url.path
@@ -460,8 +506,13 @@ async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
         if found is None:
             raise arm.HttpError(404, "NotFound", f"no such path: {path}")
         _need(request, "GET")
-        return await operation(gateway.caller(request), arm.Operation.parse(found.group(4)),
-                               found.group(3).lower() == "operationresults", request, found.group(1))
+        return await operation(
+            gateway.caller(request),
+            arm.Operation.parse(found.group(4)),
+            found.group(3).lower() == "operationresults",
+            request,
+            found.group(1),
+        )
     name = urllib.parse.unquote(m.group(4)) if m.group(4) else None
     action = m.group(5) and m.group(5).lower()
     c = gateway.caller(request)
@@ -486,8 +537,7 @@ async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
         props = arm.parameters(await _json_body(request))
         created = await c.create_from(name=name, properties=props)
         op = arm.Operation("create", name)
-        return _json(201, arm.resource(created), {"Azure-AsyncOperation": op.url(base, m.group(1), False),
-                                                  "Retry-After": "1"})
+        return _json(201, arm.resource(created), {"Azure-AsyncOperation": op.url(base, m.group(1), False), "Retry-After": "1"})
     if request.method == "GET":
         return _json(200, arm.resource(await c.get(name=name)))
     if request.method == "DELETE":
@@ -500,8 +550,7 @@ async def arm_endpoint(gateway: Gateway, request: Request) -> Response:
     raise arm.HttpError(405, "MethodNotAllowed", f"{request.method} is not allowed on a packet capture")
 
 
-async def operation(c: sdk.AsyncClient, op: arm.Operation, results: bool, request: Request,
-                    subscription: str) -> Response:
+async def operation(c: sdk.AsyncClient, op: arm.Operation, results: bool, request: Request, subscription: str) -> Response:
     """A long-running operation's state, as ARM serves it: for a create, its status resource
     (InProgress until the capture has left NotStarted); for a delete, its result (204 once the
     capture is gone)."""
@@ -517,8 +566,10 @@ async def operation(c: sdk.AsyncClient, op: arm.Operation, results: bool, reques
     body: dict[str, Any] = {"name": op.id(), "status": "InProgress" if state == Status.NOT_STARTED else "Succeeded"}
     if state == Status.ERROR:
         body["status"] = "Failed"
-        body["error"] = {"code": ",".join(status.packet_capture_error) or "PacketCaptureFailed",
-                         "message": f"packet capture '{op.name}' failed on every instance"}
+        body["error"] = {
+            "code": ",".join(status.packet_capture_error) or "PacketCaptureFailed",
+            "message": f"packet capture '{op.name}' failed on every instance",
+        }
     if results and body["status"] == "Succeeded":
         return _json(200, arm.resource(await c.get(name=op.name)))
     headers = {"Retry-After": "1"} if body["status"] == "InProgress" else None
@@ -549,6 +600,7 @@ async def not_found(gateway: Gateway, request: Request) -> Response:
 
 # -- fleetcap extensions ----------------------------------------------------------------------------------
 
+
 async def agents_endpoint(gateway: Gateway, request: Request) -> Response:
     _need(request, "GET")
     return _json(200, {"value": [sdk.to_dict(a) for a in await gateway.caller(request).list_agents()]})
@@ -577,17 +629,26 @@ async def file_endpoint(gateway: Gateway, request: Request) -> Response:
     c = gateway.caller(request)
     wanted = request.query_params.get("file", "")
     status = await c.get_status(name=name)
-    found = [(inst, f) for inst in status.instances for f in inst.files
-             if instance in (inst.instance_id, inst.id, instance_name(inst.id)) and sdk.downloadable(inst, f)
-             and (not wanted or f.file_path == wanted)]
+    found = [
+        (inst, f)
+        for inst in status.instances
+        for f in inst.files
+        if instance in (inst.instance_id, inst.id, instance_name(inst.id))
+        and sdk.downloadable(inst, f)
+        and (not wanted or f.file_path == wanted)
+    ]
     if not found:
-        raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no stored file"
-                            f"{' ' + wanted if wanted else ''} for instance '{instance}'")
+        raise arm.HttpError(
+            404, "ResourceNotFound", f"packet capture '{name}' has no stored file{' ' + wanted if wanted else ''} for instance '{instance}'"
+        )
     inst, f = found[0]
     size = f.size_bytes
     etag = f'"{f.stored_sha256 or f.sha256}"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag,
-               "Content-Disposition": attachment(name, instance_name(inst.id), os.path.basename(f.file_path))}
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Content-Disposition": attachment(name, instance_name(inst.id), os.path.basename(f.file_path)),
+    }
     start, end, code = 0, size - 1, 200
     spec = request.headers.get("range")
     if_range = request.headers.get("if-range")
@@ -600,8 +661,9 @@ async def file_endpoint(gateway: Gateway, request: Request) -> Response:
             else:  # the last N bytes
                 start = max(0, size - int(m.group(2)))
             if start >= size or start > end:
-                raise arm.HttpError(416, "InvalidRange", f"Range: {spec} lies beyond the file's {size} bytes",
-                                    {"Content-Range": f"bytes */{size}"})
+                raise arm.HttpError(
+                    416, "InvalidRange", f"Range: {spec} lies beyond the file's {size} bytes", {"Content-Range": f"bytes */{size}"}
+                )
             code = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
@@ -609,8 +671,7 @@ async def file_endpoint(gateway: Gateway, request: Request) -> Response:
         return Response(status_code=code, headers=headers, media_type="application/vnd.tcpdump.pcap")
     chunks = c.read_file(name=name, instance_id=inst.instance_id, file_path=f.file_path, offset=start)
     first = await anext(chunks, b"")  # a NOT_FOUND surfaces here, before any header is sent
-    return StreamingResponse(_limit(first, chunks, end - start + 1, name), code, headers=headers,
-                             media_type="application/vnd.tcpdump.pcap")
+    return StreamingResponse(_limit(first, chunks, end - start + 1, name), code, headers=headers, media_type="application/vnd.tcpdump.pcap")
 
 
 async def _limit(first: bytes, rest: AsyncIterator[bytes], length: int, what: str) -> AsyncIterator[bytes]:
@@ -649,13 +710,21 @@ async def merged_endpoint(gateway: Gateway, request: Request) -> Response:
             offline.append(inst.instance_id)  # only the instance holds them, and its agent is away
             continue
         if files:
-            sources.append(pcapng.StreamSource(
-                name=instance_name(inst.id), description=inst.id,
-                files=[_opener(c, name, inst.instance_id, path) for path in files], stats=sdk.interface_stats(inst),
-                clock=sdk.clock_correction(inst)))
+            sources.append(
+                pcapng.StreamSource(
+                    name=instance_name(inst.id),
+                    description=inst.id,
+                    files=[_opener(c, name, inst.instance_id, path) for path in files],
+                    stats=sdk.interface_stats(inst),
+                    clock=sdk.clock_correction(inst),
+                )
+            )
     if not sources:
-        raise arm.HttpError(404, "ResourceNotFound", f"packet capture '{name}' has no files to merge yet" +
-                            (f" (instances offline: {', '.join(offline)})" if offline else ""))
+        raise arm.HttpError(
+            404,
+            "ResourceNotFound",
+            f"packet capture '{name}' has no files to merge yet" + (f" (instances offline: {', '.join(offline)})" if offline else ""),
+        )
     stream = pcapng.merge_stream(sources)
     first = await anext(stream)  # every instance's first read has begun: errors surface before the headers
     headers = {"Content-Disposition": attachment(name + ".pcapng")}
@@ -686,8 +755,7 @@ async def events_endpoint(gateway: Gateway, request: Request) -> Response:
     # The first status is a request like any other; only the watch rides the streams' connection.
     first = await gateway.caller(request).get_status(name=name)  # NOT_FOUND, PERMISSION_DENIED before the headers
     c = gateway.caller(request, stream=True)
-    return StreamingResponse(_events(c, name, first), 200, media_type="text/event-stream",
-                             headers={"X-Accel-Buffering": "no"})
+    return StreamingResponse(_events(c, name, first), 200, media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[bytes]:
@@ -697,8 +765,8 @@ async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[by
     instances' countersTime, from which the portal takes rates)."""
     loop = asyncio.get_running_loop()
     yield b"data: " + json.dumps(arm.status(first)).encode() + b"\n\n"
-    newest: list[Any] = []        # the newest status not yet sent (at most one)
-    ended: list[bytes] = []       # the stream's last event, once the watch has ended
+    newest: list[Any] = []  # the newest status not yet sent (at most one)
+    ended: list[bytes] = []  # the stream's last event, once the watch has ended
     changed = asyncio.Event()
 
     async def read() -> None:
@@ -737,23 +805,28 @@ async def _events(c: sdk.AsyncClient, name: str, first: Any) -> AsyncIterator[by
 
 # -- webhooks ----------------------------------------------------------------------------------------------
 
+
 async def webhook_endpoint(gateway: Gateway, request: Request) -> Response:
     """Alert webhooks. The sender presents the webhook token as `Authorization: Bearer` (never in
     the URL, where logs and proxies keep it); it is compared in constant time. The rules then act
     with the gateway's own credential."""
     _need(request, "POST")
-    handler = {"azure-monitor": handle_azure_monitor,
-               "alertmanager": handle_alertmanager}.get(request.path_params["kind"].rstrip("/"))
+    handler = {"azure-monitor": handle_azure_monitor, "alertmanager": handle_alertmanager}.get(request.path_params["kind"].rstrip("/"))
     if handler is None:
         raise arm.HttpError(404, "NotFound", f"no such webhook: {request.url.path}")
     expected = gateway.settings.webhook_token
     if not expected:  # the rules act with the gateway's own credential: never for an anonymous caller
-        raise arm.HttpError(404, "NotFound", "webhooks are off: start the gateway with --webhook-token "
-                                             "(FLEETCAP_WEBHOOK_TOKEN) to serve them")
+        raise arm.HttpError(
+            404, "NotFound", "webhooks are off: start the gateway with --webhook-token (FLEETCAP_WEBHOOK_TOKEN) to serve them"
+        )
     given = bearer_token(request)
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise arm.HttpError(401, "Unauthorized", "the webhook token is required as Authorization: Bearer",
-                            {"WWW-Authenticate": 'Bearer realm="fleetcap-webhooks"'})
+        raise arm.HttpError(
+            401,
+            "Unauthorized",
+            "the webhook token is required as Authorization: Bearer",
+            {"WWW-Authenticate": 'Bearer realm="fleetcap-webhooks"'},
+        )
     body = await _json_body(request)
     rules, client = gateway.rules, gateway.alert_client()
     async with gateway.alert_lock:

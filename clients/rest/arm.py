@@ -4,6 +4,7 @@ A PacketCaptureResult is `{"name", "id", "etag", "type", "properties": {..., "pr
 "systemData": {"createdAt"}}` as ARM returns it; a status is Azure's PacketCaptureQueryStatusResult
 plus fleetcap's per-instance breakdown (`instances`). Errors are `{"error": {"code", "message"}}`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -64,14 +65,17 @@ def from_sdk_error(e: sdk.FleetcapError) -> HttpError:
 
 LOCATION = "local"
 OPERATION_KINDS = ("create", "delete")
-OPERATION_PATH = re.compile(r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/locations/([^/]+)/"
-                            r"(operations|operationResults)/([A-Za-z0-9_-]{1,400})/?$", re.IGNORECASE)
+OPERATION_PATH = re.compile(
+    r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/locations/([^/]+)/"
+    r"(operations|operationResults)/([A-Za-z0-9_-]{1,400})/?$",
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Operation:
-    kind: str   # one of OPERATION_KINDS
-    name: str   # the capture's
+    kind: str  # one of OPERATION_KINDS
+    name: str  # the capture's
 
     def id(self) -> str:
         raw = json.dumps([self.kind, self.name], separators=(",", ":")).encode()
@@ -80,8 +84,10 @@ class Operation:
     def url(self, base_url: str, subscription: str, results: bool) -> str:
         leaf = "operationResults" if results else "operations"
         subscription = urllib.parse.quote(subscription, safe="")  # a header holds ASCII only
-        return (f"{base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{LOCATION}/"
-                f"{leaf}/{self.id()}?api-version=2024-05-01")
+        return (
+            f"{base_url}/subscriptions/{subscription}/providers/Microsoft.Network/locations/{LOCATION}/"
+            f"{leaf}/{self.id()}?api-version=2024-05-01"
+        )
 
     @classmethod
     def parse(cls, op_id: str) -> Operation:
@@ -99,8 +105,14 @@ def resource(capture: pb.PacketCaptureResult) -> dict[str, Any]:
     d = sdk.to_dict(capture)
     props = d["properties"]
     props["provisioningState"] = d["provisioningState"]
-    return {"name": d["name"], "id": d["id"], "etag": d["etag"], "type": RESOURCE_TYPE, "properties": props,
-            "systemData": {"createdAt": d["createdTime"]}}
+    return {
+        "name": d["name"],
+        "id": d["id"],
+        "etag": d["etag"],
+        "type": RESOURCE_TYPE,
+        "properties": props,
+        "systemData": {"createdAt": d["createdTime"]},
+    }
 
 
 def status(s: pb.PacketCaptureQueryStatusResult) -> dict[str, Any]:

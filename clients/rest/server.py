@@ -2,6 +2,7 @@
 idle connections closed, a graceful shutdown on SIGTERM and SIGINT. uvloop and httptools (the
 gateway extra installs both) when present: they serve a download with half the CPU of asyncio
 and h11 (docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,10 @@ GRACEFUL_SHUTDOWN_S = 10
 # A request's line and headers together: room for any browser's and an Entra ID token with many
 # groups (about 8 KB), far below what lets one connection hold the parser (docs/security.md).
 MAX_HEAD_BYTES = 64 * 1024
-_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-              b"content-length: 39\r\nconnection: close\r\n\r\nthe request's headers exceed 64 KiB\r\n\r\n")
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 39\r\nconnection: close\r\n\r\nthe request's headers exceed 64 KiB\r\n\r\n"
+)
 
 
 class _IdleTimeout:
@@ -126,13 +129,26 @@ def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
     protocol = type("GatewayProtocol", (_protocol(),), {"idle_timeout_s": settings.idle_timeout_s})
     tls: dict[str, Any] = {}
     if settings.tls_cert:
-        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key,
-               "ssl_version": ssl.PROTOCOL_TLS_SERVER}
+        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key, "ssl_version": ssl.PROTOCOL_TLS_SERVER}
     return uvicorn.Config(
-        create_app(settings), host=host, port=port, http=protocol, ws="none", lifespan="on", loop="auto",
-        timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=2048,
-        server_header=False, date_header=True, proxy_headers=False, access_log=False, log_config=None,
-        h11_max_incomplete_event_size=MAX_HEAD_BYTES, **tls)  # (httptools: _HeadLimit)
+        create_app(settings),
+        host=host,
+        port=port,
+        http=protocol,
+        ws="none",
+        lifespan="on",
+        loop="auto",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=2048,
+        server_header=False,
+        date_header=True,
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        **tls,
+    )  # (httptools: _HeadLimit)
 
 
 def check(settings: GatewaySettings, *, insecure_listen: bool) -> None:
@@ -142,8 +158,10 @@ def check(settings: GatewaySettings, *, insecure_listen: bool) -> None:
         raise ValueError("--tls-cert and --tls-key go together")
     local = transport.is_local(settings.listen)
     if not local and not settings.tls_cert and not insecure_listen:
-        raise ValueError(f"--listen: {settings.listen} is beyond loopback; serve HTTPS with --tls-cert and "
-                         "--tls-key, or pass --insecure-listen to serve plain HTTP there")
+        raise ValueError(
+            f"--listen: {settings.listen} is beyond loopback; serve HTTPS with --tls-cert and "
+            "--tls-key, or pass --insecure-listen to serve plain HTTP there"
+        )
     if not local and not settings.webhook_token:
         raise ValueError(f"--webhook-token: required when the gateway listens beyond loopback ({settings.listen})")
 

@@ -8,6 +8,7 @@ a caller without a credential gets UNAUTHENTICATED, one without the role PERMISS
 decision is one audit log line and a metric. The principal travels to the servicer in a context
 variable, so the fleet service can bind an agent to its own identity.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,10 @@ audit = logging.getLogger("fleetcap.audit")
 _API = "/fleetcap.v1.PacketCaptures/"
 _FLEET = "/fleetcap.v1.Fleet/"
 METHOD_ROLES: dict[str, Role] = {
-    **{_API + m: Role.READER for m in ("Get", "List", "GetStatus", "WatchStatus", "ListAgents", "ListStorageAccounts",
-                                           "GetManifest", "GetManifestKey")},
+    **{
+        _API + m: Role.READER
+        for m in ("Get", "List", "GetStatus", "WatchStatus", "ListAgents", "ListStorageAccounts", "GetManifest", "GetManifestKey")
+    },
     _API + "ReadFile": Role.DATA_READER,
     **{_API + m: Role.CONTRIBUTOR for m in ("Create", "Stop", "Trigger", "Delete")},
     _FLEET + "Connect": Role.AGENT,
@@ -44,8 +47,7 @@ METHOD_ROLES: dict[str, Role] = {
 }
 # Health checks say SERVING or NOT_SERVING and nothing else: probes and load balancers call them
 # without a credential.
-PUBLIC_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
-                            "/grpc.health.v1.Health/List"})
+PUBLIC_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List"})
 # Creates per principal: a burst of CREATE_BURST, refilled at CREATE_PER_S. Generous for any
 # operator or alert rule; it bounds what one leaked token can make the fleet do.
 CREATE_BURST, CREATE_PER_S = 30, 5.0
@@ -79,8 +81,12 @@ class Authenticator:
             return
         try:
             self.file = AuthFile.load(self.path)
-            log.info("auth file %s reloaded: %d token(s), %d revoked certificate(s)", self.path,
-                     len(self.file.tokens), len(self.file.revoked_certificates))
+            log.info(
+                "auth file %s reloaded: %d token(s), %d revoked certificate(s)",
+                self.path,
+                len(self.file.tokens),
+                len(self.file.revoked_certificates),
+            )
         except (OSError, AuthError) as e:
             log.error("auth file %s not reloaded, the previous one stays in force: %s", self.path, e)
 
@@ -153,12 +159,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         principal = await self.authenticator.authenticate_call(context.invocation_metadata(), context.auth_context())
         capture = _capture_of(request)
         if principal is None:
-            decision, code, message = "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, \
-                "no valid credential: present a client certificate from the trusted CA or a bearer token"
+            decision, code, message = (
+                "unauthenticated",
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no valid credential: present a client certificate from the trusted CA or a bearer token",
+            )
         elif needed is None or not principal.allows(needed):
             decision, code = "denied", grpc.StatusCode.PERMISSION_DENIED
             message = f"{principal} ({', '.join(sorted(principal.roles)) or 'no role'}) may not call {short}" + (
-                f"; it needs the role {needed}" if needed else "")
+                f"; it needs the role {needed}" if needed else ""
+            )
         elif needed is Role.AGENT and principal.via == "token" and self.authenticator.tls:
             decision, code = "denied", grpc.StatusCode.PERMISSION_DENIED
             message = "agents prove their identity with a certificate when the coordinator serves TLS"
@@ -175,8 +185,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         raise AssertionError("unreachable: abort raises")
 
     async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None or details.method in PUBLIC_METHODS:
             return handler
@@ -189,8 +201,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 _principal.set(await admit(method, request, context))
                 return await inner_uu(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                       handler.response_serializer)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
             inner_us: Any = handler.unary_stream
 
@@ -198,16 +210,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 _principal.set(await admit(method, request, context))
                 async for response in inner_us(request, context):
                     yield response
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
-                                                        handler.response_serializer)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
         if handler.stream_stream:
             inner_ss: Any = handler.stream_stream
 
-            async def stream_stream(requests: AsyncIterator[Any],
-                                    context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 _principal.set(await admit(method, None, context))
                 async for response in inner_ss(requests, context):
                     yield response
-            return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                         handler.response_serializer)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)
         raise RuntimeError(f"{method}: client-streaming methods are not served")

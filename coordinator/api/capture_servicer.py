@@ -2,6 +2,7 @@
 
 Domain exceptions become status codes through one table (status_codes.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ Unary = Callable[["CaptureServicer", Req, Context], Awaitable[Resp]]
 
 def _mapped(method: Unary[Req, Resp]) -> Unary[Req, Resp]:
     """Counts and times the call and maps its failure to a status code (status_codes.py)."""
+
     @functools.wraps(method)
     async def wrapper(self: CaptureServicer, request: Req, context: Context) -> Resp:
         started = time.perf_counter()
@@ -37,6 +39,7 @@ def _mapped(method: Unary[Req, Resp]) -> Unary[Req, Resp]:
             await status_codes.abort(context, e)
         self.metrics.api_call(method.__name__, "OK", time.perf_counter() - started)
         return response
+
     return wrapper
 
 
@@ -50,12 +53,21 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
         caller = current_principal()
         who = caller.name if caller else ""
         if request.dry_run:
-            capture, dry_run = await self.service.dry_run(name=request.name, resource_group=request.resource_group,
-                                                          subscription=request.subscription, params=request.properties,
-                                                          caller=who)
+            capture, dry_run = await self.service.dry_run(
+                name=request.name,
+                resource_group=request.resource_group,
+                subscription=request.subscription,
+                params=request.properties,
+                caller=who,
+            )
             return pb.CreatePacketCaptureResponse(capture=capture, dry_run=dry_run)
-        capture = await self.service.create(name=request.name, resource_group=request.resource_group,
-                                            subscription=request.subscription, params=request.properties, caller=who)
+        capture = await self.service.create(
+            name=request.name,
+            resource_group=request.resource_group,
+            subscription=request.subscription,
+            params=request.properties,
+            caller=who,
+        )
         return pb.CreatePacketCaptureResponse(capture=capture)
 
     @_mapped
@@ -75,8 +87,9 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
     @_mapped
     async def Trigger(self, request: pb.TriggerPacketCaptureRequest, context: Context) -> pb.TriggerPacketCaptureResponse:
         caller = current_principal()
-        status = await self.service.trigger(request.name, after_s=request.after_in_seconds,
-                                            source=caller.name if caller else "local", note=request.note)
+        status = await self.service.trigger(
+            request.name, after_s=request.after_in_seconds, source=caller.name if caller else "local", note=request.note
+        )
         return pb.TriggerPacketCaptureResponse(status=status)
 
     @_mapped
@@ -108,15 +121,17 @@ class CaptureServicer(captures_pb2_grpc.PacketCapturesServicer):
     async def ReadFile(self, request: pb.ReadCaptureFileRequest, context: Context) -> AsyncIterator[pb.ReadCaptureFileResponse]:
         try:
             async for offset, data, complete in self.service.read_file(
-                    request.name, request.instance_id, request.file_path, request.offset, request.follow):
+                request.name, request.instance_id, request.file_path, request.offset, request.follow
+            ):
                 yield pb.ReadCaptureFileResponse(offset=offset, data=data, complete=complete)
         except Exception as e:
             self.metrics.api_call("ReadFile", status_codes.status_for(e)[0].name)
             await status_codes.abort(context, e)
         self.metrics.api_call("ReadFile", "OK")
 
-    async def WatchStatus(self, request: pb.WatchPacketCaptureStatusRequest,
-                          context: Context) -> AsyncIterator[pb.WatchPacketCaptureStatusResponse]:
+    async def WatchStatus(
+        self, request: pb.WatchPacketCaptureStatusRequest, context: Context
+    ) -> AsyncIterator[pb.WatchPacketCaptureStatusResponse]:
         try:
             async for status in self.service.watch_status(request.name):
                 yield pb.WatchPacketCaptureStatusResponse(status=status)

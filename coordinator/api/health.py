@@ -10,6 +10,7 @@ own, for kubelet's gRPC probes, which speak neither TLS nor tokens.
 Reflection (`grpc.reflection.v1alpha` and `v1`) lists the services and their schema to a caller
 with the reader role (api/auth.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,7 @@ from fleetcap.v1 import captures_pb2, fleet_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = (captures_pb2.DESCRIPTOR.services_by_name["PacketCaptures"].full_name,
-            fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name)
+SERVICES = (captures_pb2.DESCRIPTOR.services_by_name["PacketCaptures"].full_name, fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name)
 CHECK_S = 5.0
 CHECK_DEADLINE_S = 3.0
 
@@ -61,8 +61,7 @@ class Health:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICES):
             await self.servicer.set(name, status)
-        (log.info if serving else log.warning)("health: %s", "SERVING" if serving else "NOT_SERVING (the store does "
-                                                                                       "not answer)")
+        (log.info if serving else log.warning)("health: %s", "SERVING" if serving else "NOT_SERVING (the store does not answer)")
 
     async def _check(self) -> None:
         while True:

@@ -9,6 +9,7 @@ come from `--oidc-roles-claim` (a dotted path, such as Keycloak's `realm_access.
 that is a role's name, or that `--oidc-role VALUE=ROLE` maps, grants it. OIDC never grants the
 agent role: agents prove who they are with certificates.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,7 @@ def parse_role_map(values: list[str]) -> tuple[tuple[str, str], ...]:
         if not sep or not value:
             raise OidcError(f"--oidc-role: '{item}' is not VALUE=ROLE")
         if role not in {r.value for r in Role} or role == Role.AGENT:
-            raise OidcError(f"--oidc-role: '{role}' is not a role a token may hold "
-                            f"({', '.join(r for r in Role if r != Role.AGENT)})")
+            raise OidcError(f"--oidc-role: '{role}' is not a role a token may hold ({', '.join(r for r in Role if r != Role.AGENT)})")
         pairs.append((value, role))
     return tuple(pairs)
 
@@ -88,9 +88,15 @@ class OidcVerifier:
             header = jwt.get_unverified_header(token)
             if header.get("alg") not in ALGORITHMS:
                 raise jwt.InvalidAlgorithmError(f"algorithm {header.get('alg')!r} is not accepted")
-            claims = jwt.decode(token, self._key(token), algorithms=[header["alg"]], audience=self.settings.audience,
-                                issuer=self.settings.issuer, leeway=LEEWAY_S,
-                                options={"require": ["exp", "iss", "aud", "sub"]})
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=[header["alg"]],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
         except (jwt.PyJWTError, ValueError, KeyError) as e:
             log.debug("OIDC token refused: %s", e)
             return None

@@ -4,6 +4,7 @@ Anything not in the table is a bug: it becomes INTERNAL with a short message and
 here, never sent as a traceback. An error with a machine-readable reason (StorageFailed)
 also carries it in the trailing metadata, so that a client never parses a message.
 """
+
 from __future__ import annotations
 
 import logging

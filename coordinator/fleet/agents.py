@@ -3,6 +3,7 @@ replica, registering an agent under its etcd lease, and applying what its stream
 
 The servicer (fleet_servicer.py) only moves messages between the stream and a ControlSession.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,8 +85,7 @@ def check_caller(principal: Principal | None, identity: fleet_pb2.AgentIdentity)
     if principal is None or Role.AGENT not in principal.roles:
         raise PermissionDenied("only an agent may use the fleet service")
     if principal.via == "certificate" and principal.agent_id.lower() != resource_id(identity).lower():
-        raise PermissionDenied(f"the certificate of {principal.agent_id or principal.name} cannot speak for "
-                               f"{resource_id(identity)}")
+        raise PermissionDenied(f"the certificate of {principal.agent_id or principal.name} cannot speak for {resource_id(identity)}")
 
 
 class AgentSession:
@@ -179,8 +179,7 @@ class ControlSession:
     bad identity and StoreUnavailable when etcd cannot register it.
     """
 
-    def __init__(self, service: CaptureService, sessions: AgentSessions, presence: Presence, *, agent_ttl_s: int,
-                 replica: str):
+    def __init__(self, service: CaptureService, sessions: AgentSessions, presence: Presence, *, agent_ttl_s: int, replica: str):
         self.service = service
         self.sessions = sessions
         self.presence = presence
@@ -211,9 +210,14 @@ class ControlSession:
         except reports.ReportRefused as e:
             raise InvalidArgument("hello", str(e)) from None
         key = keys.instance_key(hello.identity)
-        self._record = state_pb2.AgentRecord(identity=hello.identity, hostname=hello.hostname,
-                                             interface=hello.interface, addresses=hello.addresses,
-                                             connected_time=utc_now(), coordinator=self.replica)
+        self._record = state_pb2.AgentRecord(
+            identity=hello.identity,
+            hostname=hello.hostname,
+            interface=hello.interface,
+            addresses=hello.addresses,
+            connected_time=utc_now(),
+            coordinator=self.replica,
+        )
         await self.presence.register(key, self._record)
         self.session = AgentSession(key)
         self.sessions.attach(self.session)
@@ -225,7 +229,8 @@ class ControlSession:
         await self.service.agent_connected(key, hello)
         return fleet_pb2.Welcome(
             instance_resource_id=resource_id(hello.identity),
-            heartbeat_interval_ms=max(MIN_HEARTBEAT_MS, self.agent_ttl_s * 1000 // HEARTBEATS_PER_TTL))
+            heartbeat_interval_ms=max(MIN_HEARTBEAT_MS, self.agent_ttl_s * 1000 // HEARTBEATS_PER_TTL),
+        )
 
     async def handle(self, message: fleet_pb2.AgentMessage) -> None:
         """Applies one message from the agent; a failure is logged, the stream goes on."""
@@ -248,8 +253,12 @@ class ControlSession:
                     log.warning("agent %s: report refused: %s", key, e)
                     return
                 if message.progress.capture_name not in self._pending and len(self._pending) >= MAX_PENDING_REPORTS:
-                    log.warning("agent %s: more than %d captures' reports waiting; report of %s refused", key,
-                                MAX_PENDING_REPORTS, message.progress.capture_name)
+                    log.warning(
+                        "agent %s: more than %d captures' reports waiting; report of %s refused",
+                        key,
+                        MAX_PENDING_REPORTS,
+                        message.progress.capture_name,
+                    )
                     return
                 self._pending[message.progress.capture_name] = message.progress
                 self._wake.set()
@@ -268,6 +277,7 @@ class ControlSession:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.warning("agent %s: budget exchange failed: %s", self.instance_key, t.exception())
+
         task.add_done_callback(done)
 
     def _echo(self, probe: fleet_pb2.ClockProbe) -> None:
@@ -278,9 +288,14 @@ class ControlSession:
         if now - self._last_probe < CLOCK_PROBE_GAP_S:
             return
         self._last_probe = now
-        self.sessions.send(self.instance_key, fleet_pb2.CoordinatorMessage(clock_echo=fleet_pb2.ClockEcho(
-            seq=probe.seq, agent_send_ns=probe.agent_send_ns, coordinator_receive_ns=received,
-            coordinator_send_ns=time.time_ns())))
+        self.sessions.send(
+            self.instance_key,
+            fleet_pb2.CoordinatorMessage(
+                clock_echo=fleet_pb2.ClockEcho(
+                    seq=probe.seq, agent_send_ns=probe.agent_send_ns, coordinator_receive_ns=received, coordinator_send_ns=time.time_ns()
+                )
+            ),
+        )
 
     async def _write_progress(self) -> None:
         """Applies the newest report of each capture: a change of state at once, counters at
@@ -327,13 +342,13 @@ class ControlSession:
             if next_due is not None:
                 loop.call_at(next_due, self._wake.set)
 
-    def _retry(self, loop: asyncio.AbstractEventLoop, name: str, progress: fleet_pb2.CaptureProgress, why: str,
-               next_due: float | None) -> float:
+    def _retry(
+        self, loop: asyncio.AbstractEventLoop, name: str, progress: fleet_pb2.CaptureProgress, why: str, next_due: float | None
+    ) -> float:
         """Puts a report back (unless a newer one replaced it); returns the writer's next wake."""
         if name not in self._pending:
             self._pending[name] = progress
-        log.warning("agent %s: progress of %s not written (%s); retrying in %g s", self.instance_key, name, why,
-                    RETRY_REPORT_S)
+        log.warning("agent %s: progress of %s not written (%s); retrying in %g s", self.instance_key, name, why, RETRY_REPORT_S)
         at = loop.time() + RETRY_REPORT_S
         return at if next_due is None else min(next_due, at)
 
@@ -360,6 +375,5 @@ class ControlSession:
             self.session.close()
             self.sessions.detach(self.session)
             # A cut agent was silent for a whole TTL already; one that hung up gets a TTL to return.
-            self.presence.release(self.session.instance_key, self._record,
-                                  after_s=0 if self.session.silenced else self.agent_ttl_s)
+            self.presence.release(self.session.instance_key, self._record, after_s=0 if self.session.silenced else self.agent_ttl_s)
             log.info("agent %s disconnected", self.session.instance_key)

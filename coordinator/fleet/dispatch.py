@@ -1,5 +1,6 @@
 """Dispatch by watch: every replica starts and stops the captures of the agents connected to
 it, whichever replica took the API call, by following the capture records in etcd."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,7 @@ async def _follow_captures(store: Store, service: CaptureService, sessions: Agen
             await _dispatch(store, service, sessions, event.record)
 
 
-async def _dispatch(store: Store, service: CaptureService, sessions: AgentSessions,
-                    record: state_pb2.CaptureRecord) -> None:
+async def _dispatch(store: Store, service: CaptureService, sessions: AgentSessions, record: state_pb2.CaptureRecord) -> None:
     """What a capture record asks of the agents connected here: stop, trigger or start."""
     if not any(sessions.connected(k) for k in record.instance_keys):
         return
@@ -58,9 +58,14 @@ async def _follow_fetches(store: Store, sessions: AgentSessions) -> None:
     # fetch it already serves, so the downloading replica may also have sent it at once.
     async for fetch in store.watch_fetches():
         if fetch is not None:
-            sessions.send(fetch.instance_key, fleet_pb2.CoordinatorMessage(fetch=fleet_pb2.FetchFile(
-                capture_name=fetch.capture_name, capture_id=fetch.capture_id, file_path=fetch.file_path,
-                fetch_id=fetch.fetch_id)))
+            sessions.send(
+                fetch.instance_key,
+                fleet_pb2.CoordinatorMessage(
+                    fetch=fleet_pb2.FetchFile(
+                        capture_name=fetch.capture_name, capture_id=fetch.capture_id, file_path=fetch.file_path, fetch_id=fetch.fetch_id
+                    )
+                ),
+            )
 
 
 async def _forever(what: str, follow: Callable[[], Awaitable[None]]) -> None:
@@ -76,5 +81,7 @@ async def _forever(what: str, follow: Callable[[], Awaitable[None]]) -> None:
 
 async def dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
     """Runs for ever, watching again after an interruption."""
-    await asyncio.gather(_forever("dispatch", lambda: _follow_captures(store, service, sessions)),
-                         _forever("fetch", lambda: _follow_fetches(store, sessions)))
+    await asyncio.gather(
+        _forever("dispatch", lambda: _follow_captures(store, service, sessions)),
+        _forever("fetch", lambda: _follow_fetches(store, sessions)),
+    )

@@ -1,5 +1,6 @@
 """Agent expiry: an agent record removed (its replica judged it gone, or the replica's lease
 expired with the replica) means the agent is gone (presence.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,7 @@ log = logging.getLogger(__name__)
 REWATCH_S = 1.0
 
 
-async def watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions,
-                             leading: asyncio.Event) -> None:
+async def watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions, leading: asyncio.Event) -> None:
     """Runs for ever. No heartbeat for a whole lease: the agent is gone or cut off, even if its
     TCP stream has not timed out yet. Its stream is closed here so that it reconnects afresh
     (its report then revives what it still has: AgentStopped recovers), and the leader fails

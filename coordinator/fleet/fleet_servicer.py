@@ -8,6 +8,7 @@ Control: the first message is an AgentHello. The agent is registered under an et
 that each heartbeat refreshes; the coordinator then sends Start/Stop commands down the same
 stream. Data: one Upload stream per file, on its own channel (uploads.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, service: svc.CaptureService, sessions: AgentSessions, *, agent_ttl_s: int, replica: str,
-                 metrics: CoordinatorMetrics | None = None):
+    def __init__(
+        self,
+        service: svc.CaptureService,
+        sessions: AgentSessions,
+        *,
+        agent_ttl_s: int,
+        replica: str,
+        metrics: CoordinatorMetrics | None = None,
+    ):
         self.service = service
         self.sessions = sessions
         self.presence = Presence(service.store, agent_ttl_s)
@@ -42,14 +50,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.replica = replica
         self.uploads = Uploads(service, metrics or CoordinatorMetrics())
 
-    async def Connect(self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage],
-                      context: Context) -> AsyncIterator[fleet_pb2.CoordinatorMessage]:
+    async def Connect(
+        self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], context: Context
+    ) -> AsyncIterator[fleet_pb2.CoordinatorMessage]:
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
-        control = ControlSession(self.service, self.sessions, self.presence, agent_ttl_s=self.agent_ttl_s,
-                                 replica=self.replica)
+        control = ControlSession(self.service, self.sessions, self.presence, agent_ttl_s=self.agent_ttl_s, replica=self.replica)
         reader: asyncio.Future[None] | None = None
         try:
             try:
@@ -80,8 +88,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if control.session is not None:
                 control.session.close()
 
-    async def Upload(self, request_iterator: AsyncIterator[fleet_pb2.UploadRequest],
-                     context: Context) -> AsyncIterator[fleet_pb2.UploadResponse]:
+    async def Upload(
+        self, request_iterator: AsyncIterator[fleet_pb2.UploadRequest], context: Context
+    ) -> AsyncIterator[fleet_pb2.UploadResponse]:
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
@@ -97,11 +106,13 @@ def add_fleet_servicer(servicer: FleetServicer, server: grpc.aio.Server) -> None
     """fleet_pb2_grpc.add_FleetServicer_to_server, with chunks decoded without a copy (wire.py)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Connect": grpc.stream_stream_rpc_method_handler(
-            servicer.Connect, request_deserializer=fleet_pb2.AgentMessage.FromString,
-            response_serializer=fleet_pb2.CoordinatorMessage.SerializeToString),
+            servicer.Connect,
+            request_deserializer=fleet_pb2.AgentMessage.FromString,
+            response_serializer=fleet_pb2.CoordinatorMessage.SerializeToString,
+        ),
         "Upload": grpc.stream_stream_rpc_method_handler(
-            servicer.Upload, request_deserializer=wire.decode_upload_request,
-            response_serializer=fleet_pb2.UploadResponse.SerializeToString),
+            servicer.Upload, request_deserializer=wire.decode_upload_request, response_serializer=fleet_pb2.UploadResponse.SerializeToString
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fleetcap.v1.Fleet", handlers),))
     server.add_registered_method_handlers("fleetcap.v1.Fleet", handlers)

@@ -23,6 +23,7 @@ an event loop too busy to read their heartbeats on time (a reconnect storm on 2 
 507 live agents as silent. The time the loop itself was late is added to the TTL (see
 LoopLag).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,8 +81,7 @@ class Presence:
         self._records: dict[str, state_pb2.AgentRecord] = {}  # agents registered by this replica
         self._removals: set[asyncio.Task[None]] = set()
         # Registrations waiting for the next transaction, and the one task that writes them.
-        self._waiting: collections.deque[tuple[str, state_pb2.AgentRecord, asyncio.Future[None]]] = \
-            collections.deque()
+        self._waiting: collections.deque[tuple[str, state_pb2.AgentRecord, asyncio.Future[None]]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
         self.lag = LoopLag(window_s=2 * ttl_s)
 
@@ -186,7 +186,7 @@ class Presence:
         random.shuffle(keys)
         log.warning("the agents' lease expired (etcd was away); registering %d agents again", len(keys))
         for i in range(0, len(keys), AGENT_BATCH):
-            batch = {k: r for k in keys[i:i + AGENT_BATCH] if (r := self._records.get(k)) is not None}
+            batch = {k: r for k in keys[i : i + AGENT_BATCH] if (r := self._records.get(k)) is not None}
             if batch:
                 await self.store.put_agents(batch, self._lease)
             await asyncio.sleep(AGENT_BATCH / REREGISTER_PER_S)

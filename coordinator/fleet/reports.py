@@ -3,6 +3,7 @@ it reaches etcd, so a compromised agent can neither grow a record without limit 
 outside the vocabulary. A report that breaks a rule is refused whole (and logged); an error
 message that is too long is cut, since its beginning is what an operator reads.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sized
@@ -13,14 +14,14 @@ from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.v1 import captures_pb2, fleet_pb2
 
 MAX_ERROR_MESSAGE_CHARS = 1024
-MAX_ERRORS = len(CaptureError)       # each error word at most once
+MAX_ERRORS = len(CaptureError)  # each error word at most once
 MAX_FILES = limits.MAX_FILE_COUNT + 2  # a ring's newest files, and the one opening
 MAX_PATH_CHARS = 1024
-MAX_TIME_CHARS = 40                  # RFC 3339 with nanoseconds and an offset is 35
-MAX_SHORT_CHARS = 128                # a session id's parts, a version, a hash
-MAX_TRIGGER_SOURCE_CHARS = 512       # the caller's identity and a 200-character note
-MAX_HOSTNAME_CHARS = 253             # DNS's limit
-MAX_INTERFACE_CHARS = 64             # Linux allows 15
+MAX_TIME_CHARS = 40  # RFC 3339 with nanoseconds and an offset is 35
+MAX_SHORT_CHARS = 128  # a session id's parts, a version, a hash
+MAX_TRIGGER_SOURCE_CHARS = 512  # the caller's identity and a 200-character note
+MAX_HOSTNAME_CHARS = 253  # DNS's limit
+MAX_INTERFACE_CHARS = 64  # Linux allows 15
 MAX_ADDRESSES = 256
 MAX_HELLO_CAPTURES = 1024
 
@@ -34,13 +35,24 @@ class ReportRefused(ValueError):
 
 
 # The text fields of a status, of each of its files and of a hello, with the most characters each.
-_STATUS_TEXT = {"capture_start_time": MAX_TIME_CHARS, "capture_stop_time": MAX_TIME_CHARS,
-                "trigger_time": MAX_TIME_CHARS, "counters_time": MAX_TIME_CHARS,
-                "trigger_source": MAX_TRIGGER_SOURCE_CHARS, "agent_version": MAX_SHORT_CHARS,
-                "id": MAX_PATH_CHARS, "instance_id": MAX_PATH_CHARS}
-_FILE_TEXT = {"file_path": MAX_PATH_CHARS, "storage_path": MAX_PATH_CHARS, "sha256": MAX_SHORT_CHARS,
-              "stored_sha256": MAX_SHORT_CHARS, "first_packet_time": MAX_TIME_CHARS,
-              "last_packet_time": MAX_TIME_CHARS}
+_STATUS_TEXT = {
+    "capture_start_time": MAX_TIME_CHARS,
+    "capture_stop_time": MAX_TIME_CHARS,
+    "trigger_time": MAX_TIME_CHARS,
+    "counters_time": MAX_TIME_CHARS,
+    "trigger_source": MAX_TRIGGER_SOURCE_CHARS,
+    "agent_version": MAX_SHORT_CHARS,
+    "id": MAX_PATH_CHARS,
+    "instance_id": MAX_PATH_CHARS,
+}
+_FILE_TEXT = {
+    "file_path": MAX_PATH_CHARS,
+    "storage_path": MAX_PATH_CHARS,
+    "sha256": MAX_SHORT_CHARS,
+    "stored_sha256": MAX_SHORT_CHARS,
+    "first_packet_time": MAX_TIME_CHARS,
+    "last_packet_time": MAX_TIME_CHARS,
+}
 _HELLO_TEXT = {"hostname": MAX_HOSTNAME_CHARS, "interface": MAX_INTERFACE_CHARS, "agent_version": MAX_SHORT_CHARS}
 
 

@@ -5,6 +5,7 @@ durable. It checks who may upload what, names the stored object, applies the flu
 acknowledgement policy, and trims a continuous capture's ring in storage. Failures are
 domain errors (errors.py), mapped to status codes by the servicer's one table.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -82,7 +83,7 @@ def _trim_ring(record: state_pb2.CaptureRecord, op: fleet_pb2.UploadOpen, sink: 
     p = record.resource.properties
     if not p.HasField("continuous_capture"):
         return
-    index = int(op.file_path[-len("00000.cap"):-len(".cap")])
+    index = int(op.file_path[-len("00000.cap") : -len(".cap")])
     old = index - p.capture_settings.file_count
     if old >= 0:
         sink.delete(svc.object_name(record, op.identity, ring_file_path(record.local_path, old, True)))
@@ -106,8 +107,10 @@ def max_file_bytes(record: state_pb2.CaptureRecord) -> int:
 
 def _within(cap: int, end: int, what: str) -> None:
     if cap and end > cap:
-        raise InvalidArgument("upload", f"{what} {end} bytes: past this capture's limit for one file ({cap} bytes, "
-                                        "one record over the limit included); not stored")
+        raise InvalidArgument(
+            "upload",
+            f"{what} {end} bytes: past this capture's limit for one file ({cap} bytes, one record over the limit included); not stored",
+        )
 
 
 class Uploads:
@@ -119,14 +122,12 @@ class Uploads:
         self.metrics = metrics
         self._newest: dict[str, object] = {}
 
-    async def _resolve(self, op: fleet_pb2.UploadOpen,
-                       principal: Principal | None) -> tuple[state_pb2.CaptureRecord, str, Sink, str]:
+    async def _resolve(self, op: fleet_pb2.UploadOpen, principal: Principal | None) -> tuple[state_pb2.CaptureRecord, str, Sink, str]:
         """(capture record, account, sink, object name) for an upload, or a domain error. Only
         the agent of an instance the capture was dispatched to may upload its files."""
         check_identity(op.identity)
         check_caller(principal, op.identity)
-        record = await self.service.store.get_capture(op.capture_name) \
-            if limits.CAPTURE_NAME_RE.match(op.capture_name) else None
+        record = await self.service.store.get_capture(op.capture_name) if limits.CAPTURE_NAME_RE.match(op.capture_name) else None
         if record is None or op.capture_id != svc.session_id(record):
             raise NotFound(f"packet capture '{op.capture_name}' not found")
         if keys.instance_key(op.identity) not in record.instance_keys:
@@ -145,15 +146,22 @@ class Uploads:
         if fetch is None:
             raise NotFound(f"fetch '{op.fetch_id[:40]}' not found (its download has ended)")
         if (fetch.instance_key, fetch.capture_name, fetch.capture_id, fetch.file_path) != (
-                keys.instance_key(op.identity), op.capture_name, op.capture_id, op.file_path):
+            keys.instance_key(op.identity),
+            op.capture_name,
+            op.capture_id,
+            op.file_path,
+        ):
             raise PermissionDenied("the fetch names another file, capture or instance")
         if self.service.instance_files is None:
             raise FailedPrecondition("this coordinator has no local storage to fetch files through")
         return self.service.instance_files.sink, fetch_object(op.fetch_id)
 
-    async def receive(self, first: fleet_pb2.UploadRequest | ChunkRequest,
-                      requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest],
-                      principal: Principal | None) -> AsyncIterator[fleet_pb2.UploadResponse]:
+    async def receive(
+        self,
+        first: fleet_pb2.UploadRequest | ChunkRequest,
+        requests: AsyncIterator[fleet_pb2.UploadRequest | ChunkRequest],
+        principal: Principal | None,
+    ) -> AsyncIterator[fleet_pb2.UploadResponse]:
         """Receives one file for `principal`: `first` must open it; yields every acknowledgement."""
         if not isinstance(first, fleet_pb2.UploadRequest) or not first.HasField("open"):
             raise InvalidArgument("open", "the first message must be an UploadOpen")
@@ -181,13 +189,20 @@ class Uploads:
             if self._newest.get(object_name) is token:
                 del self._newest[object_name]
 
-    async def _receive(self, op: fleet_pb2.UploadOpen, record: state_pb2.CaptureRecord, account: str, sink: Sink,
-                       writer: ObjectWriter, object_name: str, token: object,
-                       queue: asyncio.Queue[object]) -> AsyncIterator[fleet_pb2.UploadResponse]:
+    async def _receive(
+        self,
+        op: fleet_pb2.UploadOpen,
+        record: state_pb2.CaptureRecord,
+        account: str,
+        sink: Sink,
+        writer: ObjectWriter,
+        object_name: str,
+        token: object,
+        queue: asyncio.Queue[object],
+    ) -> AsyncIterator[fleet_pb2.UploadResponse]:
         done = await asyncio.to_thread(writer.committed)
         if done:
-            yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
-                                           stored_sha256=done.sha256)
+            yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri, stored_sha256=done.sha256)
             return
         cap = max_file_bytes(record)
         opened = fetch_checked = time.monotonic()
@@ -201,6 +216,7 @@ class Uploads:
 
         def wake() -> None:
             loop.call_soon_threadsafe(durable_changed.set)
+
         writer.on_durable = wake
         next_request: asyncio.Future[object] | None = None
         try:
@@ -209,8 +225,7 @@ class Uploads:
                     next_request = asyncio.ensure_future(queue.get())
                 woken: asyncio.Future[object] = asyncio.ensure_future(durable_changed.wait())
                 try:
-                    ready, _ = await asyncio.wait({next_request, woken}, timeout=FLUSH_IDLE_S,
-                                                  return_when=asyncio.FIRST_COMPLETED)
+                    ready, _ = await asyncio.wait({next_request, woken}, timeout=FLUSH_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woken.cancel()
                 durable_changed.clear()
@@ -234,8 +249,7 @@ class Uploads:
                     log.info("stored %s (%d bytes) for capture %s", done.uri, done.size, op.capture_name)
                     if not op.fetch_id:
                         await asyncio.to_thread(_trim_ring, record, op, sink)
-                    yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri,
-                                                   stored_sha256=done.sha256)
+                    yield fleet_pb2.UploadResponse(acked_offset=done.size, committed=True, storage_path=done.uri, stored_sha256=done.sha256)
                     return
                 if isinstance(req, (fleet_pb2.UploadRequest, ChunkRequest)) and req.HasField("chunk"):
                     if op.fetch_id and time.monotonic() - fetch_checked > FETCH_CHECK_S:
@@ -270,5 +284,3 @@ class Uploads:
         finally:
             if next_request is not None:
                 next_request.cancel()
-
-

@@ -6,6 +6,7 @@ UploadRequest that is a chunk is decoded here instead, with `data` a memoryview 
 message gRPC received. Anything else, or a chunk with a field this decoder does not know, goes
 to protobuf, so the wire contract stays protobuf's.
 """
+
 from __future__ import annotations
 
 from fleetcap.v1 import fleet_pb2
@@ -29,6 +30,7 @@ class ChunkView:
 
 class ChunkRequest:
     """Quacks like an UploadRequest whose body is a chunk."""
+
     __slots__ = ("chunk",)
 
     def __init__(self, chunk: ChunkView):
@@ -75,7 +77,7 @@ def _chunk(buf: memoryview) -> ChunkRequest | None:
             n, pos = _varint(buf, pos)
             if pos + n > end:
                 raise ValueError("truncated bytes field")
-            data, pos = buf[pos:pos + n], pos + n
+            data, pos = buf[pos : pos + n], pos + n
         else:
             return None
     return ChunkRequest(ChunkView(offset, data, crc32, crc32c))

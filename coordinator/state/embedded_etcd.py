@@ -14,6 +14,7 @@ terminal's SIGHUP, `kill -HUP -PGID`, a process manager) does not reach it; `sup
 it, restarts it on the same ports and data with backoff, and gives up (the coordinator then exits
 non-zero) when it cannot come back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,20 +60,42 @@ def make_pki(directory: str, host: str) -> tuple[EtcdTls, EtcdTls]:
     ca_dir = os.path.join(directory, "ca")
     if not os.path.exists(os.path.join(ca_dir, pki.CA_CERT)):
         pki.create_ca(ca_dir, name="fleetcap embedded etcd CA")
-        pki.issue(ca_dir, directory, file_stem="server", common_name="etcd", organizations=["fleetcap-etcd"],
-                  dns=["localhost"], ips=[host], server=True)
-        pki.issue(ca_dir, directory, file_stem="client", common_name="fleetcap-coordinator",
-                  organizations=["fleetcap-coordinator"])
+        pki.issue(
+            ca_dir,
+            directory,
+            file_stem="server",
+            common_name="etcd",
+            organizations=["fleetcap-etcd"],
+            dns=["localhost"],
+            ips=[host],
+            server=True,
+        )
+        pki.issue(ca_dir, directory, file_stem="client", common_name="fleetcap-coordinator", organizations=["fleetcap-coordinator"])
     ca = os.path.join(ca_dir, pki.CA_CERT)
-    return (EtcdTls(ca, os.path.join(directory, "server.pem"), os.path.join(directory, "server-key.pem")),
-            EtcdTls(ca, os.path.join(directory, "client.pem"), os.path.join(directory, "client-key.pem")))
+    return (
+        EtcdTls(ca, os.path.join(directory, "server.pem"), os.path.join(directory, "server-key.pem")),
+        EtcdTls(ca, os.path.join(directory, "client.pem"), os.path.join(directory, "client-key.pem")),
+    )
 
 
 def tls_flags(server: EtcdTls) -> list[str]:
     """etcd's flags for client and peer TLS with client-certificate authentication."""
-    return ["--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", server.ca,
-            "--client-cert-auth", "--peer-cert-file", server.cert, "--peer-key-file", server.key,
-            "--peer-trusted-ca-file", server.ca, "--peer-client-cert-auth"]
+    return [
+        "--cert-file",
+        server.cert,
+        "--key-file",
+        server.key,
+        "--trusted-ca-file",
+        server.ca,
+        "--client-cert-auth",
+        "--peer-cert-file",
+        server.cert,
+        "--peer-key-file",
+        server.key,
+        "--peer-trusted-ca-file",
+        server.ca,
+        "--peer-client-cert-auth",
+    ]
 
 
 def healthy(url: str, client: EtcdTls) -> bool:
@@ -95,8 +118,9 @@ plenty; etcd reuses the compacted space."""
 
 
 class EmbeddedEtcd:
-    def __init__(self, data_dir: str, *, host: str = "127.0.0.1", log_path: str | None = None,
-                 compaction_retention: str = COMPACTION_RETENTION):
+    def __init__(
+        self, data_dir: str, *, host: str = "127.0.0.1", log_path: str | None = None, compaction_retention: str = COMPACTION_RETENTION
+    ):
         self.data_dir = data_dir
         self.host = host
         self.compaction_retention = compaction_retention
@@ -138,14 +162,40 @@ class EmbeddedEtcd:
             self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
         client = f"https://{self.host}:{self.client_port}"
         peer = f"https://{self.host}:{self.peer_port}"
-        cmd = [binary, "--name", "fleetcap", "--data-dir", os.path.join(self.data_dir, "member-data"),
-               "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
-               "--listen-client-urls", client, "--advertise-client-urls", client,
-               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-               "--initial-cluster", f"fleetcap={peer}", "--initial-cluster-state", "new",
-               "--heartbeat-interval", "10", "--election-timeout", "100",
-               "--auto-compaction-mode", "periodic", "--auto-compaction-retention", self.compaction_retention,
-               *tls_flags(self.server_tls)]
+        cmd = [
+            binary,
+            "--name",
+            "fleetcap",
+            "--data-dir",
+            os.path.join(self.data_dir, "member-data"),
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "warn",
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"fleetcap={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--heartbeat-interval",
+            "10",
+            "--election-timeout",
+            "100",
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            self.compaction_retention,
+            *tls_flags(self.server_tls),
+        ]
         start = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -174,8 +224,9 @@ class EmbeddedEtcd:
         self.process = None
 
 
-async def supervise(etcd: EmbeddedEtcd, *, on_state: Callable[[bool], None] = lambda up: None,
-                    on_restart: Callable[[], None] = lambda: None) -> None:
+async def supervise(
+    etcd: EmbeddedEtcd, *, on_state: Callable[[bool], None] = lambda up: None, on_restart: Callable[[], None] = lambda: None
+) -> None:
     """Watches the embedded etcd for as long as it runs: when it exits, logs how, and starts it
     again after each of RESTART_BACKOFF_S. Returns (and the coordinator exits non-zero) only when
     every restart failed; cancelled, it leaves etcd as it is. `on_state(up)` follows it."""
@@ -194,8 +245,7 @@ async def supervise(etcd: EmbeddedEtcd, *, on_state: Callable[[bool], None] = la
             try:
                 await asyncio.to_thread(etcd.start_again)
             except EtcdError as e:
-                log.error("the embedded etcd did not start again (attempt %d of %d): %s", attempt,
-                          len(RESTART_BACKOFF_S), e)
+                log.error("the embedded etcd did not start again (attempt %d of %d): %s", attempt, len(RESTART_BACKOFF_S), e)
                 continue
             on_restart()
             on_state(True)

@@ -3,6 +3,7 @@
 Every call is retried with backoff while etcd is unreachable, up to `retry_s`, so that a
 restarting etcd is an expected pause and not a crash; past that StoreUnavailable is raised.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,8 +41,7 @@ def retryable(e: Exception) -> bool:
     if isinstance(e, _RETRYABLE):
         return True
     cause = e.__cause__
-    return type(e) is aetcd.exceptions.ClientError and isinstance(cause, grpc.aio.AioRpcError) \
-        and cause.code() in _CUT_OFF
+    return type(e) is aetcd.exceptions.ClientError and isinstance(cause, grpc.aio.AioRpcError) and cause.code() in _CUT_OFF
 
 
 def _b(s: str) -> bytes:
@@ -53,8 +53,7 @@ async def _range(client: aetcd.Client, start: bytes, end: bytes, limit: int) -> 
     """A range read with a limit, which aetcd 1.0.0's get_range does not pass on (its own
     request builder, then etcd's Range)."""
     await client.connect()
-    request = rpc.RangeRequest(key=start, range_end=end, limit=limit, sort_order=rpc.RangeRequest.ASCEND,
-                               sort_target=rpc.RangeRequest.KEY)
+    request = rpc.RangeRequest(key=start, range_end=end, limit=limit, sort_order=rpc.RangeRequest.ASCEND, sort_target=rpc.RangeRequest.KEY)
     return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
 
 
@@ -83,14 +82,14 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type infor
             if self._username is not None and self._password is not None:
                 self.auth_stub = rpc.AuthStub(self.channel)
                 resp = await self.auth_stub.Authenticate(
-                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+                )
                 self.metadata = (("token", resp.token),)
             self.kvstub = rpc.KVStub(self.channel)
             self.clusterstub = rpc.ClusterStub(self.channel)
             self.leasestub = rpc.LeaseStub(self.channel)
             self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
-                                                  metadata=self.metadata)
+            self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
             self._connected.set()
         finally:
             self._is_connecting = False
@@ -114,13 +113,12 @@ class EtcdAccess:
         def read(path: str) -> bytes:
             with open(path, "rb") as f:
                 return f.read()
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key) if self.key else None,
-                                            read(self.cert) if self.cert else None)
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key) if self.key else None, read(self.cert) if self.cert else None)
 
 
 class EtcdKV(KVBackend):
-    def __init__(self, endpoints: list[str], *, access: EtcdAccess | None = None, retry_s: float = 30.0,
-                 timeout_s: int = 5):
+    def __init__(self, endpoints: list[str], *, access: EtcdAccess | None = None, retry_s: float = 30.0, timeout_s: int = 5):
         """endpoints: "host:port" strings; the first reachable one is used."""
         self._endpoints = endpoints
         self._access = access or EtcdAccess()
@@ -133,13 +131,11 @@ class EtcdKV(KVBackend):
     def _connect(self) -> aetcd.Client:
         if self._client is None:
             host, _, port = self._endpoints[self._next % len(self._endpoints)].rpartition(":")
-            user = {"username": self._access.username, "password": self._access.password} \
-                if self._access.username else {}
+            user = {"username": self._access.username, "password": self._access.password} if self._access.username else {}
             if self._credentials is None:
                 self._client = aetcd.Client(host=host, port=int(port), timeout=self._timeout_s, **user)
             else:
-                self._client = _TlsClient(credentials=self._credentials, host=host, port=int(port),
-                                          timeout=self._timeout_s, **user)
+                self._client = _TlsClient(credentials=self._credentials, host=host, port=int(port), timeout=self._timeout_s, **user)
         return self._client
 
     async def _call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
@@ -183,10 +179,9 @@ class EtcdKV(KVBackend):
 
     async def get_many(self, keys: list[str]) -> dict[str, KV]:
         async def txn(c: aetcd.Client) -> dict[str, KV]:
-            _, responses = await c.transaction(compare=[], success=[c.transactions.get(_b(k)) for k in keys],
-                                               failure=[])
-            return {key: KV(key, found[0][0], found[0][1].mod_revision)
-                    for key, found in zip(keys, responses) if found}
+            _, responses = await c.transaction(compare=[], success=[c.transactions.get(_b(k)) for k in keys], failure=[])
+            return {key: KV(key, found[0][0], found[0][1].mod_revision) for key, found in zip(keys, responses) if found}
+
         return await self._call(txn)
 
     async def put_if(self, puts: list[tuple[str, bytes]], expect: dict[str, int], lease: int = 0) -> bool:
@@ -195,6 +190,7 @@ class EtcdKV(KVBackend):
             success = [c.transactions.put(_b(k), v, lease=lease or None) for k, v in puts]
             ok, _ = await c.transaction(compare=compare, success=success, failure=[])
             return bool(ok)
+
         return await self._call(txn)
 
     async def delete_prefix(self, prefix: str) -> None:
@@ -205,9 +201,11 @@ class EtcdKV(KVBackend):
 
     async def delete_if(self, key: str, mod_revision: int) -> bool:
         async def txn(c: aetcd.Client) -> bool:
-            ok, _ = await c.transaction(compare=[c.transactions.mod(_b(key)) == mod_revision],
-                                        success=[c.transactions.delete(_b(key))], failure=[])
+            ok, _ = await c.transaction(
+                compare=[c.transactions.mod(_b(key)) == mod_revision], success=[c.transactions.delete(_b(key))], failure=[]
+            )
             return bool(ok)
+
         return await self._call(txn)
 
     async def grant_lease(self, ttl_s: int) -> int:

@@ -14,6 +14,7 @@ An instance key names a VM or scale-set instance, lower-cased as Azure names are
 case-insensitive: "{subscription}/{resource_group}/vm/{name}" or
 "{subscription}/{resource_group}/vmss/{name}/{instance_id}".
 """
+
 from __future__ import annotations
 
 from google.protobuf.message import Message
@@ -30,12 +31,15 @@ FETCHES = ROOT + "fetches/"
 BUDGETS = ROOT + "budgets/"
 
 
-
 def record_type(key: str) -> type[Message] | None:
     """The record type stored at a key (None for the leader key, whose value is a name)."""
-    for prefix, cls in ((CAPTURES, state_pb2.CaptureRecord), (INSTANCES, state_pb2.InstanceRecord),
-                        (AGENTS, state_pb2.AgentRecord), (FETCHES, state_pb2.FetchRecord),
-                        (BUDGETS, state_pb2.BudgetRecord)):
+    for prefix, cls in (
+        (CAPTURES, state_pb2.CaptureRecord),
+        (INSTANCES, state_pb2.InstanceRecord),
+        (AGENTS, state_pb2.AgentRecord),
+        (FETCHES, state_pb2.FetchRecord),
+        (BUDGETS, state_pb2.BudgetRecord),
+    ):
         if key.startswith(prefix):
             return cls
     return None
@@ -67,17 +71,17 @@ def agent(instance_key: str) -> str:
 
 def instance_key_of(agent_key: str) -> str:
     """The instance key of an agent record's key (the inverse of `agent`)."""
-    return agent_key[len(AGENTS):]
+    return agent_key[len(AGENTS) :]
 
 
 def capture_name_of_instance(instance_key: str) -> str:
     """The capture name of an instance record's key (see `instance`)."""
-    return instance_key[len(INSTANCES):].split("/", 1)[0]
+    return instance_key[len(INSTANCES) :].split("/", 1)[0]
 
 
 def capture_name_of(capture_key: str) -> str:
     """The capture name of a capture record's key (the inverse of `capture`)."""
-    return capture_key[len(CAPTURES):]
+    return capture_key[len(CAPTURES) :]
 
 
 def instance_key(identity: fleet_pb2.AgentIdentity) -> str:
@@ -86,4 +90,3 @@ def instance_key(identity: fleet_pb2.AgentIdentity) -> str:
     if identity.vmss_name:
         return f"{sub}/{rg}/vmss/{identity.vmss_name.lower()}/{identity.instance_id}"
     return f"{sub}/{rg}/vm/{identity.vm_name.lower()}"
-

@@ -1,5 +1,6 @@
 """An in-process KV backend with etcd's semantics (revisions, leases, watches), for unit
 tests and for trying the coordinator without etcd (`fleetcap coordinator --store memory`)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -13,6 +13,7 @@ Contract:
 - An agent record lives exactly as long as its lease; when the lease expires the record is
   deleted and watchers see a DELETE.
 """
+
 from __future__ import annotations
 
 import abc
@@ -203,7 +204,7 @@ class Store:
             out.extend(page)
             if not more or not page:
                 return out
-            after = page[-1].key[len(prefix):]
+            after = page[-1].key[len(prefix) :]
 
     async def records(self, under: str = "") -> list[tuple[str, Message | bytes]]:
         """Every key fleetcap wrote under keys.ROOT + `under`, with its record decoded (the
@@ -220,8 +221,9 @@ class Store:
 
     # -- captures ------------------------------------------------------------------------
 
-    async def create_capture(self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord],
-                             budget: state_pb2.BudgetRecord | None = None) -> None:
+    async def create_capture(
+        self, record: state_pb2.CaptureRecord, instances: Iterable[state_pb2.InstanceRecord], budget: state_pb2.BudgetRecord | None = None
+    ) -> None:
         """Writes the instances, then the capture record as the commit point: until it exists,
         the capture does not (a crash in between leaves only instance records, which the next
         create of that name clears). etcd caps a transaction at 128 operations, so a scale set
@@ -232,15 +234,16 @@ class Store:
             raise AlreadyExists(f"a packet capture named '{name}' already exists")
         await self.kv.delete_prefix(keys.instances_of(name))  # leftovers of an interrupted create
         items = [(keys.instance(name, i.instance_key), encode(i)) for i in instances]
-        if budget is not None:  # replaces a leftover of an interrupted create, under the same guard
-            if not await self.kv.put_if([(keys.budget(name), encode(budget))], {ckey: 0}):
-                raise AlreadyExists(f"a packet capture named '{name}' already exists")
+        # The budget replaces a leftover of an interrupted create, under the same guard.
+        if budget is not None and not await self.kv.put_if([(keys.budget(name), encode(budget))], {ckey: 0}):
+            raise AlreadyExists(f"a packet capture named '{name}' already exists")
         # The batches go CREATE_TXNS_AT_ONCE at a time: etcd commits concurrent transactions
         # together, and one after another they were most of a 1,000-instance create.
-        batches = [items[start:start + TXN_BATCH] for start in range(0, len(items), TXN_BATCH)]
+        batches = [items[start : start + TXN_BATCH] for start in range(0, len(items), TXN_BATCH)]
         for first in range(0, len(batches), CREATE_TXNS_AT_ONCE):
-            written = await asyncio.gather(*(self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}})
-                                             for batch in batches[first:first + CREATE_TXNS_AT_ONCE]))
+            written = await asyncio.gather(
+                *(self.kv.put_if(batch, {ckey: 0, **{k: 0 for k, _ in batch}}) for batch in batches[first : first + CREATE_TXNS_AT_ONCE])
+            )
             if not all(written):
                 raise AlreadyExists(f"a packet capture named '{name}' already exists")
         if not await self.kv.put_if([(ckey, encode(record))], {ckey: 0}):
@@ -304,13 +307,16 @@ class Store:
                 running.add(keys.capture_name_of_instance(kv.key))
         return running
 
-    async def update_instance(self, name: str, instance_key: str,
-                              change: Callable[[state_pb2.InstanceRecord], bool]) -> state_pb2.InstanceRecord:
-        return await self._update(keys.instance(name, instance_key), state_pb2.InstanceRecord, change,
-                                  f"instance '{instance_key}' of packet capture '{name}'")
+    async def update_instance(
+        self, name: str, instance_key: str, change: Callable[[state_pb2.InstanceRecord], bool]
+    ) -> state_pb2.InstanceRecord:
+        return await self._update(
+            keys.instance(name, instance_key), state_pb2.InstanceRecord, change, f"instance '{instance_key}' of packet capture '{name}'"
+        )
 
     async def update_instances(
-            self, items: list[tuple[str, str, Callable[[state_pb2.InstanceRecord], bool]]],
+        self,
+        items: list[tuple[str, str, Callable[[state_pb2.InstanceRecord], bool]]],
     ) -> list[state_pb2.InstanceRecord | FleetcapError | Conflict]:
         """Applies many (capture, instance key, change) at once, with few etcd calls: the
         records are read GET_MANY per call, and the changed ones written in transactions of up
@@ -326,8 +332,7 @@ class Store:
         # range (1,000 records) for each batch of its reports was most of etcd's work, and of
         # the replicas', at 10,000 agents (bench/replicas_bench.py).
         wanted = list(by_key)
-        for part in await asyncio.gather(*(self.kv.get_many(wanted[i:i + GET_MANY])
-                                           for i in range(0, len(wanted), GET_MANY))):
+        for part in await asyncio.gather(*(self.kv.get_many(wanted[i : i + GET_MANY]) for i in range(0, len(wanted), GET_MANY))):
             found.update(part)
         changed: list[tuple[str, list[int], state_pb2.InstanceRecord, int]] = []
         for key, idxs in by_key.items():
@@ -337,13 +342,13 @@ class Store:
                     results[i] = NotFound(f"instance '{items[i][1]}' of packet capture '{items[i][0]}' not found")
                 continue
             record = self._decode(state_pb2.InstanceRecord, kv)
-            if any([items[i][2](record) for i in idxs]):  # every change runs, in order
+            if any([items[i][2](record) for i in idxs]):  # noqa: C419 (a list: every change runs, in order)
                 changed.append((key, idxs, record, kv.mod_revision))
             else:
                 for i in idxs:
                     results[i] = record
         for start in range(0, len(changed), UPDATE_BATCH):
-            batch = changed[start:start + UPDATE_BATCH]
+            batch = changed[start : start + UPDATE_BATCH]
             if await self.kv.put_if([(k, encode(r)) for k, _, r, _ in batch], {k: rev for k, _, _, rev in batch}):
                 for _, idxs, record, _ in batch:
                     for i in idxs:
@@ -353,8 +358,9 @@ class Store:
                 for i in idxs:
                     name, instance_key, change = items[i]
                     try:
-                        results[i] = await self._update(key, state_pb2.InstanceRecord, change,
-                                                        f"instance '{instance_key}' of packet capture '{name}'")
+                        results[i] = await self._update(
+                            key, state_pb2.InstanceRecord, change, f"instance '{instance_key}' of packet capture '{name}'"
+                        )
                     except (FleetcapError, Conflict) as e:
                         results[i] = e
         return [r if r is not None else Conflict("not applied") for r in results]
@@ -408,8 +414,7 @@ class Store:
 
     async def list_agents(self, under: str = "") -> dict[str, state_pb2.AgentRecord]:
         """Registered agents, by instance key; with `under`, only those whose key starts so."""
-        return {keys.instance_key_of(kv.key): self._decode(state_pb2.AgentRecord, kv)
-                for kv in await self._scan(keys.AGENTS + under)}
+        return {keys.instance_key_of(kv.key): self._decode(state_pb2.AgentRecord, kv) for kv in await self._scan(keys.AGENTS + under)}
 
     # -- fetches (a download's request for a file that only its instance holds) ---------
 
@@ -431,7 +436,7 @@ class Store:
         await self.kv.revoke_lease(lease)
 
     async def list_fetches(self) -> list[str]:
-        return [kv.key[len(keys.FETCHES):] for kv in await self._scan(keys.FETCHES)]
+        return [kv.key[len(keys.FETCHES) :] for kv in await self._scan(keys.FETCHES)]
 
     async def watch_fetches(self) -> AsyncIterator[state_pb2.FetchRecord | None]:
         """Fetches as they are written (None for READY; deletions are not reported)."""
@@ -477,5 +482,4 @@ class Store:
                 yield CaptureEvent(event.kind, keys.capture_name_of(event.key), None)
 
 
-__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "WatchKind", "AgentEvent", "CaptureEvent", "encode", "decode",
-           "Conflict"]
+__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "WatchKind", "AgentEvent", "CaptureEvent", "encode", "decode", "Conflict"]

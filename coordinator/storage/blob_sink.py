@@ -7,6 +7,7 @@ durable in Azure, so the capture's data is safe while it still runs. The block i
 block's byte offset, so after any restart the uncommitted block list tells exactly how much is
 stored. On commit the block list is committed in offset order and the result verified by SHA-256.
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,11 +58,15 @@ class BlobSink(Sink):
         # stream for most of a minute. Retry briefly here; the agent's resumable stream retries
         # the rest, with its own budget (docs/decisions.md).
         # The SDK types the backoff and jitter as int; it takes fractions of seconds.
-        retry = ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=2,  # type: ignore[arg-type]
-                                 random_jitter_range=0.2)  # type: ignore[arg-type]
+        retry = ExponentialRetry(
+            initial_backoff=0.2,  # type: ignore[arg-type]
+            increment_base=2,
+            retry_total=2,
+            random_jitter_range=0.2,  # type: ignore[arg-type]
+        )
         self.service = BlobServiceClient.from_connection_string(
-            connection_string, connection_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S,
-            retry_policy=retry, **kwargs)
+            connection_string, connection_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S, retry_policy=retry, **kwargs
+        )
         self._containers_ready: set[str] = set()
         self._lock = threading.Lock()
 
@@ -126,7 +131,7 @@ class BlobWriter(ObjectWriter):
         self._on_container_missing = on_container_missing
         self.uri = public_url(blob.url)
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_STAGES, thread_name_prefix="stage")
-        self._staged: dict[int, int] = {}   # offset -> length, blocks durably staged
+        self._staged: dict[int, int] = {}  # offset -> length, blocks durably staged
         self._pending: dict[int, concurrent.futures.Future[int]] = {}
         self._buffer = bytearray()
         self._buffer_offset = 0
@@ -237,10 +242,8 @@ class BlobWriter(ObjectWriter):
         durable = self.flush()
         if durable != size:
             raise IntegrityError(f"{durable} bytes stored, the agent's file has {size}")
-        if self._hash is not None:
-            digest = self._hash.hexdigest()
-        else:  # resumed after a restart: hash what is staged by reading it back once committed
-            digest = ""
+        # Resumed after a restart (no running hash): what is staged is hashed by reading it back once committed.
+        digest = self._hash.hexdigest() if self._hash is not None else ""
         blocks = [BlobBlock(block_id(off)) for off in sorted(self._staged)]
         if digest and digest != sha256:
             raise IntegrityError(f"stored bytes hash to {digest}, the agent's file to {sha256}")

@@ -6,9 +6,11 @@ sees a half file under the final name. Writes are fsynced in batches of SYNC_BYT
 background thread while writing goes on (and on flush): only fsynced bytes are acknowledged,
 so an acknowledgement always means "on disk", and the disk's own speed is the limit.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 
@@ -40,10 +42,8 @@ class LocalSink(Sink):
     def delete(self, object_name: str) -> None:
         path = self.path(object_name)
         for p in (path, path + ".partial"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(p)
-            except FileNotFoundError:
-                pass
 
     def committed_size(self, object_name: str) -> int | None:
         """The size of a committed object; None while it is being written or absent."""
@@ -75,8 +75,8 @@ class LocalWriter(ObjectWriter):
         self.partial = final_path + ".partial"
         self.uri = "file://" + final_path
         self._fd: int | None = None
-        self._size = 0      # bytes written
-        self._durable = 0   # bytes fsynced
+        self._size = 0  # bytes written
+        self._durable = 0  # bytes fsynced
         self._hash: hashlib._Hash | None = None  # of bytes written, when this writer saw them all
         self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._sync: concurrent.futures.Future[int] | None = None  # an fsync in flight; its result: bytes it covers
@@ -141,8 +141,9 @@ class LocalWriter(ObjectWriter):
         digest = self._hash.hexdigest() if self._hash is not None and stored == self._size else sha256_file(self.partial)
         if stored != size or digest != sha256:
             os.remove(self.partial)  # never keep a copy that differs; the agent sends it again
-            raise IntegrityError(f"stored copy differs from the agent's file: {stored} bytes sha256 {digest}, "
-                                 f"expected {size} bytes sha256 {sha256}")
+            raise IntegrityError(
+                f"stored copy differs from the agent's file: {stored} bytes sha256 {digest}, expected {size} bytes sha256 {sha256}"
+            )
         os.rename(self.partial, self.final)
         dir_fd = os.open(os.path.dirname(self.final), os.O_RDONLY)
         try:

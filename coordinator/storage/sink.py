@@ -7,6 +7,7 @@ agent resumes from after any failure (`open` recomputes it from what the sink ho
 `commit` makes everything durable, verifies size and SHA-256, and makes the object final.
 All methods block; the coordinator calls them in worker threads.
 """
+
 from __future__ import annotations
 
 import abc

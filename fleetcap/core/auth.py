@@ -17,6 +17,7 @@ Certificates (X.509, issued by the CA the coordinator trusts):
   - a gateway: CN = its name; O=fleetcap-gateway (no role: it forwards its callers' tokens).
 Tokens: `authorization: Bearer <token>` metadata; the auth file keeps only their SHA-256.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,11 +47,11 @@ class Role(enum.StrEnum):
     """What a caller may do. Each role includes the ones before it, but `agent`, which is only
     for the fleet service and only for the agent's own identity."""
 
-    READER = "reader"            # get, list, status, watch, agents, storage accounts
+    READER = "reader"  # get, list, status, watch, agents, storage accounts
     DATA_READER = "data-reader"  # reader plus the pcap bytes (download, follow, read)
     CONTRIBUTOR = "contributor"  # data-reader plus create, stop, delete
-    ADMIN = "admin"              # everything a client can do
-    AGENT = "agent"              # the fleet service, as its own instance
+    ADMIN = "admin"  # everything a client can do
+    AGENT = "agent"  # the fleet service, as its own instance
 
     def allows(self, needed: Role) -> bool:
         if self is Role.AGENT or needed is Role.AGENT:
@@ -67,8 +68,8 @@ class Principal:
 
     name: str
     roles: frozenset[Role]
-    via: str                      # "certificate" | "token"
-    agent_id: str = ""            # an agent certificate's instance ARM id (or "" for any agent token)
+    via: str  # "certificate" | "token"
+    agent_id: str = ""  # an agent certificate's instance ARM id (or "" for any agent token)
 
     def allows(self, needed: Role) -> bool:
         return any(role.allows(needed) for role in self.roles)
@@ -107,7 +108,7 @@ def agent_id_from_uri(uri: str) -> str:
     """The instance ARM id an agent certificate's URI SAN names; "" if it names none."""
     if not uri.startswith(AGENT_URI_PREFIX + "/"):
         return ""
-    arm_id = uri[len(AGENT_URI_PREFIX):]
+    arm_id = uri[len(AGENT_URI_PREFIX) :]
     parsed = parse_compute_id(arm_id)
     return arm_id if parsed is not None and (not parsed.scale_set or parsed.instance_id) else ""
 
@@ -123,12 +124,12 @@ class TokenEntry:
 class AuthFile:
     """The coordinator's auth file (TOML):
 
-        revoked_certificates = ["alice"]       # CNs of client certificates no longer accepted
+    revoked_certificates = ["alice"]       # CNs of client certificates no longer accepted
 
-        [[token]]
-        name = "ci"
-        roles = ["contributor"]
-        sha256 = "…"                           # of the token; the token itself is never stored
+    [[token]]
+    name = "ci"
+    roles = ["contributor"]
+    sha256 = "…"                           # of the token; the token itself is never stored
     """
 
     tokens: tuple[TokenEntry, ...] = ()
@@ -178,8 +179,13 @@ class AuthFile:
     def render(self) -> str:
         lines = [f"revoked_certificates = [{', '.join(_quote(n) for n in sorted(self.revoked_certificates))}]", ""]
         for t in self.tokens:
-            lines += ["[[token]]", f"name = {_quote(t.name)}",
-                      f"roles = [{', '.join(_quote(r) for r in sorted(t.roles))}]", f"sha256 = {_quote(t.sha256)}", ""]
+            lines += [
+                "[[token]]",
+                f"name = {_quote(t.name)}",
+                f"roles = [{', '.join(_quote(r) for r in sorted(t.roles))}]",
+                f"sha256 = {_quote(t.sha256)}",
+                "",
+            ]
         return "\n".join(lines)
 
     def save(self, path: str) -> None:

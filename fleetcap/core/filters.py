@@ -6,6 +6,7 @@ address and port must match one side of a packet and the remote address and port
 Each field takes a single value, one range "a-b" or a ";" list; Azure forbids several ranges
 and a range mixed with a list, and so do we. Extensions: CIDR, IPv6 and protocol ICMP.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,8 +111,9 @@ def parse_addresses(value: str, field: str) -> AddressSet | None:
         raise FilterError(field, f"'{value}' is not an IP address, CIDR or 'a-b' range") from None
 
 
-def parse_filter(index: int, *, protocol: str = "", local_ip: str = "", remote_ip: str = "",
-                 local_port: str = "", remote_port: str = "") -> Filter:
+def parse_filter(
+    index: int, *, protocol: str = "", local_ip: str = "", remote_ip: str = "", local_port: str = "", remote_port: str = ""
+) -> Filter:
     base = f"filters[{index}]"
     proto = PROTOCOLS.get((protocol or "Any").strip().lower())
     if proto is None:
@@ -143,8 +145,17 @@ class FilterFields(Protocol):
 
 def parse_filters(items: Iterable[FilterFields]) -> list[Filter]:
     """Every filter of a request, parsed; raises FilterError naming the first bad field."""
-    return [parse_filter(i, protocol=f.protocol, local_ip=f.local_ip_address, remote_ip=f.remote_ip_address,
-                         local_port=f.local_port, remote_port=f.remote_port) for i, f in enumerate(items)]
+    return [
+        parse_filter(
+            i,
+            protocol=f.protocol,
+            local_ip=f.local_ip_address,
+            remote_ip=f.remote_ip_address,
+            local_port=f.local_port,
+            remote_port=f.remote_port,
+        )
+        for i, f in enumerate(items)
+    ]
 
 
 def _networks_expr(direction: str, addresses: AddressSet) -> str:
@@ -182,19 +193,22 @@ def filter_expression(f: Filter, local_addresses: Sequence[str]) -> str:
     locals_ = AddressSet(tuple(ipaddress.ip_network(a) for a in local_addresses))
 
     def side(here: str, there: str) -> str:
-        return _all([
-            _networks_expr(here, locals_),
-            _networks_expr(here, f.local_ip) if f.local_ip else None,
-            _ports_expr(here, f.local_port) if f.local_port else None,
-            _networks_expr(there, f.remote_ip) if f.remote_ip else None,
-            _ports_expr(there, f.remote_port) if f.remote_port else None,
-        ])
+        return _all(
+            [
+                _networks_expr(here, locals_),
+                _networks_expr(here, f.local_ip) if f.local_ip else None,
+                _ports_expr(here, f.local_port) if f.local_port else None,
+                _networks_expr(there, f.remote_ip) if f.remote_ip else None,
+                _ports_expr(there, f.remote_port) if f.remote_port else None,
+            ]
+        )
 
     return _all([_PROTO_EXPR[f.protocol], f"({side('src', 'dst')} or {side('dst', 'src')})"])
 
 
-def capture_expression(filters: Sequence[Filter], local_addresses: Sequence[str], *,
-                       bpf_filter: str = "", exclude_tcp: Sequence[tuple[str, int]] = ()) -> str:
+def capture_expression(
+    filters: Sequence[Filter], local_addresses: Sequence[str], *, bpf_filter: str = "", exclude_tcp: Sequence[tuple[str, int]] = ()
+) -> str:
     """The whole capture's expression: (f1 or f2 ...) and (bpf) and not (own connections).
 
     exclude_tcp lists (address, port) of the coordinator endpoints the agent talks to; the

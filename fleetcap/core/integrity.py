@@ -1,4 +1,5 @@
 """Checksums of capture files: the SHA-256 that agent, coordinator and client compare."""
+
 from __future__ import annotations
 
 import hashlib

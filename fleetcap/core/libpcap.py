@@ -5,6 +5,7 @@ this module for `check_filter` and never load libpcap unless they compile a filt
 The agent's live capture handle (node_agent/capture/live_source.py) uses `lib()` and
 `PCAP_DUMP` from here. See docs/decisions.md for why ctypes and not a PyPI binding.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -89,8 +90,7 @@ def libc() -> ctypes.CDLL:
     c = ctypes.CDLL(None, use_errno=True)
     c.fdopen.restype, c.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
     c.fclose.restype, c.fclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    c.setvbuf.restype, c.setvbuf.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                                           ctypes.c_size_t]
+    c.setvbuf.restype, c.setvbuf.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
     c.setsockopt.restype = ctypes.c_int
     c.setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
     return c
@@ -114,8 +114,7 @@ def compile_into(p: int, prog: BpfProgram, expression: str) -> None:
     if lib().pcap_compile(p, ctypes.byref(prog), expression.encode(), 1, PCAP_NETMASK_UNKNOWN) == 0:
         return
     message = lib().pcap_geterr(p).decode()
-    if "rejects all packets" in message and \
-            lib().pcap_compile(p, ctypes.byref(prog), expression.encode(), 0, PCAP_NETMASK_UNKNOWN) == 0:
+    if "rejects all packets" in message and lib().pcap_compile(p, ctypes.byref(prog), expression.encode(), 0, PCAP_NETMASK_UNKNOWN) == 0:
         return
     raise PcapError(message)
 

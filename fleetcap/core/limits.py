@@ -1,6 +1,7 @@
 """The documented bounds of a capture: Azure's ranges, and fleetcap's caps on work per
 request. The coordinator validates a create against them, and each agent checks every
 StartCapture against them again, trusting nothing it is sent (docs/security.md)."""
+
 from __future__ import annotations
 
 import posixpath
@@ -9,9 +10,9 @@ import re
 from fleetcap.core.naming import CAPTURE_ROOT
 
 U32_MAX = 4294967295
-MAX_TIME_LIMIT_S = 18000            # timeLimitInSeconds (Azure)
-MAX_SESSION_S = 604800              # captureSettings.sessionTimeLimitInSeconds (Azure)
-MAX_FILE_COUNT = 10000              # captureSettings.fileCount (Azure)
+MAX_TIME_LIMIT_S = 18000  # timeLimitInSeconds (Azure)
+MAX_SESSION_S = 604800  # captureSettings.sessionTimeLimitInSeconds (Azure)
+MAX_FILE_COUNT = 10000  # captureSettings.fileCount (Azure)
 # A capture file starts with a 24-byte pcap header, so a smaller byte limit holds nothing.
 MIN_TOTAL_BYTES = 24
 # A ring file holds the 24-byte header and at least one record (16 + an Ethernet header).
@@ -27,10 +28,10 @@ MIN_FLEET_BYTES = 1 << 20
 MAX_FLEET_BYTES = 1 << 50
 # Caps on work per request (fleetcap's; Azure documents none). They bound the filter compile,
 # which is superlinear in the expression, and the size of every record.
-MAX_FILTERS = 32                    # filters[]
-MAX_FILTER_FIELD_CHARS = 1024       # each filter field (a ';' list of addresses or ports)
-MAX_BPF_CHARS = 4096                # bpfFilter
-MAX_SCOPE_ENTRIES = 1000            # scope.include and scope.exclude, each (a scale set's maximum)
+MAX_FILTERS = 32  # filters[]
+MAX_FILTER_FIELD_CHARS = 1024  # each filter field (a ';' list of addresses or ports)
+MAX_BPF_CHARS = 4096  # bpfFilter
+MAX_SCOPE_ENTRIES = 1000  # scope.include and scope.exclude, each (a scale set's maximum)
 
 # Azure: 1-80 characters; letters, digits, '_', '.', '-'; starts with a letter or digit and
 # ends with a letter, digit or '_'.

@@ -10,6 +10,7 @@ hold for every logger (ours, grpc's, the Azure SDK's, uvicorn's) at every level:
 A traceback keeps its lines, each indented under the record with `  | `, so no line of it can
 pass for a record either.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -24,16 +25,19 @@ MAX_MESSAGE_CHARS = 4096
 REDACTED = "REDACTED"
 
 # Each pattern keeps its first group (the key) and replaces the value after it.
-_SECRETS = [re.compile(p, re.IGNORECASE) for p in (
-    r"(SharedAccessSignature=)[^;\s'\"]+",            # a whole SAS in a connection string
-    r"([?&;]sig=)[^&\s;'\"]+",                       # a SAS signature in a URL
-    r"((?:AccountKey|SecretAccessKey|SessionToken|Password)=)[^;&\s'\"]+",
-    r"((?:x-amz-signature|x-amz-security-token|x-amz-credential)=)[^&\s'\"]+",
-    r"(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic|sharedkey|aws4-hmac-sha256)\s+)[^\s'\",]+",
-    r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}",
-    r"(\b)fct_[A-Za-z0-9_-]+",                     # fleetcap's own tokens, wherever they appear
-    r"(://[^/\s:@]+:)[^@\s/]+(?=@)",                 # user:password@ in a URL
-)]
+_SECRETS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"(SharedAccessSignature=)[^;\s'\"]+",  # a whole SAS in a connection string
+        r"([?&;]sig=)[^&\s;'\"]+",  # a SAS signature in a URL
+        r"((?:AccountKey|SecretAccessKey|SessionToken|Password)=)[^;&\s'\"]+",
+        r"((?:x-amz-signature|x-amz-security-token|x-amz-credential)=)[^&\s'\"]+",
+        r"(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic|sharedkey|aws4-hmac-sha256)\s+)[^\s'\",]+",
+        r"(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}",
+        r"(\b)fct_[A-Za-z0-9_-]+",  # fleetcap's own tokens, wherever they appear
+        r"(://[^/\s:@]+:)[^@\s/]+(?=@)",  # user:password@ in a URL
+    )
+]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -95,9 +99,12 @@ class JsonLogFormatter(logging.Formatter):
     text when there is one; the message made safe as in the text format."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-                 .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                 "level": record.levelname, "logger": record.name, "message": _message(record)}
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": _message(record),
+        }
         if record.exc_info or record.stack_info:
             entry["exception"] = _exception_text(self, record)
         return json.dumps(entry)
@@ -107,6 +114,7 @@ def configure(level: str, *, json_lines: bool = False) -> None:
     """The process's one log handler, on stderr, with the safe formatter (none if the root logger
     has handlers already, as under pytest)."""
     import sys
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if json_lines else SafeFormatter())
     logging.basicConfig(level=level, handlers=[handler])

@@ -7,6 +7,7 @@ JSON with sorted keys, no spaces, UTF-8. BODY holds strings, integers, lists and
 (never a float), so that every JSON library reads and writes it back to the same bytes.
 K is the first 16 hex digits of the SHA-256 of the raw 32-byte public key.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ Names follow Prometheus conventions: a `fleetcap_` prefix, base units (`_bytes`,
 `_total` on counters. Each daemon owns its registry (never prometheus_client's global one), so
 that several daemons in one process, as in tests, never share a series.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,8 @@ def new_registry(component: str) -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     Info("fleetcap_build", "The fleetcap build this process runs", registry=registry).info(
-        {"version": version(), "component": component, "python": platform.python_version()})
+        {"version": version(), "component": component, "python": platform.python_version()}
+    )
     return registry
 
 
@@ -57,17 +59,18 @@ def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-async def serve_http(registry: CollectorRegistry, listen: str,
-                     before_scrape: Callable[[], Awaitable[None]] | None = None) -> asyncio.Server:
+async def serve_http(
+    registry: CollectorRegistry, listen: str, before_scrape: Callable[[], Awaitable[None]] | None = None
+) -> asyncio.Server:
     """GET /metrics on `listen` (HOST:PORT; an empty host is 127.0.0.1); anything else is 404.
     before_scrape, if given, is awaited first (to refresh gauges that need the event loop)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             head = request.decode("latin-1").split("\r\n")
             method, path, *_ = head[0].split(" ")
-            accept = next((line.split(":", 1)[1].strip() for line in head[1:]
-                           if line.lower().startswith("accept:")), "")
+            accept = next((line.split(":", 1)[1].strip() for line in head[1:] if line.lower().startswith("accept:")), "")
             if method == "GET" and path.split("?")[0] == "/metrics":
                 if before_scrape is not None:
                     await before_scrape()
@@ -75,8 +78,9 @@ async def serve_http(registry: CollectorRegistry, listen: str,
                 status = "200 OK"
             else:
                 body, status, ctype = b"not found; try /metrics\n", "404 Not Found", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             pass
@@ -84,6 +88,7 @@ async def serve_http(registry: CollectorRegistry, listen: str,
             log.exception("metrics request failed")
         finally:
             writer.close()
+
     host, _, port = listen.rpartition(":")
     server = await asyncio.start_server(handle, host.strip("[]") or "127.0.0.1", int(port))
     log.info("metrics on http://%s:%d/metrics", *server.sockets[0].getsockname()[:2])

@@ -3,6 +3,7 @@ capture ring, and RFC 3339 times.
 
 The compute ARM id has one grammar, `COMPUTE_ID`; everything that reads an id parses it here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,9 @@ class ComputeId:
 
     subscription: str
     resource_group: str
-    scale_set: bool     # virtualMachineScaleSets (with or without an instance)
-    name: str           # the VM's or the scale set's name
-    instance_id: str    # the scale-set instance, "" for a VM or a whole scale set
+    scale_set: bool  # virtualMachineScaleSets (with or without an instance)
+    name: str  # the VM's or the scale set's name
+    instance_id: str  # the scale-set instance, "" for a VM or a whole scale set
 
     @property
     def instance_name(self) -> str:

@@ -5,6 +5,7 @@ in one network namespace reach a coordinator in another. The rule for plaintext 
 both ends: without TLS, only a unix socket or a loopback address, unless the operator says
 `--insecure` (docs/security.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,13 +91,25 @@ class ClientCredentials:
     server_name: str = ""
 
     @classmethod
-    def from_env(cls, *, tls_ca: str = "", tls_cert: str = "", tls_key: str = "", token: str = "",
-                 insecure: bool = False, environ: Mapping[str, str] = os.environ) -> ClientCredentials:
+    def from_env(
+        cls,
+        *,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        token: str = "",
+        insecure: bool = False,
+        environ: Mapping[str, str] = os.environ,
+    ) -> ClientCredentials:
         """What is given wins over FLEETCAP_TLS_CA, FLEETCAP_TLS_CERT, FLEETCAP_TLS_KEY and
         FLEETCAP_TOKEN."""
-        return cls(tls_ca or environ.get("FLEETCAP_TLS_CA", ""), tls_cert or environ.get("FLEETCAP_TLS_CERT", ""),
-                   tls_key or environ.get("FLEETCAP_TLS_KEY", ""), token or environ.get("FLEETCAP_TOKEN", ""),
-                   insecure)
+        return cls(
+            tls_ca or environ.get("FLEETCAP_TLS_CA", ""),
+            tls_cert or environ.get("FLEETCAP_TLS_CERT", ""),
+            tls_key or environ.get("FLEETCAP_TLS_KEY", ""),
+            token or environ.get("FLEETCAP_TOKEN", ""),
+            insecure,
+        )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ((AUTHORIZATION_KEY, f"Bearer {self.token}"),) if self.token else ()
@@ -110,13 +123,16 @@ class ClientCredentials:
             if self.tls_cert:
                 raise ValueError("--tls-cert needs --tls-ca, the CA the coordinator's certificate chains to")
             if not is_local(address) and not self.insecure:
-                raise PlaintextRefused(f"{address} is not a local address: give --tls-ca (FLEETCAP_TLS_CA) to "
-                                       "connect with TLS, or --insecure to send plaintext anyway")
+                raise PlaintextRefused(
+                    f"{address} is not a local address: give --tls-ca (FLEETCAP_TLS_CA) to "
+                    "connect with TLS, or --insecure to send plaintext anyway"
+                )
             return None
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.tls_ca, "--tls-ca"),
             private_key=_read(self.tls_key, "--tls-key") if self.tls_key else None,
-            certificate_chain=_read(self.tls_cert, "--tls-cert") if self.tls_cert else None)
+            certificate_chain=_read(self.tls_cert, "--tls-cert") if self.tls_cert else None,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +152,16 @@ class ServerTls:
         return grpc.ssl_server_credentials(
             [(_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))],
             root_certificates=_read(self.client_ca, "--tls-client-ca") if self.client_ca else None,
-            require_client_auth=bool(self.client_ca))
+            require_client_auth=bool(self.client_ca),
+        )
 
 
 def _channel_options(dedicated: bool) -> list[tuple[str, Any]]:
-    opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *_KEEPALIVE]
+    opts: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *_KEEPALIVE,
+    ]
     if dedicated:
         # Its own TCP connection: the data path must not share HTTP/2 flow control with the
         # control path.
@@ -149,8 +169,7 @@ def _channel_options(dedicated: bool) -> list[tuple[str, Any]]:
     return opts
 
 
-def aio_channel(address: str, *, credentials: ClientCredentials = ClientCredentials(),
-                dedicated: bool = False) -> grpc.aio.Channel:
+def aio_channel(address: str, *, credentials: ClientCredentials = ClientCredentials(), dedicated: bool = False) -> grpc.aio.Channel:
     """A channel to `address`: TLS when the credentials name a CA, else plaintext to a local
     address only (ValueError otherwise). The token travels per call (`credentials.metadata()`)."""
     tls = credentials.channel_credentials(address)
@@ -182,14 +201,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def add_listen(server: grpc.aio.Server, address: str, *, tls: ServerTls | None = None,
-               insecure: bool = False) -> int:
+def add_listen(server: grpc.aio.Server, address: str, *, tls: ServerTls | None = None, insecure: bool = False) -> int:
     """Binds an address, with TLS when given; returns the port (0 for unix sockets). Plaintext
     beyond loopback is refused unless `insecure` (PlaintextRefused names --tls-cert). Raises
     OSError when the address cannot be bound."""
     if tls is None and not is_local(address) and not insecure:
-        raise PlaintextRefused(f"--listen {address}: not a local address, and there is no --tls-cert; give "
-                               "--tls-cert and --tls-key (and --tls-client-ca for agents), or --insecure")
+        raise PlaintextRefused(
+            f"--listen {address}: not a local address, and there is no --tls-cert; give "
+            "--tls-cert and --tls-key (and --tls-client-ca for agents), or --insecure"
+        )
     port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")

@@ -4,6 +4,7 @@ Each is a `StrEnum`, so a member is the wire value itself: it goes into a protob
 field as is and compares equal to what comes back (`status.packet_capture_status ==
 Status.RUNNING`). docs/stop-reasons.md explains every stop reason.
 """
+
 from __future__ import annotations
 
 import enum
@@ -14,7 +15,7 @@ class Status(enum.StrEnum):
 
     NOT_STARTED = "NotStarted"
     RUNNING = "Running"
-    STANDBY = "Standby"      # fleetcap extension: a flight recorder armed, keeping its window
+    STANDBY = "Standby"  # fleetcap extension: a flight recorder armed, keeping its window
     TRIGGERED = "Triggered"  # fleetcap extension: a flight recorder triggered, recording its after-window
     STOPPED = "Stopped"
     ERROR = "Error"
@@ -46,16 +47,16 @@ def is_active(status: str) -> bool:
 class StopReason(enum.StrEnum):
     """stopReason: one for every way a capture ends."""
 
-    TIME_EXCEEDED = "TimeExceeded"                  # timeLimitInSeconds reached (Azure's value)
-    TOTAL_BYTES_EXCEEDED = "TotalBytesExceeded"     # the next packet would cross totalBytesPerSession
-    STOPPED_BY_USER = "StoppedByUser"               # Stop was called
-    DELETED = "Deleted"                             # Delete was called while it ran
-    SESSION_TIME_EXCEEDED = "SessionTimeExceeded"   # continuous mode: sessionTimeLimitInSeconds
-    CAPTURE_FAILED = "CaptureFailed"                # libpcap or the file failed; see packetCaptureError
-    AGENT_STOPPED = "AgentStopped"                  # the agent went away (its lease expired)
-    TRIGGER_WINDOW_ENDED = "TriggerWindowEnded"     # flight recorder: the seconds after the trigger have passed
-    FLEET_BYTES_EXCEEDED = "FleetBytesExceeded"     # fleetBytesLimit: the fleet's files together reached it
-    MIXED = "Mixed"                                 # capture level only: instances stopped for different reasons
+    TIME_EXCEEDED = "TimeExceeded"  # timeLimitInSeconds reached (Azure's value)
+    TOTAL_BYTES_EXCEEDED = "TotalBytesExceeded"  # the next packet would cross totalBytesPerSession
+    STOPPED_BY_USER = "StoppedByUser"  # Stop was called
+    DELETED = "Deleted"  # Delete was called while it ran
+    SESSION_TIME_EXCEEDED = "SessionTimeExceeded"  # continuous mode: sessionTimeLimitInSeconds
+    CAPTURE_FAILED = "CaptureFailed"  # libpcap or the file failed; see packetCaptureError
+    AGENT_STOPPED = "AgentStopped"  # the agent went away (its lease expired)
+    TRIGGER_WINDOW_ENDED = "TriggerWindowEnded"  # flight recorder: the seconds after the trigger have passed
+    FLEET_BYTES_EXCEEDED = "FleetBytesExceeded"  # fleetBytesLimit: the fleet's files together reached it
+    MIXED = "Mixed"  # capture level only: instances stopped for different reasons
 
 
 class CaptureError(enum.StrEnum):

@@ -11,6 +11,7 @@ who renames the capture file and writes another in its place, or hard-links anot
 makes the open fail (FileReplaced) rather than feed the upload, the hash or a download. A file
 from before an agent restart is known from its first open after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,16 +48,14 @@ class CaptureRoot:
         known = self._identities.setdefault(tuple(parts), (st.st_dev, st.st_ino))
         if (st.st_dev, st.st_ino) != known or st.st_nlink != 1 or not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise FileReplaced(errno.ESTALE, f"{path} is not the file the agent wrote (it was replaced or linked); "
-                                             "refused")
+            raise FileReplaced(errno.ESTALE, f"{path} is not the file the agent wrote (it was replaced or linked); refused")
         return fd
 
     def parts(self, path: str) -> list[str]:
         """The components of `path` below the root; raises OutsideRoot."""
         rel = os.path.relpath(os.path.abspath(path), self.root)
         parts = rel.split(os.sep)
-        if rel.startswith("..") or os.path.isabs(rel) or rel == "." or any(p in ("", ".", "..") for p in parts) \
-                or "\x00" in path:
+        if rel.startswith("..") or os.path.isabs(rel) or rel == "." or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
             raise OutsideRoot(f"{path} is not below the capture root {self.root}")
         return parts
 

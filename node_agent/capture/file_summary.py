@@ -5,6 +5,7 @@ The hash needs every byte; the times need the record headers, but only the first
 the last ones: the session remembers where its last batch of records began (`tail_from`), so
 the headers are walked from there only, not across a gigabyte of small packets in Python.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,13 +34,13 @@ def summarize(root: CaptureRoot, path: str, tail_from: int = PCAP_FILE_HEADER) -
     carry, pos = b"", 0
     next_rec = max(PCAP_FILE_HEADER, tail_from)
     last: tuple[int, int, int] | None = None  # (sec, frac, end offset) of the last header read
-    whole: tuple[int, int] | None = None      # (sec, frac) of the last record known to be whole
+    whole: tuple[int, int] | None = None  # (sec, frac) of the last record known to be whole
     order, div = "<", 1
     with os.fdopen(root.open_read(path), "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             if len(head) < PCAP_FILE_HEADER + PCAP_RECORD_HEADER:
-                head += chunk[:PCAP_FILE_HEADER + PCAP_RECORD_HEADER - len(head)]
+                head += chunk[: PCAP_FILE_HEADER + PCAP_RECORD_HEADER - len(head)]
                 order, div = record_format(bytes(head)) or ("<", 1)
             data = carry + chunk
             base = pos - len(carry)
@@ -50,7 +51,7 @@ def summarize(root: CaptureRoot, path: str, tail_from: int = PCAP_FILE_HEADER) -
                     whole = (last[0], last[1])
                 last = (sec, frac, next_rec + PCAP_RECORD_HEADER + caplen)
                 next_rec = last[2]
-            carry = data[next_rec - base:] if base <= next_rec < base + len(data) else b""
+            carry = data[next_rec - base :] if base <= next_rec < base + len(data) else b""
     if last is not None and last[2] <= pos:
         whole = (last[0], last[1])
     first = 0

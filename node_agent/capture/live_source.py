@@ -4,6 +4,7 @@
 TPACKET_V3 ring to the file without a Python frame per packet, and ctypes releases the GIL
 for the whole call.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -71,8 +72,7 @@ class LiveHandle(PcapWriter):
         try:
             fprog = _SockFprog(prog.bf_len, prog.bf_insns)
             fd = self._lib.pcap_fileno(self._p)
-            if libpcap.libc().setsockopt(fd, _SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.byref(fprog),
-                                         ctypes.sizeof(fprog)) != 0:
+            if libpcap.libc().setsockopt(fd, _SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.byref(fprog), ctypes.sizeof(fprog)) != 0:
                 err = ctypes.get_errno()
                 raise PcapError(f"attaching the filter: {os.strerror(err)}")
             self.filter_attached_at = time.time()

@@ -1,6 +1,7 @@
 """The classic pcap layout the agent writes and reads back: the header sizes, and how a file's
 magic number says its byte order and timestamp unit (libpcap writes microseconds in the host's
 order; a nanosecond file is read too)."""
+
 from __future__ import annotations
 
 PCAP_FILE_HEADER = 24

@@ -3,6 +3,7 @@
 A source opens dumps on one of its pcap handles (a live handle, or a dead one for a replay);
 records go through `pcap_dump`, so the file is libpcap's format to the byte whatever the source.
 """
+
 from __future__ import annotations
 
 import ctypes

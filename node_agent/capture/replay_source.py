@@ -7,6 +7,7 @@ compiled filter and cut to the snapshot length, as libpcap does live. Once the f
 out the source is an idle interface: dispatch blocks until breakloop. Stats count the
 packets delivered; a replay drops nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -86,8 +87,7 @@ class ReplayHandle(PcapWriter):
             if rc != 1:
                 raise PcapError(self._lib.pcap_geterr(self._offline).decode())
             h = hdr.contents
-            if self._prog is not None and not self._lib.pcap_offline_filter(
-                    ctypes.byref(self._prog), hdr, data):
+            if self._prog is not None and not self._lib.pcap_offline_filter(ctypes.byref(self._prog), hdr, data):
                 continue
             recorded = h.ts.tv_sec + h.ts.tv_usec / 1e6
             self._pending = (recorded, ctypes.string_at(data.value or 0, h.caplen), h.len)
@@ -100,7 +100,8 @@ class ReplayHandle(PcapWriter):
 
     def _take(self) -> tuple[ctypes._Pointer[PktHdr], int]:
         """Consumes the pending packet into the header and buffer that dump_one writes."""
-        assert self._pending is not None and self._first_ts is not None
+        assert self._pending is not None
+        assert self._first_ts is not None
         recorded, data, wire_len = self._pending
         self._pending = None
         when = self._start_wall + (recorded - self._first_ts)

@@ -9,6 +9,7 @@ The time limit and stop requests use pcap_breakloop from another thread, which w
 ring (the TPACKET_V3 read timeout never fires on an idle interface; docs/decisions.md).
 On a stop, packets already in the ring that arrived before the stop are still written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,11 +59,11 @@ class CaptureSpec:
     name: str
     capture_id: str
     interface: str
-    root: str                # the capture root: every file is created below it (capture_root.py)
-    path: str                # absolute path of the pcap file (the ring's base name in continuous mode)
-    expression: str          # libpcap filter expression
-    snaplen: int = 0         # bytes per packet; 0 = whole packet
-    total_bytes: int = 0     # max file size, headers included; 0 = none (standard mode)
+    root: str  # the capture root: every file is created below it (capture_root.py)
+    path: str  # absolute path of the pcap file (the ring's base name in continuous mode)
+    expression: str  # libpcap filter expression
+    snaplen: int = 0  # bytes per packet; 0 = whole packet
+    total_bytes: int = 0  # max file size, headers included; 0 = none (standard mode)
     time_limit_s: float = 0  # 0 = none
     ring: Ring | None = None  # continuous mode, or the flight recorder's segments
     buffer_size: int = 32 << 20  # kernel ring size in bytes
@@ -85,14 +86,14 @@ class CaptureFile:
     index: int
     path: str
     size: int = 0
-    sha256: str = ""       # set by the agent once the file is closed (hashing is off the capture thread)
+    sha256: str = ""  # set by the agent once the file is closed (hashing is off the capture thread)
     closed: bool = False
     deleted: bool = False  # removed by the ring
     packets: int = 0
-    tail_from: int = 24    # a record boundary near the end: where the last batch of records began
-    first_us: int = 0      # first and last packet times, µs since the epoch (0 = none), set with sha256
+    tail_from: int = 24  # a record boundary near the end: where the last batch of records began
+    first_us: int = 0  # first and last packet times, µs since the epoch (0 = none), set with sha256
     last_us: int = 0
-    ended: float = 0.0     # flight recorder: wall time of its newest packet (the ring drops it by its age)
+    ended: float = 0.0  # flight recorder: wall time of its newest packet (the ring drops it by its age)
 
 
 @dataclasses.dataclass
@@ -104,17 +105,17 @@ class Counters:
     start_time: str = ""
     stop_time: str = ""
     packets: int = 0
-    bytes: int = 0         # file bytes written, over every file
+    bytes: int = 0  # file bytes written, over every file
     kernel_drops: int = 0
     interface_drops: int = 0
-    received: int = 0       # packets the filter accepted (ps_recv), dropped ones included
+    received: int = 0  # packets the filter accepted (ps_recv), dropped ones included
     trigger_time: str = ""  # flight recorder: the trigger this instance froze its window at
     trigger_source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-    at: float       # wall time, the coordinator's
+    at: float  # wall time, the coordinator's
     after_s: float
     source: str
 
@@ -124,9 +125,14 @@ class CaptureSession:
     status change and whenever a file is opened, closed or deleted; poll `counters` and
     `files` for progress."""
 
-    def __init__(self, spec: CaptureSpec, on_change: Callable[[CaptureSession], None] = lambda s: None, *,
-                 open_source: SourceFactory = LiveHandle,
-                 on_budget: Callable[[str, int, int], None] = lambda kind, amount, used: None):
+    def __init__(
+        self,
+        spec: CaptureSpec,
+        on_change: Callable[[CaptureSession], None] = lambda s: None,
+        *,
+        open_source: SourceFactory = LiveHandle,
+        on_budget: Callable[[str, int, int], None] = lambda kind, amount, used: None,
+    ):
         """`open_source` opens the packet source: libpcap on the spec's interface by default,
         or a replayed pcap file (replay_source.py) in tests."""
         self.spec = spec
@@ -152,7 +158,7 @@ class CaptureSession:
         # another thread (grant), and only this one lowers it (an idle give-back).
         self._allowance = spec.fleet_allowance
         self._last_grant = spec.fleet_allowance
-        self._asked = 0.0        # when a request went unanswered (monotonic); 0 = none pending
+        self._asked = 0.0  # when a request went unanswered (monotonic); 0 = none pending
         self._exhausted = False
         self._granted = threading.Event()
         self._last_write = time.monotonic()
@@ -197,8 +203,14 @@ class CaptureSession:
             if c.status == Status.STANDBY:
                 c.status = Status.TRIGGERED
             self._arm_timer(max(0.0, at + after_s - time.time()), StopReason.TRIGGER_WINDOW_ENDED)
-        log.info("capture %s triggered by %s: the window is [%.3f - %.0f s, + %.0f s]", self.spec.name, source,
-                 at, self.spec.standby.window_s, after_s)
+        log.info(
+            "capture %s triggered by %s: the window is [%.3f - %.0f s, + %.0f s]",
+            self.spec.name,
+            source,
+            at,
+            self.spec.standby.window_s,
+            after_s,
+        )
         self._on_change(self)
         return True
 
@@ -283,8 +295,7 @@ class CaptureSession:
                 c.status = Status.STANDBY if self._trigger is None else Status.TRIGGERED
             if self.spec.time_limit_s and self._trigger is None:
                 standard = self.spec.ring is None or self.spec.standby is not None
-                self._arm_timer(self.spec.time_limit_s,
-                                StopReason.TIME_EXCEEDED if standard else StopReason.SESSION_TIME_EXCEEDED)
+                self._arm_timer(self.spec.time_limit_s, StopReason.TIME_EXCEEDED if standard else StopReason.SESSION_TIME_EXCEEDED)
         self._on_change(self)
         if self.spec.standby is not None or self.spec.fleet_allowance:
             threading.Thread(target=self._tick, name=f"tick-{self.spec.name}", daemon=True).start()
@@ -313,8 +324,7 @@ class CaptureSession:
         self._root.parts(first)  # OutsideRoot before anything is opened
         if spec.standby is not None and os.path.lexists(spec.path):  # written only at the end: fail now
             raise FileExistsError(f"{spec.path} already exists; fleetcap never overwrites a capture file")
-        handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size,
-                                   timeout_ms=READ_TIMEOUT_MS)
+        handle = self._open_source(spec.interface, snaplen=self.snaplen, buffer_size=spec.buffer_size, timeout_ms=READ_TIMEOUT_MS)
         try:
             handle.set_filter(spec.expression)
             handle.open_dump(self._create(first))
@@ -465,9 +475,18 @@ class CaptureSession:
         c, trig, standby = self.counters, self._trigger, self.spec.standby
         segments = [f.path for f in self._writing if not f.deleted]
         try:
-            out = None if trig is None or standby is None else assemble(
-                self._root, segments, self.spec.path, since=trig.at - standby.window_s,
-                until=trig.at + trig.after_s, limit=self.spec.total_bytes)
+            out = (
+                None
+                if trig is None or standby is None
+                else assemble(
+                    self._root,
+                    segments,
+                    self.spec.path,
+                    since=trig.at - standby.window_s,
+                    until=trig.at + trig.after_s,
+                    limit=self.spec.total_bytes,
+                )
+            )
         finally:
             self._remove_ring()
         if out is None:
@@ -475,8 +494,7 @@ class CaptureSession:
             return
         if out.full:
             self._stop_reason = StopReason.TOTAL_BYTES_EXCEEDED
-        self.files.append(CaptureFile(0, self.spec.path, size=out.size, closed=True, packets=out.packets,
-                                      tail_from=out.last_offset))
+        self.files.append(CaptureFile(0, self.spec.path, size=out.size, closed=True, packets=out.packets, tail_from=out.last_offset))
         c.packets, c.bytes = out.packets, out.size
         log.info("capture %s: %d packets of the window written to %s", self.spec.name, out.packets, self.spec.path)
 
@@ -552,7 +570,7 @@ class CaptureSession:
         self._segment_opened = time.time()
         self.counters.bytes = self._file_base + self._writing[-1].size
         if self._trigger is None:  # a triggered flight recorder's ring no longer turns
-            for f in self._writing[:-ring.file_count]:
+            for f in self._writing[: -ring.file_count]:
                 self._delete(f)
         self._writing[:] = [f for f in self._writing if not f.deleted]
         self._on_change(self)

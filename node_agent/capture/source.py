@@ -7,6 +7,7 @@ tests without root or network namespaces.
 
 Every method but `breakloop` is called from the session's capture thread.
 """
+
 from __future__ import annotations
 
 import ctypes

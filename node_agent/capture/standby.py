@@ -7,6 +7,7 @@ turning; when the seconds after it have passed, `assemble` copies the records wh
 in [trigger - window, trigger + after] into the capture file, in order, exactly as they were
 captured, and the ring is removed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,7 @@ def remove_segments(root: CaptureRoot, path: str) -> int:
     except FileNotFoundError:
         return 0
     for name in names:
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
             root.remove(posixpath.join(head, name))
             removed += 1
     return removed
@@ -71,8 +72,7 @@ class Assembled:
     last_offset: int = PCAP_FILE_HEADER  # where the file's last record begins
 
 
-def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: float, until: float,
-             limit: int) -> Assembled:
+def assemble(root: CaptureRoot, segments: list[str], out_path: str, *, since: float, until: float, limit: int) -> Assembled:
     """Writes the records of `segments` (in order) whose time is in [since, until] into a new
     file at `out_path`, byte for byte, under `limit` bytes (0 = none) with the same rule as a
     standard capture: the first record that would cross the limit ends the file, unwritten."""

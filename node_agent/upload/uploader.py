@@ -6,9 +6,11 @@ never bytes, and never agent memory beyond the in-flight window. Once the captur
 and every byte is acknowledged, a finish message carries the size and SHA-256, which the
 coordinator verifies before it commits.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,6 +34,8 @@ StubProvider = Callable[[], fleet_pb2_grpc.FleetStub]
 
 def _open_no_follow(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 """The stub of the coordinator replica the agent talks to now (it moves between replicas)."""
 
 CHUNK_BYTES = 4 << 20
@@ -67,11 +71,18 @@ class UploadState:
 class Uploader:
     """`final()` returns (size, sha256) once the capture file is closed, else None."""
 
-    def __init__(self, stub: fleet_pb2_grpc.FleetStub | StubProvider,
-                 open_msg: fleet_pb2.UploadOpen, local_path: str,
-                 final: Callable[[], tuple[int, str] | None], on_change: Callable[[], None], *,
-                 storage_retry_s: float = 300.0, metadata: tuple[tuple[str, str], ...] = (),
-                 open_read: Callable[[str], int] = _open_no_follow):
+    def __init__(
+        self,
+        stub: fleet_pb2_grpc.FleetStub | StubProvider,
+        open_msg: fleet_pb2.UploadOpen,
+        local_path: str,
+        final: Callable[[], tuple[int, str] | None],
+        on_change: Callable[[], None],
+        *,
+        storage_retry_s: float = 300.0,
+        metadata: tuple[tuple[str, str], ...] = (),
+        open_read: Callable[[str], int] = _open_no_follow,
+    ):
         self.storage_retry_s = storage_retry_s
         self.metadata = metadata  # the agent's bearer token, when it has no certificate
         self._open_read = open_read  # the capture root's: never through a symlink
@@ -106,8 +117,7 @@ class Uploader:
                         return self._abandon(f"{e.details()} (still failing after {self.storage_retry_s:.0f}s)")
                 else:
                     storage_failing_since = None
-                log.warning("upload of %s interrupted (%s: %s); resuming in %.1fs",
-                            self.path, e.code().name, e.details(), delay)
+                log.warning("upload of %s interrupted (%s: %s); resuming in %.1fs", self.path, e.code().name, e.details(), delay)
             except FileReplaced as e:  # never send what a local user put in the capture's place
                 self.state.local_file_failed = True
                 return self._abandon(str(e))
@@ -139,8 +149,7 @@ class Uploader:
                 if self.state.acked > size:
                     # More is stored than the file now holds (a partial record was cut after a
                     # crash): the stored copy is discarded and the file sent again from the start.
-                    log.warning("upload of %s: %d bytes stored but the file has %d; starting over",
-                                self.path, self.state.acked, size)
+                    log.warning("upload of %s: %d bytes stored but the file has %d; starting over", self.path, self.state.acked, size)
                     self.open_msg.restart = True
                     self.state.acked = 0
                     return
@@ -168,15 +177,12 @@ class Uploader:
                 continue
             final = self.final()
             if final and not finished and sent == final[0] == size:
-                await call.write(fleet_pb2.UploadRequest(finish=fleet_pb2.UploadFinish(
-                    size_bytes=final[0], sha256=final[1])))
+                await call.write(fleet_pb2.UploadRequest(finish=fleet_pb2.UploadFinish(size_bytes=final[0], sha256=final[1])))
                 finished = True
             # Wait for an acknowledgement (window full, or the commit) or for the file to grow.
             self._acked.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acked.wait(), timeout=POLL_S)
-            except TimeoutError:
-                pass
 
     async def _read_acks(self, call: UploadCall) -> None:
         while True:

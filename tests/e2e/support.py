@@ -1,4 +1,5 @@
 """Shared pieces of the end-to-end tests: a running local fleet, waiting, expected datagrams."""
+
 from __future__ import annotations
 
 import collections

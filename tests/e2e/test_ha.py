@@ -1,5 +1,6 @@
 """Two coordinator replicas on one etcd: agents spread over both, the API served by either,
 the leader killed mid-capture. Leadership moves, the agents move, the capture completes once."""
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,16 @@ def test_leader_killed_mid_capture(fleet, client):
     other = 1 - leader
     # The API call goes to the replica that will survive; half the agents are on the other one.
     with sdk.Client(f"unix:{fleet.replica_socket(other)}", token=fleet.token) as c:
-        c.create(name="ha", target="web", target_type="AzureVMSS", resource_group="rg1", time_limit_in_seconds=14,
-                 storage_account="local", file_path="/var/captures/ha.cap",
-                 filters=[{"protocol": "UDP", "localPort": "7100"}])
+        c.create(
+            name="ha",
+            target="web",
+            target_type="AzureVMSS",
+            resource_group="rg1",
+            time_limit_in_seconds=14,
+            storage_account="local",
+            file_path="/var/captures/ha.cap",
+            filters=[{"protocol": "UDP", "localPort": "7100"}],
+        )
         wait_running(c, "ha")
     fleet.send_udp(i2, i0, dport=7100, sport=43000, count=10, size=PAYLOAD, tag=50)
     fleet.send_udp(i0, i1, dport=7100, sport=43001, count=10, size=PAYLOAD, tag=50)
@@ -56,16 +64,28 @@ def test_leader_killed_mid_capture(fleet, client):
     fleet.send_udp(i0, i1, dport=7100, sport=43001, count=10, size=PAYLOAD, tag=51)
     fleet.send_udp(i1, i2, dport=7100, sport=43002, count=10, size=PAYLOAD, tag=51)
     with sdk.Client(f"unix:{fleet.replica_socket(other)}", token=fleet.token) as c:
-        final = until("every instance stopped by its time limit with its file stored",
-                      lambda: (x := c.get_status(name="ha")).packet_capture_status == "Stopped"
-                      and all(i.files[0].upload_complete for i in x.instances) and x, 90)
-    assert [(i.instance_id, i.stop_reason, list(i.packet_capture_error)) for i in final.instances] == \
-        [("0", "TimeExceeded", []), ("1", "TimeExceeded", []), ("2", "TimeExceeded", [])]
-    want = {"0": expected(i2, 43000, i0, 7100, 50, 10) + expected(i2, 43000, i0, 7100, 51, 10),
-            "1": expected(i0, 43001, i1, 7100, 50, 10) + expected(i0, 43001, i1, 7100, 51, 10),
-            "2": expected(i1, 43002, i2, 7100, 51, 10)}
+        final = until(
+            "every instance stopped by its time limit with its file stored",
+            lambda: (
+                (x := c.get_status(name="ha")).packet_capture_status == "Stopped"
+                and all(i.files[0].upload_complete for i in x.instances)
+                and x
+            ),
+            90,
+        )
+    assert [(i.instance_id, i.stop_reason, list(i.packet_capture_error)) for i in final.instances] == [
+        ("0", "TimeExceeded", []),
+        ("1", "TimeExceeded", []),
+        ("2", "TimeExceeded", []),
+    ]
+    want = {
+        "0": expected(i2, 43000, i0, 7100, 50, 10) + expected(i2, 43000, i0, 7100, 51, 10),
+        "1": expected(i0, 43001, i1, 7100, 50, 10) + expected(i0, 43001, i1, 7100, 51, 10),
+        "2": expected(i1, 43002, i2, 7100, 51, 10),
+    }
     for inst in final.instances:
         pcap = pcaps.read(inst.files[0].storage_path.removeprefix("file://"))
         assert pcaps.flows(pcap.records) == want[inst.instance_id]  # nothing lost, nothing twice
         local = os.path.join(fleet.instances[int(inst.instance_id)].capture_root, "ha.cap")
-        assert inst.files[0].sha256 == inst.files[0].stored_sha256 and os.path.getsize(local) == pcap.size
+        assert inst.files[0].sha256 == inst.files[0].stored_sha256
+        assert os.path.getsize(local) == pcap.size

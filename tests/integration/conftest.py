@@ -1,5 +1,6 @@
 """A real coordinator (embedded etcd) and one real agent, VM vm1 in rg1 on loopback, for the
 API-level tests. Module-scoped: each test module gets its own."""
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 class Deployment(str):
     """The coordinator's API address (a str, for the SDK), plus what a test may need of it."""
+
     dir: str
     coordinator_metrics: str
     agent_metrics: str
     auth_file: str
-
 
 
 def wait_every_instance(client: sdk.Client, name: str, status: str = "Running", timeout_s: float = 15):
@@ -62,14 +63,52 @@ def coordinator(tmp_path_factory):
     dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     logs = open(d / "coordinator.log", "wb")
     dep.auth_file = write_auth_file(str(d / "auth.toml"))
-    coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", dep,
-                              "--auth-file", dep.auth_file, "--data-dir", str(d / "data"), "--agent-ttl", "5",
-                              "--metrics-listen", dep.coordinator_metrics], cwd=ROOT, stdout=logs, stderr=logs)
+    coord = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            dep,
+            "--auth-file",
+            dep.auth_file,
+            "--data-dir",
+            str(d / "data"),
+            "--agent-ttl",
+            "5",
+            "--metrics-listen",
+            dep.coordinator_metrics,
+        ],
+        cwd=ROOT,
+        stdout=logs,
+        stderr=logs,
+    )
     agent_log = open(d / "agent.log", "wb")
-    agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", dep, "--vm", "vm1",
-                              "--resource-group", "rg1", "--interface", "lo", "--capture-root", str(d / "captures"),
-                              "--metrics-listen", dep.agent_metrics], cwd=ROOT, stdout=agent_log, stderr=agent_log,
-                             env=AGENT_ENV)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "agent",
+            "--coordinator",
+            dep,
+            "--vm",
+            "vm1",
+            "--resource-group",
+            "rg1",
+            "--interface",
+            "lo",
+            "--capture-root",
+            str(d / "captures"),
+            "--metrics-listen",
+            dep.agent_metrics,
+        ],
+        cwd=ROOT,
+        stdout=agent_log,
+        stderr=agent_log,
+        env=AGENT_ENV,
+    )
     try:
         with sdk.Client(dep, timeout_s=2) as c:
             wait_agents(c, 1, str(d / "coordinator.log"))

@@ -1,4 +1,5 @@
 """Starts `fleetcap gateway` on a free loopback port for a test module, and a tiny JSON client."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,16 +21,19 @@ from fleetcap.core.transport import free_port
 from tests.conftest import AGENT_ENV, TOKENS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARM = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
-       "Microsoft.Network/networkWatchers/NetworkWatcher_westeurope/packetCaptures")
+ARM = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
+    "Microsoft.Network/networkWatchers/NetworkWatcher_westeurope/packetCaptures"
+)
 
 
 class Gateway:
     """`fleetcap gateway` on a free loopback port, over HTTPS with a CA of its own (`ca`), or
     over plain HTTP with tls=False. `call` sends the admin token unless told otherwise."""
 
-    def __init__(self, coordinator: str, workdir, *extra: str, tls: bool = True, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, coordinator: str, workdir, *extra: str, tls: bool = True, host: str = "127.0.0.1", env: dict[str, str] | None = None
+    ):
         self.port = free_port()
         self.workdir = str(workdir)
         self.tls = tls
@@ -45,9 +49,13 @@ class Gateway:
             self.cert = issued.cert_path
             args = ["--tls-cert", issued.cert_path, "--tls-key", issued.key_path]
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway",
-                                      "--listen", f"{shown}:{self.port}", *args, *extra], cwd=ROOT, stdout=log,
-                                     stderr=log, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway", "--listen", f"{shown}:{self.port}", *args, *extra],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -68,9 +76,17 @@ class Gateway:
     def stop(self) -> None:
         LocalFleet.stop_process(self.proc)
 
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None, *,
-                token: str | None = TOKENS[Role.ADMIN], headers: dict[str, str] | None = None,
-                timeout: float = 30) -> tuple[int, Any, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        *,
+        token: str | None = TOKENS[Role.ADMIN],
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, Any, bytes]:
         """(status, headers (case-insensitive), body bytes) of one call."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         h = {"Content-Type": "application/json"} if data is not None else {}
@@ -93,17 +109,41 @@ class Gateway:
 def scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resource_group: str = "rg1"):
     """Agents on lo for instances of a scale set, connected on entry and stopped on exit."""
     from fleetcap.clients import sdk
-    procs = [subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", coordinator,
-                               "--vmss", vmss, "--instance-id", str(i), "--resource-group", resource_group,
-                               "--interface", "lo", "--capture-root", os.path.join(str(workdir), f"captures{i}")],
-                              cwd=ROOT, stdout=open(os.path.join(str(workdir), f"agent{i}.log"), "wb"),
-                              stderr=subprocess.STDOUT, env=AGENT_ENV) for i in instance_ids]
+
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                coordinator,
+                "--vmss",
+                vmss,
+                "--instance-id",
+                str(i),
+                "--resource-group",
+                resource_group,
+                "--interface",
+                "lo",
+                "--capture-root",
+                os.path.join(str(workdir), f"captures{i}"),
+            ],
+            cwd=ROOT,
+            stdout=open(os.path.join(str(workdir), f"agent{i}.log"), "wb"),
+            stderr=subprocess.STDOUT,
+            env=AGENT_ENV,
+        )
+        for i in instance_ids
+    ]
     try:
         wanted = {f"/virtualMachineScaleSets/{vmss}/virtualMachines/{i}" for i in instance_ids}
         deadline = time.monotonic() + 30
         with sdk.Client(coordinator) as c:
-            while not wanted <= {a.id[a.id.index("/virtualMachineScaleSets/"):] for a in c.list_agents()
-                                 if "/virtualMachineScaleSets/" in a.id}:
+            while not wanted <= {
+                a.id[a.id.index("/virtualMachineScaleSets/") :] for a in c.list_agents() if "/virtualMachineScaleSets/" in a.id
+            }:
                 if time.monotonic() > deadline:
                     raise RuntimeError("scale-set agents did not connect")
                 time.sleep(0.2)

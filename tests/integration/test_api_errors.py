@@ -1,6 +1,7 @@
 """The public API's error contract, against a real coordinator process (with its embedded
 etcd) and a real agent: exact status codes, messages that name the field, CLI exit codes,
 and no state left behind by a rejected request."""
+
 from __future__ import annotations
 
 import json
@@ -24,31 +25,40 @@ def client(coordinator):
 
 
 def cli(address: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", address, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fleetcap", "--coordinator", address, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
-GOOD = dict(target="vm1", resource_group="rg1", file_path="/var/captures/ok.cap", time_limit_in_seconds=1,
-            filters=[{"protocol": "UDP", "localPort": "9"}])
+GOOD = {
+    "target": "vm1",
+    "resource_group": "rg1",
+    "file_path": "/var/captures/ok.cap",
+    "time_limit_in_seconds": 1,
+    "filters": [{"protocol": "UDP", "localPort": "9"}],
+}
 
 
-@pytest.mark.parametrize("override,field", [
-    (dict(name="bad name"), "name"),
-    (dict(target=""), "target"),
-    (dict(target_type="AzureVMs"), "targetType"),
-    (dict(bytes_to_capture_per_packet=-1), "bytesToCapturePerPacket"),
-    (dict(total_bytes_per_session=5_000_000_000), "totalBytesPerSession"),
-    (dict(time_limit_in_seconds=18001), "timeLimitInSeconds"),
-    (dict(file_path="/etc/passwd.cap"), "storageLocation.filePath"),
-    (dict(file_path="/var/captures/x.txt"), "storageLocation.filePath"),
-    (dict(file_path="", storage_account=""), "storageLocation"),
-    (dict(storage_account="nosuch"), "storageLocation.storageId"),
-    (dict(include=["0"]), "scope"),
-    (dict(filters=[{"protocol": "TCP", "localPort": "1-5;7"}]), "filters[0].localPort"),
-    (dict(filters=[{"protocol": "UDP"}, {"remoteIPAddress": "10.0.0.999"}]), "filters[1].remoteIPAddress"),
-    (dict(filters=[{}]), "filters[0]"),
-    (dict(bpf_filter="port 99999999"), "bpfFilter"),
-])
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"name": "bad name"}, "name"),
+        ({"target": ""}, "target"),
+        ({"target_type": "AzureVMs"}, "targetType"),
+        ({"bytes_to_capture_per_packet": -1}, "bytesToCapturePerPacket"),
+        ({"total_bytes_per_session": 5_000_000_000}, "totalBytesPerSession"),
+        ({"time_limit_in_seconds": 18001}, "timeLimitInSeconds"),
+        ({"file_path": "/etc/passwd.cap"}, "storageLocation.filePath"),
+        ({"file_path": "/var/captures/x.txt"}, "storageLocation.filePath"),
+        ({"file_path": "", "storage_account": ""}, "storageLocation"),
+        ({"storage_account": "nosuch"}, "storageLocation.storageId"),
+        ({"include": ["0"]}, "scope"),
+        ({"filters": [{"protocol": "TCP", "localPort": "1-5;7"}]}, "filters[0].localPort"),
+        ({"filters": [{"protocol": "UDP"}, {"remoteIPAddress": "10.0.0.999"}]}, "filters[1].remoteIPAddress"),
+        ({"filters": [{}]}, "filters[0]"),
+        ({"bpf_filter": "port 99999999"}, "bpfFilter"),
+    ],
+)
 def test_invalid_fields_are_named_and_leave_nothing(client, override, field):
     args = dict(GOOD, name="pc-invalid")
     args.update(override)
@@ -65,7 +75,8 @@ def test_invalid_fields_are_named_and_leave_nothing(client, override, field):
 def test_unknown_target_and_instances_are_not_found(client):
     with pytest.raises(sdk.CaptureNotFound) as e:
         client.create(**dict(GOOD, name="pc-nf", target="vm9"))
-    assert e.value.code == grpc.StatusCode.NOT_FOUND and "target: no virtual machine 'vm9'" in e.value.message
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert "target: no virtual machine 'vm9'" in e.value.message
     with pytest.raises(sdk.CaptureNotFound):
         client.create(**dict(GOOD, name="pc-nf", target="web", target_type="AzureVMSS"))
     for call in (client.get, client.stop, client.delete, client.get_status):
@@ -87,21 +98,38 @@ def test_duplicate_name_is_already_exists_and_keeps_the_first(client):
 
 
 def test_cli_exit_codes(coordinator):
-    ok = ["capture", "create", "--vm", "vm1", "-g", "rg1", "--file-path", "/var/captures/cli.cap", "--time-limit", "1",
-          "--filters", json.dumps([{"protocol": "UDP", "localPort": "9"}])]
+    ok = [
+        "capture",
+        "create",
+        "--vm",
+        "vm1",
+        "-g",
+        "rg1",
+        "--file-path",
+        "/var/captures/cli.cap",
+        "--time-limit",
+        "1",
+        "--filters",
+        json.dumps([{"protocol": "UDP", "localPort": "9"}]),
+    ]
     r = cli(coordinator, *ok, "--name", "cli-1")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["properties"]["timeLimitInSeconds"] == 1
     r = cli(coordinator, *ok, "--name", "cli-1")
-    assert r.returncode == 4 and "ALREADY_EXISTS" in r.stderr
+    assert r.returncode == 4
+    assert "ALREADY_EXISTS" in r.stderr
     r = cli(coordinator, *ok, "--name", "cli-2", "--capture-limit", "-3")
-    assert r.returncode == 2 and "totalBytesPerSession: -3 is out of range" in r.stderr
+    assert r.returncode == 2
+    assert "totalBytesPerSession: -3 is out of range" in r.stderr
     r = cli(coordinator, *ok[:-2], "--name", "cli-2", "--filters", "[{not json")
-    assert r.returncode == 2 and "--filters: not valid JSON" in r.stderr
+    assert r.returncode == 2
+    assert "--filters: not valid JSON" in r.stderr
     r = cli(coordinator, "capture", "create", "--name", "cli-2", "--target-type", "AzureVMSS", "--file-path", "/var/captures/a.cap")
-    assert r.returncode == 2 and "--target is required" in r.stderr
+    assert r.returncode == 2
+    assert "--target is required" in r.stderr
     r = cli(coordinator, "capture", "show", "--name", "cli-nope")
-    assert r.returncode == 3 and "NOT_FOUND" in r.stderr
+    assert r.returncode == 3
+    assert "NOT_FOUND" in r.stderr
     r = cli(coordinator, "capture", "wait", "--name", "cli-1", "--timeout", "30")
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
@@ -110,4 +138,5 @@ def test_cli_exit_codes(coordinator):
     r = cli(coordinator, "capture", "delete", "--name", "cli-1")
     assert r.returncode == 0
     r = cli(coordinator, "capture", "list")
-    assert r.returncode == 0 and "cli-1" not in r.stdout
+    assert r.returncode == 0
+    assert "cli-1" not in r.stdout

@@ -2,6 +2,7 @@
 standard bearer-token policy (which refuses plain http), a certificate from the test CA, its
 long-running-operation pollers and its typed errors. Only the base URL differs from a script
 written for Azure."""
+
 from __future__ import annotations
 
 import time
@@ -52,14 +53,16 @@ def gateway(coordinator, tmp_path_factory):
 
 
 def network(gateway, role: Role = Role.ADMIN, **options) -> NetworkManagementClient:
-    return NetworkManagementClient(StaticToken(TOKENS[role]), SUB, base_url=gateway.base,
-                                   connection_verify=gateway.ca, **options)
+    return NetworkManagementClient(StaticToken(TOKENS[role]), SUB, base_url=gateway.base, connection_verify=gateway.ca, **options)
 
 
 def params(name: str, **overrides) -> m.PacketCapture:
-    props = dict(target=VM1, storage_location=m.PacketCaptureStorageLocation(file_path=f"/var/captures/{name}.cap",
-                                                                             storage_id="local"),
-                 time_limit_in_seconds=60, filters=[m.PacketCaptureFilter(protocol="UDP", local_port="9")])
+    props = {
+        "target": VM1,
+        "storage_location": m.PacketCaptureStorageLocation(file_path=f"/var/captures/{name}.cap", storage_id="local"),
+        "time_limit_in_seconds": 60,
+        "filters": [m.PacketCaptureFilter(protocol="UDP", local_port="9")],
+    }
     props.update(overrides)
     return m.PacketCapture(properties=m.PacketCaptureParameters(**props))
 
@@ -70,7 +73,8 @@ def test_the_whole_lifecycle_through_azures_pollers(gateway):
     created = poller.result(timeout=60)
     assert poller.status() == "Succeeded"
     # The create's Azure-AsyncOperation finished only once the capture was running.
-    assert created.name == "sdk-1" and created.properties.target == VM1
+    assert created.name == "sdk-1"
+    assert created.properties.target == VM1
     assert created.properties.provisioning_state == "Succeeded"
     assert created.properties.filters[0].local_port == "9"
 
@@ -82,7 +86,8 @@ def test_the_whole_lifecycle_through_azures_pollers(gateway):
     assert (status.name, status.packet_capture_status) == ("sdk-1", "Running")
 
     stop = pcs.begin_stop(RG, WATCHER, "sdk-1")
-    assert stop.result(timeout=30) is None and stop.status() == "Succeeded"
+    assert stop.result(timeout=30) is None
+    assert stop.status() == "Succeeded"
     deadline = time.monotonic() + 30
     while (status := pcs.begin_get_status(RG, WATCHER, "sdk-1").result()).packet_capture_status != "Stopped":
         assert time.monotonic() < deadline, status
@@ -90,24 +95,28 @@ def test_the_whole_lifecycle_through_azures_pollers(gateway):
     assert status.stop_reason == "StoppedByUser"
 
     delete = pcs.begin_delete(RG, WATCHER, "sdk-1")
-    assert delete.result(timeout=30) is None and delete.status() == "Succeeded"
+    assert delete.result(timeout=30) is None
+    assert delete.status() == "Succeeded"
     with pytest.raises(ResourceNotFoundError) as e:
         pcs.get(RG, WATCHER, "sdk-1")
-    assert e.value.status_code == 404 and e.value.error.code == "ResourceNotFound"
+    assert e.value.status_code == 404
+    assert e.value.error.code == "ResourceNotFound"
 
 
 def test_typed_errors(gateway):
     pcs = network(gateway).packet_captures
     with pytest.raises(HttpResponseError) as bad:
         pcs.begin_create(RG, WATCHER, "sdk-bad", params("sdk-bad", time_limit_in_seconds=18001)).result()
-    assert bad.value.status_code == 400 and bad.value.error.code == "InvalidParameter"
+    assert bad.value.status_code == 400
+    assert bad.value.error.code == "InvalidParameter"
     assert bad.value.error.message.startswith("timeLimitInSeconds: 18001 is out of range")
 
     pcs.begin_create(RG, WATCHER, "sdk-2", params("sdk-2")).result(timeout=60)
     try:
         with pytest.raises(ResourceExistsError) as exists:
             pcs.begin_create(RG, WATCHER, "sdk-2", params("sdk-2"))
-        assert exists.value.status_code == 409 and exists.value.error.code == "PacketCaptureExistingAlready"
+        assert exists.value.status_code == 409
+        assert exists.value.error.code == "PacketCaptureExistingAlready"
         # A capture that fails on its instance (its file exists already) fails the create's
         # poller with the capture's error, as Azure's would.
         clash = params("sdk-3")
@@ -130,9 +139,9 @@ def test_the_callers_own_token_decides(gateway):
     assert isinstance(list(reader.list(RG, WATCHER)), list)
     with pytest.raises(HttpResponseError) as denied:
         reader.begin_create(RG, WATCHER, "sdk-reader", params("sdk-reader"))
-    assert denied.value.status_code == 403 and denied.value.error.code == "AuthorizationFailed"
-    unknown = NetworkManagementClient(StaticToken("fct_unknown"), SUB, base_url=gateway.base,
-                                      connection_verify=gateway.ca).packet_captures
+    assert denied.value.status_code == 403
+    assert denied.value.error.code == "AuthorizationFailed"
+    unknown = NetworkManagementClient(StaticToken("fct_unknown"), SUB, base_url=gateway.base, connection_verify=gateway.ca).packet_captures
     with pytest.raises(ClientAuthenticationError) as e:
         unknown.get(RG, WATCHER, "anything")
     assert e.value.status_code == 401
@@ -141,8 +150,7 @@ def test_the_callers_own_token_decides(gateway):
 
 
 def test_the_sdk_will_not_send_a_token_over_http_nor_to_an_untrusted_certificate(gateway):
-    plain = NetworkManagementClient(StaticToken(TOKENS[Role.ADMIN]), SUB,
-                                    base_url=gateway.base.replace("https://", "http://"))
+    plain = NetworkManagementClient(StaticToken(TOKENS[Role.ADMIN]), SUB, base_url=gateway.base.replace("https://", "http://"))
     with pytest.raises(ServiceRequestError, match="Bearer token authentication is not permitted for non-TLS"):
         plain.packet_captures.get(RG, WATCHER, "x")
     untrusted = NetworkManagementClient(StaticToken(TOKENS[Role.ADMIN]), SUB, base_url=gateway.base)

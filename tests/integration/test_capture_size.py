@@ -4,6 +4,7 @@ engine; the reference is the frames tcpdump records whole at the same time (read
 
 lo is shared with every other test running at the same time, so each case matches only its own
 traffic: a port no one else uses, or an ICMP echo id of its own."""
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,7 @@ def send(kind: str, port_or_id: int) -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(bytes([i]) * 80, ("127.0.0.1", port_or_id))
         else:  # icmp: an echo request to lo (the kernel answers it)
-            echo = dpkt.icmp.ICMP(type=dpkt.icmp.ICMP_ECHO,
-                                  data=dpkt.icmp.ICMP.Echo(id=port_or_id, seq=i, data=b"p" * 56))
+            echo = dpkt.icmp.ICMP(type=dpkt.icmp.ICMP_ECHO, data=dpkt.icmp.ICMP.Echo(id=port_or_id, seq=i, data=b"p" * 56))
             with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
                 s.sendto(bytes(echo), ("127.0.0.1", 0))
 
@@ -77,14 +77,28 @@ def test_every_matching_packet_is_kept_cut_to_the_capture_size(tmp_path, require
     reference = tmp_path / "reference.pcap"
     # --immediate-mode: without it tcpdump holds packets until its buffer times out, and may
     # exit before writing the last ones
-    tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "0", "-U", "--immediate-mode", "-w", str(reference),
-                                expression], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    session = CaptureSession(CaptureSpec(name="size", capture_id="size@1", interface="lo", root=str(tmp_path),
-                                         path=str(tmp_path / "out.cap"), expression=expression, snaplen=snaplen))
+    tcpdump = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-s", "0", "-U", "--immediate-mode", "-w", str(reference), expression],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    session = CaptureSession(
+        CaptureSpec(
+            name="size",
+            capture_id="size@1",
+            interface="lo",
+            root=str(tmp_path),
+            path=str(tmp_path / "out.cap"),
+            expression=expression,
+            snaplen=snaplen,
+        )
+    )
     session.start()
     try:
-        wait_for(lambda: session.counters.status == "Running" and reference.exists()
-                 and os.path.getsize(reference) >= 24, "both captures to start")
+        wait_for(
+            lambda: session.counters.status == "Running" and reference.exists() and os.path.getsize(reference) >= 24,
+            "both captures to start",
+        )
         assert session.counters.status == "Running", session.counters
         time.sleep(0.5)  # tcpdump's own start: it prints nothing when it is listening
         send(kind, port_or_id)

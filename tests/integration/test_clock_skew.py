@@ -3,6 +3,7 @@ and reports the offset with its uncertainty; `download --merge` moves each insta
 its offset and says so in that interface's comment, so that a packet crossing two instances
 comes out in causal order. Instance 1's agent runs 2 s ahead (FLEETCAP_TEST_CLOCK_OFFSET_S, a
 documented test-only setting); both capture lo, so both see every request and every reply."""
+
 from __future__ import annotations
 
 import socket
@@ -38,6 +39,7 @@ def exchange(port: int) -> None:
             data, peer = server.recvfrom(100)
             time.sleep(THINK_S)
             server.sendto(b"R" + data[1:], peer)
+
     t = threading.Thread(target=serve)
     t.start()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -50,8 +52,13 @@ def exchange(port: int) -> None:
 
 
 def fields(path, *names: str) -> list[list[str]]:
-    t = subprocess.run(["tshark", "-r", str(path), "-T", "fields", *sum((["-e", n] for n in names), [])],
-                       capture_output=True, text=True, timeout=60, check=True)
+    t = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", *sum((["-e", n] for n in names), [])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return [line.split("\t") for line in t.stdout.splitlines()]
 
 
@@ -64,9 +71,16 @@ def epoch_us(text: str) -> int:
 def test_the_merge_corrects_each_instance_by_its_measured_offset(fleet, tmp_path):
     port = free_udp_port()
     with sdk.Client(fleet.api) as c:
-        c.create(name="skew-1", target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
-                 file_path="/var/captures/skew-1.cap", time_limit_in_seconds=4,
-                 filters=[{"protocol": "UDP", "localPort": str(port)}])
+        c.create(
+            name="skew-1",
+            target="web",
+            target_type="AzureVMSS",
+            resource_group="rg1",
+            storage_account="local",
+            file_path="/var/captures/skew-1.cap",
+            time_limit_in_seconds=4,
+            filters=[{"protocol": "UDP", "localPort": str(port)}],
+        )
         wait_every_instance(c, "skew-1")
         time.sleep(0.3)
         exchange(port)
@@ -74,7 +88,8 @@ def test_the_merge_corrects_each_instance_by_its_measured_offset(fleet, tmp_path
     one, two = final.instances
     # Measured: instance 0 on time, instance 1 two seconds ahead (its times need -2 s), each within
     # its uncertainty plus what a loaded 2-core machine adds.
-    assert 0 < one.clock_uncertainty_us and 0 < two.clock_uncertainty_us
+    assert one.clock_uncertainty_us > 0
+    assert two.clock_uncertainty_us > 0
     assert abs(one.clock_offset_us) <= one.clock_uncertainty_us + 5000, one
     assert abs(two.clock_offset_us + 2_000_000) <= two.clock_uncertainty_us + 5000, two
     r = fleet.cli("capture", "download", "--name", "skew-1", "--dest", str(tmp_path / "dl"), "--merge")
@@ -96,9 +111,15 @@ def test_the_merge_corrects_each_instance_by_its_measured_offset(fleet, tmp_path
     # Uncorrected, instance 1's copies would all come 2 s late, after instance 0's replies.
     assert sorted(t0 + t1)[2 * EXCHANGES - 1] < min(t1)
     # Each interface's comment records the correction.
-    text = subprocess.run(["tshark", "-X", "read_format:MIME Files Format", "-r",
-                           str(tmp_path / "dl" / "skew-1.pcapng"), "-V"], capture_output=True, text=True,
-                          timeout=60, check=True).stdout
+    text = subprocess.run(
+        ["tshark", "-X", "read_format:MIME Files Format", "-r", str(tmp_path / "dl" / "skew-1.pcapng"), "-V"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     for inst in (one, two):
-        assert (f"fleetcap: timestamps corrected by {inst.clock_offset_us:+d} us, this instance's clock offset to "
-                f"the coordinator's (uncertainty +/- {inst.clock_uncertainty_us} us)") in text
+        assert (
+            f"fleetcap: timestamps corrected by {inst.clock_offset_us:+d} us, this instance's clock offset to "
+            f"the coordinator's (uncertainty +/- {inst.clock_uncertainty_us} us)"
+        ) in text

@@ -1,6 +1,7 @@
 """The embedded etcd is the coordinator's to keep: a signal to the coordinator's process group
 does not reach it, one that exits is restarted (health and metrics follow), and one that cannot
 come back makes the coordinator exit non-zero with the reason, instead of serving errors."""
+
 from __future__ import annotations
 
 import os
@@ -63,17 +64,37 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
     log_path = tmp_path / "coordinator.log"
     # A process group of its own, as a terminal or a process manager would give it.
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "fleetcap", "coordinator", "--listen", api, "--data-dir", str(tmp_path / "data"),
-         "--metrics-listen", f"127.0.0.1:{metrics}", "--auth-file", write_auth_file(str(tmp_path / "auth.toml"))],
-        cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            api,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--metrics-listen",
+            f"127.0.0.1:{metrics}",
+            "--auth-file",
+            write_auth_file(str(tmp_path / "auth.toml")),
+        ],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        _until(lambda: os.path.exists(tmp_path / "api.sock") and _metric(metrics, "fleetcap_embedded_etcd_up") == 1,
-               30, "the coordinator did not start")
+        _until(
+            lambda: os.path.exists(tmp_path / "api.sock") and _metric(metrics, "fleetcap_embedded_etcd_up") == 1,
+            30,
+            "the coordinator did not start",
+        )
         [etcd] = [c for c in _children(coordinator.pid) if "etcd" in open(f"/proc/{c}/cmdline").read()]
         # 1. SIGHUP to the whole group (a closed terminal): etcd is in a session of its own.
         os.killpg(coordinator.pid, signal.SIGHUP)
         time.sleep(0.5)
-        assert _alive(etcd) and coordinator.poll() is None
+        assert _alive(etcd)
+        assert coordinator.poll() is None
         with sdk.Client(api) as c:
             c.list()
         # 2. etcd dies: restarted on the same port, the API serves again, the metrics say so.
@@ -98,8 +119,9 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
     text = log_path.read_text()
     assert "the embedded etcd exited with -9; restarting it" in text
     assert "the embedded etcd did not come back after 6 attempts; giving up" in text
-    assert text.rstrip().splitlines()[-1].startswith(
-        "fleetcap: error: the embedded etcd exited and did not come back after 6 restarts; see ")
+    assert (
+        text.rstrip().splitlines()[-1].startswith("fleetcap: error: the embedded etcd exited and did not come back after 6 restarts; see ")
+    )
 
 
 def test_sigterm_ends_the_coordinator_within_its_deadline_while_etcd_hangs(tmp_path):
@@ -107,9 +129,23 @@ def test_sigterm_ends_the_coordinator_within_its_deadline_while_etcd_hangs(tmp_p
     SIGTERM, and takes its etcd with it."""
     api = f"unix:{tmp_path}/api.sock"
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "fleetcap", "coordinator", "--listen", api, "--data-dir", str(tmp_path / "data"),
-         "--auth-file", write_auth_file(str(tmp_path / "auth.toml"))],
-        cwd=ROOT, stdout=open(tmp_path / "coordinator.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            api,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--auth-file",
+            write_auth_file(str(tmp_path / "auth.toml")),
+        ],
+        cwd=ROOT,
+        stdout=open(tmp_path / "coordinator.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _until(lambda: os.path.exists(tmp_path / "api.sock"), 30, "the coordinator did not start")
         [etcd] = [c for c in _children(coordinator.pid) if "etcd" in open(f"/proc/{c}/cmdline").read()]

@@ -1,5 +1,6 @@
 """The embedded etcd compacts its history (without it, a busy fleet fills etcd's backend in
 hours and etcd then refuses every write)."""
+
 from __future__ import annotations
 
 import os
@@ -15,17 +16,20 @@ pytestmark = pytest.mark.integration
 
 def etcdctl(etcd: EmbeddedEtcd, *args: str) -> subprocess.CompletedProcess[str]:
     t = etcd.client_tls
-    return subprocess.run(["etcdctl", "--endpoints", f"https://{etcd.endpoint}", "--cacert", t.ca, "--cert", t.cert,
-                           "--key", t.key, *args], capture_output=True, text=True, timeout=10,
-                          env={**os.environ, "ETCDCTL_API": "3"})
+    return subprocess.run(
+        ["etcdctl", "--endpoints", f"https://{etcd.endpoint}", "--cacert", t.ca, "--cert", t.cert, "--key", t.key, *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
 
 
 def test_old_revisions_are_compacted_away(tmp_path):
     etcd = EmbeddedEtcd(str(tmp_path / "etcd"), compaction_retention="1s").start()
     try:
         assert etcdctl(etcd, "put", "/fleetcap-test/k", "first").returncode == 0
-        first = int(etcdctl(etcd, "get", "/fleetcap-test/k", "-w", "fields").stdout
-                    .split('"ModRevision" : ')[1].split()[0])
+        first = int(etcdctl(etcd, "get", "/fleetcap-test/k", "-w", "fields").stdout.split('"ModRevision" : ')[1].split()[0])
         assert etcdctl(etcd, "put", "/fleetcap-test/k", "second").returncode == 0
         assert etcdctl(etcd, "get", "/fleetcap-test/k", "--rev", str(first), "--print-value-only").stdout == "first\n"
         deadline = time.monotonic() + 30

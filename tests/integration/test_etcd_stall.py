@@ -3,6 +3,7 @@ coordinator delays the progress writes, expires no agent whose stream is alive, 
 stream (no agent reconnects), and once etcd is back the status holds every agent's latest
 report (issue #13, item 4). A real coordinator and etcd; the agents speak the real protocol
 from this process (bench/fanout_bench.py's RunningAgent)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,9 +40,15 @@ class CountingAgent(RunningAgent):
         start, tick = self.started[-1], 0
         while not stop.is_set():
             tick += 1
-            await self.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
-                capture_name=start.capture_name, capture_id=start.capture_id,
-                status=captures_pb2.InstanceStatus(packet_capture_status="Running", packets_captured=tick))))
+            await self.write(
+                fleet_pb2.AgentMessage(
+                    progress=fleet_pb2.CaptureProgress(
+                        capture_name=start.capture_name,
+                        capture_id=start.capture_id,
+                        status=captures_pb2.InstanceStatus(packet_capture_status="Running", packets_captured=tick),
+                    )
+                )
+            )
             await asyncio.sleep(1)
         return tick
 
@@ -52,10 +59,33 @@ def test_a_stalled_etcd_delays_progress_and_expires_no_live_agent(tmp_path):
     t = etcd.client_tls
     api = f"unix:{tmp_path}/api.sock"
     log = open(tmp_path / "coordinator.log", "wb")
-    coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", api, "--auth-file",
-                              write_auth_file(str(tmp_path / "auth.toml")), "--data-dir", str(tmp_path / "data"),
-                              "--agent-ttl", "10", "--etcd", etcd.endpoint, "--etcd-ca", t.ca, "--etcd-cert", t.cert,
-                              "--etcd-key", t.key], cwd=ROOT, stdout=log, stderr=log)
+    coord = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            api,
+            "--auth-file",
+            write_auth_file(str(tmp_path / "auth.toml")),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--agent-ttl",
+            "10",
+            "--etcd",
+            etcd.endpoint,
+            "--etcd-ca",
+            t.ca,
+            "--etcd-cert",
+            t.cert,
+            "--etcd-key",
+            t.key,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+    )
 
     async def body() -> None:
         store = Store(EtcdKV([etcd.endpoint], access=EtcdAccess(t.ca, t.cert, t.key)))
@@ -65,20 +95,27 @@ def test_a_stalled_etcd_delays_progress_and_expires_no_live_agent(tmp_path):
             async for event in store.watch_agents():
                 if event.kind == WatchKind.DELETE:
                     removed.append(event.instance_key)
+
         watcher = asyncio.ensure_future(watch_removals())
         for _ in range(100):
             if os.path.exists(str(tmp_path / "api.sock")):
                 break
             await asyncio.sleep(0.1)
         channel = transport.aio_channel(api, dedicated=True)
-        agents = [CountingAgent(channel, i, (("authorization", f"Bearer {TOKENS[Role.AGENT]}"),))
-                  for i in range(AGENTS)]
+        agents = [CountingAgent(channel, i, (("authorization", f"Bearer {TOKENS[Role.AGENT]}"),)) for i in range(AGENTS)]
         ready, count = asyncio.Event(), [0]
         runs = [asyncio.ensure_future(a.run(ready, count, AGENTS)) for a in agents]
         await asyncio.wait_for(ready.wait(), 60)
         with sdk.Client(api) as c:
-            await asyncio.to_thread(c.create, name="stall", target="big", target_type="AzureVMSS",
-                                    resource_group="bench", file_path="/var/captures/s.cap", time_limit_in_seconds=0)
+            await asyncio.to_thread(
+                c.create,
+                name="stall",
+                target="big",
+                target_type="AzureVMSS",
+                resource_group="bench",
+                file_path="/var/captures/s.cap",
+                time_limit_in_seconds=0,
+            )
             for _ in range(100):
                 if all(a.started for a in agents):
                     break
@@ -113,6 +150,7 @@ def test_a_stalled_etcd_delays_progress_and_expires_no_live_agent(tmp_path):
             r.cancel()
         await channel.close()
         await store.close()
+
     try:
         asyncio.run(body())
         text = (tmp_path / "coordinator.log").read_text()

@@ -1,4 +1,5 @@
 """The state-store contract over a real etcd."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,7 +20,7 @@ class TestEtcdStore(StoreContract):
     def _etcd(self, etcd_endpoint, monkeypatch):
         # Each test gets its own key space inside the shared etcd.
         root = f"/fleetcap-test-{uuid.uuid4().hex[:8]}/v1/"
-        suffixes = {name: getattr(keys, name)[len(keys.ROOT):] for name in ("ROOT", "CAPTURES", "INSTANCES", "AGENTS")}
+        suffixes = {name: getattr(keys, name)[len(keys.ROOT) :] for name in ("ROOT", "CAPTURES", "INSTANCES", "AGENTS")}
         for name, suffix in suffixes.items():
             monkeypatch.setattr(keys, name, root + suffix)
         self.etcd = etcd_endpoint

@@ -3,6 +3,7 @@ coordinator asks each instance's agent for its file over the fleet channel and s
 (chunk CRC-32s, then the SHA-256 the agent reported), keeping nothing in storage afterwards. An
 offline instance is named, and the other instances' files still download. A real coordinator
 (embedded etcd) and two real agents, instances 0 and 1 of scale set `web`, capturing on lo."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,9 +44,24 @@ class Fleet:
         self.agents: dict[str, subprocess.Popen] = {}
         logs = open(d / "coordinator.log", "wb")
         self.coordinator = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "coordinator", "--listen", self.api, "--auth-file",
-             write_auth_file(str(d / "auth.toml")), "--data-dir", str(d / "data"), "--agent-ttl", "3"],
-            cwd=ROOT, stdout=logs, stderr=logs)
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "coordinator",
+                "--listen",
+                self.api,
+                "--auth-file",
+                write_auth_file(str(d / "auth.toml")),
+                "--data-dir",
+                str(d / "data"),
+                "--agent-ttl",
+                "3",
+            ],
+            cwd=ROOT,
+            stdout=logs,
+            stderr=logs,
+        )
 
     def root(self, instance: str):
         return self.dir / f"captures-{instance}"
@@ -53,16 +69,37 @@ class Fleet:
     def start_agent(self, instance: str, interface: str = "lo", **env: str) -> None:
         log = open(self.dir / f"agent-{instance}.log", "ab")
         self.agents[instance] = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", self.api, "--vmss", "web", "--instance-id",
-             instance, "--resource-group", "rg1", "--interface", interface, "--capture-root", str(self.root(instance))],
-            cwd=ROOT, stdout=log, stderr=log, env=dict(AGENT_ENV, **env))
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                self.api,
+                "--vmss",
+                "web",
+                "--instance-id",
+                instance,
+                "--resource-group",
+                "rg1",
+                "--interface",
+                interface,
+                "--capture-root",
+                str(self.root(instance)),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env=dict(AGENT_ENV, **env),
+        )
 
     def stop_agent(self, instance: str) -> None:
         LocalFleet.stop_process(self.agents.pop(instance))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", self.api, *args],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "fleetcap", "--coordinator", self.api, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
 
     def close(self) -> None:
         for instance in list(self.agents):
@@ -106,12 +143,19 @@ def send(port: int, count: int) -> None:
 
 
 def capture(client: sdk.Client, name: str, port: int, time_limit: int = 3) -> None:
-    client.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1",
-                  file_path=f"/var/captures/{name}.cap", time_limit_in_seconds=time_limit,
-                  filters=[{"protocol": "UDP", "localPort": str(port)}])
+    client.create(
+        name=name,
+        target="web",
+        target_type="AzureVMSS",
+        resource_group="rg1",
+        file_path=f"/var/captures/{name}.cap",
+        time_limit_in_seconds=time_limit,
+        filters=[{"protocol": "UDP", "localPort": str(port)}],
+    )
     deadline = time.monotonic() + 15
-    while client.get_status(name=name).packet_capture_status != "Running" or \
-            any(i.packet_capture_status != "Running" for i in client.get_status(name=name).instances):
+    while client.get_status(name=name).packet_capture_status != "Running" or any(
+        i.packet_capture_status != "Running" for i in client.get_status(name=name).instances
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     time.sleep(0.3)
@@ -144,8 +188,11 @@ def test_download_fetches_every_instance_file_byte_for_byte_and_keeps_nothing(fl
     assert r.returncode == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["missing"] == []
-    assert out["files"] == [str(tmp_path / "dl" / "0" / "fo-1.cap"), str(tmp_path / "dl" / "1" / "fo-1.cap"),
-                            str(tmp_path / "dl" / "fo-1.pcapng")]
+    assert out["files"] == [
+        str(tmp_path / "dl" / "0" / "fo-1.cap"),
+        str(tmp_path / "dl" / "1" / "fo-1.cap"),
+        str(tmp_path / "dl" / "fo-1.pcapng"),
+    ]
     for inst in final.instances:
         got = (tmp_path / "dl" / inst.instance_id / "fo-1.cap").read_bytes()
         assert got == local_file(fleet, inst.instance_id, "fo-1")
@@ -154,14 +201,19 @@ def test_download_fetches_every_instance_file_byte_for_byte_and_keeps_nothing(fl
         assert [(r.dport, r.wirelen) for r in records] == [(port, RECORD - 16)] * 5
         assert len(got) == 24 + 5 * RECORD
     # The merged pcapng: one interface per instance, five packets on each.
-    t = subprocess.run(["tshark", "-r", str(tmp_path / "dl" / "fo-1.pcapng"), "-T", "fields", "-e",
-                        "frame.interface_id", "-e", "udp.dstport"], capture_output=True, text=True, timeout=60)
+    t = subprocess.run(
+        ["tshark", "-r", str(tmp_path / "dl" / "fo-1.pcapng"), "-T", "fields", "-e", "frame.interface_id", "-e", "udp.dstport"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert t.returncode == 0, t.stderr
     assert sorted(t.stdout.split("\n")[:-1]) == [f"0\t{port}"] * 5 + [f"1\t{port}"] * 5
     # Each interface's statistics (pcapng ISB), read back by tshark: the instance's own counters.
     stats = pcaps.interface_statistics(str(tmp_path / "dl" / "fo-1.pcapng"))
-    assert [(x.interface, x.accepted, x.delivered, x.os_drops, x.if_drops) for x in stats] == \
-        [(i, inst.packets_received, 5, inst.kernel_drops, inst.interface_drops) for i, inst in enumerate(final.instances)]
+    assert [(x.interface, x.accepted, x.delivered, x.os_drops, x.if_drops) for x in stats] == [
+        (i, inst.packets_received, 5, inst.kernel_drops, inst.interface_drops) for i, inst in enumerate(final.instances)
+    ]
     assert all(inst.packets_received >= 5 for inst in final.instances)
     for x, inst in zip(stats, final.instances):
         assert x.start_us == round(parse_rfc3339(inst.capture_start_time).timestamp() * 1e6)
@@ -182,9 +234,11 @@ def test_an_offline_instance_is_named_and_the_others_still_download(fleet, tmp_p
     try:
         r = fleet.cli("capture", "download", "--name", "fo-2", "--dest", str(tmp_path / "dl"))
         assert r.returncode == 1, r.stdout + r.stderr
-        assert r.stderr == ("fleetcap: instance 1: /var/captures/fo-2.cap not downloaded: FAILED_PRECONDITION: "
-                            "instance '1' is offline: /var/captures/fo-2.cap stays on it until its agent "
-                            "reconnects\n")
+        assert r.stderr == (
+            "fleetcap: instance 1: /var/captures/fo-2.cap not downloaded: FAILED_PRECONDITION: "
+            "instance '1' is offline: /var/captures/fo-2.cap stays on it until its agent "
+            "reconnects\n"
+        )
         out = json.loads(r.stdout)
         assert out["files"] == [str(tmp_path / "dl" / "0" / "fo-2.cap")]
         assert [(m["instanceId"], m["code"]) for m in out["missing"]] == [("1", "FAILED_PRECONDITION")]
@@ -215,6 +269,7 @@ def test_follow_streams_a_running_file_only_capture(fleet):
                     got.extend(data)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
+
         reader = threading.Thread(target=follow)
         reader.start()
         for _ in range(4):
@@ -237,8 +292,10 @@ def test_a_running_file_is_refused_without_follow(fleet):
         with pytest.raises(sdk.FleetcapError) as e:
             list(c.read_file(name="fo-4", instance_id="0"))
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert e.value.message == ("instance '0': /var/captures/fo-4.cap is still being written; follow it with "
-                                   "`fleetcap capture follow`, or download it once the capture has stopped there")
+        assert e.value.message == (
+            "instance '0': /var/captures/fo-4.cap is still being written; follow it with "
+            "`fleetcap capture follow`, or download it once the capture has stopped there"
+        )
         c.stop(name="fo-4")
 
 
@@ -256,9 +313,22 @@ def test_an_agent_cannot_upload_into_the_fetch_area_uninvited(fleet):
     session = f"{resource.id}@{resource.created_time}"
     try:
         for fetch_id in ("0" * 32, "../../../etc/passwd", "A" * 32):
-            call = stub.Upload(iter([fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
-                identity=identity, capture_name="fo-5", capture_id=session, file_path="/var/captures/fo-5.cap",
-                fetch_id=fetch_id))]), metadata=(("authorization", f"Bearer {TOKENS[Role.AGENT]}"),))
+            call = stub.Upload(
+                iter(
+                    [
+                        fleet_pb2.UploadRequest(
+                            open=fleet_pb2.UploadOpen(
+                                identity=identity,
+                                capture_name="fo-5",
+                                capture_id=session,
+                                file_path="/var/captures/fo-5.cap",
+                                fetch_id=fetch_id,
+                            )
+                        )
+                    ]
+                ),
+                metadata=(("authorization", f"Bearer {TOKENS[Role.AGENT]}"),),
+            )
             with pytest.raises(grpc.RpcError) as e:
                 list(call)
             assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
@@ -277,14 +347,19 @@ def test_the_gateway_serves_a_file_only_capture(fleet, tmp_path):
         assert status == 200, body[:500]
         assert body == local_file(fleet, "1", "fo-6")
         assert headers["ETag"] == f'"{hashlib.sha256(body).hexdigest()}"'
-        status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/files?instance=0",
-                                          headers={"Range": "bytes=24-"})
-        assert status == 206 and body == local_file(fleet, "0", "fo-6")[24:]
+        status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/files?instance=0", headers={"Range": "bytes=24-"})
+        assert status == 206
+        assert body == local_file(fleet, "0", "fo-6")[24:]
         status, headers, body = g.request("GET", "/fleetcap/v1/captures/fo-6/merged")
-        assert status == 200 and "Fleetcap-Missing-Instances" not in headers
+        assert status == 200
+        assert "Fleetcap-Missing-Instances" not in headers
         (tmp_path / "m.pcapng").write_bytes(body)
-        t = subprocess.run(["tshark", "-r", str(tmp_path / "m.pcapng"), "-T", "fields", "-e", "frame.interface_id"],
-                           capture_output=True, text=True, timeout=60)
+        t = subprocess.run(
+            ["tshark", "-r", str(tmp_path / "m.pcapng"), "-T", "fields", "-e", "frame.interface_id"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sorted(t.stdout.split()) == ["0"] * 4 + ["1"] * 4
     finally:
         g.stop()

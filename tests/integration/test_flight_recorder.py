@@ -3,6 +3,7 @@ last seconds of matching packets in a bounded ring, stores nothing, and on a tri
 window from before it, records the seconds after it, and then stores the file like any capture.
 A real coordinator (embedded etcd) and two real agents, instances 0 and 1 of scale set `web`,
 capturing on lo."""
+
 from __future__ import annotations
 
 import os
@@ -38,9 +39,17 @@ def send(port: int, tag: bytes, count: int, size: int = PAYLOAD) -> None:
 
 
 def arm(c: sdk.Client, name: str, port: int, standby: int, **options) -> None:
-    c.create(name=name, target="web", target_type="AzureVMSS", resource_group="rg1", storage_account="local",
-             file_path=f"/var/captures/{name}.cap", filters=[{"protocol": "UDP", "localPort": str(port)}],
-             standby_in_seconds=standby, **options)
+    c.create(
+        name=name,
+        target="web",
+        target_type="AzureVMSS",
+        resource_group="rg1",
+        storage_account="local",
+        file_path=f"/var/captures/{name}.cap",
+        filters=[{"protocol": "UDP", "localPort": str(port)}],
+        standby_in_seconds=standby,
+        **options,
+    )
     assert wait_every_instance(c, name, "Standby").packet_capture_status == "Standby"
     time.sleep(0.3)  # the filter is attached once the status is reported
 
@@ -61,8 +70,9 @@ def ring_bytes(fleet: Fleet, instance: str, name: str) -> int:
 
 def tags(path: str, port: int) -> list[bytes]:
     """Each packet's first payload byte, read by tshark; every packet must be to `port`."""
-    t = subprocess.run(["tshark", "-r", path, "-T", "fields", "-e", "udp.dstport", "-e", "data.data"],
-                       capture_output=True, text=True, timeout=60)
+    t = subprocess.run(
+        ["tshark", "-r", path, "-T", "fields", "-e", "udp.dstport", "-e", "data.data"], capture_output=True, text=True, timeout=60
+    )
     assert t.returncode == 0, t.stderr
     rows = [line.split("\t") for line in t.stdout.splitlines()]
     assert {r[0] for r in rows} <= {str(port)}
@@ -86,17 +96,19 @@ def test_the_trigger_keeps_the_window_before_it_and_the_seconds_after_it(fleet):
             assert time.monotonic() < deadline, c.get_status(name="fr-1")
             time.sleep(0.1)
         status = c.get_status(name="fr-1")
-        assert status.packet_capture_status == "Standby" and not status.trigger_time
+        assert status.packet_capture_status == "Standby"
+        assert not status.trigger_time
         assert not any(fleet.storage.rglob("fr-1*")) if fleet.storage.exists() else True  # nothing stored
         time.sleep(max(0.0, t_in + 20 - time.monotonic()))
         triggered = c.trigger(name="fr-1", after_in_seconds=3, note="INC-1")
         assert triggered.packet_capture_status == "Triggered"
-        assert triggered.trigger_source == "admin (INC-1)" and triggered.trigger_after_seconds == 3
-        assert triggered.trigger_time.endswith("000Z") and len(triggered.trigger_time) == len("2026-12-02T21:00:00.000000Z")
+        assert triggered.trigger_source == "admin (INC-1)"
+        assert triggered.trigger_after_seconds == 3
+        assert triggered.trigger_time.endswith("000Z")
+        assert len(triggered.trigger_time) == len("2026-12-02T21:00:00.000000Z")
         send(port, b"C", 3)  # within the seconds after: kept
         again = c.trigger(name="fr-1", after_in_seconds=60, note="second")  # idempotent: the first one stands
-        assert (again.trigger_time, again.trigger_source, again.trigger_after_seconds) == \
-            (triggered.trigger_time, "admin (INC-1)", 3)
+        assert (again.trigger_time, again.trigger_source, again.trigger_after_seconds) == (triggered.trigger_time, "admin (INC-1)", 3)
         final = c.wait(name="fr-1", timeout_s=60)
     assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TriggerWindowEnded")
     assert final.trigger_time == triggered.trigger_time
@@ -104,8 +116,9 @@ def test_the_trigger_keeps_the_window_before_it_and_the_seconds_after_it(fleet):
         assert (inst.packet_capture_status, inst.stop_reason) == ("Stopped", "TriggerWindowEnded")
         assert (inst.trigger_time, inst.trigger_source) == (triggered.trigger_time, "admin (INC-1)")
         assert inst.packets_captured == 8
-        assert [(f.file_path, f.upload_complete, f.size_bytes == f.uploaded_bytes) for f in inst.files] == \
-            [("/var/captures/fr-1.cap", True, True)]
+        assert [(f.file_path, f.upload_complete, f.size_bytes == f.uploaded_bytes) for f in inst.files] == [
+            ("/var/captures/fr-1.cap", True, True)
+        ]
         local = str(fleet.root(inst.instance_id) / "fr-1.cap")
         assert tags(local, port) == [b"B"] * 5 + [b"C"] * 3
         assert [(r.dport, r.caplen) for r in pcaps.read(local).records] == [(port, 14 + 20 + 8 + PAYLOAD)] * 8
@@ -127,6 +140,7 @@ def test_the_ring_never_exceeds_its_byte_cap_while_armed_and_a_stop_stores_nothi
                 for i in peak:
                     peak[i] = max(peak[i], ring_bytes(fleet, i, "fr-2"))
                 time.sleep(0.02)
+
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
@@ -163,21 +177,41 @@ def test_trigger_refusals_name_the_rule(fleet):
     port = free_udp_port()
     with sdk.Client(fleet.api) as c:
         with pytest.raises(sdk.InvalidCapture) as e:
-            c.create(name="fr-bad", target="web", target_type="AzureVMSS", resource_group="rg1",
-                     storage_account="local", standby_in_seconds=30, continuous_capture=True)
+            c.create(
+                name="fr-bad",
+                target="web",
+                target_type="AzureVMSS",
+                resource_group="rg1",
+                storage_account="local",
+                standby_in_seconds=30,
+                continuous_capture=True,
+            )
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.message.startswith("standbyInSeconds: is not supported with continuousCapture")
         with pytest.raises(sdk.InvalidCapture) as e:
-            c.create(name="fr-bad", target="web", target_type="AzureVMSS", resource_group="rg1",
-                     storage_account="local", standby_in_seconds=30, standby_bytes=1 << 20)
+            c.create(
+                name="fr-bad",
+                target="web",
+                target_type="AzureVMSS",
+                resource_group="rg1",
+                storage_account="local",
+                standby_in_seconds=30,
+                standby_bytes=1 << 20,
+            )
         assert e.value.message == "standbyBytes: 1048576 is out of range 8388608..4294967295"
-        c.create(name="fr-plain", target="web", target_type="AzureVMSS", resource_group="rg1",
-                 storage_account="local", time_limit_in_seconds=1, filters=[{"protocol": "UDP", "localPort": str(port)}])
+        c.create(
+            name="fr-plain",
+            target="web",
+            target_type="AzureVMSS",
+            resource_group="rg1",
+            storage_account="local",
+            time_limit_in_seconds=1,
+            filters=[{"protocol": "UDP", "localPort": str(port)}],
+        )
         with pytest.raises(sdk.FleetcapError) as e:
             c.trigger(name="fr-plain")
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert e.value.message == ("packet capture 'fr-plain' is not a flight recorder: create it with "
-                                "standbyInSeconds to trigger it")
+        assert e.value.message == ("packet capture 'fr-plain' is not a flight recorder: create it with standbyInSeconds to trigger it")
         arm(c, "fr-3", port, 10)
         with pytest.raises(sdk.InvalidCapture) as e:
             c.trigger(name="fr-3", after_in_seconds=18001)

@@ -2,6 +2,7 @@
 callers, DNS rebinding, cross-site bodies, idle and slow connections, a full house, Range
 requests, the streamed merge against the SDK's own, IPv6, refusing to listen where it would
 expose itself, and a graceful stop."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,18 @@ PORT = 47123  # the UDP port the capture of this module records
 
 @pytest.fixture(scope="module")
 def gateway(coordinator, tmp_path_factory):
-    g = Gateway(coordinator, tmp_path_factory.mktemp("hard"), "--idle-timeout", "1", "--max-requests", "4",
-                "--request-timeout", "2", "--public-host", "gw.example")
+    g = Gateway(
+        coordinator,
+        tmp_path_factory.mktemp("hard"),
+        "--idle-timeout",
+        "1",
+        "--max-requests",
+        "4",
+        "--request-timeout",
+        "2",
+        "--public-host",
+        "gw.example",
+    )
     yield g
     g.stop()
 
@@ -43,8 +54,14 @@ def gateway(coordinator, tmp_path_factory):
 def stored(gateway, coordinator):
     """A finished capture of vm1 holding 40 UDP packets: its final status and stored file."""
     with sdk.Client(coordinator) as c:
-        c.create(name="hard-1", target=VM1, file_path="/var/captures/hard-1.cap", storage_account="local",
-                 time_limit_in_seconds=60, filters=[{"protocol": "UDP", "localPort": str(PORT)}])
+        c.create(
+            name="hard-1",
+            target=VM1,
+            file_path="/var/captures/hard-1.cap",
+            storage_account="local",
+            time_limit_in_seconds=60,
+            filters=[{"protocol": "UDP", "localPort": str(PORT)}],
+        )
         deadline = time.monotonic() + 20
         while c.get_status(name="hard-1").packet_capture_status != "Running":
             assert time.monotonic() < deadline
@@ -79,30 +96,39 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 # -- who may call ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", f"{ARM}{API}"), ("GET", f"{ARM}/x{API}"), ("POST", f"{ARM}/x/queryStatus{API}"),
-    ("DELETE", f"{ARM}/x{API}"), ("GET", "/fleetcap/v1/agents"), ("GET", "/fleetcap/v1/storage-accounts"),
-    ("GET", "/fleetcap/v1/captures/x/files?instance=vm1"), ("GET", "/fleetcap/v1/captures/x/merged"),
-    ("GET", "/fleetcap/v1/captures/x/events"), ("GET", "/metrics"),
-])
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"{ARM}{API}"),
+        ("GET", f"{ARM}/x{API}"),
+        ("POST", f"{ARM}/x/queryStatus{API}"),
+        ("DELETE", f"{ARM}/x{API}"),
+        ("GET", "/fleetcap/v1/agents"),
+        ("GET", "/fleetcap/v1/storage-accounts"),
+        ("GET", "/fleetcap/v1/captures/x/files?instance=vm1"),
+        ("GET", "/fleetcap/v1/captures/x/merged"),
+        ("GET", "/fleetcap/v1/captures/x/events"),
+        ("GET", "/metrics"),
+    ],
+)
 def test_every_data_route_needs_the_callers_token(gateway, method, path):
     for auth in (None, "Bearer fct_forged", "Bearer not a token;", f"Basic {TOKENS[Role.ADMIN]}"):
-        status, headers, body = gateway.request(method, path, token=None, headers={"Authorization": auth}
-                                                if auth else None)
+        status, headers, body = gateway.request(method, path, token=None, headers={"Authorization": auth} if auth else None)
         assert status == 401, (auth, body)
         assert json.loads(body)["error"]["code"] == "AuthenticationFailed"
         assert headers["WWW-Authenticate"].startswith("Bearer")
     # A token in the URL is not a credential.
-    status, _, _ = gateway.request(method, path + ("&" if "?" in path else "?") + f"access_token={TOKENS[Role.ADMIN]}",
-                                   token=None)
+    status, _, _ = gateway.request(method, path + ("&" if "?" in path else "?") + f"access_token={TOKENS[Role.ADMIN]}", token=None)
     assert status == 401
 
 
 def test_the_coordinator_decides_by_the_callers_role(gateway, coordinator):
     reader = TOKENS[Role.READER]
     assert gateway.call("GET", f"{ARM}{API}", token=reader)[0] == 200
-    status, err = gateway.call("PUT", f"{ARM}/hard-denied{API}", {"properties": {
-        "target": VM1, "storageLocation": {"storageId": "local"}}}, token=reader)
+    status, err = gateway.call(
+        "PUT", f"{ARM}/hard-denied{API}", {"properties": {"target": VM1, "storageLocation": {"storageId": "local"}}}, token=reader
+    )
     assert (status, err["error"]["code"]) == (403, "AuthorizationFailed")
     assert "may not call Create" in err["error"]["message"]
     # Downloads need data-reader: a reader sees the status but not the bytes.
@@ -123,6 +149,7 @@ def test_a_reader_gets_no_pcap_bytes(gateway, stored):
 
 # -- the web's own attacks -------------------------------------------------------------------------------------
 
+
 def test_dns_rebinding_an_unknown_host_is_refused(gateway):
     assert gateway.request("GET", f"{ARM}{API}", headers={"Host": "attacker.example"})[0] == 400
     assert gateway.request("GET", "/", headers={"Host": f"attacker.example:{gateway.port}"})[0] == 400
@@ -133,16 +160,22 @@ def test_dns_rebinding_an_unknown_host_is_refused(gateway):
 def test_a_cross_site_body_never_acts(gateway, coordinator):
     body = json.dumps({"properties": {"target": VM1, "storageLocation": {"storageId": "local"}}}).encode()
     for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
-        status, err = gateway.call("PUT", f"{ARM}/hard-csrf{API}", raw=body,
-                                   headers={"Content-Type": media} if media else {"Content-Type": ""})
+        status, err = gateway.call(
+            "PUT", f"{ARM}/hard-csrf{API}", raw=body, headers={"Content-Type": media} if media else {"Content-Type": ""}
+        )
         assert (status, err["error"]["code"]) == (415, "UnsupportedMediaType"), media
     with sdk.Client(coordinator) as c:
         assert [x.name for x in c.list() if x.name == "hard-csrf"] == []
 
 
 def test_security_headers_on_pages_api_and_errors(gateway):
-    for path, token in (("/", None), ("/app.js", None), (f"{ARM}{API}", TOKENS[Role.ADMIN]),
-                        (f"{ARM}{API}", None), ("/nothing-here", None)):
+    for path, token in (
+        ("/", None),
+        ("/app.js", None),
+        (f"{ARM}{API}", TOKENS[Role.ADMIN]),
+        (f"{ARM}{API}", None),
+        ("/nothing-here", None),
+    ):
         _, headers, _ = gateway.request("GET", path, token=token)
         assert headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'"), path
         assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
@@ -160,6 +193,7 @@ def test_attachment_names_are_sanitized():
 
 
 # -- connections -------------------------------------------------------------------------------------------------
+
 
 def test_200_idle_connections_do_not_stop_it_answering_and_are_closed(gateway):
     raw = [socket.create_connection(("127.0.0.1", gateway.port), 5) for _ in range(100)]
@@ -200,8 +234,10 @@ def test_a_full_house_gets_503_with_retry_after(gateway, coordinator):
     try:
         for _ in range(4):
             s = tls_connect(gateway)
-            s.sendall(f"PUT {ARM}/hard-full{API} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: 100\r\nAuthorization: Bearer {TOKENS[Role.ADMIN]}\r\n\r\n".encode())
+            s.sendall(
+                f"PUT {ARM}/hard-full{API} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 100\r\nAuthorization: Bearer {TOKENS[Role.ADMIN]}\r\n\r\n".encode()
+            )
             held.append(s)
         time.sleep(0.3)  # the four have reached the gateway's handler (well within their 2 s)
         status, headers, body = gateway.request("GET", f"{ARM}{API}")
@@ -218,8 +254,10 @@ def test_a_full_house_gets_503_with_retry_after(gateway, coordinator):
 def test_a_request_whose_body_never_comes_times_out(gateway, coordinator):
     s = tls_connect(gateway)
     try:
-        s.sendall(f"PUT {ARM}/hard-slow{API} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  f"Authorization: Bearer {TOKENS[Role.ADMIN]}\r\nContent-Length: 100\r\n\r\n{{".encode())
+        s.sendall(
+            f"PUT {ARM}/hard-slow{API} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKENS[Role.ADMIN]}\r\nContent-Length: 100\r\n\r\n{{".encode()
+        )
         s.settimeout(10)
         reply = b""
         while b'"GatewayTimeout"' not in reply and (data := s.recv(4096)):
@@ -234,6 +272,7 @@ def test_a_request_whose_body_never_comes_times_out(gateway, coordinator):
 
 # -- downloads ------------------------------------------------------------------------------------------------
 
+
 def test_ranges_resume_a_download(gateway, stored):
     final, data = stored
     f = final.instances[0].files[0]
@@ -241,42 +280,63 @@ def test_ranges_resume_a_download(gateway, stored):
     status, headers, whole = gateway.request("GET", path)
     assert (status, whole, headers["Accept-Ranges"]) == (200, data, "bytes")
     assert headers["Content-Disposition"] == 'attachment; filename="hard-1_vm1_hard-1.cap"'
-    assert headers["ETag"] == f'"{f.stored_sha256}"' and hashlib.sha256(whole).hexdigest() == f.sha256
+    assert headers["ETag"] == f'"{f.stored_sha256}"'
+    assert hashlib.sha256(whole).hexdigest() == f.sha256
     size = len(data)
-    for spec, start, end in (("bytes=10-19", 10, 19), ("bytes=100-", 100, size - 1), ("bytes=-7", size - 7, size - 1),
-                             (f"bytes=5-{size + 50}", 5, size - 1)):
+    for spec, start, end in (
+        ("bytes=10-19", 10, 19),
+        ("bytes=100-", 100, size - 1),
+        ("bytes=-7", size - 7, size - 1),
+        (f"bytes=5-{size + 50}", 5, size - 1),
+    ):
         status, headers, part = gateway.request("GET", path, headers={"Range": spec})
-        assert (status, part) == (206, data[start:end + 1]), spec
+        assert (status, part) == (206, data[start : end + 1]), spec
         assert headers["Content-Range"] == f"bytes {start}-{end}/{size}"
     status, headers, body = gateway.request("GET", path, headers={"Range": f"bytes={size}-"})
     assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
     # If-Range with another file's ETag: the whole file, not a piece of a different one.
     status, _, body = gateway.request("GET", path, headers={"Range": "bytes=10-19", "If-Range": '"0000"'})
     assert (status, body) == (200, data)
-    status, _, body = gateway.request("GET", path, headers={"Range": "bytes=10-19", "If-Range": headers["ETag"]
-                                                            if "ETag" in headers else f'"{f.stored_sha256}"'})
+    status, _, body = gateway.request(
+        "GET", path, headers={"Range": "bytes=10-19", "If-Range": headers.get("ETag", f'"{f.stored_sha256}"')}
+    )
     assert (status, body) == (206, data[10:20])
 
 
 def test_the_streamed_merge_is_the_sdks_merge(gateway, stored, coordinator, tmp_path):
     status, headers, streamed = gateway.request("GET", "/fleetcap/v1/captures/hard-1/merged")
-    assert status == 200 and headers["Content-Type"] == "application/x-pcapng"
+    assert status == 200
+    assert headers["Content-Type"] == "application/x-pcapng"
     assert headers["Content-Disposition"] == 'attachment; filename="hard-1.pcapng"'
     with sdk.Client(coordinator) as c:
         written = c.download(name="hard-1", dest=str(tmp_path), merge=True)
         final = c.get_status(name="hard-1").instances[0]
     with open([p for p in written if p.endswith(".pcapng")][0], "rb") as f:
         assert streamed == f.read()
-    out = subprocess.run(["tshark", "-r", "-", "-T", "fields", "-e", "udp.length", "-e", "frame.interface_name"],
-                         input=streamed, capture_output=True, check=True).stdout.decode().split("\n")
+    out = (
+        subprocess.run(
+            ["tshark", "-r", "-", "-T", "fields", "-e", "udp.length", "-e", "frame.interface_name"],
+            input=streamed,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\n")
+    )
     assert [line.split("\t") for line in out if line] == [[str(8 + 100 + i), "vm1"] for i in range(40)]
     (tmp_path / "streamed.pcapng").write_bytes(streamed)
     [isb] = pcaps.interface_statistics(str(tmp_path / "streamed.pcapng"))  # what vm1 received and lost
-    assert (isb.interface, isb.delivered, isb.accepted, isb.os_drops, isb.if_drops) == \
-        (0, 40, final.packets_received, final.kernel_drops, final.interface_drops)
+    assert (isb.interface, isb.delivered, isb.accepted, isb.os_drops, isb.if_drops) == (
+        0,
+        40,
+        final.packets_received,
+        final.kernel_drops,
+        final.interface_drops,
+    )
 
 
 # -- where and how it listens ---------------------------------------------------------------------------------------
+
 
 def test_ipv6_loopback(coordinator, tmp_path):
     g = Gateway(coordinator, tmp_path, host="::1")
@@ -287,24 +347,36 @@ def test_ipv6_loopback(coordinator, tmp_path):
         g.stop()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--listen", "0.0.0.0:{port}"], "--listen: 0.0.0.0:{port} is beyond loopback; serve HTTPS"),
-    (["--listen", "0.0.0.0:{port}", "--tls-cert", "{cert}", "--tls-key", "{key}"],
-     "--webhook-token: required when the gateway listens beyond loopback"),
-    (["--tls-cert", "{cert}"], "--tls-cert and --tls-key go together"),
-    (["--webhook-token", "s3cret"], "--webhook-token: give the secret as env:VARIABLE or file:PATH"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "0.0.0.0:{port}"], "--listen: 0.0.0.0:{port} is beyond loopback; serve HTTPS"),
+        (
+            ["--listen", "0.0.0.0:{port}", "--tls-cert", "{cert}", "--tls-key", "{key}"],
+            "--webhook-token: required when the gateway listens beyond loopback",
+        ),
+        (["--tls-cert", "{cert}"], "--tls-cert and --tls-key go together"),
+        (["--webhook-token", "s3cret"], "--webhook-token: give the secret as env:VARIABLE or file:PATH"),
+    ],
+)
 def test_it_refuses_to_expose_itself(coordinator, tmp_path, args, message):
     from fleetcap.core import pki
     from fleetcap.core.transport import free_port
+
     pki.create_ca(str(tmp_path / "ca"))
     issued = pki.issue_gateway(str(tmp_path / "ca"), str(tmp_path), name="gw")
     port = free_port()
     fill = lambda a: a.format(port=port, cert=issued.cert_path, key=issued.key_path)
-    r = subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway",
-                        *[fill(a) for a in args]], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway", *[fill(a) for a in args]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2, r.stderr
-    assert fill(message) in r.stderr and "Traceback" not in r.stderr
+    assert fill(message) in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_sigterm_is_a_graceful_stop(coordinator, tmp_path):
@@ -327,11 +399,11 @@ def test_sigterm_is_a_graceful_stop(coordinator, tmp_path):
 
 # -- one caller cannot take the gateway from the others ---------------------------------------------------
 
+
 def open_event_stream(gateway, name: str, token: str) -> tuple[ssl.SSLSocket, bytes]:
     """An event stream held open: the socket and the response's status line."""
     s = tls_connect(gateway)
-    s.sendall(f"GET /fleetcap/v1/captures/{name}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              f"Authorization: Bearer {token}\r\n\r\n".encode())
+    s.sendall(f"GET /fleetcap/v1/captures/{name}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
     s.settimeout(10)
     head = b""
     while b"\r\n\r\n" not in head:
@@ -345,8 +417,13 @@ def open_event_stream(gateway, name: str, token: str) -> tuple[ssl.SSLSocket, by
 def running(coordinator):
     """A capture of vm1 that runs for the test's length."""
     with sdk.Client(coordinator) as c:
-        c.create(name="hard-streams", target=VM1, file_path="/var/captures/hard-streams.cap", time_limit_in_seconds=120,
-                 filters=[{"protocol": "UDP", "localPort": "47124"}])
+        c.create(
+            name="hard-streams",
+            target=VM1,
+            file_path="/var/captures/hard-streams.cap",
+            time_limit_in_seconds=120,
+            filters=[{"protocol": "UDP", "localPort": "47124"}],
+        )
         yield "hard-streams"
         c.stop(name="hard-streams")
         c.wait(name="hard-streams", timeout_s=30)
@@ -409,6 +486,7 @@ def test_a_token_holds_at_most_its_share_of_streams_and_requests(gateway, runnin
 @pytest.mark.parametrize("size", [70 * 1024, 72 * 1024 * 1024])
 def test_a_huge_header_gets_431_and_does_not_stall_the_others(gateway, size):
     from fleetcap.clients.rest import server
+
     rss_before = _rss_kib(gateway.proc.pid)
     answered: list[float] = []
 
@@ -427,7 +505,7 @@ def test_a_huge_header_gets_431_and_does_not_stall_the_others(gateway, size):
         other.start()
         block, sent = b"A" * (1024 * 1024), 0
         while sent < size:
-            hostile.sendall(block[:size - sent])
+            hostile.sendall(block[: size - sent])
             sent += min(len(block), size - sent)
     except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
         pass  # cut off by the gateway part-way, as it should be
@@ -455,7 +533,11 @@ def test_deeply_nested_json_is_a_400_in_azures_shape(gateway, coordinator, depth
     for method, path in (("PUT", f"{ARM}/hard-nested{API}"), ("POST", f"{ARM}/hard-1/trigger{API}")):
         status, err = gateway.call(method, path, raw=body)
         assert (status, err["error"]["code"], err["error"]["message"]) == (
-            400, "InvalidRequestFormat", "the body nests objects and arrays deeper than 32 levels"), (method, path)
+            400,
+            "InvalidRequestFormat",
+            "the body nests objects and arrays deeper than 32 levels",
+        ), (method, path)
     with sdk.Client(coordinator) as c:
         assert [x.name for x in c.list() if x.name == "hard-nested"] == []
-    assert "Traceback" not in gateway.log() and "RecursionError" not in gateway.log()
+    assert "Traceback" not in gateway.log()
+    assert "RecursionError" not in gateway.log()

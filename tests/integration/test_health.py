@@ -2,6 +2,7 @@
 health client without a credential, on the API socket and on the plaintext --health-listen port
 (kubelet's probes); NOT_SERVING when the store stops answering and SERVING again when it is back;
 the service list through reflection, for a reader only."""
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,25 @@ def coordinator(tmp_path_factory):
     d = tmp_path_factory.mktemp("health")
     health_port = free_port()
     log_path = d / "coordinator.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", f"unix:{d}/api.sock",
-                             "--auth-file", write_auth_file(str(d / "auth.toml")), "--data-dir", str(d / "data"),
-                             "--health-listen", f"127.0.0.1:{health_port}"],
-                            cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            f"unix:{d}/api.sock",
+            "--auth-file",
+            write_auth_file(str(d / "auth.toml")),
+            "--data-dir",
+            str(d / "data"),
+            "--health-listen",
+            f"127.0.0.1:{health_port}",
+        ],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while not os.path.exists(f"{d}/api.sock"):  # the API socket is made once the coordinator serves
         assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -81,8 +97,9 @@ def reflected_services(address: str, token: str | None) -> list[str]:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(address) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                              metadata=metadata, timeout=5)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata, timeout=5
+        )
         return sorted(s.name for r in responses for s in r.list_services_response.service)
 
 
@@ -90,8 +107,11 @@ def test_reflection_lists_the_services_to_a_reader(coordinator):
     api, _, _, _ = coordinator
     wait_status(api, SERVING)
     assert reflected_services(api, TOKENS[Role.READER]) == [
-        "fleetcap.v1.Fleet", "fleetcap.v1.PacketCaptures", "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection"]
+        "fleetcap.v1.Fleet",
+        "fleetcap.v1.PacketCaptures",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
     for token in (None, "fct_forged"):
         with pytest.raises(grpc.RpcError) as e:
             reflected_services(api, token)
@@ -102,8 +122,7 @@ def test_not_serving_while_the_store_does_not_answer(coordinator):
     """The embedded etcd is stopped (SIGSTOP) and resumed: readiness follows it."""
     api, health_port, proc, log_path = coordinator
     wait_status(health_port, SERVING)
-    etcd = [p for p in subprocess.run(["pgrep", "-P", str(proc.pid), "etcd"], capture_output=True, text=True)
-            .stdout.split()]
+    etcd = list(subprocess.run(["pgrep", "-P", str(proc.pid), "etcd"], capture_output=True, text=True).stdout.split())
     assert len(etcd) == 1, (etcd, log_path.read_text()[-2000:])
     os.kill(int(etcd[0]), signal.SIGSTOP)
     try:

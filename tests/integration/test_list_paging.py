@@ -1,6 +1,7 @@
 """List in pages over a real coordinator and etcd: gRPC page tokens, the CLI's --max-items and
 --next-token (az's paging flags), and the REST API's nextLink (ARM's), each checked for exact
 pages, no capture twice or missed, and a clean error for a token that was never issued."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ NAMES = [f"page-{i:02d}" for i in range(7)]
 def captures(coordinator):
     with sdk.Client(coordinator) as c:
         for name in NAMES:
-            c.create(name=name, target="vm1", resource_group="rg1", file_path=f"/var/captures/{name}.cap",
-                     time_limit_in_seconds=1, filters=[{"protocol": "UDP", "localPort": "9"}])
+            c.create(
+                name=name,
+                target="vm1",
+                resource_group="rg1",
+                file_path=f"/var/captures/{name}.cap",
+                time_limit_in_seconds=1,
+                filters=[{"protocol": "UDP", "localPort": "9"}],
+            )
     return coordinator
 
 
@@ -49,8 +56,13 @@ def test_grpc_pages_in_name_order_and_every_capture_once(captures):
 
 
 def cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleetcap", "--coordinator", address, "capture", "list", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fleetcap", "--coordinator", address, "capture", "list", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_cli_max_items_and_next_token(captures):
@@ -58,21 +70,25 @@ def test_cli_max_items_and_next_token(captures):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == NAMES[:5]
     prefix = "fleetcap: more captures follow; continue with --next-token "
-    assert r.stderr.startswith(prefix) and r.stderr.endswith("\n")
-    token = r.stderr[len(prefix):-1]
+    assert r.stderr.startswith(prefix)
+    assert r.stderr.endswith("\n")
+    token = r.stderr[len(prefix) : -1]
     r = cli(captures, "--next-token", token, "--query", "[].name")
     assert r.returncode == 0 and json.loads(r.stdout) == NAMES[5:] and r.stderr == "", r.stderr
     r = cli(captures, "--max-items", "0")
     assert (r.returncode, r.stderr) == (2, "fleetcap: error: --max-items: must be at least 1\n")
     r = cli(captures, "--next-token", "bogus")
-    assert r.returncode == 2 and "page_token: is not a token this service issued" in r.stderr
+    assert r.returncode == 2
+    assert "page_token: is not a token this service issued" in r.stderr
 
 
 def test_rest_list_follows_next_link(captures, tmp_path):
     g = Gateway(captures, tmp_path)
     try:
-        base = ("/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/"
-                "NetworkWatcher_local/packetCaptures")
+        base = (
+            "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/networkWatchers/"
+            "NetworkWatcher_local/packetCaptures"
+        )
         path, pages = f"{base}?api-version=2024-05-01&$top=3", []
         while path:
             status, body = g.call("GET", path)
@@ -88,12 +104,17 @@ def test_rest_list_follows_next_link(captures, tmp_path):
                 path = ""
         assert pages == [NAMES[0:3], NAMES[3:6], NAMES[6:7]]
         status, body = g.call("GET", f"{base}?$skipToken=x")
-        assert status == 400 and body["error"] == {
+        assert status == 400
+        assert body["error"] == {
             "code": "InvalidParameter",
-            "message": "$skipToken: is not a token this service issued (follow nextLink as it came)"}
+            "message": "$skipToken: is not a token this service issued (follow nextLink as it came)",
+        }
         status, body = g.call("GET", f"{base}?$top=0")
-        assert status == 400 and body["error"]["message"] == "$top: must be a whole number from 1 to 1000"
+        assert status == 400
+        assert body["error"]["message"] == "$top: must be a whole number from 1 to 1000"
         status, body = g.call("GET", base)  # the default page holds them all here
-        assert status == 200 and [v["name"] for v in body["value"]] == NAMES and "nextLink" not in body
+        assert status == 200
+        assert [v["name"] for v in body["value"]] == NAMES
+        assert "nextLink" not in body
     finally:
         g.stop()

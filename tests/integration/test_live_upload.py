@@ -1,5 +1,6 @@
 """A running capture's bytes are stored, acknowledged and readable while it runs, even when
 packets trickle in (a datagram every 300 ms: never a quiet second, never a full fsync batch)."""
+
 from __future__ import annotations
 
 import socket
@@ -22,11 +23,18 @@ def test_trickle_is_stored_while_running(coordinator):
             while not stop.is_set():
                 s.sendto(b"t" * 60, ("127.0.0.1", 9997))
                 time.sleep(0.3)
+
     sender = threading.Thread(target=trickle)
     with sdk.Client(coordinator) as c:
-        c.create(name="live-1", target="vm1", resource_group="rg1", storage_account="local",
-                 file_path="/var/captures/live-1.cap", time_limit_in_seconds=12,
-                 filters=[{"protocol": "UDP", "localPort": "9997"}])
+        c.create(
+            name="live-1",
+            target="vm1",
+            resource_group="rg1",
+            storage_account="local",
+            file_path="/var/captures/live-1.cap",
+            time_limit_in_seconds=12,
+            filters=[{"protocol": "UDP", "localPort": "9997"}],
+        )
         sender.start()
         try:
             deadline = time.monotonic() + 8

@@ -1,5 +1,6 @@
 """Prometheus /metrics on the coordinator and on the agent, after a capture whose packets are
 known exactly: the figures must match what the capture did."""
+
 from __future__ import annotations
 
 import re
@@ -44,9 +45,15 @@ def test_metrics_follow_a_capture(coordinator):
     # One capture of exactly 5 datagrams of 100 bytes to port 9999 (each also seen leaving on lo: the
     # filter is on the local port, and lo shows every datagram once).
     with sdk.Client(coordinator) as c:
-        c.create(name="m-1", target="vm1", resource_group="rg1", storage_account="local",
-                 file_path="/var/captures/m-1.cap", time_limit_in_seconds=3,
-                 filters=[{"protocol": "UDP", "localPort": "9999"}])
+        c.create(
+            name="m-1",
+            target="vm1",
+            resource_group="rg1",
+            storage_account="local",
+            file_path="/var/captures/m-1.cap",
+            time_limit_in_seconds=3,
+            filters=[{"protocol": "UDP", "localPort": "9999"}],
+        )
         deadline = time.monotonic() + 10
         while c.get_status(name="m-1").packet_capture_status != "Running":
             assert time.monotonic() < deadline
@@ -59,7 +66,8 @@ def test_metrics_follow_a_capture(coordinator):
         with pytest.raises(sdk.CaptureNotFound):
             c.get(name="m-missing")
     [inst] = final.instances
-    assert inst.packets_captured == 5 and inst.bytes_captured == 24 + 5 * (16 + 28 + 14 + 100)
+    assert inst.packets_captured == 5
+    assert inst.bytes_captured == 24 + 5 * (16 + 28 + 14 + 100)
 
     agent = scrape(coordinator.agent_metrics)
     assert agent['fleetcap_agent_packets_captured_total{capture="m-1"}'] == 5
@@ -95,7 +103,8 @@ def test_metrics_follow_a_capture(coordinator):
         assert figures["process_resident_memory_bytes"] > 10 << 20
         assert figures["process_cpu_seconds_total"] > 0
         [build] = [k for k in figures if k.startswith("fleetcap_build_info{")]
-        assert f'component="{daemon}"' in build and figures[build] == 1
+        assert f'component="{daemon}"' in build
+        assert figures[build] == 1
     # docs/operations.md lists every fleetcap_ metric these daemons serve, with its type and
     # labels (every labelled series has samples by now, so the labels are compared too).
     got = served(exposition(coordinator.coordinator_metrics)[1]) | served(exposition(coordinator.agent_metrics)[1])
@@ -105,5 +114,5 @@ def test_metrics_follow_a_capture(coordinator):
 def test_openmetrics_on_request(coordinator):
     content_type, text = exposition(coordinator.coordinator_metrics, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text; version=1.0.0")
-    assert text.endswith("# EOF\n") and "# TYPE fleetcap_api_requests counter" in text
-
+    assert text.endswith("# EOF\n")
+    assert "# TYPE fleetcap_api_requests counter" in text

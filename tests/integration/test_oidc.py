@@ -2,6 +2,7 @@
 coordinator with --oidc-* flags and a JWKS given as a file or served on loopback; tokens made
 here with PyJWT and keys of this test's own. Every forgery an attacker would try is refused, and
 the same token works through the gateway, which only passes it on."""
+
 from __future__ import annotations
 
 import http.server
@@ -38,8 +39,16 @@ def jwks() -> dict:
 
 def token(roles=("reader",), *, key=KEY, alg="RS256", kid="k1", **claims) -> str:
     now = int(time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "0f1e2d", "preferred_username": "alice@example.com",
-            "iat": now, "exp": now + 600, "roles": list(roles), **claims}
+    body = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "0f1e2d",
+        "preferred_username": "alice@example.com",
+        "iat": now,
+        "exp": now + 600,
+        "roles": list(roles),
+        **claims,
+    }
     return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
 
@@ -49,9 +58,14 @@ def oidc_coordinator(request, tmp_path_factory):
     (d / "jwks.json").write_text(json.dumps(jwks()))
     server = None
     if request.param == "url":
-        handler = type("H", (http.server.SimpleHTTPRequestHandler,), {
-            "__init__": lambda self, *a, **k: http.server.SimpleHTTPRequestHandler.__init__(self, *a, directory=str(d), **k),
-            "log_message": lambda self, *a: None})
+        handler = type(
+            "H",
+            (http.server.SimpleHTTPRequestHandler,),
+            {
+                "__init__": lambda self, *a, **k: http.server.SimpleHTTPRequestHandler.__init__(self, *a, directory=str(d), **k),
+                "log_message": lambda self, *a: None,
+            },
+        )
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         source = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
@@ -59,11 +73,33 @@ def oidc_coordinator(request, tmp_path_factory):
         source = str(d / "jwks.json")
     address = f"unix:{d}/api.sock"
     log_path = d / "coordinator.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", address, "--store", "memory",
-                             "--auth-file", write_auth_file(str(d / "auth.toml")), "--data-dir", str(d / "data"),
-                             "--oidc-issuer", ISSUER, "--oidc-audience", AUDIENCE, "--oidc-jwks", source,
-                             "--oidc-role", "FleetCap.Operator=contributor"],
-                            cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            address,
+            "--store",
+            "memory",
+            "--auth-file",
+            write_auth_file(str(d / "auth.toml")),
+            "--data-dir",
+            str(d / "data"),
+            "--oidc-issuer",
+            ISSUER,
+            "--oidc-audience",
+            AUDIENCE,
+            "--oidc-jwks",
+            source,
+            "--oidc-role",
+            "FleetCap.Operator=contributor",
+        ],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 20
     while not os.path.exists(f"{d}/api.sock"):
         assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -96,10 +132,20 @@ def test_roles_come_from_the_claim(oidc_coordinator):
             call(address, token(roles))
 
 
-@pytest.mark.parametrize("forged", [
-    "expired", "wrong audience", "wrong issuer", "another key", "unknown kid", "alg none", "HS256 with the public key",
-    "no exp", "garbage",
-])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "expired",
+        "wrong audience",
+        "wrong issuer",
+        "another key",
+        "unknown kid",
+        "alg none",
+        "HS256 with the public key",
+        "no exp",
+        "garbage",
+    ],
+)
 def test_forged_tokens_are_refused(oidc_coordinator, forged):
     address, log_path = oidc_coordinator
     now = int(time.time())
@@ -109,8 +155,12 @@ def test_forged_tokens_are_refused(oidc_coordinator, forged):
         "wrong issuer": lambda: token(iss="https://evil.example/"),
         "another key": lambda: token(key=OTHER_KEY),
         "unknown kid": lambda: token(kid="k9"),
-        "alg none": lambda: jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 600,
-                                        "roles": ["admin"]}, None, algorithm="none", headers={"kid": "k1"}),
+        "alg none": lambda: jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 600, "roles": ["admin"]},
+            None,
+            algorithm="none",
+            headers={"kid": "k1"},
+        ),
         "HS256 with the public key": lambda: _hs256_with_public_key(now),
         "no exp": lambda: token(exp=None),
         "garbage": lambda: "eyJhbGciOiJSUzI1NiJ9.e30.c2ln",
@@ -126,6 +176,7 @@ def _hs256_with_public_key(now: int) -> str:
     import base64
     import hashlib
     import hmac
+
     pem = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
     head = enc(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
@@ -139,9 +190,12 @@ def test_the_gateway_passes_the_oidc_token_on(oidc_coordinator, tmp_path):
     g = Gateway(address, tmp_path)
     try:
         assert g.call("GET", f"{ARM}?api-version=2024-05-01", token=token(["reader"])) == (200, {"value": []})
-        status, err = g.call("PUT", f"{ARM}/oidc-gw?api-version=2024-05-01",
-                             {"properties": {"target": VM1, "storageLocation": {"storageId": "local"}}},
-                             token=token(["reader"]))
+        status, err = g.call(
+            "PUT",
+            f"{ARM}/oidc-gw?api-version=2024-05-01",
+            {"properties": {"target": VM1, "storageLocation": {"storageId": "local"}}},
+            token=token(["reader"]),
+        )
         assert (status, err["error"]["code"]) == (403, "AuthorizationFailed")
         assert g.call("GET", f"{ARM}?api-version=2024-05-01", token=token(key=OTHER_KEY))[0] == 401
     finally:
@@ -155,17 +209,40 @@ def test_roles_claim_paths():
     assert _claim(claims, "missing.path") == []
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--oidc-issuer", ISSUER], "--oidc-issuer, --oidc-audience and --oidc-jwks go together"),
-    (["--oidc-issuer", ISSUER, "--oidc-audience", "a", "--oidc-jwks", "http://idp.example/keys"],
-     "--oidc-jwks: a JWKS URL beyond loopback must be https://"),
-    (["--oidc-issuer", ISSUER, "--oidc-audience", "a", "--oidc-jwks", "/nonexistent/jwks.json"],
-     "--oidc-jwks: cannot read /nonexistent/jwks.json"),
-    (["--oidc-role", "X=agent"], "--oidc-role: 'agent' is not a role a token may hold"),
-    (["--oidc-role", "nothing"], "--oidc-role: 'nothing' is not VALUE=ROLE"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--oidc-issuer", ISSUER], "--oidc-issuer, --oidc-audience and --oidc-jwks go together"),
+        (
+            ["--oidc-issuer", ISSUER, "--oidc-audience", "a", "--oidc-jwks", "http://idp.example/keys"],
+            "--oidc-jwks: a JWKS URL beyond loopback must be https://",
+        ),
+        (
+            ["--oidc-issuer", ISSUER, "--oidc-audience", "a", "--oidc-jwks", "/nonexistent/jwks.json"],
+            "--oidc-jwks: cannot read /nonexistent/jwks.json",
+        ),
+        (["--oidc-role", "X=agent"], "--oidc-role: 'agent' is not a role a token may hold"),
+        (["--oidc-role", "nothing"], "--oidc-role: 'nothing' is not VALUE=ROLE"),
+    ],
+)
 def test_unusable_oidc_settings_are_refused_at_start(tmp_path, args, message):
-    r = subprocess.run([sys.executable, "-m", "fleetcap", "coordinator", "--store", "memory", "--listen",
-                        f"unix:{tmp_path}/api.sock", "--data-dir", str(tmp_path), *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--store",
+            "memory",
+            "--listen",
+            f"unix:{tmp_path}/api.sock",
+            "--data-dir",
+            str(tmp_path),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -2,6 +2,7 @@
 `pip install fleetcap` is the agent (and the SDK) and pulls only what the agent imports; the
 agent from that install captures for a real coordinator; a command whose extra is missing says
 which extra to install; `fleetcap[cli]` brings the CLI's formats back."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,23 @@ pytestmark = pytest.mark.integration
 # What the agent imports, and what those packages require (grpcio: typing-extensions).
 AGENT_DISTRIBUTIONS = {"fleetcap", "grpcio", "protobuf", "prometheus-client", "typing-extensions", "google-crc32c"}
 # Never on an agent-only install.
-OTHER_EXTRAS = {"aetcd", "azure-storage-blob", "pyjwt", "cryptography", "grpcio-health-checking",
-                "grpcio-reflection", "starlette", "uvicorn", "rich", "jmespath", "pyyaml", "argcomplete"}
+OTHER_EXTRAS = {
+    "aetcd",
+    "azure-storage-blob",
+    "pyjwt",
+    "cryptography",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "starlette",
+    "uvicorn",
+    "rich",
+    "jmespath",
+    "pyyaml",
+    "argcomplete",
+}
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: str | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, cwd: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
@@ -38,8 +50,11 @@ def wheel(tmp_path_factory) -> str:
     # Built from a copy of the source, so that no build/ or egg-info of an earlier build (or of
     # the checkout) can leak into it, and the checkout stays untouched.
     out, src = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("src") / "fleetcap"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "node_modules", ".git", "demo-out",
-                                                             "test-artifacts", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(".venv", "build", "node_modules", ".git", "demo-out", "test-artifacts", "*.egg-info", "__pycache__"),
+    )
     r = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src))
     assert r.returncode == 0, r.stdout + r.stderr
     [name] = os.listdir(out)
@@ -73,10 +88,12 @@ def test_the_agent_install_has_only_what_the_agent_imports_and_captures(wheel, t
     assert r.returncode == 0 and r.stdout.startswith("usage: fleetcap agent"), r.stdout + r.stderr
 
     # Commands whose extra is missing say which one, with exit code 2 and no traceback.
-    for args, extra in ((["coordinator", "--data-dir", str(tmp_path / "c")], "coordinator"),
-                        (["tls", "ca", "create", "--out", str(tmp_path / "ca")], "cli"),
-                        (["gateway", "--listen", "127.0.0.1:0"], "gateway"),
-                        (["--coordinator", "unix:/nonexistent", "capture", "list", "-o", "yaml"], "cli")):
+    for args, extra in (
+        (["coordinator", "--data-dir", str(tmp_path / "c")], "coordinator"),
+        (["tls", "ca", "create", "--out", str(tmp_path / "ca")], "cli"),
+        (["gateway", "--listen", "127.0.0.1:0"], "gateway"),
+        (["--coordinator", "unix:/nonexistent", "capture", "list", "-o", "yaml"], "cli"),
+    ):
         r = run(fleetcap, *args, cwd=str(tmp_path))
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert f"pip install 'fleetcap[{extra}]'" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
@@ -84,13 +101,44 @@ def test_the_agent_install_has_only_what_the_agent_imports_and_captures(wheel, t
     # The agent of that install captures for a real coordinator (of the development install).
     api = f"unix:{tmp_path}/api.sock"
     logs = open(tmp_path / "coordinator.log", "wb")
-    coord = subprocess.Popen([sys.executable, "-m", "fleetcap", "coordinator", "--listen", api,
-                              "--auth-file", write_auth_file(str(tmp_path / "auth.toml")),
-                              "--data-dir", str(tmp_path / "data")], cwd=ROOT, stdout=logs, stderr=logs)
+    coord = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetcap",
+            "coordinator",
+            "--listen",
+            api,
+            "--auth-file",
+            write_auth_file(str(tmp_path / "auth.toml")),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        stdout=logs,
+        stderr=logs,
+    )
     agent_log = open(tmp_path / "agent.log", "wb")
-    agent = subprocess.Popen([fleetcap, "agent", "--coordinator", api, "--vm", "pkg-vm", "--resource-group", "rg1",
-                              "--interface", "lo", "--capture-root", str(tmp_path / "captures")],
-                             cwd=str(tmp_path), stdout=agent_log, stderr=agent_log, env=AGENT_ENV)
+    agent = subprocess.Popen(
+        [
+            fleetcap,
+            "agent",
+            "--coordinator",
+            api,
+            "--vm",
+            "pkg-vm",
+            "--resource-group",
+            "rg1",
+            "--interface",
+            "lo",
+            "--capture-root",
+            str(tmp_path / "captures"),
+        ],
+        cwd=str(tmp_path),
+        stdout=agent_log,
+        stderr=agent_log,
+        env=AGENT_ENV,
+    )
     try:
         with sdk.Client(api, timeout_s=5) as c:
             wait_agents(c, 1, str(tmp_path / "coordinator.log"))
@@ -98,10 +146,28 @@ def test_the_agent_install_has_only_what_the_agent_imports_and_captures(wheel, t
                 probe.bind(("127.0.0.1", 0))
                 port = probe.getsockname()[1]
             # The base install's CLI creates it, in its default output (JSON).
-            r = run(fleetcap, "--coordinator", api, "capture", "create", "-n", "pkg-1", "--vm", "pkg-vm",
-                    "-g", "rg1", "--storage-account", "local", "--file-path", "/var/captures/pkg-1.cap",
-                    "--time-limit", "3", "--filters", json.dumps([{"protocol": "UDP", "localPort": str(port)}]),
-                    cwd=str(tmp_path))
+            r = run(
+                fleetcap,
+                "--coordinator",
+                api,
+                "capture",
+                "create",
+                "-n",
+                "pkg-1",
+                "--vm",
+                "pkg-vm",
+                "-g",
+                "rg1",
+                "--storage-account",
+                "local",
+                "--file-path",
+                "/var/captures/pkg-1.cap",
+                "--time-limit",
+                "3",
+                "--filters",
+                json.dumps([{"protocol": "UDP", "localPort": str(port)}]),
+                cwd=str(tmp_path),
+            )
             assert r.returncode == 0 and json.loads(r.stdout)["name"] == "pkg-1", r.stdout + r.stderr
             deadline = time.monotonic() + 15
             while c.get_status(name="pkg-1").packet_capture_status != "Running":
@@ -114,7 +180,8 @@ def test_the_agent_install_has_only_what_the_agent_imports_and_captures(wheel, t
             final = c.wait(name="pkg-1", timeout_s=30)
         [inst] = final.instances
         assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
-        assert inst.packets_captured == 3 and inst.files[0].upload_complete
+        assert inst.packets_captured == 3
+        assert inst.files[0].upload_complete
         assert "Traceback" not in (tmp_path / "agent.log").read_text()
     finally:
         LocalFleet.stop_process(agent)
@@ -131,6 +198,7 @@ def test_the_cli_extra_brings_the_formats_and_the_pki_helper(wheel, tmp_path):
 
 def test_the_wheel_declares_its_extras_licence_and_urls(wheel):
     import zipfile
+
     with zipfile.ZipFile(wheel) as z:
         [meta] = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         text = z.read(meta).decode()
@@ -139,9 +207,9 @@ def test_the_wheel_declares_its_extras_licence_and_urls(wheel):
     extras = {v for k, v in headers if k == "Provides-Extra"}
     assert extras == {"cli", "coordinator", "azure", "gateway", "all", "dev"}
     assert ("License-Expression", "Apache-2.0") in headers
-    assert {k for k, v in headers if k == "Project-URL"} and any(v.startswith("Source, https://") for k, v in headers)
+    assert {k for k, v in headers if k == "Project-URL"}
+    assert any(v.startswith("Source, https://") for k, v in headers)
     assert ("Classifier", "Topic :: System :: Networking :: Monitoring") in headers
     # The base requirements are the agent's alone.
-    base = {v.split(">")[0].split("=")[0].split("<")[0].strip() for k, v in headers
-            if k == "Requires-Dist" and "extra ==" not in v}
+    base = {v.split(">")[0].split("=")[0].split("<")[0].strip() for k, v in headers if k == "Requires-Dist" and "extra ==" not in v}
     assert base == {"grpcio", "protobuf", "prometheus_client", "google-crc32c"}

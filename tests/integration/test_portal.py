@@ -2,6 +2,7 @@
 over HTTPS, against a real gateway, coordinator and agent: sign-in with a token, the "+ Add"
 flow with a rejected then a good request, live status and charts from the status stream, the
 per-instance view, downloads and delete. Screenshots are kept in test-artifacts/."""
+
 from __future__ import annotations
 
 import base64
@@ -41,6 +42,7 @@ def spki_pin(cert_path: str) -> str:
     """Chromium's pin of a certificate's key: it trusts exactly the gateway's key, nothing else."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     with open(cert_path, "rb") as f:
         key = x509.load_pem_x509_certificate(f.read()).public_key()
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -56,14 +58,25 @@ def downloads(tmp_path_factory):
 def browser(tmp_path_factory, gateway, downloads):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver_path, "Debian's chromium and chromium-driver are needed; run make setup"
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-                 f"--ignore-certificate-errors-spki-list={spki_pin(gateway.cert)}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        f"--ignore-certificate-errors-spki-list={spki_pin(gateway.cert)}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
@@ -90,6 +103,7 @@ def wait_for(fn, timeout=30.0, what="condition"):
 def sign_in(b, gateway, token=TOKENS[Role.ADMIN]):
     """Loads the portal and signs in with `token` if it asks for one."""
     from selenium.webdriver.common.by import By
+
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     b.get(gateway.base + "/")
     wait_for(lambda: find("#signin-view").is_displayed() or find("#list-view").is_displayed(), what="the portal")
@@ -109,6 +123,7 @@ def downloaded(directory, name: str) -> bytes:
 def open_add_form(b, gateway):
     """Loads the portal, clicks "+ Add" and returns a CSS finder for the page."""
     from selenium.webdriver.common.by import By
+
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     sign_in(b, gateway)
     wait_for(lambda: find("#add").is_displayed(), what="the list")
@@ -120,6 +135,7 @@ def open_add_form(b, gateway):
 def test_add_flow_live_status_instances_download_delete(browser, gateway, coordinator, downloads):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
+
     b = browser
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     # Without a token the portal asks for one, and the API refuses the anonymous.
@@ -146,8 +162,7 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     # Configuration: the coordinator's accounts to pick from; both locations; the file path
     # follows the name; an out-of-range time limit.
     find("#next-step").click()
-    assert [(o.get_attribute("value"), o.text) for o in Select(find("#f-account")).options] == \
-        [("local", "local (coordinator disk)")]
+    assert [(o.get_attribute("value"), o.text) for o in Select(find("#f-account")).options] == [("local", "local (coordinator disk)")]
     find("input[name=location][value=both]").click()
     assert find("#f-path").get_attribute("value") == "/var/captures/portal-1.cap"
     find("#f-time").clear()
@@ -196,8 +211,9 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
 
     # Download (one pcapng for the capture), then delete from the list.
     find("#back").click()
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]").click() or True,
-             what="the download button")  # clicked again if the list was redrawn under it
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]").click() or True, what="the download button"
+    )  # clicked again if the list was redrawn under it
     assert downloaded(downloads, "portal-1.pcapng")[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True, what="delete")
     b.switch_to.alert.accept()
@@ -207,14 +223,18 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
         c.get(name="portal-1")
     # The only errors the console may hold are the refused requests this test made on purpose
     # (the bad token's 401s, the out-of-range time limit's 400).
-    severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]
-              and " 400 " not in e["message"] and " 401 " not in e["message"]]
+    severe = [
+        e
+        for e in b.get_log("browser")
+        if e["level"] == "SEVERE" and "favicon" not in e["message"] and " 400 " not in e["message"] and " 401 " not in e["message"]
+    ]
     assert severe == []
 
 
 def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_set):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
+
     b = browser
     find = open_add_form(b, gateway)
     Select(find("#f-target-type")).select_by_value("AzureVMSS")
@@ -233,17 +253,16 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Running", what="Running")
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=stop]").click() or True, what="stop")
     wait_for(lambda: find("#banner").text == "Stopped portal-web", what="the stop banner")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "StoppedByUser",
-             what="StoppedByUser")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "StoppedByUser", what="StoppedByUser")
     with sdk.Client(coordinator) as c:
         cap = c.get(name="portal-web")
         status = c.wait(name="portal-web", timeout_s=30)
         c.delete(name="portal-web")
     assert cap.properties.target == "/subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachineScaleSets/web"
     assert cap.properties.target_type == "AzureVMSS"
-    assert [(i.instance_id, i.packet_capture_status, i.stop_reason) for i in status.instances] == \
-        [("1", "Stopped", "StoppedByUser")]
-    assert cap.properties.storage_location.storage_id == "local" and cap.properties.time_limit_in_seconds == 18000
+    assert [(i.instance_id, i.packet_capture_status, i.stop_reason) for i in status.instances] == [("1", "Stopped", "StoppedByUser")]
+    assert cap.properties.storage_location.storage_id == "local"
+    assert cap.properties.time_limit_in_seconds == 18000
 
 
 # Instances: three pages of the per-instance table. FLEETCAP_PORTAL_INSTANCES=N runs the same test
@@ -256,24 +275,29 @@ def test_a_flight_recorder_is_triggered_from_its_row(browser, gateway, coordinat
     """A Standby capture's row has a Trigger button (no other row does); it triggers through the
     REST action with the signed-in user's token, and the row follows it to TriggerWindowEnded."""
     from selenium.webdriver.common.by import By
+
     b = browser
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     with sdk.Client(coordinator) as c:
-        c.create(name="portal-rec", target="vm1", resource_group="rg1", storage_account="local",
-                 standby_in_seconds=10, filters=[{"protocol": "UDP", "localPort": "9"}])
+        c.create(
+            name="portal-rec",
+            target="vm1",
+            resource_group="rg1",
+            storage_account="local",
+            standby_in_seconds=10,
+            filters=[{"protocol": "UDP", "localPort": "9"}],
+        )
     sign_in(b, gateway)
     row = lambda: find("tr[data-name=portal-rec]")
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Standby", what="Standby")
     assert b.find_elements(By.CSS_SELECTOR, "tr:not([data-name=portal-rec]) [data-action=trigger]") == []
     wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=trigger]").click() or True, what="trigger")
     wait_for(lambda: find("#banner").text == "Triggered portal-rec", what="the trigger banner")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TriggerWindowEnded",
-             what="TriggerWindowEnded")
+    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TriggerWindowEnded", what="TriggerWindowEnded")
     with sdk.Client(coordinator) as c:
         final = c.wait(name="portal-rec", timeout_s=30)
         c.delete(name="portal-rec")
-    assert (final.packet_capture_status, final.stop_reason, final.trigger_source) == \
-        ("Stopped", "TriggerWindowEnded", "admin")
+    assert (final.packet_capture_status, final.stop_reason, final.trigger_source) == ("Stopped", "TriggerWindowEnded", "admin")
     assert b.find_elements(By.CSS_SELECTOR, "[data-action=trigger]") == []
 
 
@@ -288,12 +312,19 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
     shows 50 a page, a filter finds one, and the live charts draw the five busiest instances and
     the total, named in order in the legend."""
     from selenium.webdriver.common.by import By
+
     b = browser
     b.get_log("browser")  # this test's console only
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     with sdk.Client(coordinator) as c:
-        c.create(name="portal-big", target="big", target_type="AzureVMSS", resource_group="rg1",
-                 storage_account="local", time_limit_in_seconds=120)
+        c.create(
+            name="portal-big",
+            target="big",
+            target_type="AzureVMSS",
+            resource_group="rg1",
+            storage_account="local",
+            time_limit_in_seconds=120,
+        )
     try:
         sign_in(b, gateway)
         wait_for(lambda: find("tr[data-name=portal-big] [data-action=open]"), what="the row").click()
@@ -305,8 +336,7 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         pages = -(-BIG // 50)
         wait_for(lambda: find("#page-info").text == f"page 1 of {pages}", what=f"{pages} pages")
         # Read in one script: the table is redrawn as the status stream moves on.
-        shown = lambda: b.execute_script(
-            "return [...document.querySelectorAll('#instances tbody tr')].map((r) => r.dataset.instance)")
+        shown = lambda: b.execute_script("return [...document.querySelectorAll('#instances tbody tr')].map((r) => r.dataset.instance)")
         seen = set()
         for page in range(pages):
             rows = shown()
@@ -322,8 +352,11 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         expected = [f"big_{BIG - k}" for k in range(1, 6)] + ["total"]
         legend = lambda: [s.text.split(":")[0] for s in b.find_elements(By.CSS_SELECTOR, "#chart-legend span")]
         try:
-            wait_for(lambda: legend() == expected and find("#chart-legend span").text != f"big_{BIG - 1}: 0 pkt/s",
-                     timeout=40, what=f"the legend {expected}")
+            wait_for(
+                lambda: legend() == expected and find("#chart-legend span").text != f"big_{BIG - 1}: 0 pkt/s",
+                timeout=40,
+                what=f"the legend {expected}",
+            )
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
             shown_legend = [s.text for s in b.find_elements(By.CSS_SELECTOR, "#chart-legend span")]
@@ -354,8 +387,7 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         find("#instance-filter").send_keys(f"big_{BIG - 1}")
         wait_for(lambda: shown() == [str(BIG - 1)], what="one row")
         assert find("#instance-count").text == f"({BIG:,}, 1 shown)"
-        assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") \
-            == "1073741824"
+        assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") == "1073741824"
         b.execute_script("window.scrollTo(0, 0)")
         b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts.png"))
     finally:
@@ -374,6 +406,7 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
     import threading
 
     from selenium.webdriver.common.by import By
+
     port, rate_pps = 47141, 2000
     sent = {"packets": 0, "seconds": 0.0}
     stop = threading.Event()
@@ -390,10 +423,19 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
             sent["seconds"] = time.monotonic() - began
 
     with sdk.Client(coordinator) as c:
-        c.create(name="portal-rates", target="web", resource_group="rg1", target_type="AzureVMSS",
-                 storage_account="local", time_limit_in_seconds=60, filters=[{"protocol": "UDP", "localPort": str(port)}])
-        wait_for(lambda: [i.packet_capture_status for i in c.get_status(name="portal-rates").instances] ==
-                 ["Running", "Running"], what="both instances Running")
+        c.create(
+            name="portal-rates",
+            target="web",
+            resource_group="rg1",
+            target_type="AzureVMSS",
+            storage_account="local",
+            time_limit_in_seconds=60,
+            filters=[{"protocol": "UDP", "localPort": str(port)}],
+        )
+        wait_for(
+            lambda: [i.packet_capture_status for i in c.get_status(name="portal-rates").instances] == ["Running", "Running"],
+            what="both instances Running",
+        )
     sender = threading.Thread(target=flood)
     sender.start()
     try:
@@ -405,6 +447,7 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
         def shown() -> list[int]:
             cells = browser.find_elements(By.CSS_SELECTOR, "#instances tr[data-instance] [data-field=rate]")
             return [int(x.text.replace(",", "") or 0) for x in cells]
+
         wait_for(lambda: len(shown()) == 2 and min(shown()) > 0, timeout=30, what="two rates")
         time.sleep(2)  # one more report each: the rate's window is filled with counters from the flood
         samples = []

@@ -1,6 +1,7 @@
 """Security, tried as an attacker would, on real processes on loopback: a coordinator serving
 TLS to token callers and mutual TLS to agents, with certificates and tokens made by
 `fleetcap tls`, and a real agent (vm1) capturing on lo."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def fleetcap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleetcap", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env=env)
+    return subprocess.run([sys.executable, "-m", "fleetcap", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 @contextlib.asynccontextmanager
@@ -72,8 +72,12 @@ class Secure:
         return sdk.Client(self.api, tls_ca=self.ca, token=token, timeout_s=10, **kw)
 
     def agent_channel(self, cert_dir: str, stem: str = "agent") -> grpc.aio.Channel:
-        return transport.aio_channel(self.fleet, credentials=transport.ClientCredentials(
-            tls_ca=self.ca, tls_cert=os.path.join(cert_dir, f"{stem}.pem"), tls_key=os.path.join(cert_dir, f"{stem}-key.pem")))
+        return transport.aio_channel(
+            self.fleet,
+            credentials=transport.ClientCredentials(
+                tls_ca=self.ca, tls_cert=os.path.join(cert_dir, f"{stem}.pem"), tls_key=os.path.join(cert_dir, f"{stem}-key.pem")
+            ),
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,18 +103,67 @@ def secure(tmp_path_factory):
     env = dict(os.environ)
     env.pop("FLEETCAP_TOKEN", None)
     coord_log = open(os.path.join(s.d, "coordinator.log"), "wb")
-    s.procs.append(subprocess.Popen(
-        [sys.executable, "-m", "fleetcap", "coordinator", "--listen", s.api, "--mtls-listen", s.fleet,
-         "--tls-cert", os.path.join(s.d, "coord", "coordinator.pem"),
-         "--tls-key", os.path.join(s.d, "coord", "coordinator-key.pem"), "--tls-client-ca", s.ca,
-         "--auth-file", s.auth_file, "--data-dir", os.path.join(s.d, "data"), "--agent-ttl", "5"],
-        cwd=ROOT, stdout=coord_log, stderr=coord_log, env=env))
+    s.procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "coordinator",
+                "--listen",
+                s.api,
+                "--mtls-listen",
+                s.fleet,
+                "--tls-cert",
+                os.path.join(s.d, "coord", "coordinator.pem"),
+                "--tls-key",
+                os.path.join(s.d, "coord", "coordinator-key.pem"),
+                "--tls-client-ca",
+                s.ca,
+                "--auth-file",
+                s.auth_file,
+                "--data-dir",
+                os.path.join(s.d, "data"),
+                "--agent-ttl",
+                "5",
+            ],
+            cwd=ROOT,
+            stdout=coord_log,
+            stderr=coord_log,
+            env=env,
+        )
+    )
     agent_log = open(os.path.join(s.d, "agent.log"), "wb")
-    s.procs.append(subprocess.Popen(
-        [sys.executable, "-m", "fleetcap", "agent", "--coordinator", s.fleet, "--vm", "vm1", "-g", "rg1",
-         "--interface", "lo", "--capture-root", os.path.join(s.d, "captures"), "--tls-ca", s.ca,
-         "--tls-cert", os.path.join(s.d, "vm1", "agent.pem"), "--tls-key", os.path.join(s.d, "vm1", "agent-key.pem")],
-        cwd=ROOT, stdout=agent_log, stderr=agent_log, env=env))
+    s.procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                s.fleet,
+                "--vm",
+                "vm1",
+                "-g",
+                "rg1",
+                "--interface",
+                "lo",
+                "--capture-root",
+                os.path.join(s.d, "captures"),
+                "--tls-ca",
+                s.ca,
+                "--tls-cert",
+                os.path.join(s.d, "vm1", "agent.pem"),
+                "--tls-key",
+                os.path.join(s.d, "vm1", "agent-key.pem"),
+            ],
+            cwd=ROOT,
+            stdout=agent_log,
+            stderr=agent_log,
+            env=env,
+        )
+    )
     try:
         with s.client(s.tokens["boss"]) as c:
             wait_agents(c, 1, os.path.join(s.d, "coordinator.log"))
@@ -123,27 +176,35 @@ def secure(tmp_path_factory):
 def test_each_role_can_do_what_it_may_and_nothing_more(secure, tmp_path):
     s = secure
     with s.client() as anonymous:  # TLS, but no credential at all
-        for call in (anonymous.list, lambda: anonymous.get(name="x"),
-                     lambda: anonymous.create(name="anon", target="vm1", resource_group="rg1",
-                                              file_path="/var/captures/anon.cap"),
-                     lambda: anonymous.trigger(name="x"), lambda: anonymous.manifest(name="x"),
-                     anonymous.manifest_key):
+        for call in (
+            anonymous.list,
+            lambda: anonymous.get(name="x"),
+            lambda: anonymous.create(name="anon", target="vm1", resource_group="rg1", file_path="/var/captures/anon.cap"),
+            lambda: anonymous.trigger(name="x"),
+            lambda: anonymous.manifest(name="x"),
+            anonymous.manifest_key,
+        ):
             with pytest.raises(sdk.Unauthenticated):
                 call()
     with s.client(s.tokens["ops"]) as ops:
-        ops.create(name="roles", target="vm1", resource_group="rg1", file_path="/var/captures/roles.cap",
-                   storage_account="local", time_limit_in_seconds=1, filters=[{"protocol": "UDP", "localPort": "9"}])
+        ops.create(
+            name="roles",
+            target="vm1",
+            resource_group="rg1",
+            file_path="/var/captures/roles.cap",
+            storage_account="local",
+            time_limit_in_seconds=1,
+            filters=[{"protocol": "UDP", "localPort": "9"}],
+        )
         final = ops.wait(name="roles", timeout_s=30)
         assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
     with s.client(s.tokens["viewer"]) as viewer:
         assert [c.name for c in viewer.list()] == ["roles"]
-        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Create; it needs the "
-                                                       "role contributor"):
+        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Create; it needs the role contributor"):
             viewer.create(name="nope", target="vm1", resource_group="rg1", file_path="/var/captures/nope.cap")
         with pytest.raises(sdk.PermissionDenied, match="needs the role data-reader"):
             viewer.download(name="roles", dest=str(tmp_path / "v"))
-        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Trigger; it needs "
-                                                       "the role contributor"):
+        with pytest.raises(sdk.PermissionDenied, match="token:viewer \\(reader\\) may not call Trigger; it needs the role contributor"):
             viewer.trigger(name="roles")
         # A reader may read the signed manifest (hashes and counters, no packet) and the public key.
         assert json.loads(viewer.manifest(name="roles"))["manifest"]["capture"]["name"] == "roles"
@@ -159,21 +220,28 @@ def test_each_role_can_do_what_it_may_and_nothing_more(secure, tmp_path):
         ops.stop(name="roles")
         ops.delete(name="roles")
     # A client certificate carries its role too (alice: contributor), on the mutual-TLS listener.
-    with sdk.Client(s.fleet, tls_ca=s.ca, tls_cert=os.path.join(s.d, "alice", "alice.pem"),
-                    tls_key=os.path.join(s.d, "alice", "alice-key.pem"), token="") as alice:
+    with sdk.Client(
+        s.fleet,
+        tls_ca=s.ca,
+        tls_cert=os.path.join(s.d, "alice", "alice.pem"),
+        tls_key=os.path.join(s.d, "alice", "alice-key.pem"),
+        token="",
+    ) as alice:
         assert alice.list() == []
     # The CLI's exit codes: 6 without a credential, 7 without the role.
     env = dict(os.environ, FLEETCAP_TLS_CA=s.ca)
     r = fleetcap("--coordinator", s.api, "capture", "list", env=env)
-    assert (r.returncode, r.stderr.splitlines()[-1]) == (6, "fleetcap: UNAUTHENTICATED: no valid credential: present "
-                                                            "a client certificate from the trusted CA or a bearer token")
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        6,
+        "fleetcap: UNAUTHENTICATED: no valid credential: present a client certificate from the trusted CA or a bearer token",
+    )
     r = fleetcap("--coordinator", s.api, "capture", "delete", "-n", "x", env=dict(env, FLEETCAP_TOKEN=s.tokens["viewer"]))
     assert r.returncode == 7, r.stderr
     # A literal token on the command line is refused (it would show in ps): env: or file: only.
     r = fleetcap("--coordinator", s.api, "--token", s.tokens["viewer"], "capture", "list", env=env)
-    assert r.returncode == 2 and "--token: give the secret as env:VARIABLE or file:PATH" in r.stderr
-    r = fleetcap("--coordinator", s.api, "--token", "env:MY_TOKEN", "capture", "list",
-                 env=dict(env, MY_TOKEN=s.tokens["viewer"]))
+    assert r.returncode == 2
+    assert "--token: give the secret as env:VARIABLE or file:PATH" in r.stderr
+    r = fleetcap("--coordinator", s.api, "--token", "env:MY_TOKEN", "capture", "list", env=dict(env, MY_TOKEN=s.tokens["viewer"]))
     assert (r.returncode, r.stdout.strip()) == (0, "[]")
 
 
@@ -203,7 +271,7 @@ def test_a_revoked_token_stops_working_after_sighup(secure):
                 break
             assert time.monotonic() < deadline, "the revoked token still works"
             time.sleep(0.1)
-    assert "name = \"temp\"" not in open(s.auth_file).read()
+    assert 'name = "temp"' not in open(s.auth_file).read()
 
 
 def test_an_agent_speaks_only_for_itself(secure):
@@ -215,8 +283,11 @@ def test_an_agent_speaks_only_for_itself(secure):
     async def connect(channel: grpc.aio.Channel, vm: str) -> grpc.aio.AioRpcError | fleet_pb2.CoordinatorMessage:
         call = fleet_pb2_grpc.FleetStub(channel).Connect()
         try:  # the refusal may come before the hello is written (the write then raises it)
-            await call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
-                identity=fleet_pb2.AgentIdentity(vm_name=vm, resource_group="rg1"), hostname="rogue")))
+            await call.write(
+                fleet_pb2.AgentMessage(
+                    hello=fleet_pb2.AgentHello(identity=fleet_pb2.AgentIdentity(vm_name=vm, resource_group="rg1"), hostname="rogue")
+                )
+            )
             return await call.read()
         except grpc.aio.AioRpcError as e:
             return e
@@ -233,24 +304,40 @@ def test_an_agent_speaks_only_for_itself(secure):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "the certificate of /subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/"
                 "vm2 cannot speak for /subscriptions/local/resourceGroups/rg1/providers/Microsoft.Compute/"
-                "virtualMachines/vm1")
+                "virtualMachines/vm1",
+            )
             as_client = await connect(alice, "vm1")
             assert isinstance(as_client, grpc.aio.AioRpcError)
             assert as_client.code() == grpc.StatusCode.PERMISSION_DENIED
             assert as_client.details() == "certificate:alice (contributor) may not call Connect; it needs the role agent"
             # An upload by vm2 (a real agent, for itself) into a capture that targets only vm1.
             with s.client(s.tokens["ops"]) as ops:
-                created = ops.create(name="up", target="vm1", resource_group="rg1", storage_account="local",
-                                     file_path="/var/captures/up.cap", time_limit_in_seconds=2)
+                created = ops.create(
+                    name="up",
+                    target="vm1",
+                    resource_group="rg1",
+                    storage_account="local",
+                    file_path="/var/captures/up.cap",
+                    time_limit_in_seconds=2,
+                )
                 capture_id = f"{created.id}@{created.created_time}"
                 call = fleet_pb2_grpc.FleetStub(vm2).Upload()
-                await call.write(fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
-                    identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"), capture_name="up",
-                    capture_id=capture_id, file_path="/var/captures/up.cap")))
+                await call.write(
+                    fleet_pb2.UploadRequest(
+                        open=fleet_pb2.UploadOpen(
+                            identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"),
+                            capture_name="up",
+                            capture_id=capture_id,
+                            file_path="/var/captures/up.cap",
+                        )
+                    )
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call.read()
-                assert (e.value.code(), e.value.details()) == (grpc.StatusCode.PERMISSION_DENIED,
-                                                               "this capture does not target that instance")
+                assert (e.value.code(), e.value.details()) == (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "this capture does not target that instance",
+                )
                 final = ops.wait(name="up", timeout_s=30)  # vm1 kept its stream: the capture ran there
                 assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")
                 assert final.instances[0].files[0].upload_complete
@@ -258,6 +345,7 @@ def test_an_agent_speaks_only_for_itself(secure):
         finally:
             await vm2.close()
             await alice.close()
+
     asyncio.run(body())
     log = open(os.path.join(s.d, "coordinator.log")).read()
     assert "principal=certificate:web" not in log
@@ -270,10 +358,32 @@ def test_an_agent_refuses_a_coordinator_from_another_ca(secure, tmp_path):
     log_path = tmp_path / "agent.log"
     with open(log_path, "wb") as log:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", s.fleet, "--vm", "vm9", "-g", "rg1",
-             "--interface", "lo", "--capture-root", str(tmp_path / "captures"),
-             "--tls-ca", str(tmp_path / "other" / "ca.pem"), "--tls-cert", os.path.join(s.d, "vm2", "agent.pem"),
-             "--tls-key", os.path.join(s.d, "vm2", "agent-key.pem")], cwd=ROOT, stdout=log, stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                s.fleet,
+                "--vm",
+                "vm9",
+                "-g",
+                "rg1",
+                "--interface",
+                "lo",
+                "--capture-root",
+                str(tmp_path / "captures"),
+                "--tls-ca",
+                str(tmp_path / "other" / "ca.pem"),
+                "--tls-cert",
+                os.path.join(s.d, "vm2", "agent.pem"),
+                "--tls-key",
+                os.path.join(s.d, "vm2", "agent-key.pem"),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
     try:
         deadline = time.monotonic() + 20
         while "control stream to" not in log_path.read_text():
@@ -291,24 +401,37 @@ def test_an_agent_refuses_a_coordinator_from_another_ca(secure, tmp_path):
 def test_plaintext_beyond_loopback_is_refused_and_insecure_is_loud(tmp_path):
     r = fleetcap("coordinator", "--listen", "0.0.0.0:0", "--store", "memory", "--data-dir", str(tmp_path))
     assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
-        2, "fleetcap: error: --listen 0.0.0.0:0: not a local address, and there is no --tls-cert; give --tls-cert and "
-           "--tls-key (and --tls-client-ca for agents), or --insecure")
+        2,
+        "fleetcap: error: --listen 0.0.0.0:0: not a local address, and there is no --tls-cert; give --tls-cert and "
+        "--tls-key (and --tls-client-ca for agents), or --insecure",
+    )
     r = fleetcap("agent", "--coordinator", "192.0.2.1:7770", "--vm", "x", "--capture-root", str(tmp_path))
-    assert r.returncode == 2 and "192.0.2.1:7770 is not a local address: give --tls-ca" in r.stderr
-    r = fleetcap("coordinator", "--store", "memory", "--storage-account",
-                 "acct=DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0", "--data-dir", str(tmp_path))
-    assert r.returncode == 2 and "c2VjcmV0" not in r.stderr
+    assert r.returncode == 2
+    assert "192.0.2.1:7770 is not a local address: give --tls-ca" in r.stderr
+    r = fleetcap(
+        "coordinator",
+        "--store",
+        "memory",
+        "--storage-account",
+        "acct=DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0",
+        "--data-dir",
+        str(tmp_path),
+    )
+    assert r.returncode == 2
+    assert "c2VjcmV0" not in r.stderr
     assert "--storage-account acct: give the secret as env:VARIABLE or file:PATH" in r.stderr
     # etcd beyond loopback without --etcd-ca: refused at start, before dialling (192.0.2.1 is
     # TEST-NET-1: nothing there, and nothing is sent; the exit is immediate).
     started = time.monotonic()
-    r = fleetcap("coordinator", "--etcd", "192.0.2.1:2379", "--data-dir", str(tmp_path),
-                 env=dict(os.environ, ETCD_PASSWORD="hunter2"))
+    r = fleetcap("coordinator", "--etcd", "192.0.2.1:2379", "--data-dir", str(tmp_path), env=dict(os.environ, ETCD_PASSWORD="hunter2"))
     assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
-        2, "fleetcap: error: --etcd 192.0.2.1:2379: not a local address, and there is no --etcd-ca; give --etcd-ca "
-           "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send plaintext, ETCD_PASSWORD "
-           "included")
-    assert time.monotonic() - started < 20 and "hunter2" not in r.stderr
+        2,
+        "fleetcap: error: --etcd 192.0.2.1:2379: not a local address, and there is no --etcd-ca; give --etcd-ca "
+        "(with --etcd-cert and --etcd-key) to reach etcd over TLS, or --insecure to send plaintext, ETCD_PASSWORD "
+        "included",
+    )
+    assert time.monotonic() - started < 20
+    assert "hunter2" not in r.stderr
 
 
 def test_a_huge_filter_is_refused_at_once_and_other_calls_are_answered(secure):
@@ -318,11 +441,11 @@ def test_a_huge_filter_is_refused_at_once_and_other_calls_are_answered(secure):
 
     async def body() -> None:
         async with sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["ops"]) as c:
+
             async def slow_create() -> float:
                 t = time.monotonic()
                 with pytest.raises(sdk.InvalidCapture, match=r"bpfFilter: \d+ characters; at most 4096"):
-                    await c.create(name="huge", target="vm1", resource_group="rg1", bpf_filter=huge,
-                                   file_path="/var/captures/huge.cap")
+                    await c.create(name="huge", target="vm1", resource_group="rg1", bpf_filter=huge, file_path="/var/captures/huge.cap")
                 return time.monotonic() - t
 
             async def other_calls() -> list[float]:
@@ -332,10 +455,12 @@ def test_a_huge_filter_is_refused_at_once_and_other_calls_are_answered(secure):
                     await c.list()
                     out.append(time.monotonic() - t)
                 return out
+
             create_s, others = await asyncio.gather(slow_create(), other_calls())
             assert create_s < 15 and max(others) < 1, (create_s, others)
             with pytest.raises(sdk.CaptureNotFound):
                 await c.get(name="huge")  # nothing was left behind
+
     asyncio.run(body())
 
 
@@ -352,11 +477,13 @@ def test_download_writes_only_under_dest_whatever_the_server_says(tmp_path):
             return pb.GetPacketCaptureStatusResponse(status=status)
 
     async def body() -> None:
-        async with serve_double(captures_pb2_grpc.add_PacketCapturesServicer_to_server, Hostile(),
-                               f"unix:{tmp_path}/hostile.sock") as socket_path:
-            async with sdk.AsyncClient(socket_path, token="t") as c:
-                with pytest.raises(sdk.UnsafeName, match="instance id '..' from the coordinator is not a plain file"):
-                    await c.download(name="x", dest=str(tmp_path / "dest"))
+        async with (
+            serve_double(captures_pb2_grpc.add_PacketCapturesServicer_to_server, Hostile(), f"unix:{tmp_path}/hostile.sock") as socket_path,
+            sdk.AsyncClient(socket_path, token="t") as c,
+        ):
+            with pytest.raises(sdk.UnsafeName, match="instance id '..' from the coordinator is not a plain file"):
+                await c.download(name="x", dest=str(tmp_path / "dest"))
+
     asyncio.run(body())
     assert not os.path.exists(tmp_path / "dest") or os.listdir(tmp_path / "dest") == []
     assert not os.path.exists("/tmp/evil.cap")
@@ -371,19 +498,22 @@ def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
     outside.mkdir()
     (root / "planted.cap").symlink_to(outside / "stolen.cap")
     (root / "dir").symlink_to(outside)
-    starts = [fleet_pb2.StartCapture(capture_name=name, capture_id=f"{name}@1", file_path=path, time_limit_s=limit)
-              for name, path, limit in (("dotdot", "/var/captures/../../../" + str(outside)[1:] + "/a.cap", 5),
-                                        ("link", "/var/captures/planted.cap", 5),
-                                        ("dirlink", "/var/captures/dir/b.cap", 5),
-                                        ("forever", "/var/captures/c.cap", 10**9))]
+    starts = [
+        fleet_pb2.StartCapture(capture_name=name, capture_id=f"{name}@1", file_path=path, time_limit_s=limit)
+        for name, path, limit in (
+            ("dotdot", "/var/captures/../../../" + str(outside)[1:] + "/a.cap", 5),
+            ("link", "/var/captures/planted.cap", 5),
+            ("dirlink", "/var/captures/dir/b.cap", 5),
+            ("forever", "/var/captures/c.cap", 10**9),
+        )
+    ]
     reports: dict[str, pb.InstanceStatus] = {}
 
     class Double(fleet_pb2_grpc.FleetServicer):
         async def Connect(self, requests, context):
             hello = await requests.__anext__()
             assert hello.HasField("hello")
-            yield fleet_pb2.CoordinatorMessage(welcome=fleet_pb2.Welcome(instance_resource_id="x",
-                                                                         heartbeat_interval_ms=1000))
+            yield fleet_pb2.CoordinatorMessage(welcome=fleet_pb2.Welcome(instance_resource_id="x", heartbeat_interval_ms=1000))
             for start in starts:
                 yield fleet_pb2.CoordinatorMessage(start=start)
             async for message in requests:
@@ -393,24 +523,43 @@ def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
                         return
 
     async def body() -> None:
-        async with serve_double(fleet_pb2_grpc.add_FleetServicer_to_server, Double(),
-                               f"unix:{tmp_path}/double.sock") as socket_path:
+        async with serve_double(fleet_pb2_grpc.add_FleetServicer_to_server, Double(), f"unix:{tmp_path}/double.sock") as socket_path:
             log = open(tmp_path / "agent.log", "wb")
-            agent = subprocess.Popen([sys.executable, "-m", "fleetcap", "agent", "--coordinator", socket_path, "--vm", "vm1",  # noqa: ASYNC220 (started once, not awaited)
-                                      "--interface", "lo", "--capture-root", str(root)], cwd=ROOT, stdout=log, stderr=log,
-                                     env=dict(os.environ, FLEETCAP_TOKEN="t"))
+            agent = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
+                [
+                    sys.executable,
+                    "-m",
+                    "fleetcap",
+                    "agent",
+                    "--coordinator",
+                    socket_path,
+                    "--vm",
+                    "vm1",  # noqa: ASYNC220 (started once, not awaited)
+                    "--interface",
+                    "lo",
+                    "--capture-root",
+                    str(root),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+                env=dict(os.environ, FLEETCAP_TOKEN="t"),
+            )
             try:
                 deadline = time.monotonic() + 30
-                while not (len(reports) == len(starts)
-                           and all(r.packet_capture_status == "Error" for r in reports.values())):
+                while not (len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values())):
                     assert time.monotonic() < deadline, (reports, (tmp_path / "agent.log").read_text())
                     await asyncio.sleep(0.1)
             finally:
                 LocalFleet.stop_process(agent)
+
     asyncio.run(body())
     assert {name: (s.packet_capture_status, list(s.packet_capture_error)) for name, s in reports.items()} == {
-        "dotdot": ("Error", ["CaptureFailed"]), "link": ("Error", ["LocalFileFailed"]),
-        "dirlink": ("Error", ["LocalFileFailed"]), "forever": ("Error", ["CaptureFailed"])}
+        "dotdot": ("Error", ["CaptureFailed"]),
+        "link": ("Error", ["LocalFileFailed"]),
+        "dirlink": ("Error", ["LocalFileFailed"]),
+        "forever": ("Error", ["CaptureFailed"]),
+    }
     assert reports["forever"].error_message == "the agent refused the capture: time limit 1000000000 s is out of range"
     assert list(outside.iterdir()) == []
 
@@ -435,10 +584,11 @@ def test_an_anonymous_caller_can_neither_forge_audit_lines_nor_fill_the_disk(sec
     audit = [line for line in lines if " fleetcap.audit: " in line]
     assert len(audit) == 6, lines
     assert not any(line.startswith("fleetcap.audit") for line in lines)
-    assert audit[0].endswith("method=Get capture=x\\nfleetcap.audit: principal=token:t-admin method=Delete "
-                             "capture=prod decision=allowed decision=unauthenticated")
-    assert all(line.endswith(f"... ({7 * 1024 * 1024 - 100} more characters) decision=unauthenticated")
-               for line in audit[1:])
+    assert audit[0].endswith(
+        "method=Get capture=x\\nfleetcap.audit: principal=token:t-admin method=Delete "
+        "capture=prod decision=allowed decision=unauthenticated"
+    )
+    assert all(line.endswith(f"... ({7 * 1024 * 1024 - 100} more characters) decision=unauthenticated") for line in audit[1:])
     assert os.path.getsize(log_path) - size_before < 4096  # 35 MiB of names, a few hundred bytes a line
 
 
@@ -470,10 +620,32 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
         await server.start()
         log_path = tmp_path / "agent.log"
         agent = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
-            [sys.executable, "-m", "fleetcap", "agent", "--coordinator", address, "--vm", "vm2", "-g", "rg1",
-             "--interface", "lo", "--capture-root", str(tmp_path / "captures"), "--tls-ca", s.ca,
-             "--tls-cert", os.path.join(s.d, "vm2", "agent.pem"), "--tls-key", os.path.join(s.d, "vm2", "agent-key.pem")],
-            cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                address,
+                "--vm",
+                "vm2",
+                "-g",
+                "rg1",
+                "--interface",
+                "lo",
+                "--capture-root",
+                str(tmp_path / "captures"),
+                "--tls-ca",
+                s.ca,
+                "--tls-cert",
+                os.path.join(s.d, "vm2", "agent.pem"),
+                "--tls-key",
+                os.path.join(s.d, "vm2", "agent-key.pem"),
+            ],
+            cwd=ROOT,
+            stdout=open(log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 20
             while not hellos and log_path.read_text().count(f"control stream to {address}: UNAVAILABLE") < 2:
@@ -482,6 +654,7 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
         finally:
             LocalFleet.stop_process(agent)
             await server.stop(None)
+
     asyncio.run(body())
     if impostor == "gateway":
         assert hellos == []
@@ -490,42 +663,64 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
 
 
 def test_the_coordinators_name_is_reserved_to_coordinator_certificates(secure, tmp_path):
-    for args in (("--client", "fleetcap-coordinator", "--role", "admin"), ("--gateway", "fleetcap-coordinator"),
-                 ("--gateway", "gw", "--dns", "fleetcap-coordinator")):
+    for args in (
+        ("--client", "fleetcap-coordinator", "--role", "admin"),
+        ("--gateway", "fleetcap-coordinator"),
+        ("--gateway", "gw", "--dns", "fleetcap-coordinator"),
+    ):
         r = fleetcap("tls", "cert", "create", "--ca", os.path.join(secure.d, "ca"), "--out", str(tmp_path), *args)
         assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
-            2, "fleetcap: error: 'fleetcap-coordinator' is reserved for coordinator certificates (--coordinator)"), r
+            2,
+            "fleetcap: error: 'fleetcap-coordinator' is reserved for coordinator certificates (--coordinator)",
+        ), r
 
 
 def test_an_agent_cannot_upload_past_the_captures_limit(secure):
     """A compromised vm1 starts a 33 MB upload into a capture limited to 100,000 bytes: refused at the
     chunk that passes the limit plus one record; nothing of it is committed."""
     import zlib
+
     s = secure
 
     async def body() -> list[fleet_pb2.UploadResponse]:
         vm1 = s.agent_channel(os.path.join(s.d, "vm1"))
         with s.client(s.tokens["ops"]) as ops:
-            created = ops.create(name="limit", target="vm1", resource_group="rg1", storage_account="local",
-                                 file_path="/var/captures/limit-real.cap", time_limit_in_seconds=60,
-                                 total_bytes_per_session=100_000, filters=[{"protocol": "UDP", "localPort": "47125"}])
+            created = ops.create(
+                name="limit",
+                target="vm1",
+                resource_group="rg1",
+                storage_account="local",
+                file_path="/var/captures/limit-real.cap",
+                time_limit_in_seconds=60,
+                total_bytes_per_session=100_000,
+                filters=[{"protocol": "UDP", "localPort": "47125"}],
+            )
         call = fleet_pb2_grpc.FleetStub(vm1).Upload()
-        await call.write(fleet_pb2.UploadRequest(open=fleet_pb2.UploadOpen(
-            identity=fleet_pb2.AgentIdentity(vm_name="vm1", resource_group="rg1"), capture_name="limit",
-            capture_id=f"{created.id}@{created.created_time}", file_path="/var/captures/limit-real.cap")))
+        await call.write(
+            fleet_pb2.UploadRequest(
+                open=fleet_pb2.UploadOpen(
+                    identity=fleet_pb2.AgentIdentity(vm_name="vm1", resource_group="rg1"),
+                    capture_name="limit",
+                    capture_id=f"{created.id}@{created.created_time}",
+                    file_path="/var/captures/limit-real.cap",
+                )
+            )
+        )
         acks = [await call.read()]
         data = b"\xd4\xc3\xb2\xa1" + b"F" * (1024 * 1024 - 4)
         # The first MiB of the 33: the coordinator must refuse it rather than store it.
-        await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(offset=0, data=data,
-                                                                             crc32=zlib.crc32(data))))
+        await call.write(fleet_pb2.UploadRequest(chunk=fleet_pb2.UploadChunk(offset=0, data=data, crc32=zlib.crc32(data))))
         with contextlib.suppress(grpc.aio.AioRpcError):
             while (ack := await call.read()) is not grpc.aio.EOF:
                 acks.append(ack)
         assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT, await call.details()
-        assert await call.details() == ("upload: a chunk ending at 1048576 bytes: past this capture's limit for one file "
-                                     "(362160 bytes, one record over the limit included); not stored")
+        assert await call.details() == (
+            "upload: a chunk ending at 1048576 bytes: past this capture's limit for one file "
+            "(362160 bytes, one record over the limit included); not stored"
+        )
         await vm1.close()
         return acks
+
     acks = asyncio.run(body())
     assert [a.acked_offset for a in acks] == [0]
     with s.client(s.tokens["ops"]) as ops:
@@ -543,27 +738,43 @@ def test_a_compromised_agent_cannot_fill_etcd(secure):
     (the first audit grew etcd by 100 MB in 20 s this way). Each is cut to 1 KiB, the writes are
     paced, and the first, Error, is final: the record never changes after it."""
     s = secure
-    db = next(os.path.join(top, "db") for top, _, names in os.walk(os.path.join(s.d, "data")) if "db" in names
-              and top.endswith(os.path.join("member", "snap")))
+    db = next(
+        os.path.join(top, "db")
+        for top, _, names in os.walk(os.path.join(s.d, "data"))
+        if "db" in names and top.endswith(os.path.join("member", "snap"))
+    )
     size_before = os.path.getsize(db)
 
     async def body() -> None:
         vm2 = s.agent_channel(os.path.join(s.d, "vm2"))
         call = fleet_pb2_grpc.FleetStub(vm2).Connect()
-        await call.write(fleet_pb2.AgentMessage(hello=fleet_pb2.AgentHello(
-            identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"), hostname="vm2", interface="lo")))
+        await call.write(
+            fleet_pb2.AgentMessage(
+                hello=fleet_pb2.AgentHello(
+                    identity=fleet_pb2.AgentIdentity(vm_name="vm2", resource_group="rg1"), hostname="vm2", interface="lo"
+                )
+            )
+        )
         assert (await call.read()).HasField("welcome")
         with s.client(s.tokens["ops"]) as ops:
-            ops.create(name="flood", target="vm2", resource_group="rg1", file_path="/var/captures/flood.cap",
-                       time_limit_in_seconds=60)
+            ops.create(name="flood", target="vm2", resource_group="rg1", file_path="/var/captures/flood.cap", time_limit_in_seconds=60)
         start = await call.read()
         while not start.HasField("start"):
             start = await call.read()
         for i in range(60):
-            await call.write(fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
-                capture_name="flood", capture_id=start.start.capture_id, status=pb.InstanceStatus(
-                    packet_capture_status="Error", packet_capture_error=["CaptureFailed"],
-                    error_message=f"{i:02d}" + "E" * 1_400_000))))
+            await call.write(
+                fleet_pb2.AgentMessage(
+                    progress=fleet_pb2.CaptureProgress(
+                        capture_name="flood",
+                        capture_id=start.start.capture_id,
+                        status=pb.InstanceStatus(
+                            packet_capture_status="Error",
+                            packet_capture_error=["CaptureFailed"],
+                            error_message=f"{i:02d}" + "E" * 1_400_000,
+                        ),
+                    )
+                )
+            )
         with s.client(s.tokens["ops"]) as ops:
             # The first report, cut, is the record; Error is final, so the 59 after it (paced,
             # over about 8 s) change nothing: watched for 10 s.
@@ -577,6 +788,7 @@ def test_a_compromised_agent_cannot_fill_etcd(secure):
             ops.delete(name="flood")
         call.cancel()
         await vm2.close()
+
     asyncio.run(body())
     assert os.path.getsize(db) - size_before < 8 * 1024 * 1024, (size_before, os.path.getsize(db))
 
@@ -588,22 +800,35 @@ def test_one_contributor_cannot_hold_up_everyone_elses_creates(secure):
     portranges = " or ".join(f"portrange {i * 10}-{i * 10 + 5}" for i in range(200))[:4091].rsplit(" or ", 1)[0]
 
     async def body() -> None:
-        async with sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["ops"]) as ops, \
-                sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["boss"]) as boss:
+        async with (
+            sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["ops"]) as ops,
+            sdk.AsyncClient(s.api, tls_ca=s.ca, token=s.tokens["boss"]) as boss,
+        ):
             t = time.monotonic()
-            with pytest.raises(sdk.InvalidCapture, match=r"^INVALID_ARGUMENT: bpfFilter: too complex: \d+ address and port terms \(a port "
-                                                         r"range counts 3\), at most 300; split the capture"):
-                await ops.create(name="ranges", target="vm1", resource_group="rg1", bpf_filter=portranges,
-                                 file_path="/var/captures/ranges.cap")
+            with pytest.raises(
+                sdk.InvalidCapture,
+                match=r"^INVALID_ARGUMENT: bpfFilter: too complex: \d+ address and port terms \(a port "
+                r"range counts 3\), at most 300; split the capture",
+            ):
+                await ops.create(
+                    name="ranges", target="vm1", resource_group="rg1", bpf_filter=portranges, file_path="/var/captures/ranges.cap"
+                )
             assert time.monotonic() - t < 2  # refused before any compile
             # Allowed but expensive (about a second each here): 290 port terms.
             costly = "tcp and (" + " or ".join(f"port {1000 + i}" for i in range(290)) + ")"
             finished: list[str] = []
 
             async def create(client: sdk.AsyncClient, name: str, bpf: str) -> None:
-                await client.create(name=name, target="vm1", resource_group="rg1", bpf_filter=bpf,
-                                    file_path=f"/var/captures/{name}.cap", time_limit_in_seconds=1)
+                await client.create(
+                    name=name,
+                    target="vm1",
+                    resource_group="rg1",
+                    bpf_filter=bpf,
+                    file_path=f"/var/captures/{name}.cap",
+                    time_limit_in_seconds=1,
+                )
                 finished.append(name)
+
             ops_creates = [asyncio.ensure_future(create(ops, f"costly{i}", costly)) for i in range(3)]
             await asyncio.sleep(0.2)  # the three are in, queued behind each other
             await create(boss, "simple", "udp port 53")
@@ -613,6 +838,7 @@ def test_one_contributor_cannot_hold_up_everyone_elses_creates(secure):
             for name in ("simple", "costly0", "costly1", "costly2"):
                 await boss.wait(name=name, timeout_s=30)
                 await boss.delete(name=name)
+
     asyncio.run(body())
 
 
@@ -621,15 +847,20 @@ def test_a_capture_file_swapped_under_the_agent_is_refused_never_served(secure, 
     refuses to hash or send it (LocalFileFailed), and no forged byte reaches storage or a reader."""
     s = secure
     with s.client(s.tokens["ops"]) as ops:
-        ops.create(name="swap", target="vm1", resource_group="rg1", storage_account="local",
-                   file_path="/var/captures/swap.cap", time_limit_in_seconds=3,
-                   filters=[{"protocol": "UDP", "localPort": "47126"}])
+        ops.create(
+            name="swap",
+            target="vm1",
+            resource_group="rg1",
+            storage_account="local",
+            file_path="/var/captures/swap.cap",
+            time_limit_in_seconds=3,
+            filters=[{"protocol": "UDP", "localPort": "47126"}],
+        )
         deadline = time.monotonic() + 20
         while ops.get_status(name="swap").packet_capture_status != "Running":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        [path] = [os.path.join(top, n) for top, _, names in os.walk(os.path.join(s.d, "captures"))
-                  for n in names if n == "swap.cap"]
+        [path] = [os.path.join(top, n) for top, _, names in os.walk(os.path.join(s.d, "captures")) for n in names if n == "swap.cap"]
         os.rename(path, path + ".orig")
         with open(path, "wb") as f:
             f.write(b"FORGED-BY-NOBODY" * 100)
@@ -637,13 +868,16 @@ def test_a_capture_file_swapped_under_the_agent_is_refused_never_served(secure, 
         [inst] = final.instances
         assert (inst.packet_capture_status, list(inst.packet_capture_error)) == ("Error", ["LocalFileFailed"])
         assert "swap.cap is not the file the agent wrote (it was replaced or linked); refused" in inst.error_message
-        assert not inst.files[0].sha256 and not inst.files[0].upload_complete
+        assert not inst.files[0].sha256
+        assert not inst.files[0].upload_complete
     with s.client(s.tokens["boss"]) as boss:
         assert boss.download(name="swap", dest=str(tmp_path / "dl")) == []  # nothing verified to write
         with pytest.raises(sdk.FleetcapError) as e:
             b"".join(boss.read_file(name="swap", instance_id=inst.instance_id))
         assert (e.value.code, e.value.message.split(" and the")[0]) == (
-            grpc.StatusCode.FAILED_PRECONDITION, "/var/captures/swap.cap of instance 'vm1' was never stored whole,")
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "/var/captures/swap.cap of instance 'vm1' was never stored whole,",
+        )
         boss.delete(name="swap")
     for top, _, names in os.walk(os.path.join(s.d, "data")):
         for n in names:

@@ -1,4 +1,5 @@
 """`fleetcap state`: the records in etcd (binary protobuf) printed as JSON lines, read only."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,7 @@ def root(monkeypatch):
     """A key space of this test's own inside the shared etcd."""
     root = f"/fleetcap-test-{uuid.uuid4().hex[:8]}/v1/"
     names = ("ROOT", "CAPTURES", "INSTANCES", "AGENTS", "FETCHES", "BUDGETS", "LEADER")
-    suffixes = {name: getattr(keys, name)[len(keys.ROOT):] for name in names}
+    suffixes = {name: getattr(keys, name)[len(keys.ROOT) :] for name in names}
     for name, suffix in suffixes.items():
         monkeypatch.setattr(keys, name, root + suffix)
     return root
@@ -48,6 +49,7 @@ def test_state_prints_every_record_as_json(etcd_endpoint, root, capsys):
         await store.kv.put_if([(old, json_format.MessageToJson(insts[0], indent=None).encode())], {old: 0})
         await store.kv.put_if([(keys.LEADER, b"replica-1")], {keys.LEADER: 0})
         await store.close()
+
     asyncio.run(write())
 
     assert fleetcap_main.main(["state", *flags(etcd_endpoint)]) == cli.EXIT_OK
@@ -63,7 +65,9 @@ def test_state_prints_every_record_as_json(etcd_endpoint, root, capsys):
 
     assert fleetcap_main.main(["state", "instances/web/", *flags(etcd_endpoint)]) == cli.EXIT_OK
     assert [json.loads(line)["key"] for line in capsys.readouterr().out.splitlines()] == [
-        f"{root}instances/web/local/rg/vm/a", f"{root}instances/web/local/rg/vm/b"]
+        f"{root}instances/web/local/rg/vm/a",
+        f"{root}instances/web/local/rg/vm/b",
+    ]
 
 
 def test_state_names_the_flag_of_a_missing_certificate(etcd_endpoint, capsys):

@@ -1,6 +1,7 @@
 """The agent's runner without root or namespaces: a replayed capture started by the
 coordinator's own StartCapture, uploaded through a real in-process coordinator (memory store,
 a unix socket, the local sink), and the journal that brings it back after a restart."""
+
 from __future__ import annotations
 
 import asyncio
@@ -74,19 +75,34 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
         await server.start()
         channel = transport.aio_channel(socket_path, dedicated=True)
         try:
-            await service.create(name="pc", resource_group="rg", subscription="", params=pb.PacketCaptureParameters(
-                target="vm1", target_type="AzureVM", time_limit_in_seconds=1,
-                storage_location=pb.PacketCaptureStorageLocation(storage_id="local", file_path="/var/captures/pc.cap"),
-                filters=[pb.PacketCaptureFilter(protocol="UDP", local_port="5001")]))
+            await service.create(
+                name="pc",
+                resource_group="rg",
+                subscription="",
+                params=pb.PacketCaptureParameters(
+                    target="vm1",
+                    target_type="AzureVM",
+                    time_limit_in_seconds=1,
+                    storage_location=pb.PacketCaptureStorageLocation(storage_id="local", file_path="/var/captures/pc.cap"),
+                    filters=[pb.PacketCaptureFilter(protocol="UDP", local_port="5001")],
+                ),
+            )
             [start] = [m.start for m in recorder.sent if m.HasField("start")]
             assert (start.upload, start.keep_local, start.time_limit_s) == (True, True, 1)
 
             reports: list[fleet_pb2.CaptureProgress] = []
-            settings = AgentSettings(identity=IDENT, capture_root=str(tmp_path / "root"),
-                                     credentials=transport.ClientCredentials(token=token))
-            runner = CaptureRunner(settings, "replay0", data_stub=lambda: fleet_pb2_grpc.FleetStub(channel),
-                                   exclude_tcp=[], on_report=lambda cap: reports.append(cap.progress()),
-                                   open_source=ReplaySourceFactory(trace), addresses=lambda _: ["10.0.0.2"])  # the receiver
+            settings = AgentSettings(
+                identity=IDENT, capture_root=str(tmp_path / "root"), credentials=transport.ClientCredentials(token=token)
+            )
+            runner = CaptureRunner(
+                settings,
+                "replay0",
+                data_stub=lambda: fleet_pb2_grpc.FleetStub(channel),
+                exclude_tcp=[],
+                on_report=lambda cap: reports.append(cap.progress()),
+                open_source=ReplaySourceFactory(trace),
+                addresses=lambda _: ["10.0.0.2"],
+            )  # the receiver
             runner.recover()  # an empty journal
             runner.start(start)
             cap = runner.captures["pc"]
@@ -98,7 +114,8 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
             assert (status.packet_capture_status, status.stop_reason) == (Status.STOPPED, StopReason.TIME_EXCEEDED)
             assert [r.seq for r in pcaps.read(local).records] == list(range(len(udp)))
             assert sha256_file(stored_file) == sha256_file(local) == status.files[0].sha256
-            assert status.files[0].stored_sha256 == status.files[0].sha256 and status.files[0].upload_complete
+            assert status.files[0].stored_sha256 == status.files[0].sha256
+            assert status.files[0].upload_complete
             assert reports[-1].status.files[0].upload_complete  # the runner reported the commit
 
             # The journal brings the finished capture back as it was, after an agent restart.
@@ -128,8 +145,9 @@ def test_a_capture_cut_by_an_agent_death_comes_back_as_agent_stopped_with_whole_
     start = fleet_pb2.StartCapture(capture_name="cut", capture_id="cut@1", file_path="/var/captures/cut.cap")
     running = ActiveCapture(start, str(path))
     journal = Journal(CaptureRoot(str(root)))
-    running.session = CaptureSession(CaptureSpec(name="cut", capture_id="cut@1", interface="x", root=str(root),
-                                                 path=str(path), expression=""))
+    running.session = CaptureSession(
+        CaptureSpec(name="cut", capture_id="cut@1", interface="x", root=str(root), path=str(path), expression="")
+    )
     running.session.files = [CaptureFile(0, str(path), size=whole + 36)]
     running.session.counters.status = Status.RUNNING
     journal.write(running)
@@ -138,7 +156,10 @@ def test_a_capture_cut_by_an_agent_death_comes_back_as_agent_stopped_with_whole_
     status = cap.progress().status
     assert name == "cut"
     assert (status.packet_capture_status, status.stop_reason, list(status.packet_capture_error)) == (
-        Status.ERROR, StopReason.AGENT_STOPPED, [CaptureError.AGENT_STOPPED])
+        Status.ERROR,
+        StopReason.AGENT_STOPPED,
+        [CaptureError.AGENT_STOPPED],
+    )
     assert (status.packets_captured, status.bytes_captured, os.path.getsize(path)) == (4, whole, whole)
     assert repair_pcap(CaptureRoot(str(root)), str(path)) == (4, whole)  # already whole: nothing more is cut
 
@@ -151,36 +172,45 @@ def test_the_agent_refuses_a_start_outside_its_capture_root_and_writes_nothing_o
     root.mkdir()
     outside.mkdir()
     (root / "planted.cap").symlink_to(outside / "stolen.cap")  # dangling: a write through it lands outside
-    (root / "dir").symlink_to(outside)                         # a directory on the way is a link
+    (root / "dir").symlink_to(outside)  # a directory on the way is a link
 
     async def body() -> None:
         reports: list[pb.InstanceStatus] = []
-        runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
-                               data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
-                               on_report=lambda cap: reports.append(cap.progress().status),
-                               open_source=ReplaySourceFactory(str(tmp_path / "none.pcap")),
-                               addresses=lambda _: ["10.0.0.2"])
+        runner = CaptureRunner(
+            AgentSettings(identity=IDENT, capture_root=str(root)),
+            "replay0",
+            data_stub=lambda: None,
+            exclude_tcp=[],  # type: ignore[arg-type,return-value]
+            on_report=lambda cap: reports.append(cap.progress().status),
+            open_source=ReplaySourceFactory(str(tmp_path / "none.pcap")),
+            addresses=lambda _: ["10.0.0.2"],
+        )
         starts = {
             "esc": fleet_pb2.StartCapture(capture_name="esc", capture_id="1", file_path="/var/captures/../../etc/x.cap"),
-            "big": fleet_pb2.StartCapture(capture_name="big", capture_id="2", file_path="/var/captures/b.cap",
-                                          time_limit_s=18001),
-            "bpf": fleet_pb2.StartCapture(capture_name="bpf", capture_id="3", file_path="/var/captures/c.cap",
-                                          bpf_filter="udp " * 1025),
+            "big": fleet_pb2.StartCapture(capture_name="big", capture_id="2", file_path="/var/captures/b.cap", time_limit_s=18001),
+            "bpf": fleet_pb2.StartCapture(capture_name="bpf", capture_id="3", file_path="/var/captures/c.cap", bpf_filter="udp " * 1025),
             "link": fleet_pb2.StartCapture(capture_name="link", capture_id="4", file_path="/var/captures/planted.cap"),
             "dir": fleet_pb2.StartCapture(capture_name="dir", capture_id="5", file_path="/var/captures/dir/x.cap"),
         }
         for start in starts.values():
             runner.start(start)
-        await until("every capture to end", lambda: all(
-            c.session is None or c.session.done.is_set() for c in runner.captures.values()) and len(runner.captures) == 5)
+        await until(
+            "every capture to end",
+            lambda: all(c.session is None or c.session.done.is_set() for c in runner.captures.values()) and len(runner.captures) == 5,
+        )
         await asyncio.sleep(0)  # the last reports are delivered on the loop
         by_name = {n: c.progress().status for n, c in runner.captures.items()}
         assert {n: (s.packet_capture_status, list(s.packet_capture_error)) for n, s in by_name.items()} == {
-            "esc": (Status.ERROR, [CaptureError.CAPTURE_FAILED]), "big": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
+            "esc": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
+            "big": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
             "bpf": (Status.ERROR, [CaptureError.CAPTURE_FAILED]),
-            "link": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED]), "dir": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED])}
-        assert by_name["esc"].error_message == "the agent refused the capture: file path '/var/captures/../../etc/x.cap' " \
-                                               "must not contain '..' or NUL"
+            "link": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED]),
+            "dir": (Status.ERROR, [CaptureError.LOCAL_FILE_FAILED]),
+        }
+        assert (
+            by_name["esc"].error_message == "the agent refused the capture: file path '/var/captures/../../etc/x.cap' "
+            "must not contain '..' or NUL"
+        )
         assert by_name["big"].error_message == "the agent refused the capture: time limit 18001 s is out of range"
         assert "already exists; fleetcap never overwrites" in by_name["link"].error_message
         assert list(outside.iterdir()) == []  # nothing was written through either link
@@ -211,17 +241,23 @@ def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path)
 
                 def cancel(self):
                     pass
+
             return Call()
 
     async def body() -> None:
-        runner = CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
-                               data_stub=lambda: Stub(), exclude_tcp=[],  # type: ignore[arg-type,return-value]
-                               on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
-        start = fleet_pb2.StartCapture(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
-                                       keep_local=True)
+        runner = CaptureRunner(
+            AgentSettings(identity=IDENT, capture_root=str(root)),
+            "replay0",
+            data_stub=lambda: Stub(),
+            exclude_tcp=[],  # type: ignore[arg-type,return-value]
+            on_report=lambda cap: None,
+            addresses=lambda _: ["10.0.0.2"],
+        )
+        start = fleet_pb2.StartCapture(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap", keep_local=True)
         cap = ActiveCapture(start, str(root / "pc.cap"))
-        cap.session = CaptureSession(CaptureSpec(name="pc", capture_id="s1", interface="replay0", root=str(root),
-                                                 path=str(root / "pc.cap"), expression=""))
+        cap.session = CaptureSession(
+            CaptureSpec(name="pc", capture_id="s1", interface="replay0", root=str(root), path=str(root / "pc.cap"), expression="")
+        )
         cap.session.files = [CaptureFile(index=0, path=str(root / "pc.cap"), size=40, sha256="ab", closed=True)]
         runner.captures["pc"] = cap
         good = "0123456789abcdef" * 2
@@ -229,10 +265,8 @@ def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path)
             fleet_pb2.FetchFile(capture_name="other", capture_id="s1", file_path="/var/captures/pc.cap", fetch_id=good),
             fleet_pb2.FetchFile(capture_name="pc", capture_id="s0", file_path="/var/captures/pc.cap", fetch_id=good),
             fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/x.cap", fetch_id=good),
-            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/../../etc/shadow",
-                                fetch_id=good),
-            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
-                                fetch_id="../" + good[3:]),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/../../etc/shadow", fetch_id=good),
+            fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap", fetch_id="../" + good[3:]),
         ]
         for fetch in refused:
             runner.fetch(fetch)
@@ -242,13 +276,12 @@ def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path)
         runner.fetch(ok)  # both replicas may send it
         assert list(cap.fetches) == [good]
         await until("the upload to end", lambda: cap.fetches == {})
-        assert [(o.capture_name, o.capture_id, o.file_path, o.fetch_id) for o in opened] == [
-            ("pc", "s1", "/var/captures/pc.cap", good)]
+        assert [(o.capture_name, o.capture_id, o.file_path, o.fetch_id) for o in opened] == [("pc", "s1", "/var/captures/pc.cap", good)]
         # At most MAX_FETCHES at once: hold four, and the fifth is refused.
         cap.fetches.update({f"{i:032x}": asyncio.get_running_loop().create_future() for i in range(4)})
-        runner.fetch(fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap",
-                                         fetch_id="f" * 32))
+        runner.fetch(fleet_pb2.FetchFile(capture_name="pc", capture_id="s1", file_path="/var/captures/pc.cap", fetch_id="f" * 32))
         assert "f" * 32 not in cap.fetches
+
     asyncio.run(body())
 
 
@@ -256,10 +289,12 @@ def test_reconnects_are_spread_over_half_to_one_and_a_half_delays():
     import random
 
     from fleetcap.node_agent.control import RECONNECT_MAX_S, RECONNECT_MIN_S, jittered
+
     rng = random.Random(7)
     for delay in (RECONNECT_MIN_S, 1.0, RECONNECT_MAX_S):
         waits = [jittered(delay, rng) for _ in range(2000)]
-        assert delay * 0.5 <= min(waits) < delay * 0.55 and delay * 1.45 < max(waits) <= delay * 1.5
+        assert delay * 0.5 <= min(waits) < delay * 0.55
+        assert delay * 1.45 < max(waits) <= delay * 1.5
         # A thousand agents cut at once come back spread out: no tenth of the range holds more than 15 %.
         buckets = [0] * 10
         for w in waits:
@@ -271,21 +306,35 @@ def idle_runner(tmp_path) -> CaptureRunner:
     """A runner with a capture root and no coordinator: for what it does with a message."""
     root = tmp_path / "root"
     root.mkdir()
-    return CaptureRunner(AgentSettings(identity=IDENT, capture_root=str(root)), "replay0",
-                         data_stub=lambda: None, exclude_tcp=[],  # type: ignore[arg-type,return-value]
-                         on_report=lambda cap: None, addresses=lambda _: ["10.0.0.2"])
+    return CaptureRunner(
+        AgentSettings(identity=IDENT, capture_root=str(root)),
+        "replay0",
+        data_stub=lambda: None,
+        exclude_tcp=[],  # type: ignore[arg-type,return-value]
+        on_report=lambda cap: None,
+        addresses=lambda _: ["10.0.0.2"],
+    )
 
 
 def held(runner: CaptureRunner, name: str, **start: int) -> CaptureSession:
     """A capture the runner holds, session id s1, not started, with `start`'s settings."""
     from fleetcap.node_agent.capture.standby import Standby
+
     msg = fleet_pb2.StartCapture(capture_name=name, capture_id="s1", file_path=f"/var/captures/{name}.cap", **start)
     path = os.path.join(runner.root.root, f"{name}.cap")
     cap = ActiveCapture(msg, path)
-    cap.session = CaptureSession(CaptureSpec(
-        name=name, capture_id="s1", interface="replay0", root=runner.root.root, path=path, expression="",
-        standby=Standby(msg.standby_s, msg.standby_bytes) if msg.standby_s else None,
-        fleet_allowance=msg.fleet_allowance))
+    cap.session = CaptureSession(
+        CaptureSpec(
+            name=name,
+            capture_id="s1",
+            interface="replay0",
+            root=runner.root.root,
+            path=path,
+            expression="",
+            standby=Standby(msg.standby_s, msg.standby_bytes) if msg.standby_s else None,
+            fleet_allowance=msg.fleet_allowance,
+        )
+    )
     runner.captures[name] = cap
     return cap.session
 
@@ -303,38 +352,50 @@ def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
     rec = held(runner, "rec", standby_s=30, standby_bytes=8 << 20)
     plain = held(runner, "plain")
     now_ms = int(time.time() * 1000)
-    for t in (fleet_pb2.TriggerCapture(capture_name="other", capture_id="s1", trigger_time_ms=now_ms),
-              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s0", trigger_time_ms=now_ms),
-              fleet_pb2.TriggerCapture(capture_name="plain", capture_id="s1", trigger_time_ms=now_ms),
-              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=18001),
-              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=-1),
-              fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=0)):
+    for t in (
+        fleet_pb2.TriggerCapture(capture_name="other", capture_id="s1", trigger_time_ms=now_ms),
+        fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s0", trigger_time_ms=now_ms),
+        fleet_pb2.TriggerCapture(capture_name="plain", capture_id="s1", trigger_time_ms=now_ms),
+        fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=18001),
+        fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=-1),
+        fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=0),
+    ):
         runner.trigger(t)
     assert (rec._trigger, plain._trigger, rec.counters.trigger_time) == (None, None, "")
-    runner.trigger(fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms + 86_400_000,
-                                            after_s=600, source="ops\n\x1b[2Jx"))
-    assert rec._trigger is not None and rec._trigger.at <= time.time() and rec._trigger.after_s == 600
+    runner.trigger(
+        fleet_pb2.TriggerCapture(
+            capture_name="rec", capture_id="s1", trigger_time_ms=now_ms + 86_400_000, after_s=600, source="ops\n\x1b[2Jx"
+        )
+    )
+    assert rec._trigger is not None
+    assert rec._trigger.at <= time.time()
+    assert rec._trigger.after_s == 600
     assert rec.counters.trigger_source == "ops[2Jx"
     first = rec._trigger
     runner.trigger(fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=1))
     assert rec._trigger is first
     rec.stop(StopReason.STOPPED_BY_USER)  # its timer would end it in 600 s
 
-    base = dict(capture_name="r", capture_id="s", file_path="/var/captures/r.cap")
+    base = {"capture_name": "r", "capture_id": "s", "file_path": "/var/captures/r.cap"}
     assert start_problem(fleet_pb2.StartCapture(**base, standby_s=30, standby_bytes=8 << 20)) == ""
-    for bad in (dict(standby_s=3601, standby_bytes=8 << 20), dict(standby_s=30, standby_bytes=(8 << 20) - 1),
-                dict(standby_s=30, standby_bytes=8 << 20, continuous=True, file_size=1 << 20, file_count=2),
-                dict(standby_s=-5, standby_bytes=8 << 20)):
+    for bad in (
+        {"standby_s": 3601, "standby_bytes": 8 << 20},
+        {"standby_s": 30, "standby_bytes": (8 << 20) - 1},
+        {"standby_s": 30, "standby_bytes": 8 << 20, "continuous": True, "file_size": 1 << 20, "file_count": 2},
+        {"standby_s": -5, "standby_bytes": 8 << 20},
+    ):
         assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("flight recorder:"), bad
 
 
 def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_path):
     runner = idle_runner(tmp_path)
     budgeted, plain = held(runner, "bud", fleet_allowance=1000), held(runner, "plain")
-    for g in (fleet_pb2.BudgetGrant(capture_name="other", capture_id="s1", granted=5),
-              fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s0", granted=5),
-              fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=-500),
-              fleet_pb2.BudgetGrant(capture_name="plain", capture_id="s1", granted=5, exhausted=True)):
+    for g in (
+        fleet_pb2.BudgetGrant(capture_name="other", capture_id="s1", granted=5),
+        fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s0", granted=5),
+        fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=-500),
+        fleet_pb2.BudgetGrant(capture_name="plain", capture_id="s1", granted=5, exhausted=True),
+    ):
         runner.budget_grant(g)
     assert (budgeted._allowance, budgeted._exhausted, plain._allowance, plain._exhausted) == (1000, False, 0, False)
     runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=500))
@@ -342,8 +403,12 @@ def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_pat
     runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", exhausted=True))
     assert (budgeted._allowance, budgeted._exhausted) == (1500, True)
     from fleetcap.node_agent.runner import start_problem
-    base = dict(capture_name="r", capture_id="s", file_path="/var/captures/r.cap")
+
+    base = {"capture_name": "r", "capture_id": "s", "file_path": "/var/captures/r.cap"}
     assert start_problem(fleet_pb2.StartCapture(**base, fleet_allowance=1 << 20)) == ""
-    for bad in (dict(fleet_allowance=-1), dict(fleet_allowance=(1 << 50) + 1),
-                dict(fleet_allowance=1 << 20, standby_s=30, standby_bytes=8 << 20)):
+    for bad in (
+        {"fleet_allowance": -1},
+        {"fleet_allowance": (1 << 50) + 1},
+        {"fleet_allowance": 1 << 20, "standby_s": 30, "standby_bytes": 8 << 20},
+    ):
         assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("fleet budget:"), bad

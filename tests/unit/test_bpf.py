@@ -1,4 +1,5 @@
 """Filter parsing rules, and the compiled BPF against a plain-Python reference matcher."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -13,20 +14,22 @@ from fleetcap.core.libpcap import CompiledFilter, PcapError, check_filter
 LOCAL4, LOCAL6 = "10.1.0.5", "fd00::5"
 
 
-@pytest.mark.parametrize("field,value,rule", [
-    ("localPort", "80-85;90", "a range mixed with a list"),
-    ("localPort", "80-85-90", "not a port"),
-    ("remotePort", "70000", "not a port"),
-    ("remotePort", "90-80", "starts above its end"),
-    ("localPort", "80;;81", "empty entry"),
-    ("localIPAddress", "10.0.0.1-10.0.0.9;10.0.0.20", "a range mixed with a list"),
-    ("remoteIPAddress", "10.0.0.300", "not an IP address"),
-    ("remoteIPAddress", "10.0.0.9-10.0.0.1", "starts above its end"),
-    ("remoteIPAddress", "10.0.0.1-fd00::1", "mixes IPv4 and IPv6"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("localPort", "80-85;90", "a range mixed with a list"),
+        ("localPort", "80-85-90", "not a port"),
+        ("remotePort", "70000", "not a port"),
+        ("remotePort", "90-80", "starts above its end"),
+        ("localPort", "80;;81", "empty entry"),
+        ("localIPAddress", "10.0.0.1-10.0.0.9;10.0.0.20", "a range mixed with a list"),
+        ("remoteIPAddress", "10.0.0.300", "not an IP address"),
+        ("remoteIPAddress", "10.0.0.9-10.0.0.1", "starts above its end"),
+        ("remoteIPAddress", "10.0.0.1-fd00::1", "mixes IPv4 and IPv6"),
+    ],
+)
 def test_forbidden_forms_name_the_filter_and_field(field, value, rule):
-    kwargs = {"localPort": "local_port", "remotePort": "remote_port", "localIPAddress": "local_ip",
-              "remoteIPAddress": "remote_ip"}
+    kwargs = {"localPort": "local_port", "remotePort": "remote_port", "localIPAddress": "local_ip", "remoteIPAddress": "remote_ip"}
     with pytest.raises(filters.FilterError) as e:
         filters.parse_filter(2, protocol="TCP", **{kwargs[field]: value})
     assert e.value.field == f"filters[2].{field}"
@@ -43,11 +46,14 @@ def test_all_empty_filter_and_bad_protocol_and_icmp_ports_are_rejected():
 
 
 def test_accepted_forms():
-    f = filters.parse_filter(0, protocol="tcp", local_ip="10.0.0.1;10.0.0.5;", remote_ip="10.0.0.0/30",
-                         local_port="80;443;", remote_port="1000-2000")
+    f = filters.parse_filter(
+        0, protocol="tcp", local_ip="10.0.0.1;10.0.0.5;", remote_ip="10.0.0.0/30", local_port="80;443;", remote_port="1000-2000"
+    )
     assert f.protocol == "TCP"
-    assert f.local_ip.contains("10.0.0.5") and not f.local_ip.contains("10.0.0.2")
-    assert f.remote_ip.contains("10.0.0.3") and not f.remote_ip.contains("10.0.0.4")
+    assert f.local_ip.contains("10.0.0.5")
+    assert not f.local_ip.contains("10.0.0.2")
+    assert f.remote_ip.contains("10.0.0.3")
+    assert not f.remote_ip.contains("10.0.0.4")
     assert f.local_port.ranges == ((80, 80), (443, 443))
     assert f.remote_port.ranges == ((1000, 2000),)
     r = filters.parse_filter(0, remote_ip="10.0.0.1-10.0.0.6")
@@ -57,8 +63,10 @@ def test_accepted_forms():
 def test_expression_for_a_typical_filter():
     f = filters.parse_filter(0, protocol="UDP", local_port="5001")
     expr = filters.capture_expression([f], [LOCAL4], exclude_tcp=[("10.1.0.1", 7770)])
-    assert expr == ("((udp and ((src host 10.1.0.5 and src port 5001) or (dst host 10.1.0.5 and dst port 5001))))"
-                    " and not (tcp and host 10.1.0.1 and port 7770)")
+    assert expr == (
+        "((udp and ((src host 10.1.0.5 and src port 5001) or (dst host 10.1.0.5 and dst port 5001))))"
+        " and not (tcp and host 10.1.0.1 and port 7770)"
+    )
     check_filter(expr)
 
 
@@ -82,12 +90,16 @@ def frame(proto: str, src: str, dst: str, sport: int, dport: int) -> bytes:
         l4 = dpkt.udp.UDP(sport=sport, dport=dport, data=b"x" * 10)
         l4.ulen = len(l4)
     else:
-        l4 = (dpkt.icmp6.ICMP6(type=128, data=b"\0\0\0\0ping") if v6 else
-              dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1, data=b"ping")))
+        l4 = (
+            dpkt.icmp6.ICMP6(type=128, data=b"\0\0\0\0ping")
+            if v6
+            else dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1, data=b"ping"))
+        )
     p = {"TCP": 6, "UDP": 17, "ICMP": 58 if v6 else 1}[proto]
     if v6:
-        ip = dpkt.ip6.IP6(src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, nxt=p, hlim=64,
-                          data=l4, plen=len(bytes(l4)))
+        ip = dpkt.ip6.IP6(
+            src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, nxt=p, hlim=64, data=l4, plen=len(bytes(l4))
+        )
         etype = dpkt.ethernet.ETH_TYPE_IP6
     else:
         ip = dpkt.ip.IP(src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, p=p, ttl=64, data=l4)
@@ -98,14 +110,17 @@ def frame(proto: str, src: str, dst: str, sport: int, dport: int) -> bytes:
 
 def reference(filters: list[filters.Filter], locals_: list[str], proto: str, src: str, dst: str, sport: int, dport: int) -> bool:
     """Azure's semantics written plainly: some filter matches with the instance on one side."""
+
     def side_ok(f: filters.Filter, here_ip, here_port, there_ip, there_port) -> bool:
         if here_ip not in locals_:
             return False
         ported = proto in ("TCP", "UDP")
-        return ((f.local_ip is None or f.local_ip.contains(here_ip))
-                and (f.remote_ip is None or f.remote_ip.contains(there_ip))
-                and (f.local_port is None or (ported and f.local_port.contains(here_port)))
-                and (f.remote_port is None or (ported and f.remote_port.contains(there_port))))
+        return (
+            (f.local_ip is None or f.local_ip.contains(here_ip))
+            and (f.remote_ip is None or f.remote_ip.contains(there_ip))
+            and (f.local_port is None or (ported and f.local_port.contains(here_port)))
+            and (f.remote_port is None or (ported and f.remote_port.contains(there_port)))
+        )
 
     for f in filters:
         if f.protocol not in ("Any", proto):
@@ -147,9 +162,13 @@ def test_compiled_bpf_matches_reference_semantics():
         chosen = []
         for i in range(rng.randint(1, 3)):
             v6 = rng.random() < 0.3
-            fields = dict(protocol=rng.choice(["TCP", "UDP", "Any", "ICMP"]),
-                          local_ip=random_field(rng, "ip", v6), remote_ip=random_field(rng, "ip", v6),
-                          local_port=random_field(rng, "port", v6), remote_port=random_field(rng, "port", v6))
+            fields = {
+                "protocol": rng.choice(["TCP", "UDP", "Any", "ICMP"]),
+                "local_ip": random_field(rng, "ip", v6),
+                "remote_ip": random_field(rng, "ip", v6),
+                "local_port": random_field(rng, "port", v6),
+                "remote_port": random_field(rng, "port", v6),
+            }
             if fields["protocol"] == "ICMP":
                 fields["local_port"] = fields["remote_port"] = ""
             if fields["protocol"] == "Any" and not any(fields[k] for k in ("local_ip", "remote_ip", "local_port", "remote_port")):
@@ -168,7 +187,8 @@ def test_compiled_bpf_matches_reference_semantics():
                 checked += 1
                 matched += want
     # The generator must exercise both outcomes substantially, or the test proves nothing.
-    assert checked == 4800 and 400 < matched < 4400
+    assert checked == 4800
+    assert 400 < matched < 4400
 
 
 def test_a_filter_that_can_never_match_compiles_and_matches_nothing():

@@ -1,5 +1,6 @@
 """A capture file is the file the agent created: renamed and replaced, hard-linked or swapped for
 a FIFO, it is refused on every later open (node_agent/capture/capture_root.py)."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """docs/cli.md against the parser: every verb and every flag the doc names exists, and every
 flag of every capture verb is in the doc. A flag added without its line, or a doc line for a flag
 that is gone, fails here."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,14 @@ CAPTURE = subparsers(subparsers(PARSER)["capture"])
 def section(title: str) -> str:
     start = DOC.index(f"## {title}")
     end = DOC.find("\n## ", start + 1)
-    return DOC[start:end if end > 0 else None]
+    return DOC[start : end if end > 0 else None]
 
 
 def fleetcap_column(text: str) -> list[str]:
     """The second cell of each table row."""
-    return [row.split("|")[2].strip() for row in text.splitlines()
-            if row.startswith("|") and not row.startswith("|---") and row.count("|") >= 4]
+    return [
+        row.split("|")[2].strip() for row in text.splitlines() if row.startswith("|") and not row.startswith("|---") and row.count("|") >= 4
+    ]
 
 
 def test_every_verb_the_doc_names_exists():
@@ -49,16 +51,16 @@ def test_every_create_flag_the_doc_names_exists_and_every_one_is_named():
     text = section("`create` flags")
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(fleetcap_column(text))))
     assert named - set(create._option_string_actions) == set()
-    own = {o for a in create._actions if a.help != argparse.SUPPRESS for o in a.option_strings
-           if o.startswith("--") and o != "--help"}
+    own = {o for a in create._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--") and o != "--help"}
     missing = {o for o in own if f"`{o}`" not in DOC and f"{o} " not in DOC and f"{o}`" not in DOC}
     assert missing == set(), f"create flags not in docs/cli.md: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("verb", sorted(set(CAPTURE) - {"create"}))
 def test_every_flag_of_every_other_verb_is_in_the_doc(verb):
-    own = {o for a in CAPTURE[verb]._actions if a.help != argparse.SUPPRESS for o in a.option_strings
-           if o.startswith("--") and o != "--help"}
+    own = {
+        o for a in CAPTURE[verb]._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--") and o != "--help"
+    }
     missing = {o for o in own if o not in DOC}
     assert missing == set(), f"capture {verb} flags not in docs/cli.md: {sorted(missing)}"
 
@@ -77,6 +79,7 @@ def test_every_command_has_examples_and_each_one_parses():
     import shlex
 
     from fleetcap.clients.cli import EXAMPLES
+
     assert sorted(EXAMPLES) == sorted(leaves(PARSER))
     for key, examples in EXAMPLES.items():
         assert examples, key
@@ -92,6 +95,7 @@ def test_every_command_has_examples_and_each_one_parses():
 
 def test_the_config_example_in_the_doc_applies(tmp_path):
     from fleetcap.clients.cli import apply_config
+
     example = section("The `fleetcap` command") if "## The `fleetcap` command" in DOC else DOC
     toml = re.search(r"```toml\n(.*?)```", example, re.S).group(1)
     (tmp_path / "f.toml").write_text(toml)
@@ -100,8 +104,13 @@ def test_the_config_example_in_the_doc_applies(tmp_path):
     apply_config(parser, argv)
     agent = parser.parse_args([*argv, "agent"])
     assert (agent.coordinator, agent.vmss, agent.instance_id, agent.tls_ca) == (
-        "coord.example:7771", "web", "3", "/etc/fleetcap/tls/ca.pem")
+        "coord.example:7771",
+        "web",
+        "3",
+        "/etc/fleetcap/tls/ca.pem",
+    )
     coord = parser.parse_args([*argv, "coordinator"])
-    assert coord.etcd == "https://10.0.0.11:2379,https://10.0.0.12:2379" and coord.log_format == "json"
+    assert coord.etcd == "https://10.0.0.11:2379,https://10.0.0.12:2379"
+    assert coord.log_format == "json"
     create = parser.parse_args([*argv, "capture", "create", "-n", "pc1", "--vm", "vm1"])
     assert (create.time_limit, create.coordinator) == (300, "coord.example:7770")

@@ -1,4 +1,5 @@
 """Every flag that the systemd units and Kubernetes manifests pass to fleetcap exists in the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def options_of(command: str) -> set[str]:
     return set(sub._option_string_actions) | set(parser._option_string_actions)
 
 
-@pytest.mark.parametrize("path,command", sorted(FILES.items()))
+@pytest.mark.parametrize(("path", "command"), sorted(FILES.items()))
 def test_every_flag_exists(path, command):
     text = (DEPLOY / path).read_text()
     # The fleetcap command line only: from "fleetcap <command>" (or the args list) to its end.
@@ -38,6 +39,7 @@ def test_every_flag_exists(path, command):
 
 def manifests() -> list[dict]:
     import yaml
+
     docs = []
     for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
         if path.name != "kustomization.yaml":
@@ -67,7 +69,9 @@ def test_every_kubernetes_workload_is_locked_down():
     assert coordinator["readinessProbe"]["grpc"] == {"port": health_port, "service": "fleetcap.v1.PacketCaptures"}
     assert coordinator["livenessProbe"]["grpc"] == {"port": health_port}
     etcd = " ".join(workloads["fleetcap-etcd"]["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert "http://" not in etcd and "--client-cert-auth" in etcd and "--peer-client-cert-auth" in etcd
+    assert "http://" not in etcd
+    assert "--client-cert-auth" in etcd
+    assert "--peer-client-cert-auth" in etcd
     # The replicas share the local storage account's directory (docs/operations.md).
     storage_dir = coordinator["args"][coordinator["args"].index("--storage-dir") + 1]
     mount = next(m for m in coordinator["volumeMounts"] if m["mountPath"] == storage_dir)
@@ -97,6 +101,7 @@ def test_systemd_units_verify(tmp_path):
     import shutil
     import subprocess
     import sys
+
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze (Debian's systemd) is needed; run make setup"
     fleetcap = str(pathlib.Path(sys.executable).with_name("fleetcap"))
@@ -116,6 +121,7 @@ def kustomize(directory: pathlib.Path) -> list[dict]:
     import sys
 
     import yaml
+
     kubectl = shutil.which("kubectl", path=str(pathlib.Path(sys.executable).parent))
     assert kubectl, "kubectl comes with `make setup` (from Debian's kubernetes-client package, into .venv/bin)"
     r = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
@@ -136,10 +142,17 @@ def test_the_kustomize_base_renders_every_manifest():
 def test_an_overlay_sets_the_image_and_keeps_the_rest(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(
         f"bases: [{os.path.relpath(DEPLOY / 'kubernetes', tmp_path)}]\n"  # kubectl 1.20's kustomize; newer ones also take resources:
-        "images: [{name: fleetcap, newName: registry.example/fleetcap, newTag: 0.2.0}]\n")
+        "images: [{name: fleetcap, newName: registry.example/fleetcap, newTag: 0.2.0}]\n"
+    )
     rendered = kustomize(tmp_path)
-    images = sorted({c["image"] for d in rendered if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
-                     for c in d["spec"]["template"]["spec"]["containers"]})
+    images = sorted(
+        {
+            c["image"]
+            for d in rendered
+            if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
+            for c in d["spec"]["template"]["spec"]["containers"]
+        }
+    )
     assert images == ["quay.io/coreos/etcd:v3.4.23", "registry.example/fleetcap:0.2.0"]
     assert len(rendered) == len(manifests())
 
@@ -150,6 +163,7 @@ def test_the_shipped_etcd_compacts_its_history(path):
     refuses every write (docs/operations.md, "Compaction"); the embedded etcd's own flags are
     tested against a real etcd in tests/integration/test_etcd_compaction.py."""
     from fleetcap.coordinator.state.embedded_etcd import COMPACTION_RETENTION
+
     words = (DEPLOY / path).read_text().replace("\\\n", " ").split()
     assert words[words.index("--auto-compaction-mode") + 1] == "periodic"
     assert words[words.index("--auto-compaction-retention") + 1] == COMPACTION_RETENTION

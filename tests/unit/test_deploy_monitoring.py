@@ -3,6 +3,7 @@ tests (alerts_test.yaml: each alert fires on the series that should fire it and 
 healthy ones), the scrape configuration is valid, every query of the rules and of the dashboard
 parses and names only metrics that the daemons serve (docs/operations.md's table, itself checked
 against /metrics by the integration tests), and every alert has its runbook row in the docs."""
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,7 @@ def test_rules_and_dashboard_name_only_metrics_the_daemons_serve():
     assert named - known_series() == set()
     # Every fleetcap family is on the dashboard.
     board = set().union(*(metric_names(e) for e in dashboard_queries()))
-    families = {n for n in documented()}
+    families = set(documented())
     shown = {n for n in families if n in board or any(n + s in board for s in HISTOGRAM_SERIES)}
     assert families - shown == set()
 
@@ -101,9 +102,16 @@ def test_rules_and_dashboard_name_only_metrics_the_daemons_serve():
 def test_every_dashboard_query_parses(tmp_path):
     # promtool parses each query as a recording rule ($__rate_interval is Grafana's; 5m here).
     queries = dashboard_queries()
-    group = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"fleetcap:panel_query_{i}", "expr": q.replace("$__rate_interval", "5m")}
-        for i, q in enumerate(queries)]}]}
+    group = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"fleetcap:panel_query_{i}", "expr": q.replace("$__rate_interval", "5m")} for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
     (tmp_path / "queries.yaml").write_text(yaml.safe_dump(group))
     r = promtool("check", "rules", str(tmp_path / "queries.yaml"))
     assert r.returncode == 0 and f"SUCCESS: {len(queries)} rules found" in r.stdout, r.stdout + r.stderr

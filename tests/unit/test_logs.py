@@ -1,4 +1,5 @@
 """Log lines cannot be forged, cannot grow without bound and never carry a secret (fleetcap.core.logs)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ FORGED = "x\n2026-12-08 00:00:00,000 INFO fleetcap.audit: principal=token:t-admi
 def test_a_name_with_a_newline_cannot_start_a_line_of_its_own():
     line = logs.SafeFormatter().format(_record("principal=%s method=Get capture=%s", "-", FORGED))
     assert "\n" not in line
-    assert line.endswith("capture=x\\n2026-12-08 00:00:00,000 INFO fleetcap.audit: principal=token:t-admin "
-                         "method=Delete capture=pc decision=allowed")
+    assert line.endswith(
+        "capture=x\\n2026-12-08 00:00:00,000 INFO fleetcap.audit: principal=token:t-admin method=Delete capture=pc decision=allowed"
+    )
     assert json.loads(logs.JsonLogFormatter().format(_record("%s", FORGED)))["message"] == FORGED.replace("\n", "\\n")
 
 
@@ -45,14 +47,10 @@ def test_a_huge_value_is_cut_and_says_how_much_was_left_out():
 
 def test_secrets_are_redacted_in_every_shape_the_sdks_log_them():
     cases = {
-        "Request URL: 'https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=rw&sig=abc%2Bdef%3D'":
-            "Request URL: 'https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=rw&sig=REDACTED'",
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02x==;BlobEndpoint=x":
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=REDACTED;BlobEndpoint=x",
-        "BlobEndpoint=https://h/;SharedAccessSignature=sv=2022&sig=zz":
-            "BlobEndpoint=https://h/;SharedAccessSignature=REDACTED",
-        "S3Endpoint=https://h:9000;Bucket=b;AccessKeyId=K;SecretAccessKey=s3cr3t/x+y":
-            "S3Endpoint=https://h:9000;Bucket=b;AccessKeyId=K;SecretAccessKey=REDACTED",
+        "Request URL: 'https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=rw&sig=abc%2Bdef%3D'": "Request URL: 'https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=rw&sig=REDACTED'",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02x==;BlobEndpoint=x": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=REDACTED;BlobEndpoint=x",  # noqa: E501
+        "BlobEndpoint=https://h/;SharedAccessSignature=sv=2022&sig=zz": "BlobEndpoint=https://h/;SharedAccessSignature=REDACTED",
+        "S3Endpoint=https://h:9000;Bucket=b;AccessKeyId=K;SecretAccessKey=s3cr3t/x+y": "S3Endpoint=https://h:9000;Bucket=b;AccessKeyId=K;SecretAccessKey=REDACTED",
         "'Authorization': 'Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln'": "'Authorization': 'Bearer REDACTED'",
         "token fct_Zm9vYmFyYmF6cXV4 refused": "token REDACTED refused",
         "etcd at https://root:hunter2@10.0.0.1:2379": "etcd at https://root:REDACTED@10.0.0.1:2379",
@@ -66,7 +64,8 @@ def test_a_traceback_keeps_its_lines_each_indented_under_the_record():
     text = logs.SafeFormatter().format(_record("failed", exc=True))
     head, *rest = text.split("\n")
     assert head.endswith("fleetcap.audit: failed")
-    assert rest and all(line.startswith("  | ") for line in rest)
+    assert rest
+    assert all(line.startswith("  | ") for line in rest)
     # The exception's own newline splits its message; both parts are indented.
     assert rest[-2:] == ["  | ValueError: bad", "  | fleetcap.audit: principal=token:t-admin method=Delete"]
 
@@ -74,5 +73,6 @@ def test_a_traceback_keeps_its_lines_each_indented_under_the_record():
 @given(st.text(max_size=3000))
 def test_any_value_makes_one_bounded_line(value):
     line = logs.SafeFormatter().format(_record("name=%s", value))
-    assert "\n" not in line and "\r" not in line
+    assert "\n" not in line
+    assert "\r" not in line
     assert len(line) < 6 * logs.MAX_MESSAGE_CHARS + 100

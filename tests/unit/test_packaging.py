@@ -1,4 +1,5 @@
 """What the wheel installs: every package of the layout under fleetcap., and nothing else."""
+
 from __future__ import annotations
 
 import pathlib

@@ -1,5 +1,6 @@
 """Presence (coordinator/fleet/presence.py): registrations written in batches, and silence judged
 net of the replica's own lateness."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,6 +40,7 @@ def record(i: int) -> state_pb2.AgentRecord:
 def test_a_storm_of_registrations_is_a_few_transactions():
     """250 agents connecting at once: every record in etcd, under the replica's one lease, in
     ceil(250 / AGENT_BATCH) = 3 transactions (one per agent overloaded etcd at 10,000)."""
+
     async def body():
         kv = CountingKV()
         presence = Presence(Store(kv), ttl_s=10)
@@ -48,23 +50,27 @@ def test_a_storm_of_registrations_is_a_few_transactions():
         assert stored == {f"local/rg/vmss/web/{i}": record(i) for i in range(250)}
         assert {kv._data[keys.agent(k)][2] for k in stored} == {presence._lease}
         await presence.close()
+
     asyncio.run(body())
 
 
 def test_a_failed_batch_fails_its_agents_and_the_next_one_is_written():
     """etcd fails one transaction: each agent of that batch gets the error (its stream is refused,
     it reconnects), its record is released; the agents after it are registered."""
+
     async def body():
         kv = CountingKV()
         kv.failures = 1
         presence = Presence(Store(kv), ttl_s=10)
-        results = await asyncio.gather(*(presence.register(f"local/rg/vmss/web/{i}", record(i)) for i in range(150)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(presence.register(f"local/rg/vmss/web/{i}", record(i)) for i in range(150)), return_exceptions=True
+        )
         assert [type(r).__name__ for r in results[:AGENT_BATCH]] == ["StoreUnavailable"] * AGENT_BATCH
         assert results[AGENT_BATCH:] == [None] * (150 - AGENT_BATCH)
         assert sorted(await Store(kv).list_agents()) == sorted(f"local/rg/vmss/web/{i}" for i in range(AGENT_BATCH, 150))
         assert sorted(presence._records) == sorted(f"local/rg/vmss/web/{i}" for i in range(AGENT_BATCH, 150))
         await presence.close()
+
     asyncio.run(body())
 
 
@@ -76,6 +82,7 @@ def test_an_agent_twice_in_one_batch_keeps_its_newest_record():
         assert kv.transactions == 1
         assert await Store(kv).list_agents() == {"local/rg/vm/a": record(2)}
         await presence.close()
+
     asyncio.run(body())
 
 
@@ -85,7 +92,7 @@ def test_loop_lag_keeps_the_worst_lateness_of_its_window():
     lag.note(101.0, 3.0)
     lag.note(102.0, 0.5)
     assert lag.recent(105.0) == 3.0
-    assert lag.recent(111.5) == 0.5   # the 3 s sample left the window, the later 0.5 s did not
+    assert lag.recent(111.5) == 0.5  # the 3 s sample left the window, the later 0.5 s did not
     assert lag.recent(112.5) == 0.0
 
 
@@ -101,6 +108,7 @@ def test_a_replica_late_by_its_own_fault_gives_its_agents_that_much_longer(monke
         def silent(seconds: float) -> list[str]:
             allowed.append(seconds)
             return []
+
         runner = asyncio.ensure_future(presence.run(silent))
         await asyncio.sleep(0.4)
         time.sleep(1.5)  # noqa: ASYNC251 (the point: the whole loop stalls)
@@ -109,6 +117,7 @@ def test_a_replica_late_by_its_own_fault_gives_its_agents_that_much_longer(monke
         with pytest.raises(asyncio.CancelledError):
             await runner
         await presence.close()
+
     asyncio.run(body())
-    assert 1.0 <= allowed[0] < 1.2           # before the stall: the TTL (and timer jitter)
-    assert max(allowed) >= 1.0 + 1.4         # after it: the TTL and the stall
+    assert 1.0 <= allowed[0] < 1.2  # before the stall: the TTL (and timer jitter)
+    assert max(allowed) >= 1.0 + 1.4  # after it: the TTL and the stall

@@ -1,4 +1,5 @@
 """The capture service on the memory store: dispatch, progress under the state machine, quota."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,9 +30,9 @@ class Recorder:
 
 
 def params(**kw):
-    return pb.PacketCaptureParameters(target="web", target_type="AzureVMSS",
-                                      storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap"),
-                                      **kw)
+    return pb.PacketCaptureParameters(
+        target="web", target_type="AzureVMSS", storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap"), **kw
+    )
 
 
 async def setup(tmp_path, max_captures=10000):
@@ -45,8 +46,11 @@ async def setup(tmp_path, max_captures=10000):
 
 
 def progress(svc_record, status, reason=""):
-    return fleet_pb2.CaptureProgress(capture_name=svc_record.name, capture_id=f"{svc_record.id}@{svc_record.created_time}",
-                                     status=pb.InstanceStatus(packet_capture_status=status, stop_reason=reason))
+    return fleet_pb2.CaptureProgress(
+        capture_name=svc_record.name,
+        capture_id=f"{svc_record.id}@{svc_record.created_time}",
+        status=pb.InstanceStatus(packet_capture_status=status, stop_reason=reason),
+    )
 
 
 def test_dispatch_progress_and_quota(tmp_path):
@@ -55,8 +59,10 @@ def test_dispatch_progress_and_quota(tmp_path):
         first = await svc.create(name="a", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
         starts = [(k, m.start) for k, m in rec.sent]
         assert [k for k, _ in starts] == ["local/rg/vmss/web/0", "local/rg/vmss/web/1"]
-        assert all(s.time_limit_s == 5 and s.total_bytes == 1073741824 and s.file_path == "/var/captures/a.cap"
-                   and not s.upload and s.keep_local for _, s in starts)
+        assert all(
+            s.time_limit_s == 5 and s.total_bytes == 1073741824 and s.file_path == "/var/captures/a.cap" and not s.upload and s.keep_local
+            for _, s in starts
+        )
         with pytest.raises(ResourceExhausted, match="1 captures are running, the limit is 1"):
             await svc.create(name="b", resource_group="rg", subscription="", params=params())
         for i in range(2):
@@ -74,8 +80,10 @@ def test_dispatch_progress_and_quota(tmp_path):
         await svc.stop("b")  # idempotent: the resource does not change; stops are re-sent to be sure
         assert (await svc.get("b")).etag == etag
         stops = [m.stop for _, m in rec.sent if m.HasField("stop")]
-        assert {s.reason for s in stops} == {"StoppedByUser"} and len(stops) == 4
+        assert {s.reason for s in stops} == {"StoppedByUser"}
+        assert len(stops) == 4
         await svc.store.close()
+
     asyncio.run(body())
 
 
@@ -122,12 +130,14 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
         pending = asyncio.ensure_future(stream.__anext__())  # the stream goes on: nothing more to send
         await asyncio.sleep(0.1)
         [inst] = [i for i in await svc.store.get_instances("h") if i.instance_key == key]
-        assert inst.status.files[0].upload_complete and inst.status.files[0].uploaded_bytes == 100
+        assert inst.status.files[0].upload_complete
+        assert inst.status.files[0].uploaded_bytes == 100
         pending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pending
         await stream.aclose()
         await svc.store.close()
+
     asyncio.run(body())
 
 
@@ -137,6 +147,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
     and stops the capture everywhere; a request from an instance the capture does not target, or
     for another session of the name, is refused."""
     from fleetcap.coordinator import budget
+
     monkeypatch.setattr(budget, "RETURN_WAIT_S", 0.05)
 
     async def body():
@@ -156,6 +167,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
 
         def req(need, capture_id=sid, name="b"):
             return fleet_pb2.BudgetRequest(capture_name=name, capture_id=capture_id, used=0, need=need)
+
         rec.sent.clear()
         await svc.budget_request(k0, req(0))  # ahead of time: a quarter of what is left over two instances
         assert grants() == [(k0, (limit // 2) // 4, False)]
@@ -163,7 +175,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
         await svc.budget_request(k0, req(100, capture_id="other-session"))
         await svc.budget_request(k0, req(100, name="nope"))
         assert grants() == []
-        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=10 ** 12))
+        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=10**12))
         b = await svc.store.update_budget("b", lambda r: False)
         assert (b.allowance[k1], b.granted) == (0, limit // 4 + (limit // 2) // 4)  # all of it back, never more
         await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=-5))
@@ -172,7 +184,8 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
             await svc.budget_request(k0, req(1000))
             [(_, g, exhausted)] = grants()
             b = await svc.store.update_budget("b", lambda r: False)
-            assert b.granted <= limit and b.allowance[k0] + b.allowance[k1] == b.granted
+            assert b.granted <= limit
+            assert b.allowance[k0] + b.allowance[k1] == b.granted
             if exhausted:
                 break
             assert g >= 1000
@@ -181,6 +194,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
         assert record.stop_requested == "FleetBytesExceeded"
         await svc.budget_request(k0, req(1))  # spent: the answer is at once
         assert [(k, g, e) for k, g, e in grants()] == [(k0, 0, True)]
+
     asyncio.run(body())
 
 
@@ -189,6 +203,7 @@ def test_a_report_whose_waiter_went_away_is_applied_with_its_whole_batch(tmp_pat
     the report is still applied, and so is every other report of the same batch. (Found by the
     chaos soak: the cancelled waiter's future made the batch raise, and the other agents'
     reports were counted failed.)"""
+
     async def body():
         svc, _ = await setup(tmp_path)
         created = await svc.create(name="w", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
@@ -201,6 +216,7 @@ def test_a_report_whose_waiter_went_away_is_applied_with_its_whole_batch(tmp_pat
         statuses = {i.instance_key: i.status.packet_capture_status for i in await svc.store.get_instances("w")}
         assert statuses == {"local/rg/vmss/web/0": "Running", "local/rg/vmss/web/1": "Running"}
         await svc.store.close()
+
     asyncio.run(body())
 
 
@@ -224,12 +240,14 @@ def test_a_stop_made_while_no_watch_ran_reaches_the_agents_when_the_watch_is_bac
         replica = CaptureService(svc.store, sessions, {}, ServiceConfig())
         follow = asyncio.ensure_future(_follow_captures(svc.store, replica, sessions))
         message = await asyncio.wait_for(here.queue.get(), timeout=10)
-        assert message.stop.capture_name == "g" and message.stop.reason == "StoppedByUser"
+        assert message.stop.capture_name == "g"
+        assert message.stop.reason == "StoppedByUser"
         assert message.stop.capture_id == f"{created.id}@{created.created_time}"
         follow.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follow
         await svc.store.close()
+
     asyncio.run(body())
 
 
@@ -240,6 +258,7 @@ def connected_session(service):
     class Presence:
         def release(self, *args, **kwargs):
             pass
+
     session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
     session.session = AgentSession("local/rg/vmss/web/0")
     return session
@@ -267,9 +286,9 @@ def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
     async def body():
         service = FlakyService()
         session = connected_session(service)
-        stopped = fleet_pb2.CaptureProgress(capture_name="c", capture_id="x",
-                                            status=pb.InstanceStatus(packet_capture_status="Stopped",
-                                                                     stop_reason="TimeExceeded"))
+        stopped = fleet_pb2.CaptureProgress(
+            capture_name="c", capture_id="x", status=pb.InstanceStatus(packet_capture_status="Stopped", stop_reason="TimeExceeded")
+        )
         await session.handle(fleet_pb2.AgentMessage(progress=stopped))
         for _ in range(100):
             if service.written:
@@ -277,6 +296,7 @@ def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
             await asyncio.sleep(0.02)
         assert (service.failures, service.written) == ([], ["Stopped"])
         session.close()
+
     asyncio.run(body())
 
 
@@ -292,6 +312,7 @@ def test_an_etcd_call_cut_off_by_a_shutting_down_etcd_is_retried_and_a_refusal_i
             raise aetcd.exceptions.ClientError("No status received") from cause
         except aetcd.exceptions.ClientError as e:
             return e
+
     assert retryable(client_error(grpc.StatusCode.UNKNOWN))
     assert retryable(client_error(grpc.StatusCode.CANCELLED))
     assert retryable(aetcd.exceptions.ConnectionFailedError("etcd down"))
@@ -305,6 +326,7 @@ def test_a_report_that_comes_while_another_is_written_is_the_one_written():
     Stopped comes. The Stopped is what gets written, not the older report the writer had
     already seen. (Found by bench/chaos_soak.py: an etcd restart left instances Running for
     good, their Stopped deleted unwritten.)"""
+
     class SlowService:
         def __init__(self):
             self.release = asyncio.Event()
@@ -316,8 +338,9 @@ def test_a_report_that_comes_while_another_is_written_is_the_one_written():
             self.written.append((progress.capture_name, progress.status.packet_capture_status))
 
     def report(name, status):
-        return fleet_pb2.AgentMessage(progress=fleet_pb2.CaptureProgress(
-            capture_name=name, capture_id="x", status=pb.InstanceStatus(packet_capture_status=status)))
+        return fleet_pb2.AgentMessage(
+            progress=fleet_pb2.CaptureProgress(capture_name=name, capture_id="x", status=pb.InstanceStatus(packet_capture_status=status))
+        )
 
     async def body():
         service = SlowService()
@@ -333,4 +356,5 @@ def test_a_report_that_comes_while_another_is_written_is_the_one_written():
             await asyncio.sleep(0.02)
         assert service.written == [("first", "Running"), ("second", "Stopped")]
         session.close()
+
     asyncio.run(body())

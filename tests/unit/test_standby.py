@@ -1,5 +1,6 @@
 """The flight recorder's cut: `assemble` copies exactly the records of the window, byte for
 byte, in order, under the byte limit's rule, and never invents a partial record."""
+
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +96,7 @@ def test_a_file_summary_gives_the_hash_and_first_and_last_packet_times(root):
     boundary = 24 + sum(len(x) for x in r[:4])
     for tail_from in (24, boundary):  # walked from the start, or from the last batch's start
         s = summarize(CaptureRoot(str(root)), path, tail_from)
-        assert (s.sha256, s.first_us, s.last_us) == (hashlib.sha256(data).hexdigest(), 1_700_000_000_000_000,
-                                                     1_700_000_005_000_035)
+        assert (s.sha256, s.first_us, s.last_us) == (hashlib.sha256(data).hexdigest(), 1_700_000_000_000_000, 1_700_000_005_000_035)
     # A file cut mid-record (an agent killed while writing): the last whole record's time.
     with open(path, "ab") as f:
         f.write(record(1_700_000_099, b"z" * 40)[:30])

@@ -1,5 +1,6 @@
 """The state-store contract, run over the memory backend here and over a real etcd in
 tests/integration/test_etcd_store.py (same class, different backend)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,10 +17,8 @@ from fleetcap.v1 import fleet_pb2, state_pb2
 
 
 def capture(name: str, *instance_keys: str):
-    rec = state_pb2.CaptureRecord(resource=pb.PacketCaptureResult(name=name, id=f"/x/{name}"),
-                                  instance_keys=list(instance_keys))
-    insts = [state_pb2.InstanceRecord(instance_key=k, status=pb.InstanceStatus(packet_capture_status="NotStarted"))
-             for k in instance_keys]
+    rec = state_pb2.CaptureRecord(resource=pb.PacketCaptureResult(name=name, id=f"/x/{name}"), instance_keys=list(instance_keys))
+    insts = [state_pb2.InstanceRecord(instance_key=k, status=pb.InstanceStatus(packet_capture_status="NotStarted")) for k in instance_keys]
     return rec, insts
 
 
@@ -36,6 +35,7 @@ class StoreContract:
                 await coro_fn(store)
             finally:
                 await store.close()
+
         asyncio.run(go())
 
     def test_create_get_list_delete(self):
@@ -49,12 +49,15 @@ class StoreContract:
             assert await s.get_instance("c1", "a/b/vmss/w/2") is None
             assert await s.get_instance("c", "a/b/vmss/w/1") is None  # a name that prefixes another
             await s.delete_capture("c1")
-            assert await s.get_capture("c1") is None and await s.get_instances("c1") == []
+            assert await s.get_capture("c1") is None
+            assert await s.get_instances("c1") == []
             assert await s.get_instance("c1", "a/b/vmss/w/1") is None
+
         self.run(body)
 
     def test_captures_page_in_name_order_without_a_prefix_neighbour(self, monkeypatch):
         monkeypatch.setattr(store_module, "SCAN_PAGE", 3)  # whole-prefix reads page too: 4 captures, 2 reads
+
         async def body(s: Store):
             for name in ("b", "a", "ab", "c"):
                 rec, insts = capture(name, f"k/{name}")
@@ -70,6 +73,7 @@ class StoreContract:
             assert [c.resource.name for c in (await s.list_captures_page("", 10))[0]] == ["a", "ab", "b", "c"]
             assert [c.resource.name for c in await s.list_captures()] == ["a", "ab", "b", "c"]
             assert await s.running_captures() == {"a", "ab", "b", "c"}
+
         self.run(body)
 
     def test_duplicate_name_fails_and_changes_nothing(self):
@@ -80,6 +84,7 @@ class StoreContract:
             with pytest.raises(AlreadyExists):
                 await s.create_capture(other, other_insts)
             assert [i.instance_key for i in await s.get_instances("dup")] == ["k/0"]
+
         self.run(body)
 
     def test_a_scale_set_larger_than_one_transaction(self):
@@ -90,6 +95,7 @@ class StoreContract:
             with pytest.raises(AlreadyExists):
                 await s.create_capture(*capture("big", "k/x"))
             assert len(await s.get_instances("big")) == 300
+
         self.run(body)
 
     def test_instances_of_one_capture_do_not_leak_into_a_longer_name(self):
@@ -97,6 +103,7 @@ class StoreContract:
             await s.create_capture(*capture("c", "k/0"))
             await s.create_capture(*capture("c2", "k/1"))
             assert [i.instance_key for i in await s.get_instances("c")] == ["k/0"]
+
         self.run(body)
 
     def test_update_is_compare_and_swap(self):
@@ -108,6 +115,7 @@ class StoreContract:
                 calls.append(1)
                 rec.status.packets_captured += 1
                 return True
+
             await asyncio.gather(*(s.update_instance("u", "k/0", bump) for _ in range(10)))
             (inst,) = await s.get_instances("u")
             assert inst.status.packets_captured == 10  # no update lost
@@ -117,11 +125,13 @@ class StoreContract:
                 await s.update_instance("u", "k/missing", bump)
             with pytest.raises(NotFound):
                 await s.update_capture("missing", lambda rec: True)
+
         self.run(body)
 
     def test_a_deleted_capture_leaves_nothing_in_the_decode_cache(self):
         """Deleted here, or by another replica (seen by the capture watch): its records are
         dropped from the cache; a capture whose name extends it keeps its own."""
+
         async def body(s: Store):
             other = Store(s.kv)
             for name in ("c", "c2", "d"):
@@ -139,6 +149,7 @@ class StoreContract:
                         watching.set()
                     elif ev.kind == WatchKind.DELETE and ev.name == "d":
                         gone.set()
+
             watcher = asyncio.ensure_future(watch())
             await asyncio.wait_for(watching.wait(), 10)
             await s.delete_capture("c")
@@ -147,6 +158,7 @@ class StoreContract:
             watcher.cancel()
             assert sorted(s._decoded) == sorted(keys.instance("c2", k) for k in ("k/0", "k/1"))
             assert sorted(other._decoded) == sorted(keys.instance("c2", k) for k in ("k/0", "k/1"))
+
         self.run(body)
 
     def test_get_many_reads_exactly_the_keys_that_exist(self):
@@ -156,14 +168,15 @@ class StoreContract:
             found = await s.kv.get_many(wanted)
             assert sorted(found) == sorted([wanted[0], wanted[2]])
             for key, kv in found.items():
-                assert (kv.key, kv.value, kv.mod_revision) == (key, (await s.kv.get(key)).value,
-                                                               (await s.kv.get(key)).mod_revision)
+                assert (kv.key, kv.value, kv.mod_revision) == (key, (await s.kv.get(key)).value, (await s.kv.get(key)).mod_revision)
             assert await s.kv.get_many([]) == {}
+
         self.run(body)
 
     def test_update_instances_beyond_one_read_and_one_write(self):
         """300 reports at once (more than one get_many and one transaction), one of them for an
         instance that does not exist: each applied, in order per key; the missing one NotFound."""
+
         async def body(s: Store):
             big = [f"k/{i}" for i in range(300)]
             await s.create_capture(*capture("many", *big))
@@ -172,13 +185,15 @@ class StoreContract:
                 def change(rec):
                     rec.status.packet_capture_status = status
                     return True
+
                 return change
-            items = [("many", k, to("Running")) for k in big] + [("many", "k/0", to("Stopped")),
-                                                                   ("many", "k/none", to("Running"))]
+
+            items = [("many", k, to("Running")) for k in big] + [("many", "k/0", to("Stopped")), ("many", "k/none", to("Running"))]
             results = await s.update_instances(items)
             assert [type(r).__name__ for r in results[-1:]] == ["NotFound"]
             statuses = {i.instance_key: i.status.packet_capture_status for i in await s.get_instances("many")}
-            assert statuses == {**{k: "Running" for k in big}, "k/0": "Stopped"}
+            assert statuses == {**dict.fromkeys(big, "Running"), "k/0": "Stopped"}
+
         self.run(body)
 
     def test_agent_lives_as_long_as_its_lease(self):
@@ -196,6 +211,7 @@ class StoreContract:
                     events.append((ev.kind, ev.instance_key))
                     if ev.kind == WatchKind.DELETE:
                         return
+
             watcher = asyncio.ensure_future(watch())
             await asyncio.wait_for(watching.wait(), timeout=10)
             lease = await s.register_agent(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
@@ -207,17 +223,21 @@ class StoreContract:
             assert events == [(WatchKind.PUT, key), (WatchKind.DELETE, key)]
             assert await s.list_agents() == {}
             assert not await s.refresh_lease(lease)
+
         self.run(body)
 
     def test_agents_listed_under_a_prefix(self):
         async def body(s: Store):
             lease = await s.grant_lease(30)
-            idents = [fleet_pb2.AgentIdentity(vmss_name="web", instance_id="0"),
-                      fleet_pb2.AgentIdentity(vmss_name="web2", instance_id="0"),
-                      fleet_pb2.AgentIdentity(vm_name="web")]
+            idents = [
+                fleet_pb2.AgentIdentity(vmss_name="web", instance_id="0"),
+                fleet_pb2.AgentIdentity(vmss_name="web2", instance_id="0"),
+                fleet_pb2.AgentIdentity(vm_name="web"),
+            ]
             await s.put_agents({keys.instance_key(i): state_pb2.AgentRecord(identity=i) for i in idents}, lease)
             assert list(await s.list_agents(under="local/default/vmss/web/")) == ["local/default/vmss/web/0"]
             assert len(await s.list_agents()) == 3
+
         self.run(body)
 
     def test_a_record_a_previous_version_wrote_as_json_is_read_and_rewritten_binary(self):
@@ -235,10 +255,12 @@ class StoreContract:
             def run(r):
                 r.status.packet_capture_status = "Running"
                 return True
+
             await s.update_instance("old", "k1", run)
             stored = (await s.kv.get(key)).value
             assert stored[:1] != b"{"
             assert store_module.decode(state_pb2.InstanceRecord, stored).status.packet_capture_status == "Running"
+
         self.run(body)
 
     def test_reregistering_moves_the_record_to_the_new_lease(self):
@@ -249,6 +271,7 @@ class StoreContract:
             await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="b"), ttl_s=30)
             await s.kv.revoke_lease(old)  # the old lease ends: the record stays, on the new one
             assert (await s.list_agents())[key].hostname == "b"
+
         self.run(body)
 
 

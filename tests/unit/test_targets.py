@@ -1,4 +1,5 @@
 """Target resolution: names and ARM ids, scope include/exclude by id, name or ARM id."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,15 +23,15 @@ def agents():
 
 
 def resolve(target, target_type="AzureVMSS", include=(), exclude=(), rg="rg1"):
-    return targets.resolve(target, target_type, list(include), list(exclude), subscription="", resource_group=rg,
-                           agents=agents())
+    return targets.resolve(target, target_type, list(include), list(exclude), subscription="", resource_group=rg, agents=agents())
 
 
 def test_all_instances_when_scope_is_empty():
     r = resolve("web")
     assert r.target_id == f"{BASE}/virtualMachineScaleSets/Web"
     assert list(r.instances) == [f"local/rg1/vmss/web/{i}" for i in range(4)]
-    assert r.scope_include == [] and r.scope_exclude == []
+    assert r.scope_include == []
+    assert r.scope_exclude == []
 
 
 def test_include_exclude_by_id_name_and_arm_id():
@@ -78,21 +79,26 @@ def test_scope_selecting_nothing_and_mismatched_type_are_invalid():
     assert e.value.field == "target"
 
 
-@pytest.mark.parametrize("target,target_type,rg", [
-    ("web", "AzureVMSS", "rg1"), ("WEB", "AzureVMSS", "rg2"), ("db1", "AzureVM", "rg1"),
-    (f"{BASE}/virtualMachineScaleSets/Web", "AzureVMSS", "other"),
-])
+@pytest.mark.parametrize(
+    ("target", "target_type", "rg"),
+    [
+        ("web", "AzureVMSS", "rg1"),
+        ("WEB", "AzureVMSS", "rg2"),
+        ("db1", "AzureVM", "rg1"),
+        (f"{BASE}/virtualMachineScaleSets/Web", "AzureVMSS", "other"),
+    ],
+)
 def test_the_agents_under_the_prefix_resolve_as_all_agents_do(target, target_type, rg):
     """A create reads only the agents under agents_prefix (a scale set's, not the fleet's): that
     must resolve exactly as the whole registry does."""
     prefix = targets.agents_prefix(target, target_type, subscription="", resource_group=rg)
     under = {k: r for k, r in agents().items() if k.startswith(prefix)}
-    assert under and len(under) < len(agents())
+    assert under
+    assert len(under) < len(agents())
     whole = targets.resolve(target, target_type, [], [], subscription="", resource_group=rg, agents=agents())
     assert targets.resolve(target, target_type, [], [], subscription="", resource_group=rg, agents=under) == whole
 
 
 def test_a_scale_set_prefix_does_not_take_in_a_longer_name():
     assert targets.agents_prefix("web", "AzureVMSS", subscription="", resource_group="rg1") == "local/rg1/vmss/web/"
-    assert not "local/rg1/vmss/web2/0".startswith(
-        targets.agents_prefix("web", "AzureVMSS", subscription="", resource_group="rg1"))
+    assert not "local/rg1/vmss/web2/0".startswith(targets.agents_prefix("web", "AzureVMSS", subscription="", resource_group="rg1"))

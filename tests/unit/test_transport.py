@@ -1,4 +1,5 @@
 """The error reason a failed call carries in its trailing metadata (fleetcap.core.transport)."""
+
 from __future__ import annotations
 
 import grpc
@@ -9,8 +10,9 @@ from fleetcap.core.vocabulary import CaptureError
 
 
 def aio_error(*trailers: tuple[str, str]) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers),
-                                details="storage: account down")
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details="storage: account down"
+    )
 
 
 def test_a_storage_failure_is_told_by_its_reason_not_its_message():
@@ -25,6 +27,7 @@ def test_no_reason_is_empty_whatever_the_message_says():
 
 def test_free_port_is_bindable():
     import socket
+
     port = transport.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
