@@ -136,7 +136,10 @@ def table(
     byte_limit = 0 if continuous else p.total_bytes_per_session
     time_limit = p.capture_settings.session_time_limit_in_seconds if continuous else p.time_limit_in_seconds
     wide = width >= WIDE
-    bar_of = lambda done, limit: bar(done, limit, 20 if wide else 10)
+
+    def bar_of(done: float, limit: float) -> str:
+        return bar(done, limit, 20 if wide else 10)
+
     title = f"{status.name}: {status.packet_capture_status}" + (f" ({status.stop_reason})" if status.stop_reason else "")
     if status.packet_capture_error:
         title += f" errors: {', '.join(status.packet_capture_error)}"

@@ -26,82 +26,55 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
 from fleetcap.clients import pcapng
+from fleetcap.clients.errors import (
+    CaptureAlreadyExists,
+    CaptureNotFound,
+    CoordinatorUnavailable,
+    ErrorCode,
+    FleetcapError,
+    IncompleteDownload,
+    InvalidCapture,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+    from_rpc_error,
+)
 from fleetcap.core import transport
 from fleetcap.core.naming import instance_name, parse_rfc3339
-from fleetcap.core.vocabulary import TargetType, is_terminal
+from fleetcap.core.vocabulary import CaptureError, TargetType, is_terminal
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import captures_pb2_grpc
+
+_R = TypeVar("_R", bound=Message)  # a unary call's response
 
 # wait(): how long to pause before following a capture again after the coordinator went away.
 RECONNECT_S = 1.0
 
 
-class FleetcapError(Exception):
-    """A failed call. `code` is the gRPC status code, `message` the server's explanation."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-class InvalidCapture(FleetcapError):
-    """INVALID_ARGUMENT: the message names the field and the rule."""
-
-
-class CaptureNotFound(FleetcapError):
-    """NOT_FOUND: the capture, or the target, does not exist."""
-
-
-class CaptureAlreadyExists(FleetcapError):
-    """ALREADY_EXISTS: the name is taken; captures cannot be updated."""
-
-
-class QuotaExceeded(FleetcapError):
-    """RESOURCE_EXHAUSTED: too many concurrent captures."""
-
-
-class CoordinatorUnavailable(FleetcapError):
-    """UNAVAILABLE: the coordinator (or its etcd) cannot be reached."""
-
-
-class Unauthenticated(FleetcapError):
-    """UNAUTHENTICATED: no valid credential (a client certificate or a bearer token)."""
-
-
-class PermissionDenied(FleetcapError):
-    """PERMISSION_DENIED: the caller's role does not allow the call."""
-
+__all__ = [
+    "AsyncClient",
+    "CaptureAlreadyExists",
+    "CaptureNotFound",
+    "Client",
+    "CoordinatorUnavailable",
+    "CreateOptions",
+    "ErrorCode",
+    "FleetcapError",
+    "IncompleteDownload",
+    "InvalidCapture",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "Unauthenticated",
+    "UnsafeName",
+    "to_dict",
+]
 
 LIST_PAGE_SIZE = 1000
 """Captures per List call when `list()` fetches them all (the coordinator's largest page)."""
 
 
-class IncompleteDownload(FleetcapError):
-    """A download wrote what it could, but some files could not be had (an instance offline, a
-    file still being written). `written` lists the paths written; `missing` has one
-    (instance id, file path, error) per file that is not there. `code` is the first error's."""
-
-    def __init__(self, written: builtins.list[str], missing: builtins.list[tuple[str, str, FleetcapError]]):
-        super().__init__(missing[0][2].code, "; ".join(f"instance {i}: {path}: {e.message}" for i, path, e in missing))
-        self.written = written
-        self.missing = missing
-
-
-ERROR_BY_CODE: dict[grpc.StatusCode, type[FleetcapError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidCapture,
-    grpc.StatusCode.NOT_FOUND: CaptureNotFound,
-    grpc.StatusCode.ALREADY_EXISTS: CaptureAlreadyExists,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
-    grpc.StatusCode.UNAVAILABLE: CoordinatorUnavailable,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-}
-
-
 def _raise(e: grpc.RpcError) -> NoReturn:
-    code = e.code()
-    raise ERROR_BY_CODE.get(code, FleetcapError)(code, e.details() or "") from None
+    raise from_rpc_error(e) from None
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -136,11 +109,11 @@ def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
 def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFilter:
     """An az-style filter object ({"protocol": "TCP", "localPort": "80"}) as a message."""
     if not isinstance(item, Mapping):
-        raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: must be an object")
+        raise InvalidCapture(ErrorCode.INVALID_ARGUMENT, f"filters[{index}]: must be an object")
     try:
         return json_format.ParseDict({k: str(v) for k, v in item.items()}, pb.PacketCaptureFilter())
     except json_format.ParseError as e:
-        raise InvalidCapture(grpc.StatusCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
+        raise InvalidCapture(ErrorCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
 
 
 class CreateOptions(TypedDict, total=False):
@@ -236,7 +209,7 @@ def downloadable(inst: pb.InstanceStatus, f: pb.CaptureFile) -> bool:
     instance holds (a capture without a storage account, or an upload that failed), which the
     coordinator fetches from the instance's agent. A stored capture's file still uploading is
     left for later."""
-    return f.upload_complete or not f.storage_path or "StorageFailed" in inst.packet_capture_error
+    return f.upload_complete or not f.storage_path or CaptureError.STORAGE_FAILED in inst.packet_capture_error
 
 
 def _download_plan(status: pb.PacketCaptureQueryStatusResult) -> builtins.list[_Download]:
@@ -431,15 +404,17 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method_name: str, request: Message) -> Any:
+    async def _call(self, method_name: str, request: Message, response: type[_R]) -> _R:
         """A unary call; on UNAVAILABLE it tries every other coordinator replica once."""
         for attempt in range(len(self._addresses)):
             try:
-                return await getattr(self._stub, method_name)(request, timeout=self.timeout_s, metadata=self._metadata)
+                reply: _R = await getattr(self._stub, method_name)(request, timeout=self.timeout_s, metadata=self._metadata)
+                return reply
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self._addresses) and await self._next_replica():
                     continue
                 _raise(e)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def create(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.PacketCaptureResult:
         """Creates and starts a capture.
@@ -449,7 +424,7 @@ class AsyncClient:
         Returns: the capture resource, with defaults filled in and the target as an ARM id.
         Raises: InvalidCapture, CaptureNotFound (unknown target), CaptureAlreadyExists, QuotaExceeded.
         """
-        return (await self._call("Create", create_request(name=name, target=target, **options))).capture
+        return (await self._call("Create", create_request(name=name, target=target, **options), pb.CreatePacketCaptureResponse)).capture
 
     async def dry_run(self, *, name: str, target: str, **options: Unpack[CreateOptions]) -> tuple[pb.PacketCaptureResult, pb.DryRunResult]:
         """Checks a create without doing it: the capture as it would be, and the instances it
@@ -457,7 +432,7 @@ class AsyncClient:
         it would write (from its interface's recent traffic). Raises: as `create`."""
         request = create_request(name=name, target=target, **options)
         request.dry_run = True
-        r = await self._call("Create", request)
+        r = await self._call("Create", request, pb.CreatePacketCaptureResponse)
         return r.capture, r.dry_run
 
     async def create_from(
@@ -469,12 +444,13 @@ class AsyncClient:
             await self._call(
                 "Create",
                 pb.CreatePacketCaptureRequest(name=name, resource_group=resource_group, subscription=subscription, properties=properties),
+                pb.CreatePacketCaptureResponse,
             )
         ).capture
 
     async def get(self, *, name: str) -> pb.PacketCaptureResult:
         """Raises: CaptureNotFound."""
-        return (await self._call("Get", pb.GetPacketCaptureRequest(name=name))).capture
+        return (await self._call("Get", pb.GetPacketCaptureRequest(name=name), pb.GetPacketCaptureResponse)).capture
 
     async def list(self) -> builtins.list[pb.PacketCaptureResult]:
         """Every capture, in name order (fetched LIST_PAGE_SIZE at a time)."""
@@ -489,12 +465,14 @@ class AsyncClient:
     async def list_page(self, *, page_size: int = 100, page_token: str = "") -> tuple[builtins.list[pb.PacketCaptureResult], str]:
         """One page of captures in name order (page_size 1 to 1000), and the token of the next
         page ("" after the last). Raises: InvalidCapture (a page_token this service did not issue)."""
-        r = await self._call("List", pb.ListPacketCapturesRequest(page_size=page_size, page_token=page_token))
+        r = await self._call(
+            "List", pb.ListPacketCapturesRequest(page_size=page_size, page_token=page_token), pb.ListPacketCapturesResponse
+        )
         return builtins.list(r.value), r.next_page_token
 
     async def stop(self, *, name: str) -> None:
         """Stops the capture on every instance; idempotent. Raises: CaptureNotFound."""
-        await self._call("Stop", pb.StopPacketCaptureRequest(name=name))
+        await self._call("Stop", pb.StopPacketCaptureRequest(name=name), pb.StopPacketCaptureResponse)
 
     async def trigger(self, *, name: str, after_in_seconds: int = 0, note: str = "") -> pb.PacketCaptureQueryStatusResult:
         """Freezes a flight recorder's window on every instance at once, records `after_in_seconds`
@@ -504,34 +482,42 @@ class AsyncClient:
         Returns: the status with trigger_time and trigger_source set.
         Raises: CaptureNotFound, InvalidCapture, FailedPrecondition (no standby, or stopped).
         """
-        return (await self._call("Trigger", pb.TriggerPacketCaptureRequest(name=name, after_in_seconds=after_in_seconds, note=note))).status
+        return (
+            await self._call(
+                "Trigger",
+                pb.TriggerPacketCaptureRequest(name=name, after_in_seconds=after_in_seconds, note=note),
+                pb.TriggerPacketCaptureResponse,
+            )
+        ).status
 
     async def manifest(self, *, name: str) -> bytes:
         """The capture's signed manifest (JSON): every file with its instance, size, SHA-256 and
         packet times, and the capture's settings, stop reason and drops, signed by the
         coordinator. Raises: CaptureNotFound, FleetcapError FAILED_PRECONDITION while it runs."""
-        return (await self._call("GetManifest", pb.GetCaptureManifestRequest(name=name))).manifest_json
+        return (await self._call("GetManifest", pb.GetCaptureManifestRequest(name=name), pb.GetCaptureManifestResponse)).manifest_json
 
     async def manifest_key(self) -> tuple[str, str]:
         """(public key PEM, key id) of the key the coordinator signs manifests with."""
-        r = await self._call("GetManifestKey", pb.GetManifestKeyRequest())
+        r = await self._call("GetManifestKey", pb.GetManifestKeyRequest(), pb.GetManifestKeyResponse)
         return r.public_key_pem, r.key_id
 
     async def delete(self, *, name: str) -> None:
         """Deletes the resource, stopping it first; files are kept. Raises: CaptureNotFound."""
-        await self._call("Delete", pb.DeletePacketCaptureRequest(name=name))
+        await self._call("Delete", pb.DeletePacketCaptureRequest(name=name), pb.DeletePacketCaptureResponse)
 
     async def list_agents(self) -> builtins.list[pb.AgentInfo]:
         """The agents registered now: the VMs and scale-set instances that can be targeted."""
-        return builtins.list((await self._call("ListAgents", pb.ListAgentsRequest())).agents)
+        return builtins.list((await self._call("ListAgents", pb.ListAgentsRequest(), pb.ListAgentsResponse)).agents)
 
     async def list_storage_accounts(self) -> builtins.list[pb.StorageAccountInfo]:
         """The storage accounts captures can name ("local" first), without credentials."""
-        return builtins.list((await self._call("ListStorageAccounts", pb.ListStorageAccountsRequest())).value)
+        return builtins.list(
+            (await self._call("ListStorageAccounts", pb.ListStorageAccountsRequest(), pb.ListStorageAccountsResponse)).value
+        )
 
     async def get_status(self, *, name: str) -> pb.PacketCaptureQueryStatusResult:
         """Azure's queryStatus plus the per-instance breakdown. Raises: CaptureNotFound."""
-        return (await self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name))).status
+        return (await self._call("GetStatus", pb.GetPacketCaptureStatusRequest(name=name), pb.GetPacketCaptureStatusResponse)).status
 
     async def watch(self, *, name: str, timeout_s: float | None = None) -> AsyncIterator[pb.PacketCaptureQueryStatusResult]:
         """Yields the status at once and on every change, until every instance has stopped

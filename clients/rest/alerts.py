@@ -35,7 +35,7 @@ import dataclasses
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -266,7 +266,9 @@ def _trigger(client: sdk.Client, rule: Rule, alert: str) -> Result:
     )
 
 
-def _dispatch(client: sdk.Client, rules: AlertRules, source: str, alert: str, fields: Mapping[str, Any], find_target) -> list[Result]:
+def _dispatch(
+    client: sdk.Client, rules: AlertRules, source: str, alert: str, fields: Mapping[str, Any], find_target: Callable[[Rule], Target]
+) -> list[Result]:
     matched = rules.matching(source, fields)
     if not matched:
         return [Result(alert=alert, action="no-rule", message="no rule matches this alert")]
@@ -337,7 +339,7 @@ def handle_alertmanager(client: sdk.Client, rules: AlertRules, body: Any) -> lis
             results.append(Result(alert=alert, action="ignored", message="resolved alerts start no capture"))
             continue
 
-        def find(rule: Rule, labels=labels) -> Target:
+        def find(rule: Rule, labels: Mapping[str, str] = labels) -> Target:
             if rule.scale_set_label:
                 vmss, inst = labels.get(rule.scale_set_label), labels.get(rule.instance_label or "instance_id")
                 if not vmss or not inst:

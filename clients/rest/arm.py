@@ -15,10 +15,10 @@ import re
 import urllib.parse
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from fleetcap.v1 import captures_pb2 as pb
 
 RESOURCE_TYPE = "Microsoft.Network/networkWatchers/packetCaptures"
@@ -35,17 +35,17 @@ class HttpError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-# gRPC status → (HTTP status, Azure-style error code). Quota: 429, because retrying once other
-# captures have ended is the right reaction; Azure documents no code for it.
-HTTP_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.UNAUTHENTICATED: (401, "AuthenticationFailed"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "AuthorizationFailed"),
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "InvalidParameter"),
-    grpc.StatusCode.NOT_FOUND: (404, "ResourceNotFound"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "PacketCaptureExistingAlready"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "QuotaExceeded"),
-    grpc.StatusCode.UNAVAILABLE: (503, "ServiceUnavailable"),
-    grpc.StatusCode.FAILED_PRECONDITION: (409, "Conflict"),
+# The SDK's error code → (HTTP status, Azure-style error code). Quota: 429, because retrying once
+# other captures have ended is the right reaction; Azure documents no code for it.
+HTTP_BY_CODE: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.UNAUTHENTICATED: (401, "AuthenticationFailed"),
+    ErrorCode.PERMISSION_DENIED: (403, "AuthorizationFailed"),
+    ErrorCode.INVALID_ARGUMENT: (400, "InvalidParameter"),
+    ErrorCode.NOT_FOUND: (404, "ResourceNotFound"),
+    ErrorCode.ALREADY_EXISTS: (409, "PacketCaptureExistingAlready"),
+    ErrorCode.RESOURCE_EXHAUSTED: (429, "QuotaExceeded"),
+    ErrorCode.UNAVAILABLE: (503, "ServiceUnavailable"),
+    ErrorCode.FAILED_PRECONDITION: (409, "Conflict"),
 }
 
 

@@ -9,10 +9,10 @@ import os
 import subprocess
 import sys
 
-import grpc
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,7 +64,7 @@ def test_invalid_fields_are_named_and_leave_nothing(client, override, field):
     args.update(override)
     with pytest.raises(sdk.InvalidCapture) as e:
         client.create(**args)
-    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.code == ErrorCode.INVALID_ARGUMENT
     assert e.value.message.startswith(f"{field}: ")
     assert "Traceback" not in e.value.message
     assert [c.name for c in client.list() if c.name == args["name"]] == []
@@ -75,7 +75,7 @@ def test_invalid_fields_are_named_and_leave_nothing(client, override, field):
 def test_unknown_target_and_instances_are_not_found(client):
     with pytest.raises(sdk.CaptureNotFound) as e:
         client.create(**dict(GOOD, name="pc-nf", target="vm9"))
-    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert e.value.code == ErrorCode.NOT_FOUND
     assert "target: no virtual machine 'vm9'" in e.value.message
     with pytest.raises(sdk.CaptureNotFound):
         client.create(**dict(GOOD, name="pc-nf", target="web", target_type="AzureVMSS"))
@@ -89,7 +89,7 @@ def test_duplicate_name_is_already_exists_and_keeps_the_first(client):
     first = client.create(**dict(GOOD, name="pc-dup"))
     with pytest.raises(sdk.CaptureAlreadyExists) as e:
         client.create(**dict(GOOD, name="pc-dup", time_limit_in_seconds=2))
-    assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert e.value.code == ErrorCode.ALREADY_EXISTS
     assert client.get(name="pc-dup") == first
     final = client.wait(name="pc-dup", timeout_s=30)
     assert (final.packet_capture_status, final.stop_reason) == ("Stopped", "TimeExceeded")

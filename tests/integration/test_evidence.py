@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from fleetcap.core.metrics import version
 from fleetcap.core.naming import parse_rfc3339
 from tests.integration.conftest import wait_every_instance
@@ -52,7 +52,7 @@ def downloaded(fleet, tmp_path_factory):
         wait_every_instance(c, "ev-1")
         with pytest.raises(sdk.FleetcapError) as e:  # still running: nothing to sign yet
             c.manifest(name="ev-1")
-        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.code == ErrorCode.FAILED_PRECONDITION
         assert e.value.message == (
             "packet capture 'ev-1' still runs on instance(s) 0, 1; its manifest is signed once every instance has stopped"
         )

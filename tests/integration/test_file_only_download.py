@@ -22,6 +22,7 @@ import pytest
 
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from fleetcap.core.auth import Role
 from fleetcap.core.naming import parse_rfc3339
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
@@ -291,7 +292,7 @@ def test_a_running_file_is_refused_without_follow(fleet):
         capture(c, "fo-4", port, time_limit=5)
         with pytest.raises(sdk.FleetcapError) as e:
             list(c.read_file(name="fo-4", instance_id="0"))
-        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.code == ErrorCode.FAILED_PRECONDITION
         assert e.value.message == (
             "instance '0': /var/captures/fo-4.cap is still being written; follow it with "
             "`fleetcap capture follow`, or download it once the capture has stopped there"

@@ -12,10 +12,10 @@ import subprocess
 import threading
 import time
 
-import grpc
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from tests import pcaps
 from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import Fleet, free_udp_port, two_agents
@@ -186,7 +186,7 @@ def test_trigger_refusals_name_the_rule(fleet):
                 standby_in_seconds=30,
                 continuous_capture=True,
             )
-        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.code == ErrorCode.INVALID_ARGUMENT
         assert e.value.message.startswith("standbyInSeconds: is not supported with continuousCapture")
         with pytest.raises(sdk.InvalidCapture) as e:
             c.create(
@@ -210,7 +210,7 @@ def test_trigger_refusals_name_the_rule(fleet):
         )
         with pytest.raises(sdk.FleetcapError) as e:
             c.trigger(name="fr-plain")
-        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.code == ErrorCode.FAILED_PRECONDITION
         assert e.value.message == ("packet capture 'fr-plain' is not a flight recorder: create it with standbyInSeconds to trigger it")
         arm(c, "fr-3", port, 10)
         with pytest.raises(sdk.InvalidCapture) as e:
@@ -222,7 +222,7 @@ def test_trigger_refusals_name_the_rule(fleet):
         c.stop(name="fr-3")
         with pytest.raises(sdk.FleetcapError) as e:
             c.trigger(name="fr-3")
-        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.code == ErrorCode.FAILED_PRECONDITION
         assert e.value.message == "packet capture 'fr-3' was stopped before a trigger; its window is gone"
         with pytest.raises(sdk.CaptureNotFound):
             c.trigger(name="fr-none")

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import urllib.parse
 
-import grpc
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from tests.integration.conftest import ROOT
 from tests.integration.gateway_support import Gateway
 
@@ -51,7 +51,7 @@ def test_grpc_pages_in_name_order_and_every_capture_once(captures):
         assert e.value.message == "page_token: is not a token this service issued (pass next_page_token as it came)"
         with pytest.raises(sdk.InvalidCapture) as e:
             c.list_page(page_size=1001)
-        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.code == ErrorCode.INVALID_ARGUMENT
         assert e.value.message == "page_size: must be from 1 to 1000 (0: every capture at once)"
 
 

@@ -7,11 +7,11 @@ import asyncio
 import hashlib
 import os
 
-import grpc
 import pytest
 
 import fleetcap
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_async_client_lifecycle_and_typed_errors(coordinator, tmp_path):
         async with fleetcap.AsyncClient(coordinator) as c:
             with pytest.raises(fleetcap.InvalidCapture) as e:
                 await c.create(name="as-1", target="vm1", resource_group="rg1", file_path="/var/captures/x.txt")
-            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.code == ErrorCode.INVALID_ARGUMENT
             assert e.value.message.startswith("storageLocation.filePath: ")
             [local] = await c.list_storage_accounts()
             assert (local.name, local.kind, local.endpoint) == (

@@ -19,6 +19,7 @@ import pytest
 
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
+from fleetcap.clients.errors import ErrorCode
 from fleetcap.core import transport
 from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2 as pb
@@ -875,7 +876,7 @@ def test_a_capture_file_swapped_under_the_agent_is_refused_never_served(secure, 
         with pytest.raises(sdk.FleetcapError) as e:
             b"".join(boss.read_file(name="swap", instance_id=inst.instance_id))
         assert (e.value.code, e.value.message.split(" and the")[0]) == (
-            grpc.StatusCode.FAILED_PRECONDITION,
+            ErrorCode.FAILED_PRECONDITION,
             "/var/captures/swap.cap of instance 'vm1' was never stored whole,",
         )
         boss.delete(name="swap")

@@ -13,7 +13,7 @@ from fleetcap.v1 import captures_pb2 as pb
 
 def parse_create(*flags: str):
     args = cli.build_parser()[0].parse_args(["capture", "create", "--name", "pc", *flags])
-    cli._merge_newer_group_flags(args)
+    cli.merge_newer_group_flags(args)
     return args
 
 
@@ -70,7 +70,7 @@ def test_az_watcher_flags_are_accepted(verb):
 
 
 def test_tsv_prints_the_table_columns_without_header(capsys):
-    cli._emit(
+    cli.emit(
         [{"name": "a", "properties": {"target": "t1"}}, {"name": "b"}],
         argparse.Namespace(output="tsv"),
         [("N", "name"), ("T", "properties.target")],
@@ -224,7 +224,7 @@ def _out(capsys, *argv: str, data=CAPTURES) -> str:
     from fleetcap.clients import cli
 
     args = _parse("capture", "list", *argv)
-    cli._emit(data, args, cli.CAPTURE_TABLE)
+    cli.emit(data, args, cli.CAPTURE_TABLE)
     return capsys.readouterr().out
 
 
@@ -253,7 +253,7 @@ def test_a_bad_query_names_the_option():
     from fleetcap.clients import cli
 
     with pytest.raises(cli.QueryError, match=r"^--query: "):
-        cli._emit(CAPTURES, _parse("capture", "list", "--query", "[?name=="), cli.CAPTURE_TABLE)
+        cli.emit(CAPTURES, _parse("capture", "list", "--query", "[?name=="), cli.CAPTURE_TABLE)
 
 
 def test_version_only_show_errors_and_subscription_anywhere(capsys):
@@ -367,7 +367,7 @@ def test_text_an_agent_chose_cannot_drive_the_terminal(output, capsys):
             "connectedTime": "2026-12-08T00:00:00Z",
         }
     ]
-    cli._emit(agents, argparse.Namespace(output=output), cli.AGENT_TABLE)
+    cli.emit(agents, argparse.Namespace(output=output), cli.AGENT_TABLE)
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert out.count("\n") == (3 if output == "table" else 1)
