@@ -25,13 +25,12 @@ from fleetcap.coordinator.leadership import lead
 from fleetcap.coordinator.manifest import ManifestSigner
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.service import CaptureService
-from fleetcap.coordinator.settings import LOCAL_ACCOUNT, CoordinatorSettings
+from fleetcap.coordinator.settings import CoordinatorSettings
 from fleetcap.coordinator.state.embedded_etcd import RESTART_BACKOFF_S, EmbeddedEtcd, supervise
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import KVBackend, Store
-from fleetcap.coordinator.storage.local_sink import LocalSink
-from fleetcap.coordinator.storage.sink import Sink
+from fleetcap.coordinator.storage import registry
 from fleetcap.core import transport
 from fleetcap.core.metrics import serve_http
 from fleetcap.v1 import captures_pb2_grpc
@@ -102,13 +101,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         detail = f" ({e})" if str(e) else ""
         raise StoreUnreachable(f"{where}: etcd does not answer after {STORE_STARTUP_S:g} s{detail}") from None
     sessions = AgentSessions()
-    sinks: dict[str, Sink] = {LOCAL_ACCOUNT: LocalSink(settings.local_storage_dir)}
-    if settings.storage_accounts:
-        # The `azure` extra: imported only by a coordinator that has Blob accounts.
-        from fleetcap.coordinator.storage.blob_sink import BlobSink
-
-        for name, connection_string in settings.storage_accounts:
-            sinks[name] = BlobSink(connection_string)
+    sinks = registry.build_sinks(settings.local_storage_dir, settings.storage_accounts)
     filters = FilterCompiler()
     await filters.start()
     signer = await asyncio.to_thread(ManifestSigner, settings.manifest_key_path)

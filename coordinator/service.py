@@ -32,7 +32,7 @@ from fleetcap.coordinator.errors import (
 from fleetcap.coordinator.fetch import Dispatcher, InstanceFiles
 from fleetcap.coordinator.filter_compiler import FilterCompiler
 from fleetcap.coordinator.manifest import ManifestSigner
-from fleetcap.coordinator.settings import LOCAL_ACCOUNT, ServiceConfig
+from fleetcap.coordinator.settings import ServiceConfig
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.store import Store, WatchKind
 from fleetcap.coordinator.storage.local_sink import LocalSink
@@ -40,7 +40,7 @@ from fleetcap.coordinator.storage.sink import Sink
 from fleetcap.core import limits
 from fleetcap.core.logs import bounded
 from fleetcap.core.naming import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, parse_rfc3339, resource_id, rfc3339, ring_file_path
-from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
+from fleetcap.core.vocabulary import LOCAL_ACCOUNT, CaptureError, Status, StopReason, is_terminal
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class CaptureService:
     ) -> tuple[state_pb2.CaptureRecord, builtins.list[state_pb2.InstanceRecord]]:
         """A create's checks, and the records it would write."""
         validation.validate_name(name)
-        p = validation.validate(params, storage_accounts=self.sinks)
+        p = validation.validate(params, storage_accounts={name: sink.container_rule for name, sink in self.sinks.items()})
         for field, expression, meaning in validation.expressions_to_compile(p):
             await self.filters.check(field, expression, meaning, caller=caller)
         running = await self.store.running_captures()

@@ -7,6 +7,7 @@ import dataclasses
 
 from fleetcap.core.naming import DEFAULT_SUBSCRIPTION
 from fleetcap.core.transport import DEFAULT_ADDRESS, ServerTls, is_local
+from fleetcap.core.vocabulary import StorageKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +25,14 @@ class OidcSettings:
         return bool(self.issuer)
 
 
-LOCAL_ACCOUNT = "local"
-"""The built-in storage account: a directory on the coordinator."""
+@dataclasses.dataclass(frozen=True)
+class StorageAccount:
+    """A storage account captures can name: its kind, its name, and where its secret is."""
+
+    kind: StorageKind
+    name: str
+    secret: str = dataclasses.field(repr=False)
+    """A reference (env:VAR or file:PATH, fleetcap.core.secrets), read when the sink is built."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +68,8 @@ class CoordinatorSettings:
     empty = data_dir/manifest-key.pem. The replicas of one deployment share one file."""
     agent_ttl_s: int = 10
     """Lease of an agent's registration: a silent agent is declared stopped after this."""
-    storage_accounts: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
-    """Azure Blob storage accounts: (name, connection string). "local" is always there."""
+    storage_accounts: tuple[StorageAccount, ...] = ()
+    """Storage accounts beyond LOCAL_ACCOUNT ("local"), which is always there."""
     service: ServiceConfig = ServiceConfig()
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty = none."""

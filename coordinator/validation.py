@@ -8,10 +8,10 @@ before validation passes, so a bad request leaves no state behind.
 from __future__ import annotations
 
 import posixpath
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from fleetcap.coordinator.errors import InvalidArgument
+from fleetcap.coordinator.storage.sink import ContainerRule
 from fleetcap.core import filters
 from fleetcap.core.limits import (
     CAPTURE_NAME_RE,
@@ -40,7 +40,6 @@ from fleetcap.v1 import captures_pb2
 DEFAULT_TOTAL_BYTES = 1073741824
 DEFAULT_TIME_LIMIT_S = 18000
 DEFAULT_CONTAINER = "network-watcher-logs"
-CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$")
 DEFAULT_FILE_COUNT = 10
 DEFAULT_FILE_SIZE = 104857600
 DEFAULT_SESSION_S = 86400
@@ -146,7 +145,11 @@ def parse_filters(items: Iterable[captures_pb2.PacketCaptureFilter]) -> list[fil
         raise InvalidArgument(e.field, e.rule) from None
 
 
-def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: Iterable[str]) -> captures_pb2.PacketCaptureParameters:
+def validate(
+    params: captures_pb2.PacketCaptureParameters, *, storage_accounts: Mapping[str, ContainerRule]
+) -> captures_pb2.PacketCaptureParameters:
+    """The parameters with Azure's defaults filled in, or InvalidArgument naming the field and the
+    rule. `storage_accounts`: each configured account's rule for container names."""
     p = captures_pb2.PacketCaptureParameters()
     p.CopyFrom(params)
 
@@ -198,16 +201,11 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
         p.time_limit_in_seconds = _range("timeLimitInSeconds", limit, 0, MAX_TIME_LIMIT_S)
         local_field, local = "storageLocation.filePath", loc.file_path
 
-    accounts = set(storage_accounts)
+    accounts = storage_accounts
     if not (loc.storage_id or local):
         raise InvalidArgument("storageLocation", f"needs a storageId, a {local_field.split('.')[1]}, or both")
     if loc.storage_path and not loc.storage_id:
         raise InvalidArgument("storageLocation.storagePath", "needs storageLocation.storageId")
-    if loc.storage_path and not CONTAINER_RE.match(container_of(loc.storage_path)):
-        raise InvalidArgument(
-            "storageLocation.storagePath",
-            f"'{container_of(loc.storage_path)}' is not a container name (3-63 lowercase letters, digits and single hyphens)",
-        )
     if loc.storage_id:
         account = loc.storage_id.rstrip("/").rsplit("/", 1)[-1]
         if account not in accounts:
@@ -216,6 +214,11 @@ def validate(params: captures_pb2.PacketCaptureParameters, *, storage_accounts: 
                 f"'{loc.storage_id}' is not a configured storage account (configured: {', '.join(sorted(accounts))})",
             )
         loc.storage_id = account
+        rule = accounts[account]
+        if loc.storage_path and not rule.allows(container_of(loc.storage_path)):
+            raise InvalidArgument(
+                "storageLocation.storagePath", f"'{container_of(loc.storage_path)}' is not a container name ({rule.text})"
+            )
     if loc.file_path:
         loc.file_path = validate_capture_path("storageLocation.filePath", loc.file_path)
     if loc.local_path:

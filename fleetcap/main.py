@@ -18,8 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from fleetcap.clients import cli
-from fleetcap.coordinator.settings import CoordinatorSettings, OidcSettings, ServiceConfig, parse_etcd_endpoints
+from fleetcap.coordinator.settings import CoordinatorSettings, OidcSettings, ServiceConfig, StorageAccount, parse_etcd_endpoints
+from fleetcap.coordinator.storage import registry
 from fleetcap.core import transport
+from fleetcap.core.vocabulary import LOCAL_ACCOUNT
 from fleetcap.node_agent.settings import AgentSettings
 from fleetcap.v1 import fleet_pb2
 
@@ -27,17 +29,25 @@ _COORDINATOR = CoordinatorSettings()
 _SERVICE = ServiceConfig()
 
 
-def storage_accounts(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """NAME=env:VAR, NAME=file:PATH, or NAME (connection string from
-    $AZURE_STORAGE_CONNECTION_STRING). A connection string itself is refused: a command line
-    is visible to every user of the machine."""
-    out = []
+def storage_accounts(specs: Sequence[str]) -> tuple[StorageAccount, ...]:
+    """`[KIND:]NAME[=env:VAR|=file:PATH]` → the accounts, each secret checked readable now (and
+    read again when the sink is built). KIND is a registry flag (`blob` when left out); without a
+    reference the kind's default applies (Blob: env:AZURE_STORAGE_CONNECTION_STRING). A secret
+    itself is refused: a command line is visible to every user of the machine."""
+    out: list[StorageAccount] = []
     for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not name or name == "local" or "/" in name:
-            raise cli.UsageError(f"--storage-account '{name}': the name must be non-empty, not 'local', without '/'")
-        source = value if sep else "env:AZURE_STORAGE_CONNECTION_STRING"
-        out.append((name, cli.secret(f"--storage-account {name}", source)))
+        account, sep, reference = spec.partition("=")
+        kind_flag, colon, name = account.rpartition(":")
+        try:
+            backend = registry.by_flag(kind_flag) if colon else registry.DEFAULT
+        except registry.UnknownKind as e:
+            raise cli.UsageError(f"--storage-account {account}: {e}") from None
+        if not name or name == LOCAL_ACCOUNT or "/" in name or name in (a.name for a in out):
+            raise cli.UsageError(f"--storage-account '{name}': the name must be non-empty, unique, not '{LOCAL_ACCOUNT}', without '/'")
+        require_extra(backend.extra, f"--storage-account {account} ({backend.kind})", *backend.packages)
+        source = reference if sep else backend.default_secret
+        cli.secret(f"--storage-account {account}", source)
+        out.append(StorageAccount(kind=backend.kind, name=name, secret=source))
     return tuple(out)
 
 
@@ -58,8 +68,6 @@ def require_extra(extra: str, what: str, *modules: str) -> None:
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     require_extra("coordinator", "fleetcap coordinator", "aetcd", "jwt", "grpc_health", "grpc_reflection", "cryptography")
-    if args.storage_account:
-        require_extra("azure", "--storage-account (Azure Blob storage)", "azure.storage.blob")
     from fleetcap.coordinator import app
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -252,9 +260,10 @@ def add_daemons(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument(
         "--storage-account",
         action="append",
-        metavar="NAME[=CONNECTION_STRING|=env:VAR]",
-        help="an Azure Blob storage account captures can name (repeatable); without a value the "
-        "connection string comes from $AZURE_STORAGE_CONNECTION_STRING",
+        metavar="[KIND:]NAME[=env:VAR|=file:PATH]",
+        help="a storage account captures can name (repeatable). KIND: "
+        + ", ".join(f"{b.flag} ({b.kind}; its secret is {b.secret}, by default from {b.default_secret})" for b in registry.BACKENDS)
+        + f"; without KIND, {registry.DEFAULT.flag}",
     )
     c.add_argument(
         "--metrics-listen",

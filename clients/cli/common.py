@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any, NoReturn, TypeAlias
 
 from fleetcap.clients.errors import ErrorCode
-from fleetcap.core import transport
+from fleetcap.core import secrets, transport
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +76,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def secret(flag: str, source: str) -> str:
-    """A secret from `env:VAR` or `file:PATH`. A literal value is refused: a command line is
-    visible to every user of the machine (ps, /proc)."""
-    kind, _, where = source.partition(":")
-    if kind == "env" and where:
-        value = os.environ.get(where, "")
-        if not value:
-            raise UsageError(f"{flag}: environment variable {where} is not set")
-        return value
-    if kind == "file" and where:
-        try:
-            with open(where) as f:
-                value = f.read().strip()
-        except OSError as e:
-            raise UsageError(f"{flag}: cannot read {where}: {e.strerror}") from None
-        if not value:
-            raise UsageError(f"{flag}: {where} is empty")
-        return value
-    raise UsageError(f"{flag}: give the secret as env:VARIABLE or file:PATH, never on the command line")
+    """A secret from `env:VAR` or `file:PATH` (fleetcap.core.secrets). A literal value is refused:
+    a command line is visible to every user of the machine (ps, /proc)."""
+    try:
+        return secrets.resolve(source)
+    except secrets.SecretError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def add_credential_flags(parser: argparse.ArgumentParser) -> None:

@@ -31,13 +31,13 @@ from fleetcap.coordinator.fetch import fetch_object
 from fleetcap.coordinator.fleet.agents import check_caller, check_identity
 from fleetcap.coordinator.fleet.wire import ChunkRequest, ChunkView
 from fleetcap.coordinator.metrics import CoordinatorMetrics
-from fleetcap.coordinator.settings import LOCAL_ACCOUNT
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 from fleetcap.core import limits
 from fleetcap.core.auth import Principal
 from fleetcap.core.libpcap import MAX_SNAPLEN
 from fleetcap.core.naming import ring_file_path
+from fleetcap.core.vocabulary import LOCAL_ACCOUNT
 from fleetcap.v1 import fleet_pb2, state_pb2
 
 log = logging.getLogger(__name__)

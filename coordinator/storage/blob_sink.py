@@ -22,6 +22,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
 
 from fleetcap.coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.core.vocabulary import StorageKind
 
 log = logging.getLogger(__name__)
 # The Azure SDK logs every request and its headers at INFO: noise on a busy coordinator, and
@@ -52,6 +53,8 @@ def public_url(url: str) -> str:
 
 
 class BlobSink(Sink):
+    kind = StorageKind.AZURE_BLOB
+
     def __init__(self, connection_string: str, *, api_version: str | None = None):
         kwargs: dict[str, Any] = {"api_version": api_version} if api_version else {}
         # The SDK's default retry waits 15 s, then 18 s...: a dead account would hold an upload
@@ -82,8 +85,6 @@ class BlobSink(Sink):
                     raise SinkError(f"container '{container}': {type(e).__name__}: {str(e).splitlines()[0]}") from None
                 self._containers_ready.add(container)
         return self.service.get_blob_client(container, name)
-
-    kind = "AzureBlob"
 
     def endpoint(self) -> str:
         return public_url(self.service.url)

@@ -16,13 +16,14 @@ import os
 
 from fleetcap.coordinator.storage.sink import Committed, IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
 from fleetcap.core.integrity import sha256_file
+from fleetcap.core.vocabulary import StorageKind
 
 # fsync once per this many bytes: per-chunk fsyncs would cap a file at the disk's fsync rate.
 SYNC_BYTES = 16 << 20
 
 
 class LocalSink(Sink):
-    kind = "Local"
+    kind = StorageKind.LOCAL
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)

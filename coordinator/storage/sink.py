@@ -12,7 +12,26 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Callable
+from typing import ClassVar
+
+from fleetcap.core.vocabulary import StorageKind
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerRule:
+    """Which container names a kind of store takes (the last segment of storagePath)."""
+
+    pattern: re.Pattern[str]
+    text: str  # the rule in words, for the error that refuses a name
+
+    def allows(self, container: str) -> bool:
+        return self.pattern.match(container) is not None
+
+
+# Azure's rule, which the built-in local account follows too: a container is a directory there.
+AZURE_CONTAINER = ContainerRule(re.compile(r"^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$"), "3-63 lowercase letters, digits and single hyphens")
 
 
 class SinkError(Exception):
@@ -70,7 +89,11 @@ class ObjectWriter(abc.ABC):
 
 
 class Sink(abc.ABC):
-    kind: str = ""  # "Local" or "AzureBlob", as ListStorageAccounts reports it
+    """A kind of store. A new kind is one module with a Sink and its ObjectWriter, one line in
+    coordinator/storage/registry.py, and a run of tests/integration/test_storage_contract.py."""
+
+    kind: ClassVar[StorageKind]
+    container_rule: ClassVar[ContainerRule] = AZURE_CONTAINER
 
     @abc.abstractmethod
     def endpoint(self) -> str:

@@ -73,6 +73,18 @@ class CaptureError(enum.StrEnum):
         return StopReason.AGENT_STOPPED if self is CaptureError.AGENT_STOPPED else StopReason.CAPTURE_FAILED
 
 
+class StorageKind(enum.StrEnum):
+    """What kind of store a storage account is, as ListStorageAccounts reports it. Each kind has
+    one backend module behind the coordinator's storage registry (coordinator/storage/registry.py)."""
+
+    LOCAL = "Local"  # a directory on the coordinator: the built-in account LOCAL_ACCOUNT
+    AZURE_BLOB = "AzureBlob"
+
+
+LOCAL_ACCOUNT = "local"
+"""The built-in storage account: the coordinator's own storage directory, always there."""
+
+
 class TargetType(enum.StrEnum):
     """targetType: what a capture targets."""
 

@@ -17,6 +17,7 @@ from fleetcap.clients import sdk
 from fleetcap.clients.rest import alerts, arm
 from fleetcap.coordinator import validation
 from fleetcap.coordinator.errors import InvalidArgument
+from fleetcap.coordinator.storage.sink import AZURE_CONTAINER
 from fleetcap.core import auth, filters
 from fleetcap.v1 import captures_pb2 as pb
 
@@ -80,7 +81,7 @@ def capture_parameters(draw) -> pb.PacketCaptureParameters:
 def test_create_validation_only_ever_names_a_field(params, name):
     try:
         validation.validate_name(name)
-        p = validation.validate(params, storage_accounts=["local"])
+        p = validation.validate(params, storage_accounts={"local": AZURE_CONTAINER})
         for field, expression, _ in validation.expressions_to_compile(p):
             assert field in ("bpfFilter", "filters")
             assert isinstance(expression, str)
@@ -166,7 +167,7 @@ def test_the_fuzzers_reach_both_outcomes():
     assert isinstance(
         validation.validate(
             pb.PacketCaptureParameters(target="t", storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap")),
-            storage_accounts=["local"],
+            storage_accounts={"local": AZURE_CONTAINER},
         ),
         pb.PacketCaptureParameters,
     )

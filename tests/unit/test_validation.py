@@ -8,9 +8,10 @@ import pytest
 
 from fleetcap.coordinator import validation
 from fleetcap.coordinator.errors import InvalidArgument
+from fleetcap.coordinator.storage.sink import AZURE_CONTAINER
 from fleetcap.v1 import captures_pb2 as pb
 
-ACCOUNTS = ["local"]
+ACCOUNTS = {"local": AZURE_CONTAINER}
 
 
 def params(**kw) -> pb.PacketCaptureParameters:

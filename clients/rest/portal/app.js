@@ -1,6 +1,9 @@
 // fleetcap portal: the Network Watcher packet-capture blade, on the gateway's ARM-shaped API.
 "use strict";
 
+// How the storage kinds read in the form; a kind without a label shows its own name.
+const STORAGE_KIND_LABELS = { Local: "coordinator disk", AzureBlob: "Azure Blob" };
+
 const ARM = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/" +
             "networkWatchers/NetworkWatcher_local/packetCaptures";
 const API = "?api-version=2024-05-01";
@@ -548,7 +551,7 @@ async function openAdd() {
     return;
   }
   $("#f-account").replaceChildren(...accounts.map((a) =>
-    el("option", { value: a.name, title: a.endpoint }, `${a.name} (${a.kind === "Local" ? "coordinator disk" : "Azure Blob"})`)));
+    el("option", { value: a.name, title: a.endpoint }, `${a.name} (${STORAGE_KIND_LABELS[a.kind] || a.kind})`)));
   nameEdited = false;
   delete $("#f-path").dataset.edited;
   $("#filters tbody").replaceChildren();
