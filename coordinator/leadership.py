@@ -14,6 +14,7 @@ import logging
 from fleetcap.coordinator.errors import FleetcapError
 from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state.store import Store
+from fleetcap.core.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,14 @@ RECONCILE_AFTER_TTLS = 2
 
 async def lead(store: Store, service: CaptureService, replica: str, leading: asyncio.Event, agent_ttl_s: int) -> None:
     """Runs for ever: tries to lead, and while leading keeps `leading` set."""
+    reconciles = TaskSet("reconciling absent agents", log, expected=(FleetcapError,))
+    try:
+        await _lead(store, service, replica, leading, agent_ttl_s, reconciles)
+    finally:
+        await reconciles.close()
+
+
+async def _lead(store: Store, service: CaptureService, replica: str, leading: asyncio.Event, agent_ttl_s: int, reconciles: TaskSet) -> None:
     while True:
         try:
             lease = await store.try_lead(replica, LEADER_TTL_S)
@@ -35,7 +44,7 @@ async def lead(store: Store, service: CaptureService, replica: str, leading: asy
                 continue
             log.info("%s became the leader", replica)
             leading.set()
-            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: asyncio.ensure_future(_reconcile(service)))
+            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: reconciles.start(_reconcile(service)))
             while True:  # keep the lease alive, three refreshes per TTL
                 if not await store.refresh_lease(lease):
                     break

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from fleetcap.core import filters, limits
+from fleetcap.core.tasks import TaskSet
 from fleetcap.core.vocabulary import CaptureError, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot, FileReplaced
@@ -99,6 +100,7 @@ class CaptureRunner:
         self._addresses = addresses
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock = Clock(settings.test_clock_offset_s)
+        self._hashes = TaskSet("hashing a finished file", log)
         # Messages to the coordinator outside a capture's progress (budget requests and returns);
         # the control loop sets it, and a message sent while disconnected is lost (the session asks again).
         self.send: Callable[[fleet_pb2.AgentMessage], None] = lambda message: None
@@ -312,7 +314,7 @@ class CaptureRunner:
         for f in list(cap.session.files):
             if f.closed and not f.sha256 and f.index not in cap.hashing:
                 cap.hashing.add(f.index)
-                asyncio.ensure_future(self._hash(cap, f))
+                self._hashes.start(self._hash(cap, f), on_error=functools.partial(self._hash_failed, cap, f), detail=f.path)
 
     async def _hash(self, cap: ActiveCapture, f: CaptureFile) -> None:
         try:
@@ -325,6 +327,12 @@ class CaptureRunner:
             self.changed(cap.start.capture_name)
             return
         f.first_us, f.last_us, f.sha256 = summary.first_us, summary.last_us, summary.sha256
+        self.changed(cap.start.capture_name)
+
+    def _hash_failed(self, cap: ActiveCapture, f: CaptureFile, error: BaseException) -> None:
+        """A file that cannot be hashed cannot be vouched for: the instance fails LocalFileFailed
+        with the reason, rather than waiting for a SHA-256 that will never come."""
+        cap.file_problems.append(f"{cap.api_path(f.index)}: cannot be hashed: {type(error).__name__}: {error}")
         self.changed(cap.start.capture_name)
 
     def _sync_uploads(self, cap: ActiveCapture) -> None:

@@ -21,6 +21,7 @@ from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.token_bucket import TokenBucket
 from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
+from fleetcap.core.tasks import TaskSet
 from fleetcap.v1 import captures_pb2, fleet_pb2, state_pb2
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class ControlSession:
         self._changes = TokenBucket(CHANGE_BURST, CHANGES_PER_S)
         self._writer: asyncio.Task[None] | None = None
         self._last_probe = -CLOCK_PROBE_GAP_S
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks = TaskSet("budget exchange", log, expected=(FleetcapError,))
 
     @property
     def instance_key(self) -> str:
@@ -268,17 +269,9 @@ class ControlSession:
             log.warning("agent %s: could not apply %s: %s", key, message.WhichOneof("body"), e)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Runs a budget exchange beside the stream (it may wait for idle agents to give back),
-        logging its failure; the task is kept until it ends."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Future[None]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("agent %s: budget exchange failed: %s", self.instance_key, t.exception())
-
-        task.add_done_callback(done)
+        """Runs a budget exchange beside the stream (it may wait for idle agents to give back);
+        the task is kept until it ends, and its failure logged."""
+        self._tasks.start(work, detail=f"agent {self.instance_key}")
 
     def _echo(self, probe: fleet_pb2.ClockProbe) -> None:
         """Answers a clock probe at once (the agent measures its offset from it); more than one
@@ -366,8 +359,7 @@ class ControlSession:
                 log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
 
     def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None

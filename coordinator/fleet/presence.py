@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from collections.abc import Callable
 from fleetcap.coordinator.errors import FleetcapError, StoreUnavailable
 from fleetcap.coordinator.service import being_cancelled, settle
 from fleetcap.coordinator.state.store import AGENT_BATCH, Store
+from fleetcap.core.tasks import TaskSet
 from fleetcap.v1 import state_pb2
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Presence:
         self._lease = 0
         self._lease_lock = asyncio.Lock()
         self._records: dict[str, state_pb2.AgentRecord] = {}  # agents registered by this replica
-        self._removals: set[asyncio.Task[None]] = set()
+        self._removals = TaskSet("removing a departed agent's record", log, expected=(FleetcapError,))
         # Registrations waiting for the next transaction, and the one task that writes them.
         self._waiting: collections.deque[tuple[str, state_pb2.AgentRecord, asyncio.Future[None]]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
@@ -138,9 +138,7 @@ class Presence:
         registered again by then."""
         if self._records.get(instance_key) is record:
             del self._records[instance_key]
-        task = asyncio.ensure_future(self._remove_later(instance_key, record, after_s))
-        self._removals.add(task)
-        task.add_done_callback(self._removals.discard)
+        self._removals.start(self._remove_later(instance_key, record, after_s), detail=instance_key)
 
     async def _remove_later(self, instance_key: str, record: state_pb2.AgentRecord, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -195,8 +193,4 @@ class Presence:
         """Stops pending removals (the lease settles them once this replica is gone)."""
         if self._writer is not None:
             self._writer.cancel()
-        for task in list(self._removals):
-            task.cancel()
-        for task in list(self._removals):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._removals.close()

@@ -23,6 +23,7 @@ from fleetcap.core import transport
 from fleetcap.core.auth import AuthFile, Role, new_token
 from fleetcap.core.integrity import sha256_file
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
+from fleetcap.node_agent import runner as runner_module
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
 from fleetcap.node_agent.capture.replay_source import ReplaySourceFactory
@@ -412,3 +413,47 @@ def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_pat
         {"fleet_allowance": 1 << 20, "standby_s": 30, "standby_bytes": 8 << 20},
     ):
         assert start_problem(fleet_pb2.StartCapture(**base, **bad)).startswith("fleet budget:"), bad
+
+
+def test_a_file_that_cannot_be_hashed_fails_its_instance_instead_of_waiting_for_ever(tmp_path, monkeypatch, caplog):
+    """Hashing runs as an owned background task: an unexpected error there (a disk that fails the
+    read) ends the instance in LocalFileFailed naming the file, and is logged with its cause."""
+    root = tmp_path / "root"
+    root.mkdir()
+    write_trace(str(tmp_path / "in.pcap"), 5)
+
+    def failing_read(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(runner_module, "summarize", failing_read)
+
+    async def body() -> None:
+        runner = CaptureRunner(
+            AgentSettings(identity=IDENT, capture_root=str(root)),
+            "replay0",
+            data_stub=lambda: None,
+            exclude_tcp=[],  # type: ignore[arg-type,return-value]
+            on_report=lambda cap: None,
+            open_source=ReplaySourceFactory(str(tmp_path / "in.pcap")),
+            addresses=lambda _: ["10.0.0.2"],
+        )
+        runner.start(fleet_pb2.StartCapture(capture_name="h", capture_id="h@1", file_path="/var/captures/h.cap", time_limit_s=1))
+
+        def failed() -> bool:
+            cap = runner.captures["h"]
+            return cap.session is not None and cap.session.done.is_set() and bool(cap.file_problems)
+
+        await until("the hash failure to reach the instance", failed)
+        status = runner.captures["h"].progress().status
+        assert (status.packet_capture_status, list(status.packet_capture_error), status.error_message) == (
+            Status.ERROR,
+            [CaptureError.LOCAL_FILE_FAILED],
+            "/var/captures/h.cap: cannot be hashed: OSError: [Errno 5] Input/output error",
+        )
+        assert [f.sha256 for f in runner.captures["h"].session.files] == [""]
+        await runner.shutdown()
+
+    asyncio.run(body())
+    [record] = [r for r in caplog.records if r.name == "fleetcap.node_agent.runner" and "hashing a finished file" in r.getMessage()]
+    assert record.getMessage() == f"hashing a finished file ({root}/h.cap) failed: [Errno 5] Input/output error"
+    assert record.exc_info is not None
