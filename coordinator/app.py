@@ -1,4 +1,4 @@
-"""`fleetcap coordinator`: wires settings, state, sinks, services and servers, and runs them."""
+"""`fleetcap coordinator`: wires settings, state, sinks, use cases and servers, and runs them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 
+from fleetcap.coordinator import usecases
 from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.api.capture_servicer import CaptureServicer
 from fleetcap.coordinator.api.health import Health
@@ -24,7 +25,6 @@ from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer, add_fleet_s
 from fleetcap.coordinator.leadership import lead
 from fleetcap.coordinator.manifest import ManifestSigner
 from fleetcap.coordinator.metrics import CoordinatorMetrics
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.settings import CoordinatorSettings
 from fleetcap.coordinator.state.embedded_etcd import RESTART_BACKOFF_S, EmbeddedEtcd, supervise
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
@@ -105,23 +105,23 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     filters = FilterCompiler()
     await filters.start()
     signer = await asyncio.to_thread(ManifestSigner, settings.manifest_key_path)
-    service = CaptureService(store, sessions, sinks, settings.service, filters, signer=signer)
-    if service.instance_files is not None:
-        swept = await service.instance_files.sweep()
+    uc = usecases.build(store, sessions, sinks, settings.service, filters, signer=signer)
+    if uc.files.instance_files is not None:
+        swept = await uc.files.instance_files.sweep()
         if swept:
             log.info("removed %d fetched copies left by interrupted downloads", swept)
     replica = f"{socket.gethostname()}:{os.getpid()}"
 
     metrics = CoordinatorMetrics()
-    service.on_first_report = metrics.fanout.observe
+    uc.progress.on_first_report = metrics.fanout.observe
     metrics.storage_accounts(sinks)
     oidc = OidcVerifier(settings.oidc) if settings.oidc.enabled else None
     authenticator = Authenticator(settings.auth_file, tls=bool(settings.tls_cert), oidc=oidc)
     server = transport.aio_server([AuthInterceptor(authenticator, metrics)])
-    captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(service, metrics), server)
+    captures_pb2_grpc.add_PacketCapturesServicer_to_server(CaptureServicer(uc, metrics), server)
     health = Health(store)
     health.add_to(server)
-    fleet = FleetServicer(service, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics)
+    fleet = FleetServicer(store, sinks, uc, sessions, agent_ttl_s=settings.agent_ttl_s, replica=replica, metrics=metrics)
     add_fleet_servicer(fleet, server)
     # A unix socket is local IPC, guarded by its file's permissions: plaintext (callers still
     # bring a token). TCP listeners speak TLS when there is a certificate.
@@ -146,7 +146,7 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
         await health.serve_plain(settings.health_listen)
     metrics_server = None
     if settings.metrics_listen:
-        metrics_server = await serve_http(metrics.registry, settings.metrics_listen, before_scrape=lambda: metrics.refresh(service))
+        metrics_server = await serve_http(metrics.registry, settings.metrics_listen, before_scrape=lambda: metrics.refresh(store))
 
     supervisor = None
     if embedded:
@@ -159,9 +159,9 @@ async def serve(settings: CoordinatorSettings, ready: asyncio.Event | None = Non
     loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     leading = asyncio.Event()
     tasks = [
-        asyncio.ensure_future(watch_agent_expiry(store, service, sessions, leading)),
-        asyncio.ensure_future(lead(store, service, replica, leading, settings.agent_ttl_s)),
-        asyncio.ensure_future(dispatch_by_watch(store, service, sessions)),
+        asyncio.ensure_future(watch_agent_expiry(store, uc.reconciler, sessions, leading)),
+        asyncio.ensure_future(lead(store, uc.reconciler, replica, leading, settings.agent_ttl_s)),
+        asyncio.ensure_future(dispatch_by_watch(store, uc.lifecycle, uc.recorder, sessions)),
         asyncio.ensure_future(fleet.presence.run(sessions.silent)),
     ]
     if ready:

@@ -12,8 +12,8 @@ import asyncio
 import logging
 
 from fleetcap.coordinator.errors import FleetcapError
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.usecases.reconcile import Reconciler
 from fleetcap.core.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,16 @@ LEADER_TTL_S = 3
 RECONCILE_AFTER_TTLS = 2
 
 
-async def lead(store: Store, service: CaptureService, replica: str, leading: asyncio.Event, agent_ttl_s: int) -> None:
+async def lead(store: Store, reconciler: Reconciler, replica: str, leading: asyncio.Event, agent_ttl_s: int) -> None:
     """Runs for ever: tries to lead, and while leading keeps `leading` set."""
     reconciles = TaskSet("reconciling absent agents", log, expected=(FleetcapError,))
     try:
-        await _lead(store, service, replica, leading, agent_ttl_s, reconciles)
+        await _lead(store, reconciler, replica, leading, agent_ttl_s, reconciles)
     finally:
         await reconciles.close()
 
 
-async def _lead(store: Store, service: CaptureService, replica: str, leading: asyncio.Event, agent_ttl_s: int, reconciles: TaskSet) -> None:
+async def _lead(store: Store, reconciler: Reconciler, replica: str, leading: asyncio.Event, agent_ttl_s: int, reconciles: TaskSet) -> None:
     while True:
         try:
             lease = await store.try_lead(replica, LEADER_TTL_S)
@@ -44,7 +44,7 @@ async def _lead(store: Store, service: CaptureService, replica: str, leading: as
                 continue
             log.info("%s became the leader", replica)
             leading.set()
-            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: reconciles.start(_reconcile(service)))
+            asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: reconciles.start(_reconcile(reconciler)))
             while True:  # keep the lease alive, three refreshes per TTL
                 if not await store.refresh_lease(lease):
                     break
@@ -58,8 +58,8 @@ async def _lead(store: Store, service: CaptureService, replica: str, leading: as
         leading.clear()
 
 
-async def _reconcile(service: CaptureService) -> None:
+async def _reconcile(reconciler: Reconciler) -> None:
     try:
-        await service.reconcile_absent_agents()
+        await reconciler.reconcile_absent_agents()
     except FleetcapError as e:
         log.warning("reconciliation failed: %s", e)

@@ -35,7 +35,7 @@ from fleetcap.core.metrics import FAST_BUCKETS, SLOW_BUCKETS, new_registry
 from fleetcap.core.vocabulary import Status
 
 if TYPE_CHECKING:
-    from fleetcap.coordinator.service import CaptureService
+    from fleetcap.coordinator.state.store import Store
 
 REFRESH_S = 5.0
 STATUSES = tuple(Status)
@@ -126,7 +126,7 @@ class CoordinatorMetrics:
         if seconds is not None:
             self.api_latency.labels(method).observe(seconds)
 
-    async def refresh(self, service: CaptureService) -> None:
+    async def refresh(self, store: Store) -> None:
         """Recomputes the deployment gauges from the store, unless done in the last REFRESH_S."""
         async with self._lock:
             if time.monotonic() - self._refreshed < REFRESH_S:
@@ -134,8 +134,8 @@ class CoordinatorMetrics:
             captures: dict[str, int] = dict.fromkeys(STATUSES, 0)
             instances: dict[str, int] = dict.fromkeys(STATUSES, 0)
             stored = lag = lag_files = 0
-            for record in await service.store.list_captures():
-                status = st.aggregate(record, await service.store.get_instances(record.resource.name))
+            for record in await store.list_captures():
+                status = st.aggregate(record, await store.get_instances(record.resource.name))
                 captures[status.packet_capture_status or Status.UNKNOWN] = (
                     captures.get(status.packet_capture_status or Status.UNKNOWN, 0) + 1
                 )
@@ -152,7 +152,7 @@ class CoordinatorMetrics:
                 self.captures.labels(s).set(n)
             for s, n in instances.items():
                 self.instances.labels(s).set(n)
-            self.agents.set(len(await service.store.list_agents()))
+            self.agents.set(len(await store.list_agents()))
             self.stored.set(stored)
             self.lag_bytes.set(lag)
             self.lag_files.set(lag_files)

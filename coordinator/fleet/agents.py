@@ -16,9 +16,12 @@ from fleetcap.coordinator.errors import FleetcapError, InvalidArgument, Permissi
 from fleetcap.coordinator.fetch import InterfaceRate
 from fleetcap.coordinator.fleet import reports
 from fleetcap.coordinator.fleet.presence import Presence
-from fleetcap.coordinator.service import CaptureService, being_cancelled
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.token_bucket import TokenBucket
+from fleetcap.coordinator.usecases.common import being_cancelled
+from fleetcap.coordinator.usecases.fleet_budget import FleetBudget
+from fleetcap.coordinator.usecases.progress import ProgressIntake
+from fleetcap.coordinator.usecases.reconcile import Reconciler
 from fleetcap.core.auth import Principal, Role
 from fleetcap.core.naming import resource_id, utc_now
 from fleetcap.core.tasks import TaskSet
@@ -180,8 +183,20 @@ class ControlSession:
     bad identity and StoreUnavailable when etcd cannot register it.
     """
 
-    def __init__(self, service: CaptureService, sessions: AgentSessions, presence: Presence, *, agent_ttl_s: int, replica: str):
-        self.service = service
+    def __init__(
+        self,
+        progress: ProgressIntake,
+        reconciler: Reconciler,
+        budget: FleetBudget,
+        sessions: AgentSessions,
+        presence: Presence,
+        *,
+        agent_ttl_s: int,
+        replica: str,
+    ):
+        self.progress = progress
+        self.reconciler = reconciler
+        self.budget = budget
         self.sessions = sessions
         self.presence = presence
         self.agent_ttl_s = agent_ttl_s
@@ -227,7 +242,7 @@ class ControlSession:
         # applied before the stream is read: applied concurrently, a hello written late could
         # overwrite a newer report (an upload that committed while the agent was connecting).
         # Messages this queues (starts, stops) go out after the welcome.
-        await self.service.agent_connected(key, hello)
+        await self.reconciler.agent_connected(key, hello)
         return fleet_pb2.Welcome(
             instance_resource_id=resource_id(hello.identity),
             heartbeat_interval_ms=max(MIN_HEARTBEAT_MS, self.agent_ttl_s * 1000 // HEARTBEATS_PER_TTL),
@@ -244,9 +259,9 @@ class ControlSession:
             if message.HasField("clock_probe"):
                 self._echo(message.clock_probe)
             elif message.HasField("budget_request"):
-                self._background(self.service.budget_request(key, message.budget_request))
+                self._background(self.budget.request(key, message.budget_request))
             elif message.HasField("budget_return"):
-                self._background(self.service.budget_return(key, message.budget_return))
+                self._background(self.budget.give_back(key, message.budget_return))
             elif message.HasField("progress"):
                 try:
                     reports.check_progress(message.progress)
@@ -319,7 +334,7 @@ class ControlSession:
                     continue
                 del self._pending[name]
                 try:
-                    await self.service.apply_progress(self.instance_key, progress)
+                    await self.progress.apply_progress(self.instance_key, progress)
                     self._written[name] = (loop.time(), progress)
                 except (asyncio.CancelledError, StoreUnavailable) as e:
                     # etcd away (or a call cancelled under us): the report waits and is written
@@ -354,7 +369,7 @@ class ControlSession:
         for name, progress in list(self._pending.items()):
             del self._pending[name]
             try:
-                await self.service.apply_progress(self.instance_key, progress)
+                await self.progress.apply_progress(self.instance_key, progress)
             except FleetcapError as e:
                 log.warning("agent %s: could not apply progress of %s: %s", self.instance_key, name, e)
 

@@ -8,8 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fleetcap.coordinator.fleet.agents import AgentSessions
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state.store import Store, WatchKind
+from fleetcap.coordinator.usecases.lifecycle import Lifecycle
+from fleetcap.coordinator.usecases.recorder import FlightRecorder
 from fleetcap.core.vocabulary import Status
 from fleetcap.v1 import fleet_pb2, state_pb2
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 REWATCH_S = 1.0
 
 
-async def _follow_captures(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
+async def _follow_captures(store: Store, lifecycle: Lifecycle, recorder: FlightRecorder, sessions: AgentSessions) -> None:
     # The capture record is written last, as the commit point of a create: its PUT is when the
     # instances may start. A later PUT with stop_requested is when they must stop. Agents
     # ignore a repeated command, so the replica that served the call may also send it at once.
@@ -30,26 +31,28 @@ async def _follow_captures(store: Store, service: CaptureService, sessions: Agen
             # agents here otherwise (found by bench/chaos_soak.py); what the watch now also
             # brings is sent twice, and agents ignore the repeat.
             for record in await store.list_captures():
-                await _dispatch(store, service, sessions, record)
+                await _dispatch(store, lifecycle, recorder, sessions, record)
         elif event.kind == WatchKind.PUT and event.record is not None:
-            await _dispatch(store, service, sessions, event.record)
+            await _dispatch(store, lifecycle, recorder, sessions, event.record)
 
 
-async def _dispatch(store: Store, service: CaptureService, sessions: AgentSessions, record: state_pb2.CaptureRecord) -> None:
+async def _dispatch(
+    store: Store, lifecycle: Lifecycle, recorder: FlightRecorder, sessions: AgentSessions, record: state_pb2.CaptureRecord
+) -> None:
     """What a capture record asks of the agents connected here: stop, trigger or start."""
     if not any(sessions.connected(k) for k in record.instance_keys):
         return
     if record.stop_requested:
-        await service.send_stops(record)
+        await lifecycle.send_stops(record)
         return
     if record.trigger_time:  # a flight recorder's trigger, taken by any replica
-        await service.send_triggers(record)
+        await recorder.send_triggers(record)
         return
-    if service.dispatched_here(record):
+    if lifecycle.dispatched_here(record):
         return  # its create sent the starts; an agent that connected since is started on its hello
     for inst in await store.get_instances(record.resource.name):
         if inst.status.packet_capture_status == Status.NOT_STARTED and sessions.connected(inst.instance_key):
-            service.start_instance(record, inst)
+            lifecycle.start_instance(record, inst)
 
 
 async def _follow_fetches(store: Store, sessions: AgentSessions) -> None:
@@ -79,9 +82,9 @@ async def _forever(what: str, follow: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(REWATCH_S)
 
 
-async def dispatch_by_watch(store: Store, service: CaptureService, sessions: AgentSessions) -> None:
+async def dispatch_by_watch(store: Store, lifecycle: Lifecycle, recorder: FlightRecorder, sessions: AgentSessions) -> None:
     """Runs for ever, watching again after an interruption."""
     await asyncio.gather(
-        _forever("dispatch", lambda: _follow_captures(store, service, sessions)),
+        _forever("dispatch", lambda: _follow_captures(store, lifecycle, recorder, sessions)),
         _forever("fetch", lambda: _follow_fetches(store, sessions)),
     )

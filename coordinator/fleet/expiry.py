@@ -7,8 +7,8 @@ import asyncio
 import logging
 
 from fleetcap.coordinator.fleet.agents import AgentSessions
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state.store import Store, WatchKind
+from fleetcap.coordinator.usecases.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 REWATCH_S = 1.0
 
 
-async def watch_agent_expiry(store: Store, service: CaptureService, sessions: AgentSessions, leading: asyncio.Event) -> None:
+async def watch_agent_expiry(store: Store, reconciler: Reconciler, sessions: AgentSessions, leading: asyncio.Event) -> None:
     """Runs for ever. No heartbeat for a whole lease: the agent is gone or cut off, even if its
     TCP stream has not timed out yet. Its stream is closed here so that it reconnects afresh
     (its report then revives what it still has: AgentStopped recovers), and the leader fails
@@ -28,13 +28,13 @@ async def watch_agent_expiry(store: Store, service: CaptureService, sessions: Ag
                 if event.kind == WatchKind.READY and rewatch and leading.is_set():
                     # Watching again (etcd restarted): an agent that left while no watch ran
                     # came as no event; its unfinished captures are failed now.
-                    await service.reconcile_absent_agents("the agent's lease expired while etcd was away")
+                    await reconciler.reconcile_absent_agents("the agent's lease expired while etcd was away")
                 if event.kind != WatchKind.DELETE:
                     continue
                 sessions.close(event.instance_key)
                 if leading.is_set():
                     log.warning("agent %s: lease expired", event.instance_key)
-                    await service.agent_lost(event.instance_key)
+                    await reconciler.agent_lost(event.instance_key)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # etcd restarting: watch again

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 
-from fleetcap.coordinator import service as svc
 from fleetcap.coordinator.api import status_codes
 from fleetcap.coordinator.api.auth import current_principal
 from fleetcap.coordinator.api.status_codes import Context
@@ -28,6 +27,9 @@ from fleetcap.coordinator.fleet.agents import AgentSessions, ControlSession
 from fleetcap.coordinator.fleet.presence import Presence
 from fleetcap.coordinator.fleet.uploads import Uploads
 from fleetcap.coordinator.metrics import CoordinatorMetrics
+from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.storage.sink import Sink
+from fleetcap.coordinator.usecases import UseCases
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,19 +38,21 @@ log = logging.getLogger(__name__)
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def __init__(
         self,
-        service: svc.CaptureService,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        uc: UseCases,
         sessions: AgentSessions,
         *,
         agent_ttl_s: int,
         replica: str,
         metrics: CoordinatorMetrics | None = None,
     ):
-        self.service = service
+        self.uc = uc
         self.sessions = sessions
-        self.presence = Presence(service.store, agent_ttl_s)
+        self.presence = Presence(store, agent_ttl_s)
         self.agent_ttl_s = agent_ttl_s
         self.replica = replica
-        self.uploads = Uploads(service, metrics or CoordinatorMetrics())
+        self.uploads = Uploads(store, sinks, metrics or CoordinatorMetrics())
 
     async def Connect(
         self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], context: Context
@@ -57,7 +61,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
-        control = ControlSession(self.service, self.sessions, self.presence, agent_ttl_s=self.agent_ttl_s, replica=self.replica)
+        control = ControlSession(
+            self.uc.progress,
+            self.uc.reconciler,
+            self.uc.budget,
+            self.sessions,
+            self.presence,
+            agent_ttl_s=self.agent_ttl_s,
+            replica=self.replica,
+        )
         reader: asyncio.Future[None] | None = None
         try:
             try:

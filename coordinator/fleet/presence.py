@@ -33,8 +33,8 @@ import random
 from collections.abc import Callable
 
 from fleetcap.coordinator.errors import FleetcapError, StoreUnavailable
-from fleetcap.coordinator.service import being_cancelled, settle
 from fleetcap.coordinator.state.store import AGENT_BATCH, Store
+from fleetcap.coordinator.usecases.common import being_cancelled, settle
 from fleetcap.core.tasks import TaskSet
 from fleetcap.v1 import state_pb2
 

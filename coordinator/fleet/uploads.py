@@ -13,11 +13,10 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import google_crc32c
 
-from fleetcap.coordinator import service as svc
 from fleetcap.coordinator.errors import (
     DataLoss,
     FailedPrecondition,
@@ -32,7 +31,10 @@ from fleetcap.coordinator.fleet.agents import check_caller, check_identity
 from fleetcap.coordinator.fleet.wire import ChunkRequest, ChunkView
 from fleetcap.coordinator.metrics import CoordinatorMetrics
 from fleetcap.coordinator.state import keys
+from fleetcap.coordinator.state.store import Store
+from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import IntegrityError, ObjectWriter, OffsetMismatch, Sink, SinkError
+from fleetcap.coordinator.usecases.common import object_name, session_id
 from fleetcap.core import limits
 from fleetcap.core.auth import Principal
 from fleetcap.core.libpcap import MAX_SNAPLEN
@@ -86,7 +88,7 @@ def _trim_ring(record: state_pb2.CaptureRecord, op: fleet_pb2.UploadOpen, sink: 
     index = int(op.file_path[-len("00000.cap") : -len(".cap")])
     old = index - p.capture_settings.file_count
     if old >= 0:
-        sink.delete(svc.object_name(record, op.identity, ring_file_path(record.local_path, old, True)))
+        sink.delete(object_name(record, op.identity, ring_file_path(record.local_path, old, True)))
 
 
 # A pcap record's header (timestamp, captured and original lengths: 16 bytes) before its data.
@@ -117,8 +119,12 @@ class Uploads:
     """The upload streams of this replica: the newest per stored object wins, an older one for
     the same object stops (Superseded)."""
 
-    def __init__(self, service: svc.CaptureService, metrics: CoordinatorMetrics):
-        self.service = service
+    def __init__(self, store: Store, sinks: Mapping[str, Sink], metrics: CoordinatorMetrics):
+        self.store = store
+        self.sinks = sinks
+        local = sinks.get(LOCAL_ACCOUNT)
+        # Files sent for a download land in the local account's fetch area (fetch.py).
+        self.fetch_sink = local if isinstance(local, LocalSink) else None
         self.metrics = metrics
         self._newest: dict[str, object] = {}
 
@@ -127,8 +133,8 @@ class Uploads:
         the agent of an instance the capture was dispatched to may upload its files."""
         check_identity(op.identity)
         check_caller(principal, op.identity)
-        record = await self.service.store.get_capture(op.capture_name) if limits.CAPTURE_NAME_RE.match(op.capture_name) else None
-        if record is None or op.capture_id != svc.session_id(record):
+        record = await self.store.get_capture(op.capture_name) if limits.CAPTURE_NAME_RE.match(op.capture_name) else None
+        if record is None or op.capture_id != session_id(record):
             raise NotFound(f"packet capture '{op.capture_name}' not found")
         if keys.instance_key(op.identity) not in record.instance_keys:
             raise PermissionDenied("this capture does not target that instance")
@@ -137,12 +143,12 @@ class Uploads:
         account = record.resource.properties.storage_location.storage_id
         if not account:
             raise FailedPrecondition("this capture has no storage account")
-        return record, account, self.service.sinks[account], svc.object_name(record, op.identity, op.file_path)
+        return record, account, self.sinks[account], object_name(record, op.identity, op.file_path)
 
     async def _resolve_fetch(self, op: fleet_pb2.UploadOpen) -> tuple[Sink, str]:
         """A file sent for a download (fetch.py): accepted only while the download's fetch record
         exists, and only for the very file and instance it names."""
-        fetch = await self.service.store.get_fetch(op.fetch_id) if FETCH_ID.fullmatch(op.fetch_id) else None
+        fetch = await self.store.get_fetch(op.fetch_id) if FETCH_ID.fullmatch(op.fetch_id) else None
         if fetch is None:
             raise NotFound(f"fetch '{op.fetch_id[:40]}' not found (its download has ended)")
         if (fetch.instance_key, fetch.capture_name, fetch.capture_id, fetch.file_path) != (
@@ -152,9 +158,9 @@ class Uploads:
             op.file_path,
         ):
             raise PermissionDenied("the fetch names another file, capture or instance")
-        if self.service.instance_files is None:
+        if self.fetch_sink is None:
             raise FailedPrecondition("this coordinator has no local storage to fetch files through")
-        return self.service.instance_files.sink, fetch_object(op.fetch_id)
+        return self.fetch_sink, fetch_object(op.fetch_id)
 
     async def receive(
         self,
@@ -237,7 +243,7 @@ class Uploads:
                 if self._newest.get(object_name) is not token:
                     raise Superseded("a newer upload stream took over this file")
                 if isinstance(req, fleet_pb2.UploadRequest) and req.HasField("finish"):
-                    if op.fetch_id and await self.service.store.get_fetch(op.fetch_id) is None:
+                    if op.fetch_id and await self.store.get_fetch(op.fetch_id) is None:
                         raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
                     _within(cap, req.finish.size_bytes, "a file of")
                     committing = time.monotonic()
@@ -254,7 +260,7 @@ class Uploads:
                 if isinstance(req, (fleet_pb2.UploadRequest, ChunkRequest)) and req.HasField("chunk"):
                     if op.fetch_id and time.monotonic() - fetch_checked > FETCH_CHECK_S:
                         # A download that ended (its reader went away) stops its fetch here.
-                        if await self.service.store.get_fetch(op.fetch_id) is None:
+                        if await self.store.get_fetch(op.fetch_id) is None:
                             raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
                         fetch_checked = time.monotonic()
                     c = req.chunk

@@ -12,7 +12,7 @@ from fleetcap.coordinator.fleet.agents import CHANGE_BURST, CHANGES_PER_S
 from fleetcap.coordinator.token_bucket import TokenBucket
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2
-from tests.unit.test_service import params, setup
+from tests.unit.coordinator_support import params, setup
 
 
 def report(**status) -> fleet_pb2.CaptureProgress:
@@ -83,7 +83,7 @@ def test_changes_of_state_are_paced_never_dropped():
 def test_a_settled_record_is_final(tmp_path):
     async def body():
         svc, _ = await setup(tmp_path)
-        created = await svc.create(name="fin", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        created = await svc.uc.lifecycle.create(name="fin", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
         sid = f"{created.id}@{created.created_time}"
         key = "local/rg/vmss/web/0"
         done = pb.InstanceStatus(
@@ -93,13 +93,13 @@ def test_a_settled_record_is_final(tmp_path):
             capture_start_time="2026-12-08T00:00:00Z",
             files=[pb.CaptureFile(file_path="/var/captures/a.cap", size_bytes=100, sha256="ab" * 32)],
         )
-        await svc.apply_progress(key, fleet_pb2.CaptureProgress(capture_name="fin", capture_id=sid, status=done))
+        await svc.uc.progress.apply_progress(key, fleet_pb2.CaptureProgress(capture_name="fin", capture_id=sid, status=done))
         forged = pb.InstanceStatus()
         forged.CopyFrom(done)
         forged.packets_captured, forged.error_message = 10**9, "rewritten"
         forged.files[0].sha256 = "cd" * 32
-        await svc.apply_progress(key, fleet_pb2.CaptureProgress(capture_name="fin", capture_id=sid, status=forged))
-        [inst] = [i for i in (await svc.get_status("fin")).instances if i.instance_id == "0"]
+        await svc.uc.progress.apply_progress(key, fleet_pb2.CaptureProgress(capture_name="fin", capture_id=sid, status=forged))
+        [inst] = [i for i in (await svc.uc.queries.get_status("fin")).instances if i.instance_id == "0"]
         assert (inst.packets_captured, inst.error_message, inst.files[0].sha256) == (7, "", "ab" * 32)
         await svc.store.close()
 

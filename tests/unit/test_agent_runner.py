@@ -10,11 +10,11 @@ import struct
 
 import dpkt
 
+from fleetcap.coordinator import usecases
 from fleetcap.coordinator.api.auth import Authenticator, AuthInterceptor
 from fleetcap.coordinator.fleet.agents import AgentSessions
 from fleetcap.coordinator.fleet.fleet_servicer import FleetServicer, add_fleet_servicer
 from fleetcap.coordinator.metrics import CoordinatorMetrics
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import Store
@@ -65,18 +65,19 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
         await store.register_agent(keys.instance_key(IDENT), state_pb2.AgentRecord(identity=IDENT), ttl_s=60)
         storage = tmp_path / "storage"
         recorder = Recorder()
-        service = CaptureService(store, recorder, {"local": LocalSink(str(storage))})
+        sinks = {"local": LocalSink(str(storage))}
+        uc = usecases.build(store, recorder, sinks)
         token = new_token()  # no TLS here: the agent proves itself with a token of role agent
         auth_file = str(tmp_path / "auth.toml")
         AuthFile().with_token("agents", frozenset({Role.AGENT}), token).save(auth_file)
         server = transport.aio_server([AuthInterceptor(Authenticator(auth_file), CoordinatorMetrics())])
-        add_fleet_servicer(FleetServicer(service, AgentSessions(), agent_ttl_s=60, replica="r1"), server)
+        add_fleet_servicer(FleetServicer(store, sinks, uc, AgentSessions(), agent_ttl_s=60, replica="r1"), server)
         socket_path = f"unix:{tmp_path}/fleet.sock"
         transport.add_listen(server, socket_path)
         await server.start()
         channel = transport.aio_channel(socket_path, dedicated=True)
         try:
-            await service.create(
+            await uc.lifecycle.create(
                 name="pc",
                 resource_group="rg",
                 subscription="",

@@ -7,56 +7,19 @@ import contextlib
 
 import pytest
 
+from fleetcap.coordinator import usecases
 from fleetcap.coordinator.errors import ResourceExhausted
-from fleetcap.coordinator.service import CaptureService
 from fleetcap.coordinator.settings import ServiceConfig
-from fleetcap.coordinator.state import keys
-from fleetcap.coordinator.state.memory_store import MemoryKV
-from fleetcap.coordinator.state.store import Store
 from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.v1 import captures_pb2 as pb
-from fleetcap.v1 import fleet_pb2, state_pb2
-
-
-class Recorder:
-    """Stands in for the agents' control streams: records what would be sent."""
-
-    def __init__(self):
-        self.sent: list[tuple[str, fleet_pb2.CoordinatorMessage]] = []
-
-    def send(self, instance_key, message):
-        self.sent.append((instance_key, message))
-        return True
-
-
-def params(**kw):
-    return pb.PacketCaptureParameters(
-        target="web", target_type="AzureVMSS", storage_location=pb.PacketCaptureStorageLocation(file_path="/var/captures/a.cap"), **kw
-    )
-
-
-async def setup(tmp_path, max_captures=10000):
-    store = Store(MemoryKV())
-    for i in range(2):
-        ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id=str(i))
-        await store.register_agent(keys.instance_key(ident), state_pb2.AgentRecord(identity=ident), ttl_s=60)
-    rec = Recorder()
-    svc = CaptureService(store, rec, {"local": LocalSink(str(tmp_path))}, ServiceConfig(max_captures=max_captures))
-    return svc, rec
-
-
-def progress(svc_record, status, reason=""):
-    return fleet_pb2.CaptureProgress(
-        capture_name=svc_record.name,
-        capture_id=f"{svc_record.id}@{svc_record.created_time}",
-        status=pb.InstanceStatus(packet_capture_status=status, stop_reason=reason),
-    )
+from fleetcap.v1 import fleet_pb2
+from tests.unit.coordinator_support import connected_session, params, progress, setup
 
 
 def test_dispatch_progress_and_quota(tmp_path):
     async def body():
         svc, rec = await setup(tmp_path, max_captures=1)
-        first = await svc.create(name="a", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        first = await svc.uc.lifecycle.create(name="a", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
         starts = [(k, m.start) for k, m in rec.sent]
         assert [k for k, _ in starts] == ["local/rg/vmss/web/0", "local/rg/vmss/web/1"]
         assert all(
@@ -64,21 +27,21 @@ def test_dispatch_progress_and_quota(tmp_path):
             for _, s in starts
         )
         with pytest.raises(ResourceExhausted, match="1 captures are running, the limit is 1"):
-            await svc.create(name="b", resource_group="rg", subscription="", params=params())
+            await svc.uc.lifecycle.create(name="b", resource_group="rg", subscription="", params=params())
         for i in range(2):
-            await svc.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Running"))
+            await svc.uc.progress.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Running"))
         # An illegal report (back to NotStarted) is ignored, not applied.
-        await svc.apply_progress("local/rg/vmss/web/0", progress(first, "NotStarted"))
-        assert (await svc.get_status("a")).packet_capture_status == "Running"
+        await svc.uc.progress.apply_progress("local/rg/vmss/web/0", progress(first, "NotStarted"))
+        assert (await svc.uc.queries.get_status("a")).packet_capture_status == "Running"
         for i in range(2):
-            await svc.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Stopped", "TimeExceeded"))
-        status = await svc.get_status("a")
+            await svc.uc.progress.apply_progress(f"local/rg/vmss/web/{i}", progress(first, "Stopped", "TimeExceeded"))
+        status = await svc.uc.queries.get_status("a")
         assert (status.packet_capture_status, status.stop_reason) == ("Stopped", "TimeExceeded")
-        await svc.create(name="b", resource_group="rg", subscription="", params=params())  # quota freed
-        await svc.stop("b")
-        etag = (await svc.get("b")).etag
-        await svc.stop("b")  # idempotent: the resource does not change; stops are re-sent to be sure
-        assert (await svc.get("b")).etag == etag
+        await svc.uc.lifecycle.create(name="b", resource_group="rg", subscription="", params=params())  # quota freed
+        await svc.uc.lifecycle.stop("b")
+        etag = (await svc.uc.queries.get("b")).etag
+        await svc.uc.lifecycle.stop("b")  # idempotent: the resource does not change; stops are re-sent to be sure
+        assert (await svc.uc.queries.get("b")).etag == etag
         stops = [m.stop for _, m in rec.sent if m.HasField("stop")]
         assert {s.reason for s in stops} == {"StoppedByUser"}
         assert len(stops) == 4
@@ -100,7 +63,7 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
         svc, _ = await setup(tmp_path)
         p = params(time_limit_in_seconds=5)
         p.storage_location.storage_id = "local"  # it uploads: the instance settles once its file is committed
-        created = await svc.create(name="h", resource_group="rg", subscription="", params=p)
+        created = await svc.uc.lifecycle.create(name="h", resource_group="rg", subscription="", params=p)
         key = "local/rg/vmss/web/1"
         ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id="1")
         old = progress(created, "Stopped", "TimeExceeded")
@@ -121,7 +84,7 @@ def test_a_reconnecting_agents_hello_never_overwrites_a_newer_report(tmp_path):
             async def abort(self, code, details, trailing_metadata=()):
                 raise AssertionError(f"aborted: {code} {details}")
 
-        servicer = FleetServicer(svc, AgentSessions(), agent_ttl_s=60, replica="r1")
+        servicer = FleetServicer(svc.store, {"local": LocalSink(str(tmp_path))}, svc.uc, AgentSessions(), agent_ttl_s=60, replica="r1")
         serve_as(Principal("web_1", frozenset({Role.AGENT}), "certificate", agent_id=resource_id(ident)))
         stream = servicer.Connect(agent_messages(), Context())
         welcome = await stream.__anext__()
@@ -153,7 +116,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
     async def body():
         svc, rec = await setup(tmp_path)
         limit = 1 << 20
-        created = await svc.create(name="b", resource_group="rg", subscription="", params=params(fleet_bytes_limit=limit))
+        created = await svc.uc.lifecycle.create(name="b", resource_group="rg", subscription="", params=params(fleet_bytes_limit=limit))
         record = await svc.store.get_capture("b")
         k0, k1 = sorted(record.instance_keys)
         starts = [m.start for _, m in rec.sent if m.HasField("start")]
@@ -169,19 +132,19 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
             return fleet_pb2.BudgetRequest(capture_name=name, capture_id=capture_id, used=0, need=need)
 
         rec.sent.clear()
-        await svc.budget_request(k0, req(0))  # ahead of time: a quarter of what is left over two instances
+        await svc.uc.budget.request(k0, req(0))  # ahead of time: a quarter of what is left over two instances
         assert grants() == [(k0, (limit // 2) // 4, False)]
-        await svc.budget_request("local/rg/vmss/web/7", req(100))  # not an instance of the capture
-        await svc.budget_request(k0, req(100, capture_id="other-session"))
-        await svc.budget_request(k0, req(100, name="nope"))
+        await svc.uc.budget.request("local/rg/vmss/web/7", req(100))  # not an instance of the capture
+        await svc.uc.budget.request(k0, req(100, capture_id="other-session"))
+        await svc.uc.budget.request(k0, req(100, name="nope"))
         assert grants() == []
-        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=10**12))
+        await svc.uc.budget.give_back(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=10**12))
         b = await svc.store.update_budget("b", lambda r: False)
         assert (b.allowance[k1], b.granted) == (0, limit // 4 + (limit // 2) // 4)  # all of it back, never more
-        await svc.budget_return(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=-5))
+        await svc.uc.budget.give_back(k1, fleet_pb2.BudgetReturn(capture_name="b", capture_id=sid, returned=-5))
         assert (await svc.store.update_budget("b", lambda r: False)).granted == b.granted
         while True:  # instance 0 takes it all, never past the limit
-            await svc.budget_request(k0, req(1000))
+            await svc.uc.budget.request(k0, req(1000))
             [(_, g, exhausted)] = grants()
             b = await svc.store.update_budget("b", lambda r: False)
             assert b.granted <= limit
@@ -192,7 +155,7 @@ def test_a_fleet_budget_never_grants_past_its_limit_and_trusts_no_agent(tmp_path
         assert limit - b.granted < 1000
         record = await svc.store.get_capture("b")
         assert record.stop_requested == "FleetBytesExceeded"
-        await svc.budget_request(k0, req(1))  # spent: the answer is at once
+        await svc.uc.budget.request(k0, req(1))  # spent: the answer is at once
         assert [(k, g, e) for k, g, e in grants()] == [(k0, 0, True)]
 
     asyncio.run(body())
@@ -206,9 +169,9 @@ def test_a_report_whose_waiter_went_away_is_applied_with_its_whole_batch(tmp_pat
 
     async def body():
         svc, _ = await setup(tmp_path)
-        created = await svc.create(name="w", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
-        gone = asyncio.ensure_future(svc.apply_progress("local/rg/vmss/web/0", progress(created, "Running")))
-        stays = asyncio.ensure_future(svc.apply_progress("local/rg/vmss/web/1", progress(created, "Running")))
+        created = await svc.uc.lifecycle.create(name="w", resource_group="rg", subscription="", params=params(time_limit_in_seconds=5))
+        gone = asyncio.ensure_future(svc.uc.progress.apply_progress("local/rg/vmss/web/0", progress(created, "Running")))
+        stays = asyncio.ensure_future(svc.uc.progress.apply_progress("local/rg/vmss/web/1", progress(created, "Running")))
         await asyncio.sleep(0)  # both queued in one batch, not yet written
         gone.cancel()
         await asyncio.wait_for(stays, timeout=10)  # resolved, not failed
@@ -230,15 +193,15 @@ def test_a_stop_made_while_no_watch_ran_reaches_the_agents_when_the_watch_is_bac
 
     async def body():
         svc, _ = await setup(tmp_path)
-        created = await svc.create(name="g", resource_group="rg", subscription="", params=params(time_limit_in_seconds=60))
+        created = await svc.uc.lifecycle.create(name="g", resource_group="rg", subscription="", params=params(time_limit_in_seconds=60))
         for key in ("local/rg/vmss/web/0", "local/rg/vmss/web/1"):
-            await svc.apply_progress(key, progress(created, "Running"))
-        await svc.stop("g")  # "on another replica", before this replica watches again
+            await svc.uc.progress.apply_progress(key, progress(created, "Running"))
+        await svc.uc.lifecycle.stop("g")  # "on another replica", before this replica watches again
         sessions = AgentSessions()
         here = AgentSession("local/rg/vmss/web/1")
         sessions.attach(here)
-        replica = CaptureService(svc.store, sessions, {}, ServiceConfig())
-        follow = asyncio.ensure_future(_follow_captures(svc.store, replica, sessions))
+        replica = usecases.build(svc.store, sessions, {}, ServiceConfig())
+        follow = asyncio.ensure_future(_follow_captures(svc.store, replica.lifecycle, replica.recorder, sessions))
         message = await asyncio.wait_for(here.queue.get(), timeout=10)
         assert message.stop.capture_name == "g"
         assert message.stop.reason == "StoppedByUser"
@@ -249,19 +212,6 @@ def test_a_stop_made_while_no_watch_ran_reaches_the_agents_when_the_watch_is_bac
         await svc.store.close()
 
     asyncio.run(body())
-
-
-def connected_session(service):
-    """A ControlSession of one connected agent, on `service` (anything with apply_progress)."""
-    from fleetcap.coordinator.fleet.agents import AgentSession, AgentSessions, ControlSession
-
-    class Presence:
-        def release(self, *args, **kwargs):
-            pass
-
-    session = ControlSession(service, AgentSessions(), presence=Presence(), agent_ttl_s=10, replica="r1")
-    session.session = AgentSession("local/rg/vmss/web/0")
-    return session
 
 
 def test_a_report_etcd_could_not_take_is_written_again(monkeypatch):
