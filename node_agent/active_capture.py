@@ -9,7 +9,8 @@ import time
 from fleetcap.core.metrics import version
 from fleetcap.core.naming import rfc3339_us, ring_file_path
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason
-from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession
+from fleetcap.node_agent.capture.files import CaptureFile
+from fleetcap.node_agent.capture.session import CaptureSession
 from fleetcap.node_agent.clock import Clock
 from fleetcap.node_agent.upload.uploader import Uploader
 from fleetcap.v1 import captures_pb2, fleet_pb2

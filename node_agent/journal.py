@@ -19,8 +19,9 @@ from fleetcap.core.naming import utc_now
 from fleetcap.core.vocabulary import CaptureError, Status, StopReason, is_terminal
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.files import CaptureFile
 from fleetcap.node_agent.capture.pcap_format import PCAP_FILE_HEADER, PCAP_RECORD_HEADER
-from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec
+from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec
 from fleetcap.node_agent.capture.standby import remove_segments
 from fleetcap.v1 import captures_pb2, fleet_pb2
 

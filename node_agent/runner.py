@@ -18,8 +18,9 @@ from fleetcap.core.vocabulary import CaptureError, StopReason
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot, FileReplaced
 from fleetcap.node_agent.capture.file_summary import summarize
+from fleetcap.node_agent.capture.files import CaptureFile
 from fleetcap.node_agent.capture.live_source import LiveHandle
-from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec, Ring
+from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec, Ring
 from fleetcap.node_agent.capture.source import SourceFactory
 from fleetcap.node_agent.capture.standby import Standby
 from fleetcap.node_agent.clock import Clock

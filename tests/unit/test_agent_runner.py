@@ -26,8 +26,9 @@ from fleetcap.core.vocabulary import CaptureError, Status, StopReason
 from fleetcap.node_agent import runner as runner_module
 from fleetcap.node_agent.active_capture import ActiveCapture
 from fleetcap.node_agent.capture.capture_root import CaptureRoot
+from fleetcap.node_agent.capture.files import CaptureFile
 from fleetcap.node_agent.capture.replay_source import ReplaySourceFactory
-from fleetcap.node_agent.capture.session import CaptureFile, CaptureSession, CaptureSpec
+from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec
 from fleetcap.node_agent.journal import Journal, repair_pcap
 from fleetcap.node_agent.runner import CaptureRunner
 from fleetcap.node_agent.settings import AgentSettings
@@ -363,19 +364,19 @@ def test_the_agent_takes_a_trigger_only_for_its_own_armed_recorder(tmp_path):
         fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=0),
     ):
         runner.trigger(t)
-    assert (rec._trigger, plain._trigger, rec.counters.trigger_time) == (None, None, "")
+    assert (rec.recorder.trigger, plain.recorder, rec.counters.trigger_time) == (None, None, "")
     runner.trigger(
         fleet_pb2.TriggerCapture(
             capture_name="rec", capture_id="s1", trigger_time_ms=now_ms + 86_400_000, after_s=600, source="ops\n\x1b[2Jx"
         )
     )
-    assert rec._trigger is not None
-    assert rec._trigger.at <= time.time()
-    assert rec._trigger.after_s == 600
+    assert rec.recorder.trigger is not None
+    assert rec.recorder.trigger.at <= time.time()
+    assert rec.recorder.trigger.after_s == 600
     assert rec.counters.trigger_source == "ops[2Jx"
-    first = rec._trigger
+    first = rec.recorder.trigger
     runner.trigger(fleet_pb2.TriggerCapture(capture_name="rec", capture_id="s1", trigger_time_ms=now_ms, after_s=1))
-    assert rec._trigger is first
+    assert rec.recorder.trigger is first
     rec.stop(StopReason.STOPPED_BY_USER)  # its timer would end it in 600 s
 
     base = {"capture_name": "r", "capture_id": "s", "file_path": "/var/captures/r.cap"}
@@ -399,11 +400,11 @@ def test_the_agent_takes_budget_grants_only_for_its_own_budgeted_capture(tmp_pat
         fleet_pb2.BudgetGrant(capture_name="plain", capture_id="s1", granted=5, exhausted=True),
     ):
         runner.budget_grant(g)
-    assert (budgeted._allowance, budgeted._exhausted, plain._allowance, plain._exhausted) == (1000, False, 0, False)
+    assert (budgeted.budget.allowance, budgeted.budget.exhausted, plain.budget.allowance, plain.budget.exhausted) == (1000, False, 0, False)
     runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", granted=500))
-    assert budgeted._allowance == 1500
+    assert budgeted.budget.allowance == 1500
     runner.budget_grant(fleet_pb2.BudgetGrant(capture_name="bud", capture_id="s1", exhausted=True))
-    assert (budgeted._allowance, budgeted._exhausted) == (1500, True)
+    assert (budgeted.budget.allowance, budgeted.budget.exhausted) == (1500, True)
     from fleetcap.node_agent.runner import start_problem
 
     base = {"capture_name": "r", "capture_id": "s", "file_path": "/var/captures/r.cap"}
