@@ -445,8 +445,12 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
         wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True, what="open")
 
         def shown() -> list[int]:
-            cells = browser.find_elements(By.CSS_SELECTOR, "#instances tr[data-instance] [data-field=rate]")
-            return [int(x.text.replace(",", "") or 0) for x in cells]
+            # One read of every cell at once: the table redraws on each report, and elements found
+            # in one call may be gone by the next (StaleElementReferenceException).
+            texts = browser.execute_script(
+                "return [...document.querySelectorAll('#instances tr[data-instance] [data-field=rate]')].map(e => e.textContent)"
+            )
+            return [int(t.replace(",", "") or 0) for t in texts]
 
         wait_for(lambda: len(shown()) == 2 and min(shown()) > 0, timeout=30, what="two rates")
         time.sleep(2)  # one more report each: the rate's window is filled with counters from the flood
