@@ -94,13 +94,13 @@ class InstanceFiles:
                 else f"instance '{instance}': {file.file_path} was never closed (the instance ended in "
                 f"{inst.status.packet_capture_status}); its agent reports it once it restarts"
             )
-        if inst.instance_key not in await self.store.list_agents():
+        if inst.instance_key not in await self.store.agents.list():
             raise FailedPrecondition(f"instance '{instance}' is offline: {file.file_path} stays on it until its agent reconnects")
         fetch_id = uuid.uuid4().hex
         fetch = state_pb2.FetchRecord(
             fetch_id=fetch_id, capture_name=name, capture_id=session, instance_key=inst.instance_key, file_path=file.file_path
         )
-        lease = await self.store.put_fetch(fetch, FETCH_TTL_S)
+        lease = await self.store.fetches.put(fetch, FETCH_TTL_S)
         keeper = asyncio.ensure_future(self._keep_alive(lease))
         obj = fetch_object(fetch_id)
         # Sent at once when the agent is connected here; otherwise its replica sends it (dispatch.py).
@@ -117,7 +117,7 @@ class InstanceFiles:
         finally:
             keeper.cancel()
             with contextlib.suppress(Exception):  # etcd away: the lease lets the record go
-                await self.store.end_fetch(fetch_id, lease)
+                await self.store.fetches.end(fetch_id, lease)
             await asyncio.to_thread(self.sink.delete, obj)
 
     async def _stream(
@@ -146,7 +146,7 @@ class InstanceFiles:
                 raise FailedPrecondition(
                     f"instance '{instance}' did not send {file.file_path} within {FIRST_BYTE_S:g} s; see its agent's log"
                 )
-            if now - last_byte > STALL_S and inst.instance_key not in await self.store.list_agents():
+            if now - last_byte > STALL_S and inst.instance_key not in await self.store.agents.list():
                 raise FailedPrecondition(f"instance '{instance}' went offline while sending {file.file_path}")
             await asyncio.sleep(POLL_S)
 
@@ -171,12 +171,12 @@ class InstanceFiles:
         while True:
             await asyncio.sleep(FETCH_TTL_S / 3)
             with contextlib.suppress(Exception):
-                await self.store.refresh_lease(lease)
+                await self.store.leases.refresh(lease)
 
     async def sweep(self) -> int:
         """Removes fetched copies whose fetch record is gone (a replica died mid-download);
         returns how many. Run at start."""
-        live = set(await self.store.list_fetches())
+        live = set(await self.store.fetches.list())
         area = os.path.join(self.sink.root, FETCH_AREA)
         removed = 0
         for entry in await asyncio.to_thread(lambda: os.listdir(area) if os.path.isdir(area) else []):

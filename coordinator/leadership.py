@@ -38,7 +38,7 @@ async def lead(store: Store, reconciler: Reconciler, replica: str, leading: asyn
 async def _lead(store: Store, reconciler: Reconciler, replica: str, leading: asyncio.Event, agent_ttl_s: int, reconciles: TaskSet) -> None:
     while True:
         try:
-            lease = await store.try_lead(replica, LEADER_TTL_S)
+            lease = await store.leases.try_lead(replica, LEADER_TTL_S)
             if not lease:
                 await asyncio.sleep(LEADER_TTL_S / 3)
                 continue
@@ -46,7 +46,7 @@ async def _lead(store: Store, reconciler: Reconciler, replica: str, leading: asy
             leading.set()
             asyncio.get_running_loop().call_later(agent_ttl_s * RECONCILE_AFTER_TTLS, lambda: reconciles.start(_reconcile(reconciler)))
             while True:  # keep the lease alive, three refreshes per TTL
-                if not await store.refresh_lease(lease):
+                if not await store.leases.refresh(lease):
                     break
                 await asyncio.sleep(LEADER_TTL_S / 3)
             log.warning("%s lost the leadership", replica)

@@ -152,7 +152,7 @@ class CoordinatorMetrics:
                 self.captures.labels(s).set(n)
             for s, n in instances.items():
                 self.instances.labels(s).set(n)
-            self.agents.set(len(await store.list_agents()))
+            self.agents.set(len(await store.agents.list()))
             self.stored.set(stored)
             self.lag_bytes.set(lag)
             self.lag_files.set(lag_files)

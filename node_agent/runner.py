@@ -75,6 +75,28 @@ def start_problem(start: fleet_pb2.StartCapture) -> str:
     return ""
 
 
+def capture_spec(
+    start: fleet_pb2.StartCapture, interface: str, root: str, path: str, expression: str, buffer_size: int, clock_shift_us: int
+) -> CaptureSpec:
+    """What a checked StartCapture asks of the capture engine (session.py)."""
+    return CaptureSpec(
+        name=start.capture_name,
+        capture_id=start.capture_id,
+        interface=interface,
+        root=root,
+        path=path,
+        expression=expression,
+        snaplen=start.snaplen,
+        total_bytes=start.total_bytes,
+        time_limit_s=start.time_limit_s,
+        ring=Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None,
+        buffer_size=buffer_size,
+        standby=Standby(window_s=start.standby_s, ring_bytes=start.standby_bytes) if start.standby_s else None,
+        clock_shift_us=clock_shift_us,
+        fleet_allowance=start.fleet_allowance,
+    )
+
+
 class CaptureRunner:
     """This agent's captures, by name. Every method runs on the event loop."""
 
@@ -168,8 +190,6 @@ class CaptureRunner:
             notify()
             return
         log.info("capture %s: starting on %s into %s, filter: %s", name, self.interface, path, expression or "(all)")
-        ring = Ring(file_size=start.file_size, file_count=start.file_count) if start.continuous else None
-        standby = Standby(window_s=start.standby_s, ring_bytes=start.standby_bytes) if start.standby_s else None
 
         def budget(kind: str, amount: int, used: int) -> None:  # from the capture thread
             ids = {"capture_name": name, "capture_id": start.capture_id}
@@ -180,23 +200,9 @@ class CaptureRunner:
             )
             loop.call_soon_threadsafe(self.send, message)
 
+        spec = capture_spec(start, self.interface, self.root.root, path, expression, self.settings.buffer_size, self.clock.shift_ns // 1000)
         cap.session = CaptureSession(
-            CaptureSpec(
-                name=name,
-                capture_id=start.capture_id,
-                interface=self.interface,
-                root=self.root.root,
-                path=path,
-                expression=expression,
-                snaplen=start.snaplen,
-                total_bytes=start.total_bytes,
-                time_limit_s=start.time_limit_s,
-                ring=ring,
-                buffer_size=self.settings.buffer_size,
-                standby=standby,
-                clock_shift_us=self.clock.shift_ns // 1000,
-                fleet_allowance=start.fleet_allowance,
-            ),
+            spec,
             on_change=notify,
             open_source=self._open_source,
             on_budget=budget,
@@ -275,22 +281,7 @@ class CaptureRunner:
             )
             return
         path = next(f.path for f in cap.session.files if f.index == index)  # type: ignore[union-attr]
-        u = Uploader(
-            self._data_stub,
-            fleet_pb2.UploadOpen(
-                identity=self.settings.identity,
-                capture_name=fetch.capture_name,
-                capture_id=fetch.capture_id,
-                file_path=fetch.file_path,
-                fetch_id=fetch.fetch_id,
-            ),
-            path,
-            functools.partial(cap.file_final, index),
-            lambda: None,
-            storage_retry_s=self.settings.storage_retry_s,
-            metadata=self.settings.credentials.metadata(),
-            open_read=self.root.open_read,
-        )
+        u = self._uploader(cap, index, path, lambda: None, fetch_id=fetch.fetch_id)
         log.info("capture %s: sending %s for a download (%s)", fetch.capture_name, path, fetch.fetch_id)
         task: asyncio.Future[object] = asyncio.ensure_future(u.run())
         cap.fetches[fetch.fetch_id] = task
@@ -344,24 +335,34 @@ class CaptureRunner:
         name = cap.start.capture_name
         for index, f in held.items():
             if index not in cap.uploaders and index not in cap.removed:
-                u = Uploader(
-                    self._data_stub,
-                    fleet_pb2.UploadOpen(
-                        identity=self.settings.identity, capture_name=name, capture_id=cap.start.capture_id, file_path=cap.api_path(index)
-                    ),
-                    f.path,
-                    functools.partial(cap.file_final, index),
-                    functools.partial(self.changed, name),
-                    storage_retry_s=self.settings.storage_retry_s,
-                    metadata=self.settings.credentials.metadata(),
-                    open_read=self.root.open_read,
-                )
+                u = self._uploader(cap, index, f.path, functools.partial(self.changed, name))
                 cap.uploaders[index] = u
                 cap.upload_tasks[index] = asyncio.ensure_future(u.run())
         for index in [i for i in cap.uploaders if i not in held]:
             log.info("capture %s: file %d left the ring; its upload ends", name, index)
             cap.upload_tasks.pop(index).cancel()
             del cap.uploaders[index]
+
+    def _uploader(self, cap: ActiveCapture, index: int, path: str, on_change: Callable[[], None], fetch_id: str = "") -> Uploader:
+        """The stream of one file to the coordinator: into its storage account, or, with a fetch
+        id, into the fetch area for a download."""
+        start = cap.start
+        return Uploader(
+            self._data_stub,
+            fleet_pb2.UploadOpen(
+                identity=self.settings.identity,
+                capture_name=start.capture_name,
+                capture_id=start.capture_id,
+                file_path=cap.api_path(index),
+                fetch_id=fetch_id,
+            ),
+            path,
+            functools.partial(cap.file_final, index),
+            on_change,
+            storage_retry_s=self.settings.storage_retry_s,
+            metadata=self.settings.credentials.metadata(),
+            open_read=self.root.open_read,
+        )
 
     def _maybe_remove_local(self, cap: ActiveCapture) -> None:
         """Storage-only captures: the instance's copy goes once the stored copy is verified."""

@@ -59,7 +59,7 @@ async def _follow_fetches(store: Store, sessions: AgentSessions) -> None:
     # A download on any replica asks for a file that only its instance holds (fetch.py): the
     # replica holding that agent's control stream passes the request on. The agent ignores a
     # fetch it already serves, so the downloading replica may also have sent it at once.
-    async for fetch in store.watch_fetches():
+    async for fetch in store.fetches.watch():
         if fetch is not None:
             sessions.send(
                 fetch.instance_key,

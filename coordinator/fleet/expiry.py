@@ -24,7 +24,7 @@ async def watch_agent_expiry(store: Store, reconciler: Reconciler, sessions: Age
     rewatch = False
     while True:
         try:
-            async for event in store.watch_agents():
+            async for event in store.agents.watch():
                 if event.kind == WatchKind.READY and rewatch and leading.is_set():
                     # Watching again (etcd restarted): an agent that left while no watch ran
                     # came as no event; its unfinished captures are failed now.

@@ -88,7 +88,7 @@ class Presence:
     async def _current_lease(self) -> int:
         async with self._lease_lock:
             if not self._lease:
-                self._lease = await self.store.grant_lease(self.ttl_s)
+                self._lease = await self.store.leases.grant(self.ttl_s)
             return self._lease
 
     async def register(self, instance_key: str, record: state_pb2.AgentRecord) -> None:
@@ -116,7 +116,7 @@ class Presence:
                     batch.append(done)
                     records[key] = record  # an agent twice in a batch: its newest record
                 try:
-                    await self.store.put_agents(records, await self._current_lease())
+                    await self.store.agents.put_many(records, await self._current_lease())
                 except (Exception, asyncio.CancelledError) as e:
                     if isinstance(e, asyncio.CancelledError) and being_cancelled():
                         raise
@@ -145,7 +145,7 @@ class Presence:
         if instance_key in self._records and self._records[instance_key] is not record:
             return  # connected here again
         try:
-            if await self.store.remove_agent(instance_key, record):
+            if await self.store.agents.remove(instance_key, record):
                 log.info("agent %s: gone for a whole TTL; record removed", instance_key)
         except FleetcapError as e:  # etcd away: the replica's lease, or the next removal, settles it
             log.warning("agent %s: could not remove its record: %s", instance_key, e)
@@ -170,7 +170,7 @@ class Presence:
     async def _renew(self) -> None:
         try:
             lease = await self._current_lease()
-            if not await self.store.refresh_lease(lease):
+            if not await self.store.leases.refresh(lease):
                 await self._renew_lost_lease()
         except asyncio.CancelledError:
             raise
@@ -179,14 +179,14 @@ class Presence:
 
     async def _renew_lost_lease(self) -> None:
         async with self._lease_lock:
-            self._lease = await self.store.grant_lease(self.ttl_s)
+            self._lease = await self.store.leases.grant(self.ttl_s)
         keys = list(self._records)
         random.shuffle(keys)
         log.warning("the agents' lease expired (etcd was away); registering %d agents again", len(keys))
         for i in range(0, len(keys), AGENT_BATCH):
             batch = {k: r for k in keys[i : i + AGENT_BATCH] if (r := self._records.get(k)) is not None}
             if batch:
-                await self.store.put_agents(batch, self._lease)
+                await self.store.agents.put_many(batch, self._lease)
             await asyncio.sleep(AGENT_BATCH / REREGISTER_PER_S)
 
     async def close(self) -> None:

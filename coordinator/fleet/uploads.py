@@ -148,7 +148,7 @@ class Uploads:
     async def _resolve_fetch(self, op: fleet_pb2.UploadOpen) -> tuple[Sink, str]:
         """A file sent for a download (fetch.py): accepted only while the download's fetch record
         exists, and only for the very file and instance it names."""
-        fetch = await self.store.get_fetch(op.fetch_id) if FETCH_ID.fullmatch(op.fetch_id) else None
+        fetch = await self.store.fetches.get(op.fetch_id) if FETCH_ID.fullmatch(op.fetch_id) else None
         if fetch is None:
             raise NotFound(f"fetch '{op.fetch_id[:40]}' not found (its download has ended)")
         if (fetch.instance_key, fetch.capture_name, fetch.capture_id, fetch.file_path) != (
@@ -243,7 +243,7 @@ class Uploads:
                 if self._newest.get(object_name) is not token:
                     raise Superseded("a newer upload stream took over this file")
                 if isinstance(req, fleet_pb2.UploadRequest) and req.HasField("finish"):
-                    if op.fetch_id and await self.store.get_fetch(op.fetch_id) is None:
+                    if op.fetch_id and await self.store.fetches.get(op.fetch_id) is None:
                         raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
                     _within(cap, req.finish.size_bytes, "a file of")
                     committing = time.monotonic()
@@ -260,7 +260,7 @@ class Uploads:
                 if isinstance(req, (fleet_pb2.UploadRequest, ChunkRequest)) and req.HasField("chunk"):
                     if op.fetch_id and time.monotonic() - fetch_checked > FETCH_CHECK_S:
                         # A download that ended (its reader went away) stops its fetch here.
-                        if await self.store.get_fetch(op.fetch_id) is None:
+                        if await self.store.fetches.get(op.fetch_id) is None:
                             raise NotFound(f"fetch '{op.fetch_id}' not found (its download has ended)")
                         fetch_checked = time.monotonic()
                     c = req.chunk

@@ -163,7 +163,9 @@ SCAN_PAGE = 500
 """Keys per read when the store reads a whole prefix."""
 
 
-class Store:
+class _Records:
+    """Reading records of one kind: decoded once per revision, scanned a page at a time."""
+
     def __init__(self, kv: KVBackend):
         self.kv = kv
         # Decoded records by key, with the mod revision they were decoded at. Records are JSON
@@ -172,9 +174,6 @@ class Store:
         # instance records of a GetStatus 45 ms. A record decodes once per revision; callers get
         # a copy (CopyFrom, in C), never the cached message.
         self._decoded: collections.OrderedDict[str, tuple[int, Message]] = collections.OrderedDict()
-
-    async def close(self) -> None:
-        await self.kv.close()
 
     def _decode(self, cls: type[M], kv: KV) -> M:
         out = cls()
@@ -205,6 +204,116 @@ class Store:
             if not more or not page:
                 return out
             after = page[-1].key[len(prefix) :]
+
+
+class AgentRecords(_Records):
+    """Agents registered (under their replica's lease, or one of their own)."""
+
+    async def register(self, instance_key: str, record: state_pb2.AgentRecord, ttl_s: int) -> int:
+        """Writes the agent record under a new lease and returns the lease id. A record left
+        by an earlier connection of the same agent is replaced."""
+        lease = await self.kv.grant_lease(ttl_s)
+        key = keys.agent(instance_key)
+        while True:
+            old = await self.kv.get(key)
+            if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
+                return lease
+
+    async def put_many(self, records: dict[str, state_pb2.AgentRecord], lease: int) -> None:
+        """Writes agent records (instance key → record, at most AGENT_BATCH) in one transaction
+        under a lease the caller holds (its replica's), each replacing a record left by an earlier
+        connection of the same agent."""
+        if len(records) > AGENT_BATCH:
+            raise ValueError(f"{len(records)} agent records in one transaction; at most {AGENT_BATCH}")
+        await self.kv.put_if([(keys.agent(k), encode(r)) for k, r in records.items()], {}, lease=lease)
+
+    async def remove(self, instance_key: str, record: state_pb2.AgentRecord) -> bool:
+        """Deletes the agent record iff it is still `record` (the agent has not registered again,
+        here or with another replica). Returns whether it did."""
+        key = keys.agent(instance_key)
+        kv = await self.kv.get(key)
+        if kv is None or decode(state_pb2.AgentRecord, kv.value) != record:
+            return False
+        return await self.kv.delete_if(key, kv.mod_revision)
+
+    async def list(self, under: str = "") -> dict[str, state_pb2.AgentRecord]:
+        """Registered agents, by instance key; with `under`, only those whose key starts so."""
+        return {keys.instance_key_of(kv.key): self._decode(state_pb2.AgentRecord, kv) for kv in await self._scan(keys.AGENTS + under)}
+
+    async def watch(self) -> AsyncIterator[AgentEvent]:
+        """Agents registering (PUT) and leaving (DELETE, when their lease expires), after READY."""
+        async for event in self.kv.watch_prefix(keys.AGENTS):
+            ready = event.kind == WatchKind.READY
+            yield AgentEvent(event.kind, "" if ready else keys.instance_key_of(event.key))
+
+
+class FetchRecords(_Records):
+    """A download's request for a file that only its instance holds (coordinator/fetch.py)."""
+
+    async def put(self, record: state_pb2.FetchRecord, ttl_s: int) -> int:
+        """Writes the fetch under a new lease and returns it; keep it alive with Leases.refresh."""
+        lease = await self.kv.grant_lease(ttl_s)
+        key = keys.fetch(record.fetch_id)
+        if not await self.kv.put_if([(key, encode(record))], {key: 0}, lease=lease):
+            await self.kv.revoke_lease(lease)
+            raise Conflict(f"fetch {record.fetch_id} exists")
+        return lease
+
+    async def get(self, fetch_id: str) -> state_pb2.FetchRecord | None:
+        kv = await self.kv.get(keys.fetch(fetch_id))
+        return decode(state_pb2.FetchRecord, kv.value) if kv else None
+
+    async def end(self, fetch_id: str, lease: int) -> None:
+        await self.kv.delete(keys.fetch(fetch_id))
+        await self.kv.revoke_lease(lease)
+
+    async def list(self) -> list[str]:
+        return [kv.key[len(keys.FETCHES) :] for kv in await self._scan(keys.FETCHES)]
+
+    async def watch(self) -> AsyncIterator[state_pb2.FetchRecord | None]:
+        """Fetches as they are written (None for READY; deletions are not reported)."""
+        async for event in self.kv.watch_prefix(keys.FETCHES):
+            if event.kind == WatchKind.READY:
+                yield None
+            elif event.kind == WatchKind.PUT:
+                yield decode(state_pb2.FetchRecord, event.value)
+
+
+class Leases:
+    """etcd leases: a record written under one goes when it expires (agents, fetches, the leader)."""
+
+    def __init__(self, kv: KVBackend):
+        self.kv = kv
+
+    async def grant(self, ttl_s: int) -> int:
+        return await self.kv.grant_lease(ttl_s)
+
+    async def refresh(self, lease: int) -> bool:
+        return await self.kv.refresh_lease(lease)
+
+    async def try_lead(self, replica: str, ttl_s: int) -> int:
+        """Becomes the leader if nobody is; returns the leadership's lease (0 if another leads).
+        The leader keeps the lease alive with refresh(lease); when it dies, the key goes
+        with its lease and the other replicas try again."""
+        lease = await self.kv.grant_lease(ttl_s)
+        if await self.kv.put_if([(keys.LEADER, replica.encode())], {keys.LEADER: 0}, lease=lease):
+            return lease
+        await self.kv.revoke_lease(lease)
+        return 0
+
+
+class Store(_Records):
+    """Every record fleetcap keeps: captures, their instances and budgets here, and through
+    `agents`, `fetches` and `leases` the rest, all on one KV backend."""
+
+    def __init__(self, kv: KVBackend):
+        super().__init__(kv)
+        self.agents = AgentRecords(kv)
+        self.fetches = FetchRecords(kv)
+        self.leases = Leases(kv)
+
+    async def close(self) -> None:
+        await self.kv.close()
 
     async def records(self, under: str = "") -> list[tuple[str, Message | bytes]]:
         """Every key fleetcap wrote under keys.ROOT + `under`, with its record decoded (the
@@ -377,96 +486,9 @@ class Store:
                 return record
         raise Conflict(f"{what}: too many concurrent updates")
 
-    # -- agents --------------------------------------------------------------------------
-
-    async def register_agent(self, instance_key: str, record: state_pb2.AgentRecord, ttl_s: int) -> int:
-        """Writes the agent record under a new lease and returns the lease id. A record left
-        by an earlier connection of the same agent is replaced."""
-        lease = await self.kv.grant_lease(ttl_s)
-        key = keys.agent(instance_key)
-        while True:
-            old = await self.kv.get(key)
-            if await self.kv.put_if([(key, encode(record))], {key: old.mod_revision if old else 0}, lease=lease):
-                return lease
-
-    async def refresh_lease(self, lease: int) -> bool:
-        return await self.kv.refresh_lease(lease)
-
-    async def grant_lease(self, ttl_s: int) -> int:
-        return await self.kv.grant_lease(ttl_s)
-
-    async def put_agents(self, records: dict[str, state_pb2.AgentRecord], lease: int) -> None:
-        """Writes agent records (instance key → record, at most AGENT_BATCH) in one transaction
-        under a lease the caller holds (its replica's), each replacing a record left by an earlier
-        connection of the same agent."""
-        if len(records) > AGENT_BATCH:
-            raise ValueError(f"{len(records)} agent records in one transaction; at most {AGENT_BATCH}")
-        await self.kv.put_if([(keys.agent(k), encode(r)) for k, r in records.items()], {}, lease=lease)
-
-    async def remove_agent(self, instance_key: str, record: state_pb2.AgentRecord) -> bool:
-        """Deletes the agent record iff it is still `record` (the agent has not registered again,
-        here or with another replica). Returns whether it did."""
-        key = keys.agent(instance_key)
-        kv = await self.kv.get(key)
-        if kv is None or decode(state_pb2.AgentRecord, kv.value) != record:
-            return False
-        return await self.kv.delete_if(key, kv.mod_revision)
-
-    async def list_agents(self, under: str = "") -> dict[str, state_pb2.AgentRecord]:
-        """Registered agents, by instance key; with `under`, only those whose key starts so."""
-        return {keys.instance_key_of(kv.key): self._decode(state_pb2.AgentRecord, kv) for kv in await self._scan(keys.AGENTS + under)}
-
-    # -- fetches (a download's request for a file that only its instance holds) ---------
-
-    async def put_fetch(self, record: state_pb2.FetchRecord, ttl_s: int) -> int:
-        """Writes the fetch under a new lease and returns it; keep it alive with refresh_lease."""
-        lease = await self.kv.grant_lease(ttl_s)
-        key = keys.fetch(record.fetch_id)
-        if not await self.kv.put_if([(key, encode(record))], {key: 0}, lease=lease):
-            await self.kv.revoke_lease(lease)
-            raise Conflict(f"fetch {record.fetch_id} exists")
-        return lease
-
-    async def get_fetch(self, fetch_id: str) -> state_pb2.FetchRecord | None:
-        kv = await self.kv.get(keys.fetch(fetch_id))
-        return decode(state_pb2.FetchRecord, kv.value) if kv else None
-
-    async def end_fetch(self, fetch_id: str, lease: int) -> None:
-        await self.kv.delete(keys.fetch(fetch_id))
-        await self.kv.revoke_lease(lease)
-
-    async def list_fetches(self) -> list[str]:
-        return [kv.key[len(keys.FETCHES) :] for kv in await self._scan(keys.FETCHES)]
-
-    async def watch_fetches(self) -> AsyncIterator[state_pb2.FetchRecord | None]:
-        """Fetches as they are written (None for READY; deletions are not reported)."""
-        async for event in self.kv.watch_prefix(keys.FETCHES):
-            if event.kind == WatchKind.READY:
-                yield None
-            elif event.kind == WatchKind.PUT:
-                yield decode(state_pb2.FetchRecord, event.value)
-
-    # -- leadership ----------------------------------------------------------------------
-
-    async def try_lead(self, replica: str, ttl_s: int) -> int:
-        """Becomes the leader if nobody is; returns the leadership's lease (0 if another leads).
-        The leader keeps the lease alive with refresh_lease(lease); when it dies, the key goes
-        with its lease and the other replicas try again."""
-        lease = await self.kv.grant_lease(ttl_s)
-        if await self.kv.put_if([(keys.LEADER, replica.encode())], {keys.LEADER: 0}, lease=lease):
-            return lease
-        await self.kv.revoke_lease(lease)
-        return 0
-
     def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
         """Every change under a prefix (keys.py), after one READY event."""
         return self.kv.watch_prefix(prefix)
-
-    async def watch_agents(self) -> AsyncIterator[AgentEvent]:
-        """Agents registering (PUT) and leaving (DELETE, when their lease expires), after READY."""
-        async for event in self.kv.watch_prefix(keys.AGENTS):
-            ready = event.kind == WatchKind.READY
-            yield AgentEvent(event.kind, "" if ready else keys.instance_key_of(event.key))
 
     async def watch_captures(self) -> AsyncIterator[CaptureEvent]:
         """Capture records written (PUT: a create's commit point, or a stop) and deleted,
@@ -482,4 +504,18 @@ class Store:
                 yield CaptureEvent(event.kind, keys.capture_name_of(event.key), None)
 
 
-__all__ = ["Store", "KVBackend", "KV", "WatchEvent", "WatchKind", "AgentEvent", "CaptureEvent", "encode", "decode", "Conflict"]
+__all__ = [
+    "Store",
+    "AgentRecords",
+    "FetchRecords",
+    "Leases",
+    "KVBackend",
+    "KV",
+    "WatchEvent",
+    "WatchKind",
+    "AgentEvent",
+    "CaptureEvent",
+    "encode",
+    "decode",
+    "Conflict",
+]

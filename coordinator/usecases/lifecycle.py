@@ -119,7 +119,7 @@ class Lifecycle:
             )
         if await self.store.get_capture(name) is not None:
             raise AlreadyExists(f"a packet capture named '{name}' already exists; captures cannot be updated, delete it first")
-        candidates = await self.store.list_agents(
+        candidates = await self.store.agents.list(
             under=targets.agents_prefix(p.target, p.target_type, subscription=subscription, resource_group=resource_group)
         )
         resolved = targets.resolve(
@@ -175,7 +175,7 @@ class Lifecycle:
     async def _dry_run(
         self, record: state_pb2.CaptureRecord, instances: builtins.list[state_pb2.InstanceRecord]
     ) -> captures_pb2.DryRunResult:
-        present = await self.store.list_agents()
+        present = await self.store.agents.list()
         snaplen = record.resource.properties.bytes_to_capture_per_packet
         out = captures_pb2.DryRunResult()
         for inst in instances:
@@ -224,7 +224,7 @@ class Lifecycle:
             )
             if self.dispatcher.send(inst.instance_key, stop) or inst.status.packet_capture_status != Status.NOT_STARTED:
                 continue
-            present = await self.store.list_agents() if present is None else present
+            present = await self.store.agents.list() if present is None else present
             if inst.instance_key not in present:  # no replica has its agent: it will never start
                 await finish_unstarted(self.store, name, inst.instance_key, record.stop_requested)
 

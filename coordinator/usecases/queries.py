@@ -117,7 +117,7 @@ class Queries:
                 w.cancel()
 
     async def list_agents(self) -> builtins.list[captures_pb2.AgentInfo]:
-        agents = await self.store.list_agents()
+        agents = await self.store.agents.list()
         return [
             captures_pb2.AgentInfo(
                 id=resource_id(a.identity),

@@ -86,7 +86,7 @@ class Reconciler:
         """After a coordinator (re)start and one lease period, or an interrupted agent watch: an
         instance still running whose agent is not registered is lost (its lease expired while
         nobody watched)."""
-        present = set(await self.store.list_agents())
+        present = set(await self.store.agents.list())
         for record in await self.store.list_captures():
             for key in record.instance_keys:
                 if key not in present:

@@ -92,7 +92,7 @@ def test_a_stalled_etcd_delays_progress_and_expires_no_live_agent(tmp_path):
         removed: list[str] = []
 
         async def watch_removals() -> None:
-            async for event in store.watch_agents():
+            async for event in store.agents.watch():
                 if event.kind == WatchKind.DELETE:
                     removed.append(event.instance_key)
 

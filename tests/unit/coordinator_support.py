@@ -42,7 +42,7 @@ async def setup(tmp_path, max_captures=10000):
     store = Store(MemoryKV())
     for i in range(2):
         ident = fleet_pb2.AgentIdentity(resource_group="rg", vmss_name="web", instance_id=str(i))
-        await store.register_agent(keys.instance_key(ident), state_pb2.AgentRecord(identity=ident), ttl_s=60)
+        await store.agents.register(keys.instance_key(ident), state_pb2.AgentRecord(identity=ident), ttl_s=60)
     rec = Recorder()
     uc = usecases.build(store, rec, {"local": LocalSink(str(tmp_path))}, ServiceConfig(max_captures=max_captures))
     return Harness(uc, store), rec

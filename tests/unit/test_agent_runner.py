@@ -63,7 +63,7 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
 
     async def body() -> None:
         store = Store(MemoryKV())
-        await store.register_agent(keys.instance_key(IDENT), state_pb2.AgentRecord(identity=IDENT), ttl_s=60)
+        await store.agents.register(keys.instance_key(IDENT), state_pb2.AgentRecord(identity=IDENT), ttl_s=60)
         storage = tmp_path / "storage"
         recorder = Recorder()
         sinks = {"local": LocalSink(str(storage))}

@@ -46,7 +46,7 @@ def test_a_storm_of_registrations_is_a_few_transactions():
         presence = Presence(Store(kv), ttl_s=10)
         await asyncio.gather(*(presence.register(f"local/rg/vmss/web/{i}", record(i)) for i in range(250)))
         assert kv.transactions == -(-250 // AGENT_BATCH) == 3
-        stored = await Store(kv).list_agents()
+        stored = await Store(kv).agents.list()
         assert stored == {f"local/rg/vmss/web/{i}": record(i) for i in range(250)}
         assert {kv._data[keys.agent(k)][2] for k in stored} == {presence._lease}
         await presence.close()
@@ -67,7 +67,7 @@ def test_a_failed_batch_fails_its_agents_and_the_next_one_is_written():
         )
         assert [type(r).__name__ for r in results[:AGENT_BATCH]] == ["StoreUnavailable"] * AGENT_BATCH
         assert results[AGENT_BATCH:] == [None] * (150 - AGENT_BATCH)
-        assert sorted(await Store(kv).list_agents()) == sorted(f"local/rg/vmss/web/{i}" for i in range(AGENT_BATCH, 150))
+        assert sorted(await Store(kv).agents.list()) == sorted(f"local/rg/vmss/web/{i}" for i in range(AGENT_BATCH, 150))
         assert sorted(presence._records) == sorted(f"local/rg/vmss/web/{i}" for i in range(AGENT_BATCH, 150))
         await presence.close()
 
@@ -80,7 +80,7 @@ def test_an_agent_twice_in_one_batch_keeps_its_newest_record():
         presence = Presence(Store(kv), ttl_s=10)
         await asyncio.gather(presence.register("local/rg/vm/a", record(1)), presence.register("local/rg/vm/a", record(2)))
         assert kv.transactions == 1
-        assert await Store(kv).list_agents() == {"local/rg/vm/a": record(2)}
+        assert await Store(kv).agents.list() == {"local/rg/vm/a": record(2)}
         await presence.close()
 
     asyncio.run(body())

@@ -204,7 +204,7 @@ class StoreContract:
             watching = asyncio.Event()
 
             async def watch():
-                async for ev in s.watch_agents():
+                async for ev in s.agents.watch():
                     if ev.kind == WatchKind.READY:
                         watching.set()
                         continue
@@ -214,29 +214,29 @@ class StoreContract:
 
             watcher = asyncio.ensure_future(watch())
             await asyncio.wait_for(watching.wait(), timeout=10)
-            lease = await s.register_agent(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
+            lease = await s.agents.register(key, state_pb2.AgentRecord(identity=ident), ttl_s=1)
             for _ in range(4):
                 await asyncio.sleep(0.4)
-                assert await s.refresh_lease(lease)
-            assert list(await s.list_agents()) == [key]
+                assert await s.leases.refresh(lease)
+            assert list(await s.agents.list()) == [key]
             await asyncio.wait_for(watcher, timeout=10)  # stops refreshing: the lease expires
             assert events == [(WatchKind.PUT, key), (WatchKind.DELETE, key)]
-            assert await s.list_agents() == {}
-            assert not await s.refresh_lease(lease)
+            assert await s.agents.list() == {}
+            assert not await s.leases.refresh(lease)
 
         self.run(body)
 
     def test_agents_listed_under_a_prefix(self):
         async def body(s: Store):
-            lease = await s.grant_lease(30)
+            lease = await s.leases.grant(30)
             idents = [
                 fleet_pb2.AgentIdentity(vmss_name="web", instance_id="0"),
                 fleet_pb2.AgentIdentity(vmss_name="web2", instance_id="0"),
                 fleet_pb2.AgentIdentity(vm_name="web"),
             ]
-            await s.put_agents({keys.instance_key(i): state_pb2.AgentRecord(identity=i) for i in idents}, lease)
-            assert list(await s.list_agents(under="local/default/vmss/web/")) == ["local/default/vmss/web/0"]
-            assert len(await s.list_agents()) == 3
+            await s.agents.put_many({keys.instance_key(i): state_pb2.AgentRecord(identity=i) for i in idents}, lease)
+            assert list(await s.agents.list(under="local/default/vmss/web/")) == ["local/default/vmss/web/0"]
+            assert len(await s.agents.list()) == 3
 
         self.run(body)
 
@@ -267,10 +267,10 @@ class StoreContract:
         async def body(s: Store):
             ident = fleet_pb2.AgentIdentity(vm_name="vm2")
             key = keys.instance_key(ident)
-            old = await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="a"), ttl_s=30)
-            await s.register_agent(key, state_pb2.AgentRecord(identity=ident, hostname="b"), ttl_s=30)
+            old = await s.agents.register(key, state_pb2.AgentRecord(identity=ident, hostname="a"), ttl_s=30)
+            await s.agents.register(key, state_pb2.AgentRecord(identity=ident, hostname="b"), ttl_s=30)
             await s.kv.revoke_lease(old)  # the old lease ends: the record stays, on the new one
-            assert (await s.list_agents())[key].hostname == "b"
+            assert (await s.agents.list())[key].hostname == "b"
 
         self.run(body)
 
