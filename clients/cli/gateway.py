@@ -11,7 +11,7 @@ from fleetcap.core import transport
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     try:
-        from fleetcap.clients.rest import alerts, app, server
+        from fleetcap.clients.rest import alerts, gateway, server
     except ImportError as e:  # starlette or uvicorn missing: an agent-only install
         raise UsageError(f"the gateway needs its extra: pip install 'fleetcap[gateway]' ({e.name} is missing)") from None
     if args.alert_rules:
@@ -29,7 +29,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             token=secret("--token", token) if token else "",
             insecure=getattr(args, "insecure", False),
         )
-        settings = app.GatewaySettings(
+        settings = gateway.GatewaySettings(
             coordinator=args.coordinator or transport.DEFAULT_ADDRESS,
             listen=args.listen,
             tls_cert=args.tls_cert or "",

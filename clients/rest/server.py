@@ -13,7 +13,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fleetcap.clients.rest.app import GatewaySettings, create_app, listen_host_port
+from fleetcap.clients.rest.app import create_app
+from fleetcap.clients.rest.gateway import GatewaySettings, listen_host_port
 from fleetcap.core import transport
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from fleetcap.clients import sdk
-from fleetcap.clients.rest.app import attachment
+from fleetcap.clients.rest.downloads import attachment
 from fleetcap.core.auth import Role
 from tests import pcaps
 from tests.conftest import TOKENS
