@@ -14,18 +14,24 @@ import asyncio
 import builtins
 import contextlib
 import copy
-import dataclasses
-import datetime as dt
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO, NoReturn, TypedDict, TypeVar, Unpack
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, NoReturn, TypeVar, Unpack
 
 import grpc
-from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
-from fleetcap.clients import pcapng
+from fleetcap.clients.downloads import (
+    DestDir,
+    Download,
+    UnsafeName,
+    clock_correction,
+    download_plan,
+    downloadable,
+    interface_stats,
+    merge_files,
+)
 from fleetcap.clients.errors import (
     CaptureAlreadyExists,
     CaptureNotFound,
@@ -39,9 +45,9 @@ from fleetcap.clients.errors import (
     Unauthenticated,
     from_rpc_error,
 )
+from fleetcap.clients.messages import CreateOptions, create_request, to_dict
 from fleetcap.core import transport
-from fleetcap.core.naming import instance_name, parse_rfc3339
-from fleetcap.core.vocabulary import CaptureError, TargetType, is_terminal
+from fleetcap.core.vocabulary import is_terminal
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import captures_pb2_grpc
 
@@ -66,6 +72,10 @@ __all__ = [
     "QuotaExceeded",
     "Unauthenticated",
     "UnsafeName",
+    "clock_correction",
+    "create_request",
+    "downloadable",
+    "interface_stats",
     "to_dict",
 ]
 
@@ -75,237 +85,6 @@ LIST_PAGE_SIZE = 1000
 
 def _raise(e: grpc.RpcError) -> NoReturn:
     raise from_rpc_error(e) from None
-
-
-def to_dict(message: Message) -> dict[str, Any]:
-    """JSON-ready dict with Azure's field names; 64-bit integers stay numbers."""
-    d = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return _ints(message.DESCRIPTOR, d)  # type: ignore[arg-type]  # upb's Descriptor is one
-
-
-_INT64 = {
-    descriptor.FieldDescriptor.TYPE_INT64,
-    descriptor.FieldDescriptor.TYPE_UINT64,
-    descriptor.FieldDescriptor.TYPE_SINT64,
-    descriptor.FieldDescriptor.TYPE_FIXED64,
-}
-
-
-def _ints(desc: descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
-    for f in desc.fields:
-        if f.json_name not in d:
-            continue
-        v = d[f.json_name]
-        if f.type in _INT64:
-            d[f.json_name] = [int(x) for x in v] if isinstance(v, list) else int(v)
-        elif f.message_type is not None:
-            if isinstance(v, list):
-                d[f.json_name] = [_ints(f.message_type, x) for x in v]
-            elif isinstance(v, dict):
-                d[f.json_name] = _ints(f.message_type, v)
-    return d
-
-
-def filter_from_dict(index: int, item: Mapping[str, Any]) -> pb.PacketCaptureFilter:
-    """An az-style filter object ({"protocol": "TCP", "localPort": "80"}) as a message."""
-    if not isinstance(item, Mapping):
-        raise InvalidCapture(ErrorCode.INVALID_ARGUMENT, f"filters[{index}]: must be an object")
-    try:
-        return json_format.ParseDict({k: str(v) for k, v in item.items()}, pb.PacketCaptureFilter())
-    except json_format.ParseError as e:
-        raise InvalidCapture(ErrorCode.INVALID_ARGUMENT, f"filters[{index}]: {e}") from None
-
-
-class CreateOptions(TypedDict, total=False):
-    """`create`'s optional arguments, the one definition for `Client`, `AsyncClient` and the
-    CLI. Unset limits take Azure's defaults (whole packets, 1 GiB, 18000 s)."""
-
-    target_type: str  # "AzureVM" (default) or "AzureVMSS"
-    resource_group: str  # of the target, when it is a bare name
-    subscription: str  # of the target, when it is a bare name
-    include: Iterable[str]  # scale-set instances: ids, names or ARM ids
-    exclude: Iterable[str]
-    bytes_to_capture_per_packet: int | None  # 0 = whole packet
-    total_bytes_per_session: int | None  # per instance, pcap headers included
-    time_limit_in_seconds: int | None
-    storage_account: str  # "local" or a Blob account of the coordinator
-    storage_path: str  # container URI in that account
-    file_path: str  # on each instance, /var/captures/....cap
-    filters: Iterable[Mapping[str, Any] | pb.PacketCaptureFilter]
-    bpf_filter: str  # libpcap expression AND-ed with filters (extension)
-    continuous_capture: bool | None  # any non-None value selects the ring, as in Azure
-    local_path: str  # continuous: the ring's base name on each instance
-    file_count: int | None  # continuous: files kept (10)
-    file_size_in_bytes: int | None  # continuous: bytes per file (100 MiB)
-    session_time_limit_in_seconds: int | None  # continuous: seconds (86400)
-    add_new_instances: bool  # scale sets: instances that join are captured too
-    standby_in_seconds: int | None  # flight recorder: seconds kept while armed (extension)
-    standby_bytes: int | None  # flight recorder: the ring's bytes per instance (100 MiB)
-    fleet_bytes_limit: int | None  # all instances' files together; then FleetBytesExceeded (extension)
-
-
-def create_request(*, name: str, target: str, **options: Unpack[CreateOptions]) -> pb.CreatePacketCaptureRequest:
-    """The Create request for `create`'s arguments."""
-    o = options
-    params = pb.PacketCaptureParameters(
-        target=target,
-        target_type=o.get("target_type", TargetType.VM),
-        scope=pb.PacketCaptureMachineScope(include=list(o.get("include", ())), exclude=list(o.get("exclude", ()))),
-        storage_location=pb.PacketCaptureStorageLocation(
-            storage_id=o.get("storage_account", ""),
-            storage_path=o.get("storage_path", ""),
-            file_path=o.get("file_path", ""),
-            local_path=o.get("local_path", ""),
-        ),
-        filters=[f if isinstance(f, pb.PacketCaptureFilter) else filter_from_dict(i, f) for i, f in enumerate(o.get("filters", ()))],
-        bpf_filter=o.get("bpf_filter", ""),
-        add_new_instances=o.get("add_new_instances", False),
-    )
-    for key in (
-        "bytes_to_capture_per_packet",
-        "total_bytes_per_session",
-        "time_limit_in_seconds",
-        "continuous_capture",
-        "standby_in_seconds",
-        "standby_bytes",
-        "fleet_bytes_limit",
-    ):
-        value = o.get(key)
-        if value is not None:
-            setattr(params, key, value)
-    for key in ("file_count", "file_size_in_bytes", "session_time_limit_in_seconds"):
-        value = o.get(key)
-        if value is not None:
-            setattr(params.capture_settings, key, value)
-    return pb.CreatePacketCaptureRequest(
-        name=name, resource_group=o.get("resource_group", ""), subscription=o.get("subscription", ""), properties=params
-    )
-
-
-class UnsafeName(ValueError):
-    """A name from the server would leave the download directory; nothing was written for it."""
-
-
-def _safe_name(value: str, what: str) -> str:
-    """One path component the server sent: no separator, no '..', not absolute, not empty."""
-    if not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
-        raise UnsafeName(f"{what} '{value}' from the coordinator is not a plain file name; refusing to write it")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class _Download:
-    instance_id: str  # a directory under dest (checked)
-    instance_arm_id: str
-    file_path: str  # on the instance
-    file_name: str  # its name under dest/<instance id>/ (checked)
-
-    def path(self, dest: str) -> str:
-        return os.path.join(dest, self.instance_id, self.file_name)
-
-
-def downloadable(inst: pb.InstanceStatus, f: pb.CaptureFile) -> bool:
-    """Whether a download takes this file: every stored file, and every file that only its
-    instance holds (a capture without a storage account, or an upload that failed), which the
-    coordinator fetches from the instance's agent. A stored capture's file still uploading is
-    left for later."""
-    return f.upload_complete or not f.storage_path or CaptureError.STORAGE_FAILED in inst.packet_capture_error
-
-
-def _download_plan(status: pb.PacketCaptureQueryStatusResult) -> builtins.list[_Download]:
-    """The files of a capture and where each goes: dest/<instance id>/<file name>. Raises
-    UnsafeName before anything is written if the server sent a name that is not plain."""
-    return [
-        _Download(_safe_name(inst.instance_id, "instance id"), inst.id, f.file_path, _safe_name(os.path.basename(f.file_path), "file name"))
-        for inst in status.instances
-        for f in inst.files
-        if downloadable(inst, f)
-    ]
-
-
-class _DestDir:
-    """Files written only inside one directory: each created with O_EXCL and O_NOFOLLOW under a
-    directory descriptor, as NAME.part, then renamed into place, so neither a planted symlink nor
-    a name from the server moves a write elsewhere."""
-
-    def __init__(self, dest: str):
-        os.makedirs(dest, exist_ok=True)
-        self.dest = dest
-        self._fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-
-    def subdir(self, name: str) -> int:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=self._fd)
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd)
-
-    @staticmethod
-    def create(dir_fd: int, name: str) -> BinaryIO:
-        part = name + ".part"
-        try:
-            os.unlink(part, dir_fd=dir_fd)  # a part left by an interrupted download (a link is removed, not followed)
-        except FileNotFoundError:
-            pass
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
-        return os.fdopen(fd, "wb")
-
-    @staticmethod
-    def commit(dir_fd: int, name: str) -> None:
-        os.replace(name + ".part", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def interface_stats(inst: pb.InstanceStatus) -> pcapng.InterfaceStats:
-    """An instance's counters and times as its pcapng Interface Statistics Block carries them."""
-
-    def us(text: str) -> int:
-        when = parse_rfc3339(text) if text else dt.datetime.now(dt.UTC)
-        return round(when.timestamp() * 1_000_000)
-
-    return pcapng.InterfaceStats(
-        received=inst.packets_received,
-        delivered=inst.packets_captured,
-        os_drops=inst.kernel_drops,
-        if_drops=inst.interface_drops,
-        start_us=us(inst.capture_start_time),
-        end_us=us(inst.capture_stop_time),
-    )
-
-
-def clock_correction(inst: pb.InstanceStatus) -> pcapng.ClockCorrection | None:
-    """The instance's measured clock offset, for the merge; None if it was never measured."""
-    if not inst.clock_uncertainty_us:
-        return None
-    return pcapng.ClockCorrection(inst.clock_offset_us, inst.clock_uncertainty_us)
-
-
-def _merge(plan: builtins.list[_Download], dest: _DestDir, name: str, status: pb.PacketCaptureQueryStatusResult) -> str:
-    """Writes dest/<name>.pcapng from the downloaded files: one interface per instance, each with
-    its Interface Statistics Block (what it received and dropped)."""
-    paths: dict[str, builtins.list[str]] = {}
-    for item in plan:
-        paths.setdefault(item.instance_arm_id, []).append(item.path(dest.dest))
-    by_id = {inst.id: inst for inst in status.instances}
-    sources = [
-        pcapng.Source(
-            name=instance_name(arm_id),
-            description=arm_id,
-            paths=files,
-            stats=interface_stats(by_id[arm_id]) if arm_id in by_id else None,
-            clock=clock_correction(by_id[arm_id]) if arm_id in by_id else None,
-        )
-        for arm_id, files in paths.items()
-    ]
-    merged = _safe_name(f"{name}.pcapng", "capture name")
-    dest_fd = os.open(dest.dest, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with _DestDir.create(dest_fd, merged) as out:
-            pcapng.merge(sources, out)
-        _DestDir.commit(dest_fd, merged)
-    finally:
-        os.close(dest_fd)
-    return os.path.join(dest.dest, merged)
 
 
 class _Link:
@@ -575,18 +354,18 @@ class AsyncClient:
         trace, one interface per instance. Returns the paths written. Raises: CaptureNotFound;
         IncompleteDownload when some files could not be had (the others are written, and merged)."""
         status = await self.get_status(name=name)
-        plan = _download_plan(status)
-        target = _DestDir(dest)
-        done: builtins.list[_Download] = []
+        plan = download_plan(status)
+        target = DestDir(dest)
+        done: builtins.list[Download] = []
         missing: builtins.list[tuple[str, str, FleetcapError]] = []
         try:
             for item in plan:
                 dir_fd = target.subdir(item.instance_id)
                 try:
-                    with _DestDir.create(dir_fd, item.file_name) as out:
+                    with DestDir.create(dir_fd, item.file_name) as out:
                         async for data in self.read_file(name=name, instance_id=item.instance_id, file_path=item.file_path):
                             out.write(data)
-                    _DestDir.commit(dir_fd, item.file_name)
+                    DestDir.commit(dir_fd, item.file_name)
                     done.append(item)
                 except (InvalidCapture, CaptureNotFound, Unauthenticated, PermissionDenied):
                     raise  # the capture or the caller, not this file: nothing else would work either
@@ -598,7 +377,7 @@ class AsyncClient:
                     os.close(dir_fd)
             written = [item.path(dest) for item in done]
             if merge and done:
-                written.append(_merge(done, target, name, status))
+                written.append(merge_files(done, target, name, status))
             if missing:
                 raise IncompleteDownload(written, missing)
             return written
