@@ -14,6 +14,7 @@ from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.core.transport import free_port
 from tests.conftest import AGENT_ENV, write_auth_file
+from tests.integration.security_support import Secure, fleetcap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -116,3 +117,96 @@ def coordinator(tmp_path_factory):
     finally:
         LocalFleet.stop_process(agent)
         LocalFleet.stop_process(coord)
+
+
+@pytest.fixture(scope="module")
+def no_ambient_token():
+    """The suite's admin token (FLEETCAP_TOKEN) means nothing here; every caller says who it is."""
+    with pytest.MonkeyPatch.context() as m:
+        m.delenv("FLEETCAP_TOKEN", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root to open a capture handle")
+    s = Secure(tmp_path_factory.mktemp("secure"))
+    assert fleetcap("tls", "ca", "create", "--out", os.path.join(s.d, "ca")).returncode == 0
+    s.cert("--out", os.path.join(s.d, "coord"), "--coordinator")
+    s.cert("--out", os.path.join(s.d, "vm1"), "--agent", "--vm", "vm1", "-g", "rg1")
+    s.cert("--out", os.path.join(s.d, "vm2"), "--agent", "--vm", "vm2", "-g", "rg1")
+    s.cert("--out", os.path.join(s.d, "alice"), "--client", "alice", "--role", "contributor")
+    for name, role in (("viewer", "reader"), ("analyst", "data-reader"), ("ops", "contributor"), ("boss", "admin")):
+        s.token(name, role)
+    env = dict(os.environ)
+    env.pop("FLEETCAP_TOKEN", None)
+    coord_log = open(os.path.join(s.d, "coordinator.log"), "wb")
+    s.procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "coordinator",
+                "--listen",
+                s.api,
+                "--mtls-listen",
+                s.fleet,
+                "--tls-cert",
+                os.path.join(s.d, "coord", "coordinator.pem"),
+                "--tls-key",
+                os.path.join(s.d, "coord", "coordinator-key.pem"),
+                "--tls-client-ca",
+                s.ca,
+                "--auth-file",
+                s.auth_file,
+                "--data-dir",
+                os.path.join(s.d, "data"),
+                "--agent-ttl",
+                "5",
+            ],
+            cwd=ROOT,
+            stdout=coord_log,
+            stderr=coord_log,
+            env=env,
+        )
+    )
+    agent_log = open(os.path.join(s.d, "agent.log"), "wb")
+    s.procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetcap",
+                "agent",
+                "--coordinator",
+                s.fleet,
+                "--vm",
+                "vm1",
+                "-g",
+                "rg1",
+                "--interface",
+                "lo",
+                "--capture-root",
+                os.path.join(s.d, "captures"),
+                "--tls-ca",
+                s.ca,
+                "--tls-cert",
+                os.path.join(s.d, "vm1", "agent.pem"),
+                "--tls-key",
+                os.path.join(s.d, "vm1", "agent-key.pem"),
+            ],
+            cwd=ROOT,
+            stdout=agent_log,
+            stderr=agent_log,
+            env=env,
+        )
+    )
+    try:
+        with s.client(s.tokens["boss"]) as c:
+            wait_agents(c, 1, os.path.join(s.d, "coordinator.log"))
+        yield s
+    finally:
+        for p in reversed(s.procs):
+            LocalFleet.stop_process(p)
