@@ -66,7 +66,9 @@ typecheck: layout
 test: setup lint
 	@rm -rf build/coverage && mkdir -p build/coverage
 	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout $(TEST_TIMEOUT_S) --cov --cov-report= tests
-	@$(PY) -m coverage combine -q 2>/dev/null || true
+	@# pytest-cov has combined what the test processes wrote; a daemon a test SIGKILLed leaves a
+	@# partial file, which is skipped with a warning.
+	@$(PY) -m coverage combine --append -q 2>/dev/null || true
 	$(PY) -m coverage report --sort=cover
 	@$(PY) -m coverage json -q -o build/coverage/coverage.json
 	$(PY) -m tests.coverage_gate build/coverage/coverage.json

@@ -28,17 +28,6 @@ def running_fleet(tmp_path_factory, name: str, instances: int, **kwargs):
         f.close()
 
 
-def until(what: str, cond, timeout_s: float):
-    """Polls cond() until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what} (last: {value!r})"
-        time.sleep(0.2)
-
-
 def wait_running(client: sdk.Client, name: str, timeout_s: float = 20) -> None:
     """Until every instance captures; fails if one ends first."""
     deadline = time.monotonic() + timeout_s

@@ -16,6 +16,7 @@ import pytest
 from deploy.localfleet import LocalFleet
 from tests import pcaps
 from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
+from tests.waiting import let_time_pass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-blob")]
 
@@ -109,7 +110,7 @@ def test_azurite_killed_and_restarted_mid_capture(fleet, client, tmp_path):
         time.sleep(0.2)
     fleet.stop_azurite(signal.SIGKILL)
     fleet.send_udp(i0, i2, dport=6002, sport=41010, count=20, size=PAYLOAD, tag=23)
-    time.sleep(3)
+    let_time_pass(3, why="Azurite stays down while the datagrams come")
     fleet.start_azurite()
     fleet.send_udp(i0, i2, dport=6002, sport=41010, count=20, size=PAYLOAD, tag=24)
     final = client.wait(name="blob-restart", timeout_s=90)

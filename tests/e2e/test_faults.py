@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tests import pcaps
-from tests.e2e.support import PAYLOAD, expected, running_fleet, until, wait_running
+from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
+from tests.waiting import let_time_pass, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-faults")]
 AGENT_TTL_S = 3
@@ -43,14 +44,20 @@ def test_killed_agent_is_agent_stopped_and_recovers_its_file(fleet, client):
     wait_running(client, "kill-agent")
     fleet.send_udp(i2, i0, dport=7001, sport=42000, count=10, size=PAYLOAD, tag=30)
     fleet.send_udp(i2, i1, dport=7001, sport=42001, count=12, size=PAYLOAD, tag=31)
-    until("instance 1 to report its 12 packets", lambda: instance(client, "kill-agent", "1").packets_captured == 12, 20)
+    wait_for(
+        lambda: instance(client, "kill-agent", "1").packets_captured == 12,
+        what="instance 1 to report its 12 packets",
+        timeout_s=20,
+        interval_s=0.2,
+    )
     time.sleep(0.5)  # the capture flushes its file every 0.2 s
     killed_at = time.monotonic()
     fleet.kill_agent(i1, signal.SIGKILL)
-    lost = until(
-        "instance 1 to be declared AgentStopped",
+    lost = wait_for(
         lambda: (s := instance(client, "kill-agent", "1")).packet_capture_status == "Error" and s,
-        30,
+        what="instance 1 to be declared AgentStopped",
+        timeout_s=30,
+        interval_s=0.2,
     )
     detected_s = time.monotonic() - killed_at
     assert list(lost.packet_capture_error) == ["AgentStopped"]
@@ -70,7 +77,12 @@ def test_killed_agent_is_agent_stopped_and_recovers_its_file(fleet, client):
     assert pcaps.flows(pcaps.read(local).records) == expected(i2, 42001, i1, 7001, 31, 12)
     # wait() does not hold for an instance in AgentStopped (its agent may never return); this
     # one did, and uploads what the coordinator had not stored.
-    f = until("the restarted agent's upload", lambda: (x := instance(client, "kill-agent", "1").files[0]).upload_complete and x, 30)
+    f = wait_for(
+        lambda: (x := instance(client, "kill-agent", "1").files[0]).upload_complete and x,
+        what="the restarted agent's upload",
+        timeout_s=30,
+        interval_s=0.2,
+    )
     assert f.sha256 == f.stored_sha256
     with open(local, "rb") as a, open(f.storage_path.removeprefix("file://"), "rb") as b:
         assert a.read() == b.read()
@@ -105,14 +117,15 @@ def test_coordinator_killed_and_restarted_mid_capture(fleet, client):
     with fleet.client() as c:
         # While the coordinator was down nobody renewed the agents' leases; if they expire before
         # the agents are back, the instances show AgentStopped until their reports arrive.
-        final = until(
-            "every instance stopped by its time limit with its file stored",
+        final = wait_for(
             lambda: (
                 (x := c.get_status(name="kill-coord")).packet_capture_status == "Stopped"
                 and all(i.files[0].upload_complete for i in x.instances)
                 and x
             ),
-            60,
+            what="every instance stopped by its time limit with its file stored",
+            timeout_s=60,
+            interval_s=0.2,
         )
     assert final.stop_reason == "TimeExceeded"
     for inst, sport, dst in (("0", 42010, i0), ("1", 42011, i1)):
@@ -138,26 +151,30 @@ def test_network_cut_for_30s_loses_nothing(fleet, client):
     )
     wait_running(client, "cut")
     fleet.send_udp(i2, i0, dport=7003, sport=42020, count=10, size=PAYLOAD, tag=36)  # also warms the ARP cache
-    until("the first packets stored", lambda: instance(client, "cut", "2").files[0].uploaded_bytes > 24, 20)
+    wait_for(
+        lambda: instance(client, "cut", "2").files[0].uploaded_bytes > 24, what="the first packets stored", timeout_s=20, interval_s=0.2
+    )
     fleet.cut_network(i2)
     try:
         fleet.send_udp(i2, i0, dport=7003, sport=42020, count=10, size=PAYLOAD, tag=37)  # leaves eth0, lost beyond
-        lost = until(
-            "the instance to be declared AgentStopped during the cut",
+        lost = wait_for(
             lambda: (s := instance(client, "cut", "2")).packet_capture_status == "Error" and s,
-            30,
+            what="the instance to be declared AgentStopped during the cut",
+            timeout_s=30,
+            interval_s=0.2,
         )
         assert list(lost.packet_capture_error) == ["AgentStopped"]
-        time.sleep(max(0.0, 30 - AGENT_TTL_S - 2))
+        let_time_pass(30 - AGENT_TTL_S - 2, why="the network stays cut for 30 s in all")
     finally:
         fleet.restore_network(i2)
     fleet.send_udp(i2, i0, dport=7003, sport=42020, count=10, size=PAYLOAD, tag=38)
     # wait() returns on AgentStopped (the agent may never return); this one does, and its report
     # replaces the coordinator's guess with what really happened.
-    inst = until(
-        "the agent to reconnect and the upload to finish",
+    inst = wait_for(
         lambda: (x := instance(client, "cut", "2")).packet_capture_status == "Stopped" and x.files[0].upload_complete and x,
-        120,
+        what="the agent to reconnect and the upload to finish",
+        timeout_s=120,
+        interval_s=0.2,
     )
     assert inst.stop_reason == "TimeExceeded"
     assert list(inst.packet_capture_error) == []
@@ -187,17 +204,18 @@ def test_etcd_restarted_mid_capture(fleet, client):
     fleet.send_udp(i0, i1, dport=7004, sport=42030, count=10, size=PAYLOAD, tag=39)
     fleet.stop_etcd()
     fleet.send_udp(i0, i1, dport=7004, sport=42030, count=10, size=PAYLOAD, tag=40)
-    time.sleep(2)
+    let_time_pass(2, why="etcd stays down while the agents report")
     fleet.start_etcd()
     fleet.send_udp(i0, i1, dport=7004, sport=42030, count=10, size=PAYLOAD, tag=41)
-    final = until(
-        "the capture to stop by its time limit with its file stored",
+    final = wait_for(
         lambda: (
             (x := client.get_status(name="etcd-restart")).packet_capture_status == "Stopped"
             and x.instances[0].files[0].upload_complete
             and x
         ),
-        90,
+        what="the capture to stop by its time limit with its file stored",
+        timeout_s=90,
+        interval_s=0.2,
     )
     assert fleet.coordinator.poll() is None, "the coordinator must survive an etcd restart"
     (inst,) = final.instances
@@ -213,7 +231,7 @@ def test_instance_joining_a_running_capture(fleet, client):
     registers while it runs joins with the same settings."""
     i0, i1, i2 = fleet.instances
     fleet.kill_agent(i2, signal.SIGTERM)
-    until("instance 2 to leave the scale set", lambda: len(client.list_agents()) == 2, 20)
+    wait_for(lambda: len(client.list_agents()) == 2, what="instance 2 to leave the scale set", timeout_s=20, interval_s=0.2)
     for name, add in (("join", True), ("nojoin", False)):
         client.create(
             name=name,
@@ -228,21 +246,23 @@ def test_instance_joining_a_running_capture(fleet, client):
         )
         assert [i.instance_id for i in client.get_status(name=name).instances] == ["0", "1"]
     fleet.start_agent(i2)
-    joined = until(
-        "instance 2 to join and run",
+    joined = wait_for(
         lambda: (x := instance(client, "join", "2")) is not None and x.packet_capture_status == "Running" and x,
-        20,
+        what="instance 2 to join and run",
+        timeout_s=20,
+        interval_s=0.2,
     )
     assert joined.id.endswith("/virtualMachineScaleSets/web/virtualMachines/2")
     fleet.send_udp(i0, i2, dport=7005, sport=42040, count=6, size=PAYLOAD, tag=42)
-    final = until(
-        "the capture to finish",
+    final = wait_for(
         lambda: (
             (x := client.get_status(name="join")).packet_capture_status == "Stopped"
             and all(i.files[0].upload_complete for i in x.instances)
             and x
         ),
-        60,
+        what="the capture to finish",
+        timeout_s=60,
+        interval_s=0.2,
     )
     (late,) = [i for i in final.instances if i.instance_id == "2"]
     assert late.stop_reason == "TimeExceeded"

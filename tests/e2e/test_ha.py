@@ -11,7 +11,8 @@ import pytest
 
 from fleetcap.clients import sdk
 from tests import pcaps
-from tests.e2e.support import PAYLOAD, expected, running_fleet, until, wait_running
+from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-ha")]
 
@@ -37,7 +38,7 @@ def leader_of(fleet) -> int | None:
 
 def test_leader_killed_mid_capture(fleet, client):
     i0, i1, i2 = fleet.instances
-    until("a leader", lambda: leader_of(fleet) is not None, 20)
+    wait_for(lambda: leader_of(fleet) is not None, what="a leader", timeout_s=20, interval_s=0.2)
     leader = leader_of(fleet)
     other = 1 - leader
     # The API call goes to the replica that will survive; half the agents are on the other one.
@@ -57,21 +58,22 @@ def test_leader_killed_mid_capture(fleet, client):
     fleet.send_udp(i0, i1, dport=7100, sport=43001, count=10, size=PAYLOAD, tag=50)
     killed = time.monotonic()
     fleet.kill_coordinator(signal.SIGKILL, index=leader)
-    until("the other replica to lead", lambda: leader_of(fleet) == other, 15)
+    wait_for(lambda: leader_of(fleet) == other, what="the other replica to lead", timeout_s=15, interval_s=0.2)
     moved_s = time.monotonic() - killed
     assert moved_s < 8, f"leadership moved after {moved_s:.1f}s"
     fleet.send_udp(i2, i0, dport=7100, sport=43000, count=10, size=PAYLOAD, tag=51)
     fleet.send_udp(i0, i1, dport=7100, sport=43001, count=10, size=PAYLOAD, tag=51)
     fleet.send_udp(i1, i2, dport=7100, sport=43002, count=10, size=PAYLOAD, tag=51)
     with sdk.Client(f"unix:{fleet.replica_socket(other)}", token=fleet.token) as c:
-        final = until(
-            "every instance stopped by its time limit with its file stored",
+        final = wait_for(
             lambda: (
                 (x := c.get_status(name="ha")).packet_capture_status == "Stopped"
                 and all(i.files[0].upload_complete for i in x.instances)
                 and x
             ),
-            90,
+            what="every instance stopped by its time limit with its file stored",
+            timeout_s=90,
+            interval_s=0.2,
         )
     assert [(i.instance_id, i.stop_reason, list(i.packet_capture_error)) for i in final.instances] == [
         ("0", "TimeExceeded", []),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from fleetcap.clients import sdk
 from fleetcap.core.transport import free_port
 from tests.conftest import AGENT_ENV, write_auth_file
 from tests.integration.security_support import Secure, fleetcap
+from tests.waiting import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,27 +30,21 @@ class Deployment(str):
 
 def wait_every_instance(client: sdk.Client, name: str, status: str = "Running", timeout_s: float = 15):
     """Until every instance of the capture reports `status`; returns the capture's status."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def every() -> object:
         now = client.get_status(name=name)
-        if now.instances and all(i.packet_capture_status == status for i in now.instances):
-            return now
-        assert time.monotonic() < deadline, f"{name}: not every instance {status}: {now}"
-        time.sleep(0.1)
+        return now if now.instances and all(i.packet_capture_status == status for i in now.instances) else None
+
+    return wait_for(every, what=f"every instance of {name} {status}", timeout_s=timeout_s)
 
 
 def wait_agents(client: sdk.Client, count: int, log_path: str, timeout_s: float = 30) -> None:
     """Until `count` agents are registered (the coordinator may still be starting); a failure
     shows the coordinator's log."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if len(client.list_agents()) == count:
-                return
-        except sdk.FleetcapError:
-            pass
-        assert time.monotonic() < deadline, open(log_path).read()
-        time.sleep(0.1)
+    try:
+        wait_for(lambda: len(client.list_agents()) == count, what=f"{count} agents", timeout_s=timeout_s, ignoring=(sdk.FleetcapError,))
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{open(log_path).read()}") from None
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from fleetcap.core.transport import free_port
 from fleetcap.core.vocabulary import StopReason
 from fleetcap.node_agent.capture.session import CaptureSession, CaptureSpec
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("lo-capture")]
 
@@ -63,13 +64,6 @@ def frames(path: str) -> list[tuple[bytes, int]]:
         return [(bytes(buf), len(buf)) for _, buf in dpkt.pcap.Reader(f)]
 
 
-def wait_for(condition, what: str, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("snaplen", [14, 34, 42, 54, 60])
 @pytest.mark.parametrize("kind", ["udp", "icmp", "tcp"])
 def test_every_matching_packet_is_kept_cut_to_the_capture_size(tmp_path, requires_root, snaplen, kind):
@@ -97,13 +91,19 @@ def test_every_matching_packet_is_kept_cut_to_the_capture_size(tmp_path, require
     try:
         wait_for(
             lambda: session.counters.status == "Running" and reference.exists() and os.path.getsize(reference) >= 24,
-            "both captures to start",
+            what="both captures to start",
+            timeout_s=10,
+            interval_s=0.05,
         )
         assert session.counters.status == "Running", session.counters
         time.sleep(0.5)  # tcpdump's own start: it prints nothing when it is listening
         send(kind, port_or_id)
-        wait_for(lambda: len(frames(str(reference))) >= expected, f"tcpdump to record {expected} frames")
-        wait_for(lambda: session.counters.packets >= expected, f"the session to count {expected} packets")
+        wait_for(
+            lambda: len(frames(str(reference))) >= expected, what=f"tcpdump to record {expected} frames", timeout_s=10, interval_s=0.05
+        )
+        wait_for(
+            lambda: session.counters.packets >= expected, what=f"the session to count {expected} packets", timeout_s=10, interval_s=0.05
+        )
     finally:
         session.stop(StopReason.STOPPED_BY_USER)
         session.join(10)

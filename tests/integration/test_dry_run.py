@@ -14,7 +14,9 @@ import time
 import pytest
 
 from fleetcap.clients import sdk
+from fleetcap.v1 import captures_pb2 as pb
 from tests.integration.conftest import ROOT
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +40,23 @@ def test_a_dry_run_estimates_from_the_interface_and_creates_nothing(coordinator)
     sender = threading.Thread(target=flood, args=(stop,))
     sender.start()
     try:
-        time.sleep(3.5)  # two heartbeats and more while the traffic runs
         with sdk.Client(coordinator) as c:
-            capture, result = c.dry_run(
-                name="dry-1",
-                target="vm1",
-                resource_group="rg1",
-                storage_account="local",
-                bytes_to_capture_per_packet=100,
-                filters=[{"protocol": "UDP"}],
-            )
+
+            def measured_the_flood() -> tuple[pb.PacketCaptureResult, pb.DryRunResult] | None:
+                # The agent measures its interface between heartbeats: a rate from before the
+                # flood began is not yet the flood's.
+                capture, result = c.dry_run(
+                    name="dry-1",
+                    target="vm1",
+                    resource_group="rg1",
+                    storage_account="local",
+                    bytes_to_capture_per_packet=100,
+                    filters=[{"protocol": "UDP"}],
+                )
+                row = result.instances[0]
+                return (capture, result) if row.measured and row.interface_packets_per_second >= 0.5 * 2 * RATE else None
+
+            capture, result = wait_for(measured_the_flood, what="a rate measured during the flood", timeout_s=20, interval_s=0.5)
             whole, result_whole = c.dry_run(name="dry-1", target="vm1", resource_group="rg1", storage_account="local")
     finally:
         stop.set()

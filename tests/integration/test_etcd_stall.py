@@ -26,6 +26,7 @@ from fleetcap.core.auth import Role
 from fleetcap.v1 import captures_pb2, fleet_pb2
 from tests.conftest import TOKENS, write_auth_file
 from tests.integration.conftest import ROOT
+from tests.waiting import let_time_pass_async
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +123,13 @@ def test_a_stalled_etcd_delays_progress_and_expires_no_live_agent(tmp_path):
                 await asyncio.sleep(0.1)
             stop = asyncio.Event()
             reporting = asyncio.gather(*(a.report_until(stop) for a in agents))
-            await asyncio.sleep(3)
+            await let_time_pass_async(3, why="the agents report normally first")
             os.kill(etcd.process.pid, signal.SIGSTOP)
             try:
-                await asyncio.sleep(5)
+                await let_time_pass_async(5, why="etcd stalls for 5 s")
             finally:
                 os.kill(etcd.process.pid, signal.SIGCONT)
-            await asyncio.sleep(4)
+            await let_time_pass_async(4, why="the agents report on after the stall")
             stop.set()
             last = await reporting
             # Every agent's last report is in the status within a few seconds (the counters

@@ -19,6 +19,7 @@ from fleetcap.clients.errors import ErrorCode
 from tests import pcaps
 from tests.integration.conftest import wait_every_instance
 from tests.integration.test_file_only_download import Fleet, free_udp_port, two_agents
+from tests.waiting import let_time_pass
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ def test_the_trigger_keeps_the_window_before_it_and_the_seconds_after_it(fleet):
         assert not os.path.exists(fleet.root("0") / "fr-1.cap")  # armed: nothing is written where the API says
         t_old = time.monotonic()
         send(port, b"A", 5)  # leaves the window before the trigger
-        time.sleep(max(0.0, t_old + 15 - time.monotonic()))
+        let_time_pass(t_old + 15 - time.monotonic(), why="the first packets are 15 s older than the next")
         t_in = time.monotonic()
         send(port, b"B", 5)  # 20 s before the trigger: kept
         deadline = time.monotonic() + 4
@@ -99,7 +100,7 @@ def test_the_trigger_keeps_the_window_before_it_and_the_seconds_after_it(fleet):
         assert status.packet_capture_status == "Standby"
         assert not status.trigger_time
         assert not any(fleet.storage.rglob("fr-1*")) if fleet.storage.exists() else True  # nothing stored
-        time.sleep(max(0.0, t_in + 20 - time.monotonic()))
+        let_time_pass(t_in + 20 - time.monotonic(), why="the trigger comes 20 s after the second packets")
         triggered = c.trigger(name="fr-1", after_in_seconds=3, note="INC-1")
         assert triggered.packet_capture_status == "Triggered"
         assert triggered.trigger_source == "admin (INC-1)"
@@ -158,7 +159,7 @@ def test_the_ring_never_exceeds_its_byte_cap_while_armed_and_a_stop_stores_nothi
         assert all(0 < b <= RING for b in reported), reported
         assert all(len(segments(fleet, i, "fr-2")) <= 9 for i in peak)
         # Idle for longer than the window and its slack: the packets' segments go for their age.
-        time.sleep(3 + 5 + 1)
+        let_time_pass(3 + 5 + 1, why="the packets' segments leave the window by their age alone")
         send(port, b"G", 1)  # the ring is looked after as packets arrive
         deadline = time.monotonic() + 10
         while c.get_status(name="fr-2").instances[0].packets_captured != 1:

@@ -20,6 +20,7 @@ from deploy.localfleet import LocalFleet
 from fleetcap.core.auth import Role
 from fleetcap.core.transport import free_port
 from tests.conftest import TOKENS, write_auth_file
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,17 +65,13 @@ def check(address: str, service: str = "", timeout: float = 5) -> int:
 
 
 def wait_status(address: str, wanted: int, service: str = "", seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check(address, service)
-            if last == wanted:
-                return
-        except grpc.RpcError as e:
-            last = e.code()
-        time.sleep(0.2)
-    raise AssertionError(f"health of {address!r} {service!r}: {last}, wanted {wanted}")
+    wait_for(
+        lambda: check(address, service) == wanted,
+        what=f"health of {address!r} {service!r} to be {wanted}",
+        timeout_s=seconds,
+        interval_s=0.2,
+        ignoring=(grpc.RpcError,),
+    )
 
 
 def test_health_without_a_credential_on_both_ports(coordinator):

@@ -12,6 +12,7 @@ import pytest
 
 from fleetcap.clients import sdk
 from tests.metrics_doc import documented, served
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +77,13 @@ def test_metrics_follow_a_capture(coordinator):
     assert agent['fleetcap_agent_upload_pending_bytes{capture="m-1"}'] == 0
     assert agent["fleetcap_agent_active_captures"] == 0
 
-    time.sleep(5.1)  # the coordinator's deployment gauges refresh at most every 5 s
-    coord = scrape(coordinator.coordinator_metrics)
+    # The coordinator's deployment gauges refresh at most every 5 s.
+    coord = wait_for(
+        lambda: (m := scrape(coordinator.coordinator_metrics)).get('fleetcap_captures{status="Stopped"}') == 1 and m,
+        what="the deployment gauges to show the stopped capture",
+        timeout_s=15,
+        interval_s=0.5,
+    )
     # This module has its own coordinator: every figure is exact.
     assert coord['fleetcap_captures{status="Stopped"}'] == 1
     assert coord['fleetcap_capture_instances{status="Stopped"}'] == 1

@@ -18,6 +18,7 @@ from fleetcap.clients import sdk
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import ROOT, Gateway, scale_set_agents
+from tests.waiting import let_time_pass, wait_for
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
@@ -87,35 +88,32 @@ def browser(tmp_path_factory, gateway, downloads):
         driver.quit()
 
 
-def wait_for(fn, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception:  # the element is being redrawn by the 2 s poll
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def sign_in(b, gateway, token=TOKENS[Role.ADMIN]):
     """Loads the portal and signs in with `token` if it asks for one."""
     from selenium.webdriver.common.by import By
 
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     b.get(gateway.base + "/")
-    wait_for(lambda: find("#signin-view").is_displayed() or find("#list-view").is_displayed(), what="the portal")
+    wait_for(
+        lambda: find("#signin-view").is_displayed() or find("#list-view").is_displayed(),
+        what="the portal",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     if find("#signin-view").is_displayed():
         find("#token").send_keys(token)
         find("#signin").click()
-    wait_for(lambda: find("#list-view").is_displayed(), what="the list after sign-in")
+    wait_for(lambda: find("#list-view").is_displayed(), what="the list after sign-in", interval_s=0.2, ignoring=(Exception,))
 
 
 def downloaded(directory, name: str) -> bytes:
     path = os.path.join(str(directory), name)
-    wait_for(lambda: os.path.exists(path) and not os.path.exists(path + ".crdownload"), what=f"download of {name}")
+    wait_for(
+        lambda: os.path.exists(path) and not os.path.exists(path + ".crdownload"),
+        what=f"download of {name}",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     with open(path, "rb") as f:
         return f.read()
 
@@ -126,9 +124,9 @@ def open_add_form(b, gateway):
 
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     sign_in(b, gateway)
-    wait_for(lambda: find("#add").is_displayed(), what="the list")
+    wait_for(lambda: find("#add").is_displayed(), what="the list", interval_s=0.2, ignoring=(Exception,))
     find("#add").click()
-    wait_for(lambda: find("#add-view").is_displayed(), what="the add form")
+    wait_for(lambda: find("#add-view").is_displayed(), what="the add form", interval_s=0.2, ignoring=(Exception,))
     return find
 
 
@@ -140,16 +138,18 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     find = lambda css: b.find_element(By.CSS_SELECTOR, css)
     # Without a token the portal asks for one, and the API refuses the anonymous.
     b.get(gateway.base + "/")
-    wait_for(lambda: find("#signin-view").is_displayed(), what="the sign-in form")
+    wait_for(lambda: find("#signin-view").is_displayed(), what="the sign-in form", interval_s=0.2, ignoring=(Exception,))
     b.save_screenshot(os.path.join(ARTIFACTS, "portal-signin.png"))
     find("#token").send_keys("fct_not-a-token")
     find("#signin").click()
-    banner = wait_for(lambda: find("#signin-view").is_displayed() and find("#banner").text, what="the 401 banner")
+    banner = wait_for(
+        lambda: find("#signin-view").is_displayed() and find("#banner").text, what="the 401 banner", interval_s=0.2, ignoring=(Exception,)
+    )
     assert banner.startswith("AuthenticationFailed: "), banner
     b.execute_script("sessionStorage.clear()")
     assert b.get_cookies() == []  # nothing ambient: the credential is never a cookie
     sign_in(b, gateway)
-    wait_for(lambda: find("#empty").is_displayed(), what="the empty list")
+    wait_for(lambda: find("#empty").is_displayed(), what="the empty list", interval_s=0.2, ignoring=(Exception,))
 
     # + Add → basic details: the VM is offered and the name has a default.
     find = open_add_form(b, gateway)
@@ -175,7 +175,9 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     find(".f-local-port").send_keys("9")
 
     find("#start").click()
-    banner = wait_for(lambda: find("#banner").is_displayed() and find("#banner").text, what="the error banner")
+    banner = wait_for(
+        lambda: find("#banner").is_displayed() and find("#banner").text, what="the error banner", interval_s=0.2, ignoring=(Exception,)
+    )
     assert banner.startswith("InvalidParameter: timeLimitInSeconds: 18001 is out of range"), banner
     with sdk.Client(coordinator) as c:
         assert [x.name for x in c.list()] == []
@@ -184,10 +186,17 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     find("#f-time").clear()
     find("#f-time").send_keys("2")
     find("#start").click()
-    wait_for(lambda: find("#banner").text == "Started packet capture portal-1", what="the success banner")
+    wait_for(
+        lambda: find("#banner").text == "Started packet capture portal-1", what="the success banner", interval_s=0.2, ignoring=(Exception,)
+    )
 
     row = lambda: find("tr[data-name=portal-1]")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped", what="Stopped")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped",
+        what="Stopped",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     assert row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TimeExceeded"
     b.save_screenshot(os.path.join(ARTIFACTS, "portal.png"))
 
@@ -199,12 +208,22 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     assert [(f.protocol, f.local_port) for f in cap.properties.filters] == [("UDP", "9")]
 
     # The per-instance view, and its file link serves the stored bytes.
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True, what="open")
-    inst = wait_for(lambda: find("#instances tr[data-instance]"), what="the instance row")
-    wait_for(lambda: find("#detail-status").text == "Stopped (TimeExceeded)", what="detail status")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True,
+        what="open",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
+    inst = wait_for(lambda: find("#instances tr[data-instance]"), what="the instance row", interval_s=0.2, ignoring=(Exception,))
+    wait_for(lambda: find("#detail-status").text == "Stopped (TimeExceeded)", what="detail status", interval_s=0.2, ignoring=(Exception,))
     inst = find("#instances tr[data-instance]")
     assert inst.find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Stopped"
-    wait_for(lambda: find("#instances tr[data-instance] [data-action=file]").click() or True, what="the file button")
+    wait_for(
+        lambda: find("#instances tr[data-instance] [data-action=file]").click() or True,
+        what="the file button",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     data = downloaded(downloads, "portal-1_vm1_portal-1.cap")
     assert hashlib.sha256(data).hexdigest() == final.instances[0].files[0].sha256
     b.save_screenshot(os.path.join(ARTIFACTS, "portal-instances.png"))
@@ -212,13 +231,21 @@ def test_add_flow_live_status_instances_download_delete(browser, gateway, coordi
     # Download (one pcapng for the capture), then delete from the list.
     find("#back").click()
     wait_for(
-        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]").click() or True, what="the download button"
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=download]").click() or True,
+        what="the download button",
+        interval_s=0.2,
+        ignoring=(Exception,),
     )  # clicked again if the list was redrawn under it
     assert downloaded(downloads, "portal-1.pcapng")[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True, what="delete")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=delete]").click() or True,
+        what="delete",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     b.switch_to.alert.accept()
-    wait_for(lambda: find("#banner").text == "Deleted portal-1", what="the delete banner")
-    wait_for(lambda: find("#empty").is_displayed(), what="the empty list again")
+    wait_for(lambda: find("#banner").text == "Deleted portal-1", what="the delete banner", interval_s=0.2, ignoring=(Exception,))
+    wait_for(lambda: find("#empty").is_displayed(), what="the empty list again", interval_s=0.2, ignoring=(Exception,))
     with sdk.Client(coordinator) as c, pytest.raises(sdk.CaptureNotFound):
         c.get(name="portal-1")
     # The only errors the console may hold are the refused requests this test made on purpose
@@ -248,12 +275,32 @@ def test_scale_set_with_chosen_instances(browser, gateway, coordinator, scale_se
     find("#f-name").clear()
     find("#f-name").send_keys("portal-web")
     find("#start").click()
-    wait_for(lambda: find("#banner").text == "Started packet capture portal-web", what="the success banner")
+    wait_for(
+        lambda: find("#banner").text == "Started packet capture portal-web",
+        what="the success banner",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     row = lambda: find("tr[data-name=portal-web]")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Running", what="Running")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=stop]").click() or True, what="stop")
-    wait_for(lambda: find("#banner").text == "Stopped portal-web", what="the stop banner")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "StoppedByUser", what="StoppedByUser")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Running",
+        what="Running",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=stop]").click() or True,
+        what="stop",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
+    wait_for(lambda: find("#banner").text == "Stopped portal-web", what="the stop banner", interval_s=0.2, ignoring=(Exception,))
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "StoppedByUser",
+        what="StoppedByUser",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     with sdk.Client(coordinator) as c:
         cap = c.get(name="portal-web")
         status = c.wait(name="portal-web", timeout_s=30)
@@ -289,11 +336,26 @@ def test_a_flight_recorder_is_triggered_from_its_row(browser, gateway, coordinat
         )
     sign_in(b, gateway)
     row = lambda: find("tr[data-name=portal-rec]")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Standby", what="Standby")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-field=status]").text == "Standby",
+        what="Standby",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     assert b.find_elements(By.CSS_SELECTOR, "tr:not([data-name=portal-rec]) [data-action=trigger]") == []
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=trigger]").click() or True, what="trigger")
-    wait_for(lambda: find("#banner").text == "Triggered portal-rec", what="the trigger banner")
-    wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TriggerWindowEnded", what="TriggerWindowEnded")
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-action=trigger]").click() or True,
+        what="trigger",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
+    wait_for(lambda: find("#banner").text == "Triggered portal-rec", what="the trigger banner", interval_s=0.2, ignoring=(Exception,))
+    wait_for(
+        lambda: row().find_element(By.CSS_SELECTOR, "[data-field=stopReason]").text == "TriggerWindowEnded",
+        what="TriggerWindowEnded",
+        interval_s=0.2,
+        ignoring=(Exception,),
+    )
     with sdk.Client(coordinator) as c:
         final = c.wait(name="portal-rec", timeout_s=30)
         c.delete(name="portal-rec")
@@ -327,14 +389,14 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         )
     try:
         sign_in(b, gateway)
-        wait_for(lambda: find("tr[data-name=portal-big] [data-action=open]"), what="the row").click()
+        wait_for(lambda: find("tr[data-name=portal-big] [data-action=open]"), what="the row", interval_s=0.2, ignoring=(Exception,)).click()
         try:
-            wait_for(lambda: find("#instance-count").text == f"({BIG:,})", what="the instance count")
+            wait_for(lambda: find("#instance-count").text == f"({BIG:,})", what="the instance count", interval_s=0.2, ignoring=(Exception,))
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
             raise AssertionError(f"count {find('#instance-count').text!r}, banner {find('#banner').text!r}") from None
         pages = -(-BIG // 50)
-        wait_for(lambda: find("#page-info").text == f"page 1 of {pages}", what=f"{pages} pages")
+        wait_for(lambda: find("#page-info").text == f"page 1 of {pages}", what=f"{pages} pages", interval_s=0.2, ignoring=(Exception,))
         # Read in one script: the table is redrawn as the status stream moves on.
         shown = lambda: b.execute_script("return [...document.querySelectorAll('#instances tbody tr')].map((r) => r.dataset.instance)")
         seen = set()
@@ -344,7 +406,12 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
             seen |= set(rows)
             if page < pages - 1:
                 find("#page-next").click()
-                wait_for(lambda p=page: find("#page-info").text == f"page {p + 2} of {pages}", what="the next page")
+                wait_for(
+                    lambda p=page: find("#page-info").text == f"page {p + 2} of {pages}",
+                    what="the next page",
+                    interval_s=0.2,
+                    ignoring=(Exception,),
+                )
         assert seen == {str(i) for i in range(BIG)}
         assert not find("#page-next").is_enabled()
 
@@ -354,8 +421,10 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         try:
             wait_for(
                 lambda: legend() == expected and find("#chart-legend span").text != f"big_{BIG - 1}: 0 pkt/s",
-                timeout=40,
                 what=f"the legend {expected}",
+                timeout_s=40,
+                interval_s=0.2,
+                ignoring=(Exception,),
             )
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
@@ -365,7 +434,13 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
         # the simulated agents' countersTime; the band leaves room for a loaded machine).
         top = lambda: int(find("#chart-legend span").text.split(": ")[1].split(" ")[0].replace(",", ""))
         try:
-            wait_for(lambda: 8000 <= top() <= 20000, timeout=30, what="the top rate to settle near 16,000/s")
+            wait_for(
+                lambda: 8000 <= top() <= 20000,
+                what="the top rate to settle near 16,000/s",
+                timeout_s=30,
+                interval_s=0.2,
+                ignoring=(Exception,),
+            )
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-charts-failed.png"))
             raise AssertionError(f"legend {find('#chart-legend').text!r}") from None
@@ -379,13 +454,19 @@ def test_a_large_scale_set_pages_filters_and_charts_its_busiest(browser, gateway
             }
             return xs.size;""")
         try:
-            wait_for(lambda: painted() > 200, timeout=30, what="the busiest instance's line across the chart")
+            wait_for(
+                lambda: painted() > 200,
+                what="the busiest instance's line across the chart",
+                timeout_s=30,
+                interval_s=0.2,
+                ignoring=(Exception,),
+            )
         except AssertionError:
             b.save_screenshot(os.path.join(ARTIFACTS, "portal-line-failed.png"))
             raise AssertionError(f"painted {painted()}, legend {find('#chart-legend').text!r}") from None
 
         find("#instance-filter").send_keys(f"big_{BIG - 1}")
-        wait_for(lambda: shown() == [str(BIG - 1)], what="one row")
+        wait_for(lambda: shown() == [str(BIG - 1)], what="one row", interval_s=0.2, ignoring=(Exception,))
         assert find("#instance-count").text == f"({BIG:,}, 1 shown)"
         assert b.execute_script("return document.querySelector('#instances tbody tr meter').getAttribute('max')") == "1073741824"
         b.execute_script("window.scrollTo(0, 0)")
@@ -435,6 +516,8 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
         wait_for(
             lambda: [i.packet_capture_status for i in c.get_status(name="portal-rates").instances] == ["Running", "Running"],
             what="both instances Running",
+            interval_s=0.2,
+            ignoring=(Exception,),
         )
     sender = threading.Thread(target=flood)
     sender.start()
@@ -442,7 +525,12 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
         sign_in(browser, gateway)
         find = lambda css: browser.find_element(By.CSS_SELECTOR, css)
         row = lambda: find("tr[data-name=portal-rates]")
-        wait_for(lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True, what="open")
+        wait_for(
+            lambda: row().find_element(By.CSS_SELECTOR, "[data-action=open]").click() or True,
+            what="open",
+            interval_s=0.2,
+            ignoring=(Exception,),
+        )
 
         def shown() -> list[int]:
             # One read of every cell at once: the table redraws on each report, and elements found
@@ -452,8 +540,8 @@ def test_two_instances_at_the_same_rate_show_the_same_rate(browser, gateway, coo
             )
             return [int(t.replace(",", "") or 0) for t in texts]
 
-        wait_for(lambda: len(shown()) == 2 and min(shown()) > 0, timeout=30, what="two rates")
-        time.sleep(2)  # one more report each: the rate's window is filled with counters from the flood
+        wait_for(lambda: len(shown()) == 2 and min(shown()) > 0, what="two rates", timeout_s=30, interval_s=0.2, ignoring=(Exception,))
+        let_time_pass(2, why="one more report each: the rate's window fills with counters from the flood")
         samples = []
         for _ in range(6):
             samples.append(shown())

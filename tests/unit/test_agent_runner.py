@@ -36,6 +36,7 @@ from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
 from tests import pcaps
 from tests.unit.test_capture_replay import write_trace
+from tests.waiting import wait_for_async
 
 IDENT = fleet_pb2.AgentIdentity(resource_group="rg", vm_name="vm1")
 
@@ -47,14 +48,6 @@ class Recorder:
     def send(self, instance_key: str, message: fleet_pb2.CoordinatorMessage) -> bool:
         self.sent.append(message)
         return True
-
-
-async def until(what: str, condition, timeout_s: float = 20.0) -> None:
-    """Waits for a condition the runner reports through on_report (checked on every report)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
@@ -109,7 +102,9 @@ def test_a_replayed_capture_is_uploaded_verified_and_journaled(tmp_path):
             runner.recover()  # an empty journal
             runner.start(start)
             cap = runner.captures["pc"]
-            await until("the upload to commit", lambda: any(u.state.committed for u in cap.uploaders.values()))
+            await wait_for_async(
+                lambda: any(u.state.committed for u in cap.uploaders.values()), what="the upload to commit", timeout_s=20.0
+            )
             status = cap.progress().status
             local = cap.session.files[0].path if cap.session else ""
             stored = storage / "network-watcher-logs"
@@ -197,9 +192,10 @@ def test_the_agent_refuses_a_start_outside_its_capture_root_and_writes_nothing_o
         }
         for start in starts.values():
             runner.start(start)
-        await until(
-            "every capture to end",
+        await wait_for_async(
             lambda: all(c.session is None or c.session.done.is_set() for c in runner.captures.values()) and len(runner.captures) == 5,
+            what="every capture to end",
+            timeout_s=20.0,
         )
         await asyncio.sleep(0)  # the last reports are delivered on the loop
         by_name = {n: c.progress().status for n, c in runner.captures.items()}
@@ -278,7 +274,7 @@ def test_the_agent_sends_a_file_for_a_download_only_when_it_is_its_own(tmp_path)
         runner.fetch(ok)
         runner.fetch(ok)  # both replicas may send it
         assert list(cap.fetches) == [good]
-        await until("the upload to end", lambda: cap.fetches == {})
+        await wait_for_async(lambda: cap.fetches == {}, what="the upload to end", timeout_s=20.0)
         assert [(o.capture_name, o.capture_id, o.file_path, o.fetch_id) for o in opened] == [("pc", "s1", "/var/captures/pc.cap", good)]
         # At most MAX_FETCHES at once: hold four, and the fifth is refused.
         cap.fetches.update({f"{i:032x}": asyncio.get_running_loop().create_future() for i in range(4)})
@@ -445,7 +441,7 @@ def test_a_file_that_cannot_be_hashed_fails_its_instance_instead_of_waiting_for_
             cap = runner.captures["h"]
             return cap.session is not None and cap.session.done.is_set() and bool(cap.file_problems)
 
-        await until("the hash failure to reach the instance", failed)
+        await wait_for_async(failed, what="the hash failure to reach the instance", timeout_s=20.0)
         status = runner.captures["h"].progress().status
         assert (status.packet_capture_status, list(status.packet_capture_error), status.error_message) == (
             Status.ERROR,

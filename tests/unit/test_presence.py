@@ -4,7 +4,6 @@ net of the replica's own lateness."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.memory_store import MemoryKV
 from fleetcap.coordinator.state.store import AGENT_BATCH, Store
 from fleetcap.v1 import state_pb2
+from tests.waiting import let_time_pass
 
 
 class CountingKV(MemoryKV):
@@ -111,7 +111,7 @@ def test_a_replica_late_by_its_own_fault_gives_its_agents_that_much_longer(monke
 
         runner = asyncio.ensure_future(presence.run(silent))
         await asyncio.sleep(0.4)
-        time.sleep(1.5)  # noqa: ASYNC251 (the point: the whole loop stalls)
+        let_time_pass(1.5, why="the whole event loop stalls")  # noqa: ASYNC251 (the point)
         await asyncio.sleep(0.6)
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
