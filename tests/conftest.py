@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
 from fleetcap.core.auth import AuthFile, Role, new_token
+from tests import ports
 
 TOKENS = {role: new_token() for role in Role}
 os.environ["FLEETCAP_TOKEN"] = TOKENS[Role.ADMIN]
@@ -47,3 +49,11 @@ def etcd_endpoint():
 def requires_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, packet capture)")
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where a connection is refused for the whole test: bound, never
+    listening, so that no test running beside it can take it (tests/ports.py)."""
+    with ports.refused_port() as port:
+        yield port

@@ -51,7 +51,7 @@ class Health:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self._extra)
         port = transport.add_listen(self._extra, address, tls=None, insecure=True)
         await self._extra.start()
-        log.info("health checks on %s (plaintext, the health service only)", address)
+        log.info("health checks on %s:%d (plaintext, the health service only)", address.rsplit(":", 1)[0], port)
         return port
 
     async def _set(self, serving: bool) -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
-from fleetcap.core.transport import free_port
 from tests.conftest import AGENT_ENV, write_auth_file
 from tests.integration.security_support import Secure, fleetcap
+from tests.ports import bound_port
 from tests.waiting import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,7 +55,6 @@ def coordinator(tmp_path_factory):
     d = tmp_path_factory.mktemp("coord")
     dep = Deployment(f"unix:{d}/api.sock")
     dep.dir = str(d)
-    dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     logs = open(d / "coordinator.log", "wb")
     dep.auth_file = write_auth_file(str(d / "auth.toml"))
     coord = subprocess.Popen(
@@ -73,7 +72,7 @@ def coordinator(tmp_path_factory):
             "--agent-ttl",
             "5",
             "--metrics-listen",
-            dep.coordinator_metrics,
+            "127.0.0.1:0",
         ],
         cwd=ROOT,
         stdout=logs,
@@ -97,7 +96,7 @@ def coordinator(tmp_path_factory):
             "--capture-root",
             str(d / "captures"),
             "--metrics-listen",
-            dep.agent_metrics,
+            "127.0.0.1:0",
         ],
         cwd=ROOT,
         stdout=agent_log,
@@ -105,6 +104,10 @@ def coordinator(tmp_path_factory):
         env=AGENT_ENV,
     )
     try:
+        metrics_line = r"metrics on http://127\.0\.0\.1:(\d+)/metrics"
+        coordinator_port = bound_port(str(d / "coordinator.log"), metrics_line, what="the metrics port")
+        agent_port = bound_port(str(d / "agent.log"), metrics_line, what="the metrics port")
+        dep.coordinator_metrics, dep.agent_metrics = f"127.0.0.1:{coordinator_port}", f"127.0.0.1:{agent_port}"
         with sdk.Client(dep, timeout_s=2) as c:
             wait_agents(c, 1, str(d / "coordinator.log"))
         yield dep
@@ -144,9 +147,9 @@ def secure(tmp_path_factory):
                 "fleetcap",
                 "coordinator",
                 "--listen",
-                s.api,
+                "127.0.0.1:0",
                 "--mtls-listen",
-                s.fleet,
+                "127.0.0.1:0",
                 "--tls-cert",
                 os.path.join(s.d, "coord", "coordinator.pem"),
                 "--tls-key",
@@ -166,38 +169,43 @@ def secure(tmp_path_factory):
             env=env,
         )
     )
-    agent_log = open(os.path.join(s.d, "agent.log"), "wb")
-    s.procs.append(
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleetcap",
-                "agent",
-                "--coordinator",
-                s.fleet,
-                "--vm",
-                "vm1",
-                "-g",
-                "rg1",
-                "--interface",
-                "lo",
-                "--capture-root",
-                os.path.join(s.d, "captures"),
-                "--tls-ca",
-                s.ca,
-                "--tls-cert",
-                os.path.join(s.d, "vm1", "agent.pem"),
-                "--tls-key",
-                os.path.join(s.d, "vm1", "agent-key.pem"),
-            ],
-            cwd=ROOT,
-            stdout=agent_log,
-            stderr=agent_log,
-            env=env,
-        )
-    )
     try:
+        # The coordinator binds both ports itself (port 0) and logs which ones it got.
+        log_path = os.path.join(s.d, "coordinator.log")
+        api_port = bound_port(log_path, r"listening on 127\.0\.0\.1:(\d+) \(TLS\)", what="the API port")
+        fleet_port = bound_port(log_path, r"listening on 127\.0\.0\.1:(\d+) \(mutual TLS\)", what="the fleet port")
+        s.api, s.fleet = f"127.0.0.1:{api_port}", f"127.0.0.1:{fleet_port}"
+        agent_log = open(os.path.join(s.d, "agent.log"), "wb")
+        s.procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fleetcap",
+                    "agent",
+                    "--coordinator",
+                    s.fleet,
+                    "--vm",
+                    "vm1",
+                    "-g",
+                    "rg1",
+                    "--interface",
+                    "lo",
+                    "--capture-root",
+                    os.path.join(s.d, "captures"),
+                    "--tls-ca",
+                    s.ca,
+                    "--tls-cert",
+                    os.path.join(s.d, "vm1", "agent.pem"),
+                    "--tls-key",
+                    os.path.join(s.d, "vm1", "agent-key.pem"),
+                ],
+                cwd=ROOT,
+                stdout=agent_log,
+                stderr=agent_log,
+                env=env,
+            )
+        )
         with s.client(s.tokens["boss"]) as c:
             wait_agents(c, 1, os.path.join(s.d, "coordinator.log"))
         yield s

@@ -13,7 +13,6 @@ import grpc.aio
 
 from fleetcap.clients import sdk
 from fleetcap.core import transport
-from fleetcap.core.transport import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,8 +40,7 @@ class Secure:
     def __init__(self, d) -> None:
         self.d = str(d)
         self.ca = os.path.join(self.d, "ca", "ca.pem")
-        self.api = f"127.0.0.1:{free_port()}"
-        self.fleet = f"127.0.0.1:{free_port()}"
+        self.api = self.fleet = ""  # the ports the coordinator binds itself (conftest.py reads them)
         self.auth_file = os.path.join(self.d, "auth.toml")
         self.tokens: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []

@@ -20,7 +20,6 @@ from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.clients.errors import ErrorCode
 from fleetcap.core import transport
-from fleetcap.core.transport import free_port
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.integration.security_support import fleetcap, serve_double
@@ -240,7 +239,6 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
     else:
         cert, key = os.path.join(s.d, "coord", "coordinator.pem"), os.path.join(s.d, "coord", "coordinator-key.pem")
     hellos: list[fleet_pb2.AgentMessage] = []
-    address = f"127.0.0.1:{free_port()}"
 
     class Fake(fleet_pb2_grpc.FleetServicer):
         async def Connect(self, requests, context):
@@ -252,7 +250,8 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
     async def body() -> None:
         server = grpc.aio.server()
         fleet_pb2_grpc.add_FleetServicer_to_server(Fake(), server)
-        server.add_secure_port(address, transport.ServerTls(str(cert), str(key), s.ca).credentials())
+        port = server.add_secure_port("127.0.0.1:0", transport.ServerTls(str(cert), str(key), s.ca).credentials())
+        address = f"127.0.0.1:{port}"
         await server.start()
         log_path = tmp_path / "agent.log"
         agent = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)

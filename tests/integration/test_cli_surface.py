@@ -11,7 +11,6 @@ import time
 import pytest
 
 from fleetcap.core import transport
-from fleetcap.core.transport import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -271,9 +270,8 @@ def test_watch_on_a_terminal_fits_its_width(coordinator):
 
 
 @pytest.mark.parametrize("how", ["env", "flag", "config", "default"])
-def test_an_unreachable_coordinator_is_named_with_the_setting_it_came_from(tmp_path, how):
-    port = free_port()  # nothing listens there: connection refused
-    address = f"127.0.0.1:{port}"
+def test_an_unreachable_coordinator_is_named_with_the_setting_it_came_from(tmp_path, how, refused_port):
+    address = f"127.0.0.1:{refused_port}"  # nothing listens there: connection refused
     env = {k: v for k, v in os.environ.items() if k not in ("FLEETCAP_COORDINATOR", "FLEETCAP_CONFIG")}
     args = ["capture", "list"]
     source = {"env": "from FLEETCAP_COORDINATOR", "flag": "from --coordinator", "config": "from --config", "default": "the default"}[how]

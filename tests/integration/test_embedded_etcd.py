@@ -16,9 +16,10 @@ import pytest
 
 from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
-from fleetcap.core.transport import free_port
 from tests.conftest import write_auth_file
 from tests.integration.conftest import ROOT
+from tests.ports import bound_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,21 +47,8 @@ def _metric(port: int, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def _until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            value = condition()
-        except Exception:  # noqa: BLE001 (a coordinator between states: try again)
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(tmp_path):
-    api, metrics = f"unix:{tmp_path}/api.sock", free_port()
+    api = f"unix:{tmp_path}/api.sock"
     log_path = tmp_path / "coordinator.log"
     # A process group of its own, as a terminal or a process manager would give it.
     coordinator = subprocess.Popen(
@@ -74,7 +62,7 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
             "--data-dir",
             str(tmp_path / "data"),
             "--metrics-listen",
-            f"127.0.0.1:{metrics}",
+            "127.0.0.1:0",
             "--auth-file",
             write_auth_file(str(tmp_path / "auth.toml")),
         ],
@@ -84,10 +72,13 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
         start_new_session=True,
     )
     try:
-        _until(
+        metrics = bound_port(str(log_path), r"metrics on http://127\.0\.0\.1:(\d+)/metrics", what="the metrics port")
+        wait_for(
             lambda: os.path.exists(tmp_path / "api.sock") and _metric(metrics, "fleetcap_embedded_etcd_up") == 1,
-            30,
-            "the coordinator did not start",
+            what="the coordinator did not start",
+            timeout_s=30,
+            interval_s=0.2,
+            ignoring=(Exception,),
         )
         [etcd] = [c for c in _children(coordinator.pid) if "etcd" in open(f"/proc/{c}/cmdline").read()]
         # 1. SIGHUP to the whole group (a closed terminal): etcd is in a session of its own.
@@ -99,10 +90,16 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
             c.list()
         # 2. etcd dies: restarted on the same port, the API serves again, the metrics say so.
         os.kill(etcd, signal.SIGKILL)
-        _until(lambda: _metric(metrics, "fleetcap_embedded_etcd_restarts_total") == 1, 30, "etcd was not restarted")
+        wait_for(
+            lambda: _metric(metrics, "fleetcap_embedded_etcd_restarts_total") == 1,
+            what="etcd was not restarted",
+            timeout_s=30,
+            interval_s=0.2,
+            ignoring=(Exception,),
+        )
         assert _metric(metrics, "fleetcap_embedded_etcd_up") == 1
         with sdk.Client(api) as c:
-            _until(lambda: c.list() == [], 15, "the API did not serve again")
+            wait_for(lambda: c.list() == [], what="the API did not serve again", timeout_s=15, interval_s=0.2, ignoring=(Exception,))
         [etcd] = [c for c in _children(coordinator.pid) if "etcd" in open(f"/proc/{c}/cmdline").read()]
         # 3. etcd dies and its data directory is gone (a file in its place): it cannot come back;
         # the coordinator exits 1, saying why.
@@ -113,7 +110,13 @@ def test_the_embedded_etcd_outlives_group_signals_is_restarted_and_given_up_on(t
         helpers = [p for p in _children(coordinator.pid) if p != etcd]
         assert coordinator.wait(60) == 1
         # It gave up and ended by its shutdown deadline: its filter compiler's workers end with it.
-        _until(lambda: not any(_alive(p) for p in helpers), 10, "a helper process outlived its coordinator")
+        wait_for(
+            lambda: not any(_alive(p) for p in helpers),
+            what="a helper process outlived its coordinator",
+            timeout_s=10,
+            interval_s=0.2,
+            ignoring=(Exception,),
+        )
     finally:
         LocalFleet.stop_process(coordinator)
     text = log_path.read_text()
@@ -147,7 +150,13 @@ def test_sigterm_ends_the_coordinator_within_its_deadline_while_etcd_hangs(tmp_p
         start_new_session=True,
     )
     try:
-        _until(lambda: os.path.exists(tmp_path / "api.sock"), 30, "the coordinator did not start")
+        wait_for(
+            lambda: os.path.exists(tmp_path / "api.sock"),
+            what="the coordinator did not start",
+            timeout_s=30,
+            interval_s=0.2,
+            ignoring=(Exception,),
+        )
         [etcd] = [c for c in _children(coordinator.pid) if "etcd" in open(f"/proc/{c}/cmdline").read()]
         with sdk.Client(api) as c:
             c.list()
@@ -158,6 +167,12 @@ def test_sigterm_ends_the_coordinator_within_its_deadline_while_etcd_hangs(tmp_p
         coordinator.send_signal(signal.SIGTERM)
         assert coordinator.wait(30) == 0
         assert time.monotonic() - started < 6.5
-        _until(lambda: not any(_alive(p) for p in helpers), 10, "a helper process outlived its coordinator")
+        wait_for(
+            lambda: not any(_alive(p) for p in helpers),
+            what="a helper process outlived its coordinator",
+            timeout_s=10,
+            interval_s=0.2,
+            ignoring=(Exception,),
+        )
     finally:
         LocalFleet.stop_process(coordinator)

@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from deploy.localfleet import LocalFleet
 from fleetcap.core.auth import Role
-from fleetcap.core.transport import free_port
 from tests.conftest import TOKENS, write_auth_file
+from tests.ports import bound_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,6 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     d = tmp_path_factory.mktemp("health")
-    health_port = free_port()
     log_path = d / "coordinator.log"
     proc = subprocess.Popen(
         [
@@ -45,7 +44,7 @@ def coordinator(tmp_path_factory):
             "--data-dir",
             str(d / "data"),
             "--health-listen",
-            f"127.0.0.1:{health_port}",
+            "127.0.0.1:0",
         ],
         cwd=ROOT,
         stdout=open(log_path, "wb"),
@@ -55,6 +54,7 @@ def coordinator(tmp_path_factory):
     while not os.path.exists(f"{d}/api.sock"):  # the API socket is made once the coordinator serves
         assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.1)
+    health_port = bound_port(str(log_path), r"health checks on 127\.0\.0\.1:(\d+) ", what="the health port")
     yield f"unix:{d}/api.sock", f"127.0.0.1:{health_port}", proc, log_path
     LocalFleet.stop_process(proc)
 

@@ -9,15 +9,14 @@ import time
 
 import pytest
 
-from fleetcap.core.transport import free_port
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("form", ["http://127.0.0.1:{port}", "127.0.0.1:{port}"])
-def test_an_unreachable_etcd_is_a_clear_error_in_bounded_time(tmp_path, form):
-    endpoint = form.format(port=free_port())  # nothing listens there
+def test_an_unreachable_etcd_is_a_clear_error_in_bounded_time(tmp_path, form, refused_port):
+    endpoint = form.format(port=refused_port)  # nothing listens there
     started = time.monotonic()
     r = subprocess.run(
         [

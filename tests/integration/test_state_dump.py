@@ -14,7 +14,6 @@ from fleetcap.clients import cli
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.store import Store
-from fleetcap.core.transport import free_port
 from tests.unit.test_store_contract import capture
 
 pytestmark = pytest.mark.integration
@@ -77,8 +76,8 @@ def test_state_names_the_flag_of_a_missing_certificate(etcd_endpoint, capsys):
     assert capsys.readouterr().err == "fleetcap: error: --etcd-key /nonexistent/client-key.pem: no such file\n"
 
 
-def test_state_says_when_etcd_does_not_answer(monkeypatch, capsys):
+def test_state_says_when_etcd_does_not_answer(monkeypatch, capsys, refused_port):
     monkeypatch.setattr(fleetcap_main, "STATE_READ_S", 1.0)
-    port = free_port()  # nothing listens there
+    port = refused_port  # nothing listens there
     assert fleetcap_main.main(["state", "--etcd", f"127.0.0.1:{port}"]) == cli.EXIT_ERROR
     assert capsys.readouterr().err == f"fleetcap: error: --etcd 127.0.0.1:{port}: etcd does not answer after 1 s\n"
