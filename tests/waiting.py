@@ -23,9 +23,11 @@ def wait_for(
     timeout_s: float = 30.0,
     interval_s: float = 0.1,
     ignoring: tuple[type[BaseException], ...] = (),
+    detail: Callable[[], object] | None = None,
 ) -> T:
     """Polls `condition()` until it returns something truthy, and returns that. An exception of
-    a type in `ignoring` (a page being redrawn, a server still starting) counts as not yet."""
+    a type in `ignoring` (a page being redrawn, a server still starting) counts as not yet.
+    `detail()` is added to the failure (a status, a log) if the wait times out."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while True:
@@ -37,7 +39,8 @@ def wait_for(
         except ignoring as e:
             last = e
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r}){more}")
         time.sleep(interval_s)
 
 

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from deploy.localfleet import LocalFleet
 from tests import pcaps
 from tests.e2e.support import PAYLOAD, expected, running_fleet, wait_running
-from tests.waiting import let_time_pass
+from tests.waiting import let_time_pass, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-blob")]
 
@@ -104,10 +103,12 @@ def test_azurite_killed_and_restarted_mid_capture(fleet, client, tmp_path):
     )
     wait_running(client, "blob-restart")
     fleet.send_udp(i0, i2, dport=6002, sport=41010, count=20, size=PAYLOAD, tag=22)
-    deadline = time.monotonic() + 20
-    while client.get_status(name="blob-restart").instances[0].files[0].uploaded_bytes <= 24:
-        assert time.monotonic() < deadline, "the first datagrams were never acknowledged as stored"
-        time.sleep(0.2)
+    wait_for(
+        lambda: client.get_status(name="blob-restart").instances[0].files[0].uploaded_bytes > 24,
+        what="the first datagrams acknowledged as stored",
+        timeout_s=20,
+        interval_s=0.2,
+    )
     fleet.stop_azurite(signal.SIGKILL)
     fleet.send_udp(i0, i2, dport=6002, sport=41010, count=20, size=PAYLOAD, tag=23)
     let_time_pass(3, why="Azurite stays down while the datagrams come")

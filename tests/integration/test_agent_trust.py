@@ -23,6 +23,7 @@ from fleetcap.core import transport
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.integration.security_support import fleetcap, serve_double
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_ambient_token")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,10 +140,13 @@ def test_an_agent_refuses_a_coordinator_from_another_ca(secure, tmp_path):
             stderr=log,
         )
     try:
-        deadline = time.monotonic() + 20
-        while "control stream to" not in log_path.read_text():
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_for(
+            lambda: "control stream to" in log_path.read_text(),
+            what="the agent's first control stream",
+            timeout_s=20,
+            interval_s=0.2,
+            detail=lambda: log_path.read_text(),
+        )
         with s.client(s.tokens["boss"]) as c:
             assert [a.id.rsplit("/", 1)[-1] for a in c.list_agents()] == ["vm1"]  # vm9 never registered
     finally:
@@ -442,10 +446,12 @@ def test_a_capture_file_swapped_under_the_agent_is_refused_never_served(secure, 
             time_limit_in_seconds=3,
             filters=[{"protocol": "UDP", "localPort": "47126"}],
         )
-        deadline = time.monotonic() + 20
-        while ops.get_status(name="swap").packet_capture_status != "Running":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(
+            lambda: ops.get_status(name="swap").packet_capture_status == "Running",
+            what='ops.get_status(name="swap").packet_capture_status == "Running"',
+            timeout_s=20,
+            interval_s=0.1,
+        )
         [path] = [os.path.join(top, n) for top, _, names in os.walk(os.path.join(s.d, "captures")) for n in names if n == "swap.cap"]
         os.rename(path, path + ".orig")
         with open(path, "wb") as f:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from fleetcap.clients import sdk
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import Gateway, scale_set_agents
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -329,10 +329,12 @@ def test_a_trigger_rule_freezes_the_flight_recorder_once(gateway, coordinator):
             standby_in_seconds=5,
             filters=[{"protocol": "UDP", "localPort": "9"}],
         )
-        deadline = time.monotonic() + 15
-        while c.get_status(name="rec-vm1").packet_capture_status != "Standby":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(
+            lambda: c.get_status(name="rec-vm1").packet_capture_status == "Standby",
+            what='c.get_status(name="rec-vm1").packet_capture_status == "Standby"',
+            timeout_s=15,
+            interval_s=0.1,
+        )
         status, out = post(gateway, "/webhooks/alertmanager", latency)
         assert status == 200, out
         [result] = out["results"]

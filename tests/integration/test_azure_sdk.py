@@ -22,6 +22,7 @@ from azure.mgmt.network import models as m
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import Gateway
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 SUB = "00000000-0000-0000-0000-000000000000"
@@ -88,10 +89,12 @@ def test_the_whole_lifecycle_through_azures_pollers(gateway):
     stop = pcs.begin_stop(RG, WATCHER, "sdk-1")
     assert stop.result(timeout=30) is None
     assert stop.status() == "Succeeded"
-    deadline = time.monotonic() + 30
-    while (status := pcs.begin_get_status(RG, WATCHER, "sdk-1").result()).packet_capture_status != "Stopped":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    status = wait_for(
+        lambda: (st := pcs.begin_get_status(RG, WATCHER, "sdk-1").result()).packet_capture_status == "Stopped" and st,
+        what="the capture Stopped",
+        timeout_s=30,
+        interval_s=0.2,
+    )
     assert status.stop_reason == "StoppedByUser"
 
     delete = pcs.begin_delete(RG, WATCHER, "sdk-1")

@@ -15,7 +15,7 @@ import pytest
 
 from fleetcap.clients import sdk
 from tests.integration.conftest import wait_every_instance
-from tests.integration.test_file_only_download import free_udp_port, two_agents
+from tests.integration.fleet_support import free_udp_port, two_agents
 
 pytestmark = pytest.mark.integration
 

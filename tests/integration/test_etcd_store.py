@@ -8,7 +8,7 @@ import pytest
 
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
-from tests.unit.test_store_contract import StoreContract
+from tests.store_contract import StoreContract
 
 pytestmark = pytest.mark.integration
 

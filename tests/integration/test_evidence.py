@@ -21,7 +21,7 @@ from fleetcap.clients.errors import ErrorCode
 from fleetcap.core.metrics import version
 from fleetcap.core.naming import parse_rfc3339
 from tests.integration.conftest import wait_every_instance
-from tests.integration.test_file_only_download import RECORD, free_udp_port, send, two_agents
+from tests.integration.fleet_support import RECORD, free_udp_port, send, two_agents
 
 pytestmark = pytest.mark.integration
 

@@ -6,141 +6,35 @@ offline instance is named, and the other instances' files still download. A real
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from fleetcap.clients.errors import ErrorCode
 from fleetcap.core.auth import Role
 from fleetcap.core.naming import parse_rfc3339
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 from tests import pcaps
-from tests.conftest import AGENT_ENV, TOKENS, write_auth_file
-from tests.integration.conftest import ROOT, wait_agents
+from tests.conftest import TOKENS
+from tests.integration.conftest import wait_agents
+from tests.integration.fleet_support import RECORD, Fleet, free_udp_port, send, two_agents
 from tests.integration.gateway_support import Gateway
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-PAYLOAD = 100
-RECORD = 16 + 14 + 20 + 8 + PAYLOAD  # pcap record header, Ethernet, IPv4, UDP, payload
-
-
-class Fleet:
-    def __init__(self, d):
-        self.dir = d
-        self.api = f"unix:{d}/api.sock"
-        self.storage = d / "data" / "storage"
-        self.agents: dict[str, subprocess.Popen] = {}
-        logs = open(d / "coordinator.log", "wb")
-        self.coordinator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleetcap",
-                "coordinator",
-                "--listen",
-                self.api,
-                "--auth-file",
-                write_auth_file(str(d / "auth.toml")),
-                "--data-dir",
-                str(d / "data"),
-                "--agent-ttl",
-                "3",
-            ],
-            cwd=ROOT,
-            stdout=logs,
-            stderr=logs,
-        )
-
-    def root(self, instance: str):
-        return self.dir / f"captures-{instance}"
-
-    def start_agent(self, instance: str, interface: str = "lo", **env: str) -> None:
-        log = open(self.dir / f"agent-{instance}.log", "ab")
-        self.agents[instance] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleetcap",
-                "agent",
-                "--coordinator",
-                self.api,
-                "--vmss",
-                "web",
-                "--instance-id",
-                instance,
-                "--resource-group",
-                "rg1",
-                "--interface",
-                interface,
-                "--capture-root",
-                str(self.root(instance)),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            env=dict(AGENT_ENV, **env),
-        )
-
-    def stop_agent(self, instance: str) -> None:
-        LocalFleet.stop_process(self.agents.pop(instance))
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetcap", "--coordinator", self.api, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
-        )
-
-    def close(self) -> None:
-        for instance in list(self.agents):
-            self.stop_agent(instance)
-        LocalFleet.stop_process(self.coordinator)
-
-
-@contextlib.contextmanager
-def two_agents(d, agent1_interface: str = "lo", **agent1_env: str) -> Iterator[Fleet]:
-    """A coordinator and the agents of instances 0 and 1 (the second capturing
-    `agent1_interface`, with `agent1_env` in its environment), connected; all stopped at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("the agents need root to open a capture handle")
-    f = Fleet(d)
-    try:
-        f.start_agent("0")
-        f.start_agent("1", agent1_interface, **agent1_env)
-        with sdk.Client(f.api, timeout_s=5) as c:
-            wait_agents(c, 2, str(f.dir / "coordinator.log"))
-        yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     with two_agents(tmp_path_factory.mktemp("fileonly")) as f:
         yield f
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def send(port: int, count: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for i in range(count):
-            s.sendto(bytes([i]) * PAYLOAD, ("127.0.0.1", port))
 
 
 def capture(client: sdk.Client, name: str, port: int, time_limit: int = 3) -> None:
@@ -153,12 +47,15 @@ def capture(client: sdk.Client, name: str, port: int, time_limit: int = 3) -> No
         time_limit_in_seconds=time_limit,
         filters=[{"protocol": "UDP", "localPort": str(port)}],
     )
-    deadline = time.monotonic() + 15
-    while client.get_status(name=name).packet_capture_status != "Running" or any(
-        i.packet_capture_status != "Running" for i in client.get_status(name=name).instances
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(
+        lambda: (
+            (s := client.get_status(name=name)).packet_capture_status == "Running"
+            and all(i.packet_capture_status == "Running" for i in s.instances)
+        ),
+        what=f"{name} and every instance Running",
+        timeout_s=15,
+        interval_s=0.1,
+    )
     time.sleep(0.3)
 
 
@@ -228,10 +125,7 @@ def test_an_offline_instance_is_named_and_the_others_still_download(fleet, tmp_p
     captured(fleet, "fo-2", 3)
     with sdk.Client(fleet.api) as c:
         fleet.stop_agent("1")
-        deadline = time.monotonic() + 15
-        while len(c.list_agents()) != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: len(c.list_agents()) == 1, what="len(c.list_agents()) == 1", timeout_s=15, interval_s=0.1)
     try:
         r = fleet.cli("capture", "download", "--name", "fo-2", "--dest", str(tmp_path / "dl"))
         assert r.returncode == 1, r.stdout + r.stderr

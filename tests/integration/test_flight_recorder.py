@@ -18,8 +18,8 @@ from fleetcap.clients import sdk
 from fleetcap.clients.errors import ErrorCode
 from tests import pcaps
 from tests.integration.conftest import wait_every_instance
-from tests.integration.test_file_only_download import Fleet, free_udp_port, two_agents
-from tests.waiting import let_time_pass
+from tests.integration.fleet_support import Fleet, free_udp_port, two_agents
+from tests.waiting import let_time_pass, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,10 +92,13 @@ def test_the_trigger_keeps_the_window_before_it_and_the_seconds_after_it(fleet):
         let_time_pass(t_old + 15 - time.monotonic(), why="the first packets are 15 s older than the next")
         t_in = time.monotonic()
         send(port, b"B", 5)  # 20 s before the trigger: kept
-        deadline = time.monotonic() + 4
-        while [i.packets_captured for i in c.get_status(name="fr-1").instances] != [10, 10]:  # what each ring holds
-            assert time.monotonic() < deadline, c.get_status(name="fr-1")
-            time.sleep(0.1)
+        wait_for(
+            lambda: [i.packets_captured for i in c.get_status(name="fr-1").instances] == [10, 10],
+            what='[i.packets_captured for i in c.get_status(name="fr-1").instances] == [10, 10]',
+            timeout_s=4,
+            interval_s=0.1,
+            detail=lambda: c.get_status(name="fr-1"),
+        )  # what each ring holds
         status = c.get_status(name="fr-1")
         assert status.packet_capture_status == "Standby"
         assert not status.trigger_time
@@ -147,10 +150,12 @@ def test_the_ring_never_exceeds_its_byte_cap_while_armed_and_a_stop_stores_nothi
         try:
             for _ in range(4):  # 4 x 8,000 x 1,400 bytes: the ring turns several times over
                 send(port, b"F", 8000, size=1400)
-            deadline = time.monotonic() + 10
-            while c.get_status(name="fr-2").instances[0].packets_captured < 1000:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_for(
+                lambda: c.get_status(name="fr-2").instances[0].packets_captured >= 1000,
+                what="1,000 packets in the ring",
+                timeout_s=10,
+                interval_s=0.1,
+            )
             reported = [i.bytes_captured for i in c.get_status(name="fr-2").instances]
         finally:
             done.set()
@@ -161,10 +166,13 @@ def test_the_ring_never_exceeds_its_byte_cap_while_armed_and_a_stop_stores_nothi
         # Idle for longer than the window and its slack: the packets' segments go for their age.
         let_time_pass(3 + 5 + 1, why="the packets' segments leave the window by their age alone")
         send(port, b"G", 1)  # the ring is looked after as packets arrive
-        deadline = time.monotonic() + 10
-        while c.get_status(name="fr-2").instances[0].packets_captured != 1:
-            assert time.monotonic() < deadline, c.get_status(name="fr-2")
-            time.sleep(0.1)
+        wait_for(
+            lambda: c.get_status(name="fr-2").instances[0].packets_captured == 1,
+            what='c.get_status(name="fr-2").instances[0].packets_captured == 1',
+            timeout_s=10,
+            interval_s=0.1,
+            detail=lambda: c.get_status(name="fr-2"),
+        )
         c.stop(name="fr-2")
         final = c.wait(name="fr-2", timeout_s=30)
     assert (final.packet_capture_status, final.stop_reason, final.trigger_time) == ("Stopped", "StoppedByUser", "")

@@ -25,6 +25,7 @@ from fleetcap.core.auth import Role
 from tests import pcaps
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import ARM, ROOT, Gateway
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 API = "?api-version=2024-05-01"
@@ -62,10 +63,12 @@ def stored(gateway, coordinator):
             time_limit_in_seconds=60,
             filters=[{"protocol": "UDP", "localPort": str(PORT)}],
         )
-        deadline = time.monotonic() + 20
-        while c.get_status(name="hard-1").packet_capture_status != "Running":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(
+            lambda: c.get_status(name="hard-1").packet_capture_status == "Running",
+            what='c.get_status(name="hard-1").packet_capture_status == "Running"',
+            timeout_s=20,
+            interval_s=0.1,
+        )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(40):
                 s.sendto(bytes([i]) * (100 + i), ("127.0.0.1", PORT))
@@ -245,10 +248,12 @@ def test_a_full_house_gets_503_with_retry_after(gateway, coordinator):
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 10
-    while gateway.request("GET", f"{ARM}{API}")[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(
+        lambda: gateway.request("GET", f"{ARM}{API}")[0] == 200,
+        what='gateway.request("GET", f"{ARM}{API}")[0] == 200',
+        timeout_s=10,
+        interval_s=0.1,
+    )
 
 
 def test_a_request_whose_body_never_comes_times_out(gateway, coordinator):

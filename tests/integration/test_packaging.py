@@ -19,6 +19,7 @@ from deploy.localfleet import LocalFleet
 from fleetcap.clients import sdk
 from tests.conftest import AGENT_ENV, write_auth_file
 from tests.integration.conftest import ROOT, wait_agents
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -169,10 +170,13 @@ def test_the_agent_install_has_only_what_the_agent_imports_and_captures(wheel, t
                 cwd=str(tmp_path),
             )
             assert r.returncode == 0 and json.loads(r.stdout)["name"] == "pkg-1", r.stdout + r.stderr
-            deadline = time.monotonic() + 15
-            while c.get_status(name="pkg-1").packet_capture_status != "Running":
-                assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
-                time.sleep(0.1)
+            wait_for(
+                lambda: c.get_status(name="pkg-1").packet_capture_status == "Running",
+                what='c.get_status(name="pkg-1").packet_capture_status == "Running"',
+                timeout_s=15,
+                interval_s=0.1,
+                detail=lambda: (tmp_path / "agent.log").read_text(),
+            )
             time.sleep(0.5)  # the handle is open once Running is reported; give libpcap its first poll
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for i in range(3):

@@ -14,7 +14,7 @@ from fleetcap.clients import cli
 from fleetcap.coordinator.state import keys
 from fleetcap.coordinator.state.etcd_store import EtcdAccess, EtcdKV
 from fleetcap.coordinator.state.store import Store
-from tests.unit.test_store_contract import capture
+from tests.store_contract import capture
 
 pytestmark = pytest.mark.integration
 

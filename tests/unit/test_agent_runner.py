@@ -35,7 +35,7 @@ from fleetcap.node_agent.settings import AgentSettings
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc, state_pb2
 from tests import pcaps
-from tests.unit.test_capture_replay import write_trace
+from tests.replay_traces import write_trace
 from tests.waiting import wait_for_async
 
 IDENT = fleet_pb2.AgentIdentity(resource_group="rg", vm_name="vm1")
