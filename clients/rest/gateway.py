@@ -54,7 +54,7 @@ class GatewaySettings:
 def listen_host_port(listen: str) -> tuple[str, int]:
     """'host:port', '[v6]:port' or ':port'. Raises ValueError naming --listen."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: the system chooses (logged)
         raise ValueError(f"--listen: '{listen}' is not host:port (IPv6 as [addr]:port)")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -171,6 +172,10 @@ def serve(settings: GatewaySettings) -> None:
     config = uvicorn_config(settings)
     scheme = "https" if settings.tls_cert else "http"
     host, port = listen_host_port(settings.listen)
+    # Bound here rather than by uvicorn, so that the line below names the port the OS gave a
+    # --listen of port 0 (tests, and anyone who lets the system choose).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=config.backlog)
     shown = f"[{host}]" if ":" in host else host
-    log.info("gateway on %s://%s:%d (coordinator %s)", scheme, shown, port, settings.coordinator)
-    uvicorn.Server(config).run()
+    log.info("gateway on %s://%s:%d (coordinator %s)", scheme, shown, sock.getsockname()[1], settings.coordinator)
+    uvicorn.Server(config).run(sockets=[sock])

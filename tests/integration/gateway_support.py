@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import socket
+import re
 import ssl
 import subprocess
 import sys
@@ -17,14 +18,17 @@ from typing import Any
 from deploy.localfleet import LocalFleet
 from fleetcap.core import pki
 from fleetcap.core.auth import Role
-from fleetcap.core.transport import free_port
 from tests.conftest import AGENT_ENV, TOKENS
+from tests.waiting import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARM = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/NetworkWatcherRG/providers/"
     "Microsoft.Network/networkWatchers/NetworkWatcher_westeurope/packetCaptures"
 )
+
+
+_GATEWAYS = itertools.count(1)  # each gateway of a test run: its log and certificate directory
 
 
 class Gateway:
@@ -34,37 +38,38 @@ class Gateway:
     def __init__(
         self, coordinator: str, workdir, *extra: str, tls: bool = True, host: str = "127.0.0.1", env: dict[str, str] | None = None
     ):
-        self.port = free_port()
         self.workdir = str(workdir)
         self.tls = tls
         shown = f"[{host}]" if ":" in host else host
-        self.base = f"{'https' if tls else 'http'}://{shown}:{self.port}"
-        self.log_path = os.path.join(self.workdir, f"gateway-{self.port}.log")
+        tag = next(_GATEWAYS)
+        self.log_path = os.path.join(self.workdir, f"gateway-{tag}.log")
         args = []
         if tls:
-            pki_dir = os.path.join(self.workdir, f"gw-pki-{self.port}")
+            pki_dir = os.path.join(self.workdir, f"gw-pki-{tag}")
             pki.create_ca(os.path.join(pki_dir, "ca"))
             issued = pki.issue_gateway(os.path.join(pki_dir, "ca"), pki_dir, name="gateway")
             self.ca = os.path.join(pki_dir, "ca", "ca.pem")
             self.cert = issued.cert_path
             args = ["--tls-cert", issued.cert_path, "--tls-key", issued.key_path]
         log = open(self.log_path, "wb")
+        # Port 0: the gateway binds a port the OS gives it and names it in its log.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway", "--listen", f"{shown}:{self.port}", *args, *extra],
+            [sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway", "--listen", f"{shown}:0", *args, *extra],
             cwd=ROOT,
             stdout=log,
             stderr=log,
             env=env,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((host, self.port), 0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("gateway did not start: " + open(self.log_path).read()) from None
-                time.sleep(0.1)
+        started = re.compile(r"gateway on https?://\S+:(\d+) ")
+
+        def port() -> int | None:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway did not start: " + open(self.log_path).read())
+            found = started.search(open(self.log_path, errors="replace").read())
+            return int(found.group(1)) if found else None
+
+        self.port = wait_for(port, what="the gateway's port", timeout_s=20, interval_s=0.05)
+        self.base = f"{'https' if tls else 'http'}://{shown}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=self.ca) if self.tls else None

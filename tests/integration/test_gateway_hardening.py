@@ -364,13 +364,12 @@ def test_ipv6_loopback(coordinator, tmp_path):
         (["--webhook-token", "s3cret"], "--webhook-token: give the secret as env:VARIABLE or file:PATH"),
     ],
 )
-def test_it_refuses_to_expose_itself(coordinator, tmp_path, args, message):
+def test_it_refuses_to_expose_itself(coordinator, tmp_path, args, message, refused_port):
     from fleetcap.core import pki
-    from fleetcap.core.transport import free_port
 
     pki.create_ca(str(tmp_path / "ca"))
     issued = pki.issue_gateway(str(tmp_path / "ca"), str(tmp_path), name="gw")
-    port = free_port()
+    port = refused_port  # the gateway refuses before it would bind anything
     fill = lambda a: a.format(port=port, cert=issued.cert_path, key=issued.key_path)
     r = subprocess.run(
         [sys.executable, "-m", "fleetcap", "--coordinator", coordinator, "gateway", *[fill(a) for a in args]],
