@@ -9,6 +9,8 @@ outage of a given length): it says why, so that no sleep stands in for a conditi
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -67,3 +69,12 @@ async def let_time_pass_async(seconds: float, *, why: str) -> None:
     """`let_time_pass` inside an event loop: the loop runs meanwhile."""
     if seconds > 0:
         await asyncio.sleep(seconds)
+
+
+def started(proc: subprocess.Popen[bytes], path: str, log_path: object = None) -> bool:
+    """For wait_for: whether a daemon has made `path` (its socket); raises, with its log if it
+    has one, if the daemon exited instead."""
+    if proc.poll() is not None:
+        log = open(str(log_path), errors="replace").read() if log_path is not None else ""
+        raise AssertionError(f"exited {proc.returncode} before making {path}\n{log}")
+    return os.path.exists(path)

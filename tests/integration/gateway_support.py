@@ -10,7 +10,6 @@ import re
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -144,14 +143,16 @@ def scale_set_agents(coordinator: str, workdir, vmss: str, instance_ids, resourc
     ]
     try:
         wanted = {f"/virtualMachineScaleSets/{vmss}/virtualMachines/{i}" for i in instance_ids}
-        deadline = time.monotonic() + 30
         with sdk.Client(coordinator) as c:
-            while not wanted <= {
-                a.id[a.id.index("/virtualMachineScaleSets/") :] for a in c.list_agents() if "/virtualMachineScaleSets/" in a.id
-            }:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("scale-set agents did not connect")
-                time.sleep(0.2)
+            wait_for(
+                lambda: (
+                    wanted
+                    <= {a.id[a.id.index("/virtualMachineScaleSets/") :] for a in c.list_agents() if "/virtualMachineScaleSets/" in a.id}
+                ),
+                what=f"the agents of scale set {vmss}",
+                timeout_s=30,
+                interval_s=0.2,
+            )
         yield
     finally:
         for p in procs:

@@ -23,7 +23,7 @@ from fleetcap.core import transport
 from fleetcap.v1 import captures_pb2 as pb
 from fleetcap.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.integration.security_support import fleetcap, serve_double
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_ambient_token")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -213,10 +213,12 @@ def test_the_agent_trusts_nothing_a_coordinator_sends(tmp_path):
                 env=dict(os.environ, FLEETCAP_TOKEN="t"),
             )
             try:
-                deadline = time.monotonic() + 30
-                while not (len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values())):
-                    assert time.monotonic() < deadline, (reports, (tmp_path / "agent.log").read_text())
-                    await asyncio.sleep(0.1)
+                await wait_for_async(
+                    lambda: len(reports) == len(starts) and all(r.packet_capture_status == "Error" for r in reports.values()),
+                    what="every refused start reported as Error",
+                    timeout_s=30,
+                    interval_s=0.1,
+                )
             finally:
                 LocalFleet.stop_process(agent)
 
@@ -286,10 +288,12 @@ def test_an_agent_speaks_only_to_a_coordinator_certificate(secure, tmp_path, imp
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 20
-            while not hellos and log_path.read_text().count(f"control stream to {address}: UNAVAILABLE") < 2:
-                assert time.monotonic() < deadline, log_path.read_text()
-                await asyncio.sleep(0.1)
+            await wait_for_async(
+                lambda: hellos or log_path.read_text().count(f"control stream to {address}: UNAVAILABLE") >= 2,
+                what="a hello, or two refused handshakes",
+                timeout_s=20,
+                interval_s=0.1,
+            )
         finally:
             LocalFleet.stop_process(agent)
             await server.stop(None)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
 from fleetcap.coordinator.state.embedded_etcd import EmbeddedEtcd
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,12 @@ def test_old_revisions_are_compacted_away(tmp_path):
         first = int(etcdctl(etcd, "get", "/fleetcap-test/k", "-w", "fields").stdout.split('"ModRevision" : ')[1].split()[0])
         assert etcdctl(etcd, "put", "/fleetcap-test/k", "second").returncode == 0
         assert etcdctl(etcd, "get", "/fleetcap-test/k", "--rev", str(first), "--print-value-only").stdout == "first\n"
-        deadline = time.monotonic() + 30
-        while True:
-            old = etcdctl(etcd, "get", "/fleetcap-test/k", "--rev", str(first))
-            if old.returncode != 0:
-                break
-            assert time.monotonic() < deadline, "etcd kept the old revision for 30 s"
-            time.sleep(0.5)
+        old = wait_for(
+            lambda: (r := etcdctl(etcd, "get", "/fleetcap-test/k", "--rev", str(first))).returncode != 0 and r,
+            what="etcd to compact the old revision",
+            timeout_s=30,
+            interval_s=0.5,
+        )
         assert "required revision has been compacted" in old.stderr
         assert etcdctl(etcd, "get", "/fleetcap-test/k", "--print-value-only").stdout == "second\n"
     finally:

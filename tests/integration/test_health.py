@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -20,7 +19,7 @@ from deploy.localfleet import LocalFleet
 from fleetcap.core.auth import Role
 from tests.conftest import TOKENS, write_auth_file
 from tests.ports import bound_port
-from tests.waiting import wait_for
+from tests.waiting import started, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,10 +49,11 @@ def coordinator(tmp_path_factory):
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while not os.path.exists(f"{d}/api.sock"):  # the API socket is made once the coordinator serves
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.1)
+    wait_for(
+        lambda: started(proc, f"{d}/api.sock", log_path),
+        what="the coordinator's API socket (made once it serves)",
+        timeout_s=30,
+    )
     health_port = bound_port(str(log_path), r"health checks on 127\.0\.0\.1:(\d+) ", what="the health port")
     yield f"unix:{d}/api.sock", f"127.0.0.1:{health_port}", proc, log_path
     LocalFleet.stop_process(proc)

@@ -11,6 +11,7 @@ import pytest
 
 from fleetcap.clients import sdk
 from fleetcap.v1 import captures_pb2 as pb
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +38,14 @@ def test_trickle_is_stored_while_running(coordinator):
         )
         sender.start()
         try:
-            deadline = time.monotonic() + 8
-            seen: pb.InstanceStatus | None = None
-            while time.monotonic() < deadline:
+
+            def stored_while_running() -> pb.InstanceStatus | None:
                 inst = c.get_status(name="live-1").instances[0]
-                if inst.packet_capture_status == "Running" and inst.files and inst.files[0].uploaded_bytes > 24:
-                    seen = inst
-                    break
-                time.sleep(0.2)
-            assert seen is not None, "nothing past the pcap header was stored while the capture ran"
+                return inst if inst.packet_capture_status == "Running" and inst.files and inst.files[0].uploaded_bytes > 24 else None
+
+            seen = wait_for(
+                stored_while_running, what="bytes past the pcap header stored while the capture runs", timeout_s=8, interval_s=0.2
+            )
             # What is acknowledged is readable now, byte for byte the start of the instance's file.
             stored = b"".join(c.read_file(name="live-1", instance_id=seen.instance_id))
             assert len(stored) >= seen.files[0].uploaded_bytes

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 import urllib.request
 
 import pytest
@@ -55,13 +54,12 @@ def test_metrics_follow_a_capture(coordinator):
             time_limit_in_seconds=3,
             filters=[{"protocol": "UDP", "localPort": "9999"}],
         )
-        deadline = time.monotonic() + 10
-        while c.get_status(name="m-1").packet_capture_status != "Running":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        while (agent_running := scrape(coordinator.agent_metrics))["fleetcap_agent_active_captures"] != 1:
-            assert time.monotonic() < deadline, agent_running
-            time.sleep(0.1)
+        wait_for(lambda: c.get_status(name="m-1").packet_capture_status == "Running", what="m-1 Running", timeout_s=10)
+        wait_for(
+            lambda: scrape(coordinator.agent_metrics)["fleetcap_agent_active_captures"] == 1,
+            what="the agent's active_captures gauge at 1",
+            timeout_s=10,
+        )
         send_udp(9999, 5, 100)
         final = c.wait(name="m-1", timeout_s=30)
         with pytest.raises(sdk.CaptureNotFound):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from fleetcap.clients.errors import ErrorCode
 from fleetcap.coordinator.api.oidc import _claim
 from tests.conftest import write_auth_file
 from tests.integration.gateway_support import ARM, ROOT, Gateway
+from tests.waiting import started, wait_for
 
 pytestmark = pytest.mark.integration
 ISSUER, AUDIENCE = "https://login.example/tenant/v2.0", "api://fleetcap"
@@ -100,10 +100,11 @@ def oidc_coordinator(request, tmp_path_factory):
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 20
-    while not os.path.exists(f"{d}/api.sock"):
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.1)
+    wait_for(
+        lambda: started(proc, f"{d}/api.sock", log_path),
+        what="the coordinator's API socket (made once it serves)",
+        timeout_s=20,
+    )
     yield address, log_path
     LocalFleet.stop_process(proc)
     if server:

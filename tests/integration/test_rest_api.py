@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from fleetcap.core.auth import Role
 from tests.conftest import TOKENS
 from tests.integration.gateway_support import ARM, ROOT, Gateway
 from tests.metrics_doc import documented, served
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 API = "?api-version=2024-05-01"
@@ -40,14 +40,12 @@ def body(**props):
 
 
 def query_until(gateway, name: str, wanted: str) -> dict:
-    deadline = time.monotonic() + 20
-    while True:
-        status, st = gateway.call("POST", f"{ARM}/{name}/queryStatus{API}")
-        assert status == 200, st
-        if st["packetCaptureStatus"] == wanted or time.monotonic() > deadline:
-            assert st["packetCaptureStatus"] == wanted, st
-            return st
-        time.sleep(0.2)
+    def status() -> dict | None:
+        code, st = gateway.call("POST", f"{ARM}/{name}/queryStatus{API}")
+        assert code == 200, st
+        return st if st["packetCaptureStatus"] == wanted else None
+
+    return wait_for(status, what=f"{name} {wanted} (queryStatus)", timeout_s=20, interval_s=0.2)
 
 
 def test_put_get_list_stop_status_delete(gateway):

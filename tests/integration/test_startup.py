@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.integration.conftest import ROOT
+from tests.waiting import started, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,6 @@ def test_an_unreachable_etcd_is_a_clear_error_in_bounded_time(tmp_path, form, re
 def test_a_coordinator_from_a_config_file_alone(tmp_path):
     """Every flag from `--config`; the running coordinator answers a client that also takes its
     address from a config file."""
-    import os
 
     from deploy.localfleet import LocalFleet
     from fleetcap.clients import sdk
@@ -64,11 +64,7 @@ def test_a_coordinator_from_a_config_file_alone(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(tmp_path / "api.sock"):
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: started(proc, str(tmp_path / "api.sock")), what="the coordinator's API socket", timeout_s=30)
         (tmp_path / "client.toml").write_text(f'coordinator = "unix:{tmp_path}/api.sock"\noutput = "tsv"\n')
         r = subprocess.run(
             [sys.executable, "-m", "fleetcap", "--config", str(tmp_path / "client.toml"), "storage-accounts", "list"],
