@@ -17,6 +17,7 @@ from fleetcap.coordinator.state.store import Store
 from fleetcap.coordinator.storage.sink import Sink
 from fleetcap.coordinator.usecases.common import (
     being_cancelled,
+    object_name,
     session_id,
     settle,
     storage_uri,
@@ -129,6 +130,7 @@ class ProgressIntake:
             merged.id, merged.instance_id = old.id, old.instance_id
             for f in merged.files:
                 try:
+                    object_name(record, rec.identity, f.file_path)  # NotFound: not a file of this capture, stored or not
                     f.storage_path = storage_uri(self.sinks, record, rec.identity, f.file_path)
                 except NotFound:
                     log.warning("capture %s on %s reports unknown file %s", name, instance_key, f.file_path)
