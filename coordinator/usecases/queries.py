@@ -20,6 +20,7 @@ from fleetcap.coordinator.usecases.common import (
 )
 from fleetcap.core import limits
 from fleetcap.core.naming import resource_id
+from fleetcap.core.vocabulary import LOCAL_ACCOUNT
 from fleetcap.v1 import captures_pb2
 
 log = logging.getLogger(__name__)
@@ -132,5 +133,5 @@ class Queries:
     def list_storage_accounts(self) -> builtins.list[captures_pb2.StorageAccountInfo]:
         return [
             captures_pb2.StorageAccountInfo(name=name, kind=sink.kind, endpoint=sink.endpoint())
-            for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != "local", kv[0]))
+            for name, sink in sorted(self.sinks.items(), key=lambda kv: (kv[0] != LOCAL_ACCOUNT, kv[0]))
         ]
