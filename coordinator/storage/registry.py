@@ -49,6 +49,16 @@ BACKENDS: tuple[Backend, ...] = (
         "env:AZURE_STORAGE_CONNECTION_STRING",
         "an Azure Storage connection string (account key or SAS)",
     ),
+    Backend(
+        StorageKind.S3,
+        "s3",
+        "fleetcap.coordinator.storage.s3_sink",
+        "S3Sink",
+        "s3",
+        ("boto3",),
+        "env:FLEETCAP_S3_CONNECTION_STRING",
+        "an S3 connection string (S3Endpoint=https://host:port;Bucket=B;Region=R;AccessKeyId=K;SecretAccessKey=S)",
+    ),
 )
 DEFAULT = BACKENDS[0]
 """The kind of an account named without one (`--storage-account NAME`): Azure Blob, as before kinds."""

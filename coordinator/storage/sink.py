@@ -94,6 +94,9 @@ class Sink(abc.ABC):
 
     kind: ClassVar[StorageKind]
     container_rule: ClassVar[ContainerRule] = AZURE_CONTAINER
+    resend_at_most: ClassVar[int] = 0
+    """How far below the durable size a new writer may resume (bytes the agent sends again): 0
+    where every durable byte can be appended to; S3's short last part cannot be."""
 
     @abc.abstractmethod
     def endpoint(self) -> str:

@@ -79,6 +79,7 @@ class StorageKind(enum.StrEnum):
 
     LOCAL = "Local"  # a directory on the coordinator: the built-in account LOCAL_ACCOUNT
     AZURE_BLOB = "AzureBlob"
+    S3 = "S3"  # any S3-compatible store: AWS S3, MinIO, Ceph RGW, R2, ...
 
 
 LOCAL_ACCOUNT = "local"

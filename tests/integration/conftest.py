@@ -3,9 +3,13 @@ API-level tests. Module-scoped: each test module gets its own."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,9 +54,16 @@ def wait_agents(client: sdk.Client, count: int, log_path: str, timeout_s: float 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     """A coordinator (embedded etcd) and agent vm1 (rg1) capturing on lo, both with /metrics."""
+    with deployment(tmp_path_factory.mktemp("coord")) as dep:
+        yield dep
+
+
+@contextlib.contextmanager
+def deployment(d, *coordinator_args: str, coordinator_env: dict[str, str] | None = None) -> Iterator[Deployment]:
+    """The `coordinator` fixture's deployment in directory `d`, the coordinator given
+    `coordinator_args` (a storage account, say) and `coordinator_env` on top of its environment."""
     if os.geteuid() != 0:
         pytest.skip("the agent needs root to open a capture handle")
-    d = tmp_path_factory.mktemp("coord")
     dep = Deployment(f"unix:{d}/api.sock")
     dep.dir = str(d)
     logs = open(d / "coordinator.log", "wb")
@@ -73,10 +84,12 @@ def coordinator(tmp_path_factory):
             "5",
             "--metrics-listen",
             "127.0.0.1:0",
+            *coordinator_args,
         ],
         cwd=ROOT,
         stdout=logs,
         stderr=logs,
+        env=dict(os.environ, **(coordinator_env or {})),
     )
     agent_log = open(d / "agent.log", "wb")
     agent = subprocess.Popen(
@@ -212,3 +225,52 @@ def secure(tmp_path_factory):
     finally:
         for p in reversed(s.procs):
             LocalFleet.stop_process(p)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server with its authentication on, on a port the OS gave it: every call must be
+    signed with a key of an IAM user it knows. The first three calls (unauthenticated, as moto
+    allows) make that user, its policy and its key; a wrong secret is refused from then on."""
+    import boto3
+
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3", MOTO_IAM_LOAD_MANAGED_POLICIES="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        port = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"Running on http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "moto's server did not say where it listens"
+        endpoint = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1")
+        iam.create_user(UserName="fleetcap")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="fleetcap", PolicyName="captures", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="fleetcap")["AccessKey"]
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket="captures")
+        yield (
+            f"S3Endpoint={endpoint};Bucket=captures;Region=us-east-1;AccessKeyId={key['AccessKeyId']};"
+            f"SecretAccessKey={key['SecretAccessKey']};PathStyle=true;Prefix=fleet/a",
+            key["SecretAccessKey"],
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

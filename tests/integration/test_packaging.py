@@ -29,6 +29,7 @@ AGENT_DISTRIBUTIONS = {"fleetcap", "grpcio", "protobuf", "prometheus-client", "t
 OTHER_EXTRAS = {
     "aetcd",
     "azure-storage-blob",
+    "boto3",
     "pyjwt",
     "cryptography",
     "grpcio-health-checking",
@@ -209,7 +210,7 @@ def test_the_wheel_declares_its_extras_licence_and_urls(wheel):
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in z.namelist())
     headers = [tuple(line.split(": ", 1)) for line in text.split("\n\n", 1)[0].splitlines() if ": " in line]
     extras = {v for k, v in headers if k == "Provides-Extra"}
-    assert extras == {"cli", "coordinator", "azure", "gateway", "all", "dev"}
+    assert extras == {"cli", "coordinator", "azure", "s3", "gateway", "all", "dev"}
     assert ("License-Expression", "Apache-2.0") in headers
     assert {k for k, v in headers if k == "Project-URL"}
     assert any(v.startswith("Source, https://") for k, v in headers)

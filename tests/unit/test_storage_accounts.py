@@ -24,7 +24,7 @@ def test_each_form_gives_the_kind_the_name_and_the_reference(monkeypatch, tmp_pa
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("tape:old=env:X", "--storage-account tape:old: 'tape' is not a storage kind; the kinds are blob"),
+        ("tape:old=env:X", "--storage-account tape:old: 'tape' is not a storage kind; the kinds are blob, s3"),
         ("local=env:X", "--storage-account 'local': the name must be non-empty, unique, not 'local', without '/'"),
         ("blob:=env:X", "--storage-account '': the name must be non-empty, unique, not 'local', without '/'"),
         ("a/b=env:X", "--storage-account 'a/b': the name must be non-empty, unique, not 'local', without '/'"),

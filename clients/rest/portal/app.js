@@ -2,7 +2,7 @@
 "use strict";
 
 // How the storage kinds read in the form; a kind without a label shows its own name.
-const STORAGE_KIND_LABELS = { Local: "coordinator disk", AzureBlob: "Azure Blob" };
+const STORAGE_KIND_LABELS = { Local: "coordinator disk", AzureBlob: "Azure Blob", S3: "S3" };
 
 const ARM = "/subscriptions/local/resourceGroups/NetworkWatcherRG/providers/Microsoft.Network/" +
             "networkWatchers/NetworkWatcher_local/packetCaptures";
