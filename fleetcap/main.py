@@ -31,7 +31,8 @@ _SERVICE = ServiceConfig()
 
 def storage_accounts(specs: Sequence[str]) -> tuple[StorageAccount, ...]:
     """`[KIND:]NAME[=env:VAR|=file:PATH]` → the accounts, each secret checked readable now (and
-    read again when the sink is built). KIND is a registry flag (`blob` when left out); without a
+    read again when the sink is built). KIND is a registry flag; left out, the secret says it
+    (an S3 connection string begins `S3Endpoint=`; anything else is Azure Blob's). Without a
     reference the kind's default applies (Blob: env:AZURE_STORAGE_CONNECTION_STRING). A secret
     itself is refused: a command line is visible to every user of the machine."""
     out: list[StorageAccount] = []
@@ -44,9 +45,11 @@ def storage_accounts(specs: Sequence[str]) -> tuple[StorageAccount, ...]:
             raise cli.UsageError(f"--storage-account {account}: {e}") from None
         if not name or name == LOCAL_ACCOUNT or "/" in name or name in (a.name for a in out):
             raise cli.UsageError(f"--storage-account '{name}': the name must be non-empty, unique, not '{LOCAL_ACCOUNT}', without '/'")
-        require_extra(backend.extra, f"--storage-account {account} ({backend.kind})", *backend.packages)
         source = reference if sep else backend.default_secret
-        cli.secret(f"--storage-account {account}", source)
+        secret = cli.secret(f"--storage-account {account}", source)
+        if not colon:
+            backend = registry.by_secret(secret)
+        require_extra(backend.extra, f"--storage-account {account} ({backend.kind})", *backend.packages)
         out.append(StorageAccount(kind=backend.kind, name=name, secret=source))
     return tuple(out)
 

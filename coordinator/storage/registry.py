@@ -36,6 +36,8 @@ class Backend:
     """The reference used when `--storage-account` names none."""
     secret: str
     """What the secret is, in words, for --help and errors."""
+    recognized_by: str = ""
+    """How its secret begins, so that an account named without a kind is known by its secret."""
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -58,6 +60,7 @@ BACKENDS: tuple[Backend, ...] = (
         ("boto3",),
         "env:FLEETCAP_S3_CONNECTION_STRING",
         "an S3 connection string (S3Endpoint=https://host:port;Bucket=B;Region=R;AccessKeyId=K;SecretAccessKey=S)",
+        "S3Endpoint=",
     ),
 )
 DEFAULT = BACKENDS[0]
@@ -80,6 +83,14 @@ def by_flag(flag: str) -> Backend:
         if b.flag == flag:
             return b
     raise UnknownKind(f"'{flag}' is not a storage kind; the kinds are {', '.join(b.flag for b in BACKENDS)}")
+
+
+def by_secret(secret: str) -> Backend:
+    """The kind whose secrets begin as this one does; Azure Blob for any other."""
+    for b in BACKENDS:
+        if b.recognized_by and secret.lstrip().startswith(b.recognized_by):
+            return b
+    return DEFAULT
 
 
 def sink_for(account: StorageAccount) -> Sink:

@@ -40,6 +40,15 @@ def test_a_bad_account_is_refused_naming_the_flag_and_the_rule(spec, message, mo
     assert "c2VjcmV0" not in str(e.value)
 
 
+def test_an_account_named_without_a_kind_is_known_by_its_secret(monkeypatch, tmp_path):
+    monkeypatch.setenv("S3", "S3Endpoint=https://s3.example:443;Bucket=captures;Region=eu-west-1")
+    (tmp_path / "blob").write_text("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0\n")
+    assert main.storage_accounts(["lake=env:S3", f"archive=file:{tmp_path}/blob"]) == (
+        StorageAccount(StorageKind.S3, "lake", "env:S3"),
+        StorageAccount(StorageKind.AZURE_BLOB, "archive", f"file:{tmp_path}/blob"),
+    )
+
+
 def test_an_account_name_is_given_once(monkeypatch):
     monkeypatch.setenv("X", "UseDevelopmentStorage=true")
     with pytest.raises(UsageError, match="must be non-empty, unique"):
