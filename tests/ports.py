@@ -11,18 +11,23 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
 
 from tests.waiting import wait_for
 
 
-def bound_port(log_path: str, pattern: str, *, what: str, timeout_s: float = 30) -> int:
-    """The port in the first match of `pattern` (one group: the port) in the daemon's log."""
+def bound_port(log_path: str, pattern: str, *, what: str, timeout_s: float = 30, proc: subprocess.Popen[bytes] | None = None) -> int:
+    """The port in the first match of `pattern` (one group: the port) in the daemon's log; with
+    `proc`, fails at once, with the log, if the daemon exits first."""
     regex = re.compile(pattern)
 
     def found() -> int | None:
         with open(log_path, errors="replace") as f:
-            m = regex.search(f.read())
+            text = f.read()
+        m = regex.search(text)
+        if m is None and proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before saying where it listens:\n{text}")
         return int(m.group(1)) if m else None
 
     return wait_for(found, what=f"{what} in {log_path}", timeout_s=timeout_s, interval_s=0.05)

@@ -158,7 +158,7 @@ class S3Writer(ObjectWriter):
         self.bucket = sink.account.bucket
         self.client = sink.client
         self._upload_id = ""
-        self._parts: dict[int, tuple[int, str, str]] = {}  # part number -> (size, ETag, SHA-256)
+        self._parts: dict[int, tuple[str, str]] = {}  # part number -> (ETag, SHA-256)
         self._full = 0  # bytes in full parts (PART_BYTES each), all stored
         self._buffer = bytearray()  # the current part's bytes; its first `_flushed` are stored too
         self._flushed = 0
@@ -184,7 +184,7 @@ class S3Writer(ObjectWriter):
         for p in sorted(listed, key=lambda p: p["PartNumber"]):
             if p["PartNumber"] != number or p["Size"] != PART_BYTES:
                 break  # a gap, or a short part: resumed from before it (the agent sends it again)
-            self._parts[number] = (p["Size"], p["ETag"], p.get("ChecksumSHA256", ""))
+            self._parts[number] = (p["ETag"], p.get("ChecksumSHA256", ""))
             number += 1
         self._full = (number - 1) * PART_BYTES
         if self._full:
@@ -217,7 +217,7 @@ class S3Writer(ObjectWriter):
         got = self._call(
             "upload part", self.client.upload_part, UploadId=self._upload_id, PartNumber=number, Body=data, ChecksumSHA256=checksum
         )
-        self._parts[number] = (len(data), got["ETag"], checksum)
+        self._parts[number] = (got["ETag"], checksum)
         if len(data) == PART_BYTES:
             self._full += PART_BYTES
             self._buffer.clear()
@@ -255,7 +255,7 @@ class S3Writer(ObjectWriter):
         if not self._upload_id:  # an empty file: no part to complete
             self._call("put", self.client.put_object, Body=b"")
         else:
-            parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": checksum} for n, (_, etag, checksum) in sorted(self._parts.items())]
+            parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": checksum} for n, (etag, checksum) in sorted(self._parts.items())]
             self._call("complete upload", self.client.complete_multipart_upload, UploadId=self._upload_id, MultipartUpload={"Parts": parts})
         if not digest:  # resumed after a restart: read the object back once
             h = hashlib.sha256()

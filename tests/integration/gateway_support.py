@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from deploy.localfleet import LocalFleet
 from fleetcap.core import pki
 from fleetcap.core.auth import Role
 from tests.conftest import AGENT_ENV, TOKENS
+from tests.ports import bound_port
 from tests.waiting import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,15 +59,7 @@ class Gateway:
             stderr=log,
             env=env,
         )
-        started = re.compile(r"gateway on https?://\S+:(\d+) ")
-
-        def port() -> int | None:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gateway did not start: " + open(self.log_path).read())
-            found = started.search(open(self.log_path, errors="replace").read())
-            return int(found.group(1)) if found else None
-
-        self.port = wait_for(port, what="the gateway's port", timeout_s=20, interval_s=0.05)
+        self.port = bound_port(self.log_path, r"gateway on https?://\S+:(\d+) ", what="the gateway's port", timeout_s=20, proc=self.proc)
         self.base = f"{'https' if tls else 'http'}://{shown}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -20,6 +20,7 @@ from fleetcap.coordinator.storage.local_sink import LocalSink
 from fleetcap.coordinator.storage.sink import Committed, IntegrityError, OffsetMismatch, Sink
 from fleetcap.coordinator.validation import DEFAULT_CONTAINER
 from fleetcap.core.vocabulary import LOCAL_ACCOUNT, StorageKind
+from tests.ports import bound_port
 
 pytestmark = pytest.mark.integration
 
@@ -176,22 +177,26 @@ def azurite(tmp_path_factory):
     if not os.path.exists(AZURITE):
         pytest.skip("Azurite is not installed; run 'make setup'")
     where = tmp_path_factory.mktemp("azurite")
-    proc = subprocess.Popen(
-        [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(where), "--disableTelemetry", "--skipApiVersionCheck"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    log_path = str(where / "azurite.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                AZURITE,
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--location",
+                str(where),
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
-        port = None
-        assert proc.stdout is not None
-        for line in proc.stdout:  # it says where it listens before anything else can happen
-            found = re.search(r"listens on http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        assert port, "Azurite did not say where it listens"
+        port = bound_port(log_path, r"listens on http://127\.0\.0\.1:(\d+)", what="Azurite's port", proc=proc)
         yield (
             f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
